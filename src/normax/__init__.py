@@ -1,0 +1,25 @@
+"""normax: fast, exact deep-learning kernels for NumPy users.
+
+Batch normalization and numerically stable softmax / softmax cross-entropy as C kernels (OpenMP,
+GIL released) with Numba fallbacks and a pure-NumPy reference, fused optimizers, a small network
+layer and hyperparameter-tuning tools built on top.
+"""
+
+from ._backend import (
+    available_backends,
+    get_backend,
+    get_num_threads,
+    set_backend,
+    set_num_threads,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "available_backends",
+    "get_backend",
+    "get_num_threads",
+    "set_backend",
+    "set_num_threads",
+]

@@ -1,0 +1,136 @@
+"""Which implementation runs the kernels: the C extension, Numba, or the NumPy reference.
+
+``NORMAX_BACKEND=c|numba|numpy`` picks one at import; :func:`set_backend` and
+:func:`get_backend` change and report it. If the C extension cannot be imported, normax warns
+once and falls back to Numba.
+
+Each kernel family keeps a table ``{"c": impl, "numba": impl, "numpy": impl}`` of functions
+with identical signatures and calls :func:`impl` to pick the active one. Numba is imported only
+when its backend is first used, so ``import normax`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from types import ModuleType
+
+BACKENDS = ("c", "numba", "numpy")
+
+_core: ModuleType | None
+try:
+    from . import _core
+except ImportError as exc:  # pragma: no cover - exercised only without a compiled extension
+    _core = None
+    _core_error: ImportError | None = exc
+else:
+    _core_error = None
+
+_num_threads = 0  # 0: each runtime's default (OMP_NUM_THREADS, numba's NUMBA_NUM_THREADS)
+_active = "c"
+
+
+def _validate(name: object) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {name!r}")
+    return name.lower()
+
+
+def set_backend(name: str) -> None:
+    """Select the implementation used by every kernel: ``"c"``, ``"numba"`` or ``"numpy"``.
+
+    Examples
+    --------
+    >>> import normax
+    >>> normax.set_backend("numpy"); normax.get_backend()
+    'numpy'
+    >>> normax.set_backend("c")
+    """
+    global _active
+    name = _validate(name)
+    if name == "c" and _core is None:
+        raise ImportError(f"the C extension normax._core is not available: {_core_error}")
+    if name == "numba":
+        _numba_ready()
+    _active = name
+
+
+def get_backend() -> str:
+    """Name of the active backend."""
+    return _active
+
+
+def available_backends() -> tuple[str, ...]:
+    """Backends that can run on this installation."""
+    names = ["c"] if _core is not None else []
+    if importlib.util.find_spec("numba") is not None:
+        names.append("numba")
+    names.append("numpy")
+    return tuple(names)
+
+
+def impl(table: dict):
+    """The function of ``table`` for the active backend."""
+    return table[_active]
+
+
+def _numba_ready() -> None:
+    import numba
+
+    if _num_threads:
+        numba.set_num_threads(min(_num_threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the C and Numba kernels; ``0`` restores the default.
+
+    The default follows ``OMP_NUM_THREADS`` (and threadpoolctl limits on OpenMP) for the C
+    backend and ``NUMBA_NUM_THREADS`` for Numba.
+    """
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    _num_threads = n
+    if _core is not None:
+        _core.set_num_threads(n)
+    if "numba" in _loaded_modules():
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS) if n else
+                              numba.config.NUMBA_NUM_THREADS)
+
+
+def get_num_threads() -> int:
+    """Threads the C kernels use for large inputs (the Numba kernels use the same number)."""
+    if _core is not None:
+        return _core.get_num_threads()
+    return _num_threads or os.cpu_count() or 1
+
+
+def _loaded_modules():
+    import sys
+
+    return sys.modules
+
+
+def _initial_backend() -> str:
+    requested = os.environ.get("NORMAX_BACKEND", "").strip().lower()
+    if requested:
+        requested = _validate(requested)
+        if requested == "c" and _core is None:
+            raise ImportError(
+                f"NORMAX_BACKEND=c but the C extension normax._core is not available: {_core_error}"
+            )
+        return requested
+    if _core is None:
+        warnings.warn(
+            f"normax: the C extension could not be imported ({_core_error}); using Numba",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "numba"
+    return "c"
+
+
+_active = _initial_backend()

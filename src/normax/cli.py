@@ -1,0 +1,48 @@
+"""The ``normax`` command: ``normax bench | demo | tune``.
+
+Each subcommand lives in its own module and is imported only when run, so ``normax bench`` does
+not pay for the tuning stack and ``normax tune`` does not pay for the benchmark harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, help); each module defines add_arguments(parser) and run(args) -> int
+SUBCOMMANDS = {
+    "bench": ("normax.bench", "benchmark every kernel against NumPy and PyTorch CPU"),
+    "demo": ("normax.nn.demo", "train a batch-normalized MLP on the handwritten digits"),
+    "tune": ("normax.tune.cli", "tune the demo network with random, coarse-to-fine search"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser, with the arguments of the chosen subcommand only (others are not imported)."""
+    parser = argparse.ArgumentParser(prog="normax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,demo,tune}")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if name == chosen:
+            try:
+                importlib.import_module(module).add_arguments(p)
+            except ImportError as exc:
+                p.set_defaults(_import_error=exc)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
+    err = getattr(args, "_import_error", None)
+    if err is not None:
+        print(f"normax {args.command}: unavailable ({err})", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
