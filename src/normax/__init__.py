@@ -12,12 +12,20 @@ from ._backend import (
     set_backend,
     set_num_threads,
 )
+from .batchnorm import (
+    batch_norm_backward,
+    batch_norm_infer,
+    batch_norm_train,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
     "available_backends",
+    "batch_norm_backward",
+    "batch_norm_infer",
+    "batch_norm_train",
     "get_backend",
     "get_num_threads",
     "set_backend",
