@@ -46,9 +46,11 @@ def run_case(shape, axis, threads, repeat, torch):
         normax.set_backend(backend)
         _, cache = normax.batch_norm_train(x, g, b, rm, rv, axis=axis, out=y)
         out[backend, "fwd"] = median_time(
-            lambda: normax.batch_norm_train(x, g, b, rm, rv, axis=axis, out=y), repeat)
+            lambda: normax.batch_norm_train(x, g, b, rm, rv, axis=axis, out=y), repeat
+        )
         out[backend, "bwd"] = median_time(
-            lambda: normax.batch_norm_backward(dy, cache, out=dx), repeat)
+            lambda c=cache: normax.batch_norm_backward(dy, c, out=dx), repeat
+        )
     ax = axis % x.ndim
     out["numpy", "fwd"] = median_time(lambda: ref.train(x, ax, g, b, rm, rv, 0.1, 1e-5, y), 3)
     _, mean, invstd = ref.train(x, ax, g, b, None, None, 0.1, 1e-5, None)
@@ -57,12 +59,14 @@ def run_case(shape, axis, threads, repeat, torch):
         tx, tg, tb = torch.from_numpy(x), torch.from_numpy(g), torch.from_numpy(b)
         trm, trv, tdy = torch.from_numpy(rm), torch.from_numpy(rv), torch.from_numpy(dy)
         fwd = torch.ops.aten.native_batch_norm
-        out["torch", "fwd"] = median_time(lambda: fwd(tx, tg, tb, trm, trv, True, 0.1, 1e-5),
-                                          repeat)
+        out["torch", "fwd"] = median_time(
+            lambda: fwd(tx, tg, tb, trm, trv, True, 0.1, 1e-5), repeat
+        )
         _, sm, si = fwd(tx, tg, tb, trm, trv, True, 0.1, 1e-5)
         bwd = torch.ops.aten.native_batch_norm_backward
         out["torch", "bwd"] = median_time(
-            lambda: bwd(tdy, tx, tg, trm, trv, sm, si, True, 1e-5, [True, True, True]), repeat)
+            lambda: bwd(tdy, tx, tg, trm, trv, sm, si, True, 1e-5, [True, True, True]), repeat
+        )
     for k in ("fwd", "bwd"):
         t_c = out["c", k]
         res[f"{k} C ms"] = t_c * 1e3

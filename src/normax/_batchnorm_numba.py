@@ -27,8 +27,12 @@ def _sigs(make):
     return [make(t) for t in (float32, float64)]
 
 
-@nb.njit(_sigs(lambda t: void(t[:, :, ::1], float64[:, ::1])), parallel=True, cache=True,
-         fastmath=_REASSOC)
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], float64[:, ::1])),
+    parallel=True,
+    cache=True,
+    fastmath=_REASSOC,
+)
 def _stats(x, acc):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     parts = acc.shape[0]
@@ -55,10 +59,28 @@ def _stats(x, acc):  # pragma: no cover - compiled
                 acc[k, C + c] += s2
 
 
-@nb.njit(_sigs(lambda t: void(t[:, :, ::1], float64[:, ::1], t[::1], t[::1], t[::1], t[::1],
-                              boolean, float64, float64, float64[::1], float64[::1], t[:, ::1])),
-         cache=True)
-def _train_finish(x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invstd, k):  # pragma: no cover
+@nb.njit(
+    _sigs(
+        lambda t: void(
+            t[:, :, ::1],
+            float64[:, ::1],
+            t[::1],
+            t[::1],
+            t[::1],
+            t[::1],
+            boolean,
+            float64,
+            float64,
+            float64[::1],
+            float64[::1],
+            t[:, ::1],
+        )
+    ),
+    cache=True,
+)
+def _train_finish(
+    x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invstd, k
+):  # pragma: no cover
     outer, C, inner = x.shape
     n = outer * inner
     for c in range(C):
@@ -82,8 +104,9 @@ def _train_finish(x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invs
         k[3, c] = beta[c]
 
 
-@nb.njit(_sigs(lambda t: void(t[:, :, ::1], t[:, ::1], t[:, :, ::1], float64)), parallel=True,
-         cache=True)
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], t[:, ::1], t[:, :, ::1], float64)), parallel=True, cache=True
+)
 def _affine(x, k, y, parts):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     units = outer if inner == 1 else outer * C
@@ -102,8 +125,12 @@ def _affine(x, k, y, parts):  # pragma: no cover - compiled
                     y[o, c, i] = ((x[o, c, i] - mh) - ml) * sc + sh
 
 
-@nb.njit(_sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1])),
-         parallel=True, cache=True, fastmath=_REASSOC)
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1])),
+    parallel=True,
+    cache=True,
+    fastmath=_REASSOC,
+)
 def _grad(dy, x, mean, acc):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     parts = acc.shape[0]
@@ -130,8 +157,14 @@ def _grad(dy, x, mean, acc):  # pragma: no cover - compiled
                 acc[k, C + c] += s2
 
 
-@nb.njit(_sigs(lambda t: void(float64[:, ::1], float64, float64[::1], float64[::1], t[::1],
-                              t[::1], t[::1], t[:, ::1])), cache=True)
+@nb.njit(
+    _sigs(
+        lambda t: void(
+            float64[:, ::1], float64, float64[::1], float64[::1], t[::1], t[::1], t[::1], t[:, ::1]
+        )
+    ),
+    cache=True,
+)
 def _grad_finish(acc, n, mean, invstd, gamma, dgamma, dbeta, k):  # pragma: no cover - compiled
     C = mean.shape[0]
     for c in range(C):
@@ -151,8 +184,11 @@ def _grad_finish(acc, n, mean, invstd, gamma, dgamma, dbeta, k):  # pragma: no c
         k[4, c] = -g * inv * inv * inv * sdx / n
 
 
-@nb.njit(_sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], t[:, ::1], t[:, :, ::1], float64)),
-         parallel=True, cache=True)
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], t[:, ::1], t[:, :, ::1], float64)),
+    parallel=True,
+    cache=True,
+)
 def _dx(dy, x, k, dx, parts):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     units = outer if inner == 1 else outer * C
@@ -203,9 +239,20 @@ def train(x, axis, gamma, beta, running_mean, running_var, momentum, eps, out):
     mean, invstd = np.empty(channels), np.empty(channels)
     k = np.empty((4, channels), dtype)
     update = running_mean is not None
-    _train_finish(x3, acc, _or(gamma, 1.0, channels, dtype), _or(beta, 0.0, channels, dtype),
-                  _or(running_mean, 0.0, channels, dtype), _or(running_var, 0.0, channels, dtype),
-                  update, momentum, eps, mean, invstd, k)
+    _train_finish(
+        x3,
+        acc,
+        _or(gamma, 1.0, channels, dtype),
+        _or(beta, 0.0, channels, dtype),
+        _or(running_mean, 0.0, channels, dtype),
+        _or(running_var, 0.0, channels, dtype),
+        update,
+        momentum,
+        eps,
+        mean,
+        invstd,
+        k,
+    )
     _affine(x3, k, y3, acc.shape[0])
     return y, mean, invstd
 
@@ -233,8 +280,16 @@ def backward(dy, x, axis, mean, invstd, gamma, out):
     _grad(dy3, x3, mean, acc)
     dgamma, dbeta = np.empty(channels, dtype), np.empty(channels, dtype)
     k = np.empty((5, channels), dtype)
-    _grad_finish(acc, float(x3.shape[0] * x3.shape[2]), mean, invstd,
-                 _or(gamma, 1.0, channels, dtype), dgamma, dbeta, k)
+    _grad_finish(
+        acc,
+        float(x3.shape[0] * x3.shape[2]),
+        mean,
+        invstd,
+        _or(gamma, 1.0, channels, dtype),
+        dgamma,
+        dbeta,
+        k,
+    )
     _dx(dy3, x3, k, dx3, acc.shape[0])
     if gamma is None:
         return dx, None, None

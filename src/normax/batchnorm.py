@@ -139,10 +139,13 @@ def _running(rm, rv, channels: int, dtype: np.dtype) -> None:
     if rm is None and rv is None:
         return
     if rm is None or rv is None:
-        given, missing = ("running_mean", "running_var") if rv is None else (
-            "running_var", "running_mean")
-        raise ValueError(f"running_mean and running_var must be given together: got {given} "
-                         f"but {missing} is None")
+        given, missing = (
+            ("running_mean", "running_var") if rv is None else ("running_var", "running_mean")
+        )
+        raise ValueError(
+            f"running_mean and running_var must be given together: got {given} "
+            f"but {missing} is None"
+        )
     for buf, name in ((rm, "running_mean"), (rv, "running_var")):
         if (
             type(buf) is not np.ndarray
@@ -185,8 +188,9 @@ def _eps(eps) -> float:
 # ---- public API --------------------------------------------------------------------------------
 
 
-def batch_norm_train(x, gamma, beta, running_mean=None, running_var=None, *, axis=1,
-                     momentum=0.1, eps=1e-5, out=None):
+def batch_norm_train(
+    x, gamma, beta, running_mean=None, running_var=None, *, axis=1, momentum=0.1, eps=1e-5, out=None
+):
     """Batch-normalize ``x`` with its own batch statistics (training mode).
 
     ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` with the biased batch variance over all
@@ -354,5 +358,6 @@ def batch_norm_backward(dy, cache, *, out=None):
         _checks.check_out(out, x.shape, x.dtype)
         if _backend._active != "c":
             _no_overlap((out, "out", x, "x"), (out, "out", dy, "dy"))
-    return _BACKWARD[_backend._active](dy, x, cache.axis, cache.mean, cache.invstd, cache.gamma,
-                                       out)
+    return _BACKWARD[_backend._active](
+        dy, x, cache.axis, cache.mean, cache.invstd, cache.gamma, out
+    )
