@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from numba import boolean, float32, float64, prange, void
+from numba import boolean, float32, float64, intp, prange, void
 
 from ._checks import view3d
 
@@ -27,36 +27,49 @@ def _sigs(make):
     return [make(t) for t in (float32, float64)]
 
 
+# Each pass is a serial chunk kernel plus a driver that runs it once per chunk with prange. For a
+# single chunk the driver calls it directly: a (32, 64) batch then never wakes the thread pool,
+# which costs more than its arithmetic and stalls when the machine is busy.
+_CHUNK = (intp, intp)  # lo, hi: a range of rows (inner == 1) or of (outer, C) runs
+
+
 @nb.njit(
-    _sigs(lambda t: void(t[:, :, ::1], float64[:, ::1])),
-    parallel=True,
+    _sigs(lambda t: void(t[:, :, ::1], float64[:, ::1], intp, *_CHUNK)),
     cache=True,
     fastmath=_REASSOC,
 )
+def _stats_chunk(x, acc, k, lo, hi):  # pragma: no cover - compiled
+    _, C, inner = x.shape
+    if inner == 1:
+        for r in range(lo, hi):
+            for c in range(C):
+                d = np.float64(x[r, c, 0]) - np.float64(x[0, c, 0])
+                acc[k, c] += d
+                acc[k, C + c] += d * d
+    else:
+        for b in range(lo, hi):
+            o, c = b // C, b % C
+            p = np.float64(x[0, c, 0])
+            s1 = 0.0
+            s2 = 0.0
+            for i in range(inner):
+                d = np.float64(x[o, c, i]) - p
+                s1 += d
+                s2 += d * d
+            acc[k, c] += s1
+            acc[k, C + c] += s2
+
+
+@nb.njit(_sigs(lambda t: void(t[:, :, ::1], float64[:, ::1])), parallel=True, cache=True)
 def _stats(x, acc):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     parts = acc.shape[0]
     units = outer if inner == 1 else outer * C
+    if parts == 1:
+        _stats_chunk(x, acc, 0, 0, units)
+        return
     for k in prange(parts):
-        lo, hi = units * k // parts, units * (k + 1) // parts
-        if inner == 1:
-            for r in range(lo, hi):
-                for c in range(C):
-                    d = np.float64(x[r, c, 0]) - np.float64(x[0, c, 0])
-                    acc[k, c] += d
-                    acc[k, C + c] += d * d
-        else:
-            for b in range(lo, hi):
-                o, c = b // C, b % C
-                p = np.float64(x[0, c, 0])
-                s1 = 0.0
-                s2 = 0.0
-                for i in range(inner):
-                    d = np.float64(x[o, c, i]) - p
-                    s1 += d
-                    s2 += d * d
-                acc[k, c] += s1
-                acc[k, C + c] += s2
+        _stats_chunk(x, acc, k, units * k // parts, units * (k + 1) // parts)
 
 
 @nb.njit(
@@ -90,7 +103,9 @@ def _train_finish(
             s1 += acc[part, c]
             s2 += acc[part, C + c]
         dm = s1 / n
-        var = max((s2 - s1 * dm) / n, 0.0) if s2 == s2 and s1 == s1 else np.nan
+        var = (s2 - s1 * dm) / n
+        if var < 0.0:  # rounding only; NaN stays NaN
+            var = 0.0
         m = np.float64(x[0, c, 0]) + dm
         inv = 1.0 / np.sqrt(var + eps)
         mean[c] = m
@@ -104,57 +119,75 @@ def _train_finish(
         k[3, c] = beta[c]
 
 
+@nb.njit(_sigs(lambda t: void(t[:, :, ::1], t[:, ::1], t[:, :, ::1], *_CHUNK)), cache=True)
+def _affine_chunk(x, k, y, lo, hi):  # pragma: no cover - compiled
+    _, C, inner = x.shape
+    if inner == 1:
+        for r in range(lo, hi):
+            for c in range(C):
+                y[r, c, 0] = ((x[r, c, 0] - k[0, c]) - k[1, c]) * k[2, c] + k[3, c]
+    else:
+        for b in range(lo, hi):
+            o, c = b // C, b % C
+            mh, ml, sc, sh = k[0, c], k[1, c], k[2, c], k[3, c]
+            for i in range(inner):
+                y[o, c, i] = ((x[o, c, i] - mh) - ml) * sc + sh
+
+
 @nb.njit(
-    _sigs(lambda t: void(t[:, :, ::1], t[:, ::1], t[:, :, ::1], float64)), parallel=True, cache=True
+    _sigs(lambda t: void(t[:, :, ::1], t[:, ::1], t[:, :, ::1], intp)), parallel=True, cache=True
 )
 def _affine(x, k, y, parts):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     units = outer if inner == 1 else outer * C
-    nparts = int(parts)
-    for part in prange(nparts):
-        lo, hi = units * part // nparts, units * (part + 1) // nparts
-        if inner == 1:
-            for r in range(lo, hi):
-                for c in range(C):
-                    y[r, c, 0] = ((x[r, c, 0] - k[0, c]) - k[1, c]) * k[2, c] + k[3, c]
-        else:
-            for b in range(lo, hi):
-                o, c = b // C, b % C
-                mh, ml, sc, sh = k[0, c], k[1, c], k[2, c], k[3, c]
-                for i in range(inner):
-                    y[o, c, i] = ((x[o, c, i] - mh) - ml) * sc + sh
+    if parts == 1:
+        _affine_chunk(x, k, y, 0, units)
+        return
+    for part in prange(parts):
+        _affine_chunk(x, k, y, units * part // parts, units * (part + 1) // parts)
+
+
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1], intp, *_CHUNK)),
+    cache=True,
+    fastmath=_REASSOC,
+)
+def _grad_chunk(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
+    _, C, inner = x.shape
+    if inner == 1:
+        for r in range(lo, hi):
+            for c in range(C):
+                g = np.float64(dy[r, c, 0])
+                acc[k, c] += g
+                acc[k, C + c] += g * (np.float64(x[r, c, 0]) - mean[c])
+    else:
+        for b in range(lo, hi):
+            o, c = b // C, b % C
+            m = mean[c]
+            s1 = 0.0
+            s2 = 0.0
+            for i in range(inner):
+                g = np.float64(dy[o, c, i])
+                s1 += g
+                s2 += g * (np.float64(x[o, c, i]) - m)
+            acc[k, c] += s1
+            acc[k, C + c] += s2
 
 
 @nb.njit(
     _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1])),
     parallel=True,
     cache=True,
-    fastmath=_REASSOC,
 )
 def _grad(dy, x, mean, acc):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     parts = acc.shape[0]
     units = outer if inner == 1 else outer * C
+    if parts == 1:
+        _grad_chunk(dy, x, mean, acc, 0, 0, units)
+        return
     for k in prange(parts):
-        lo, hi = units * k // parts, units * (k + 1) // parts
-        if inner == 1:
-            for r in range(lo, hi):
-                for c in range(C):
-                    g = np.float64(dy[r, c, 0])
-                    acc[k, c] += g
-                    acc[k, C + c] += g * (np.float64(x[r, c, 0]) - mean[c])
-        else:
-            for b in range(lo, hi):
-                o, c = b // C, b % C
-                m = mean[c]
-                s1 = 0.0
-                s2 = 0.0
-                for i in range(inner):
-                    g = np.float64(dy[o, c, i])
-                    s1 += g
-                    s2 += g * (np.float64(x[o, c, i]) - m)
-                acc[k, c] += s1
-                acc[k, C + c] += s2
+        _grad_chunk(dy, x, mean, acc, k, units * k // parts, units * (k + 1) // parts)
 
 
 @nb.njit(
@@ -185,27 +218,36 @@ def _grad_finish(acc, n, mean, invstd, gamma, dgamma, dbeta, k):  # pragma: no c
 
 
 @nb.njit(
-    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], t[:, ::1], t[:, :, ::1], float64)),
+    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], t[:, ::1], t[:, :, ::1], *_CHUNK)), cache=True
+)
+def _dx_chunk(dy, x, k, dx, lo, hi):  # pragma: no cover - compiled
+    _, C, inner = x.shape
+    if inner == 1:
+        for r in range(lo, hi):
+            for c in range(C):
+                xc = (x[r, c, 0] - k[0, c]) - k[1, c]
+                dx[r, c, 0] = (dy[r, c, 0] - k[2, c]) * k[3, c] + xc * k[4, c]
+    else:
+        for b in range(lo, hi):
+            o, c = b // C, b % C
+            mh, ml, gm, ga, gb = k[0, c], k[1, c], k[2, c], k[3, c], k[4, c]
+            for i in range(inner):
+                dx[o, c, i] = (dy[o, c, i] - gm) * ga + ((x[o, c, i] - mh) - ml) * gb
+
+
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], t[:, ::1], t[:, :, ::1], intp)),
     parallel=True,
     cache=True,
 )
 def _dx(dy, x, k, dx, parts):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     units = outer if inner == 1 else outer * C
-    nparts = int(parts)
-    for part in prange(nparts):
-        lo, hi = units * part // nparts, units * (part + 1) // nparts
-        if inner == 1:
-            for r in range(lo, hi):
-                for c in range(C):
-                    xc = (x[r, c, 0] - k[0, c]) - k[1, c]
-                    dx[r, c, 0] = (dy[r, c, 0] - k[2, c]) * k[3, c] + xc * k[4, c]
-        else:
-            for b in range(lo, hi):
-                o, c = b // C, b % C
-                mh, ml, gm, ga, gb = k[0, c], k[1, c], k[2, c], k[3, c], k[4, c]
-                for i in range(inner):
-                    dx[o, c, i] = (dy[o, c, i] - gm) * ga + ((x[o, c, i] - mh) - ml) * gb
+    if parts == 1:
+        _dx_chunk(dy, x, k, dx, 0, units)
+        return
+    for part in prange(parts):
+        _dx_chunk(dy, x, k, dx, units * part // parts, units * (part + 1) // parts)
 
 
 # ---- wrappers with the signatures of the C binding ----------------------------------------
