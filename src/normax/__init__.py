@@ -12,6 +12,13 @@ from ._backend import (
     set_backend,
     set_num_threads,
 )
+from .softmax import (
+    log_softmax,
+    log_softmax_backward,
+    softmax,
+    softmax_backward,
+    softmax_cross_entropy,
+)
 
 __version__ = "0.1.0"
 
@@ -20,6 +27,11 @@ __all__ = [
     "available_backends",
     "get_backend",
     "get_num_threads",
+    "log_softmax",
+    "log_softmax_backward",
     "set_backend",
     "set_num_threads",
+    "softmax",
+    "softmax_backward",
+    "softmax_cross_entropy",
 ]
