@@ -46,7 +46,7 @@ OPTIONS = {
 def make_logits(rng, shape, dtype, *, noncontig=False, scale=3.0):
     z = rng.standard_normal(shape) * scale
     if noncontig:  # a strided view of the same values
-        big = np.zeros(shape[:-1] + (2 * shape[-1],))
+        big = np.zeros((*shape[:-1], 2 * shape[-1]))
         big[..., ::2] = z
         return big.astype(dtype)[..., ::2]
     return z.astype(dtype)
@@ -167,7 +167,7 @@ def test_out_receives_result(backend, rng, dtype):
     out = np.empty_like(z)
     assert normax.softmax(z, out=out) is out
     assert normax.log_softmax_backward(z, z, out=out) is out
-    loss, dz = normax.softmax_cross_entropy(z, np.arange(4), out=out)
+    _loss, dz = normax.softmax_cross_entropy(z, np.arange(4), out=out)
     assert dz is out
     np.testing.assert_array_equal(out, normax.softmax_cross_entropy(z, np.arange(4))[1])
 

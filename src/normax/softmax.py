@@ -18,8 +18,16 @@ import operator
 import numpy as np
 
 from . import _backend
-from ._checks import FLOAT_DTYPES, check_out, contiguous, float_array, no_overlap, normalize_axis
-from ._checks import real_scalar, view3d
+from ._checks import (
+    FLOAT_DTYPES,
+    check_out,
+    contiguous,
+    float_array,
+    no_overlap,
+    normalize_axis,
+    real_scalar,
+    view3d,
+)
 
 __all__ = [
     "log_softmax",
