@@ -17,6 +17,13 @@ from .batchnorm import (
     batch_norm_infer,
     batch_norm_train,
 )
+from .softmax import (
+    log_softmax,
+    log_softmax_backward,
+    softmax,
+    softmax_backward,
+    softmax_cross_entropy,
+)
 
 __version__ = "0.1.0"
 
@@ -28,6 +35,11 @@ __all__ = [
     "batch_norm_train",
     "get_backend",
     "get_num_threads",
+    "log_softmax",
+    "log_softmax_backward",
     "set_backend",
     "set_num_threads",
+    "softmax",
+    "softmax_backward",
+    "softmax_cross_entropy",
 ]
