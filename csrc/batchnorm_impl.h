@@ -227,15 +227,39 @@ static void FN(affine_part)(const T *x, T *out, nmx_index C, nmx_index inner, nm
     }
 }
 
-/* Pass 2 over units [lo, hi): y = affine(x). With `stream` (outputs larger than the cache) the
- * pieces are written with non-temporal stores, in blocks from the last to the first (pieces in
- * ascending order within a block, so the prefetcher keeps up): y then does not evict x from the
- * cache, and the end of x that pass 1 read last is still there when pass 2 needs it. */
-static void FN(pass_affine)(const T *x, T *y, nmx_index C, nmx_index inner, nmx_index lo,
-                            nmx_index hi, const T *k, int stream) {
+/* dx over units [u0, u1), each restricted to its elements [a, b), written densely to out. */
+static void FN(dx_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
+                        nmx_index u0, nmx_index u1, nmx_index a, nmx_index b, const T *k) {
+    if (inner == 1) {
+        nmx_index o = u0 * C + a;
+        FN(dx_rows)(dy + o, x + o, C, out, b - a, u1 - u0, b - a, k + a, C);
+        return;
+    }
+    for (nmx_index u = u0; u < u1; u++) {
+        nmx_index c = u % C, o = u * inner + a;
+        FN(dx_run)(dy + o, x + o, out + (u - u0) * (b - a), b - a, k[c], k[C + c], k[2 * C + c],
+                   k[3 * C + c], k[4 * C + c]);
+    }
+}
+
+/* Pass 2 over units [lo, hi): y = affine(x) for the forward (dy NULL), dx for the backward.
+ * With `stream` (outputs larger than the cache) the pieces are written with non-temporal stores,
+ * in blocks from the last to the first (pieces ascending within a block, so the prefetcher keeps
+ * up): the output then does not evict the inputs from the cache, and the end of the inputs that
+ * pass 1 read last is still there when pass 2 starts. */
+static void FN(out_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
+                         nmx_index u0, nmx_index u1, nmx_index a, nmx_index b, const T *k) {
+    if (dy)
+        FN(dx_part)(dy, x, out, C, inner, u0, u1, a, b, k);
+    else
+        FN(affine_part)(x, out, C, inner, u0, u1, a, b, k);
+}
+
+static void FN(pass_out)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
+                         nmx_index lo, nmx_index hi, const T *k, int stream) {
     nmx_index len = inner == 1 ? C : inner;
     if (!stream) {
-        FN(affine_part)(x, y + lo * len, C, inner, lo, hi, 0, len, k);
+        FN(out_part)(dy, x, out + lo * len, C, inner, lo, hi, 0, len, k);
         return;
     }
     T tmp[NMX_PIECE];
@@ -245,8 +269,8 @@ static void FN(pass_affine)(const T *x, T *y, nmx_index C, nmx_index inner, nmx_
             nmx_index start = end - lo > block ? end - block : lo;
             for (nmx_index u0 = start; u0 < end; u0 += per) {
                 nmx_index u1 = end - u0 > per ? u0 + per : end;
-                FN(affine_part)(x, tmp, C, inner, u0, u1, 0, len, k);
-                nmx_stream(y + u0 * len, tmp, sizeof(T) * (size_t)((u1 - u0) * len));
+                FN(out_part)(dy, x, tmp, C, inner, u0, u1, 0, len, k);
+                nmx_stream(out + u0 * len, tmp, sizeof(T) * (size_t)((u1 - u0) * len));
             }
             end = start;
         }
@@ -254,8 +278,8 @@ static void FN(pass_affine)(const T *x, T *y, nmx_index C, nmx_index inner, nmx_
         for (nmx_index u = hi; u-- > lo;)
             for (nmx_index a = 0; a < len; a += NMX_PIECE) {
                 nmx_index b = len - a > NMX_PIECE ? a + NMX_PIECE : len;
-                FN(affine_part)(x, tmp, C, inner, u, u + 1, a, b, k);
-                nmx_stream(y + u * len + a, tmp, sizeof(T) * (size_t)(b - a));
+                FN(out_part)(dy, x, tmp, C, inner, u, u + 1, a, b, k);
+                nmx_stream(out + u * len + a, tmp, sizeof(T) * (size_t)(b - a));
             }
     }
     nmx_stream_fence();
@@ -350,7 +374,7 @@ int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
         FN(gather_stats)(0, C, acc, 1, C, x, outer, inner);
         FN(train_finish)(0, C, acc, n, x, C, inner, gamma, beta, mean, invstd, rmean, rvar,
                          momentum, eps, k);
-        FN(pass_affine)(x, y, C, inner, 0, units, k, stream);
+        FN(pass_out)(NULL, x, y, C, inner, 0, units, k, stream);
         nmx_scratch_free(&scratch);
         return 0;
     }
@@ -366,7 +390,7 @@ int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
         FN(train_finish)(C * t / team, C * (t + 1) / team, acc, n, x, C, inner, gamma,
                          beta, mean, invstd, rmean, rvar, momentum, eps, k);
 #pragma omp barrier
-        FN(pass_affine)(x, y, C, inner, lo, hi, k, stream);
+        FN(pass_out)(NULL, x, y, C, inner, lo, hi, k, stream);
     }
     nmx_scratch_free(&scratch);
     return 0;
@@ -386,12 +410,12 @@ int FN(nmx_bn_infer)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
     }
     int nt = nmx_threads_for(n * C), stream = nmx_should_stream(sizeof(T) * n * C);
     if (nt == 1) {
-        FN(pass_affine)(x, y, C, inner, 0, units, k, stream);
+        FN(pass_out)(NULL, x, y, C, inner, 0, units, k, stream);
     } else {
 #pragma omp parallel num_threads(nt)
         {
             int t = omp_get_thread_num(), team = omp_get_num_threads();
-            FN(pass_affine)(x, y, C, inner, units * t / team, units * (t + 1) / team, k, stream);
+            FN(pass_out)(NULL, x, y, C, inner, units * t / team, units * (t + 1) / team, k, stream);
         }
     }
     nmx_scratch_free(&scratch);
@@ -408,52 +432,6 @@ static void FN(pass_grad)(const T *dy, const T *x, nmx_index C, nmx_index inner,
         nmx_index c = b % C;
         FN(grad_run)(dy + b * inner, x + b * inner, inner, mean[c], s1 + c, s2 + c);
     }
-}
-
-/* dx over units [u0, u1), each restricted to its elements [a, b), written densely to out. */
-static void FN(dx_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
-                        nmx_index u0, nmx_index u1, nmx_index a, nmx_index b, const T *k) {
-    if (inner == 1) {
-        nmx_index o = u0 * C + a;
-        FN(dx_rows)(dy + o, x + o, C, out, b - a, u1 - u0, b - a, k + a, C);
-        return;
-    }
-    for (nmx_index u = u0; u < u1; u++) {
-        nmx_index c = u % C, o = u * inner + a;
-        FN(dx_run)(dy + o, x + o, out + (u - u0) * (b - a), b - a, k[c], k[C + c], k[2 * C + c],
-                   k[3 * C + c], k[4 * C + c]);
-    }
-}
-
-/* Pass 2 of the backward over units [lo, hi), streamed as in pass_affine. */
-static void FN(pass_dx)(const T *dy, const T *x, T *dx, nmx_index C, nmx_index inner,
-                        nmx_index lo, nmx_index hi, const T *k, int stream) {
-    nmx_index len = inner == 1 ? C : inner;
-    if (!stream) {
-        FN(dx_part)(dy, x, dx + lo * len, C, inner, lo, hi, 0, len, k);
-        return;
-    }
-    T tmp[NMX_PIECE];
-    if (len <= NMX_PIECE) {
-        nmx_index per = NMX_PIECE / len, block = per * NMX_PIECES_PER_BLOCK;
-        for (nmx_index end = hi; end > lo;) {
-            nmx_index start = end - lo > block ? end - block : lo;
-            for (nmx_index u0 = start; u0 < end; u0 += per) {
-                nmx_index u1 = end - u0 > per ? u0 + per : end;
-                FN(dx_part)(dy, x, tmp, C, inner, u0, u1, 0, len, k);
-                nmx_stream(dx + u0 * len, tmp, sizeof(T) * (size_t)((u1 - u0) * len));
-            }
-            end = start;
-        }
-    } else {
-        for (nmx_index u = hi; u-- > lo;)
-            for (nmx_index a = 0; a < len; a += NMX_PIECE) {
-                nmx_index b = len - a > NMX_PIECE ? a + NMX_PIECE : len;
-                FN(dx_part)(dy, x, tmp, C, inner, u, u + 1, a, b, k);
-                nmx_stream(dx + u * len + a, tmp, sizeof(T) * (size_t)(b - a));
-            }
-    }
-    nmx_stream_fence();
 }
 
 /* Finish channels [c0, c1) of the backward: dgamma, dbeta and the constants of the dx pass in k
@@ -490,7 +468,7 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
         FN(pass_grad)(dy, x, C, inner, 0, units, mean, k, acc, acc + C);
         FN(gather_grad)(0, C, acc, 1, C, dy, x, mean, outer, inner);
         FN(grad_finish)(0, C, acc, n, C, invstd, gamma, dgamma, dbeta, k);
-        FN(pass_dx)(dy, x, dx, C, inner, 0, units, k, stream);
+        FN(pass_out)(dy, x, dx, C, inner, 0, units, k, stream);
         nmx_scratch_free(&scratch);
         return 0;
     }
@@ -506,7 +484,7 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
         FN(grad_finish)(C * t / team, C * (t + 1) / team, acc, n, C, invstd, gamma,
                         dgamma, dbeta, k);
 #pragma omp barrier
-        FN(pass_dx)(dy, x, dx, C, inner, lo, hi, k, stream);
+        FN(pass_out)(dy, x, dx, C, inner, lo, hi, k, stream);
     }
     nmx_scratch_free(&scratch);
     return 0;
