@@ -130,9 +130,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     except ImportError:
         torch = None
-    print(
-        f"threads={args.threads} rounds={args.rounds} torch={torch.__version__ if torch else None}"
-    )
+    tv = torch.__version__ if torch else None
+    print(f"threads={args.threads} rounds={args.rounds} clock={args.clock} torch={tv}")
     for shape, axis in CASES:
         print(run_case(shape, axis, args.rounds, torch, clock), flush=True)
     print(small_call(torch, clock))
