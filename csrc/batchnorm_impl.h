@@ -7,8 +7,10 @@
  *               per-channel partial sums that are added up once at the end;
  *   inner > 1   one contiguous run of `inner` values per (outer, channel) block: threads split the
  *               blocks, each run reduces into lane accumulators.
- * Sums accumulate in double. The element-wise passes run in T with the mean split into a T head
- * and tail (mh + ml), so x - mean stays exact to T rounding even when |mean| >> std.
+ * Sums accumulate in double (on the rows path, blocks of four rows are first summed in T). The
+ * element-wise passes run in T with the mean split into a T head and tail (mh + ml), so x - mean
+ * stays exact to T rounding even when |mean| >> std. Pass 2 of the forward and of the backward is
+ * one driver (pass_out), streamed for outputs larger than the cache.
  */
 #define NMX_CAT2(a, b) a##_##b
 #define NMX_CAT(a, b) NMX_CAT2(a, b)
