@@ -17,9 +17,23 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "nn",
+    "optim",
     "available_backends",
     "get_backend",
     "get_num_threads",
     "set_backend",
     "set_num_threads",
 ]
+
+
+_SUBPACKAGES = ("nn", "optim")
+
+
+def __getattr__(name: str):
+    # normax.optim and normax.nn load on first use, so `import normax` stays fast.
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
