@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kinds import ADAM, AMSGRAD, CENTERED, FIRST, MOMENTUM, NESTEROV, RMSPROP, SGD
+from ._kinds import ADAM, FIRST, MOMENTUM, NESTEROV, RMSPROP, SGD
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, w, one, small: bool) -> None:
@@ -85,17 +85,22 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
     """Update every array of ``params`` in place (same signature as the C kernel)."""
     n = len(params)
     s0, s1, s2 = ([None] * n if s is None else s for s in (s0, s1, s2))
-    for k in range(n):
-        if kind == SGD:
-            sgd(params[k], grads[k], s0[k], hyper, flags)
-        elif kind == MOMENTUM:
-            momentum(params[k], grads[k], s0[k], hyper, flags)
-        elif kind == RMSPROP:
-            rmsprop(params[k], grads[k], s0[k], s1[k], s2[k], hyper, flags)
-        elif kind == ADAM:
-            adam(params[k], grads[k], s0[k], s1[k], s2[k], hyper, flags)
-        else:
-            raise ValueError(f"unknown optimizer kind {kind}")
+    with np.errstate(all="ignore"):  # NaN in, NaN out, silently, as in the C kernel
+        for k in range(n):
+            _update(kind, flags, hyper, params[k], grads[k], s0[k], s1[k], s2[k])
 
 
-__all__ = ["ADAM", "AMSGRAD", "CENTERED", "MOMENTUM", "RMSPROP", "SGD", "step"]
+def _update(kind, flags, hyper, p, g, a, b, c) -> None:
+    if kind == SGD:
+        sgd(p, g, a, hyper, flags)
+    elif kind == MOMENTUM:
+        momentum(p, g, a, hyper, flags)
+    elif kind == RMSPROP:
+        rmsprop(p, g, a, b, c, hyper, flags)
+    elif kind == ADAM:
+        adam(p, g, a, b, c, hyper, flags)
+    else:
+        raise ValueError(f"unknown optimizer kind {kind}")
+
+
+__all__ = ["step"]

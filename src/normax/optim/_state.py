@@ -85,8 +85,13 @@ def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
 def load_npz(path) -> dict[str, np.ndarray]:
     """Every array of a file written by :func:`atomic_savez`, digest-checked, without pickle."""
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        # open the file here: np.load leaks its own handle when the zip directory is damaged
+        with open(os.fspath(path), "rb") as f:
+            z = np.load(f, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            with z:
+                arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
