@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from normax.cli import main  # noqa: E402
-from normax.nn import demo  # noqa: E402
+from normax.cli import main
+from normax.nn import demo
 
 
 def test_default_run_reaches_97_percent():
@@ -19,8 +19,9 @@ def test_default_run_reaches_97_percent():
 
 def test_deterministic_and_reports_every_epoch():
     seen = []
-    acc = demo.train_digits({"hidden": 32, "layers": 1}, epochs=3, seed=1,
-                            report=lambda e, a: seen.append((e, a)))
+    acc = demo.train_digits(
+        {"hidden": 32, "layers": 1}, epochs=3, seed=1, report=lambda e, a: seen.append((e, a))
+    )
     assert [e for e, _ in seen] == [1, 2, 3]
     assert seen[-1][1] == acc and 0.8 < acc <= 1.0
     assert demo.train_digits({"hidden": 32, "layers": 1}, epochs=3, seed=1) == acc
@@ -48,13 +49,16 @@ def test_diverging_run_returns_instead_of_crashing():
     assert not math.isnan(acc)
 
 
-@pytest.mark.parametrize(("params", "exc", "match"), [
-    ({"lr": -1.0}, ValueError, "params\\['lr'\\] must be a finite number > 0"),
-    ({"beta1": 1.0}, ValueError, "params\\['beta1'\\] must be in \\[0, 1\\)"),
-    ({"hidden": 0}, ValueError, "params\\['hidden'\\] must be >= 1"),
-    ({"layers": 1.5}, TypeError, "params\\['layers'\\] must be an int"),
-    ({"momentum": 0.9}, ValueError, "unknown params \\['momentum'\\]"),
-])
+@pytest.mark.parametrize(
+    ("params", "exc", "match"),
+    [
+        ({"lr": -1.0}, ValueError, "params\\['lr'\\] must be a finite number > 0"),
+        ({"beta1": 1.0}, ValueError, "params\\['beta1'\\] must be in \\[0, 1\\)"),
+        ({"hidden": 0}, ValueError, "params\\['hidden'\\] must be >= 1"),
+        ({"layers": 1.5}, TypeError, "params\\['layers'\\] must be an int"),
+        ({"momentum": 0.9}, ValueError, "unknown params \\['momentum'\\]"),
+    ],
+)
 def test_bad_params(params, exc, match):
     with pytest.raises(exc, match=match):
         demo.train_digits(params, epochs=1)

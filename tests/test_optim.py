@@ -90,10 +90,15 @@ def test_momentum_matches_its_formula(bias_correction, backend, rng):
 
 # ---- convergence ---------------------------------------------------------------------------
 def _make(name, params, problem):
-    lrs = {"quadratic": dict(SGD=0.1, Momentum=0.1, RMSprop=0.01, Adam=0.1, AdamW=0.1),
-           "rosenbrock": dict(SGD=1e-3, Momentum=1e-2, RMSprop=1e-3, Adam=1e-2, AdamW=1e-2)}
-    opts = {"SGD": dict(momentum=0.9), "RMSprop": dict(momentum=0.9), "AdamW": dict(
-        weight_decay=0.0)}.get(name, {})
+    lrs = {
+        "quadratic": dict(SGD=0.1, Momentum=0.1, RMSprop=0.01, Adam=0.1, AdamW=0.1),
+        "rosenbrock": dict(SGD=1e-3, Momentum=1e-2, RMSprop=1e-3, Adam=1e-2, AdamW=1e-2),
+    }
+    opts = {
+        "SGD": dict(momentum=0.9),
+        "RMSprop": dict(momentum=0.9),
+        "AdamW": dict(weight_decay=0.0),
+    }.get(name, {})
     return getattr(optim, name)(params, lr=lrs[problem][name], **opts)
 
 
@@ -119,8 +124,9 @@ def test_converges_on_rosenbrock(name):
 # ---- structures and groups -----------------------------------------------------------------
 def test_parameter_groups_have_their_own_options(backend):
     w, b = np.ones(3), np.ones(2)
-    opt = optim.SGD([{"params": {"w": w}}, {"params": {"b": b}, "lr": 0.5}], lr=0.1,
-                    weight_decay=1.0)
+    opt = optim.SGD(
+        [{"params": {"w": w}}, {"params": {"b": b}, "lr": 0.5}], lr=0.1, weight_decay=1.0
+    )
     opt.step({"w": np.zeros(3), "b": np.zeros(2)})  # one flat dict for dict-based groups
     np.testing.assert_allclose(w, 0.9)
     np.testing.assert_allclose(b, 0.5)
@@ -213,22 +219,25 @@ def test_list_grads_length_mismatch():
         opt.step({"a": np.ones(2)})
 
 
-@pytest.mark.parametrize(("name", "opts", "match"), [
-    ("SGD", dict(lr=-0.1), "lr must be a finite number >= 0, got -0.1"),
-    ("SGD", dict(lr=float("nan")), "lr must be a finite number >= 0"),
-    ("SGD", dict(lr="0.1"), "lr must be a real number"),
-    ("SGD", dict(momentum=-1), "momentum must be a finite number >= 0"),
-    ("SGD", dict(nesterov=True), "nesterov needs momentum > 0 and dampening == 0"),
-    ("SGD", dict(momentum=0.9, dampening=0.1, nesterov=True), "nesterov needs"),
-    ("Momentum", dict(beta=1.0), r"beta must be in \[0, 1\), got 1.0"),
-    ("RMSprop", dict(alpha=1.5), r"alpha must be in \[0, 1\]"),
-    ("RMSprop", dict(eps=-1e-8), "eps must be a finite number >= 0"),
-    ("Adam", dict(betas=(0.9, 1.0)), r"betas\[1\] must be in \[0, 1\), got 1.0"),
-    ("Adam", dict(betas=(-0.1, 0.9)), r"betas\[0\] must be a finite number >= 0"),
-    ("Adam", dict(betas=0.9), "betas must be a pair"),
-    ("AdamW", dict(weight_decay=-0.01), "weight_decay must be a finite number >= 0"),
-    ("Adam", dict(amsgrad=1), "amsgrad must be True or False"),
-])
+@pytest.mark.parametrize(
+    ("name", "opts", "match"),
+    [
+        ("SGD", dict(lr=-0.1), "lr must be a finite number >= 0, got -0.1"),
+        ("SGD", dict(lr=float("nan")), "lr must be a finite number >= 0"),
+        ("SGD", dict(lr="0.1"), "lr must be a real number"),
+        ("SGD", dict(momentum=-1), "momentum must be a finite number >= 0"),
+        ("SGD", dict(nesterov=True), "nesterov needs momentum > 0 and dampening == 0"),
+        ("SGD", dict(momentum=0.9, dampening=0.1, nesterov=True), "nesterov needs"),
+        ("Momentum", dict(beta=1.0), r"beta must be in \[0, 1\), got 1.0"),
+        ("RMSprop", dict(alpha=1.5), r"alpha must be in \[0, 1\]"),
+        ("RMSprop", dict(eps=-1e-8), "eps must be a finite number >= 0"),
+        ("Adam", dict(betas=(0.9, 1.0)), r"betas\[1\] must be in \[0, 1\), got 1.0"),
+        ("Adam", dict(betas=(-0.1, 0.9)), r"betas\[0\] must be a finite number >= 0"),
+        ("Adam", dict(betas=0.9), "betas must be a pair"),
+        ("AdamW", dict(weight_decay=-0.01), "weight_decay must be a finite number >= 0"),
+        ("Adam", dict(amsgrad=1), "amsgrad must be True or False"),
+    ],
+)
 def test_bad_hyperparameters(name, opts, match):
     with pytest.raises((ValueError, TypeError), match=match):
         getattr(optim, name)([np.ones(2)], **opts)
@@ -244,14 +253,21 @@ def test_bad_hyperparameter_set_later_is_caught_before_any_update():
     assert opt.steps == [0, 0] and opt.state == [{}, {}]
 
 
-@pytest.mark.parametrize(("params", "exc", "match"), [
-    ([], ValueError, "holds no parameters"),
-    (np.ones(3), TypeError, "not a single array"),
-    ([np.ones(3, np.int64)], TypeError, "unsupported dtype int64"),
-    ([np.ones((3, 4))[:, ::2]], ValueError, "must be C-contiguous"),
-    ([[1.0, 2.0]], TypeError, "must be a numpy array"),
-    ([{"params": [np.ones(2)], "momentun": 0.9}], ValueError, r"unknown options \['momentun'\]"),
-])
+@pytest.mark.parametrize(
+    ("params", "exc", "match"),
+    [
+        ([], ValueError, "holds no parameters"),
+        (np.ones(3), TypeError, "not a single array"),
+        ([np.ones(3, np.int64)], TypeError, "unsupported dtype int64"),
+        ([np.ones((3, 4))[:, ::2]], ValueError, "must be C-contiguous"),
+        ([[1.0, 2.0]], TypeError, "must be a numpy array"),
+        (
+            [{"params": [np.ones(2)], "momentun": 0.9}],
+            ValueError,
+            r"unknown options \['momentun'\]",
+        ),
+    ],
+)
 def test_bad_params(params, exc, match):
     with pytest.raises(exc, match=match):
         optim.SGD(params, lr=0.1)
@@ -277,11 +293,13 @@ def test_non_contiguous_gradient_is_accepted(backend):
 
 
 # ---- state save / load ---------------------------------------------------------------------
-CONFIGS = [("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
-           ("Momentum", dict(lr=0.05, bias_correction=True)),
-           ("RMSprop", dict(lr=0.01, centered=True, momentum=0.5)),
-           ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1)),
-           ("AdamW", dict(lr=0.01, betas=(0.8, 0.9)))]
+CONFIGS = [
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
+    ("Momentum", dict(lr=0.05, bias_correction=True)),
+    ("RMSprop", dict(lr=0.01, centered=True, momentum=0.5)),
+    ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01, betas=(0.8, 0.9))),
+]
 
 
 def _run(opt, params, grads):
@@ -360,7 +378,7 @@ def test_truncated_or_tampered_file_is_refused(tmp_path):
     bad = bytearray(data)
     bad[pos] ^= 0x40
     (tmp_path / "bad.npz").write_bytes(bytes(bad))
-    with pytest.raises(ValueError, match="truncated or corrupted|integrity check"):
+    with pytest.raises(ValueError, match=r"truncated or corrupted|integrity check"):
         fresh.load(tmp_path / "bad.npz")
     assert fresh.state == [{}] and fresh.param_groups[0]["lr"] == 0.3
 

@@ -16,15 +16,27 @@ from .conftest import TOL
 CASES = {
     "sgd": (SGD, 0, (0.1, 0.0, 0.0, 1.0, 0, 0, 0, 0), (False, False, False)),
     "sgd-l2-momentum": (SGD, 0, (0.1, 0.01, 0.9, 0.7, 0, 0, 0, 0), (True, False, False)),
-    "sgd-nesterov-first": (SGD, NESTEROV | FIRST, (0.1, 0.0, 0.9, 1.0, 0, 0, 0, 0),
-                           (True, False, False)),
+    "sgd-nesterov-first": (
+        SGD,
+        NESTEROV | FIRST,
+        (0.1, 0.0, 0.9, 1.0, 0, 0, 0, 0),
+        (True, False, False),
+    ),
     "momentum": (MOMENTUM, 0, (0.05, 0.9, 0.1, 0, 0, 0, 0, 0), (True, False, False)),
     "rmsprop": (RMSPROP, 0, (0.01, 0.0, 0.99, 0.01, 1e-8, 0.0, 0, 0), (True, False, False)),
-    "rmsprop-centered-momentum-l2": (RMSPROP, CENTERED, (0.01, 0.1, 0.3, 0.7, 1e-6, 0.9, 0, 0),
-                                     (True, True, True)),
+    "rmsprop-centered-momentum-l2": (
+        RMSPROP,
+        CENTERED,
+        (0.01, 0.1, 0.3, 0.7, 1e-6, 0.9, 0, 0),
+        (True, True, True),
+    ),
     "adam": (ADAM, 0, (0.01, 0.0, 1.0, 0.1, 0.999, 0.001, 1e-8, 0.03), (True, True, False)),
-    "adamw-amsgrad-large-w": (ADAM, AMSGRAD, (0.02, 0.0, 0.999, 0.7, 0.5, 0.5, 1e-8, 0.8),
-                              (True, True, True)),
+    "adamw-amsgrad-large-w": (
+        ADAM,
+        AMSGRAD,
+        (0.02, 0.0, 0.999, 0.7, 0.5, 0.5, 1e-8, 0.8),
+        (True, True, True),
+    ),
     "adam-l2": (ADAM, 0, (0.01, 0.05, 1.0, 0.1, 0.99, 0.01, 1e-8, 0.2), (True, True, False)),
 }
 
@@ -37,8 +49,10 @@ def _problem(rng, sizes, dtype, used):
     grads = [rng.standard_normal(n).astype(dtype) for n in sizes]
     # state as after some training: square averages >= 1 > squared gradient averages
     scale = [lambda x: 1 + np.abs(x), lambda x: 0.3 * x, np.abs]
-    states = [[f(rng.standard_normal(n)).astype(dtype) for n in sizes] if u else None
-              for u, f in zip(used, scale, strict=True)]
+    states = [
+        [f(rng.standard_normal(n)).astype(dtype) for n in sizes] if u else None
+        for u, f in zip(used, scale, strict=True)
+    ]
     return params, grads, states
 
 

@@ -16,22 +16,23 @@ STEPS = 50
 
 
 def _sgd_cases():
-    for mom, damp, nest, wd in itertools.product([0.0, 0.9], [0.0, 0.5], [False, True],
-                                                 [0.0, 0.1]):
+    for mom, damp, nest, wd in itertools.product([0.0, 0.9], [0.0, 0.5], [False, True], [0.0, 0.1]):
         if nest and (mom == 0 or damp != 0):
             continue
         yield "SGD", dict(lr=0.05, momentum=mom, dampening=damp, nesterov=nest, weight_decay=wd)
 
 
 def _rmsprop_cases():
-    for mom, cen, wd, alpha in itertools.product([0.0, 0.9], [False, True], [0.0, 0.1],
-                                                 [0.99, 0.3]):
+    for mom, cen, wd, alpha in itertools.product(
+        [0.0, 0.9], [False, True], [0.0, 0.1], [0.99, 0.3]
+    ):
         yield "RMSprop", dict(lr=0.01, momentum=mom, centered=cen, weight_decay=wd, alpha=alpha)
 
 
 def _adam_cases():
-    for name, ams, wd, betas in itertools.product(["Adam", "AdamW"], [False, True], [0.0, 0.1],
-                                                  [(0.9, 0.999), (0.3, 0.5)]):
+    for name, ams, wd, betas in itertools.product(
+        ["Adam", "AdamW"], [False, True], [0.0, 0.1], [(0.9, 0.999), (0.3, 0.5)]
+    ):
         yield name, dict(lr=0.02, amsgrad=ams, weight_decay=wd, betas=betas)
 
 
@@ -59,8 +60,9 @@ def test_matches_torch_for_50_steps(case, backend, rng):
         ours.step(grads)
         theirs.step()
         for p, t in zip(params, tparams, strict=True):
-            np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-11, atol=1e-13,
-                                       err_msg=f"step {step}")
+            np.testing.assert_allclose(
+                p, t.detach().numpy(), rtol=1e-11, atol=1e-13, err_msg=f"step {step}"
+            )
 
 
 @pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adam", "AdamW"])

@@ -17,11 +17,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
-    "nn",
-    "optim",
     "available_backends",
     "get_backend",
     "get_num_threads",
+    "nn",
+    "optim",
     "set_backend",
     "set_num_threads",
 ]

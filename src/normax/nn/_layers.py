@@ -70,8 +70,9 @@ class Module:
     def _saved(self, attr: str):
         value = getattr(self, attr, None)
         if value is None:
-            raise RuntimeError(f"{type(self).__name__}.backward needs a forward pass in "
-                               "training mode first")
+            raise RuntimeError(
+                f"{type(self).__name__}.backward needs a forward pass in training mode first"
+            )
         return value
 
 
@@ -104,7 +105,8 @@ class Linear(Module):
         bound = math.sqrt(6.0 / self.in_features)
         gen = np.random.default_rng(rng)
         self.weight = gen.uniform(-bound, bound, (self.in_features, self.out_features)).astype(
-            self.dtype)
+            self.dtype
+        )
         self.dweight = np.zeros_like(self.weight)
         self.bias = np.zeros(self.out_features, self.dtype) if bias else None
         self.dbias = np.zeros_like(self.bias) if bias else None
@@ -119,8 +121,9 @@ class Linear(Module):
     def forward(self, x):
         x = np.asarray(x, dtype=self.dtype)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"Linear expects input of shape (..., {self.in_features}), got "
-                             f"{x.shape}")
+            raise ValueError(
+                f"Linear expects input of shape (..., {self.in_features}), got {x.shape}"
+            )
         x2 = x.reshape(-1, self.in_features)
         y = x2 @ self.weight
         if self.bias is not None:
@@ -132,8 +135,10 @@ class Linear(Module):
         x2 = self._saved("_x")
         dy2 = np.asarray(dy, dtype=self.dtype).reshape(-1, self.out_features)
         if dy2.shape[0] != x2.shape[0]:
-            raise ValueError(f"dy has shape {np.shape(dy)}, the forward output had "
-                             f"{x2.shape[0]} rows of {self.out_features}")
+            raise ValueError(
+                f"dy has shape {np.shape(dy)}, the forward output had "
+                f"{x2.shape[0]} rows of {self.out_features}"
+            )
         np.matmul(x2.T, dy2, out=self.dweight)
         if self.bias is not None:
             dy2.sum(axis=0, out=self.dbias)
@@ -189,12 +194,26 @@ class BatchNorm(Module):
         x = np.asarray(x, dtype=self.dtype)
         if self.training:
             y, self._cache = normax.batch_norm_train(
-                x, self.gamma, self.beta, self.running_mean, self.running_var,
-                axis=self.axis, momentum=self.momentum, eps=self.eps)
+                x,
+                self.gamma,
+                self.beta,
+                self.running_mean,
+                self.running_var,
+                axis=self.axis,
+                momentum=self.momentum,
+                eps=self.eps,
+            )
             return y
         self._cache = None
-        return normax.batch_norm_infer(x, self.gamma, self.beta, self.running_mean,
-                                       self.running_var, axis=self.axis, eps=self.eps)
+        return normax.batch_norm_infer(
+            x,
+            self.gamma,
+            self.beta,
+            self.running_mean,
+            self.running_var,
+            axis=self.axis,
+            eps=self.eps,
+        )
 
     def backward(self, dy, need_dx=True):
         import normax
@@ -245,13 +264,15 @@ class Sequential(Module):
     def __init__(self, *layers: Module):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
-                raise TypeError(f"layer {i} must be a normax.nn.Module, got "
-                                f"{type(layer).__name__}")
+                raise TypeError(f"layer {i} must be a normax.nn.Module, got {type(layer).__name__}")
         self.layers = list(layers)
 
     def _collect(self, what: str) -> dict[str, np.ndarray]:
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
-                for k, v in getattr(layer, what)().items()}
+        return {
+            f"{i}.{k}": v
+            for i, layer in enumerate(self.layers)
+            for k, v in getattr(layer, what)().items()
+        }
 
     def parameters(self):
         return self._collect("parameters")

@@ -22,10 +22,16 @@ class SoftmaxCrossEntropy:
     (1.3863, (2, 4))
     """
 
-    def __init__(self, *, axis=-1, reduction="mean", weight=None, ignore_index=None,
-                 label_smoothing=0.0):
-        self.options = dict(axis=axis, reduction=reduction, weight=weight,
-                            ignore_index=ignore_index, label_smoothing=label_smoothing)
+    def __init__(
+        self, *, axis=-1, reduction="mean", weight=None, ignore_index=None, label_smoothing=0.0
+    ):
+        self.options = dict(
+            axis=axis,
+            reduction=reduction,
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+        )
         self._dz = None
 
     def __call__(self, z, target):

@@ -33,8 +33,12 @@ def save_checkpoint(path: str | os.PathLike, model, optimizer=None) -> None:
     optimizer : normax.optim.Optimizer, optional
     """
     params, buffers = model.parameters(), model.buffers()
-    meta = {"format": FORMAT, "params": _describe(params), "buffers": _describe(buffers),
-            "optimizer": optimizer is not None}
+    meta = {
+        "format": FORMAT,
+        "params": _describe(params),
+        "buffers": _describe(buffers),
+        "optimizer": optimizer is not None,
+    }
     arrays = {"checkpoint.meta": np.array(json.dumps(meta))}
     arrays.update({f"param.{k}": v for k, v in params.items()})
     arrays.update({f"buffer.{k}": v for k, v in buffers.items()})
@@ -47,14 +51,18 @@ def _match(kind: str, stored: dict[str, np.ndarray], current: dict[str, np.ndarr
     missing = sorted(set(current) - set(stored))
     extra = sorted(set(stored) - set(current))
     if missing or extra:
-        raise ValueError(f"checkpoint does not fit this model: {kind} missing from the file "
-                         f"{missing}, {kind} the model lacks {extra}")
+        raise ValueError(
+            f"checkpoint does not fit this model: {kind} missing from the file "
+            f"{missing}, {kind} the model lacks {extra}"
+        )
     for name, arr in current.items():
         got = stored[name]
         if got.shape != arr.shape or got.dtype != arr.dtype:
-            raise ValueError(f"checkpoint does not fit this model: {kind[:-1]} {name!r} is "
-                             f"{got.shape} {got.dtype} in the file, {arr.shape} {arr.dtype} "
-                             "in the model")
+            raise ValueError(
+                f"checkpoint does not fit this model: {kind[:-1]} {name!r} is "
+                f"{got.shape} {got.dtype} in the file, {arr.shape} {arr.dtype} "
+                "in the model"
+            )
 
 
 def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> None:
@@ -69,8 +77,10 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> None:
         meta = json.loads(str(arrays["checkpoint.meta"][()]))
         if meta.get("format") != FORMAT:
             raise ValueError(f"unknown format {meta.get('format')!r}")
-        stored = {kind: {k: arrays[f"{kind[:-1]}.{k}"] for k in meta[kind]}
-                  for kind in ("params", "buffers")}
+        stored = {
+            kind: {k: arrays[f"{kind[:-1]}.{k}"] for k in meta[kind]}
+            for kind in ("params", "buffers")
+        }
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"{os.fspath(path)!r} is not a normax checkpoint: {exc!r}") from None
     params, buffers = model.parameters(), model.buffers()

@@ -154,8 +154,13 @@ def train(params: dict | None = None, *, epochs: int = 20, seed: int = 0) -> Ite
         yield Epoch(epoch, mean_loss, train_acc, test_acc, time.perf_counter() - t0)
 
 
-def train_digits(params: dict, *, epochs: int = 20, seed: int = 0,
-                 report: Callable[[int, float], object] | None = None) -> float:
+def train_digits(
+    params: dict,
+    *,
+    epochs: int = 20,
+    seed: int = 0,
+    report: Callable[[int, float], object] | None = None,
+) -> float:
     """Train the demo MLP on the digits and return its held-out accuracy in [0, 1].
 
     Parameters
@@ -213,13 +218,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="weights and batch order seed (0)")
     parser.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     parser.add_argument("--beta1", type=float, default=DEFAULTS["beta1"], help="Adam beta1")
-    parser.add_argument("--hidden", type=int, default=DEFAULTS["hidden"],
-                        help="units per hidden layer")
-    parser.add_argument("--layers", type=int, default=DEFAULTS["layers"],
-                        help="number of hidden layers")
+    parser.add_argument(
+        "--hidden", type=int, default=DEFAULTS["hidden"], help="units per hidden layer"
+    )
+    parser.add_argument(
+        "--layers", type=int, default=DEFAULTS["layers"], help="number of hidden layers"
+    )
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--backend", choices=["c", "numba", "numpy"], default=None,
-                        help="kernel backend (default: the active one)")
+    parser.add_argument(
+        "--backend",
+        choices=["c", "numba", "numpy"],
+        default=None,
+        help="kernel backend (default: the active one)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -228,8 +239,9 @@ def _progress(epochs: int, disable: bool):
         from tqdm import tqdm
     except ImportError:  # the bar is optional
         return None
-    return tqdm(total=epochs, desc="epochs", unit="epoch", file=sys.stderr, disable=disable,
-                leave=False)
+    return tqdm(
+        total=epochs, desc="epochs", unit="epoch", file=sys.stderr, disable=disable, leave=False
+    )
 
 
 def run(args) -> int:
@@ -238,13 +250,21 @@ def run(args) -> int:
 
     if args.backend:
         normax.set_backend(args.backend)
-    params = {"lr": args.lr, "beta1": args.beta1, "hidden": args.hidden, "layers": args.layers,
-              "batch_size": args.batch_size}
+    params = {
+        "lr": args.lr,
+        "beta1": args.beta1,
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "batch_size": args.batch_size,
+    }
     t0 = time.perf_counter()
     load_digits_split()
-    print(f"digits: {len(load_digits_split().y_train)} training, "
-          f"{len(load_digits_split().y_test)} held-out images; backend {normax.get_backend()}; "
-          f"{args.layers} x {args.hidden} hidden units, Adam lr={args.lr:g}", flush=True)
+    print(
+        f"digits: {len(load_digits_split().y_train)} training, "
+        f"{len(load_digits_split().y_test)} held-out images; backend {normax.get_backend()}; "
+        f"{args.layers} x {args.hidden} hidden units, Adam lr={args.lr:g}",
+        flush=True,
+    )
     bar = _progress(args.epochs, args.no_progress)
     with single_threaded_blas():
         held_out = _report(train(params, epochs=args.epochs, seed=args.seed), args, bar)
@@ -258,9 +278,11 @@ def run(args) -> int:
 def _report(records, args, bar) -> float:
     held_out = 0.0
     for rec in records:
-        line = (f"epoch {rec.epoch:3d}/{args.epochs}  loss {rec.loss:.4f}  "
-                f"train {100 * rec.train_accuracy:5.1f}%  held-out "
-                f"{100 * rec.held_out_accuracy:5.1f}%  {rec.seconds:.3f} s")
+        line = (
+            f"epoch {rec.epoch:3d}/{args.epochs}  loss {rec.loss:.4f}  "
+            f"train {100 * rec.train_accuracy:5.1f}%  held-out "
+            f"{100 * rec.held_out_accuracy:5.1f}%  {rec.seconds:.3f} s"
+        )
         if bar is not None:
             bar.write(line, file=sys.stdout)
             bar.update()

@@ -20,8 +20,9 @@ from ._fused import fused_step
 
 def check_nonneg(value, name: str) -> float:
     """A finite real number >= 0."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating,
-                                                                     np.integer)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.floating, np.integer)
+    ):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     v = float(value)
     if not (math.isfinite(v) and v >= 0.0):
@@ -66,8 +67,11 @@ class Optimizer:
             self._add_group(gi, raw)
         _params.check_distinct(self._arrays, self._labels)
         names = [k for keys, by_name, _, _ in self._layout if by_name for k in keys]
-        self._flat_dict = (self._grouped and all(by for _, by, _, _ in self._layout)
-                           and len(set(names)) == len(names))
+        self._flat_dict = (
+            self._grouped
+            and all(by for _, by, _, _ in self._layout)
+            and len(set(names)) == len(names)
+        )
         self.state: list[dict[str, np.ndarray]] = [{} for _ in self._arrays]
         self._steps = [0] * len(self.param_groups)
 
@@ -75,8 +79,9 @@ class Optimizer:
         where = f"param_groups[{gi}]" if self._grouped else "params"
         unknown = sorted(set(raw) - set(self.defaults) - {"params"})
         if unknown:
-            raise ValueError(f"{where} has unknown options {unknown}; "
-                             f"known: {sorted(self.defaults)}")
+            raise ValueError(
+                f"{where} has unknown options {unknown}; known: {sorted(self.defaults)}"
+            )
         container = raw["params"]
         pairs = _params.entries(container)
         if not pairs:
@@ -112,15 +117,19 @@ class Optimizer:
             values = _params.match(grads, keys, True, "grads")
         else:
             if not isinstance(grads, Sequence) or isinstance(grads, (str, np.ndarray)):
-                raise TypeError("with parameter groups, grads must be a list with one list or "
-                                f"dict per group, got {type(grads).__name__}")
+                raise TypeError(
+                    "with parameter groups, grads must be a list with one list or "
+                    f"dict per group, got {type(grads).__name__}"
+                )
             if len(grads) != len(self._layout):
                 raise ValueError(f"grads has {len(grads)} groups, params has {len(self._layout)}")
             values = []
             for gi, (keys, by_name, _, _) in enumerate(self._layout):
                 values += _params.match(grads[gi], keys, by_name, f"grads[{gi}]")
-        return [_params.check_grad(g, p, name)
-                for g, p, name in zip(values, self._arrays, self._labels, strict=True)]
+        return [
+            _params.check_grad(g, p, name)
+            for g, p, name in zip(values, self._arrays, self._labels, strict=True)
+        ]
 
     def step(self, grads) -> None:
         """Update every parameter in place from ``grads`` (same structure as the params).
@@ -146,10 +155,17 @@ class Optimizer:
         flags, hyper = self._hyper(group, t, first)
         for dtype in dict.fromkeys(self._arrays[i].dtype for i in range(start, stop)):
             idx = [i for i in range(start, stop) if self._arrays[i].dtype == dtype]
-            states = [None if name is None else [self.state[i][name] for i in idx]
-                      for name in slots]
-            fused_step(self._kind, flags, hyper, [self._arrays[i] for i in idx],
-                       [flat[i] for i in idx], *states)
+            states = [
+                None if name is None else [self.state[i][name] for i in idx] for name in slots
+            ]
+            fused_step(
+                self._kind,
+                flags,
+                hyper,
+                [self._arrays[i] for i in idx],
+                [flat[i] for i in idx],
+                *states,
+            )
         self._steps[gi] = t
 
     def set_lr(self, lr: float) -> None:
@@ -185,15 +201,17 @@ class Optimizer:
     def _checked_state(self, sd) -> tuple[list[dict], list[int], list[dict]]:
         name = type(self).__name__
         if not isinstance(sd, Mapping) or set(sd) != {"optimizer", "param_groups", "state"}:
-            raise ValueError("state_dict must be a dict with keys 'optimizer', 'param_groups' "
-                             "and 'state'")
+            raise ValueError(
+                "state_dict must be a dict with keys 'optimizer', 'param_groups' and 'state'"
+            )
         if sd["optimizer"] != name:
             raise ValueError(f"state_dict is for a {sd['optimizer']} optimizer, not {name}")
         raw_groups = sd["param_groups"]
         if not isinstance(raw_groups, Sequence) or len(raw_groups) != len(self.param_groups):
             n = len(raw_groups) if isinstance(raw_groups, Sequence) else raw_groups
-            raise ValueError(f"state_dict has {n} parameter groups, this optimizer has "
-                             f"{len(self.param_groups)}")
+            raise ValueError(
+                f"state_dict has {n} parameter groups, this optimizer has {len(self.param_groups)}"
+            )
         groups, steps = [], []
         for gi, raw in enumerate(raw_groups):
             group, step = self._checked_group(gi, raw)
@@ -210,8 +228,10 @@ class Optimizer:
         if set(raw) != expected:
             raise ValueError(f"{where} has keys {sorted(raw)}, expected {sorted(expected)}")
         if list(raw["params"]) != list(range(start, stop)):
-            raise ValueError(f"{where} holds parameters {list(raw['params'])}, this optimizer's "
-                             f"group holds {list(range(start, stop))}")
+            raise ValueError(
+                f"{where} holds parameters {list(raw['params'])}, this optimizer's "
+                f"group holds {list(range(start, stop))}"
+            )
         step = raw["step"]
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"{where} step must be an int >= 0, got {step!r}")
@@ -233,12 +253,16 @@ class Optimizer:
             p = self._arrays[i]
             for name, arr in entry.items():
                 if name not in self._state_names:
-                    raise ValueError(f"state_dict state[{i}] has unknown entry {name!r}; "
-                                     f"{type(self).__name__} keeps {list(self._state_names)}")
+                    raise ValueError(
+                        f"state_dict state[{i}] has unknown entry {name!r}; "
+                        f"{type(self).__name__} keeps {list(self._state_names)}"
+                    )
                 if not isinstance(arr, np.ndarray) or arr.shape != p.shape or arr.dtype != p.dtype:
                     got = (arr.shape, arr.dtype) if isinstance(arr, np.ndarray) else type(arr)
-                    raise ValueError(f"state_dict state[{i}][{name!r}] is {got}, expected shape "
-                                     f"{p.shape} and dtype {p.dtype} like {self._labels[i]}")
+                    raise ValueError(
+                        f"state_dict state[{i}][{name!r}] is {got}, expected shape "
+                        f"{p.shape} and dtype {p.dtype} like {self._labels[i]}"
+                    )
                 state[i][name] = np.array(arr, order="C", copy=True)
         return state
 

@@ -84,15 +84,44 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
         b = _flat(s1[k]) if s1 is not None else pf
         c = _flat(s2[k]) if s2 is not None else pf
         if kind == SGD:
-            _sgd(pf, gf, a, *h[:4], hyper[1] != 0.0, s0 is not None,
-                 bool(flags & NESTEROV), bool(flags & FIRST))
+            _sgd(
+                pf,
+                gf,
+                a,
+                *h[:4],
+                hyper[1] != 0.0,
+                s0 is not None,
+                bool(flags & NESTEROV),
+                bool(flags & FIRST),
+            )
         elif kind == MOMENTUM:
             _momentum(pf, gf, a, *h[:3])
         elif kind == RMSPROP:
-            _rmsprop(pf, gf, a, b, c, *h[:6], t(1) - h[3], hyper[1] != 0.0, bool(flags & CENTERED),
-                     s2 is not None, abs(hyper[3]) < 0.5)
+            _rmsprop(
+                pf,
+                gf,
+                a,
+                b,
+                c,
+                *h[:6],
+                t(1) - h[3],
+                hyper[1] != 0.0,
+                bool(flags & CENTERED),
+                s2 is not None,
+                abs(hyper[3]) < 0.5,
+            )
         elif kind == ADAM:
-            _adam(pf, gf, a, b, c, *h, t(1) - h[3], hyper[1] != 0.0, bool(flags & AMSGRAD),
-                  abs(hyper[3]) < 0.5)
+            _adam(
+                pf,
+                gf,
+                a,
+                b,
+                c,
+                *h,
+                t(1) - h[3],
+                hyper[1] != 0.0,
+                bool(flags & AMSGRAD),
+                abs(hyper[3]) < 0.5,
+            )
         else:
             raise ValueError(f"unknown optimizer kind {kind}")

@@ -7,9 +7,9 @@ Every option after ``lr`` is keyword-only.
 
 from __future__ import annotations
 
-
 from ._base import Optimizer, check_bool, check_nonneg, check_unit
-from ._kinds import ADAM, AMSGRAD, CENTERED, FIRST, MOMENTUM, NESTEROV, RMSPROP, SGD as _SGD
+from ._kinds import ADAM, AMSGRAD, CENTERED, FIRST, MOMENTUM, NESTEROV, RMSPROP
+from ._kinds import SGD as _SGD
 
 _NONE = (None, None, None)
 
@@ -45,10 +45,19 @@ class SGD(Optimizer):
     _kind = _SGD
     _state_names = ("momentum_buffer",)
 
-    def __init__(self, params, lr=1e-3, *, momentum=0.0, dampening=0.0, nesterov=False,
-                 weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      nesterov=nesterov, weight_decay=weight_decay))
+    def __init__(
+        self, params, lr=1e-3, *, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                nesterov=nesterov,
+                weight_decay=weight_decay,
+            ),
+        )
 
     def _check(self, group, where):
         group["lr"] = check_nonneg(group["lr"], f"{where}lr")
@@ -57,16 +66,26 @@ class SGD(Optimizer):
         group["weight_decay"] = check_nonneg(group["weight_decay"], f"{where}weight_decay")
         group["nesterov"] = check_bool(group["nesterov"], f"{where}nesterov")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError(f"{where}nesterov needs momentum > 0 and dampening == 0, got "
-                             f"momentum={group['momentum']!r}, dampening={group['dampening']!r}")
+            raise ValueError(
+                f"{where}nesterov needs momentum > 0 and dampening == 0, got "
+                f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
+            )
 
     def _slots(self, group):
         return ("momentum_buffer", None, None) if group["momentum"] != 0 else _NONE
 
     def _hyper(self, group, step, first):
         flags = (NESTEROV if group["nesterov"] else 0) | (FIRST if first else 0)
-        return flags, (group["lr"], group["weight_decay"], group["momentum"],
-                       1.0 - group["dampening"], 0.0, 0.0, 0.0, 0.0)
+        return flags, (
+            group["lr"],
+            group["weight_decay"],
+            group["momentum"],
+            1.0 - group["dampening"],
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+        )
 
 
 class Momentum(Optimizer):
@@ -107,8 +126,7 @@ class Momentum(Optimizer):
     def _check(self, group, where):
         group["lr"] = check_nonneg(group["lr"], f"{where}lr")
         group["beta"] = check_unit(group["beta"], f"{where}beta")
-        group["bias_correction"] = check_bool(group["bias_correction"],
-                                              f"{where}bias_correction")
+        group["bias_correction"] = check_bool(group["bias_correction"], f"{where}bias_correction")
 
     def _slots(self, group):
         return ("velocity", None, None)
@@ -153,10 +171,28 @@ class RMSprop(Optimizer):
     _kind = RMSPROP
     _state_names = ("square_avg", "grad_avg", "momentum_buffer")
 
-    def __init__(self, params, lr=1e-2, *, alpha=0.99, eps=1e-8, momentum=0.0, centered=False,
-                 weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum,
-                                      centered=centered, weight_decay=weight_decay))
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        *,
+        alpha=0.99,
+        eps=1e-8,
+        momentum=0.0,
+        centered=False,
+        weight_decay=0.0,
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                alpha=alpha,
+                eps=eps,
+                momentum=momentum,
+                centered=centered,
+                weight_decay=weight_decay,
+            ),
+        )
 
     def _check(self, group, where):
         for name in ("lr", "eps", "momentum", "weight_decay"):
@@ -165,14 +201,24 @@ class RMSprop(Optimizer):
         group["centered"] = check_bool(group["centered"], f"{where}centered")
 
     def _slots(self, group):
-        return ("square_avg", "grad_avg" if group["centered"] else None,
-                "momentum_buffer" if group["momentum"] > 0 else None)
+        return (
+            "square_avg",
+            "grad_avg" if group["centered"] else None,
+            "momentum_buffer" if group["momentum"] > 0 else None,
+        )
 
     def _hyper(self, group, step, first):
         alpha = group["alpha"]
         return (CENTERED if group["centered"] else 0), (
-            group["lr"], group["weight_decay"], alpha, 1.0 - alpha, group["eps"],
-            group["momentum"], 0.0, 0.0)
+            group["lr"],
+            group["weight_decay"],
+            alpha,
+            1.0 - alpha,
+            group["eps"],
+            group["momentum"],
+            0.0,
+            0.0,
+        )
 
 
 class Adam(Optimizer):
@@ -208,10 +254,12 @@ class Adam(Optimizer):
     _state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      amsgrad=amsgrad))
+    def __init__(
+        self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False
+    ):
+        super().__init__(
+            params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        )
 
     def _check(self, group, where):
         for name in ("lr", "eps", "weight_decay"):
@@ -219,8 +267,10 @@ class Adam(Optimizer):
         betas = group["betas"]
         if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
             raise ValueError(f"{where}betas must be a pair of numbers, got {betas!r}")
-        group["betas"] = (check_unit(betas[0], f"{where}betas[0]"),
-                          check_unit(betas[1], f"{where}betas[1]"))
+        group["betas"] = (
+            check_unit(betas[0], f"{where}betas[0]"),
+            check_unit(betas[1], f"{where}betas[1]"),
+        )
         group["amsgrad"] = check_bool(group["amsgrad"], f"{where}amsgrad")
 
     def _slots(self, group):
@@ -233,7 +283,15 @@ class Adam(Optimizer):
         bc2_sqrt = (1.0 - beta2**step) ** 0.5
         l2, decay = (0.0, 1.0 - lr * wd if wd != 0 else 1.0) if self._decoupled else (wd, 1.0)
         return (AMSGRAD if group["amsgrad"] else 0), (
-            step_size, l2, decay, 1.0 - beta1, beta2, 1.0 - beta2, group["eps"], bc2_sqrt)
+            step_size,
+            l2,
+            decay,
+            1.0 - beta1,
+            beta2,
+            1.0 - beta2,
+            group["eps"],
+            bc2_sqrt,
+        )
 
 
 class AdamW(Adam):
@@ -245,9 +303,9 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False):
-        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad)
-
-
+    def __init__(
+        self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False
+    ):
+        super().__init__(
+            params, lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
+        )

@@ -7,6 +7,7 @@ entry that does not match.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -55,8 +56,9 @@ def check_param(p, name: str) -> np.ndarray:
     if p.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} has unsupported dtype {p.dtype}; supported: float32, float64")
     if not (p.flags.c_contiguous and p.flags.aligned and p.dtype.isnative):
-        raise ValueError(f"{name} must be C-contiguous, aligned and native-endian to be updated "
-                         "in place")
+        raise ValueError(
+            f"{name} must be C-contiguous, aligned and native-endian to be updated in place"
+        )
     if not p.flags.writeable:
         raise ValueError(f"{name} is read-only")
     return p
@@ -67,10 +69,11 @@ def check_distinct(arrays: list[np.ndarray], names: list[str]) -> None:
     spans = sorted(
         (p.__array_interface__["data"][0], p.nbytes, i) for i, p in enumerate(arrays) if p.nbytes
     )
-    for (a0, an, i), (b0, _, j) in zip(spans, spans[1:], strict=False):
+    for (a0, an, i), (b0, _, j) in itertools.pairwise(spans):
         if b0 < a0 + an:
-            raise ValueError(f"{names[i]} and {names[j]} share memory; every parameter must be "
-                             "a separate array")
+            raise ValueError(
+                f"{names[i]} and {names[j]} share memory; every parameter must be a separate array"
+            )
 
 
 def check_grad(g, p: np.ndarray, name: str) -> np.ndarray:
@@ -78,11 +81,13 @@ def check_grad(g, p: np.ndarray, name: str) -> np.ndarray:
     if not isinstance(g, np.ndarray):
         raise TypeError(f"grads{name[6:]} must be a numpy array, got {type(g).__name__}")
     if g.shape != p.shape:
-        raise ValueError(f"grads{name[6:]} has shape {g.shape}, expected {p.shape} "
-                         "(the shape of its parameter)")
+        raise ValueError(
+            f"grads{name[6:]} has shape {g.shape}, expected {p.shape} (the shape of its parameter)"
+        )
     if g.dtype != p.dtype:
-        raise TypeError(f"grads{name[6:]} has dtype {g.dtype}, expected {p.dtype} "
-                        "(the dtype of its parameter)")
+        raise TypeError(
+            f"grads{name[6:]} has dtype {g.dtype}, expected {p.dtype} (the dtype of its parameter)"
+        )
     return contiguous(g)
 
 
@@ -92,13 +97,15 @@ def match(grads, keys: list, by_name: bool, what: str) -> list:
         raise TypeError(f"{what} must be a list or dict of arrays, got {type(grads).__name__}")
     if by_name:
         if not isinstance(grads, Mapping):
-            raise TypeError(f"{what} must be a dict with the keys of params, "
-                            f"got {type(grads).__name__}")
+            raise TypeError(
+                f"{what} must be a dict with the keys of params, got {type(grads).__name__}"
+            )
         missing = [k for k in keys if k not in grads]
         extra = [k for k in grads if k not in set(keys)]
         if missing or extra:
-            raise ValueError(f"{what} keys do not match params: missing {missing}, "
-                             f"unexpected {extra}")
+            raise ValueError(
+                f"{what} keys do not match params: missing {missing}, unexpected {extra}"
+            )
         return [grads[k] for k in keys]
     if isinstance(grads, Mapping) or not isinstance(grads, Sequence):
         raise TypeError(f"{what} must be a list like params, got {type(grads).__name__}")

@@ -33,9 +33,12 @@ def digest(arrays: dict[str, np.ndarray]) -> str:
 
 def to_arrays(state_dict: dict, prefix: str = "optim.") -> dict[str, np.ndarray]:
     """Flatten an optimizer ``state_dict`` into named arrays (no objects, no pickle)."""
-    meta = {"format": FORMAT, "optimizer": state_dict["optimizer"],
-            "param_groups": state_dict["param_groups"],
-            "state": {str(i): sorted(entry) for i, entry in state_dict["state"].items()}}
+    meta = {
+        "format": FORMAT,
+        "optimizer": state_dict["optimizer"],
+        "param_groups": state_dict["param_groups"],
+        "state": {str(i): sorted(entry) for i, entry in state_dict["state"].items()},
+    }
     arrays = {f"{prefix}meta": np.array(json.dumps(meta))}
     for i, entry in state_dict["state"].items():
         for name, arr in entry.items():
@@ -49,8 +52,10 @@ def from_arrays(arrays: dict[str, np.ndarray], prefix: str = "optim.") -> dict:
         meta = json.loads(str(arrays[f"{prefix}meta"][()]))
         if meta["format"] != FORMAT:
             raise ValueError(f"unknown format {meta['format']!r}")
-        state = {int(i): {name: arrays[f"{prefix}state.{i}.{name}"] for name in names}
-                 for i, names in meta["state"].items()}
+        state = {
+            int(i): {name: arrays[f"{prefix}state.{i}.{name}"] for name in names}
+            for i, names in meta["state"].items()
+        }
         groups = meta["param_groups"]
         for g in groups:
             if isinstance(g.get("betas"), list):
@@ -95,12 +100,15 @@ def load_npz(path) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise ValueError(f"{os.fspath(path)!r} is not a readable checkpoint "
-                         f"(truncated or corrupted?): {exc}") from None
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a readable checkpoint (truncated or corrupted?): {exc}"
+        ) from None
     stored = arrays.pop("__digest__", None)
     if stored is None or str(stored[()]) != digest(arrays):
-        raise ValueError(f"{os.fspath(path)!r} failed its integrity check: the file was "
-                         "modified or corrupted after it was written")
+        raise ValueError(
+            f"{os.fspath(path)!r} failed its integrity check: the file was "
+            "modified or corrupted after it was written"
+        )
     return arrays
 
 

@@ -41,7 +41,7 @@ def _count(t) -> int:
 
 
 @dataclass(frozen=True)
-class step_decay:  # noqa: N801 - used like a function
+class step_decay:
     """``lr0 * gamma ** (t // every)``: multiply by ``gamma`` every ``every`` epochs."""
 
     lr0: float
@@ -59,7 +59,7 @@ class step_decay:  # noqa: N801 - used like a function
 
 
 @dataclass(frozen=True)
-class exponential:  # noqa: N801
+class exponential:
     """``lr0 * gamma ** t``."""
 
     lr0: float
@@ -74,7 +74,7 @@ class exponential:  # noqa: N801
 
 
 @dataclass(frozen=True)
-class inverse_time:  # noqa: N801
+class inverse_time:
     """``lr0 / (1 + decay * t)``: the course notes' learning-rate decay."""
 
     lr0: float
@@ -89,7 +89,7 @@ class inverse_time:  # noqa: N801
 
 
 @dataclass(frozen=True)
-class cosine:  # noqa: N801
+class cosine:
     """``lr_min + (lr0 - lr_min) * (1 + cos(pi * t / period)) / 2``, then ``lr_min``."""
 
     lr0: float
