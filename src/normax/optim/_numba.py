@@ -13,7 +13,17 @@ import numpy as np
 
 from ._kinds import ADAM, AMSGRAD, CENTERED, FIRST, MOMENTUM, NESTEROV, RMSPROP, SGD
 
-_jit = numba.njit(parallel=True, cache=True, nogil=True)
+# Below this many elements an array is updated on one thread, as in the C kernel: waking the
+# thread pool costs more than the arithmetic of a small array.
+PARALLEL_MIN_WORK = 1 << 15
+
+
+def _jit(fn):
+    """A (parallel, serial) pair of compiled versions of ``fn``, each compiled on first use."""
+    return (
+        numba.njit(parallel=True, cache=True, nogil=True)(fn),
+        numba.njit(cache=True, nogil=True)(fn),
+    )
 
 
 @_jit
@@ -77,6 +87,7 @@ def _flat(a):
 def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
     """Update every array of ``params`` in place (same signature as the C kernel)."""
     for k, p in enumerate(params):
+        which = 0 if p.size >= PARALLEL_MIN_WORK else 1
         t = p.dtype.type
         h = [t(x) for x in hyper]
         pf, gf = _flat(p), _flat(grads[k])
@@ -84,7 +95,7 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
         b = _flat(s1[k]) if s1 is not None else pf
         c = _flat(s2[k]) if s2 is not None else pf
         if kind == SGD:
-            _sgd(
+            _sgd[which](
                 pf,
                 gf,
                 a,
@@ -95,9 +106,9 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
                 bool(flags & FIRST),
             )
         elif kind == MOMENTUM:
-            _momentum(pf, gf, a, *h[:3])
+            _momentum[which](pf, gf, a, *h[:3])
         elif kind == RMSPROP:
-            _rmsprop(
+            _rmsprop[which](
                 pf,
                 gf,
                 a,
@@ -111,7 +122,7 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
                 abs(hyper[3]) < 0.5,
             )
         elif kind == ADAM:
-            _adam(
+            _adam[which](
                 pf,
                 gf,
                 a,
