@@ -404,3 +404,14 @@ def test_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
 def test_repr_and_lazy_import():
     assert "Adam(1 arrays" in repr(normax.optim.Adam([np.ones(1)]))
     assert math.isclose(normax.optim.Adam([np.ones(1)]).defaults["lr"], 1e-3)
+
+
+@pytest.mark.parametrize("script", ["quadratic.py", "quadratic_data.py"])
+def test_examples_reach_w_equals_5(script):
+    import pathlib
+    import runpy
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / script
+    if not path.exists():
+        pytest.skip("examples/ is not part of this installation")
+    runpy.run_path(str(path), run_name="__main__")  # each asserts |w - 5| < 1e-3

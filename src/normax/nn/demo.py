@@ -118,6 +118,18 @@ def _batches(n: int, size: int, rng: np.random.Generator) -> Iterator[np.ndarray
             yield idx
 
 
+def train_epoch(model, opt, loss_fn, x, y, batch_size: int, rng) -> float:
+    """One pass over ``(x, y)`` in shuffled mini-batches; returns the mean training loss."""
+    model.train()
+    total, count = 0.0, 0
+    for idx in _batches(len(y), batch_size, rng):
+        loss = loss_fn(model(x[idx]), y[idx])
+        model.backward(loss_fn.backward(), need_dx=False)
+        opt.step(model.grads())
+        total, count = total + loss * len(idx), count + len(idx)
+    return total / max(count, 1)
+
+
 def train(params: dict | None = None, *, epochs: int = 20, seed: int = 0) -> Iterator[Epoch]:
     """Train the demo network, yielding one :class:`Epoch` record per epoch.
 
@@ -137,20 +149,17 @@ def train(params: dict | None = None, *, epochs: int = 20, seed: int = 0) -> Ite
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         opt.set_lr(schedule(epoch - 1))
-        model.train()
-        total, count = 0.0, 0
         with np.errstate(all="ignore"):  # a diverging run yields NaN, reported below
-            for idx in _batches(len(data.y_train), cfg["batch_size"], rng):
-                loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
-                model.backward(loss_fn.backward(), need_dx=False)
-                opt.step(model.grads())
-                total, count = total + loss * len(idx), count + len(idx)
-            mean_loss = total / max(count, 1)
-            if not math.isfinite(mean_loss):
-                yield Epoch(epoch, mean_loss, math.nan, math.nan, time.perf_counter() - t0)
-                return
-            train_acc = accuracy(model, data.x_train, data.y_train)
-            test_acc = accuracy(model, data.x_test, data.y_test)
+            mean_loss = train_epoch(
+                model, opt, loss_fn, data.x_train, data.y_train, cfg["batch_size"], rng
+            )
+            finite = math.isfinite(mean_loss)
+            if finite:
+                train_acc = accuracy(model, data.x_train, data.y_train)
+                test_acc = accuracy(model, data.x_test, data.y_test)
+        if not finite:
+            yield Epoch(epoch, mean_loss, math.nan, math.nan, time.perf_counter() - t0)
+            return
         yield Epoch(epoch, mean_loss, train_acc, test_acc, time.perf_counter() - t0)
 
 
