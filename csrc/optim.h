@@ -1,9 +1,10 @@
 /* Fused optimizer updates: one pass over every parameter of a group, in place.
  *
  * A call updates a list of parameter arrays (all of one dtype) from their gradients and
- * optimizer state. The arrays are treated as one virtual concatenation split evenly across the
- * OpenMP threads, so 100 small arrays and one large one cost the same per element and no
- * thread idles. Each element is read and written exactly once; no temporaries are allocated.
+ * optimizer state. The arrays are treated as one virtual concatenation, cut into fixed-size
+ * chunks that the OpenMP threads take in turn, so 100 small arrays and one large one cost the
+ * same per element and no thread idles. Each element is read and written exactly once; no
+ * temporaries are allocated.
  *
  * The scalar hyperparameters are derived in Python (in double precision, once per step) and
  * handed over in `h`; the float32 kernels round each to float once, so every backend does the
