@@ -40,8 +40,9 @@ CASES = {
     "adam-l2": (ADAM, 0, (0.01, 0.05, 1.0, 0.1, 0.99, 0.01, 1e-8, 0.2), (True, True, False)),
 }
 
-# empty, single, odd, and large enough (> 2**15 elements in total) to run on several threads
-SIZES = [[0, 1, 7, 33], [100_003], [5] * 40 + [70_001, 3]]
+# empty, single, odd, large enough (> 2**15 elements in total) to run on several threads, and
+# arrays that straddle the kernel's 2**16-element work chunks
+SIZES = [[0, 1, 7, 33], [100_003], [5] * 40 + [70_001, 3], [65_535, 2, 65_536, 0, 1]]
 
 
 def _problem(rng, sizes, dtype, used):
@@ -61,7 +62,7 @@ def _copy(lists):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("sizes", SIZES, ids=["small", "one-large", "many"])
+@pytest.mark.parametrize("sizes", SIZES, ids=["small", "one-large", "many", "chunk-edges"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_backends_agree_with_reference(case, sizes, dtype, backend, rng):
     kind, flags, hyper, used = CASES[case]
