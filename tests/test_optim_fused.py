@@ -93,6 +93,14 @@ def test_nan_gradient_propagates_to_that_element_only(backend):
     assert np.isnan(p[3]) and np.isfinite(np.delete(p, 3)).all()
 
 
+def test_zero_over_zero_is_nan_on_every_backend(backend):
+    # RMSprop with eps=0 and a zero gradient divides 0 by 0: NaN like C and torch, no exception
+    p = np.ones(3)
+    optim_ = normax.optim.RMSprop([p], lr=0.1, eps=0.0)
+    optim_.step([np.zeros(3)])
+    assert np.isnan(p).all()
+
+
 def test_c_binding_rechecks_arrays():
     core = pytest.importorskip("normax._core")
     p = [np.zeros(4)]
@@ -115,3 +123,44 @@ def test_c_binding_rechecks_arrays():
         core.optim_step(SGD, 0, (0.1,), p, [np.zeros(4)], None, None, None)
     with pytest.raises(ValueError):
         core.optim_step(SGD, 0, hyper, [np.zeros(8)[::2]], [np.zeros(4)], None, None, None)
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@st.composite
+def _calls(draw):
+    kind = draw(st.sampled_from([SGD, MOMENTUM, RMSPROP, ADAM]))
+    unit = st.floats(0.0, 0.999)
+    h = [draw(st.floats(0.0, 0.5)), draw(st.sampled_from([0.0, 0.01, 0.3]))]
+    h += [draw(unit) for _ in range(4)] + [draw(st.floats(1e-8, 1e-3)), draw(st.floats(0.1, 1))]
+    used = [kind != SGD or draw(st.booleans()), False, False]
+    flags = 0
+    if kind == SGD:
+        flags = draw(st.sampled_from([0, NESTEROV, FIRST, NESTEROV | FIRST]))
+    elif kind == RMSPROP:
+        used[1], used[2] = draw(st.booleans()), draw(st.booleans())
+        flags = CENTERED if used[1] else 0
+        h[3] = 1.0 - h[2]  # w = 1 - alpha, as the optimizer passes it
+    elif kind == ADAM:
+        used[1], used[2] = True, draw(st.booleans())
+        flags = AMSGRAD if used[2] else 0
+        h[2] = draw(st.sampled_from([1.0, 0.99]))  # decoupled decay factor
+    sizes = draw(st.lists(st.integers(0, 300), min_size=1, max_size=6))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return kind, flags, tuple(h), used, sizes, dtype
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(call=_calls(), seed=st.integers(0, 2**32 - 1))
+def test_every_backend_matches_reference_on_random_calls(call, seed):
+    kind, flags, hyper, used, sizes, dtype = call
+    rng = np.random.default_rng(seed)
+    for name in normax.available_backends():
+        params, grads, states = _problem(rng, sizes, dtype, used)
+        ref_p, ref_s = _copy([params])[0], _copy(states)
+        _reference.step(kind, flags, hyper, ref_p, grads, *ref_s)
+        TABLE[name](kind, flags, hyper, params, grads, *states)
+        for a, b in zip(params, ref_p, strict=True):
+            np.testing.assert_allclose(a, b, **TOL[np.dtype(dtype)], err_msg=name)

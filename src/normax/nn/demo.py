@@ -257,6 +257,11 @@ def run(args) -> int:
     """Train and print; the last line of standard output is ``held-out accuracy: NN.N%``."""
     import normax
 
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        print('normax demo needs scikit-learn: pip install "normax[examples]"', file=sys.stderr)
+        return 2
     if args.backend:
         normax.set_backend(args.backend)
     params = {

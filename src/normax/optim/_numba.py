@@ -19,10 +19,13 @@ PARALLEL_MIN_WORK = 1 << 15
 
 
 def _jit(fn):
-    """A (parallel, serial) pair of compiled versions of ``fn``, each compiled on first use."""
+    """A (parallel, serial) pair of compiled versions of ``fn``, each compiled on first use.
+
+    ``error_model="numpy"``: a division by zero gives inf or NaN as in C, not an exception.
+    """
     return (
-        numba.njit(parallel=True, cache=True, nogil=True)(fn),
-        numba.njit(cache=True, nogil=True)(fn),
+        numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(fn),
+        numba.njit(cache=True, nogil=True, error_model="numpy")(fn),
     )
 
 
