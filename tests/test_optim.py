@@ -415,3 +415,22 @@ def test_examples_reach_w_equals_5(script):
     if not path.exists():
         pytest.skip("examples/ is not part of this installation")
     runpy.run_path(str(path), run_name="__main__")  # each asserts |w - 5| < 1e-3
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "normax.optim",
+        "normax.optim._optimizers",
+        "normax.optim.schedules",
+        "normax.nn",
+        "normax.nn._layers",
+        "normax.nn._loss",
+    ],
+)
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

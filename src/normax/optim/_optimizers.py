@@ -36,7 +36,7 @@ class SGD(Optimizer):
     >>> import numpy as np, normax
     >>> w = np.array([0.0])
     >>> opt = normax.optim.SGD([w], lr=0.1, momentum=0.9)
-    >>> for _ in range(200):
+    >>> for _ in range(500):
     ...     opt.step([2 * w - 10])          # gradient of w**2 - 10*w + 25
     >>> round(float(w[0]), 6)
     5.0
@@ -111,7 +111,7 @@ class Momentum(Optimizer):
     >>> import numpy as np, normax
     >>> w = np.array([0.0])
     >>> opt = normax.optim.Momentum([w], lr=0.1, beta=0.9)
-    >>> for _ in range(300):
+    >>> for _ in range(500):
     ...     opt.step([2 * w - 10])
     >>> round(float(w[0]), 6)
     5.0
