@@ -10,7 +10,9 @@
 
 /* The item lists and pointer tables of one call, freed together. */
 typedef struct {
-    PyObject *seq[5];   /* params, grads, s0, s1, s2 as fast sequences (or NULL) */
+    /* params, grads, s0, s1, s2 copied into tuples (or NULL): the tuples keep every array
+     * alive while the GIL is released, even if the caller's lists change meanwhile */
+    PyObject *seq[5];
     void *mem;          /* sizes and the five pointer tables */
 } call_buffers;
 
@@ -23,7 +25,7 @@ static const char *const list_names[5] = {"params", "grads", "state0", "state1",
 
 /* Fill c->sizes and the pointer tables from the sequences; return -1 with an error set. */
 static int gather(nmx_optim_call *c, call_buffers *b, int typenum) {
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(b->seq[0]);
+    Py_ssize_t n = PyTuple_GET_SIZE(b->seq[0]);
     b->mem = PyMem_Malloc((size_t)(n > 0 ? n : 1) * (sizeof(nmx_index) + 5 * sizeof(void *)));
     if (b->mem == NULL) {
         PyErr_NoMemory();
@@ -32,13 +34,13 @@ static int gather(nmx_optim_call *c, call_buffers *b, int typenum) {
     nmx_index *sizes = (nmx_index *)b->mem;
     void **tables = (void **)(sizes + (n > 0 ? n : 1));
     for (int j = 0; j < 5; j++) {
-        if (b->seq[j] != NULL && PySequence_Fast_GET_SIZE(b->seq[j]) != n) {
+        if (b->seq[j] != NULL && PyTuple_GET_SIZE(b->seq[j]) != n) {
             PyErr_Format(PyExc_ValueError, "%s has %zd arrays, params has %zd", list_names[j],
-                         PySequence_Fast_GET_SIZE(b->seq[j]), n);
+                         PyTuple_GET_SIZE(b->seq[j]), n);
             return -1;
         }
     }
-    PyObject **items = PySequence_Fast_ITEMS(b->seq[0]);
+    PyObject **items = &PyTuple_GET_ITEM(b->seq[0], 0);
     for (Py_ssize_t k = 0; k < n; k++) {
         if (!PyArray_Check(items[k])) {
             PyErr_Format(PyExc_TypeError, "params must hold numpy arrays, got %s",
@@ -50,7 +52,7 @@ static int gather(nmx_optim_call *c, call_buffers *b, int typenum) {
     for (int j = 0; j < 5; j++) {
         void **table = tables + (size_t)j * (size_t)(n > 0 ? n : 1);
         if (b->seq[j] == NULL) continue;
-        PyObject **it = PySequence_Fast_ITEMS(b->seq[j]);
+        PyObject **it = &PyTuple_GET_ITEM(b->seq[j], 0);
         for (Py_ssize_t k = 0; k < n; k++) {
             table[k] = nmx_array_data(it[k], list_names[j], typenum, sizes[k], j != 1);
             if (table[k] == NULL) return -1;
@@ -102,13 +104,18 @@ static PyObject *optim_step(PyObject *Py_UNUSED(self), PyObject *const *args, Py
     for (int j = 0; j < 5; j++) {
         PyObject *obj = args[3 + j];
         if (obj == Py_None && j >= 2 && !(need >> (j - 2) & 1)) continue;
-        b.seq[j] = PySequence_Fast(obj, "params, grads and state must be lists of arrays");
+        if (!PyList_Check(obj) && !PyTuple_Check(obj)) {
+            PyErr_Format(PyExc_TypeError, "%s must be a list of arrays, got %s", list_names[j],
+                         Py_TYPE(obj)->tp_name);
+            goto fail;
+        }
+        b.seq[j] = PySequence_Tuple(obj);
         if (b.seq[j] == NULL) goto fail;
     }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(b.seq[0]);
+    Py_ssize_t n = PyTuple_GET_SIZE(b.seq[0]);
     int typenum = NPY_FLOAT64;
     if (n > 0) {
-        PyObject *first = PySequence_Fast_GET_ITEM(b.seq[0], 0);
+        PyObject *first = PyTuple_GET_ITEM(b.seq[0], 0);
         if (PyArray_Check(first)) typenum = PyArray_TYPE((PyArrayObject *)first);
     }
     if (typenum != NPY_FLOAT32 && typenum != NPY_FLOAT64) {
