@@ -22,4 +22,14 @@ __all__ = [
     "get_num_threads",
     "set_backend",
     "set_num_threads",
+    "tune",
 ]
+
+
+def __getattr__(name):
+    # subpackages load on first use, so `import normax` stays fast
+    if name == "tune":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
