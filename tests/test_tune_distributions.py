@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_int_log_uniform_law(rng):
     mass = np.diff(edges) / (edges[-1] - edges[0])
     octaves = [16, 32, 64, 128, 256, 512, 1025]
     observed = np.histogram(x, bins=octaves)[0]
-    expected = np.array([mass[(k >= a) & (k < b)].sum() for a, b in zip(octaves, octaves[1:])])
+    expected = np.array([mass[(k >= a) & (k < b)].sum() for a, b in itertools.pairwise(octaves)])
     assert stats.chisquare(observed, expected * N).pvalue > 1e-3
 
 
@@ -73,7 +74,12 @@ def test_choice_is_even(rng):
 
 @pytest.mark.parametrize(
     "dist",
-    [*CONTINUOUS, tune.int_uniform(2, 4), tune.int_log_uniform(16, 1024), tune.choice(["a", "b", "c"])],
+    [
+        *CONTINUOUS,
+        tune.int_uniform(2, 4),
+        tune.int_log_uniform(16, 1024),
+        tune.choice(["a", "b", "c"]),
+    ],
     ids=lambda d: d.kind,
 )
 def test_scalar_sample_is_json_ready_and_round_trips(dist, rng):

@@ -34,12 +34,13 @@ def test_process_pool_matches_sequential_and_survives_a_dying_worker(tmp_path, o
     doomed = max(ref, key=lambda t: t.params["x"])  # the only trial above the threshold
     threshold = sorted(t.params["x"] for t in ref)[-2]
     objective = objectives.ExitAbove(threshold)
-    with tune.Study(SPACE, objective, storage=tmp_path / "p.db",
-                    sampler=tune.RandomSampler(SEED)) as study:  # fmt: skip
+    with tune.Study(
+        SPACE, objective, storage=tmp_path / "p.db", sampler=tune.RandomSampler(SEED)
+    ) as study:
         study.optimize(8, workers=2)
         got = study.trials
     assert [t.params for t in got] == [t.params for t in ref]
-    for t, r in zip(got, ref):
+    for t, r in zip(got, ref, strict=True):
         if t.number == doomed.number:
             assert t.state == "failed" and "worker process died (exit code 3)" in t.error
         else:
@@ -74,8 +75,9 @@ def test_halving_snapshot_travels_to_workers(objectives):
 def test_dask_local_cluster_matches_sequential(objectives):
     distributed = pytest.importorskip("distributed")
     ref = _sequential(objectives, 10)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster:  # fmt: skip
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
         with distributed.Client(cluster) as client:
             study = tune.Study(SPACE, objectives.quadratic, sampler=tune.RandomSampler(SEED))
             study.optimize(10, executor=client)

@@ -97,8 +97,10 @@ def test_refine_stays_in_bounds_and_concentrates(objectives):
         assert min(t.value for t in new) < 2 * top[-1]  # the best region is still sampled
     med = [np.median([t.value for t in study.trials if t.round == r]) for r in range(3)]
     assert med[2] < med[1] < med[0] / 2, med
-    dist = [np.median([abs(t.params["x"] - 0.3) for t in study.trials if t.round == r])
-            for r in range(3)]  # fmt: skip
+    dist = [
+        np.median([abs(t.params["x"] - 0.3) for t in study.trials if t.round == r])
+        for r in range(3)
+    ]
     assert dist[2] < dist[0]
 
 
@@ -115,8 +117,12 @@ def test_successive_halving_stops_bad_trials_and_keeps_the_best(objectives):
     space = {"x": tune.uniform(0.0, 1.0)}
     full = tune.Study(space, objectives.curve, sampler=tune.RandomSampler(4))
     full.optimize(30)
-    sh = tune.Study(space, objectives.curve, sampler=tune.RandomSampler(4),
-                    halving=tune.SuccessiveHalving(min_resource=1, reduction_factor=3))  # fmt: skip
+    sh = tune.Study(
+        space,
+        objectives.curve,
+        sampler=tune.RandomSampler(4),
+        halving=tune.SuccessiveHalving(min_resource=1, reduction_factor=3),
+    )
     sh.optimize(30)
     pruned = [t for t in sh.trials if t.state == "pruned"]
     assert len(pruned) >= 10
@@ -131,8 +137,9 @@ def test_successive_halving_stops_bad_trials_and_keeps_the_best(objectives):
 
 def test_sqlite_table_has_one_row_per_trial(tmp_path, objectives):
     path = tmp_path / "s.db"
-    with tune.Study(SPACE, objectives.quadratic, storage=path,
-                    sampler=tune.RandomSampler(0)) as study:  # fmt: skip
+    with tune.Study(
+        SPACE, objectives.quadratic, storage=path, sampler=tune.RandomSampler(0)
+    ) as study:
         study.optimize(5)
         study.refine(top_k=2, n_trials=3)
     con = sqlite3.connect(path)
@@ -165,7 +172,7 @@ def test_reopening_with_another_space_direction_or_sampler_is_refused(tmp_path):
     other = {"x": tune.uniform(0.0, 2.0), "lr": SPACE["lr"]}
     with pytest.raises(tune.StorageError, match="another space"):
         tune.Study(other, abs, storage=path)
-    with pytest.raises(tune.StorageError, match="maximize|minimize"):
+    with pytest.raises(tune.StorageError, match="minimizes"):
         tune.Study(SPACE, abs, "maximize", storage=path)
     with pytest.raises(tune.StorageError, match="sampled by"):
         tune.Study(SPACE, abs, storage=path, sampler=tune.RandomSampler(1))
@@ -239,8 +246,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, objectives):
     ref.optimize(20)
 
     # fail mode: the interrupted trial is failed; finishing reaches the planned count
-    with tune.Study(SPACE, objectives.quadratic, storage=path,
-                    sampler=tune.RandomSampler(11)) as s:  # fmt: skip
+    with tune.Study(SPACE, objectives.quadratic, storage=path, sampler=tune.RandomSampler(11)) as s:
         done = [t for t in s.trials if t.state == "complete"]
         killed = [t for t in s.trials if t.state == "failed"]
         assert len(done) >= 6 and all(t.value is not None for t in done)
@@ -251,8 +257,13 @@ def test_sigkill_mid_run_then_resume(tmp_path, objectives):
         assert [t.params for t in s.trials] == [t.params for t in ref.trials]
 
     # requeue mode: the interrupted trial runs again with its own number and parameters
-    with tune.Study(SPACE, objectives.quadratic, storage=copy,
-                    sampler=tune.RandomSampler(11), interrupted="requeue") as s:  # fmt: skip
+    with tune.Study(
+        SPACE,
+        objectives.quadratic,
+        storage=copy,
+        sampler=tune.RandomSampler(11),
+        interrupted="requeue",
+    ) as s:
         s.optimize(until=20)
         assert [t.state for t in s.trials] == ["complete"] * 20
         assert [t.value for t in s.trials] == [t.value for t in ref.trials]
@@ -261,8 +272,11 @@ def test_sigkill_mid_run_then_resume(tmp_path, objectives):
 def test_progress_bar_and_plot(tmp_path, capsys, objectives):
     pytest.importorskip("tqdm")
     pytest.importorskip("matplotlib")
-    study = tune.Study({**SPACE, "beta1": tune.ewa_beta(0.9, 0.999), "n": tune.int_uniform(2, 4)},
-                       objectives.quadratic, sampler=tune.RandomSampler(0))  # fmt: skip
+    study = tune.Study(
+        {**SPACE, "beta1": tune.ewa_beta(0.9, 0.999), "n": tune.int_uniform(2, 4)},
+        objectives.quadratic,
+        sampler=tune.RandomSampler(0),
+    )
     study.optimize(12, progress=True)
     study.refine(top_k=3, n_trials=6)
     err = capsys.readouterr().err

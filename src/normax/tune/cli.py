@@ -72,7 +72,8 @@ def _executor(args):
     return None, (args.workers if args.workers > 1 else None)
 
 
-def _report(study, out=sys.stdout) -> None:
+def _report(study, out=None) -> None:
+    out = out or sys.stdout  # looked up at call time (redirections, captured output)
     best = study.best_trial
     counts = {}
     for t in study.trials:
@@ -82,8 +83,10 @@ def _report(study, out=sys.stdout) -> None:
     if best is None:
         print("no trial completed", file=out)
         return
-    print(f"best trial #{best.number} (round {best.round}): held-out accuracy "
-          f"{best.value:.4f}", file=out)  # fmt: skip
+    print(
+        f"best trial #{best.number} (round {best.round}): held-out accuracy {best.value:.4f}",
+        file=out,
+    )
     print(f"best parameters: {format_params(best.params)}", file=out)
 
 
@@ -91,8 +94,15 @@ def tune_study(args, objective) -> Study:
     """Run the command's study with ``objective``; returns the (closed) study."""
     halving = SuccessiveHalving(min_resource=2, reduction_factor=3) if args.halving else None
     client, workers = _executor(args)
-    study = Study(SPACE, objective, "maximize", args.storage, RandomSampler(args.seed),
-                  halving=halving, interrupted="requeue" if args.requeue else "fail")  # fmt: skip
+    study = Study(
+        SPACE,
+        objective,
+        "maximize",
+        args.storage,
+        RandomSampler(args.seed),
+        halving=halving,
+        interrupted="requeue" if args.requeue else "fail",
+    )
     run = {"executor": client, "workers": workers, "progress": not args.no_progress}
     try:
         if study.trials:

@@ -52,6 +52,10 @@ def _integer(value, name: str) -> int:
     return int(value)
 
 
+def _clip(x, low, high):
+    return np.minimum(np.maximum(x, low), high)
+
+
 def _ordered(low, high, kind: str) -> None:
     if not low < high:
         raise ValueError(f"{kind} needs low < high, got low={low!r}, high={high!r}")
@@ -76,8 +80,10 @@ class Distribution:
 
     def from_scale(self, s):
         """The value at scale position ``s`` (scalar or array), rounded and clipped to bounds."""
-        out = self._values(np.asarray(s, dtype=np.float64))
-        return out.item() if out.ndim == 0 else out
+        # numpy scalars, not 0-d arrays: a few microseconds less per parameter of every trial
+        s = np.float64(s) if np.ndim(s) == 0 else np.asarray(s, dtype=np.float64)
+        out = self._values(s)
+        return out.item() if np.ndim(out) == 0 else out
 
     def sample(self, rng: np.random.Generator, size=None):
         """Draw from the distribution: uniform on the scale, mapped back with ``from_scale``.
@@ -126,7 +132,7 @@ class Uniform(Distribution):
         return np.asarray(value, dtype=np.float64)
 
     def _values(self, s):
-        return np.clip(s, self.low, self.high)
+        return _clip(s, self.low, self.high)
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,7 @@ class LogUniform(Distribution):
         return np.log10(np.asarray(value, dtype=np.float64))
 
     def _values(self, s):
-        return np.clip(10.0**s, self.low, self.high)
+        return _clip(10.0**s, self.low, self.high)
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,7 @@ class EwaBeta(Distribution):
         return np.log10(1.0 - np.asarray(value, dtype=np.float64))
 
     def _values(self, s):
-        return np.clip(1.0 - 10.0**s, self.low, self.high)
+        return _clip(1.0 - 10.0**s, self.low, self.high)
 
 
 @dataclass(frozen=True)
@@ -241,7 +247,7 @@ class IntUniform(Distribution):
         return np.asarray(value, dtype=np.float64)
 
     def _values(self, s):
-        return np.clip(np.floor(s + 0.5), self.low, self.high).astype(np.int64)
+        return _clip(np.floor(s + 0.5), self.low, self.high).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -280,7 +286,7 @@ class IntLogUniform(Distribution):
         return np.log10(np.asarray(value, dtype=np.float64))
 
     def _values(self, s):
-        return np.clip(np.floor(10.0**s + 0.5), self.low, self.high).astype(np.int64)
+        return _clip(np.floor(10.0**s + 0.5), self.low, self.high).astype(np.int64)
 
 
 @dataclass(frozen=True)

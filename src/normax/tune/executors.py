@@ -68,8 +68,9 @@ class _Reporter:
             self.task.on_report(self.task.number, step, value)
         sh = self.task.halving
         k = None if sh is None else sh.rung_of(step)
-        if k is not None and not sh.keep(value, self.task.rungs.get(k, []),
-                                         minimize=self.task.minimize):  # fmt: skip
+        if k is not None and not sh.keep(
+            value, self.task.rungs.get(k, []), minimize=self.task.minimize
+        ):
             raise TrialPruned(f"pruned at step {step} (value {value:.6g})")
 
 
@@ -177,19 +178,21 @@ class LocalPool:
                 self._idle.append((proc, conn))
             except (EOFError, OSError):
                 proc.join(timeout=5)
-                out.append(_failed(task, f"worker process died (exit code {proc.exitcode})",
-                                   started))  # fmt: skip
+                out.append(
+                    _failed(task, f"worker process died (exit code {proc.exitcode})", started)
+                )
                 conn.close()
                 self._idle.append(self._start())
         return out
 
     def close(self):
-        for proc, conn in self._idle + [(p, c) for c, (p, _, _) in self._busy.items()]:
+        workers = self._idle + [(p, c) for c, (p, _, _) in self._busy.items()]
+        for _, conn in workers:
             try:
                 conn.send(None)
             except OSError:
                 pass
-        for proc, conn in self._idle + [(p, c) for c, (p, _, _) in self._busy.items()]:
+        for proc, conn in workers:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()

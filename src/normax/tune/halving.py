@@ -15,7 +15,7 @@ from dataclasses import dataclass
 __all__ = ["SuccessiveHalving", "TrialPruned"]
 
 
-class TrialPruned(Exception):  # noqa: N818 (the name says what happened, like StopIteration)
+class TrialPruned(Exception):
     """Raised by ``report`` to stop a trial that successive halving judged hopeless."""
 
 

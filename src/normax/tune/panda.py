@@ -127,6 +127,9 @@ class PandaRunner:
         ``rule(epoch, loss, result) -> str or None``: a reason string marks the epoch bad.
     max_interventions : int
         Give up (``result.gave_up``) after this many rollbacks.
+    baseline : float, optional
+        The loss of the untrained model; without it the first epoch is accepted whatever its
+        loss (there is nothing to compare with).
 
     Examples
     --------
@@ -140,14 +143,27 @@ class PandaRunner:
     ...     state["w"] = state["w"] - hp["lr"] * g
     ...     return float(np.mean((X @ state["w"] - y) ** 2))
     >>> save, load = tune.npz_checkpoint(lambda: state, state.update)
-    >>> runner = tune.PandaRunner(epoch, save, load, {"lr": 4.0}, checkpoint_dir=tempfile.mkdtemp())
+    >>> runner = tune.PandaRunner(epoch, save, load, {"lr": 4.0}, checkpoint_dir=tempfile.mkdtemp(),
+    ...                           baseline=float(np.mean(y ** 2)))
     >>> res = runner.run(epochs=30)
     >>> len(res.interventions) > 0, res.hparams["lr"] < 4.0, res.best_loss < 1e-3
     (True, True, True)
     """
 
-    def __init__(self, train_epoch, save, load, hparams: dict, *, checkpoint_dir,
-                 adjust=None, blowup: float = 3.0, rule=None, max_interventions: int = 10):  # fmt: skip
+    def __init__(
+        self,
+        train_epoch,
+        save,
+        load,
+        hparams: dict,
+        *,
+        checkpoint_dir,
+        adjust=None,
+        blowup: float = 3.0,
+        rule=None,
+        max_interventions: int = 10,
+        baseline: float | None = None,
+    ):
         if not blowup > 1:
             raise ValueError(f"blowup must be > 1, got {blowup!r}")
         if max_interventions < 0:
@@ -156,6 +172,7 @@ class PandaRunner:
         self.hparams = dict(hparams)
         self.adjust = adjust or halve("lr")
         self.blowup, self.rule, self.max_interventions = blowup, rule, max_interventions
+        self.baseline = math.inf if baseline is None else float(baseline)
         self.dir = os.fspath(checkpoint_dir)
         os.makedirs(self.dir, exist_ok=True)
         self.checkpoint = os.path.join(self.dir, "last_good.npz")
@@ -176,7 +193,7 @@ class PandaRunner:
 
     def run(self, epochs: int) -> PandaResult:
         """Train until ``epochs`` good epochs are done (or the runner gives up)."""
-        res = PandaResult(hparams=dict(self.hparams))
+        res = PandaResult(hparams=dict(self.hparams), best_loss=self.baseline)
         self.save(self.checkpoint)
         good, epoch = 0, 0  # good: epoch of the last good checkpoint
         while epoch < epochs:

@@ -67,7 +67,7 @@ def plot_study(study, path=None, *, dpi: int = 100):
     FigureCanvasAgg(fig)  # no pyplot: no global state, works without a display
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     rounds = sorted({t.round for t in done})
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=False):
         dist = study.space[name]
         for r in rounds:
             sel = [t for t in done if t.round == r]

@@ -9,8 +9,9 @@ __all__ = ["Progress", "format_params"]
 
 def format_params(params: dict) -> str:
     """``lr=0.0031, layers=3`` with floats to 3 significant digits."""
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in params.items())  # fmt: skip
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
 
 
 class Progress:
@@ -29,8 +30,9 @@ class Progress:
         if self._bar is None:
             return
         if best is not None:
-            self._bar.set_postfix_str(f"best {best.value:.4g} ({format_params(best.params)})",
-                                      refresh=False)  # fmt: skip
+            self._bar.set_postfix_str(
+                f"best {best.value:.4g} ({format_params(best.params)})", refresh=False
+            )
         self._bar.update(1)
 
     def close(self) -> None:

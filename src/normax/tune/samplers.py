@@ -21,7 +21,7 @@ __all__ = ["GridSampler", "HaltonSampler", "RandomSampler", "Sampler", "SobolSam
 def from_unit(space: dict, box: dict, u) -> dict:
     """Parameter values at unit-cube point ``u`` (one coordinate per parameter, in order)."""
     params = {}
-    for (name, dist), ui in zip(space.items(), u):
+    for (name, dist), ui in zip(space.items(), u, strict=True):
         lo, hi = box[name]
         params[name] = dist.from_scale(lo + float(ui) * (hi - lo))
     return params
@@ -135,7 +135,7 @@ class GridSampler(Sampler):
         if index >= total:
             raise ValueError(f"grid of {total} points exhausted at round index {index}")
         point = next(itertools.islice(itertools.product(*axes), index, None))
-        return dict(zip(space, point))
+        return dict(zip(space, point, strict=True))
 
     def describe(self):
         return {"kind": self.kind, "points_per_axis": self.points_per_axis}
@@ -214,6 +214,7 @@ class HaltonSampler(_Seeded):
         if d > len(_PRIMES):
             raise ValueError(f"HaltonSampler supports up to {len(_PRIMES)} parameters, got {d}")
         shift = np.random.default_rng([self.seed, 0x4A17]).random(d)
-        u = [(_radical_inverse(index + 1, p) + s) % 1.0 for p, s in zip(_PRIMES, shift)]
+        u = [
+            (_radical_inverse(index + 1, p) + s) % 1.0 for p, s in zip(_PRIMES, shift, strict=False)
+        ]
         return from_unit(space, box, u)
-

@@ -110,8 +110,15 @@ def _json_steps(intermediate: dict) -> str:
 
 
 def _row(t: Trial) -> tuple:
-    return (t.state, t.value, _json_steps(t.intermediate), t.error, t.started, t.finished,
-            t.duration)  # fmt: skip
+    return (
+        t.state,
+        t.value,
+        _json_steps(t.intermediate),
+        t.error,
+        t.started,
+        t.finished,
+        t.duration,
+    )
 
 
 class SQLiteStorage:
@@ -150,7 +157,9 @@ class SQLiteStorage:
         con = self._connect("rw")
         try:
             check = con.execute("PRAGMA quick_check").fetchone()[0]
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
         except sqlite3.DatabaseError as exc:
             con.close()
             raise StorageError(f"{self.path!r} is not a readable SQLite database: {exc}") from None
@@ -186,8 +195,10 @@ class SQLiteStorage:
         rows = self._con.execute(
             "SELECT round, first_number, box, top_k, shrink FROM rounds ORDER BY round"
         )
-        return [Round(r, f, {k: tuple(v) for k, v in json.loads(b).items()}, k, s)
-                for r, f, b, k, s in rows]  # fmt: skip
+        return [
+            Round(r, f, {k: tuple(v) for k, v in json.loads(b).items()}, k, s)
+            for r, f, b, k, s in rows
+        ]
 
     def trials(self) -> list[Trial]:
         rows = self._con.execute(
@@ -216,8 +227,9 @@ class SQLiteStorage:
     def insert_trial(self, t: Trial) -> None:
         state, value, inter, err, t0, t1, dur = _row(t)
         params = json.dumps(t.params)
-        self._con.execute(_INSERT, (t.number, t.round, state, params, value, inter, err, t0, t1,
-                                    dur))  # fmt: skip
+        self._con.execute(
+            _INSERT, (t.number, t.round, state, params, value, inter, err, t0, t1, dur)
+        )
 
     def update_trial(self, t: Trial) -> None:
         self._con.execute(_UPDATE, (*_row(t), t.number))

@@ -34,7 +34,7 @@ class Study:
         calls ``report(step, value)`` after each epoch (intermediate values, early stopping).
         With ``workers=n`` it must be importable (a module-level function or class instance).
     direction : {"minimize", "maximize"}
-    storage : None, str or os.PathLike
+    storage : None, str, os.PathLike or SQLiteStorage
         ``None`` keeps trials in memory; a path opens (or creates) a SQLite study, resuming it.
     sampler : Sampler, optional
         Default ``RandomSampler()`` (a fresh seed, remembered by the storage).
@@ -55,9 +55,17 @@ class Study:
     (True, 60, 1)
     """
 
-    def __init__(self, space, objective=None, direction="minimize", storage=None,
-                 sampler: Sampler | None = None, *, halving: SuccessiveHalving | None = None,
-                 interrupted: str = "fail"):  # fmt: skip
+    def __init__(
+        self,
+        space,
+        objective=None,
+        direction="minimize",
+        storage=None,
+        sampler: Sampler | None = None,
+        *,
+        halving: SuccessiveHalving | None = None,
+        interrupted: str = "fail",
+    ):
         if direction not in ("minimize", "maximize"):
             raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
         if interrupted not in ("fail", "requeue"):
@@ -72,7 +80,11 @@ class Study:
         self._trainable = objective is not None and accepts_report(objective)
         if halving is not None and objective is not None and not self._trainable:
             raise ValueError("halving needs a trainable objective(params, report=...)")
-        self._store = None if storage is None else SQLiteStorage(storage)
+        self._best = None
+        if storage is None or isinstance(storage, SQLiteStorage):
+            self._store = storage
+        else:
+            self._store = SQLiteStorage(storage)
         try:
             self._open(space, sampler or RandomSampler(), interrupted)
         except BaseException:
@@ -88,26 +100,34 @@ class Study:
             self._trials, self._rounds = [], []
             box = {k: d.scale_bounds for k, d in self.space.items()}
             if self._store is not None:
-                self._store.set_meta({"space": _space_json(self.space),
-                                      "direction": self.direction,
-                                      "sampler": json.dumps(self.sampler.describe())})  # fmt: skip
+                self._store.set_meta(
+                    {
+                        "space": _space_json(self.space),
+                        "direction": self.direction,
+                        "sampler": json.dumps(self.sampler.describe()),
+                    }
+                )
             self._add_round(Round(0, 0, box))
             return
         stored = {k: distribution_from_json(v) for k, v in json.loads(meta["space"]).items()}
         self.space = stored if space is None else check_space(space)
         if _space_json(self.space) != meta["space"]:
-            raise StorageError(f"{self._store.path!r} holds a study over another space: "
-                               f"{meta['space']}")  # fmt: skip
+            raise StorageError(
+                f"{self._store.path!r} holds a study over another space: {meta['space']}"
+            )
         if meta["direction"] != self.direction:
             raise StorageError(f"{self._store.path!r} holds a study that {meta['direction']}s")
         self.sampler = sampler.bind(json.loads(meta["sampler"]))
         if json.dumps(self.sampler.describe()) != meta["sampler"]:
-            raise StorageError(f"{self._store.path!r} was sampled by {meta['sampler']}, "
-                               f"not {json.dumps(self.sampler.describe())}")  # fmt: skip
+            raise StorageError(
+                f"{self._store.path!r} was sampled by {meta['sampler']}, "
+                f"not {json.dumps(self.sampler.describe())}"
+            )
         self._trials, self._rounds = self._store.trials(), self._store.rounds()
         for t in self._trials:
             if t.state == "running":
                 self._interrupted(t, interrupted)
+            self._track(t)
 
     def _interrupted(self, t: Trial, how: str) -> None:
         if how == "fail":
@@ -135,11 +155,20 @@ class Study:
     @property
     def best_trial(self) -> Trial | None:
         """The complete trial with the best value (None before the first one)."""
-        done = [t for t in self._trials if t.state == "complete"]
-        if not done:
-            return None
-        pick = min if self.direction == "minimize" else max
-        return pick(done, key=lambda t: t.value)
+        return self._best
+
+    def _better(self, t: Trial) -> bool:
+        if t.state != "complete":
+            return False
+        if self._best is None:
+            return True
+        if self.direction == "minimize":
+            return t.value < self._best.value
+        return t.value > self._best.value
+
+    def _track(self, t: Trial) -> None:
+        if self._better(t):
+            self._best = t
 
     def close(self) -> None:
         """Close the storage (a study in memory has nothing to close)."""
@@ -171,8 +200,9 @@ class Study:
             last = len(self._trials) + n_new - 1 - rnd.first_number
             total = size(self.space, rnd.box)
             if last >= total:
-                raise ValueError(f"the grid has {total} points; round {rnd.round} would need "
-                                 f"{last + 1}")  # fmt: skip
+                raise ValueError(
+                    f"the grid has {total} points; round {rnd.round} would need {last + 1}"
+                )
         return queued, n_new
 
     def _start_trial(self, queued: deque) -> Trial:
@@ -192,9 +222,16 @@ class Study:
 
     def _task(self, t: Trial, live: bool) -> Task:
         rungs = {} if self.halving is None else self.halving.snapshot(self._trials)
-        return Task(t.number, t.params, self.objective, self._trainable,
-                    self.direction == "minimize", self.halving, rungs,
-                    self._on_report if live else None)  # fmt: skip
+        return Task(
+            t.number,
+            t.params,
+            self.objective,
+            self._trainable,
+            self.direction == "minimize",
+            self.halving,
+            rungs,
+            self._on_report if live else None,
+        )
 
     def _on_report(self, number: int, step: int, value: float) -> None:
         t = self._trials[number]
@@ -209,10 +246,12 @@ class Study:
         t.started, t.finished = out.started, out.finished
         if self._store is not None:
             self._store.update_trial(t)
+        self._track(t)
         return t
 
-    def optimize(self, n_trials=None, *, until=None, executor=None, workers=None,
-                 progress=False) -> Trial | None:  # fmt: skip
+    def optimize(
+        self, n_trials=None, *, until=None, executor=None, workers=None, progress=False
+    ) -> Trial | None:
         """Run ``n_trials`` more trials (or run until the study has ``until`` trials).
 
         Parameters
@@ -263,8 +302,10 @@ class Study:
             t.state, t.error, t.finished = "failed", f"{type(exc).__name__}: {exc}", time.time()
             if self._store is not None:
                 self._store.update_trial(t)
-            raise RuntimeError(f"could not submit trial {t.number}: {exc} (with workers=n the "
-                               "objective must be importable by a fresh process)") from exc  # fmt: skip
+            raise RuntimeError(
+                f"could not submit trial {t.number}: {exc} (with workers=n the "
+                "objective must be importable by a fresh process)"
+            ) from exc
 
     # -- coarse to fine ------------------------------------------------------------------------
     def zoom_box(self, top_k: int = 5, shrink: float = 0.5) -> dict:
@@ -314,6 +355,7 @@ class Study:
     def __repr__(self):
         where = "memory" if self._store is None else self._store.path
         finished = sum(t.state in FINISHED for t in self._trials)
-        return (f"Study({self.direction}, {finished} finished trials, "
-                f"{len(self._rounds)} rounds, {where})")  # fmt: skip
-
+        return (
+            f"Study({self.direction}, {finished} finished trials, "
+            f"{len(self._rounds)} rounds, {where})"
+        )
