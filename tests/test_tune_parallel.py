@@ -92,3 +92,37 @@ def test_executor_argument_errors():
         study.optimize(1, executor=ThreadPoolExecutor(1), workers=2)
     with pytest.raises(ValueError, match="workers"):
         study.optimize(1, workers=0)
+
+
+def test_a_local_pool_is_reused_across_rounds_and_closed_by_its_owner(objectives):
+    ref = tune.Study(SPACE, objectives.quadratic, sampler=tune.RandomSampler(SEED))
+    ref.optimize(4)
+    ref.refine(top_k=2, n_trials=4)
+    study = tune.Study(SPACE, objectives.quadratic, sampler=tune.RandomSampler(SEED))
+    with tune.LocalPool(2) as pool:
+        study.optimize(4, executor=pool)
+        study.refine(top_k=2, n_trials=4, executor=pool)
+        procs = [p for p, _ in pool._idle]
+        assert all(p.is_alive() for p in procs)
+    assert not any(p.is_alive() for p in procs)
+    assert [(t.params, t.value) for t in study.trials] == [(t.params, t.value) for t in ref.trials]
+
+
+def test_interrupted_optimize_leaves_no_running_trial(objectives):
+    class Stop(ThreadPoolExecutor):
+        def __init__(self):
+            super().__init__(max_workers=2)
+            self.calls = 0
+
+        def submit(self, fn, *args, **kwargs):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return super().submit(fn, *args, **kwargs)
+
+    study = tune.Study(SPACE, objectives.slow_quadratic, sampler=tune.RandomSampler(0))
+    with Stop() as ex, pytest.raises(KeyboardInterrupt):
+        study.optimize(6, executor=ex)
+    states = [t.state for t in study.trials]
+    assert len(states) == 3 and "running" not in states and states[2] == "failed"
+    assert all("interrupted: KeyboardInterrupt" in t.error for t in study.trials if t.error)

@@ -287,3 +287,13 @@ def test_progress_bar_and_plot(tmp_path, capsys, objectives):
     axes = fig.axes
     assert axes[1].get_xscale() == "log" and axes[2].get_xscale() == "log"
     assert axes[0].get_xscale() == "linear" and axes[4].get_xlabel() == "trial"
+
+
+def test_a_study_file_has_one_driver_at_a_time(tmp_path):
+    path = tmp_path / "s.db"
+    with tune.Study(SPACE, abs, storage=path) as first:
+        with pytest.raises(tune.StorageError, match="already open"):
+            tune.Study(SPACE, abs, storage=path)
+        first.optimize(2)
+    with tune.Study(SPACE, abs, storage=path) as again:  # free once closed
+        assert len(again.trials) == 2

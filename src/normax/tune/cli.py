@@ -12,6 +12,7 @@ import os
 import sys
 
 from .distributions import ewa_beta, int_uniform, log_uniform
+from .executors import LocalPool
 from .halving import SuccessiveHalving
 from .progress import format_params
 from .samplers import RandomSampler
@@ -65,11 +66,12 @@ def add_arguments(parser) -> None:
 
 
 def _executor(args):
+    """A Dask client, a local pool shared by every round, or None (sequential)."""
     if args.scheduler:
         from distributed import Client  # the optional `dask` extra
 
-        return Client(args.scheduler), None
-    return None, (args.workers if args.workers > 1 else None)
+        return Client(args.scheduler)
+    return LocalPool(args.workers) if args.workers > 1 else None
 
 
 def _report(study, out=None) -> None:
@@ -93,7 +95,6 @@ def _report(study, out=None) -> None:
 def tune_study(args, objective) -> Study:
     """Run the command's study with ``objective``; returns the (closed) study."""
     halving = SuccessiveHalving(min_resource=2, reduction_factor=3) if args.halving else None
-    client, workers = _executor(args)
     study = Study(
         SPACE,
         objective,
@@ -103,8 +104,10 @@ def tune_study(args, objective) -> Study:
         halving=halving,
         interrupted="requeue" if args.requeue else "fail",
     )
-    run = {"executor": client, "workers": workers, "progress": not args.no_progress}
+    executor = None
     try:
+        executor = _executor(args)
+        run = {"executor": executor, "progress": not args.no_progress}
         if study.trials:
             print(f"resuming {args.storage}: {len(study.trials)} trials so far", file=sys.stderr)
         study.optimize(args.trials, **run)
@@ -112,8 +115,8 @@ def tune_study(args, objective) -> Study:
             study.refine(top_k=args.top_k, shrink=args.shrink, n_trials=args.trials, **run)
     finally:
         study.close()
-        if client is not None:
-            client.close()
+        if executor is not None:
+            executor.close()
     return study
 
 

@@ -160,6 +160,8 @@ class LocalPool:
         return proc, parent
 
     def submit(self, task):
+        if not self._idle:
+            raise RuntimeError("LocalPool is closed or has no idle worker")
         proc, conn = self._idle.pop()
         if not proc.is_alive():  # died after its last answer
             conn.close()
@@ -185,20 +187,37 @@ class LocalPool:
                 self._idle.append(self._start())
         return out
 
+    def abandon(self):
+        """Kill the busy workers (their trials were given up) and start fresh ones."""
+        for conn, (proc, _, _) in list(self._busy.items()):
+            proc.kill()
+            proc.join()
+            conn.close()
+            self._idle.append(self._start())
+        self._busy = {}
+
     def close(self):
-        workers = self._idle + [(p, c) for c, (p, _, _) in self._busy.items()]
-        for _, conn in workers:
+        """Stop idle workers cleanly and kill busy ones (their trials are abandoned)."""
+        for proc, _, _ in self._busy.values():
+            proc.kill()
+        for _, conn in self._idle:
             try:
                 conn.send(None)
             except OSError:
                 pass
-        for proc, conn in workers:
+        for proc, conn in self._idle + [(p, c) for c, (p, _, _) in self._busy.items()]:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
             conn.close()
         self._idle, self._busy = [], {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class _Futures:
@@ -233,19 +252,22 @@ def _is_dask_client(executor) -> bool:
 
 
 def make_runner(executor=None, workers=None):
-    """The runner for ``optimize(executor=..., workers=...)``."""
+    """The runner for ``optimize(executor=..., workers=...)`` and whether the caller owns it
+    (closes it when done)."""
     if executor is not None and workers is not None:
         raise ValueError("pass either executor or workers, not both")
     if workers is not None:
-        return LocalPool(workers)
+        return LocalPool(workers), True
     if executor is None:
-        return _Sequential()
+        return _Sequential(), True
+    if isinstance(executor, LocalPool):
+        return executor, False
     if _is_dask_client(executor):
         capacity = max(1, sum(executor.nthreads().values()))
-        return _Futures(executor.get_executor(pure=False), capacity)
+        return _Futures(executor.get_executor(pure=False), capacity), True
     if isinstance(executor, futures.Executor):
         capacity = getattr(executor, "_max_workers", None) or os.cpu_count() or 1
-        return _Futures(executor, capacity)
+        return _Futures(executor, capacity), True
     raise TypeError(
         "executor must be a concurrent.futures.Executor or a dask.distributed.Client, "
         f"got {type(executor).__name__}"

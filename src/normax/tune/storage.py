@@ -95,7 +95,7 @@ CREATE TABLE trials (
 """
 _TABLES = {"meta", "rounds", "trials"}
 _INSERT = (
-    "INSERT OR REPLACE INTO trials (number, round, state, params, value, intermediate, error,"
+    "INSERT INTO trials (number, round, state, params, value, intermediate, error,"
     " started, finished, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE = (
@@ -121,6 +121,25 @@ def _row(t: Trial) -> tuple:
     )
 
 
+def _driver_lock(path: str) -> int | None:
+    """An exclusive flock on the database file: one driving process per study.
+
+    Two drivers would hand out the same trial numbers. flock locks are separate from the POSIX
+    record locks SQLite uses, so readers (any SQLite client) are not affected.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no guard
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StorageError(f"{path!r} is already open by another running study") from None
+    return fd
+
+
 class SQLiteStorage:
     """A study in one SQLite file (created if missing, validated and resumed if present).
 
@@ -134,8 +153,8 @@ class SQLiteStorage:
     Raises
     ------
     StorageError
-        If the file exists but is not a SQLite database, is corrupt, or holds other tables. The
-        file is left untouched.
+        If the file exists but is not a SQLite database, is corrupt, or holds other tables (the
+        file is left untouched), or if another study object or process has it open.
     """
 
     def __init__(self, path, *, synchronous: str = "normal"):
@@ -144,6 +163,12 @@ class SQLiteStorage:
         self.path = os.fspath(path)
         exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         self._con = self._open_existing() if exists else self._create()
+        self._lock = None
+        try:
+            self._lock = _driver_lock(self.path)
+        except BaseException:
+            self._con.close()
+            raise
         # WAL: readers never block the writer and a crash leaves the last commit intact
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute(f"PRAGMA synchronous={synchronous.upper()}")
@@ -242,3 +267,6 @@ class SQLiteStorage:
 
     def close(self) -> None:
         self._con.close()
+        if self._lock is not None:  # after SQLite: closing a descriptor drops POSIX locks
+            os.close(self._lock)
+            self._lock = None

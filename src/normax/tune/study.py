@@ -131,10 +131,10 @@ class Study:
 
     def _interrupted(self, t: Trial, how: str) -> None:
         if how == "fail":
-            t.state, t.error, t.finished = "failed", _INTERRUPTED, t.finished or time.time()
+            self._fail(t, _INTERRUPTED)
         else:
             t.state, t.intermediate, t.started, t.error = "queued", {}, None, None
-        self._store.update_trial(t)
+            self._store.update_trial(t)
 
     def _add_round(self, rnd: Round) -> None:
         if self._store is not None:
@@ -260,8 +260,9 @@ class Study:
             Trials to run now; trials queued by a resume run first and count toward it.
         until : int, optional
             Instead of ``n_trials``: the total the study should reach (finished trials count).
-        executor : concurrent.futures.Executor or dask.distributed.Client, optional
-            Where trials run; default: one after another in this process.
+        executor : Executor, dask.distributed.Client or LocalPool, optional
+            Where trials run; default: one after another in this process. A ``LocalPool``
+            passed here stays open for the next call (no process start-up per round).
         workers : int, optional
             Run on a local pool of this many spawned processes (a dying worker fails only its
             trial).
@@ -276,32 +277,43 @@ class Study:
         if self.objective is None:
             raise ValueError("this study has no objective to optimize")
         queued, n_new = self._plan(n_trials, until)
-        runner = make_runner(executor, workers)
+        runner, owned = make_runner(executor, workers)
         bar = Progress(len(queued) + n_new, enabled=progress)
-        in_flight = 0
+        in_flight = set()
         try:
             while queued or n_new or in_flight:
-                while (queued or n_new) and in_flight < runner.capacity:
+                while (queued or n_new) and len(in_flight) < runner.capacity:
                     n_new -= 0 if queued else 1
                     t = self._start_trial(queued)
+                    in_flight.add(t.number)
                     self._submit(runner, t)
-                    in_flight += 1
                 for out in runner.wait():
-                    in_flight -= 1
+                    in_flight.discard(out.number)
                     self._record(out)
                     bar.update(self.best_trial)
+        except BaseException as exc:  # Ctrl-C, a broken executor: no trial stays "running"
+            for number in sorted(in_flight):
+                if self._trials[number].state == "running":
+                    self._fail(self._trials[number], f"interrupted: {type(exc).__name__}: {exc}")
+            if not owned and hasattr(runner, "abandon"):
+                runner.abandon()  # a shared pool must not deliver these trials later
+            raise
         finally:
-            runner.close()
+            if owned:
+                runner.close()
             bar.close()
         return self.best_trial
+
+    def _fail(self, t: Trial, error: str) -> None:
+        t.state, t.error, t.finished = "failed", error, time.time()
+        if self._store is not None:
+            self._store.update_trial(t)
 
     def _submit(self, runner, t: Trial) -> None:
         try:
             runner.submit(self._task(t, runner.live))
         except Exception as exc:  # cannot even hand the trial over: stop, keep what we have
-            t.state, t.error, t.finished = "failed", f"{type(exc).__name__}: {exc}", time.time()
-            if self._store is not None:
-                self._store.update_trial(t)
+            self._fail(t, f"{type(exc).__name__}: {exc}")
             raise RuntimeError(
                 f"could not submit trial {t.number}: {exc} (with workers=n the "
                 "objective must be importable by a fresh process)"
