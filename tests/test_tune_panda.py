@@ -33,21 +33,22 @@ class LinearModel:
             self.state["step"] = self.state["step"] + 1
         return self.loss()
 
-    def checkpoint(self):
-        return tune.npz_checkpoint(lambda: self.state, self.state.update)
+    def runner(self, hparams, folder, **kwargs):
+        save, load = tune.npz_checkpoint(lambda: self.state, self.state.update)
+        return tune.PandaRunner(
+            self.train_epoch,
+            save,
+            load,
+            hparams,
+            checkpoint_dir=folder,
+            baseline=self.loss(),
+            **kwargs,
+        )
 
 
 def test_divergence_is_rolled_back_and_lr_halved(tmp_path):
     m = LinearModel()
-    save, load = m.checkpoint()
-    runner = tune.PandaRunner(
-        m.train_epoch,
-        save,
-        load,
-        {"lr": 1.5, "other": 7},
-        checkpoint_dir=tmp_path,
-        baseline=m.loss(),
-    )
+    runner = m.runner({"lr": 1.5, "other": 7}, tmp_path)
     res = runner.run(epochs=12)
     assert not res.gave_up and res.interventions
     lrs = [i.after["lr"] for i in res.interventions]
@@ -87,17 +88,7 @@ def test_nan_and_user_rule_trigger_interventions(tmp_path):
 
 def test_gives_up_after_max_interventions_and_keeps_last_good_state(tmp_path):
     m = LinearModel()
-    save, load = m.checkpoint()
-    runner = tune.PandaRunner(
-        m.train_epoch,
-        save,
-        load,
-        {"lr": 1e6},
-        checkpoint_dir=tmp_path,
-        max_interventions=2,
-        adjust=tune.halve("lr", 0.9),
-        baseline=m.loss(),
-    )
+    runner = m.runner({"lr": 1e6}, tmp_path, max_interventions=2, adjust=tune.halve("lr", 0.9))
     res = runner.run(epochs=3)
     assert res.gave_up and len(res.interventions) == 2
     assert np.array_equal(m.state["w"], np.zeros(4))  # restored to the initial checkpoint

@@ -97,6 +97,12 @@ class Distribution:
         lo, hi = self.scale_bounds
         return self.from_scale(rng.uniform(lo, hi, size))
 
+    def _bounds(self, convert) -> None:
+        # frozen dataclasses: normalize low/high in place, then require low < high
+        object.__setattr__(self, "low", convert(self.low, "low"))
+        object.__setattr__(self, "high", convert(self.high, "high"))
+        _ordered(self.low, self.high, self.kind)
+
     def to_json(self) -> dict:
         """A JSON-ready description; :func:`distribution_from_json` inverts it."""
         return {"kind": self.kind, "low": self.low, "high": self.high}
@@ -120,9 +126,7 @@ class Uniform(Distribution):
     kind = "uniform"
 
     def __post_init__(self):
-        object.__setattr__(self, "low", _finite(self.low, "low"))
-        object.__setattr__(self, "high", _finite(self.high, "high"))
-        _ordered(self.low, self.high, self.kind)
+        self._bounds(_finite)
 
     @property
     def scale_bounds(self):
@@ -156,11 +160,9 @@ class LogUniform(Distribution):
     log_axis = True
 
     def __post_init__(self):
-        object.__setattr__(self, "low", _finite(self.low, "low"))
-        object.__setattr__(self, "high", _finite(self.high, "high"))
+        self._bounds(_finite)
         if self.low <= 0:
             raise ValueError(f"{self.kind} needs positive bounds, got low={self.low!r}")
-        _ordered(self.low, self.high, self.kind)
 
     @property
     def scale_bounds(self):
@@ -196,13 +198,11 @@ class EwaBeta(Distribution):
     log_axis = True  # plotted as 1 - beta on a log axis
 
     def __post_init__(self):
-        object.__setattr__(self, "low", _finite(self.low, "low"))
-        object.__setattr__(self, "high", _finite(self.high, "high"))
+        self._bounds(_finite)
         if not (0.0 < self.low < 1.0 and 0.0 < self.high < 1.0):
             raise ValueError(
                 f"{self.kind} bounds must lie in (0, 1), got low={self.low!r}, high={self.high!r}"
             )
-        _ordered(self.low, self.high, self.kind)
 
     @property
     def scale_bounds(self):
@@ -235,9 +235,7 @@ class IntUniform(Distribution):
     kind = "int_uniform"
 
     def __post_init__(self):
-        object.__setattr__(self, "low", _integer(self.low, "low"))
-        object.__setattr__(self, "high", _integer(self.high, "high"))
-        _ordered(self.low, self.high, self.kind)
+        self._bounds(_integer)
 
     @property
     def scale_bounds(self):
@@ -272,11 +270,9 @@ class IntLogUniform(Distribution):
     log_axis = True
 
     def __post_init__(self):
-        object.__setattr__(self, "low", _integer(self.low, "low"))
-        object.__setattr__(self, "high", _integer(self.high, "high"))
+        self._bounds(_integer)
         if self.low < 1:
             raise ValueError(f"{self.kind} needs positive bounds, got low={self.low!r}")
-        _ordered(self.low, self.high, self.kind)
 
     @property
     def scale_bounds(self):
