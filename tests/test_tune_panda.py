@@ -99,3 +99,36 @@ def test_bad_arguments(tmp_path):
         tune.PandaRunner(None, None, None, {}, checkpoint_dir=tmp_path, blowup=1.0)
     with pytest.raises(ValueError, match="factor"):
         tune.halve("lr", 2.0)
+
+
+def test_babysits_a_normax_nn_model_with_its_checkpoints(tmp_path):
+    nn = pytest.importorskip("normax.nn")
+    optim = pytest.importorskip("normax.optim")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 8))
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
+    model = nn.Sequential(
+        nn.Linear(8, 16, bias=False, rng=0), nn.BatchNorm(16), nn.ReLU(), nn.Linear(16, 3, rng=1)
+    )
+    loss_fn = nn.SoftmaxCrossEntropy()
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+
+    def train_epoch(epoch, hp):
+        opt.set_lr(hp["lr"])
+        model.train()
+        loss = loss_fn(model(x), y)
+        model.backward(loss_fn.backward(), need_dx=False)
+        opt.step(model.grads())
+        return float(loss)
+
+    def spike(epoch, loss, res):  # a user rule: pretend epoch 3 went wrong once
+        return "spike" if epoch == 3 and not res.interventions else None
+
+    save, load = tune.nn_checkpoint(model, opt)
+    runner = tune.PandaRunner(
+        train_epoch, save, load, {"lr": 1e-2}, checkpoint_dir=tmp_path, rule=spike
+    )
+    res = runner.run(epochs=6)
+    assert [i.reason for i in res.interventions] == ["spike"]
+    assert res.hparams["lr"] == 5e-3 and res.interventions[0].restored_epoch == 2
+    assert res.best_loss < res.history[0][1]

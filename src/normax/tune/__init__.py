@@ -37,7 +37,7 @@ from .distributions import (
 )
 from .executors import LocalPool
 from .halving import SuccessiveHalving, TrialPruned
-from .panda import Intervention, PandaResult, PandaRunner, halve, npz_checkpoint
+from .panda import Intervention, PandaResult, PandaRunner, halve, nn_checkpoint, npz_checkpoint
 from .plots import plot_study
 from .samplers import GridSampler, HaltonSampler, RandomSampler, Sampler, SobolSampler
 from .storage import Round, SQLiteStorage, StorageError, Trial
@@ -73,6 +73,7 @@ __all__ = [
     "int_log_uniform",
     "int_uniform",
     "log_uniform",
+    "nn_checkpoint",
     "npz_checkpoint",
     "plot_study",
     "uniform",

@@ -10,8 +10,8 @@ The model is seen through three callables, so any framework fits:
 * ``train_epoch(epoch, hparams) -> loss`` trains one epoch with the given hyperparameters;
 * ``save(path)`` / ``load(path)`` write and restore everything needed to continue (parameters,
   optimizer state); :func:`npz_checkpoint` builds them from ``get_state() -> dict of arrays`` and
-  ``set_state(dict)`` as an atomic ``.npz`` (temporary file, then rename; no pickle), and a
-  ``normax.nn`` checkpoint function fits directly.
+  ``set_state(dict)`` as an atomic ``.npz`` (temporary file, then rename; no pickle), and
+  :func:`nn_checkpoint` builds them for a ``normax.nn`` model and optimizer.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Intervention", "PandaResult", "PandaRunner", "halve", "npz_checkpoint"]
+__all__ = ["Intervention", "PandaResult", "PandaRunner", "halve", "nn_checkpoint", "npz_checkpoint"]
 
 
 def npz_checkpoint(get_state, set_state):
@@ -58,6 +58,23 @@ def npz_checkpoint(get_state, set_state):
     def load(path):
         with np.load(path, allow_pickle=False) as data:
             set_state({k: data[k].copy() for k in data.files})
+
+    return save, load
+
+
+def nn_checkpoint(model, optimizer=None):
+    """``(save, load)`` callables in the checkpoint format of :mod:`normax.nn`.
+
+    The model's parameters and buffers (batch-norm running statistics) and the optimizer's state
+    go into one atomic .npz, checked by name, shape and dtype on load.
+    """
+    from normax.nn import load_checkpoint, save_checkpoint
+
+    def save(path):
+        save_checkpoint(path, model, optimizer)
+
+    def load(path):
+        load_checkpoint(path, model, optimizer)
 
     return save, load
 
