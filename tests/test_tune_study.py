@@ -180,11 +180,17 @@ def test_reopening_with_another_space_direction_or_sampler_is_refused(tmp_path):
         assert s.space == SPACE
 
 
-@pytest.mark.parametrize("kind", ["garbage", "foreign"])
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign"])
 def test_corrupt_or_foreign_file_is_refused_and_left_alone(tmp_path, kind):
     path = tmp_path / "data.db"
     if kind == "garbage":
         path.write_bytes(b"not a database " * 100)
+    elif kind == "truncated":
+        with tune.Study(SPACE, lambda p: p["x"], storage=path, sampler=tune.RandomSampler(0)) as s:
+            s.optimize(300)
+        data = path.read_bytes()
+        assert len(data) > 4 * 4096
+        path.write_bytes(data[: len(data) // 2])
     else:
         con = sqlite3.connect(path)
         con.execute("CREATE TABLE users (name TEXT)")
@@ -192,7 +198,8 @@ def test_corrupt_or_foreign_file_is_refused_and_left_alone(tmp_path, kind):
         con.commit()
         con.close()
     before = path.read_bytes()
-    match = "not a readable SQLite database" if kind == "garbage" else "not a normax.tune study"
+    match = {"garbage": "not a readable", "truncated": "corrupt|not a readable"}
+    match = match.get(kind, "not a normax.tune study")
     with pytest.raises(tune.StorageError, match=match):
         tune.Study(SPACE, abs, storage=path)
     assert path.read_bytes() == before

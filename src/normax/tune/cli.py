@@ -142,7 +142,7 @@ def run(args, objective=None) -> int:
         try:
             from .plots import plot_study
 
-            plot_study(study, plot)
+            plot_study(study, plot, value_label="held-out accuracy")
             print(f"plot: {plot}")
         except ImportError as exc:
             print(f"no plot ({exc})", file=sys.stderr)

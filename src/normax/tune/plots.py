@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .distributions import EwaBeta
+from .distributions import EwaBeta, IntUniform
 
 __all__ = ["plot_study"]
 
@@ -31,13 +31,15 @@ def _best_so_far(study):
     return xs, ys
 
 
-def plot_study(study, path=None, *, dpi: int = 100):
+def plot_study(study, path=None, *, value_label: str = "value", dpi: int = 100):
     """Draw ``study`` and, if ``path`` is given, write it as PNG.
 
     Parameters
     ----------
     study : Study
     path : str or os.PathLike, optional
+    value_label : str
+        Name of the objective's value on the y axes.
     dpi : int
 
     Returns
@@ -57,6 +59,7 @@ def plot_study(study, path=None, *, dpi: int = 100):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError as exc:  # the optional `plot` extra
         raise ImportError("plotting needs matplotlib: pip install 'normax[plot]'") from exc
     done = [t for t in study.trials if t.state == "complete"]
@@ -75,14 +78,16 @@ def plot_study(study, path=None, *, dpi: int = 100):
             ax.scatter(x, [t.value for t in sel], s=14, label=f"round {r}", color=f"C{r % 10}")
         if dist.log_axis:
             ax.set_xscale("log")
+        elif isinstance(dist, IntUniform):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(f"1 - {name}" if isinstance(dist, EwaBeta) else name)
-        ax.set_ylabel("value")
+        ax.set_ylabel(value_label)
     if len(rounds) > 1:
         axes[0].legend(fontsize="small")
     hist = axes[len(names)]
     hist.step(*_best_so_far(study), where="post")
     hist.set_xlabel("trial")
-    hist.set_ylabel(f"best value ({study.direction})")
+    hist.set_ylabel(f"best {value_label} ({study.direction})")
     for ax in axes[len(names) + 1 :]:
         ax.set_visible(False)
     if path is not None:
