@@ -54,6 +54,16 @@ def test_non_numeric_result_fails_the_trial():
     study = tune.Study(SPACE, lambda p: "good", sampler=tune.RandomSampler(0))
     assert study.optimize(2) is None
     assert all("not a real number" in t.error for t in study.trials)
+    for bad in (True, np.array([1.0, 2.0]), None):
+        study = tune.Study(SPACE, lambda p, bad=bad: bad)
+        study.optimize(1)
+        assert study.trials[0].state == "failed"
+
+
+@pytest.mark.parametrize("value", [np.float32(0.25), np.array(0.25), np.int64(2), math.inf])
+def test_numpy_and_infinite_values_are_accepted(value):
+    study = tune.Study(SPACE, lambda p: value)
+    assert study.optimize(1).value == float(value)
 
 
 def test_bad_arguments():

@@ -75,6 +75,8 @@ class _Reporter:
 
 
 def _check_value(value) -> float:
+    if getattr(value, "shape", None) == ():  # a 0-d array, e.g. a loss from np.mean(..., keepdims)
+        value = value[()]
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"objective returned {value!r}, not a real number")
     v = float(value)
