@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import numbers
 import os
+import signal
 import time
 import traceback
 from concurrent import futures
@@ -127,6 +128,8 @@ class _Sequential:
 
 
 def _worker_main(conn) -> None:
+    # Ctrl-C reaches the whole process group; the driver decides what happens to the trials
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         task = conn.recv()
         if task is None:
