@@ -136,6 +136,13 @@ def run(args, objective=None) -> int:
     except StorageError as exc:
         print(f"normax tune: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"\nnormax tune: interrupted; {args.storage} keeps every finished trial, "
+            "run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
     _report(study)
     plot = args.plot or os.path.splitext(args.storage)[0] + ".png"
     if plot.lower() != "none" and study.best_trial is not None:
