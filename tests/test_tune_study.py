@@ -314,3 +314,13 @@ def test_a_study_file_has_one_driver_at_a_time(tmp_path):
         first.optimize(2)
     with tune.Study(SPACE, abs, storage=path) as again:  # free once closed
         assert len(again.trials) == 2
+
+
+def test_no_file_is_created_for_a_bad_space_or_a_new_study_without_one(tmp_path):
+    with pytest.raises(TypeError, match="space"):
+        tune.Study({"x": 3}, abs, storage=tmp_path / "a.db")
+    with pytest.raises(ValueError, match="needs a space"):
+        tune.Study(None, abs)
+    with pytest.raises(ValueError, match="needs a space"):
+        tune.Study(None, abs, storage=tmp_path / "b.db")
+    assert os.listdir(tmp_path) == []

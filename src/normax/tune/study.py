@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import deque
 
@@ -76,6 +77,12 @@ class Study:
             raise TypeError(f"sampler must be a tune sampler, got {sampler!r}")
         if objective is not None and not callable(objective):
             raise TypeError(f"objective must be callable, got {objective!r}")
+        if space is not None:  # before any file is created
+            check_space(space)
+        elif storage is None or (
+            not isinstance(storage, SQLiteStorage) and not os.path.exists(storage)
+        ):
+            raise ValueError("a new study needs a space")
         self.objective, self.direction, self.halving = objective, direction, halving
         self._trainable = objective is not None and accepts_report(objective)
         if halving is not None and objective is not None and not self._trainable:
@@ -94,21 +101,25 @@ class Study:
     # -- opening and resuming ------------------------------------------------------------------
     def _open(self, space, sampler, interrupted) -> None:
         meta = {} if self._store is None else self._store.meta()
-        if "space" not in meta:
-            self.space = check_space(space)
-            self.sampler = sampler.bind(None)
-            self._trials, self._rounds = [], []
-            box = {k: d.scale_bounds for k, d in self.space.items()}
-            if self._store is not None:
-                self._store.set_meta(
-                    {
-                        "space": _space_json(self.space),
-                        "direction": self.direction,
-                        "sampler": json.dumps(self.sampler.describe()),
-                    }
-                )
-            self._add_round(Round(0, 0, box))
+        if "space" in meta:
+            self._resume(meta, space, sampler, interrupted)
             return
+        if space is None:
+            raise ValueError("a new study needs a space")
+        self.space = check_space(space)
+        self.sampler = sampler.bind(None)
+        self._trials, self._rounds = [], []
+        if self._store is not None:
+            self._store.set_meta(
+                {
+                    "space": _space_json(self.space),
+                    "direction": self.direction,
+                    "sampler": json.dumps(self.sampler.describe()),
+                }
+            )
+        self._add_round(Round(0, 0, {k: d.scale_bounds for k, d in self.space.items()}))
+
+    def _resume(self, meta, space, sampler, interrupted) -> None:
         stored = {k: distribution_from_json(v) for k, v in json.loads(meta["space"]).items()}
         self.space = stored if space is None else check_space(space)
         if _space_json(self.space) != meta["space"]:
@@ -124,6 +135,8 @@ class Study:
                 f"not {json.dumps(self.sampler.describe())}"
             )
         self._trials, self._rounds = self._store.trials(), self._store.rounds()
+        if not self._rounds:  # stopped between writing the space and its first round
+            self._add_round(Round(0, 0, {k: d.scale_bounds for k, d in self.space.items()}))
         for t in self._trials:
             if t.state == "running":
                 self._interrupted(t, interrupted)
