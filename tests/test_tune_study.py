@@ -324,3 +324,50 @@ def test_no_file_is_created_for_a_bad_space_or_a_new_study_without_one(tmp_path)
     with pytest.raises(ValueError, match="needs a space"):
         tune.Study(None, abs, storage=tmp_path / "b.db")
     assert os.listdir(tmp_path) == []
+
+
+MIXED = {
+    "x": tune.uniform(-1.0, 1.0),
+    "lr": tune.log_uniform(1e-5, 1e-1),
+    "beta": tune.ewa_beta(0.8, 0.9999),
+    "layers": tune.int_uniform(1, 6),
+    "batch": tune.int_log_uniform(8, 512),
+    "act": tune.choice(["relu", "tanh", "gelu"]),
+}
+
+
+def test_refine_box_contains_the_top_trials_and_stays_in_bounds():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=25, deadline=None)
+    @hypothesis.given(
+        seed=st.integers(0, 2**32 - 1),
+        top_k=st.integers(1, 8),
+        shrink=st.floats(0.01, 1.0),
+        target=st.floats(0.0, 1.0),
+    )
+    def check(seed, top_k, shrink, target):
+        def objective(p):  # best trials sit anywhere, edges included
+            return abs(MIXED["x"].to_scale(p["x"]) / 2 + 0.5 - target) + p["layers"] / 100
+
+        study = tune.Study(MIXED, objective, sampler=tune.RandomSampler(seed))
+        study.optimize(12)
+        top = sorted(study.trials, key=lambda t: t.value)[:top_k]
+        study.refine(top_k=top_k, shrink=shrink, n_trials=6)
+        box = study.rounds[1].box
+        for name, dist in MIXED.items():
+            lo0, hi0 = dist.scale_bounds
+            lo, hi = box[name]
+            assert lo0 <= lo <= hi <= hi0
+        for t in top:
+            _box_contains(box, MIXED, t.params)
+        for t in study.trials[12:]:
+            for name, dist in MIXED.items():
+                v = t.params[name]
+                if isinstance(dist, tune.Choice):
+                    assert v in dist.options
+                else:
+                    assert dist.low <= v <= dist.high
+
+    check()
