@@ -99,6 +99,8 @@ def test_bad_arguments(tmp_path):
         tune.PandaRunner(None, None, None, {}, checkpoint_dir=tmp_path, blowup=1.0)
     with pytest.raises(ValueError, match="factor"):
         tune.halve("lr", 2.0)
+    with pytest.raises(ValueError, match="epochs"):
+        LinearModel().runner({"lr": 0.1}, tmp_path).run(epochs=-1)
 
 
 def test_babysits_a_normax_nn_model_with_its_checkpoints(tmp_path):

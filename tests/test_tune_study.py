@@ -80,6 +80,9 @@ def test_bad_arguments():
         study.refine()
     with pytest.raises(ValueError, match="halving needs a trainable"):
         tune.Study(SPACE, abs, halving=tune.SuccessiveHalving())
+    for bad in ({"reduction_factor": 1}, {"min_resource": 0}, {"min_trials": 1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            tune.SuccessiveHalving(**bad)
 
 
 def _box_contains(box, space, params):

@@ -55,6 +55,9 @@ class SuccessiveHalving:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.reduction_factor < 2:
             raise ValueError(f"reduction_factor must be >= 2, got {self.reduction_factor!r}")
+        m = self.min_trials
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 2):
+            raise ValueError(f"min_trials must be an int >= 2, got {m!r}")
 
     def rungs(self, max_step: int) -> list[int]:
         """Rung steps up to ``max_step``."""

@@ -210,6 +210,8 @@ class PandaRunner:
 
     def run(self, epochs: int) -> PandaResult:
         """Train until ``epochs`` good epochs are done (or the runner gives up)."""
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
         res = PandaResult(hparams=dict(self.hparams), best_loss=self.baseline)
         self.save(self.checkpoint)
         good, epoch = 0, 0  # good: epoch of the last good checkpoint
