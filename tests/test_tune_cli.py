@@ -40,10 +40,11 @@ def test_tune_runs_refines_plots_and_resumes(tmp_path, capsys, stand_in):
     assert rounds == [(0, 6), (1, 6), (2, 6)]
 
     # running again with the same storage resumes the study and adds --trials more
-    again = _args("--trials", "6", "--storage", str(db), "--no-progress", "--plot", "none")
+    again = _args("--trials", "6", "--refine", "2", "--storage", str(db), "--no-progress")
     assert tune_cli.run(again, objective=stand_in) == 0
     captured = capsys.readouterr()
-    assert "resuming" in captured.err and "study: 24 trials" in captured.out
+    assert "resuming" in captured.err and "adding 6 to round 2" in captured.err
+    assert "study: 24 trials (24 complete), 3 rounds" in captured.out
 
 
 def test_tune_with_halving_and_workers_flags_parse(tmp_path, capsys, stand_in):

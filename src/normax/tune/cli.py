@@ -3,7 +3,8 @@
 Random search over the learning rate (log-uniform 1e-4..1), Adam's beta1 (``ewa_beta``
 0.9..0.999), the hidden units (50..100) and the number of layers (2..4), then ``--refine`` rounds
 of coarse-to-fine search around the best trials. The study lives in a SQLite file: running the
-command again with the same ``--storage`` resumes it and adds ``--trials`` more.
+command again with the same ``--storage`` resumes it and adds ``--trials`` more trials to its
+latest round (its refine rounds are not repeated).
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ def add_arguments(parser) -> None:
     a("--workers", type=int, default=1, help="local worker processes (default 1: sequential)")
     a("--scheduler", help="address of a Dask scheduler (e.g. tcp://10.0.0.5:8786) to run on")
     a("--storage", default="normax-tune.db", help="SQLite study file, resumed if it exists")
-    a("--refine", type=int, default=0, help="coarse-to-fine rounds after the first (default 0)")
+    a(
+        "--refine",
+        type=int,
+        default=0,
+        help="coarse-to-fine rounds after the first, for a new study",
+    )
     a("--top-k", type=_positive, default=5, help="best trials a refine round zooms around")
     a("--shrink", type=float, default=0.5, help="box width factor per refine round (0, 1]")
     a("--epochs", type=_positive, default=20, help="training epochs per trial (default 20)")
@@ -108,10 +114,16 @@ def tune_study(args, objective) -> Study:
     try:
         executor = _executor(args)
         run = {"executor": executor, "progress": not args.no_progress}
-        if study.trials:
-            print(f"resuming {args.storage}: {len(study.trials)} trials so far", file=sys.stderr)
+        resumed = bool(study.trials)
+        if resumed:  # a rerun adds --trials more to the current round, and nothing else
+            rnd = study.rounds[-1].round
+            print(
+                f"resuming {args.storage}: {len(study.trials)} trials so far; adding "
+                f"{args.trials} to round {rnd}",
+                file=sys.stderr,
+            )
         study.optimize(args.trials, **run)
-        for _ in range(args.refine):
+        for _ in range(0 if resumed else args.refine):
             study.refine(top_k=args.top_k, shrink=args.shrink, n_trials=args.trials, **run)
     finally:
         study.close()
