@@ -317,6 +317,10 @@ def test_a_study_file_has_one_driver_at_a_time(tmp_path):
         first.optimize(2)
     with tune.Study(SPACE, abs, storage=path) as again:  # free once closed
         assert len(again.trials) == 2
+    with pytest.raises(ValueError, match="closed"):
+        again.optimize(1)
+    with pytest.raises(ValueError, match="closed"):
+        again.refine(n_trials=1)
 
 
 def test_no_file_is_created_for_a_bad_space_or_a_new_study_without_one(tmp_path):

@@ -87,7 +87,7 @@ class Study:
         self._trainable = objective is not None and accepts_report(objective)
         if halving is not None and objective is not None and not self._trainable:
             raise ValueError("halving needs a trainable objective(params, report=...)")
-        self._best = None
+        self._best, self._closed = None, False
         if storage is None or isinstance(storage, SQLiteStorage):
             self._store = storage
         else:
@@ -187,7 +187,11 @@ class Study:
         """Close the storage (a study in memory has nothing to close)."""
         if self._store is not None:
             self._store.close()
-            self._store = None
+            self._store, self._closed = None, True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("the study's storage is closed; open the study again to continue")
 
     def __enter__(self):
         return self
@@ -289,6 +293,7 @@ class Study:
         """
         if self.objective is None:
             raise ValueError("this study has no objective to optimize")
+        self._check_open()
         queued, n_new = self._plan(n_trials, until)
         runner, owned = make_runner(executor, workers)
         bar = Progress(len(queued) + n_new, enabled=progress)
@@ -371,6 +376,7 @@ class Study:
         Trial or None
             The best complete trial so far.
         """
+        self._check_open()
         box = self.zoom_box(top_k, shrink)
         self._add_round(Round(len(self._rounds), len(self._trials), box, top_k, float(shrink)))
         if n_trials is not None:
