@@ -35,6 +35,8 @@ def accepts_report(objective) -> bool:
 
 @dataclass(frozen=True)
 class Task:
+    """What a worker needs to run one trial (picklable, except ``on_report`` in the driver)."""
+
     number: int
     params: dict
     objective: object
@@ -47,6 +49,8 @@ class Task:
 
 @dataclass(frozen=True)
 class Outcome:
+    """What a worker sends back: the trial's final state, value, reports, error and times."""
+
     number: int
     state: str
     value: float | None
@@ -76,7 +80,7 @@ class _Reporter:
 
 
 def _check_value(value) -> float:
-    if getattr(value, "shape", None) == ():  # a 0-d array, e.g. a loss from np.mean(..., keepdims)
+    if getattr(value, "shape", None) == ():  # a 0-d array, e.g. np.asarray(loss)
         value = value[()]
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"objective returned {value!r}, not a real number")
