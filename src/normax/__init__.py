@@ -44,14 +44,15 @@ __all__ = [
     "softmax",
     "softmax_backward",
     "softmax_cross_entropy",
+    "tune",
 ]
 
 
-_SUBPACKAGES = ("nn", "optim")
+_SUBPACKAGES = ("nn", "optim", "tune")
 
 
 def __getattr__(name: str):
-    # normax.optim and normax.nn load on first use, so `import normax` stays fast.
+    # subpackages load on first use, so `import normax` stays fast
     if name in _SUBPACKAGES:
         import importlib
 
