@@ -19,6 +19,7 @@ from .machine import (
     held_threads,
     import_torch,
     last_level_cache_bytes,
+    load_average,
     machine_info,
     probe_bandwidth,
     usable_cores,
@@ -93,37 +94,33 @@ def contender_backends(config: Config) -> tuple[str, ...]:
 
 def run_benchmarks(config: Config, cases: Sequence[Case] | None = None) -> dict:
     """Run the benchmark and return the results document (the ``--json`` content)."""
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), load_average()
     cases = plan(config) if cases is None else list(cases)
-    backends = contender_backends(config)
     torch = import_torch(config.use_torch)
-    threads = config.resolved_threads()
-    policy = config.resolved_policy()
-    previous_backend = normax.get_backend()
+    run = {
+        "backends": contender_backends(config),
+        "threads": config.resolved_threads(),
+        "policy": config.resolved_policy(),
+        "default_backend": normax.get_backend(),
+        "torch": torch,
+    }
     records = []
+    threads = run["threads"]
     with held_threads(threads, torch), tempfile.TemporaryDirectory(prefix="normax-bench-") as tmp:
         try:
             probe_bytes = config.probe_bytes or _default_probe_bytes()
             first = probe_bandwidth(probe_bytes, threads)
-            ctx = BuildContext(backends=backends, torch=torch, seed=config.seed, tmpdir=tmp)
+            ctx = BuildContext(run["backends"], torch, seed=config.seed, tmpdir=tmp)
             for case in _progress(cases, config.progress):
-                records.append(run_case(case, ctx, policy))
+                records.append(run_case(case, ctx, run["policy"]))
             # Probed before and after the cases; on a shared machine the better one is the limit.
-            bandwidth = first.best_with(probe_bandwidth(probe_bytes, threads))
+            run["bandwidth"] = first.best_with(probe_bandwidth(probe_bytes, threads))
         finally:
-            normax.set_backend(previous_backend)
-    add_roofline(records, bandwidth)
-    return _document(
-        config,
-        records,
-        backends,
-        torch,
-        threads,
-        policy,
-        bandwidth,
-        time.perf_counter() - started,
-        previous_backend,
-    )
+            normax.set_backend(run["default_backend"])
+    add_roofline(records, run["bandwidth"])
+    run["elapsed"] = time.perf_counter() - started
+    run["load_average"] = {"start": load_before, "end": load_average()}
+    return _document(config, records, run)
 
 
 def _default_probe_bytes() -> int:
@@ -284,32 +281,31 @@ def add_roofline(records: list[dict], bandwidth: Bandwidth) -> None:
             e["roofline"] = gbs * 1e9 / bandwidth.copy if gbs else None
 
 
-def _document(
-    config, records, backends, torch, threads, policy, bandwidth, elapsed, default_backend
-) -> dict:
+def _document(config: Config, records: list[dict], run: dict) -> dict:
     ran = [r for r in records if r["status"] == "ok"]
+    agree = all(e["agree"] for r in ran for e in r["contenders"])
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": list(config.command),
         "mode": "full" if config.full else "quick",
         "machine": machine_info(),
-        "versions": versions(torch),
+        "versions": versions(run["torch"]),
         "environment": environment_notes(),
-        "threads": threads,
-        "backends": list(backends),
-        "default_backend": default_backend,
-        "torch": torch is not None,
+        "load_average": run["load_average"],
+        "threads": run["threads"],
+        "backends": list(run["backends"]),
+        "default_backend": run["default_backend"],
+        "torch": run["torch"] is not None,
         "timing": {
-            **asdict(policy),
+            **asdict(run["policy"]),
             "clock": "time.perf_counter",
             "statistic": "median",
             "spread": "interquartile range / median",
         },
-        "bandwidth": bandwidth.to_dict(),
+        "bandwidth": run["bandwidth"].to_dict(),
         "cases": records,
         "skipped": [{"id": r["id"], "note": r["note"]} for r in records if r["status"] != "ok"],
-        "all_agree": all(e["agree"] for r in ran for e in r["contenders"])
-        and not any(r["status"] == "error" for r in records),
-        "elapsed_s": elapsed,
+        "all_agree": agree and not any(r["status"] == "error" for r in records),
+        "elapsed_s": run["elapsed"],
     }

@@ -99,6 +99,14 @@ def machine_info() -> dict:
     }
 
 
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (None where the OS does not report them)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return None
+
+
 def _version(module: str) -> str | None:
     try:
         return importlib.import_module(module).__version__

@@ -117,6 +117,12 @@ def header(doc: dict) -> list[str]:
         f"normax {v['normax']} (backends {', '.join(doc['backends'])}), numpy {v['numpy']}, "
         f"numba {v['numba'] or 'absent'}, torch {v['torch'] or 'absent (no torch columns)'}",
     ]
+    loads = [v[0] for v in (doc.get("load_average") or {}).values() if v]
+    if loads and max(loads) > 0.5 * m["usable_cores"]:
+        lines.append(
+            f"warning: the machine was busy (1-minute load average up to {max(loads):.1f} "
+            f"on {m['usable_cores']} cores); ratios are less reliable"
+        )
     slow = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in doc["environment"]]
     if slow:
         lines.append(f"note: {', '.join(slow)} set in the environment; they can slow NumPy")
@@ -164,6 +170,7 @@ REQUIRED = {
     "skipped": list,
     "all_agree": bool,
     "elapsed_s": float,
+    "load_average": dict,
 }
 CASE_KEYS = (
     "id",
