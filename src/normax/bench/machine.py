@@ -167,13 +167,18 @@ def held_threads(n: int, torch):
         try:
             normax.set_num_threads(n)
             _numba_threads(n)
-            if torch is not None:
-                torch.set_num_threads(n)
+            _torch_threads(torch, n)
             yield
         finally:
             normax.set_num_threads(previous)
-            if torch is not None:
-                torch.set_num_threads(previous_torch)
+            _torch_threads(torch, previous_torch)
+
+
+def _torch_threads(torch, n: int | None) -> None:
+    # Only when it changes: torch.set_num_threads, even to the current count, rebuilds PyTorch's
+    # thread pool, and its small ops then run ~1000x slower for seconds on a loaded machine.
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def _numba_threads(n: int) -> None:
