@@ -133,6 +133,8 @@ def test_plan_rejects_unknown_names():
         harness.plan(harness.Config(families=("convolution",)))
     with pytest.raises(ValueError, match="unknown size 'huge'"):
         harness.plan(harness.Config(sizes=("huge",)))
+    with pytest.raises(ValueError, match="unknown dtype 'float16'"):
+        harness.plan(harness.Config(dtypes=("float16",)))
 
 
 # --- timing and comparison --------------------------------------------------------------------
@@ -280,12 +282,12 @@ def test_plot_writes_png(tmp_path):
 
 def test_command_tiny_run_writes_valid_json(tmp_path, capsys):
     path = tmp_path / "results.json"
-    rc = bench.main(["--size", "tiny", "--json", str(path), *FAST_ARGS])
+    rc = bench.main(["--size", "tiny", "--dtype", "float32", "--json", str(path), *FAST_ARGS])
     assert rc == 0
     doc = json.loads(path.read_text())  # strict JSON: no NaN or Infinity
     assert report.check_results(doc, allow_skipped=True) == []
-    assert {r["family"] for r in doc["cases"]} == set(harness.FAMILIES)
-    assert all(r["size"] == "tiny" for r in doc["cases"])
+    assert {r["family"] for r in doc["cases"]} == {"batch_norm", "softmax", "optim"}
+    assert all(r["size"] == "tiny" and r["dtype"] == "float32" for r in doc["cases"])
     assert doc["machine"]["llc_bytes"] > 0 and doc["versions"]["numpy"] == np.__version__
     out = capsys.readouterr().out
     assert "normax bench (quick)" in out and "every contender agreed" in out
@@ -318,6 +320,9 @@ def test_numba_backend_run_in_a_subprocess(tmp_path):
         "batch_norm",
         "--family",
         "softmax",
+        "--dtype",
+        "float64",
+        "--no-torch",
         "--backend",
         "numba",
         "--json",

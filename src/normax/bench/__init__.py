@@ -99,7 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         action="append",
         choices=["tiny", "small", "medium", "large"],
-        help="only shapes of this size class, every dtype (repeatable)",
+        help="only shapes of this size class, quick or not (repeatable)",
+    )
+    parser.add_argument(
+        "--dtype",
+        action="append",
+        choices=["float32", "float64"],
+        help="only this dtype (repeatable)",
     )
     parser.add_argument(
         "--backend",
@@ -154,6 +160,7 @@ def _config(args: argparse.Namespace, argv: list[str]) -> Config:
         threads=args.threads,
         families=_tuple(args.family),
         sizes=_tuple(args.size),
+        dtypes=_tuple(args.dtype),
         backends=_tuple(args.backend),
         use_torch=not args.no_torch,
         policy=policy,

@@ -24,6 +24,7 @@ import numpy as np
 import normax
 
 SIZES = ("tiny", "small", "medium", "large")
+DTYPES = ("float32", "float64")
 
 # Normwise relative tolerance between contenders. float32 allows for PyTorch, which accumulates
 # in float32 where normax accumulates in float64.

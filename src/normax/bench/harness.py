@@ -12,7 +12,15 @@ from dataclasses import asdict, dataclass, field
 import normax
 
 from . import cases_batchnorm, cases_optim, cases_softmax, cases_tune
-from .cases import SIZES, BuildContext, Case, as_arrays, missing_requirements, relative_error
+from .cases import (
+    DTYPES,
+    SIZES,
+    BuildContext,
+    Case,
+    as_arrays,
+    missing_requirements,
+    relative_error,
+)
 from .machine import (
     Bandwidth,
     environment_notes,
@@ -46,6 +54,7 @@ class Config:
     threads: int = 0  # 0: every usable core
     families: tuple[str, ...] | None = None
     sizes: tuple[str, ...] | None = None
+    dtypes: tuple[str, ...] | None = None
     backends: tuple[str, ...] | None = None
     use_torch: bool = True
     policy: TimingPolicy | None = None
@@ -66,6 +75,7 @@ def plan(config: Config) -> list[Case]:
     for name, allowed, known in (
         ("family", config.families, FAMILIES),
         ("size", config.sizes, SIZES),
+        ("dtype", config.dtypes, DTYPES),
     ):
         bad = sorted(set(allowed or ()) - set(known))
         if bad:
@@ -76,6 +86,8 @@ def plan(config: Config) -> list[Case]:
             continue
         for case in make_cases():
             if config.sizes and case.size not in config.sizes:
+                continue
+            if config.dtypes and case.dtype not in config.dtypes:
                 continue
             if config.full or config.sizes or case.quick:
                 selected.append(case)
