@@ -258,6 +258,17 @@ def test_render_flags_regressions_only_for_normax_backends():
     assert "| kernel |" in report.render(doc, markdown=True)
 
 
+def test_compact_tables_one_line_per_case(tmp_path, capsys):
+    doc = _run([_synthetic(), _synthetic(n=2000)])
+    text = report.render(doc, markdown=True, compact=True)
+    rows = [line for line in text.splitlines() if line.startswith("| double")]
+    assert len(rows) == 2 and "| numpy vs NumPy |" in text  # backends=("numpy",): numpy leads
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    assert bench.main(["--from-json", str(path), "--compact"]) == 0
+    assert "double" in capsys.readouterr().out
+
+
 def test_check_results_catches_incomplete_files():
     doc = _run([_synthetic()])
     assert report.check_results({}) != []

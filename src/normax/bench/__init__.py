@@ -90,6 +90,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE", help="write speed-up bars to a PNG (matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="one line per case (every median, then the C backend's figures)",
+    )
+    parser.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="do not run: print the tables of a results file (with --markdown / --compact)",
+    )
+    parser.add_argument(
         "--family",
         action="append",
         choices=list(FAMILIES),
@@ -178,13 +188,19 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Run ``normax bench`` with parsed ``args``; 0 when every contender agreed."""
     if args.check:
         return _check_file(args.check, args.allow_skipped)
+    if args.from_json:
+        doc = _load(args.from_json)
+        if doc is None:
+            return 1
+        print(render(doc, markdown=args.markdown, compact=args.compact))
+        return 0
     try:
         config = _config(args, sys.argv[1:] if argv is None else argv)
         doc = run_benchmarks(config)
     except ValueError as exc:
         print(f"normax bench: {exc}", file=sys.stderr)
         return 2
-    print(render(doc, markdown=args.markdown))
+    print(render(doc, markdown=args.markdown, compact=args.compact))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(_plain(doc), fh, indent=1, allow_nan=False)
@@ -207,12 +223,18 @@ def _plain(value):
     return value
 
 
-def _check_file(path: str, allow_skipped: bool) -> int:
+def _load(path: str) -> dict | None:
     try:
         with open(path) as fh:
-            doc = json.load(fh)
+            return json.load(fh)
     except (OSError, ValueError) as exc:
-        print(f"normax bench --check: cannot read {path}: {exc}", file=sys.stderr)
+        print(f"normax bench: cannot read {path}: {exc}", file=sys.stderr)
+        return None
+
+
+def _check_file(path: str, allow_skipped: bool) -> int:
+    doc = _load(path)
+    if doc is None:
         return 1
     problems = check_results(doc, allow_skipped=allow_skipped)
     for p in problems:

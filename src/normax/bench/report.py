@@ -75,29 +75,54 @@ def _row(case: dict, entry: dict, first: bool) -> list[str]:
     ]
 
 
-def _render(rows: list[list[str]], markdown: bool) -> list[str]:
+def _render(rows: list[list[str]], markdown: bool, columns=COLUMNS, left: int = 5) -> list[str]:
     if markdown:
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         return lines + ["| " + " | ".join(r) + " |" for r in rows]
-    widths = [max(len(r[i]) for r in [list(COLUMNS), *rows]) for i in range(len(COLUMNS))]
-    fmt = "  ".join(f"{{:{'<' if i < 5 else '>'}{w}}}" for i, w in enumerate(widths))
-    lines = [fmt.format(*COLUMNS), "  ".join("-" * w for w in widths)]
+    widths = [max(len(r[i]) for r in [list(columns), *rows]) for i in range(len(columns))]
+    fmt = "  ".join(f"{{:{'<' if i < left else '>'}{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*columns), "  ".join("-" * w for w in widths)]
     return lines + [fmt.format(*r).rstrip() for r in rows]
 
 
-def family_table(doc: dict, family: str, markdown: bool = False) -> list[str]:
-    """Lines of the table of one family, with a line per skipped or failed group of cases."""
+def _compact_row(case: dict, lead: str) -> list[str]:
+    """One line per case: every contender's median, then the lead backend's figures."""
+    by_name = {e["name"]: e for e in case["contenders"]}
+    times = [format_time(by_name.get(n, {}).get("median_s")) for n in CONTENDERS]
+    e = by_name.get(lead, {})
+    roof = e.get("roofline")
+    roof_text = "-" if roof is None else f"{100 * roof:.0f}%" + ("*" if case["in_cache"] else "")
+    return [
+        case["kernel"], case["layout"], "x".join(map(str, case["shape"])), case["dtype"], *times,
+        format_speedup(e.get("speedup_vs_numpy"), lead, "numpy"),
+        format_speedup(e.get("speedup_vs_torch"), lead, "torch"),
+        "-" if e.get("gbs") is None else f"{e['gbs']:.1f}", roof_text,
+    ]  # fmt: skip
+
+
+CONTENDERS = ("c", "numba", "numpy", "torch")
+
+
+def family_table(doc: dict, family: str, markdown: bool = False, compact: bool = False):
+    """Lines of the table of one family, with a line per skipped or failed group of cases.
+
+    ``compact`` gives one line per case (every median, then the figures of the C backend, or
+    of Numba when C is absent) instead of one line per contender.
+    """
     records = [r for r in doc["cases"] if r["family"] == family]
     if not records:
         return []
-    rows = []
-    for case in records:
-        if case["status"] == "ok":
-            for i, entry in enumerate(case["contenders"]):
-                rows.append(_row(case, entry, i == 0))
+    ran = [r for r in records if r["status"] == "ok"]
     title = FAMILY_TITLES.get(family, family)
     lines = [f"### {title}" if markdown else f"== {title}", ""]
-    if rows:
+    if ran and compact and family != "tune":
+        lead = next(b for b in (*doc["backends"], "numpy") if b in ("c", "numba", "numpy"))
+        columns = (*COLUMNS[:4], *CONTENDERS, f"{lead} vs NumPy", f"{lead} vs torch",
+                   f"{lead} GB/s", f"{lead} roofline")  # fmt: skip
+        rows = [_compact_row(r, lead) for r in ran]
+        lines += _render(rows, markdown, columns, left=4)
+    elif ran:
+        rows = [_row(r, e, i == 0) for r in ran for i, e in enumerate(r["contenders"])]
         lines += _render(rows, markdown)
     notes = sorted({(r["status"], r["note"]) for r in records if r["status"] != "ok"})
     for status, note in notes:
@@ -129,11 +154,11 @@ def header(doc: dict) -> list[str]:
     return lines
 
 
-def render(doc: dict, markdown: bool = False) -> str:
+def render(doc: dict, markdown: bool = False, compact: bool = False) -> str:
     """The whole report: header, one table per family, the legend, and the verdict."""
     lines = [*header(doc), ""]
     for family in dict.fromkeys(r["family"] for r in doc["cases"]):
-        lines += family_table(doc, family, markdown)
+        lines += family_table(doc, family, markdown, compact)
     lines.append(LEGEND)
     lines.append(verdict(doc))
     return "\n".join(lines)
