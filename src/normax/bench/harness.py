@@ -168,18 +168,25 @@ def _labelled(bar):
 
 def run_case(case: Case, ctx: BuildContext, policy: TimingPolicy) -> dict:
     """Check and time one case; returns its record (status ok, skipped or error)."""
+    started = time.perf_counter()
     record = _case_header(case)
+    _check_and_time(case, ctx, policy, record)
+    record["elapsed_s"] = time.perf_counter() - started
+    return record
+
+
+def _check_and_time(case: Case, ctx: BuildContext, policy: TimingPolicy, record: dict) -> None:
     missing = missing_requirements(case.requires)
     if missing:
         names = ", ".join(f"normax.{m}" for m in missing)
         record.update(status="skipped", note=f"{names} not available in this installation")
-        return record
+        return
     try:
         contenders = case.build(ctx)
         entries = [_first_call(c) for c in contenders]
     except Exception as exc:  # a broken case must not end the whole run
         record.update(status="error", note=f"set-up failed: {type(exc).__name__}: {exc}")
-        return record
+        return
     _check_agreement(case, entries)
     timed = [e for e in entries if e["agree"]]
     try:
@@ -196,7 +203,6 @@ def run_case(case: Case, ctx: BuildContext, policy: TimingPolicy) -> dict:
         entry.pop("_out", None)
     _derive(case, entries)
     record["contenders"] = entries
-    return record
 
 
 def _case_header(case: Case) -> dict:
@@ -241,7 +247,11 @@ def _first_call(contender) -> dict:
         if contender.backend is not None:
             normax.set_backend(contender.backend)
         fn = contender.make()
-        entry["_out"] = as_arrays(fn())
+        t0 = time.perf_counter()
+        out = fn()
+        # The first call includes JIT compilation (or loading it from Numba's cache).
+        entry["first_call_s"] = time.perf_counter() - t0
+        entry["_out"] = as_arrays(out)
         entry["_fn"] = fn
     except Exception as exc:
         entry["error"] = f"{type(exc).__name__}: {exc}"
