@@ -57,6 +57,8 @@ def real_scalar(value, name: str, low: float, high: float, *, low_open=False) ->
     """A finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
     try:
         v = float(value)
+    except OverflowError:  # an int beyond the double range: a number, just not a finite one
+        v = math.inf
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
     bad_low = v <= low if low_open else v < low
