@@ -32,7 +32,8 @@ def contiguous(x: np.ndarray) -> np.ndarray:
     """C-contiguous, aligned, native byte order; a copy only when needed."""
     if x.flags.c_contiguous and x.flags.aligned and x.dtype.isnative:
         return x
-    return np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
+    # np.ascontiguousarray alone hands back an unaligned C-contiguous array unchanged.
+    return np.require(x, dtype=x.dtype.newbyteorder("="), requirements=("C", "A"))
 
 
 def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
