@@ -12,14 +12,34 @@ from ._backend import (
     set_backend,
     set_num_threads,
 )
+from .batchnorm import (
+    batch_norm_backward,
+    batch_norm_infer,
+    batch_norm_train,
+)
+from .softmax import (
+    log_softmax,
+    log_softmax_backward,
+    softmax,
+    softmax_backward,
+    softmax_cross_entropy,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
     "available_backends",
+    "batch_norm_backward",
+    "batch_norm_infer",
+    "batch_norm_train",
     "get_backend",
     "get_num_threads",
+    "log_softmax",
+    "log_softmax_backward",
     "set_backend",
     "set_num_threads",
+    "softmax",
+    "softmax_backward",
+    "softmax_cross_entropy",
 ]

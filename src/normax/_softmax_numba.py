@@ -1,0 +1,158 @@
+"""Numba fallbacks of the softmax kernels (same results as the C kernels).
+
+Plain loops over the (outer, classes, inner) view with explicit signatures; each example
+(one column ``(o, :, i)``) is independent, so the examples are spread over threads with
+``prange``. Arithmetic is float64 whatever the input dtype; results are written into ``out``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+from numba import boolean, float32, float64, int64, prange, void
+
+_F = (float32, float64)
+_OPTS = {"parallel": True, "cache": True, "nogil": True}
+
+
+@nb.njit(cache=True, inline="always")
+def _max_sum(z, o, i):
+    """(max, s) of column (o, :, i); s sums exp(z - max) over all entries but one maximum.
+
+    Ties with the maximum are counted, not summed, so s keeps a tiny exp(-100) term exactly; a
+    NaN or +inf makes some t NaN and so s NaN.
+    """
+    c = z.shape[1]
+    m = np.float64(z[o, 0, i])
+    for k in range(1, c):
+        v = np.float64(z[o, k, i])
+        if v > m:
+            m = v
+    s = 0.0
+    ties = 0
+    for k in range(c):
+        t = np.float64(z[o, k, i]) - m
+        if t == 0.0:
+            ties += 1
+        else:
+            s += math.exp(t)
+    return m, s + (ties - 1)
+
+
+@nb.njit([void(f[:, :, ::1], f[:, :, ::1], boolean) for f in _F], **_OPTS)
+def _forward(z, out, log):
+    outer, c, inner = z.shape
+    for col in prange(outer * inner):
+        o, i = col // inner, col % inner
+        m, s = _max_sum(z, o, i)
+        lse = math.log1p(s)
+        inv = 1.0 / (1.0 + s)
+        for k in range(c):
+            t = np.float64(z[o, k, i]) - m
+            out[o, k, i] = t - lse if log else math.exp(t) * inv
+
+
+@nb.njit([void(f[:, :, ::1], f[:, :, ::1], f[:, :, ::1], boolean) for f in _F], **_OPTS)
+def _backward(g, y, out, log):
+    outer, c, inner = g.shape
+    for col in prange(outer * inner):
+        o, i = col // inner, col % inner
+        d = 0.0
+        for k in range(c):
+            d += np.float64(g[o, k, i]) * (1.0 if log else np.float64(y[o, k, i]))
+        for k in range(c):
+            gk, yk = np.float64(g[o, k, i]), np.float64(y[o, k, i])
+            out[o, k, i] = gk - math.exp(yk) * d if log else yk * (gk - d)
+
+
+_LABEL_SIG = [
+    float64[:, ::1](f[:, :, ::1], int64[:, ::1], float64[::1], boolean, int64, float64, float64,
+                    f[:, :, ::1])
+    for f in _F
+]  # fmt: skip
+
+
+@nb.njit(_LABEL_SIG, **_OPTS)
+def _xent_labels(z, y, w, has_ign, ign, eps, scale, dz):
+    outer, c, inner = z.shape
+    loss = np.zeros((outer, inner))
+    wall = w.sum()
+    ec, keep = eps / c, 1.0 - eps
+    for col in prange(outer * inner):
+        o, i = col // inner, col % inner
+        lab = y[o, i]
+        if (has_ign and lab == ign) or lab < 0 or lab >= c:
+            for k in range(c):
+                dz[o, k, i] = 0.0
+        else:
+            m, s = _max_sum(z, o, i)
+            lse = math.log1p(s)
+            wy, ty = w[lab], np.float64(z[o, lab, i]) - m
+            big_a = keep * wy + ec * wall
+            alpha = scale * big_a / (1.0 + s)
+            wt = 0.0
+            for k in range(c):
+                t = np.float64(z[o, k, i]) - m
+                dz[o, k, i] = alpha * math.exp(t) - scale * ec * w[k]
+                if eps != 0.0:
+                    wt += w[k] * t
+            if eps == 0.0:
+                dz[o, lab, i] = scale * wy * math.expm1(-(lse - ty))
+                loss[o, i] = wy * (lse - ty)
+            else:
+                dz[o, lab, i] = np.float64(dz[o, lab, i]) - scale * keep * wy
+                loss[o, i] = big_a * lse - keep * wy * ty - ec * wt
+    return loss
+
+
+_PROB_SIG = [
+    float64[:, ::1](f[:, :, ::1], f[:, :, ::1], float64[::1], float64, float64, f[:, :, ::1])
+    for f in _F
+]
+
+
+@nb.njit(_PROB_SIG, **_OPTS)
+def _xent_probs(z, q, w, eps, scale, dz):
+    outer, c, inner = z.shape
+    loss = np.zeros((outer, inner))
+    ec, keep = eps / c, 1.0 - eps
+    for col in prange(outer * inner):
+        o, i = col // inner, col % inner
+        m, s = _max_sum(z, o, i)
+        big_a = 0.0
+        at = 0.0
+        for k in range(c):
+            a = w[k] * (keep * np.float64(q[o, k, i]) + ec)
+            big_a += a
+            at += a * (np.float64(z[o, k, i]) - m)
+        alpha = scale * big_a / (1.0 + s)
+        for k in range(c):
+            a = w[k] * (keep * np.float64(q[o, k, i]) + ec)
+            dz[o, k, i] = alpha * math.exp(np.float64(z[o, k, i]) - m) - scale * a
+        loss[o, i] = big_a * math.log1p(s) - at
+    return loss
+
+
+def _v3(x, outer, c, inner):
+    return x.reshape(outer, c, inner)
+
+
+def softmax(z, out, outer, c, inner, log):
+    """Write (log-)softmax of the (outer, c, inner) view of ``z`` into ``out``."""
+    _forward(_v3(z, outer, c, inner), _v3(out, outer, c, inner), bool(log))
+
+
+def softmax_backward(g, y, out, outer, c, inner, log):
+    """Write the gradient of (log-)softmax wrt the logits into ``out``."""
+    v = (outer, c, inner)
+    _backward(_v3(g, *v), _v3(y, *v), _v3(out, *v), bool(log))
+
+
+def xent(z3, target, w, ign, eps, scale, dz3):
+    """Per-example float64 losses; writes scale * gradient into ``dz3``."""
+    if target.ndim == 3:
+        return _xent_probs(z3, target, w, eps, scale, dz3)
+    has_ign = ign is not None
+    return _xent_labels(z3, target, w, has_ign, ign if has_ign else 0, eps, scale, dz3)
