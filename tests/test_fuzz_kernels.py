@@ -321,7 +321,7 @@ def test_fuzz_softmax_backward(data):
 
     def make():
         y = ys.build()
-        if y.dtype.kind == "f" and y.size and y.ndim and -y.ndim <= _int_or(axis, 99) < y.ndim:
+        if y.dtype.name in GOOD_DTYPES and y.size and -y.ndim <= _int_or(axis, 99) < y.ndim:
             y = forward(np.ascontiguousarray(y, y.dtype.newbyteorder("=")), axis=axis)
         arrays = {"g": gs.build(), "y": y}
         out = with_out(out_kind, "g", arrays)
@@ -421,6 +421,98 @@ def test_fuzz_cross_entropy(data):
     check("softmax_cross_entropy", make, zs.dtype)
 
 
+# ---- batch norm ------------------------------------------------------------------------------
+
+MOMENTA = [0.1, 0.1, 0.0, 1.0, -0.1, 1.5, float("nan"), 10**400, "0.1", None]
+EPSILONS = [1e-5, 1e-5, 0.0, 1e-3, -1e-5, float("inf"), float("nan"), 10**400, None]
+PARAM_KINDS = [None, "ok", "ok", "ok", "len", "other-dtype", "layout", "int", "overlap-out"]
+
+
+def _channels(shape, axis) -> int:
+    ax = _int_or(axis, 0)
+    return shape[ax] if shape and -len(shape) <= ax < len(shape) else 3
+
+
+@st.composite
+def bn_params(draw, c: int, dtype: str, n: int):
+    """``n`` per-channel arrays (gamma, beta or running stats) as (kind, Spec)."""
+    out = []
+    for _ in range(n):
+        kind = draw(st.sampled_from(PARAM_KINDS))
+        dt = dtype if dtype in GOOD_DTYPES else "float64"
+        if kind == "other-dtype":
+            dt = "float32" if dt == "float64" else "float64"
+        layout = draw(st.sampled_from(LAYOUTS)) if kind == "layout" else "c"
+        spec = Spec((c + (kind == "len"),), "int64" if kind == "int" else dt, layout,
+                    draw(st.integers(0, 2**32 - 1)), 1.0, 0.0)
+        out.append((kind, spec))
+    return out
+
+
+def _param_value(kind, spec: Spec, arrays: dict, name: str, positive: bool = False):
+    if kind is None:
+        return None
+    if kind == "overlap-out" and "out" in arrays and arrays["out"].size >= spec.shape[0] \
+            and arrays["out"].dtype == np.dtype(spec.dtype):
+        a = arrays["out"].reshape(-1)[: spec.shape[0]]  # a view into out
+        a[...] = np.abs(spec.values()) + 0.5 if positive else spec.values()
+    else:
+        a = spec.values()
+        if positive:
+            a = np.abs(a) + 0.5
+        a = lay_out(a, spec.layout)
+    arrays[name] = a
+    return a
+
+
+@needs("batch_norm_train")
+@FUZZ
+@given(data=st.data())
+def test_fuzz_batch_norm(data):
+    mode = data.draw(st.sampled_from(["train", "train", "infer", "backward"]))
+    shape = data.draw(shapes(min_ndim=1))
+    xs = data.draw(specs(shape, scale=data.draw(st.sampled_from([1.0, 1e-3, 1e4, 1e15]))))
+    axis = data.draw(axes(len(shape)))
+    c = _channels(shape, axis)
+    params = data.draw(bn_params(c, xs.dtype, 4))
+    running = data.draw(st.sampled_from(["none", "both", "both", "one"]))
+    opts = {"eps": data.draw(st.sampled_from(EPSILONS))}
+    if mode != "infer":
+        opts["momentum"] = data.draw(st.sampled_from(MOMENTA))
+    out_kind = data.draw(st.sampled_from(OUT_KINDS))
+    dys = data.draw(specs(shape if data.draw(st.integers(0, 9)) else data.draw(shapes()),
+                          dtype=xs.dtype if data.draw(st.integers(0, 9)) else None))
+
+    def make():
+        arrays = {"x": xs.build()}
+        out = with_out(out_kind, "x", arrays)
+        x = arrays["x"]
+        gamma = _param_value(*params[0], arrays, "gamma")
+        beta = _param_value(*params[1], arrays, "beta")
+        rm = _param_value(*params[2], arrays, "running_mean")
+        rv = _param_value(*params[3], arrays, "running_var", positive=True)
+        if mode == "infer":
+            return (lambda: normax.batch_norm_infer(x, gamma, beta, rm, rv, axis=axis, out=out,
+                                                    **opts)), arrays, {"out"}
+        if running == "none" or (running == "one" and rm is not None):
+            rv = None
+        if running == "none":
+            rm = None
+        writable = {"out", "running_mean", "running_var"}
+        if mode == "train":
+            return (lambda: normax.batch_norm_train(x, gamma, beta, rm, rv, axis=axis, out=out,
+                                                    **opts)), arrays, writable
+        arrays["dy"] = dys.build()
+
+        def train_then_backward():
+            y, cache = normax.batch_norm_train(x, gamma, beta, rm, rv, axis=axis, **opts)
+            return y, normax.batch_norm_backward(arrays["dy"], cache, out=out)
+
+        return train_then_backward, arrays, writable
+
+    check(f"batch_norm_{mode}", make, xs.dtype)
+
+
 # ---- regressions found by the fuzzer, as plain examples ---------------------------------------
 
 
@@ -436,3 +528,43 @@ def test_contiguous_copies_unaligned_arrays():
     c = _checks.contiguous(u)
     assert c.flags.aligned and c.flags.c_contiguous and c.dtype.isnative
     np.testing.assert_array_equal(c, np.arange(5.0))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_read_only_inputs(backend_name):
+    """Read-only C-contiguous inputs are accepted by every backend (the Numba kernels' explicit
+    signatures matched mutable arrays only: TypeError 'No matching definition')."""
+    rng = np.random.default_rng(11)
+    x = _frozen(rng.normal(size=(6, 5)))
+    ones = _frozen(np.ones(5))
+    labels = _frozen(np.arange(6) % 5)
+    probs = _frozen(np.full((6, 5), 0.2))
+
+    def calls():
+        y, cache = normax.batch_norm_train(x, ones, ones)
+        res = [y, normax.batch_norm_infer(x, ones, ones, ones, ones)]
+        res += list(normax.batch_norm_backward(x, cache))
+        res += [normax.softmax(x), normax.log_softmax(x)]
+        res += [normax.softmax_backward(x, _frozen(normax.softmax(x)))]
+        res += [normax.log_softmax_backward(x, _frozen(normax.log_softmax(x)))]
+        for target in (labels, probs):
+            loss, dz = normax.softmax_cross_entropy(x, target, weight=ones)
+            res += [np.float64(loss), dz]
+        return res
+
+    previous = normax.get_backend()
+    try:
+        normax.set_backend("numpy")
+        want = calls()
+        normax.set_backend(backend_name)
+        got = calls()
+    finally:
+        normax.set_backend(previous)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)

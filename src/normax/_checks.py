@@ -93,3 +93,13 @@ def no_overlap(out: np.ndarray, name: str, *inputs: tuple[np.ndarray | None, str
     for arr, arr_name in inputs:
         if arr is not None and np.may_share_memory(out, arr):
             raise ValueError(f"{name} overlaps {arr_name}; pass a separate array")
+
+
+def writeable(a):
+    """``a`` itself, or a copy if it is a read-only array (None passes).
+
+    The Numba kernels are compiled for explicit signatures of mutable arrays and Numba types a
+    read-only array differently, so it would match no signature. Copying the rare read-only input
+    (an array the caller froze, a buffer from bytes) keeps one compiled kernel per dtype.
+    """
+    return a if a is None or a.flags.writeable else a.copy()
