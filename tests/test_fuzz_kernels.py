@@ -135,7 +135,7 @@ def shapes(draw, min_ndim=1, max_ndim=4, min_side=0):
 
 
 @st.composite
-def specs(draw, shape, dtype=None, bad_dtype=0.08, layout=None, scale=None):
+def specs(draw, shape, dtype=None, bad_dtype=0.05, layout=None, scale=None):
     if dtype is None:
         bad = draw(st.floats(0, 1)) < bad_dtype
         dtype = draw(st.sampled_from(BAD_DTYPES if bad else GOOD_DTYPES))
@@ -148,10 +148,16 @@ def specs(draw, shape, dtype=None, bad_dtype=0.08, layout=None, scale=None):
     )
 
 
+def mostly(good: list, bad: list, p_bad: float = 0.15):
+    """One of ``good``, or with probability about ``p_bad`` one of ``bad``: hostile options stay
+    rare enough that most calls get far enough to exercise the kernels."""
+    return st.integers(0, 99).flatmap(
+        lambda r: st.sampled_from(bad if r < 100 * p_bad else good))
+
+
 def axes(ndim: int):
-    good = st.integers(-ndim, ndim - 1) if ndim else st.just(0)
-    bad = st.sampled_from([ndim, -ndim - 1, 2**63, 1.0, "0", None])
-    return st.one_of(good, good, good, good, bad)
+    good = list(range(-ndim, ndim)) if ndim else [0]
+    return mostly(good, [ndim, -ndim - 1, 2**63, 1.0, "0", None], 0.1)
 
 
 # ---- running one call on every backend ---------------------------------------------------------
@@ -211,6 +217,12 @@ def _same(got, want, tol, where: str) -> None:
         assert isinstance(got, np.ndarray), f"{where}: {type(got).__name__} instead of ndarray"
         assert got.shape == want.shape and got.dtype == want.dtype, \
             f"{where}: {got.dtype}{got.shape} vs {want.dtype}{want.shape}"
+        if tol.get("nonfinite_alike") and got.dtype.kind == "f":
+            # Batch statistics of a channel holding inf: the reference gives mean -inf where
+            # the C kernel's pivot-shifted sums give NaN (inf - inf). Either marks the channel
+            # as broken, and y is NaN there on every backend, so only "non-finite" is compared.
+            got, want = (np.where(np.isfinite(a), a, np.nan) for a in (got, want))
+        tol = {k: v for k, v in tol.items() if k != "nonfinite_alike"}
         with np.errstate(invalid="ignore"):
             np.testing.assert_allclose(got, want, **tol, equal_nan=True, err_msg=where)
     elif isinstance(want, tuple):
@@ -221,12 +233,12 @@ def _same(got, want, tol, where: str) -> None:
         raise AssertionError(f"{where}: cannot compare {type(want).__name__}")
 
 
-def check(kernel: str, make, dtype) -> None:
+def check(kernel: str, make, dtype, nonfinite_alike: bool = False) -> None:
     """Every backend agrees with the NumPy reference backend: same error or same result."""
     TRIED[kernel] += 1
     outcomes = run_everywhere(make)
     ref = outcomes["numpy"]
-    tol = _tol(dtype)
+    tol = {**_tol(dtype), "nonfinite_alike": nonfinite_alike}
     for name, got in outcomes.items():
         assert not got.untouched, f"{kernel} [{name}] wrote {got.untouched}"
         if ref.error or got.error:
@@ -240,7 +252,7 @@ def check(kernel: str, make, dtype) -> None:
 
 # ---- out buffers -------------------------------------------------------------------------------
 
-OUT_KINDS = [None, None, "ok", "ok", "shape", "dtype", "readonly", "fortran", "overlap"]
+OUT_KINDS = mostly([None, "ok"], ["shape", "dtype", "readonly", "fortran", "overlap"], 0.2)
 
 
 def make_out(kind, like: np.ndarray, arrays: dict):
@@ -294,7 +306,7 @@ def test_fuzz_softmax(data):
     shape = data.draw(shapes())
     zs = data.draw(specs(shape, scale=data.draw(st.sampled_from(LOGIT_SCALES))))
     axis = data.draw(axes(len(shape)))
-    out_kind = data.draw(st.sampled_from(OUT_KINDS))
+    out_kind = data.draw(OUT_KINDS)
 
     def make():
         arrays = {"z": zs.build()}
@@ -315,7 +327,7 @@ def test_fuzz_softmax_backward(data):
     gshape = shape if data.draw(st.integers(0, 9)) else data.draw(shapes())
     gs = data.draw(specs(gshape, dtype=ys.dtype if data.draw(st.integers(0, 9)) else None))
     axis = data.draw(axes(len(shape)))
-    out_kind = data.draw(st.sampled_from(OUT_KINDS))
+    out_kind = data.draw(OUT_KINDS)
     forward = normax.log_softmax if log else normax.softmax
     backward = normax.log_softmax_backward if log else normax.softmax_backward
 
@@ -336,9 +348,10 @@ def _int_or(value, default):
 
 
 LABEL_DTYPES = ["int64", "int64", "int32", "int8", "int16", "uint8", "uint16", "uint32", "uint64"]
-IGNORES = [None, None, -100, -1, 0, 2, 7, 2**63, -(2**63) - 1, 1.5, "x", np.int8(-1)]
-SMOOTHING = [0.0, 0.0, 0.1, 1.0, 0.5, -0.1, 1.5, float("nan"), float("inf"), 10**400, "a"]
-REDUCTIONS = ["mean", "sum", "none", "mean", "avg", None, "MEAN"]
+IGNORES = mostly([None, None, -100, -1, 0, 2, 7, np.int8(-1)], [2**63, -(2**63) - 1, 1.5, "x"])
+SMOOTHING = mostly([0.0, 0.0, 0.1, 1.0, 0.5],
+                   [-0.1, 1.5, float("nan"), float("inf"), 10**400, "a"])
+REDUCTIONS = mostly(["mean", "sum", "none"], ["avg", None, "MEAN"], 0.1)
 
 
 @st.composite
@@ -391,15 +404,15 @@ def test_fuzz_cross_entropy(data):
         tshape = shape if data.draw(st.integers(0, 9)) else data.draw(shapes())
         target = data.draw(specs(tshape, dtype=zs.dtype if data.draw(st.integers(0, 5)) else None))
     c = shape[_int_or(axis, 0) % len(shape)] if shape else 0
-    wkind = data.draw(st.sampled_from([None, None, "ok", "ok", "len", "neg", "nan", "list"]))
+    wkind = data.draw(mostly([None, "ok", "list"], ["len", "neg", "nan"]))
     wspec = data.draw(specs((c + (wkind == "len"),), dtype=data.draw(st.sampled_from(
         ["float64", "float32", "int64", "bool"]))))
     opts = {
-        "reduction": data.draw(st.sampled_from(REDUCTIONS)),
-        "ignore_index": data.draw(st.sampled_from(IGNORES)),
-        "label_smoothing": data.draw(st.sampled_from(SMOOTHING)),
+        "reduction": data.draw(REDUCTIONS),
+        "ignore_index": data.draw(IGNORES),
+        "label_smoothing": data.draw(SMOOTHING),
     }
-    out_kind = data.draw(st.sampled_from(OUT_KINDS))
+    out_kind = data.draw(OUT_KINDS)
 
     def make():
         arrays = {"z": zs.build(), "target": target.build()}
@@ -423,9 +436,10 @@ def test_fuzz_cross_entropy(data):
 
 # ---- batch norm ------------------------------------------------------------------------------
 
-MOMENTA = [0.1, 0.1, 0.0, 1.0, -0.1, 1.5, float("nan"), 10**400, "0.1", None]
-EPSILONS = [1e-5, 1e-5, 0.0, 1e-3, -1e-5, float("inf"), float("nan"), 10**400, None]
-PARAM_KINDS = [None, "ok", "ok", "ok", "len", "other-dtype", "layout", "int", "overlap-out"]
+MOMENTA = mostly([0.1, 0.0, 1.0, 0.5], [-0.1, 1.5, float("nan"), 10**400, "0.1", None], 0.1)
+EPSILONS = mostly([1e-5, 0.0, 1e-3], [-1e-5, float("inf"), float("nan"), 10**400, None], 0.1)
+PARAM_KINDS = mostly([None, "ok", "ok", "layout", "other-dtype"], ["len", "int", "overlap-out"],
+                     0.1)
 
 
 def _channels(shape, axis) -> int:
@@ -438,7 +452,7 @@ def bn_params(draw, c: int, dtype: str, n: int):
     """``n`` per-channel arrays (gamma, beta or running stats) as (kind, Spec)."""
     out = []
     for _ in range(n):
-        kind = draw(st.sampled_from(PARAM_KINDS))
+        kind = draw(PARAM_KINDS)
         dt = dtype if dtype in GOOD_DTYPES else "float64"
         if kind == "other-dtype":
             dt = "float32" if dt == "float64" else "float64"
@@ -452,8 +466,9 @@ def bn_params(draw, c: int, dtype: str, n: int):
 def _param_value(kind, spec: Spec, arrays: dict, name: str, positive: bool = False):
     if kind is None:
         return None
-    if kind == "overlap-out" and "out" in arrays and arrays["out"].size >= spec.shape[0] \
-            and arrays["out"].dtype == np.dtype(spec.dtype):
+    out = arrays.get("out")
+    if kind == "overlap-out" and out is not None and out.size >= spec.shape[0] \
+            and out.dtype == np.dtype(spec.dtype) and out.flags.writeable:
         a = arrays["out"].reshape(-1)[: spec.shape[0]]  # a view into out
         a[...] = np.abs(spec.values()) + 0.5 if positive else spec.values()
     else:
@@ -476,10 +491,10 @@ def test_fuzz_batch_norm(data):
     c = _channels(shape, axis)
     params = data.draw(bn_params(c, xs.dtype, 4))
     running = data.draw(st.sampled_from(["none", "both", "both", "one"]))
-    opts = {"eps": data.draw(st.sampled_from(EPSILONS))}
+    opts = {"eps": data.draw(EPSILONS)}
     if mode != "infer":
-        opts["momentum"] = data.draw(st.sampled_from(MOMENTA))
-    out_kind = data.draw(st.sampled_from(OUT_KINDS))
+        opts["momentum"] = data.draw(MOMENTA)
+    out_kind = data.draw(OUT_KINDS)
     dys = data.draw(specs(shape if data.draw(st.integers(0, 9)) else data.draw(shapes()),
                           dtype=xs.dtype if data.draw(st.integers(0, 9)) else None))
 
@@ -510,7 +525,7 @@ def test_fuzz_batch_norm(data):
 
         return train_then_backward, arrays, writable
 
-    check(f"batch_norm_{mode}", make, xs.dtype)
+    check(f"batch_norm_{mode}", make, xs.dtype, nonfinite_alike=True)
 
 
 # ---- regressions found by the fuzzer, as plain examples ---------------------------------------
@@ -568,3 +583,49 @@ def test_read_only_inputs(backend_name):
         normax.set_backend(previous)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("victim", ["gamma", "beta", "running_mean", "running_var"])
+def test_batch_norm_out_overlapping_parameters_is_refused(backend_name, victim):
+    """``out`` sharing memory with gamma/beta (or, for inference, the running statistics) was
+    accepted: the C kernel then read parameters it had already overwritten with y."""
+    x = np.random.default_rng(12).normal(size=(8, 3))
+    out = np.zeros_like(x)
+    args = {k: np.ones(3) for k in ("gamma", "beta", "running_mean", "running_var")}
+    args[victim] = out.reshape(-1)[:3]  # a view into out
+    args[victim][...] = 1.0
+    previous = normax.get_backend()
+    normax.set_backend(backend_name)
+    try:
+        with pytest.raises(ValueError, match=rf"^out overlaps {victim}; pass a separate array$"):
+            normax.batch_norm_infer(x, **args, out=out)
+        if victim in ("gamma", "beta"):
+            with pytest.raises(ValueError, match=rf"^out overlaps {victim}; pass a separate"):
+                normax.batch_norm_train(x, args["gamma"], args["beta"], out=out)
+        if victim == "gamma":
+            _, cache = normax.batch_norm_train(x, args["gamma"], None)
+            with pytest.raises(ValueError, match=r"^out overlaps gamma; pass a separate array$"):
+                normax.batch_norm_backward(x, cache, out=out)
+    finally:
+        normax.set_backend(previous)
+    np.testing.assert_array_equal(out.reshape(-1)[3:], 0.0)  # nothing written
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_batch_norm_unaligned_parameters(backend_name):
+    """An unaligned C-contiguous gamma took the fast path to the C binding, which refused it."""
+    x = np.random.default_rng(13).normal(size=(8, 3))
+    raw = np.zeros(3 * 8 + 1, np.uint8)
+    gamma = raw[1:].view(np.float64)
+    gamma[...] = [1.0, 2.0, 3.0]
+    previous = normax.get_backend()
+    normax.set_backend(backend_name)
+    try:
+        y, _ = normax.batch_norm_train(x, gamma, None)
+        y_infer = normax.batch_norm_infer(x, gamma, None, gamma, gamma)
+    finally:
+        normax.set_backend(previous)
+    want, _ = normax.batch_norm_train(x, np.array([1.0, 2.0, 3.0]), None)
+    np.testing.assert_allclose(y, want, rtol=1e-12)
+    assert np.isfinite(y_infer).all()
