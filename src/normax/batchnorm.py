@@ -180,6 +180,8 @@ def _eps(eps) -> float:
         return eps
     try:
         v = float(eps)
+    except OverflowError:  # an int beyond the double range: a number, not a finite one
+        v = math.inf
     except (TypeError, ValueError):
         raise TypeError(f"eps must be a real number, got {eps!r}") from None
     if not (math.isfinite(v) and v >= 0.0):
