@@ -148,7 +148,9 @@ def test_fork_pool_after_kernel_calls(backend, busy_parent):
             spinner.join(TIMEOUT)
         _FORKED.clear()
     for (name, threads, got), want, build in zip(results, expected, BUILDERS, strict=True):
-        assert name == backend
+        # Numba's GNU OpenMP layer cannot run in a forked child: normax computes there with
+        # the NumPy reference instead (see normax._backend).
+        assert name == backend or (backend, name) == ("numba", "numpy")
         if backend == "c":
             assert threads == 1, "C kernels must run serially in a forked child"
         assert_same(got, want, np.float32, f"{build.__name__} in a forked child")
