@@ -37,9 +37,24 @@ __all__ = [
     "get_num_threads",
     "log_softmax",
     "log_softmax_backward",
+    "nn",
+    "optim",
     "set_backend",
     "set_num_threads",
     "softmax",
     "softmax_backward",
     "softmax_cross_entropy",
+    "tune",
 ]
+
+
+_SUBPACKAGES = ("nn", "optim", "tune")
+
+
+def __getattr__(name: str):
+    # subpackages load on first use, so `import normax` stays fast
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
