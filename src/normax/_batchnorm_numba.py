@@ -17,7 +17,7 @@ import numba as nb
 import numpy as np
 from numba import boolean, float32, float64, intp, prange, void
 
-from ._checks import view3d
+from ._checks import view3d, writeable
 
 _PARALLEL_MIN_WORK = 1 << 15  # same threshold as the C kernels (csrc/normax.h)
 _REASSOC = {"reassoc", "contract"}
@@ -322,6 +322,7 @@ def _or(p, fill: float, channels: int, dtype) -> np.ndarray:
 
 def train(x, axis, gamma, beta, running_mean, running_var, momentum, eps, out):
     """Training forward; returns ``(y, mean, invstd)``."""
+    x, gamma, beta = writeable(x), writeable(gamma), writeable(beta)
     x3, y, y3 = _view(x, axis, out)
     channels, dtype = x3.shape[1], x.dtype
     acc = np.zeros((_parts(x3), 2 * channels))
@@ -349,6 +350,7 @@ def train(x, axis, gamma, beta, running_mean, running_var, momentum, eps, out):
 
 def infer(x, axis, gamma, beta, running_mean, running_var, eps, out):
     """Inference with running statistics."""
+    x = writeable(x)
     x3, y, y3 = _view(x, axis, out)
     channels, dtype = x3.shape[1], x.dtype
     k = np.zeros((4, channels), dtype)
@@ -363,6 +365,8 @@ def infer(x, axis, gamma, beta, running_mean, running_var, eps, out):
 
 def backward(dy, x, axis, mean, invstd, gamma, out):
     """Gradient of :func:`train`: ``(dx, dgamma, dbeta)``."""
+    dy, x, gamma = writeable(dy), writeable(x), writeable(gamma)
+    mean, invstd = writeable(mean), writeable(invstd)
     x3, dx, dx3 = _view(x, axis, out)
     dy3 = dy.reshape(x3.shape)
     channels, dtype = x3.shape[1], x.dtype
