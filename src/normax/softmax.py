@@ -79,11 +79,14 @@ def _xent_numpy(*args):
 
 
 _core = _backend._core
+_xent_fast = None
 _FORWARD = {"numba": _forward_numba, "numpy": _forward_numpy}
 _BACKWARD = {"numba": _backward_numba, "numpy": _backward_numpy}
 _XENT = {"numba": _xent_numba, "numpy": _xent_numpy}
 if _core is not None:
     _FORWARD["c"], _BACKWARD["c"], _XENT["c"] = _core.softmax, _core.softmax_backward, _core.xent
+    # Common calls skip the Python checks (it accepts only what they would pass unchanged).
+    _xent_fast = _core.xent_fast
 
 
 def _logits(z, axis, name: str = "z"):
@@ -252,6 +255,15 @@ def softmax_cross_entropy(
     >>> bool(np.isclose(loss, loss2))
     True
     """
+    if _backend._active == "c":
+        res = _xent_fast(z, target, axis, reduction, weight, ignore_index, label_smoothing, out)
+        if res is not NotImplemented:
+            return res
+    return _xent_checked(z, target, axis, reduction, weight, ignore_index, label_smoothing, out)
+
+
+def _xent_checked(z, target, axis, reduction, weight, ignore_index, label_smoothing, out):
+    """Every check, then the active backend."""
     z, ax, (outer, c, inner) = _logits(z, axis)
     red = _REDUCTIONS.get(reduction) if isinstance(reduction, str) else None
     if red is None:
