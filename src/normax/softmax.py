@@ -163,8 +163,8 @@ def softmax_backward(dp, p, axis=-1, *, out=None):
     --------
     >>> import numpy as np, normax
     >>> p = normax.softmax(np.array([[1.0, 2.0, 3.0]]))
-    >>> float(abs(normax.softmax_backward(np.ones_like(p), p)).max())
-    0.0
+    >>> bool(abs(normax.softmax_backward(np.ones_like(p), p)).max() < 1e-15)  # sum(p) = 1
+    True
     """
     return _backward(dp, p, axis, out, False, ("dp", "p"))
 
@@ -250,7 +250,7 @@ def softmax_cross_entropy(
     >>> Y = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     >>> loss, dZ = normax.softmax_cross_entropy(Z, Y, axis=0)
     >>> round(loss, 6), dZ.shape
-    (0.239245, (3, 2))
+    (0.239545, (3, 2))
     >>> loss2, _ = normax.softmax_cross_entropy(Z, np.array([0, 1]), axis=0)
     >>> bool(np.isclose(loss, loss2))
     True
