@@ -40,8 +40,9 @@ def test_env_var_selects_backend():
 
 def test_env_var_rejects_unknown():
     env = dict(os.environ, NORMAX_BACKEND="fortran")
-    out = subprocess.run([sys.executable, "-c", "import normax"], env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import normax"], env=env, capture_output=True, text=True
+    )
     assert out.returncode != 0
     assert "backend must be one of" in out.stderr
 

@@ -12,6 +12,11 @@ from ._backend import (
     set_backend,
     set_num_threads,
 )
+from .batchnorm import (
+    batch_norm_backward,
+    batch_norm_infer,
+    batch_norm_train,
+)
 from .softmax import (
     log_softmax,
     log_softmax_backward,
@@ -25,13 +30,31 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "available_backends",
+    "batch_norm_backward",
+    "batch_norm_infer",
+    "batch_norm_train",
     "get_backend",
     "get_num_threads",
     "log_softmax",
     "log_softmax_backward",
+    "nn",
+    "optim",
     "set_backend",
     "set_num_threads",
     "softmax",
     "softmax_backward",
     "softmax_cross_entropy",
+    "tune",
 ]
+
+
+_SUBPACKAGES = ("nn", "optim", "tune")
+
+
+def __getattr__(name: str):
+    # subpackages load on first use, so `import normax` stays fast
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

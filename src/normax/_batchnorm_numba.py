@@ -1,0 +1,384 @@
+"""Numba batch-norm kernels: the fallback when the C extension is not built.
+
+The same algorithm as csrc/batchnorm_impl.h, as plain loops over the (outer, C, inner) view with
+explicit signatures: one pass of sums shifted by a per-channel pivot (the channel's first value)
+accumulated in float64, per-chunk partial sums added in chunk order, and element-wise passes in
+the input dtype with the mean split into a head and a tail. Work is split into as many chunks as
+Numba has threads: rows when inner == 1, (outer, channel) runs otherwise.
+
+Only the reduction kernels use ``fastmath={"reassoc"}``, so their sums vectorize; NaN and Inf
+keep their IEEE meaning everywhere (no ``nnan``/``ninf``), and the element-wise kernels keep the
+exact order of operations the head/tail split relies on.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+from numba import boolean, float32, float64, intp, prange, void
+
+from ._checks import view3d, writeable
+
+_PARALLEL_MIN_WORK = 1 << 15  # same threshold as the C kernels (csrc/normax.h)
+_REASSOC = {"reassoc", "contract"}
+
+
+def _sigs(make):
+    return [make(t) for t in (float32, float64)]
+
+
+# Each pass is a serial chunk kernel plus a driver that runs it once per chunk with prange. For a
+# single chunk the driver calls it directly: a (32, 64) batch then never wakes the thread pool,
+# which costs more than its arithmetic and stalls when the machine is busy.
+_CHUNK = (intp, intp)  # lo, hi: a range of rows (inner == 1) or of (outer, C) runs
+
+
+@nb.njit(
+    _sigs(lambda t: void(t[:, ::1], float64[:, ::1], intp, *_CHUNK)),
+    cache=True,
+    fastmath=_REASSOC,
+)
+def _stats_rows(x, acc, k, lo, hi):  # pragma: no cover - compiled
+    """Rows [lo, hi) of an (outer, C) view: blocks of four rows summed in the input dtype, the
+    block sums added in float64 (as in the C kernel; _train_finish repairs an overflow)."""
+    C = x.shape[1]
+    r = lo
+    while r + 4 <= hi:
+        for c in range(C):
+            p = x[0, c]
+            d0, d1, d2, d3 = x[r, c] - p, x[r + 1, c] - p, x[r + 2, c] - p, x[r + 3, c] - p
+            acc[k, c] += np.float64((d0 + d1) + (d2 + d3))
+            acc[k, C + c] += np.float64((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+        r += 4
+    for rr in range(r, hi):
+        for c in range(C):
+            d = np.float64(x[rr, c]) - np.float64(x[0, c])
+            acc[k, c] += d
+            acc[k, C + c] += d * d
+
+
+@nb.njit(_sigs(lambda t: void(t[:, ::1], intp, float64[::1])), cache=True)
+def _stats_repair(x, c, out):  # pragma: no cover - compiled
+    """Channel c of an (outer, C) view summed in float64, element by element."""
+    p = np.float64(x[0, c])
+    out[0] = 0.0
+    out[1] = 0.0
+    for r in range(x.shape[0]):
+        d = np.float64(x[r, c]) - p
+        out[0] += d
+        out[1] += d * d
+
+
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], float64[:, ::1], intp, *_CHUNK)),
+    cache=True,
+    fastmath=_REASSOC,
+)
+def _stats_chunk(x, acc, k, lo, hi):  # pragma: no cover - compiled
+    outer, C, inner = x.shape
+    if inner == 1:
+        _stats_rows(x.reshape((outer, C)), acc, k, lo, hi)
+    else:
+        for b in range(lo, hi):
+            o, c = b // C, b % C
+            p = np.float64(x[0, c, 0])
+            s1 = 0.0
+            s2 = 0.0
+            for i in range(inner):
+                d = np.float64(x[o, c, i]) - p
+                s1 += d
+                s2 += d * d
+            acc[k, c] += s1
+            acc[k, C + c] += s2
+
+
+@nb.njit(_sigs(lambda t: void(t[:, :, ::1], float64[:, ::1])), parallel=True, cache=True)
+def _stats(x, acc):  # pragma: no cover - compiled
+    outer, C, inner = x.shape
+    parts = acc.shape[0]
+    units = outer if inner == 1 else outer * C
+    if parts == 1:
+        _stats_chunk(x, acc, 0, 0, units)
+        return
+    for k in prange(parts):
+        _stats_chunk(x, acc, k, units * k // parts, units * (k + 1) // parts)
+
+
+@nb.njit(
+    _sigs(
+        lambda t: void(
+            t[:, :, ::1],
+            float64[:, ::1],
+            t[::1],
+            t[::1],
+            t[::1],
+            t[::1],
+            boolean,
+            float64,
+            float64,
+            float64[::1],
+            float64[::1],
+            t[:, ::1],
+        )
+    ),
+    cache=True,
+)
+def _train_finish(
+    x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invstd, k
+):  # pragma: no cover
+    outer, C, inner = x.shape
+    n = outer * inner
+    fix = np.empty(2)
+    for c in range(C):
+        s1 = 0.0
+        s2 = 0.0
+        for part in range(acc.shape[0]):
+            s1 += acc[part, c]
+            s2 += acc[part, C + c]
+        if inner == 1 and not (np.isfinite(s1) and np.isfinite(s2)):
+            _stats_repair(x.reshape((outer, C)), c, fix)
+            s1, s2 = fix[0], fix[1]
+        dm = s1 / n
+        var = (s2 - s1 * dm) / n
+        if var < 0.0:  # rounding only; NaN stays NaN
+            var = 0.0
+        m = np.float64(x[0, c, 0]) + dm
+        inv = 1.0 / np.sqrt(var + eps)
+        mean[c] = m
+        invstd[c] = inv
+        if update:
+            rm[c] = (1.0 - momentum) * np.float64(rm[c]) + momentum * m
+            rv[c] = (1.0 - momentum) * np.float64(rv[c]) + momentum * (var * (n / (n - 1.0)))
+        k[0, c] = m
+        k[1, c] = m - np.float64(k[0, c])
+        k[2, c] = np.float64(gamma[c]) * inv
+        k[3, c] = beta[c]
+
+
+@nb.njit(_sigs(lambda t: void(t[:, :, ::1], t[:, ::1], t[:, :, ::1], *_CHUNK)), cache=True)
+def _affine_chunk(x, k, y, lo, hi):  # pragma: no cover - compiled
+    outer, C, inner = x.shape
+    if inner == 1:
+        x2, y2 = x.reshape((outer, C)), y.reshape((outer, C))
+        for r in range(lo, hi):
+            for c in range(C):
+                y2[r, c] = ((x2[r, c] - k[0, c]) - k[1, c]) * k[2, c] + k[3, c]
+    else:
+        for b in range(lo, hi):
+            o, c = b // C, b % C
+            mh, ml, sc, sh = k[0, c], k[1, c], k[2, c], k[3, c]
+            for i in range(inner):
+                y[o, c, i] = ((x[o, c, i] - mh) - ml) * sc + sh
+
+
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], t[:, ::1], t[:, :, ::1], intp)), parallel=True, cache=True
+)
+def _affine(x, k, y, parts):  # pragma: no cover - compiled
+    outer, C, inner = x.shape
+    units = outer if inner == 1 else outer * C
+    if parts == 1:
+        _affine_chunk(x, k, y, 0, units)
+        return
+    for part in prange(parts):
+        _affine_chunk(x, k, y, units * part // parts, units * (part + 1) // parts)
+
+
+@nb.njit(
+    _sigs(lambda t: void(t[:, ::1], t[:, ::1], float64[::1], float64[:, ::1], intp, *_CHUNK)),
+    cache=True,
+    fastmath=_REASSOC,
+)
+def _grad_rows(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
+    """Rows [lo, hi) of (outer, C) views, in float64 (here that is as fast as blocking)."""
+    C = x.shape[1]
+    for r in range(lo, hi):
+        for c in range(C):
+            g = np.float64(dy[r, c])
+            acc[k, c] += g
+            acc[k, C + c] += g * (np.float64(x[r, c]) - mean[c])
+
+
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1], intp, *_CHUNK)),
+    cache=True,
+    fastmath=_REASSOC,
+)
+def _grad_chunk(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
+    outer, C, inner = x.shape
+    if inner == 1:
+        _grad_rows(dy.reshape((outer, C)), x.reshape((outer, C)), mean, acc, k, lo, hi)
+    else:
+        for b in range(lo, hi):
+            o, c = b // C, b % C
+            m = mean[c]
+            s1 = 0.0
+            s2 = 0.0
+            for i in range(inner):
+                g = np.float64(dy[o, c, i])
+                s1 += g
+                s2 += g * (np.float64(x[o, c, i]) - m)
+            acc[k, c] += s1
+            acc[k, C + c] += s2
+
+
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1])),
+    parallel=True,
+    cache=True,
+)
+def _grad(dy, x, mean, acc):  # pragma: no cover - compiled
+    outer, C, inner = x.shape
+    parts = acc.shape[0]
+    units = outer if inner == 1 else outer * C
+    if parts == 1:
+        _grad_chunk(dy, x, mean, acc, 0, 0, units)
+        return
+    for k in prange(parts):
+        _grad_chunk(dy, x, mean, acc, k, units * k // parts, units * (k + 1) // parts)
+
+
+@nb.njit(
+    _sigs(
+        lambda t: void(
+            t[:, :, ::1], float64[:, ::1], float64[::1], t[::1], t[::1], t[::1], t[:, ::1]
+        )
+    ),
+    cache=True,
+)
+def _grad_finish(x, acc, invstd, gamma, dgamma, dbeta, k):  # pragma: no cover
+    outer, C, inner = x.shape
+    n = np.float64(outer * inner)
+    for c in range(C):
+        sdy = 0.0
+        sdx = 0.0
+        for part in range(acc.shape[0]):
+            sdy += acc[part, c]
+            sdx += acc[part, C + c]
+        inv = invstd[c]
+        g = np.float64(gamma[c])
+        dgamma[c] = sdx * inv
+        dbeta[c] = sdy
+        k[2, c] = sdy / n
+        k[3, c] = g * inv
+        k[4, c] = -g * inv * inv * inv * sdx / n
+
+
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], t[:, ::1], t[:, :, ::1], *_CHUNK)), cache=True
+)
+def _dx_chunk(dy, x, k, dx, lo, hi):  # pragma: no cover - compiled
+    outer, C, inner = x.shape
+    if inner == 1:
+        g2, x2, o2 = dy.reshape((outer, C)), x.reshape((outer, C)), dx.reshape((outer, C))
+        for r in range(lo, hi):
+            for c in range(C):
+                xc = (x2[r, c] - k[0, c]) - k[1, c]
+                o2[r, c] = (g2[r, c] - k[2, c]) * k[3, c] + xc * k[4, c]
+    else:
+        for b in range(lo, hi):
+            o, c = b // C, b % C
+            mh, ml, gm, ga, gb = k[0, c], k[1, c], k[2, c], k[3, c], k[4, c]
+            for i in range(inner):
+                dx[o, c, i] = (dy[o, c, i] - gm) * ga + ((x[o, c, i] - mh) - ml) * gb
+
+
+@nb.njit(
+    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], t[:, ::1], t[:, :, ::1], intp)),
+    parallel=True,
+    cache=True,
+)
+def _dx(dy, x, k, dx, parts):  # pragma: no cover - compiled
+    outer, C, inner = x.shape
+    units = outer if inner == 1 else outer * C
+    if parts == 1:
+        _dx_chunk(dy, x, k, dx, 0, units)
+        return
+    for part in prange(parts):
+        _dx_chunk(dy, x, k, dx, units * part // parts, units * (part + 1) // parts)
+
+
+# ---- wrappers with the signatures of the C binding ----------------------------------------
+
+
+def _parts(x3: np.ndarray) -> int:
+    """Chunks to split the work into: one per thread, one for small inputs."""
+    outer, channels, inner = x3.shape
+    if x3.size < _PARALLEL_MIN_WORK:
+        return 1
+    units = outer if inner == 1 else outer * channels
+    return max(1, min(nb.get_num_threads(), units))
+
+
+def _view(x: np.ndarray, axis: int, out: np.ndarray | None):
+    x3 = x.reshape(view3d(x.shape, axis))
+    y = np.empty_like(x) if out is None else out
+    return x3, y, y.reshape(x3.shape)
+
+
+def _or(p, fill: float, channels: int, dtype) -> np.ndarray:
+    return np.full(channels, fill, dtype) if p is None else p
+
+
+def train(x, axis, gamma, beta, running_mean, running_var, momentum, eps, out):
+    """Training forward; returns ``(y, mean, invstd)``."""
+    x, gamma, beta = writeable(x), writeable(gamma), writeable(beta)
+    x3, y, y3 = _view(x, axis, out)
+    channels, dtype = x3.shape[1], x.dtype
+    acc = np.zeros((_parts(x3), 2 * channels))
+    _stats(x3, acc)
+    mean, invstd = np.empty(channels), np.empty(channels)
+    k = np.empty((4, channels), dtype)
+    update = running_mean is not None
+    _train_finish(
+        x3,
+        acc,
+        _or(gamma, 1.0, channels, dtype),
+        _or(beta, 0.0, channels, dtype),
+        _or(running_mean, 0.0, channels, dtype),
+        _or(running_var, 0.0, channels, dtype),
+        update,
+        momentum,
+        eps,
+        mean,
+        invstd,
+        k,
+    )
+    _affine(x3, k, y3, acc.shape[0])
+    return y, mean, invstd
+
+
+def infer(x, axis, gamma, beta, running_mean, running_var, eps, out):
+    """Inference with running statistics."""
+    x = writeable(x)
+    x3, y, y3 = _view(x, axis, out)
+    channels, dtype = x3.shape[1], x.dtype
+    k = np.zeros((4, channels), dtype)
+    k[0] = running_mean
+    scale = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    k[2] = scale if gamma is None else gamma * scale
+    if beta is not None:
+        k[3] = beta
+    _affine(x3, k, y3, _parts(x3))
+    return y
+
+
+def backward(dy, x, axis, mean, invstd, gamma, out):
+    """Gradient of :func:`train`: ``(dx, dgamma, dbeta)``."""
+    dy, x, gamma = writeable(dy), writeable(x), writeable(gamma)
+    mean, invstd = writeable(mean), writeable(invstd)
+    x3, dx, dx3 = _view(x, axis, out)
+    dy3 = dy.reshape(x3.shape)
+    channels, dtype = x3.shape[1], x.dtype
+    acc = np.zeros((_parts(x3), 2 * channels))
+    k = np.empty((5, channels), dtype)
+    k[0] = mean  # the mean as a head and a tail in the input dtype
+    k[1] = mean - k[0].astype(np.float64)
+    _grad(dy3, x3, mean, acc)
+    dgamma, dbeta = np.empty(channels, dtype), np.empty(channels, dtype)
+    gamma1 = _or(gamma, 1.0, channels, dtype)
+    _grad_finish(x3, acc, invstd, gamma1, dgamma, dbeta, k)
+    _dx(dy3, x3, k, dx3, acc.shape[0])
+    if gamma is None:
+        return dx, None, None
+    return dx, dgamma, dbeta

@@ -1,0 +1,283 @@
+"""The optimizer machinery shared by SGD, Momentum, RMSprop and Adam(W).
+
+An optimizer flattens its parameters into one list, keeps per-parameter state arrays (allocated
+on the first step that needs them, as torch.optim does), and on ``step(grads)`` checks every
+gradient and every hyperparameter first, then runs one fused kernel per parameter group and
+dtype. A bad call raises before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from . import _params
+from ._fused import fused_step
+
+
+def check_nonneg(value, name: str) -> float:
+    """A finite real number >= 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.floating, np.integer)
+    ):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0.0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_unit(value, name: str, *, closed: bool = False) -> float:
+    """A real number in [0, 1) (or [0, 1] with ``closed``)."""
+    v = check_nonneg(value, name)
+    if v > 1.0 or (v == 1.0 and not closed):
+        raise ValueError(f"{name} must be in [0, {'1]' if closed else '1)'}, got {value!r}")
+    return v
+
+
+def check_bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+class Optimizer:
+    """Base class: parameters, groups, state, ``step``, ``state_dict``.
+
+    Subclasses set ``_kind`` (the fused kernel), ``_state_names`` (every state array they may
+    keep) and implement ``_check(group, where)``, ``_slots(group)`` (the state names passed as
+    s0, s1, s2, or None) and ``_hyper(group, step, first)`` -> ``(flags, scalars)``.
+    """
+
+    _kind: int
+    _state_names: tuple[str, ...]
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = dict(defaults)
+        self._check(self.defaults, "")
+        groups, self._grouped = _params.split_groups(params)
+        self.param_groups: list[dict] = []
+        self._arrays: list[np.ndarray] = []
+        self._labels: list[str] = []
+        self._layout: list[tuple[list, bool, int, int]] = []  # keys, by_name, start, stop
+        for gi, raw in enumerate(groups):
+            self._add_group(gi, raw)
+        _params.check_distinct(self._arrays, self._labels)
+        names = [k for keys, by_name, _, _ in self._layout if by_name for k in keys]
+        self._flat_dict = (
+            self._grouped
+            and all(by for _, by, _, _ in self._layout)
+            and len(set(names)) == len(names)
+        )
+        self.state: list[dict[str, np.ndarray]] = [{} for _ in self._arrays]
+        self._steps = [0] * len(self.param_groups)
+
+    def _add_group(self, gi: int, raw: dict) -> None:
+        where = f"param_groups[{gi}]" if self._grouped else "params"
+        unknown = sorted(set(raw) - set(self.defaults) - {"params"})
+        if unknown:
+            raise ValueError(
+                f"{where} has unknown options {unknown}; known: {sorted(self.defaults)}"
+            )
+        container = raw["params"]
+        pairs = _params.entries(container)
+        if not pairs:
+            raise ValueError(f"{where} holds no parameters")
+        group = {**self.defaults, **raw}
+        self._check(group, f"{where}: " if self._grouped else "")
+        start = len(self._arrays)
+        for key, p in pairs:
+            name = _params.label(key, gi if self._grouped else None)
+            self._arrays.append(_params.check_param(p, name))
+            self._labels.append(name)
+        by_name = isinstance(container, Mapping)
+        self._layout.append(([k for k, _ in pairs], by_name, start, len(self._arrays)))
+        self.param_groups.append(group)
+
+    # ---- subclass interface -------------------------------------------------------------
+    def _check(self, group: dict, where: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _slots(self, group: dict) -> tuple[str | None, str | None, str | None]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _hyper(self, group: dict, step: int, first: bool) -> tuple[int, tuple]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # ---- stepping -----------------------------------------------------------------------
+    def _flat_grads(self, grads) -> list[np.ndarray]:
+        if not self._grouped:
+            keys, by_name, _, _ = self._layout[0]
+            values = _params.match(grads, keys, by_name, "grads")
+        elif isinstance(grads, Mapping) and self._flat_dict:
+            keys = [k for ks, _, _, _ in self._layout for k in ks]
+            values = _params.match(grads, keys, True, "grads")
+        else:
+            if not isinstance(grads, Sequence) or isinstance(grads, (str, np.ndarray)):
+                raise TypeError(
+                    "with parameter groups, grads must be a list with one list or "
+                    f"dict per group, got {type(grads).__name__}"
+                )
+            if len(grads) != len(self._layout):
+                raise ValueError(f"grads has {len(grads)} groups, params has {len(self._layout)}")
+            values = []
+            for gi, (keys, by_name, _, _) in enumerate(self._layout):
+                values += _params.match(grads[gi], keys, by_name, f"grads[{gi}]")
+        return [
+            _params.check_grad(g, p, name)
+            for g, p, name in zip(values, self._arrays, self._labels, strict=True)
+        ]
+
+    def step(self, grads) -> None:
+        """Update every parameter in place from ``grads`` (same structure as the params).
+
+        Every gradient and hyperparameter is checked before any array is written.
+        """
+        flat = self._flat_grads(grads)
+        for gi, group in enumerate(self.param_groups):
+            self._check(group, f"param_groups[{gi}]: " if self._grouped else "")
+        for gi, group in enumerate(self.param_groups):
+            self._step_group(gi, group, flat)
+
+    def _step_group(self, gi: int, group: dict, flat: list[np.ndarray]) -> None:
+        _, _, start, stop = self._layout[gi]
+        slots = self._slots(group)
+        first = False
+        for i in range(start, stop):
+            for j, name in enumerate(slots):
+                if name is not None and name not in self.state[i]:
+                    self.state[i][name] = np.zeros_like(self._arrays[i])
+                    first = first or j == 0
+        t = self._steps[gi] + 1
+        flags, hyper = self._hyper(group, t, first)
+        for dtype in dict.fromkeys(self._arrays[i].dtype for i in range(start, stop)):
+            idx = [i for i in range(start, stop) if self._arrays[i].dtype == dtype]
+            states = [
+                None if name is None else [self.state[i][name] for i in idx] for name in slots
+            ]
+            fused_step(
+                self._kind,
+                flags,
+                hyper,
+                [self._arrays[i] for i in idx],
+                [flat[i] for i in idx],
+                *states,
+            )
+        self._steps[gi] = t
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every group (e.g. from a schedule: ``set_lr(sched(epoch))``)."""
+        lr = check_nonneg(lr, "lr")
+        for group in self.param_groups:
+            group["lr"] = lr
+
+    @property
+    def steps(self) -> list[int]:
+        """Number of updates applied so far, per parameter group."""
+        return list(self._steps)
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """A snapshot (copies) of the hyperparameters, step counts and state arrays."""
+        groups = []
+        for gi, group in enumerate(self.param_groups):
+            _, _, start, stop = self._layout[gi]
+            opts = {k: v for k, v in group.items() if k != "params"}
+            groups.append({**opts, "params": list(range(start, stop)), "step": self._steps[gi]})
+        state = {i: {k: a.copy() for k, a in st.items()} for i, st in enumerate(self.state) if st}
+        return {"optimizer": type(self).__name__, "param_groups": groups, "state": state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a :meth:`state_dict`; checked completely before anything is changed."""
+        groups, steps, state = self._checked_state(state_dict)
+        for group, new in zip(self.param_groups, groups, strict=True):
+            group.update(new)
+        self._steps = steps
+        self.state = state
+
+    def _checked_state(self, sd) -> tuple[list[dict], list[int], list[dict]]:
+        name = type(self).__name__
+        if not isinstance(sd, Mapping) or set(sd) != {"optimizer", "param_groups", "state"}:
+            raise ValueError(
+                "state_dict must be a dict with keys 'optimizer', 'param_groups' and 'state'"
+            )
+        if sd["optimizer"] != name:
+            raise ValueError(f"state_dict is for a {sd['optimizer']} optimizer, not {name}")
+        raw_groups = sd["param_groups"]
+        if not isinstance(raw_groups, Sequence) or len(raw_groups) != len(self.param_groups):
+            n = len(raw_groups) if isinstance(raw_groups, Sequence) else raw_groups
+            raise ValueError(
+                f"state_dict has {n} parameter groups, this optimizer has {len(self.param_groups)}"
+            )
+        groups, steps = [], []
+        for gi, raw in enumerate(raw_groups):
+            group, step = self._checked_group(gi, raw)
+            groups.append(group)
+            steps.append(step)
+        return groups, steps, self._checked_arrays(sd["state"])
+
+    def _checked_group(self, gi: int, raw) -> tuple[dict, int]:
+        _, _, start, stop = self._layout[gi]
+        where = f"state_dict param_groups[{gi}]"
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{where} must be a dict, got {type(raw).__name__}")
+        expected = set(self.defaults) | {"params", "step"}
+        if set(raw) != expected:
+            raise ValueError(f"{where} has keys {sorted(raw)}, expected {sorted(expected)}")
+        if list(raw["params"]) != list(range(start, stop)):
+            raise ValueError(
+                f"{where} holds parameters {list(raw['params'])}, this optimizer's "
+                f"group holds {list(range(start, stop))}"
+            )
+        step = raw["step"]
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"{where} step must be an int >= 0, got {step!r}")
+        group = {k: v for k, v in raw.items() if k not in ("params", "step")}
+        self._check(group, f"{where}: ")
+        return group, int(step)
+
+    def _checked_arrays(self, raw) -> list[dict]:
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"state_dict state must be a dict, got {type(raw).__name__}")
+        state: list[dict] = [{} for _ in self._arrays]
+        for key, entry in raw.items():
+            try:
+                i = operator.index(key)
+            except TypeError:
+                raise ValueError(f"state_dict state key {key!r} is not a parameter index") from None
+            if not 0 <= i < len(self._arrays) or not isinstance(entry, Mapping):
+                raise ValueError(f"state_dict state[{key!r}] does not match a parameter")
+            p = self._arrays[i]
+            for name, arr in entry.items():
+                if name not in self._state_names:
+                    raise ValueError(
+                        f"state_dict state[{i}] has unknown entry {name!r}; "
+                        f"{type(self).__name__} keeps {list(self._state_names)}"
+                    )
+                if not isinstance(arr, np.ndarray) or arr.shape != p.shape or arr.dtype != p.dtype:
+                    got = (arr.shape, arr.dtype) if isinstance(arr, np.ndarray) else type(arr)
+                    raise ValueError(
+                        f"state_dict state[{i}][{name!r}] is {got}, expected shape "
+                        f"{p.shape} and dtype {p.dtype} like {self._labels[i]}"
+                    )
+                state[i][name] = np.array(arr, order="C", copy=True)
+        return state
+
+    def save(self, path) -> None:
+        """Write :meth:`state_dict` to ``path`` as .npz, atomically (see :func:`save_state`)."""
+        from ._state import save_state
+
+        save_state(self, path)
+
+    def load(self, path) -> None:
+        """Restore the state saved by :meth:`save`; nothing changes if the file is bad."""
+        from ._state import load_state
+
+        load_state(self, path)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.defaults.items())
+        return f"{type(self).__name__}({len(self._arrays)} arrays, {opts})"

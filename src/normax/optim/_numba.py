@@ -1,0 +1,159 @@
+"""Numba versions of the fused optimizer updates (imported only when the numba backend runs).
+
+Each kernel is a plain ``prange`` loop over one parameter array that reads and writes every
+element once, with the element formula of the C kernel (``csrc/optim.c``) in the same order.
+Scalars arrive already rounded to the array's dtype, so float32 arrays are updated in float32
+arithmetic exactly as in C. Kernels compile on first use per dtype and are cached on disk.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._kinds import ADAM, AMSGRAD, CENTERED, FIRST, MOMENTUM, NESTEROV, RMSPROP, SGD
+
+# Below this many elements an array is updated on one thread, as in the C kernel: waking the
+# thread pool costs more than the arithmetic of a small array.
+PARALLEL_MIN_WORK = 1 << 15
+
+
+def _jit(fn):
+    """A (parallel, serial) pair of compiled versions of ``fn``, each compiled on first use.
+
+    ``error_model="numpy"``: a division by zero gives inf or NaN as in C, not an exception.
+    """
+    return (
+        numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(fn),
+        numba.njit(cache=True, nogil=True, error_model="numpy")(fn),
+    )
+
+
+@_jit
+def _sgd(p, g, buf, lr, wd, mu, damp1, l2, mom, nesterov, first):
+    for i in numba.prange(p.size):
+        d = g[i] + wd * p[i] if l2 else g[i]
+        if mom:
+            b = d if first else mu * buf[i] + damp1 * d
+            buf[i] = b
+            d = d + mu * b if nesterov else b
+        p[i] = p[i] - lr * d
+
+
+@_jit
+def _momentum(p, g, v, lr, beta, omb):
+    for i in numba.prange(p.size):
+        vi = beta * v[i] + omb * g[i]
+        v[i] = vi
+        p[i] = p[i] - lr * vi
+
+
+@_jit
+def _rmsprop(p, g, sq, ga, buf, lr, wd, alpha, w, eps, mu, wc, l2, centered, mom, small_w):
+    for i in numba.prange(p.size):
+        d = g[i] + wd * p[i] if l2 else g[i]
+        s = sq[i] * alpha + w * d * d
+        sq[i] = s
+        if centered:
+            a = ga[i] + w * (d - ga[i]) if small_w else d - (d - ga[i]) * wc
+            ga[i] = a
+            s = s - a * a
+        avg = np.sqrt(s) + eps
+        if mom:
+            b = mu * buf[i] + d / avg
+            buf[i] = b
+            p[i] = p[i] - lr * b
+        else:
+            p[i] = p[i] - lr * (d / avg)
+
+
+@_jit
+def _adam(p, g, m, v, vmax, step, wd, decay, w, b2, omb2, eps, bc2s, wc, l2, amsgrad, small_w):
+    for i in numba.prange(p.size):
+        pi = p[i] * decay
+        d = g[i] + wd * pi if l2 else g[i]
+        mi = m[i] + w * (d - m[i]) if small_w else d - (d - m[i]) * wc
+        vi = v[i] * b2 + omb2 * d * d
+        m[i] = mi
+        v[i] = vi
+        if amsgrad:
+            vi = vmax[i] if vmax[i] >= vi else vi
+            vmax[i] = vi
+        denom = np.sqrt(vi) / bc2s + eps
+        p[i] = pi - step * (mi / denom)
+
+
+def _flat(a):
+    return a.reshape(-1)
+
+
+_SCRATCH: dict[tuple[str, int], np.ndarray] = {}
+
+
+def _placeholder(dtype: np.dtype, n: int, slot: int) -> np.ndarray:
+    """An array standing in for an unused state slot (the kernel never touches it).
+
+    It must not overlap any real array: LLVM vectorizes a loop behind a runtime check that the
+    written arrays do not overlap, and passing the parameter itself in an unused slot made that
+    check fail and the update run 5-10x slower, element by element. One buffer per slot, grown
+    with np.empty: its pages are never written, so they cost address space, not memory.
+    """
+    buf = _SCRATCH.get((dtype.str, slot))
+    if buf is None or buf.size < n:
+        buf = _SCRATCH[(dtype.str, slot)] = np.empty(max(n, 1), dtype)
+    return buf[:n]
+
+
+def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
+    """Update every array of ``params`` in place (same signature as the C kernel)."""
+    for k, p in enumerate(params):
+        which = 0 if p.size >= PARALLEL_MIN_WORK else 1
+        t = p.dtype.type
+        h = [t(x) for x in hyper]
+        pf, gf = _flat(p), _flat(grads[k])
+        a, b, c = (
+            _flat(s[k]) if s is not None else _placeholder(p.dtype, p.size, j)
+            for j, s in enumerate((s0, s1, s2))
+        )
+        if kind == SGD:
+            _sgd[which](
+                pf,
+                gf,
+                a,
+                *h[:4],
+                hyper[1] != 0.0,
+                s0 is not None,
+                bool(flags & NESTEROV),
+                bool(flags & FIRST),
+            )
+        elif kind == MOMENTUM:
+            _momentum[which](pf, gf, a, *h[:3])
+        elif kind == RMSPROP:
+            _rmsprop[which](
+                pf,
+                gf,
+                a,
+                b,
+                c,
+                *h[:6],
+                t(1) - h[3],
+                hyper[1] != 0.0,
+                bool(flags & CENTERED),
+                s2 is not None,
+                abs(hyper[3]) < 0.5,
+            )
+        elif kind == ADAM:
+            _adam[which](
+                pf,
+                gf,
+                a,
+                b,
+                c,
+                *h,
+                t(1) - h[3],
+                hyper[1] != 0.0,
+                bool(flags & AMSGRAD),
+                abs(hyper[3]) < 0.5,
+            )
+        else:
+            raise ValueError(f"unknown optimizer kind {kind}")

@@ -1,0 +1,106 @@
+"""Pure-NumPy reference of the fused optimizer updates: the oracle for the C and Numba kernels.
+
+Each function updates one parameter array and its state in place, with the same arguments as
+the C kernel (``kind``, ``flags``, the derived scalars ``h``; see ``csrc/optim.h``) and the same
+order of floating-point operations, so the three backends agree to the last bit on IEEE
+hardware. The scalars are rounded to the array's dtype once, as the C kernels do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._kinds import ADAM, FIRST, MOMENTUM, NESTEROV, RMSPROP, SGD
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, w, one, small: bool) -> None:
+    """``a <- lerp(a, b, w)`` with the two-sided formula that is exact at both ends."""
+    if small:
+        a += w * (b - a)
+    else:
+        np.subtract(b, (b - a) * (one - w), out=a)
+
+
+def sgd(p, g, buf, h, flags) -> None:
+    t = p.dtype.type
+    lr, wd, mu, damp1 = (t(x) for x in h[:4])
+    d = g + wd * p if h[1] != 0.0 else g
+    if buf is not None:
+        if flags & FIRST:
+            buf[...] = d
+        else:
+            buf *= mu
+            buf += damp1 * d
+        d = d + mu * buf if flags & NESTEROV else buf
+    p -= lr * d
+
+
+def momentum(p, g, v, h, flags) -> None:
+    t = p.dtype.type
+    lr, beta, omb = (t(x) for x in h[:3])
+    v *= beta
+    v += omb * g
+    p -= lr * v
+
+
+def rmsprop(p, g, sq, ga, buf, h, flags) -> None:
+    t = p.dtype.type
+    lr, wd, alpha, w, eps, mu = (t(x) for x in h[:6])
+    d = g + wd * p if h[1] != 0.0 else g
+    sq *= alpha
+    sq += w * d * d
+    if ga is not None:
+        _lerp(ga, d, w, t(1), abs(h[3]) < 0.5)
+        avg = np.sqrt(sq - ga * ga)
+    else:
+        avg = np.sqrt(sq)
+    avg += eps
+    if buf is not None:
+        buf *= mu
+        buf += d / avg
+        p -= lr * buf
+    else:
+        p -= lr * (d / avg)
+
+
+def adam(p, g, m, v, vmax, h, flags) -> None:
+    t = p.dtype.type
+    step, wd, decay, w, b2, omb2, eps, bc2s = (t(x) for x in h)
+    if h[2] != 1.0:
+        p *= decay
+    d = g + wd * p if h[1] != 0.0 else g
+    _lerp(m, d, w, t(1), abs(h[3]) < 0.5)
+    v *= b2
+    v += omb2 * d * d
+    if vmax is not None:
+        np.maximum(vmax, v, out=vmax)
+        v = vmax
+    denom = np.sqrt(v)
+    denom /= bc2s
+    denom += eps
+    p -= step * (m / denom)
+
+
+def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
+    """Update every array of ``params`` in place (same signature as the C kernel)."""
+    n = len(params)
+    s0, s1, s2 = ([None] * n if s is None else s for s in (s0, s1, s2))
+    with np.errstate(all="ignore"):  # NaN in, NaN out, silently, as in the C kernel
+        for k in range(n):
+            _update(kind, flags, hyper, params[k], grads[k], s0[k], s1[k], s2[k])
+
+
+def _update(kind, flags, hyper, p, g, a, b, c) -> None:
+    if kind == SGD:
+        sgd(p, g, a, hyper, flags)
+    elif kind == MOMENTUM:
+        momentum(p, g, a, hyper, flags)
+    elif kind == RMSPROP:
+        rmsprop(p, g, a, b, c, hyper, flags)
+    elif kind == ADAM:
+        adam(p, g, a, b, c, hyper, flags)
+    else:
+        raise ValueError(f"unknown optimizer kind {kind}")
+
+
+__all__ = ["step"]
