@@ -3,6 +3,8 @@
     pytest bench/test_bench_softmax.py --benchmark-only          # pytest-benchmark groups
     python bench/test_bench_softmax.py [--threads 2] [--rounds 9] # the target table
 
+(The ``backend`` fixture comes from bench/conftest.py.)
+
 The script form measures, in one process and with interleaved rounds (the best batch of each
 contender per round, then the best round), the fused loss + gradient against PyTorch CPU doing
 ``log_softmax`` + ``nll_loss`` and their backward, softmax alone against ``torch.softmax``, every
@@ -53,14 +55,6 @@ def expected_xent(name):
         finally:
             normax.set_backend(previous)
     return _EXPECTED[name]
-
-
-@pytest.fixture(params=normax.available_backends())
-def backend(request):
-    previous = normax.get_backend()
-    normax.set_backend(request.param)
-    yield request.param
-    normax.set_backend(previous)
 
 
 @pytest.mark.parametrize("name", XENT_CASES)
