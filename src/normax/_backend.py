@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import warnings
 from types import ModuleType
 
@@ -134,3 +135,28 @@ def _initial_backend() -> str:
 
 
 _active = _initial_backend()
+
+
+def _numba_forked_unsafe() -> bool:
+    """Whether Numba's GNU OpenMP threading layer has started in this process.
+
+    A child forked after that aborts ("fork() called from a process already using GNU OpenMP,
+    this is unsafe") as soon as it enters a parallel Numba region; the TBB and workqueue layers
+    survive fork.
+    """
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    return bool(parallel is not None and getattr(parallel, "_is_initialized", False)
+                and getattr(parallel, "_threading_layer", None) == "omp")
+
+
+def _after_fork_in_child() -> None:
+    # The C kernels run serially in a forked child (csrc/threads.c). Numba's OpenMP layer cannot
+    # run at all there, so a child of a process that used it computes with the NumPy reference
+    # (same results within dtype tolerance; get_backend() says "numpy").
+    global _active
+    if _active == "numba" and _numba_forked_unsafe():
+        _active = "numpy"
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -32,7 +32,8 @@ def contiguous(x: np.ndarray) -> np.ndarray:
     """C-contiguous, aligned, native byte order; a copy only when needed."""
     if x.flags.c_contiguous and x.flags.aligned and x.dtype.isnative:
         return x
-    return np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
+    # np.ascontiguousarray alone hands back an unaligned C-contiguous array unchanged.
+    return np.require(x, dtype=x.dtype.newbyteorder("="), requirements=("C", "A"))
 
 
 def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
@@ -57,6 +58,8 @@ def real_scalar(value, name: str, low: float, high: float, *, low_open=False) ->
     """A finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
     try:
         v = float(value)
+    except OverflowError:  # an int beyond the double range: a number, just not a finite one
+        v = math.inf
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
     bad_low = v <= low if low_open else v < low
@@ -90,3 +93,13 @@ def no_overlap(out: np.ndarray, name: str, *inputs: tuple[np.ndarray | None, str
     for arr, arr_name in inputs:
         if arr is not None and np.may_share_memory(out, arr):
             raise ValueError(f"{name} overlaps {arr_name}; pass a separate array")
+
+
+def writeable(a):
+    """``a`` itself, or a copy if it is a read-only array (None passes).
+
+    The Numba kernels are compiled for explicit signatures of mutable arrays and Numba types a
+    read-only array differently, so it would match no signature. Copying the rare read-only input
+    (an array the caller froze, a buffer from bytes) keeps one compiled kernel per dtype.
+    """
+    return a if a is None or a.flags.writeable else a.copy()

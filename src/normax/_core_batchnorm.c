@@ -53,7 +53,8 @@ static PyObject *bn_output(PyObject *out, PyObject *like, const char *name) {
  * kernel when done with numpy.may_share_memory): same test on contiguous arrays, same message,
  * same order, and before anything is written. */
 static int bn_overlap(PyObject *a, const char *an, PyObject *b, const char *bname) {
-    if (a == Py_None || b == Py_None) return 0;
+    /* Not arrays (a direct call with bad arguments): the array checks that follow refuse them. */
+    if (!PyArray_Check(a) || !PyArray_Check(b)) return 0;
     const char *pa = PyArray_BYTES((PyArrayObject *)a), *pb = PyArray_BYTES((PyArrayObject *)b);
     npy_intp na = PyArray_NBYTES((PyArrayObject *)a), nb = PyArray_NBYTES((PyArrayObject *)b);
     if (na > 0 && nb > 0 && pa < pb + nb && pb < pa + na) {
@@ -104,7 +105,9 @@ static PyObject *bn_train(PyObject *Py_UNUSED(self), PyObject *const *args, Py_s
         bn_overlap(args[4], "running_mean", args[5], "running_var") < 0 ||
         bn_overlap(args[8], "out", args[0], "x") < 0 ||
         bn_overlap(args[8], "out", args[4], "running_mean") < 0 ||
-        bn_overlap(args[8], "out", args[5], "running_var") < 0)
+        bn_overlap(args[8], "out", args[5], "running_var") < 0 ||
+        bn_overlap(args[8], "out", args[2], "gamma") < 0 ||
+        bn_overlap(args[8], "out", args[3], "beta") < 0)
         return NULL;
     PyObject *y = bn_output(args[8], args[0], "out");
     if (!y) return NULL;
@@ -147,7 +150,11 @@ static PyObject *bn_infer(PyObject *Py_UNUSED(self), PyObject *const *args, Py_s
         nmx_optional_array(args[3], "beta", type, v[1], 0, &b) < 0 ||
         !(rm = nmx_array_data(args[4], "running_mean", type, v[1], 0)) ||
         !(rv = nmx_array_data(args[5], "running_var", type, v[1], 0)) ||
-        bn_overlap(args[7], "out", args[0], "x") < 0)
+        bn_overlap(args[7], "out", args[0], "x") < 0 ||
+        bn_overlap(args[7], "out", args[2], "gamma") < 0 ||
+        bn_overlap(args[7], "out", args[3], "beta") < 0 ||
+        bn_overlap(args[7], "out", args[4], "running_mean") < 0 ||
+        bn_overlap(args[7], "out", args[5], "running_var") < 0)
         return NULL;
     PyObject *y = bn_output(args[7], args[0], "out");
     if (!y) return NULL;
@@ -182,7 +189,9 @@ static PyObject *bn_backward(PyObject *Py_UNUSED(self), PyObject *const *args, P
     if (!(mean = nmx_array_data(args[3], "mean", NPY_FLOAT64, v[1], 0)) ||
         !(invstd = nmx_array_data(args[4], "invstd", NPY_FLOAT64, v[1], 0)) ||
         nmx_optional_array(args[5], "gamma", type, v[1], 0, &g) < 0 ||
-        bn_overlap(args[6], "out", args[1], "x") < 0 || bn_overlap(args[6], "out", args[0], "dy") < 0)
+        bn_overlap(args[6], "out", args[1], "x") < 0 ||
+        bn_overlap(args[6], "out", args[0], "dy") < 0 ||
+        bn_overlap(args[6], "out", args[5], "gamma") < 0)
         return NULL;
     PyObject *dx = bn_output(args[6], args[1], "out");
     if (!dx) return NULL;

@@ -13,6 +13,8 @@ import numba as nb
 import numpy as np
 from numba import boolean, float32, float64, int64, prange, void
 
+from ._checks import writeable
+
 _F = (float32, float64)
 _OPTS = {"parallel": True, "cache": True, "nogil": True}
 
@@ -141,17 +143,18 @@ def _v3(x, outer, c, inner):
 
 def softmax(z, out, outer, c, inner, log):
     """Write (log-)softmax of the (outer, c, inner) view of ``z`` into ``out``."""
-    _forward(_v3(z, outer, c, inner), _v3(out, outer, c, inner), bool(log))
+    _forward(_v3(writeable(z), outer, c, inner), _v3(out, outer, c, inner), bool(log))
 
 
 def softmax_backward(g, y, out, outer, c, inner, log):
     """Write the gradient of (log-)softmax wrt the logits into ``out``."""
     v = (outer, c, inner)
-    _backward(_v3(g, *v), _v3(y, *v), _v3(out, *v), bool(log))
+    _backward(_v3(writeable(g), *v), _v3(writeable(y), *v), _v3(out, *v), bool(log))
 
 
 def xent(z3, target, w, ign, eps, scale, dz3):
     """Per-example float64 losses; writes scale * gradient into ``dz3``."""
+    z3, target, w = writeable(z3), writeable(target), writeable(w)
     if target.ndim == 3:
         return _xent_probs(z3, target, w, eps, scale, dz3)
     has_ign = ign is not None

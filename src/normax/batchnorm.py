@@ -124,6 +124,7 @@ def _param(p, name: str, channels: int, dtype: np.dtype):
         and p.dtype is dtype
         and p.shape == (channels,)
         and p.flags.c_contiguous
+        and p.flags.aligned
     ):
         return p
     p = _checks.float_array(p, name)
@@ -131,7 +132,8 @@ def _param(p, name: str, channels: int, dtype: np.dtype):
         raise ValueError(
             f"{name} has shape {p.shape}, expected ({channels},) for the {channels} channels of x"
         )
-    return np.ascontiguousarray(p, dtype=dtype)
+    # np.ascontiguousarray would hand back an unaligned C-contiguous array unchanged.
+    return np.require(p, dtype=dtype, requirements=("C", "A"))
 
 
 def _running(rm, rv, channels: int, dtype: np.dtype) -> None:
@@ -178,6 +180,8 @@ def _eps(eps) -> float:
         return eps
     try:
         v = float(eps)
+    except OverflowError:  # an int beyond the double range: a number, not a finite one
+        v = math.inf
     except (TypeError, ValueError):
         raise TypeError(f"eps must be a real number, got {eps!r}") from None
     if not (math.isfinite(v) and v >= 0.0):
@@ -249,6 +253,8 @@ def batch_norm_train(
             (out, "out", x, "x"),
             (out, "out", running_mean, "running_mean"),
             (out, "out", running_var, "running_var"),
+            (out, "out", gamma, "gamma"),
+            (out, "out", beta, "beta"),
         )
     y, mean, invstd = _TRAIN[_backend._active](
         x, ax, gamma, beta, running_mean, running_var, momentum, eps, out
@@ -304,7 +310,13 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1
     if out is not None:
         _checks.check_out(out, x.shape, dtype)
         if _backend._active != "c":
-            _no_overlap((out, "out", x, "x"))
+            _no_overlap(
+                (out, "out", x, "x"),
+                (out, "out", gamma, "gamma"),
+                (out, "out", beta, "beta"),
+                (out, "out", running_mean, "running_mean"),
+                (out, "out", running_var, "running_var"),
+            )
     return _INFER[_backend._active](x, ax, gamma, beta, running_mean, running_var, eps, out)
 
 
@@ -357,7 +369,8 @@ def batch_norm_backward(dy, cache, *, out=None):
     if out is not None:
         _checks.check_out(out, x.shape, x.dtype)
         if _backend._active != "c":
-            _no_overlap((out, "out", x, "x"), (out, "out", dy, "dy"))
+            _no_overlap((out, "out", x, "x"), (out, "out", dy, "dy"),
+                        (out, "out", cache.gamma, "gamma"))
     return _BACKWARD[_backend._active](
         dy, x, cache.axis, cache.mean, cache.invstd, cache.gamma, out
     )

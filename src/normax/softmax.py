@@ -385,7 +385,8 @@ def _xent_python(kernel, z, target, w, out, loss, outer, c, inner, ign, eps, red
     dz = np.empty(z.shape, z.dtype) if out is None else out
     w64 = np.ones(c) if w is None else w
     per = kernel(z.reshape(outer, c, inner), t, w64, ign, eps, scale, dz.reshape(outer, c, inner))
-    total = float(per.sum())
+    with np.errstate(over="ignore"):  # losses near the double limit sum to inf, as in C
+        total = float(per.sum())
     if red == 2:
         loss[...] = per.reshape(loss.shape)
         return loss, dz
