@@ -49,8 +49,10 @@ BLAS/OpenMP pools (via threadpoolctl) to N threads for the whole run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import os
 import sys
 
 from .harness import FAMILIES, SCHEMA, Config, plan, run_benchmarks
@@ -196,6 +198,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return 0
     try:
         config = _config(args, sys.argv[1:] if argv is None else argv)
+        _check_outputs(args)  # fail now, not after minutes of measuring
         doc = run_benchmarks(config)
     except ValueError as exc:
         print(f"normax bench: {exc}", file=sys.stderr)
@@ -208,6 +211,14 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         plot(doc, args.plot)
     failed = any(r["status"] == "error" for r in doc["cases"]) or not doc["all_agree"]
     return 1 if failed else 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ValueError(f"{option}: directory of {path!r} does not exist")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'normax[plot]'")
 
 
 def _plain(value):
