@@ -20,6 +20,8 @@ reproducible), ``NORMAX_FUZZ=long`` (thousands of fresh examples per kernel, by 
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -543,6 +545,82 @@ def test_fuzz_batch_norm(data):
         return train_then_backward, arrays, writable
 
     check(f"batch_norm_{mode}", make, xs.dtype, nonfinite_alike=True)
+
+
+# ---- optimizers --------------------------------------------------------------------------------
+
+HYPER = {
+    "lr": mostly([1e-3, 0.1, 0.0, 1.0], [-0.1, float("nan"), float("inf"), 10**400, "0.1"]),
+    "momentum": mostly([0.0, 0.9, 0.5], [-0.5, float("nan")]),
+    "weight_decay": mostly([0.0, 1e-2], [-1e-2, float("inf")]),
+    "betas": mostly([(0.9, 0.999), (0.0, 0.0), (0.5, 0.9)],
+                    [(1.0, 0.9), (0.9,), "ab", (-0.1, 0.9)]),
+    "eps": mostly([1e-8, 0.0, 1e-3], [-1e-8, float("nan")]),
+    "alpha": mostly([0.99, 0.0, 0.5], [1.5, -0.1]),
+    "beta": mostly([0.9, 0.0, 0.5], [1.0, 2.0]),
+}
+OPTIMIZERS = {
+    "SGD": ["lr", "momentum", "weight_decay", ("nesterov", st.booleans()),
+            ("dampening", mostly([0.0, 0.1], [-1.0]))],
+    "Momentum": ["lr", "beta", ("bias_correction", st.booleans())],
+    "RMSprop": ["lr", "alpha", "eps", "momentum", "weight_decay", ("centered", st.booleans())],
+    "Adam": ["lr", "betas", "eps", "weight_decay", ("amsgrad", st.booleans())],
+    "AdamW": ["lr", "betas", "eps", "weight_decay", ("amsgrad", st.booleans())],
+}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("normax.optim") is None, reason="no normax.optim")
+@FUZZ
+@given(data=st.data())
+def test_fuzz_optimizers(data):
+    optim = importlib.import_module("normax.optim")
+    name = data.draw(st.sampled_from(sorted(OPTIMIZERS)))
+    opts = {}
+    for item in OPTIMIZERS[name]:
+        key, strategy = item if isinstance(item, tuple) else (item, HYPER[item])
+        if data.draw(st.booleans()):
+            opts[key] = data.draw(strategy)
+    nparams = data.draw(st.integers(1, 3))
+    pspecs = [data.draw(specs(data.draw(shapes(max_ndim=3)), bad_dtype=0.03,
+                              layout=data.draw(mostly(["c"], LAYOUTS[3:], 0.1)),
+                              specials=0.0)) for _ in range(nparams)]
+    steps = data.draw(st.integers(1, 3))
+    gkind = data.draw(mostly(["ok"], ["shape", "dtype", "missing", "layout"], 0.15))
+    gspecs = [[data.draw(specs(p.shape, dtype=p.dtype, specials=data.draw(
+        st.sampled_from([0.0, 0.0, 0.0, 0.2])))) for p in pspecs] for _ in range(steps)]
+
+    def grad(spec: Spec, param: np.ndarray):
+        if gkind == "shape" and param.ndim:
+            return np.zeros((*param.shape[:-1], param.shape[-1] + 1), param.dtype)
+        if gkind == "dtype":
+            with np.errstate(over="ignore"):
+                return spec.values().astype(np.float16)
+        return spec.build()
+
+    def make():
+        params = [p.build() for p in pspecs]
+        arrays = {f"p{i}": p for i, p in enumerate(params)}
+
+        def step(opt, gs):
+            grads = [grad(g, p) for g, p in zip(gs, params, strict=True)]
+            opt.step(grads[:-1] if gkind == "missing" else grads)
+
+        # The constructor and all steps but the last run here, before the arrays are
+        # snapshotted: the checked call is the last step, which must write nothing if it fails.
+        try:
+            opt = getattr(optim, name)(params, **opts)
+            for gs in gspecs[:-1]:
+                step(opt, gs)
+        except (TypeError, ValueError) as exc:
+            err = exc
+
+            def fail():
+                raise err
+
+            return fail, arrays, set(arrays)
+        return (lambda: step(opt, gspecs[-1])), arrays, set(arrays)
+
+    check(f"optim.{name}", make, pspecs[0].dtype)
 
 
 # ---- regressions found by the fuzzer, as plain examples ---------------------------------------

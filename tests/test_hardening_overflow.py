@@ -263,3 +263,11 @@ def test_batch_norm_channel_longer_than_int32():
                                 np.array([4.0], np.float32), axis=0, eps=0.0)
     assert y[0, 0] == 0.0 and y[0, 2**31] == 0.0
     assert y[0, -2] == pytest.approx(1.0) and y[0, -1] == pytest.approx(2.0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("normax.optim") is None, reason="no normax.optim")
+@pytest.mark.parametrize("option", ["lr", "weight_decay", "eps"])
+def test_optimizer_huge_int_options(option):
+    """Adam(lr=10**400) raised OverflowError from float(); now the documented ValueError."""
+    optim = importlib.import_module("normax.optim")
+    documented_error(lambda: optim.Adam([np.zeros(3)], **{option: 10**400}))
