@@ -5,6 +5,11 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <emmintrin.h>
+#define NMX_HAVE_STREAM 1
+#endif
 
 /* The wheel is built for baseline x86-64; the hot loops are additionally compiled for AVX2 and
  * AVX-512 and picked at load time (GNU ifunc). Sanitizer builds keep one version. */
@@ -17,6 +22,57 @@
 #ifndef NMX_CLONES
 #define NMX_CLONES
 #endif
+
+/* Element-wise passes over arrays larger than the cache write through a small buffer with
+ * non-temporal stores: no read-for-ownership of the destination (a 3 x bytes forward instead of
+ * 4 x), and the input the pass reads back stays cached. NMX_PIECE elements per piece. */
+#define NMX_PIECE 2048
+#define NMX_PIECES_PER_BLOCK 64
+
+static int nmx_should_stream(size_t bytes) {
+#if NMX_HAVE_STREAM
+    if (bytes < ((size_t)4 << 20)) return 0;
+    long llc = -1;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    if (llc <= 0) llc = 16L << 20;
+    return bytes > (size_t)llc / 2; /* input and output together overflow the last level */
+#else
+    (void)bytes;
+    return 0;
+#endif
+}
+
+/* memcpy with 16-byte non-temporal stores (SSE2, baseline x86-64) for the aligned middle. */
+static void nmx_stream(void *dst, const void *src, size_t n) {
+#if NMX_HAVE_STREAM
+    char *d = dst;
+    const char *s = src;
+    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
+    if (head > n) head = n;
+    memcpy(d, s, head);
+    d += head, s += head, n -= head;
+    for (; n >= 64; n -= 64, d += 64, s += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)s), b = _mm_loadu_si128((const __m128i *)(s + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(s + 32)), e = _mm_loadu_si128((const __m128i *)(s + 48));
+        _mm_stream_si128((__m128i *)d, a);
+        _mm_stream_si128((__m128i *)(d + 16), b);
+        _mm_stream_si128((__m128i *)(d + 32), c);
+        _mm_stream_si128((__m128i *)(d + 48), e);
+    }
+    memcpy(d, s, n);
+#else
+    memcpy(dst, src, n);
+#endif
+}
+
+/* Order the non-temporal stores before the caller's next synchronization. */
+static void nmx_stream_fence(void) {
+#if NMX_HAVE_STREAM
+    _mm_sfence();
+#endif
+}
 
 /* Independent accumulators per run reduction: four AVX-512 registers of doubles. */
 #define NMX_LANES 32

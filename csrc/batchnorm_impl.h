@@ -7,8 +7,10 @@
  *               per-channel partial sums that are added up once at the end;
  *   inner > 1   one contiguous run of `inner` values per (outer, channel) block: threads split the
  *               blocks, each run reduces into lane accumulators.
- * Sums accumulate in double. The element-wise passes run in T with the mean split into a T head
- * and tail (mh + ml), so x - mean stays exact to T rounding even when |mean| >> std.
+ * Sums accumulate in double (on the rows path, blocks of four rows are first summed in T). The
+ * element-wise passes run in T with the mean split into a T head and tail (mh + ml), so x - mean
+ * stays exact to T rounding even when |mean| >> std. Pass 2 of the forward and of the backward is
+ * one driver (pass_out), streamed for outputs larger than the cache.
  */
 #define NMX_CAT2(a, b) a##_##b
 #define NMX_CAT(a, b) NMX_CAT2(a, b)
@@ -16,20 +18,22 @@
 
 /* ---- leaf loops (compiled once per SIMD level, see NMX_CLONES) ---------------------------- */
 
-/* s1[c] += sum_r (x[r,c] - pv[c]); s2[c] += sum_r (x[r,c] - pv[c])^2. Four rows per sweep cut
- * the accumulator loads and stores by four. */
+/* s1[c] += sum_r (x[r,c] - pv[c]); s2[c] += sum_r (x[r,c] - pv[c])^2 over rows of C values.
+ * Blocks of four rows are summed in T (a tree of four terms) and the block sums added in
+ * double: for float32 about half the vector work of converting every element, and the variance
+ * still carries only a few float32 ulps of rounding whatever the batch size. A block sum that
+ * overflows T is caught by stats_repair. */
 NMX_CLONES static void FN(stats_rows)(const T *restrict x, nmx_index rows, nmx_index C,
                                       const T *restrict pv, double *restrict s1,
                                       double *restrict s2) {
     nmx_index r = 0;
     for (; r + 4 <= rows; r += 4) {
-        const T *x0 = x + r * C, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
+        const T *x0 = x + r * C;
         for (nmx_index c = 0; c < C; c++) {
-            double p = (double)pv[c];
-            double d0 = (double)x0[c] - p, d1 = (double)x1[c] - p;
-            double d2 = (double)x2[c] - p, d3 = (double)x3[c] - p;
-            s1[c] += (d0 + d1) + (d2 + d3);
-            s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+            T p = pv[c];
+            T d0 = x0[c] - p, d1 = x0[C + c] - p, d2 = x0[2 * C + c] - p, d3 = x0[3 * C + c] - p;
+            s1[c] += (double)((d0 + d1) + (d2 + d3));
+            s2[c] += (double)((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));
         }
     }
     for (; r < rows; r++) {
@@ -40,6 +44,21 @@ NMX_CLONES static void FN(stats_rows)(const T *restrict x, nmx_index rows, nmx_i
             s2[c] += d * d;
         }
     }
+}
+
+/* The sums of channel c over all rows in double, element by element: for the rare channel whose
+ * blocked T sums came out infinite or NaN (huge values overflow float32 squares; Inf and NaN
+ * inputs), so it gets exactly the result of double accumulation. */
+static void FN(stats_repair)(const T *x, nmx_index rows, nmx_index C, nmx_index c, double *s1,
+                             double *s2) {
+    double p = (double)x[c], a = 0, b = 0;
+    for (nmx_index r = 0; r < rows; r++) {
+        double d = (double)x[r * C + c] - p;
+        a += d;
+        b += d * d;
+    }
+    *s1 = a;
+    *s2 = b;
 }
 
 /* Sum and sum of squares of x[i] - p over one run; NMX_LANES independent accumulators let
@@ -68,14 +87,16 @@ NMX_CLONES static void FN(stats_run)(const T *restrict x, nmx_index n, double p,
     *s2 += sb;
 }
 
-/* y = ((x - mh) - ml) * sc + sh per channel, rows of C values. */
-NMX_CLONES static void FN(affine_rows)(const T *restrict x, T *restrict y, nmx_index rows,
-                                       nmx_index C, const T *restrict mh, const T *restrict ml,
+/* y = ((x - mh) - ml) * sc + sh per channel: `rows` rows of n values, x rows xs apart and y
+ * rows ys apart (a slice of the C channels, or all of them). */
+NMX_CLONES static void FN(affine_rows)(const T *restrict x, nmx_index xs, T *restrict y,
+                                       nmx_index ys, nmx_index rows, nmx_index n,
+                                       const T *restrict mh, const T *restrict ml,
                                        const T *restrict sc, const T *restrict sh) {
     for (nmx_index r = 0; r < rows; r++) {
-        const T *xr = x + r * C;
-        T *yr = y + r * C;
-        for (nmx_index c = 0; c < C; c++) yr[c] = ((xr[c] - mh[c]) - ml[c]) * sc[c] + sh[c];
+        const T *xr = x + r * xs;
+        T *yr = y + r * ys;
+        for (nmx_index c = 0; c < n; c++) yr[c] = ((xr[c] - mh[c]) - ml[c]) * sc[c] + sh[c];
     }
 }
 
@@ -84,17 +105,23 @@ NMX_CLONES static void FN(affine_run)(const T *restrict x, T *restrict y, nmx_in
     for (nmx_index i = 0; i < n; i++) y[i] = ((x[i] - mh) - ml) * sc + sh;
 }
 
-/* sdy[c] += sum_r dy[r,c]; sdx[c] += sum_r dy[r,c] * (x[r,c] - m[c]), in double. */
+/* sdy[c] += sum_r dy[r,c]; sdx[c] += sum_r dy[r,c] * (x[r,c] - mean[c]), with x - mean as
+ * (x - mh) - ml in T and blocks of four rows summed in T as in stats_rows; the leftover rows in
+ * double with m = mean. Overflow is caught by grad_repair. */
 NMX_CLONES static void FN(grad_rows)(const T *restrict dy, const T *restrict x, nmx_index rows,
-                                     nmx_index C, const double *restrict m,
-                                     double *restrict sdy, double *restrict sdx) {
+                                     nmx_index C, const T *restrict mh, const T *restrict ml,
+                                     const double *restrict m, double *restrict sdy,
+                                     double *restrict sdx) {
     nmx_index r = 0;
-    for (; r + 2 <= rows; r += 2) {
-        const T *g0 = dy + r * C, *g1 = g0 + C, *x0 = x + r * C, *x1 = x0 + C;
+    for (; r + 4 <= rows; r += 4) {
+        const T *g = dy + r * C, *x0 = x + r * C;
         for (nmx_index c = 0; c < C; c++) {
-            double a0 = (double)g0[c], a1 = (double)g1[c];
-            sdy[c] += a0 + a1;
-            sdx[c] += a0 * ((double)x0[c] - m[c]) + a1 * ((double)x1[c] - m[c]);
+            T h = mh[c], l = ml[c];
+            T g0 = g[c], g1 = g[C + c], g2 = g[2 * C + c], g3 = g[3 * C + c];
+            T e0 = (x0[c] - h) - l, e1 = (x0[C + c] - h) - l;
+            T e2 = (x0[2 * C + c] - h) - l, e3 = (x0[3 * C + c] - h) - l;
+            sdy[c] += (double)((g0 + g1) + (g2 + g3));
+            sdx[c] += (double)((g0 * e0 + g1 * e1) + (g2 * e2 + g3 * e3));
         }
     }
     for (; r < rows; r++) {
@@ -105,6 +132,19 @@ NMX_CLONES static void FN(grad_rows)(const T *restrict dy, const T *restrict x, 
             sdx[c] += a0 * ((double)x0[c] - m[c]);
         }
     }
+}
+
+/* grad_rows for one channel in double, for the rare channel whose blocked sums overflowed. */
+static void FN(grad_repair)(const T *dy, const T *x, nmx_index rows, nmx_index C, nmx_index c,
+                            double m, double *sdy, double *sdx) {
+    double a = 0, b = 0;
+    for (nmx_index r = 0; r < rows; r++) {
+        double g = (double)dy[r * C + c];
+        a += g;
+        b += g * ((double)x[r * C + c] - m);
+    }
+    *sdy = a;
+    *sdx = b;
 }
 
 NMX_CLONES static void FN(grad_run)(const T *restrict dy, const T *restrict x, nmx_index n,
@@ -132,14 +172,17 @@ NMX_CLONES static void FN(grad_run)(const T *restrict dy, const T *restrict x, n
 }
 
 /* dx = (dy - gm) * ga + ((x - mh) - ml) * gb: the mean of dy is subtracted before scaling so a
- * constant dy cancels exactly, as in the float64 formula. */
-NMX_CLONES static void FN(dx_rows)(const T *restrict dy, const T *restrict x, T *restrict dx,
-                                   nmx_index rows, nmx_index C, const T *restrict k) {
-    const T *mh = k, *ml = k + C, *gm = k + 2 * C, *ga = k + 3 * C, *gb = k + 4 * C;
+ * constant dy cancels exactly, as in the float64 formula. Rows as in affine_rows; k points at
+ * the first channel of the slice in five arrays C apart (mh, ml, gm, ga, gb). */
+NMX_CLONES static void FN(dx_rows)(const T *restrict dy, const T *restrict x, nmx_index xs,
+                                   T *restrict dx, nmx_index ys, nmx_index rows, nmx_index n,
+                                   const T *restrict k, nmx_index C) {
+    const T *restrict mh = k, *restrict ml = k + C, *restrict gm = k + 2 * C;
+    const T *restrict ga = k + 3 * C, *restrict gb = k + 4 * C;
     for (nmx_index r = 0; r < rows; r++) {
-        const T *g = dy + r * C, *xr = x + r * C;
-        T *o = dx + r * C;
-        for (nmx_index c = 0; c < C; c++)
+        const T *g = dy + r * xs, *xr = x + r * xs;
+        T *o = dx + r * ys;
+        for (nmx_index c = 0; c < n; c++)
             o[c] = (g[c] - gm[c]) * ga[c] + ((xr[c] - mh[c]) - ml[c]) * gb[c];
     }
 }
@@ -170,18 +213,78 @@ static void FN(pass_stats)(const T *x, nmx_index C, nmx_index inner, nmx_index l
     }
 }
 
-/* Pass 2: y = affine(x) over rows [lo, hi) or blocks [lo, hi). */
-static void FN(pass_affine)(const T *x, T *y, nmx_index C, nmx_index inner, nmx_index lo,
-                            nmx_index hi, const T *k) {
+/* y over units [u0, u1) (rows when inner == 1, else runs of `inner`), each unit restricted to
+ * its elements [a, b), written densely to out. */
+static void FN(affine_part)(const T *x, T *out, nmx_index C, nmx_index inner, nmx_index u0,
+                            nmx_index u1, nmx_index a, nmx_index b, const T *k) {
     if (inner == 1) {
-        FN(affine_rows)(x + lo * C, y + lo * C, hi - lo, C, k, k + C, k + 2 * C, k + 3 * C);
+        FN(affine_rows)(x + u0 * C + a, C, out, b - a, u1 - u0, b - a, k + a, k + C + a,
+                        k + 2 * C + a, k + 3 * C + a);
         return;
     }
-    for (nmx_index b = lo; b < hi; b++) {
-        nmx_index c = b % C;
-        FN(affine_run)(x + b * inner, y + b * inner, inner, k[c], k[C + c], k[2 * C + c],
-                       k[3 * C + c]);
+    for (nmx_index u = u0; u < u1; u++) {
+        nmx_index c = u % C;
+        FN(affine_run)(x + u * inner + a, out + (u - u0) * (b - a), b - a, k[c], k[C + c],
+                       k[2 * C + c], k[3 * C + c]);
     }
+}
+
+/* dx over units [u0, u1), each restricted to its elements [a, b), written densely to out. */
+static void FN(dx_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
+                        nmx_index u0, nmx_index u1, nmx_index a, nmx_index b, const T *k) {
+    if (inner == 1) {
+        nmx_index o = u0 * C + a;
+        FN(dx_rows)(dy + o, x + o, C, out, b - a, u1 - u0, b - a, k + a, C);
+        return;
+    }
+    for (nmx_index u = u0; u < u1; u++) {
+        nmx_index c = u % C, o = u * inner + a;
+        FN(dx_run)(dy + o, x + o, out + (u - u0) * (b - a), b - a, k[c], k[C + c], k[2 * C + c],
+                   k[3 * C + c], k[4 * C + c]);
+    }
+}
+
+/* Pass 2 over units [lo, hi): y = affine(x) for the forward (dy NULL), dx for the backward.
+ * With `stream` (outputs larger than the cache) the pieces are written with non-temporal stores,
+ * in blocks from the last to the first (pieces ascending within a block, so the prefetcher keeps
+ * up): the output then does not evict the inputs from the cache, and the end of the inputs that
+ * pass 1 read last is still there when pass 2 starts. */
+static void FN(out_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
+                         nmx_index u0, nmx_index u1, nmx_index a, nmx_index b, const T *k) {
+    if (dy)
+        FN(dx_part)(dy, x, out, C, inner, u0, u1, a, b, k);
+    else
+        FN(affine_part)(x, out, C, inner, u0, u1, a, b, k);
+}
+
+static void FN(pass_out)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
+                         nmx_index lo, nmx_index hi, const T *k, int stream) {
+    nmx_index len = inner == 1 ? C : inner;
+    if (!stream) {
+        FN(out_part)(dy, x, out + lo * len, C, inner, lo, hi, 0, len, k);
+        return;
+    }
+    T tmp[NMX_PIECE];
+    if (len <= NMX_PIECE) {
+        nmx_index per = NMX_PIECE / len, block = per * NMX_PIECES_PER_BLOCK;
+        for (nmx_index end = hi; end > lo;) {
+            nmx_index start = end - lo > block ? end - block : lo;
+            for (nmx_index u0 = start; u0 < end; u0 += per) {
+                nmx_index u1 = end - u0 > per ? u0 + per : end;
+                FN(out_part)(dy, x, tmp, C, inner, u0, u1, 0, len, k);
+                nmx_stream(out + u0 * len, tmp, sizeof(T) * (size_t)((u1 - u0) * len));
+            }
+            end = start;
+        }
+    } else {
+        for (nmx_index u = hi; u-- > lo;)
+            for (nmx_index a = 0; a < len; a += NMX_PIECE) {
+                nmx_index b = len - a > NMX_PIECE ? a + NMX_PIECE : len;
+                FN(out_part)(dy, x, tmp, C, inner, u, u + 1, a, b, k);
+                nmx_stream(out + u * len + a, tmp, sizeof(T) * (size_t)(b - a));
+            }
+    }
+    nmx_stream_fence();
 }
 
 /* Add the partial sums of channels [c0, c1) of threads 1.. into thread 0's slice (slices of
@@ -197,13 +300,34 @@ static inline void FN(fold_parts)(nmx_index c0, nmx_index c1, double *restrict a
     }
 }
 
+/* Fold the team's partial sums of channels [c0, c1) into acc[c], acc[C + c], and recompute in
+ * double any rows-path channel whose blocked sums are not finite. */
+static void FN(gather_stats)(nmx_index c0, nmx_index c1, double *acc, int team, nmx_index C,
+                             const T *x, nmx_index outer, nmx_index inner) {
+    FN(fold_parts)(c0, c1, acc, team, C);
+    if (inner != 1) return;
+    for (nmx_index c = c0; c < c1; c++)
+        if (!isfinite(acc[c]) || !isfinite(acc[C + c]))
+            FN(stats_repair)(x, outer, C, c, acc + c, acc + C + c);
+}
+
+static void FN(gather_grad)(nmx_index c0, nmx_index c1, double *acc, int team, nmx_index C,
+                            const T *dy, const T *x, const double *mean, nmx_index outer,
+                            nmx_index inner) {
+    FN(fold_parts)(c0, c1, acc, team, C);
+    if (inner != 1) return;
+    for (nmx_index c = c0; c < c1; c++)
+        if (!isfinite(acc[c]) || !isfinite(acc[C + c]))
+            FN(grad_repair)(dy, x, outer, C, c, mean[c], acc + c, acc + C + c);
+}
+
 /* Finish channels [c0, c1) of the training forward from the team's partial sums (team slices
  * of 2 * C doubles in acc): batch mean and invstd, running statistics, and the constants k of
  * the affine pass (mh, ml, sc, sh; C each). Branch-free loops over restrict pointers so the
  * divisions and square roots vectorize: they cost more than a small batch's arithmetic. The
  * variance of channel c is parked in acc[c], which only this call reads after the sums. */
 NMX_CLONES static void FN(train_finish)(nmx_index c0, nmx_index c1, double *restrict acc,
-                                        int team, nmx_index n, const T *restrict x, nmx_index C,
+                                        nmx_index n, const T *restrict x, nmx_index C,
                                         nmx_index inner, const T *restrict gamma,
                                         const T *restrict beta, double *restrict mean,
                                         double *restrict invstd, T *restrict rmean,
@@ -212,7 +336,6 @@ NMX_CLONES static void FN(train_finish)(nmx_index c0, nmx_index c1, double *rest
     double inv_n = 1.0 / (double)n, keep = 1.0 - momentum;
     double bessel = n > 1 ? (double)n / (double)(n - 1) : 1.0;
     T *restrict mh = k, *restrict ml = k + C, *restrict sc = k + 2 * C, *restrict sh = k + 3 * C;
-    FN(fold_parts)(c0, c1, acc, team, C);
     for (nmx_index c = c0; c < c1; c++) {
         double s1 = acc[c], s2 = acc[C + c];
         double dm = s1 * inv_n, var = (s2 - s1 * dm) * inv_n;
@@ -243,16 +366,17 @@ int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
                      double momentum, double eps) {
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
-    int nt = nmx_threads_for(n * C);
+    int nt = nmx_threads_for(n * C), stream = nmx_should_stream(sizeof(T) * n * C);
     NMX_SCRATCH(scratch, C, nt, 4);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
     if (nt == 1) { /* no OpenMP runtime calls at all: they dominate a (32, 64) batch */
         memset(acc, 0, sizeof(double) * 2 * (size_t)C);
         FN(pass_stats)(x, C, inner, 0, units, acc, acc + C);
-        FN(train_finish)(0, C, acc, 1, n, x, C, inner, gamma, beta, mean, invstd, rmean, rvar,
+        FN(gather_stats)(0, C, acc, 1, C, x, outer, inner);
+        FN(train_finish)(0, C, acc, n, x, C, inner, gamma, beta, mean, invstd, rmean, rvar,
                          momentum, eps, k);
-        FN(pass_affine)(x, y, C, inner, 0, units, k);
+        FN(pass_out)(NULL, x, y, C, inner, 0, units, k, stream);
         nmx_scratch_free(&scratch);
         return 0;
     }
@@ -264,10 +388,11 @@ int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
         memset(s1, 0, sizeof(double) * 2 * (size_t)C);
         FN(pass_stats)(x, C, inner, lo, hi, s1, s2);
 #pragma omp barrier
-        FN(train_finish)(C * t / team, C * (t + 1) / team, acc, team, n, x, C, inner, gamma,
+        FN(gather_stats)(C * t / team, C * (t + 1) / team, acc, team, C, x, outer, inner);
+        FN(train_finish)(C * t / team, C * (t + 1) / team, acc, n, x, C, inner, gamma,
                          beta, mean, invstd, rmean, rvar, momentum, eps, k);
 #pragma omp barrier
-        FN(pass_affine)(x, y, C, inner, lo, hi, k);
+        FN(pass_out)(NULL, x, y, C, inner, lo, hi, k, stream);
     }
     nmx_scratch_free(&scratch);
     return 0;
@@ -285,14 +410,14 @@ int FN(nmx_bn_infer)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
         k[2 * C + c] = (T)((gamma ? (double)gamma[c] : 1.0) / sqrt((double)rvar[c] + eps));
         k[3 * C + c] = beta ? beta[c] : (T)0;
     }
-    int nt = nmx_threads_for(n * C);
+    int nt = nmx_threads_for(n * C), stream = nmx_should_stream(sizeof(T) * n * C);
     if (nt == 1) {
-        FN(pass_affine)(x, y, C, inner, 0, units, k);
+        FN(pass_out)(NULL, x, y, C, inner, 0, units, k, stream);
     } else {
 #pragma omp parallel num_threads(nt)
         {
             int t = omp_get_thread_num(), team = omp_get_num_threads();
-            FN(pass_affine)(x, y, C, inner, units * t / team, units * (t + 1) / team, k);
+            FN(pass_out)(NULL, x, y, C, inner, units * t / team, units * (t + 1) / team, k, stream);
         }
     }
     nmx_scratch_free(&scratch);
@@ -300,9 +425,9 @@ int FN(nmx_bn_infer)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
 }
 
 static void FN(pass_grad)(const T *dy, const T *x, nmx_index C, nmx_index inner, nmx_index lo,
-                          nmx_index hi, const double *mean, double *s1, double *s2) {
+                          nmx_index hi, const double *mean, const T *k, double *s1, double *s2) {
     if (inner == 1) {
-        FN(grad_rows)(dy + lo * C, x + lo * C, hi - lo, C, mean, s1, s2);
+        FN(grad_rows)(dy + lo * C, x + lo * C, hi - lo, C, k, k + C, mean, s1, s2);
         return;
     }
     for (nmx_index b = lo; b < hi; b++) {
@@ -311,37 +436,19 @@ static void FN(pass_grad)(const T *dy, const T *x, nmx_index C, nmx_index inner,
     }
 }
 
-static void FN(pass_dx)(const T *dy, const T *x, T *dx, nmx_index C, nmx_index inner,
-                        nmx_index lo, nmx_index hi, const T *k) {
-    if (inner == 1) {
-        FN(dx_rows)(dy + lo * C, x + lo * C, dx + lo * C, hi - lo, C, k);
-        return;
-    }
-    for (nmx_index b = lo; b < hi; b++) {
-        nmx_index c = b % C, o = b * inner;
-        FN(dx_run)(dy + o, x + o, dx + o, inner, k[c], k[C + c], k[2 * C + c], k[3 * C + c],
-                   k[4 * C + c]);
-    }
-}
-
-/* Finish channels [c0, c1) of the backward: dgamma, dbeta and the constants k of the dx pass
- * (mh, ml, gm = mean of dy, ga, gb; C each), branch-free as in train_finish. */
+/* Finish channels [c0, c1) of the backward: dgamma, dbeta and the constants of the dx pass in k
+ * (gm = mean of dy, ga, gb after mh and ml; C each), branch-free as in train_finish. */
 NMX_CLONES static void FN(grad_finish)(nmx_index c0, nmx_index c1, double *restrict acc,
-                                       int team, nmx_index n, nmx_index C,
-                                       const double *restrict mean,
+                                       nmx_index n, nmx_index C,
                                        const double *restrict invstd, const T *restrict gamma,
                                        T *restrict dgamma, T *restrict dbeta, T *restrict k) {
     double inv_n = 1.0 / (double)n;
-    T *restrict mh = k, *restrict ml = k + C, *restrict gm = k + 2 * C;
-    T *restrict ga = k + 3 * C, *restrict gb = k + 4 * C;
-    FN(fold_parts)(c0, c1, acc, team, C);
+    T *restrict gm = k + 2 * C, *restrict ga = k + 3 * C, *restrict gb = k + 4 * C;
     for (nmx_index c = c0; c < c1; c++) {
         double sdy = acc[c], sdx = acc[C + c];
         double is = invstd[c], g = gamma ? (double)gamma[c] : 1.0;
         if (dgamma) dgamma[c] = (T)(sdx * is);
         if (dbeta) dbeta[c] = (T)sdy;
-        mh[c] = (T)mean[c];
-        ml[c] = (T)(mean[c] - (double)mh[c]);
         gm[c] = (T)(sdy * inv_n);
         ga[c] = (T)(g * is);
         gb[c] = (T)(-g * is * is * is * sdx * inv_n);
@@ -353,15 +460,17 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
                         T *dgamma, T *dbeta) {
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
-    int nt = nmx_threads_for(n * C);
+    int nt = nmx_threads_for(n * C), stream = nmx_should_stream(sizeof(T) * n * C);
     NMX_SCRATCH(scratch, C, nt, 5);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
+    for (nmx_index c = 0; c < C; c++) FN(split_mean)(mean[c], k + c, k + C + c);
     if (nt == 1) {
         memset(acc, 0, sizeof(double) * 2 * (size_t)C);
-        FN(pass_grad)(dy, x, C, inner, 0, units, mean, acc, acc + C);
-        FN(grad_finish)(0, C, acc, 1, n, C, mean, invstd, gamma, dgamma, dbeta, k);
-        FN(pass_dx)(dy, x, dx, C, inner, 0, units, k);
+        FN(pass_grad)(dy, x, C, inner, 0, units, mean, k, acc, acc + C);
+        FN(gather_grad)(0, C, acc, 1, C, dy, x, mean, outer, inner);
+        FN(grad_finish)(0, C, acc, n, C, invstd, gamma, dgamma, dbeta, k);
+        FN(pass_out)(dy, x, dx, C, inner, 0, units, k, stream);
         nmx_scratch_free(&scratch);
         return 0;
     }
@@ -371,12 +480,13 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
         nmx_index lo = units * t / team, hi = units * (t + 1) / team;
         double *s1 = acc + (nmx_index)t * 2 * C, *s2 = s1 + C;
         memset(s1, 0, sizeof(double) * 2 * (size_t)C);
-        FN(pass_grad)(dy, x, C, inner, lo, hi, mean, s1, s2);
+        FN(pass_grad)(dy, x, C, inner, lo, hi, mean, k, s1, s2);
 #pragma omp barrier
-        FN(grad_finish)(C * t / team, C * (t + 1) / team, acc, team, n, C, mean, invstd, gamma,
+        FN(gather_grad)(C * t / team, C * (t + 1) / team, acc, team, C, dy, x, mean, outer, inner);
+        FN(grad_finish)(C * t / team, C * (t + 1) / team, acc, n, C, invstd, gamma,
                         dgamma, dbeta, k);
 #pragma omp barrier
-        FN(pass_dx)(dy, x, dx, C, inner, lo, hi, k);
+        FN(pass_out)(dy, x, dx, C, inner, lo, hi, k, stream);
     }
     nmx_scratch_free(&scratch);
     return 0;

@@ -26,45 +26,70 @@ static inline __attribute__((always_inline)) T NM(row_max)(const T *z, nmx_index
         for (nmx_index j = 1; j < n; j++) m = z[j] > m ? z[j] : m;
         return m;
     }
-    VT mv = NM(vload)(z);
-    for (nmx_index j = LANES; j + LANES <= n; j += LANES) {
+    /* Four independent maxima hide the compare latency. */
+    VT m0 = NM(vload)(z), m1 = m0, m2 = m0, m3 = m0;
+    nmx_index j = LANES;
+    for (; j + 4 * LANES <= n; j += 4 * LANES) {
+        VT v0 = NM(vload)(z + j), v1 = NM(vload)(z + j + LANES);
+        VT v2 = NM(vload)(z + j + 2 * LANES), v3 = NM(vload)(z + j + 3 * LANES);
+        m0 = NMX_VSEL(VT, VI, v0 > m0, v0, m0);
+        m1 = NMX_VSEL(VT, VI, v1 > m1, v1, m1);
+        m2 = NMX_VSEL(VT, VI, v2 > m2, v2, m2);
+        m3 = NMX_VSEL(VT, VI, v3 > m3, v3, m3);
+    }
+    for (; j + LANES <= n; j += LANES) {
         VT v = NM(vload)(z + j);
-        mv = NMX_VSEL(VT, VI, v > mv, v, mv);
+        m0 = NMX_VSEL(VT, VI, v > m0, v, m0);
     }
     VT v = NM(vload)(z + n - LANES); /* overlapping tail: max is idempotent */
-    mv = NMX_VSEL(VT, VI, v > mv, v, mv);
-    for (int k = 0; k < LANES; k++) m = mv[k] > m ? mv[k] : m;
+    m0 = NMX_VSEL(VT, VI, v > m0, v, m0);
+    m1 = NMX_VSEL(VT, VI, m2 > m1, m2, m1);
+    m0 = NMX_VSEL(VT, VI, m3 > m0, m3, m0);
+    m0 = NMX_VSEL(VT, VI, m1 > m0, m1, m0);
+    for (int k = 0; k < LANES; k++) m = m0[k] > m ? m0[k] : m;
     return m;
 }
 
 /* One vector: e = exp(z - m) (stored if `store`); ties with the maximum are counted, the other
- * exponentials summed in float64. */
-static inline __attribute__((always_inline)) void NM(exp_step)(const T *z, T m, T *e,
-                                                                nmx_vf64 *acc, VI *cnt,
-                                                                int store) {
+ * exponentials added to `part`. */
+static inline __attribute__((always_inline)) void NM(exp_step)(const T *z, VT m, T *e, VT *part,
+                                                                VI *cnt, int store) {
     const VT zero = {0};
     VT t = NM(vload)(z) - m;
     VT ev = NMX_CAT(nmx_vexp, SFX)(t);
     if (store) memcpy(e, &ev, sizeof ev);
     VI tie = t == 0;
-    NMX_CAT(nmx_vacc, SFX)(acc, NMX_VSEL(VT, VI, tie, zero, ev));
+    *part += NMX_VSEL(VT, VI, tie, zero, ev);
     *cnt -= tie; /* a true comparison is -1 */
 }
 
 /* s = sum of exp(z_j - m) over every entry but one maximum; exp(z_j - m) stored in e if store.
- * The tail is padded with -inf, whose exponential is exactly 0. */
+ * Partial sums run in T over chunks of NMX_CHUNK vectors (at most NMX_CHUNK terms per lane, so
+ * float32 rounding stays below 1e-6 relative) and are then added in float64; widening every
+ * vector instead costs as much as the exponential. The tail is padded with -inf (exp = 0). */
+#ifndef NMX_CHUNK
+#define NMX_CHUNK 16
+#endif
 static inline __attribute__((always_inline)) double NM(row_sum)(const T *z, nmx_index n, T m, T *e,
                                                                  int store) {
     nmx_vf64 acc[2] = {{0}, {0}};
     VI cnt = {0};
+    const VT mv = (VT){0} + m;
     nmx_index j = 0;
-    for (; j + LANES <= n; j += LANES)
-        NM(exp_step)(z + j, m, store ? e + j : NULL, acc, &cnt, store);
+    while (j + LANES <= n) {
+        VT part = {0};
+        nmx_index stop = n - j > NMX_CHUNK * LANES ? j + NMX_CHUNK * LANES : n;
+        for (; j + LANES <= stop; j += LANES)
+            NM(exp_step)(z + j, mv, store ? e + j : NULL, &part, &cnt, store);
+        NMX_CAT(nmx_vacc, SFX)(acc, part);
+    }
     if (j < n) {
         T zb[LANES], eb[LANES];
+        VT part = {0};
         for (int k = 0; k < LANES; k++) zb[k] = -(T)INFINITY;
         memcpy(zb, z + j, (size_t)(n - j) * sizeof(T));
-        NM(exp_step)(zb, m, eb, acc, &cnt, 1);
+        NM(exp_step)(zb, mv, eb, &part, &cnt, 1);
+        NMX_CAT(nmx_vacc, SFX)(acc, part);
         if (store) memcpy(e + j, eb, (size_t)(n - j) * sizeof(T));
     }
     double s = 0.0;
@@ -95,8 +120,8 @@ static inline __attribute__((always_inline)) void NM(softmax_row)(const T *z, T 
     T m = NM(row_max)(z, n);
     if (log_) {
         /* (z - max) - log1p(s), in that order: z - max is exact, so a tie near 3e29 keeps log 2. */
-        double lse = log1p(NM(row_sum)(z, n, m, NULL, 0));
-        for (nmx_index j = 0; j < n; j++) out[j] = (T)(((double)z[j] - (double)m) - lse);
+        T lse = (T)log1p(NM(row_sum)(z, n, m, out, 1)); /* out is overwritten below */
+        for (nmx_index j = 0; j < n; j++) out[j] = (z[j] - m) - lse;
     } else {
         T inv = (T)(1.0 / (1.0 + NM(row_sum)(z, n, m, out, 1)));
         for (nmx_index j = 0; j < n; j++) out[j] *= inv;
@@ -177,43 +202,78 @@ static inline __attribute__((always_inline)) double NM(xent_prob_row)(const T *z
 /* ------------------------------------------------------- column blocks (inner > 1) */
 /* zb points at (o, 0, i0); class c of column i is zb[c * inner + i], for i < nb. */
 
+/* Column maxima of a block; with pk, also a packed copy (classes x nb, contiguous) of the block.
+ * Class rows of the block are `inner` apart: with a power-of-two inner (say 4096 floats) they
+ * all map to the same few cache sets, and the hardware prefetcher does not cross the 4 KiB
+ * pages they lie on. Packing once and prefetching a few classes ahead avoids both. */
 static inline __attribute__((always_inline)) void NM(block_max)(const T *zb, nmx_index n,
                                                                 nmx_index inner, nmx_index nb,
-                                                                T *m) {
+                                                                T *m, T *pk) {
     for (nmx_index i = 0; i < nb; i++) m[i] = zb[i];
-    for (nmx_index c = 1; c < n; c++) {
-        const T *zr = zb + c * inner;
-        for (nmx_index i = 0; i < nb; i++) m[i] = zr[i] > m[i] ? zr[i] : m[i];
-    }
-}
-
-static inline __attribute__((always_inline)) void NM(block_sum)(const T *zb, T *eb, nmx_index n,
-                                                                nmx_index inner, nmx_index nb,
-                                                                const T *m, double *s, int store) {
-    double cnt[NMX_BLOCK_MAX];
-    for (nmx_index i = 0; i < nb; i++) s[i] = cnt[i] = 0.0;
     for (nmx_index c = 0; c < n; c++) {
         const T *zr = zb + c * inner;
-        T *er = store ? eb + c * inner : NULL;
-        for (nmx_index i = 0; i < nb; i++) {
-            T t = zr[i] - m[i];
-            T e = EXP(t);
-            if (store) er[i] = e;
-            s[i] += t == 0 ? 0.0 : (double)e;
-            cnt[i] += t == 0 ? 1.0 : 0.0;
-        }
+        if (c + NMX_PREFETCH < n)
+            for (nmx_index i = 0; i < nb; i += 64 / (nmx_index)sizeof(T))
+                __builtin_prefetch(zr + NMX_PREFETCH * inner + i);
+        for (nmx_index i = 0; i < nb; i++) m[i] = zr[i] > m[i] ? zr[i] : m[i];
+        if (pk) memcpy(pk + c * nb, zr, (size_t)nb * sizeof(T));
     }
-    for (nmx_index i = 0; i < nb; i++) s[i] += cnt[i] - 1.0;
 }
 
-static inline __attribute__((always_inline)) void NM(softmax_block)(const T *zb, T *ob, nmx_index n,
-                                                                    nmx_index inner, nmx_index nb,
-                                                                    int log_) {
+/* s per column, as row_sum, of the block zb whose class rows are `inner` apart; exp(z - m) is
+ * stored in eb (same layout, may be zb itself). The first nb / LANES * LANES columns run
+ * as vectors (partial sums in T over NMX_CHUNK classes, then float64), the rest as scalars. */
+static inline __attribute__((always_inline)) void NM(block_sum)(const T *zb, T *eb, nmx_index n,
+                                                                nmx_index inner, nmx_index nb,
+                                                                const T *m, double *s) {
+    enum { NV = NMX_BLOCK_MAX / LANES };
+    nmx_index nv = nb / LANES, nvl = nv * LANES;
+    nmx_vf64 acc[2 * NV];
+    VT part[NV], mv[NV];
+    VI cnt[NV];
+    for (nmx_index v = 0; v < nv; v++) {
+        acc[2 * v] = acc[2 * v + 1] = (nmx_vf64){0};
+        cnt[v] = (VI){0};
+        mv[v] = NM(vload)(m + v * LANES);
+    }
+    for (nmx_index c0 = 0; c0 < n; c0 += NMX_CHUNK) {
+        nmx_index c1 = n - c0 > NMX_CHUNK ? c0 + NMX_CHUNK : n;
+        for (nmx_index v = 0; v < nv; v++) part[v] = (VT){0};
+        for (nmx_index c = c0; c < c1; c++)
+            for (nmx_index v = 0; v < nv; v++)
+                NM(exp_step)(zb + c * inner + v * LANES, mv[v], eb + c * inner + v * LANES,
+                             &part[v], &cnt[v], 1);
+        for (nmx_index v = 0; v < nv; v++) NMX_CAT(nmx_vacc, SFX)(&acc[2 * v], part[v]);
+    }
+    for (nmx_index v = 0; v < nv; v++)
+        for (int k = 0; k < LANES; k++)
+            s[v * LANES + k] = (k < 8 ? acc[2 * v][k] : acc[2 * v + 1][k - 8]) + (double)(cnt[v][k] - 1);
+    double cnts[LANES];
+    for (nmx_index i = nvl; i < nb; i++) s[i] = cnts[i - nvl] = 0.0;
+    for (nmx_index c = 0; c < n && nvl < nb; c++) {
+        const T *zr = zb + c * inner;
+        T *er = eb + c * inner;
+        for (nmx_index i = nvl; i < nb; i++) {
+            T t = zr[i] - m[i];
+            T e = EXP(t);
+            er[i] = e;
+            s[i] += t == 0 ? 0.0 : (double)e;
+            cnts[i - nvl] += t == 0 ? 1.0 : 0.0;
+        }
+    }
+    for (nmx_index i = nvl; i < nb; i++) s[i] += cnts[i - nvl] - 1.0;
+}
+
+static inline __attribute__((always_inline)) void NM(softmax_block)(const T *zb, T *ob, T *pk,
+                                                                    nmx_index n, nmx_index inner,
+                                                                    nmx_index nb, int log_) {
     T m[NMX_BLOCK_MAX];
     double s[NMX_BLOCK_MAX];
-    NM(block_max)(zb, n, inner, nb, m);
-    NM(block_sum)(zb, ob, n, inner, nb, m, s, !log_);
-    if (log_) {
+    NM(block_max)(zb, n, inner, nb, m, pk);
+    nmx_index ws = pk ? nb : inner;
+    T *we = pk ? pk : ob;
+    NM(block_sum)(pk ? pk : zb, we, n, ws, nb, m, s);
+    if (log_) { /* exp was stored only to keep one code path; z is read again */
         for (nmx_index i = 0; i < nb; i++) s[i] = log1p(s[i]);
         for (nmx_index c = 0; c < n; c++)
             for (nmx_index i = 0; i < nb; i++)
@@ -222,7 +282,7 @@ static inline __attribute__((always_inline)) void NM(softmax_block)(const T *zb,
         T inv[NMX_BLOCK_MAX];
         for (nmx_index i = 0; i < nb; i++) inv[i] = (T)(1.0 / (1.0 + s[i]));
         for (nmx_index c = 0; c < n; c++)
-            for (nmx_index i = 0; i < nb; i++) ob[c * inner + i] *= inv[i];
+            for (nmx_index i = 0; i < nb; i++) ob[c * inner + i] = we[c * ws + i] * inv[i];
     }
 }
 
@@ -248,73 +308,94 @@ static inline void NM(zero_column)(T *db, nmx_index n, nmx_index inner, nmx_inde
     for (nmx_index c = 0; c < n; c++) db[c * inner + i] = 0;
 }
 
-static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, T *db,
+/* Per-column weights sum_c a_ci and sum_c a_ci (z_ci - m_i) of the smoothing / probability
+ * terms (the label term is added by the caller). wz holds z with class rows ws apart. */
+static inline void NM(block_coeffs)(const T *wz, nmx_index ws, const T *qb, nmx_index inner,
+                                    nmx_index nb, const T *m, const nmx_xent_args *a,
+                                    double *big_a, double *at) {
+    nmx_index n = a->classes;
+    double ec = a->eps / (double)n, keep = 1.0 - a->eps;
+    for (nmx_index i = 0; i < nb; i++) big_a[i] = at[i] = 0.0;
+    if (!qb && a->eps == 0.0) return;
+    for (nmx_index c = 0; c < n; c++) {
+        double wc = a->weight ? a->weight[c] : 1.0;
+        for (nmx_index i = 0; i < nb; i++) {
+            double ac = wc * (qb ? keep * (double)qb[c * inner + i] + ec : ec);
+            big_a[i] += ac;
+            at[i] += ac * ((double)wz[c * ws + i] - (double)m[i]);
+        }
+    }
+}
+
+static inline int NM(ignored)(const nmx_xent_args *a, int64_t y) {
+    return (a->has_ignore && y == a->ignore) || y < 0 || y >= a->classes;
+}
+
+static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, T *db, T *pk,
                                                                    const nmx_xent_args *a,
                                                                    nmx_index o, nmx_index i0,
                                                                    nmx_index nb) {
     nmx_index n = a->classes, inner = a->inner, col0 = o * inner + i0;
-    T m[NMX_BLOCK_MAX], alpha[NMX_BLOCK_MAX];
+    T m[NMX_BLOCK_MAX], alpha[NMX_BLOCK_MAX], ty[NMX_BLOCK_MAX];
     double s[NMX_BLOCK_MAX], big_a[NMX_BLOCK_MAX], at[NMX_BLOCK_MAX];
-    NM(block_max)(zb, n, inner, nb, m);
-    NM(block_sum)(zb, db, n, inner, nb, m, s, 1);
-    double ec = a->eps / (double)n, keep = 1.0 - a->eps, sc = a->scale, total = 0.0;
     const T *qb = a->probs ? (const T *)a->probs + o * n * inner + i0 : NULL;
-    /* at[i] = sum_c a_ci (z_ci - m_i) and big_a[i] = sum_c a_ci, without the label term. */
-    for (nmx_index i = 0; i < nb; i++) big_a[i] = at[i] = 0.0;
-    if (qb || a->eps != 0.0)
-        for (nmx_index c = 0; c < n; c++) {
-            double wc = a->weight ? a->weight[c] : 1.0;
-            for (nmx_index i = 0; i < nb; i++) {
-                double ac = wc * (qb ? keep * (double)qb[c * inner + i] + ec : ec);
-                big_a[i] += ac;
-                at[i] += ac * ((double)zb[c * inner + i] - (double)m[i]);
-            }
-        }
+    NM(block_max)(zb, n, inner, nb, m, pk);
+    const T *wz = pk ? pk : zb; /* z values, class rows ws apart */
+    nmx_index ws = pk ? nb : inner;
+    T *we = pk ? pk : db; /* exp(z - m), same layout as wz (overwrites the packed copy) */
+    NM(block_coeffs)(wz, ws, qb, inner, nb, m, a, big_a, at);
+    for (nmx_index i = 0; i < nb && !qb; i++) {
+        int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
+        ty[i] = NM(ignored)(a, y) ? 0 : wz[y * ws + i] - m[i];
+    }
+    NM(block_sum)(wz, we, n, ws, nb, m, s);
+    double keep = 1.0 - a->eps, sc = a->scale, ec = a->eps / (double)n, total = 0.0;
     for (nmx_index i = 0; i < nb; i++) {
-        double loss = 0.0;
-        if (qb) {
-            loss = big_a[i] * log1p(s[i]) - at[i];
-        } else {
+        double lse = log1p(s[i]), loss = 0.0;
+        alpha[i] = 0;
+        if (!qb) {
             int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
-            if ((a->has_ignore && y == a->ignore) || y < 0 || y >= n) {
-                alpha[i] = 0;
-                if (a->loss) ((T *)a->loss)[col0 + i] = 0;
-                continue;
+            if (!NM(ignored)(a, y)) {
+                double wy = a->weight ? a->weight[y] : 1.0;
+                big_a[i] += keep * wy;
+                loss = big_a[i] * lse - at[i] - keep * wy * (double)ty[i];
+                alpha[i] = (T)(sc * big_a[i] / (1.0 + s[i]));
             }
-            double wy = a->weight ? a->weight[y] : 1.0;
-            double ty = (double)zb[y * inner + i] - (double)m[i];
-            big_a[i] += keep * wy;
-            loss = big_a[i] * log1p(s[i]) - at[i] - keep * wy * ty;
+        } else {
+            loss = big_a[i] * lse - at[i];
+            alpha[i] = (T)(sc * big_a[i] / (1.0 + s[i]));
         }
-        alpha[i] = (T)(sc * big_a[i] / (1.0 + s[i]));
         if (a->loss) ((T *)a->loss)[col0 + i] = (T)loss;
         total += loss;
     }
     for (nmx_index c = 0; c < n; c++) {
         double wc = a->weight ? a->weight[c] : 1.0;
         T *dr = db + c * inner;
+        const T *er = we + c * ws;
         if (qb)
             for (nmx_index i = 0; i < nb; i++)
-                dr[i] = alpha[i] * dr[i] - (T)(sc * wc * (keep * (double)qb[c * inner + i] + ec));
+                dr[i] = alpha[i] * er[i] - (T)(sc * wc * (keep * (double)qb[c * inner + i] + ec));
         else if (a->eps != 0.0)
-            for (nmx_index i = 0; i < nb; i++) dr[i] = alpha[i] * dr[i] - (T)(sc * wc * ec);
+            for (nmx_index i = 0; i < nb; i++) dr[i] = alpha[i] * er[i] - (T)(sc * wc * ec);
         else
-            for (nmx_index i = 0; i < nb; i++) dr[i] *= alpha[i];
+            for (nmx_index i = 0; i < nb; i++) dr[i] = alpha[i] * er[i];
+        if (c + NMX_PREFETCH < n) /* the strided dz rows: fetch for writing ahead of time */
+            for (nmx_index i = 0; i < nb; i += 64 / (nmx_index)sizeof(T))
+                __builtin_prefetch(dr + NMX_PREFETCH * inner + i, 1);
     }
-    if (!qb)
-        for (nmx_index i = 0; i < nb; i++) {
-            int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
-            if ((a->has_ignore && y == a->ignore) || y < 0 || y >= n) {
-                NM(zero_column)(db, n, inner, i);
-                continue;
-            }
-            double wy = a->weight ? a->weight[y] : 1.0;
-            T *dy = db + y * inner + i;
-            if (a->eps == 0.0)
-                *dy = (T)(sc * wy * NM(p_minus_one)(zb[y * inner + i] - m[i], s[i]));
-            else
-                *dy -= (T)(sc * keep * wy);
+    for (nmx_index i = 0; i < nb && !qb; i++) {
+        int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
+        if (NM(ignored)(a, y)) {
+            NM(zero_column)(db, n, inner, i);
+            continue;
         }
+        double wy = a->weight ? a->weight[y] : 1.0;
+        T *dy = db + y * inner + i;
+        if (a->eps == 0.0)
+            *dy = (T)(sc * wy * NM(p_minus_one)(ty[i], s[i]));
+        else
+            *dy -= (T)(sc * keep * wy);
+    }
     return total;
 }
 
@@ -333,6 +414,11 @@ typedef struct {
  * give AVX-512 / AVX2+FMA code on CPUs that have it without -march=native. */
 NMX_CLONES static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
     double total = 0.0;
+    /* Packed copy of one column block (forward kernels with inner > 1); without memory the
+     * kernels work in place on the strided block, slower but identical. */
+    T *pk = NULL;
+    if (jb->inner > 1 && jb->kind != NMX_BWD && jb->kind != NMX_BWD_LOG && t1 > t0)
+        pk = malloc((size_t)(jb->n * jb->cols) * sizeof(T));
     nmx_index n = jb->n, inner = jb->inner;
     const nmx_xent_args *a = jb->a;
     for (nmx_index t = t0; t < t1; t++) {
@@ -349,7 +435,7 @@ NMX_CLONES static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_ind
             if (a->loss) ((T *)a->loss)[o] = (T)loss;
             total += loss;
         } else if (jb->kind == NMX_XENT) {
-            total += NM(xent_block)(x, out, a, o, i0, nb);
+            total += NM(xent_block)(x, out, pk, a, o, i0, nb);
         } else if (jb->kind == NMX_BWD || jb->kind == NMX_BWD_LOG) {
             int lg = jb->kind == NMX_BWD_LOG;
             if (inner == 1)
@@ -359,9 +445,10 @@ NMX_CLONES static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_ind
         } else if (inner == 1) {
             NM(softmax_row)(x, out, n, jb->kind == NMX_LOG_SOFTMAX);
         } else {
-            NM(softmax_block)(x, out, n, inner, nb, jb->kind == NMX_LOG_SOFTMAX);
+            NM(softmax_block)(x, out, pk, n, inner, nb, jb->kind == NMX_LOG_SOFTMAX);
         }
     }
+    free(pk);
     return total;
 }
 

@@ -284,3 +284,48 @@ def test_thread_count_does_not_change_the_answer_much(backend, threads, rng):
     y_ref, *_ = reference_train(x, 1, gamma, beta)
     assert_close(y, y_ref, np.float64)
     assert np.abs(dx).max() < 1e-9
+
+
+@pytest.mark.parametrize("layout", ["NC-odd", "rows-parallel", "NHWC"])
+def test_float32_sums_do_not_overflow(backend, layout, rng):
+    """float32 values near 1e20 square past float32's range; the sums must still be right."""
+    shape, axis = LAYOUTS[layout]
+    x = (rng.standard_normal(shape) * 1e20).astype(np.float32)
+    dy = (rng.standard_normal(shape) * 1e20).astype(np.float32)
+    c = shape[axis]
+    gamma, beta = np.ones(c, np.float32), np.zeros(c, np.float32)
+    y, cache = normax.batch_norm_train(x, gamma, beta, axis=axis)
+    y_ref, *_ = reference_train(x, axis, gamma, beta)
+    assert_close(y, y_ref, np.float32)
+    dx, dgamma, _ = normax.batch_norm_backward(dy, cache)
+    dx_ref, dg_ref, _ = ref.backward(dy, x, axis % x.ndim, cache.mean, cache.invstd, gamma, None)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4 * np.abs(dx_ref).max())
+    np.testing.assert_allclose(dgamma, dg_ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", [((5000, 2048), 1), ((64, 41, 4000), 1)])
+def test_outputs_larger_than_the_cache(case, rng):
+    """Outputs above the last-level cache go through the streamed path of the C kernels, here
+    into an `out` 4 bytes off 16-byte alignment."""
+    if "c" not in normax.available_backends():
+        pytest.skip("C backend not built")
+    shape, axis = case
+    x = rng.standard_normal(shape, dtype=np.float32)
+    c = shape[axis]
+    gamma = rng.standard_normal(c).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    dy = rng.standard_normal(shape, dtype=np.float32)
+    out = np.empty(x.size + 1, np.float32)[1:].reshape(shape)
+    previous = normax.get_backend()
+    try:
+        normax.set_backend("c")
+        y, cache = normax.batch_norm_train(x, gamma, beta, axis=axis, out=out)
+        dx, _, _ = normax.batch_norm_backward(dy, cache, out=np.empty_like(x))
+        yi = normax.batch_norm_infer(x, gamma, beta, cache.mean, 1 / cache.invstd**2 - 1e-5)
+    finally:
+        normax.set_backend(previous)
+    y_ref, mean, invstd = ref.train(x, axis, gamma, beta, None, None, 0.1, 1e-5, None)
+    dx_ref, _, _ = ref.backward(dy, x, axis, mean, invstd, gamma, None)
+    assert_close(y, y_ref, np.float32)
+    assert_close(yi, y_ref, np.float32, scale=5)
+    assert_close(dx, dx_ref, np.float32)

@@ -76,3 +76,8 @@ def test_demo_command_prints_epochs_and_final_accuracy(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert sum(line.startswith("epoch") for line in out) == 2
     assert re.fullmatch(r"held-out accuracy: \d{1,3}\.\d%", out[-1])
+
+
+def test_demo_command_rejects_bad_options(capsys):
+    assert main(["demo", "--lr", "-1", "--no-progress"]) == 2
+    assert "params['lr'] must be a finite number > 0" in capsys.readouterr().err

@@ -34,18 +34,50 @@ _CHUNK = (intp, intp)  # lo, hi: a range of rows (inner == 1) or of (outer, C) r
 
 
 @nb.njit(
+    _sigs(lambda t: void(t[:, ::1], float64[:, ::1], intp, *_CHUNK)),
+    cache=True,
+    fastmath=_REASSOC,
+)
+def _stats_rows(x, acc, k, lo, hi):  # pragma: no cover - compiled
+    """Rows [lo, hi) of an (outer, C) view: blocks of four rows summed in the input dtype, the
+    block sums added in float64 (as in the C kernel; _train_finish repairs an overflow)."""
+    C = x.shape[1]
+    r = lo
+    while r + 4 <= hi:
+        for c in range(C):
+            p = x[0, c]
+            d0, d1, d2, d3 = x[r, c] - p, x[r + 1, c] - p, x[r + 2, c] - p, x[r + 3, c] - p
+            acc[k, c] += np.float64((d0 + d1) + (d2 + d3))
+            acc[k, C + c] += np.float64((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+        r += 4
+    for rr in range(r, hi):
+        for c in range(C):
+            d = np.float64(x[rr, c]) - np.float64(x[0, c])
+            acc[k, c] += d
+            acc[k, C + c] += d * d
+
+
+@nb.njit(_sigs(lambda t: void(t[:, ::1], intp, float64[::1])), cache=True)
+def _stats_repair(x, c, out):  # pragma: no cover - compiled
+    """Channel c of an (outer, C) view summed in float64, element by element."""
+    p = np.float64(x[0, c])
+    out[0] = 0.0
+    out[1] = 0.0
+    for r in range(x.shape[0]):
+        d = np.float64(x[r, c]) - p
+        out[0] += d
+        out[1] += d * d
+
+
+@nb.njit(
     _sigs(lambda t: void(t[:, :, ::1], float64[:, ::1], intp, *_CHUNK)),
     cache=True,
     fastmath=_REASSOC,
 )
 def _stats_chunk(x, acc, k, lo, hi):  # pragma: no cover - compiled
-    _, C, inner = x.shape
+    outer, C, inner = x.shape
     if inner == 1:
-        for r in range(lo, hi):
-            for c in range(C):
-                d = np.float64(x[r, c, 0]) - np.float64(x[0, c, 0])
-                acc[k, c] += d
-                acc[k, C + c] += d * d
+        _stats_rows(x.reshape((outer, C)), acc, k, lo, hi)
     else:
         for b in range(lo, hi):
             o, c = b // C, b % C
@@ -96,12 +128,16 @@ def _train_finish(
 ):  # pragma: no cover
     outer, C, inner = x.shape
     n = outer * inner
+    fix = np.empty(2)
     for c in range(C):
         s1 = 0.0
         s2 = 0.0
         for part in range(acc.shape[0]):
             s1 += acc[part, c]
             s2 += acc[part, C + c]
+        if inner == 1 and not (np.isfinite(s1) and np.isfinite(s2)):
+            _stats_repair(x.reshape((outer, C)), c, fix)
+            s1, s2 = fix[0], fix[1]
         dm = s1 / n
         var = (s2 - s1 * dm) / n
         if var < 0.0:  # rounding only; NaN stays NaN
@@ -121,11 +157,12 @@ def _train_finish(
 
 @nb.njit(_sigs(lambda t: void(t[:, :, ::1], t[:, ::1], t[:, :, ::1], *_CHUNK)), cache=True)
 def _affine_chunk(x, k, y, lo, hi):  # pragma: no cover - compiled
-    _, C, inner = x.shape
+    outer, C, inner = x.shape
     if inner == 1:
+        x2, y2 = x.reshape((outer, C)), y.reshape((outer, C))
         for r in range(lo, hi):
             for c in range(C):
-                y[r, c, 0] = ((x[r, c, 0] - k[0, c]) - k[1, c]) * k[2, c] + k[3, c]
+                y2[r, c] = ((x2[r, c] - k[0, c]) - k[1, c]) * k[2, c] + k[3, c]
     else:
         for b in range(lo, hi):
             o, c = b // C, b % C
@@ -148,18 +185,29 @@ def _affine(x, k, y, parts):  # pragma: no cover - compiled
 
 
 @nb.njit(
+    _sigs(lambda t: void(t[:, ::1], t[:, ::1], float64[::1], float64[:, ::1], intp, *_CHUNK)),
+    cache=True,
+    fastmath=_REASSOC,
+)
+def _grad_rows(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
+    """Rows [lo, hi) of (outer, C) views, in float64 (here that is as fast as blocking)."""
+    C = x.shape[1]
+    for r in range(lo, hi):
+        for c in range(C):
+            g = np.float64(dy[r, c])
+            acc[k, c] += g
+            acc[k, C + c] += g * (np.float64(x[r, c]) - mean[c])
+
+
+@nb.njit(
     _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1], intp, *_CHUNK)),
     cache=True,
     fastmath=_REASSOC,
 )
 def _grad_chunk(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
-    _, C, inner = x.shape
+    outer, C, inner = x.shape
     if inner == 1:
-        for r in range(lo, hi):
-            for c in range(C):
-                g = np.float64(dy[r, c, 0])
-                acc[k, c] += g
-                acc[k, C + c] += g * (np.float64(x[r, c, 0]) - mean[c])
+        _grad_rows(dy.reshape((outer, C)), x.reshape((outer, C)), mean, acc, k, lo, hi)
     else:
         for b in range(lo, hi):
             o, c = b // C, b % C
@@ -193,13 +241,14 @@ def _grad(dy, x, mean, acc):  # pragma: no cover - compiled
 @nb.njit(
     _sigs(
         lambda t: void(
-            float64[:, ::1], float64, float64[::1], float64[::1], t[::1], t[::1], t[::1], t[:, ::1]
+            t[:, :, ::1], float64[:, ::1], float64[::1], t[::1], t[::1], t[::1], t[:, ::1]
         )
     ),
     cache=True,
 )
-def _grad_finish(acc, n, mean, invstd, gamma, dgamma, dbeta, k):  # pragma: no cover - compiled
-    C = mean.shape[0]
+def _grad_finish(x, acc, invstd, gamma, dgamma, dbeta, k):  # pragma: no cover
+    outer, C, inner = x.shape
+    n = np.float64(outer * inner)
     for c in range(C):
         sdy = 0.0
         sdx = 0.0
@@ -210,8 +259,6 @@ def _grad_finish(acc, n, mean, invstd, gamma, dgamma, dbeta, k):  # pragma: no c
         g = np.float64(gamma[c])
         dgamma[c] = sdx * inv
         dbeta[c] = sdy
-        k[0, c] = mean[c]
-        k[1, c] = mean[c] - np.float64(k[0, c])
         k[2, c] = sdy / n
         k[3, c] = g * inv
         k[4, c] = -g * inv * inv * inv * sdx / n
@@ -221,12 +268,13 @@ def _grad_finish(acc, n, mean, invstd, gamma, dgamma, dbeta, k):  # pragma: no c
     _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], t[:, ::1], t[:, :, ::1], *_CHUNK)), cache=True
 )
 def _dx_chunk(dy, x, k, dx, lo, hi):  # pragma: no cover - compiled
-    _, C, inner = x.shape
+    outer, C, inner = x.shape
     if inner == 1:
+        g2, x2, o2 = dy.reshape((outer, C)), x.reshape((outer, C)), dx.reshape((outer, C))
         for r in range(lo, hi):
             for c in range(C):
-                xc = (x[r, c, 0] - k[0, c]) - k[1, c]
-                dx[r, c, 0] = (dy[r, c, 0] - k[2, c]) * k[3, c] + xc * k[4, c]
+                xc = (x2[r, c] - k[0, c]) - k[1, c]
+                o2[r, c] = (g2[r, c] - k[2, c]) * k[3, c] + xc * k[4, c]
     else:
         for b in range(lo, hi):
             o, c = b // C, b % C
@@ -323,19 +371,13 @@ def backward(dy, x, axis, mean, invstd, gamma, out):
     dy3 = dy.reshape(x3.shape)
     channels, dtype = x3.shape[1], x.dtype
     acc = np.zeros((_parts(x3), 2 * channels))
+    k = np.empty((5, channels), dtype)
+    k[0] = mean  # the mean as a head and a tail in the input dtype
+    k[1] = mean - k[0].astype(np.float64)
     _grad(dy3, x3, mean, acc)
     dgamma, dbeta = np.empty(channels, dtype), np.empty(channels, dtype)
-    k = np.empty((5, channels), dtype)
-    _grad_finish(
-        acc,
-        float(x3.shape[0] * x3.shape[2]),
-        mean,
-        invstd,
-        _or(gamma, 1.0, channels, dtype),
-        dgamma,
-        dbeta,
-        k,
-    )
+    gamma1 = _or(gamma, 1.0, channels, dtype)
+    _grad_finish(x3, acc, invstd, gamma1, dgamma, dbeta, k)
     _dx(dy3, x3, k, dx3, acc.shape[0])
     if gamma is None:
         return dx, None, None

@@ -271,6 +271,11 @@ def run(args) -> int:
         "layers": args.layers,
         "batch_size": args.batch_size,
     }
+    try:
+        config(params)
+    except (TypeError, ValueError) as exc:
+        print(f"normax demo: {exc}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     load_digits_split()
     print(

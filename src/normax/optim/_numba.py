@@ -87,6 +87,23 @@ def _flat(a):
     return a.reshape(-1)
 
 
+_SCRATCH: dict[tuple[str, int], np.ndarray] = {}
+
+
+def _placeholder(dtype: np.dtype, n: int, slot: int) -> np.ndarray:
+    """An array standing in for an unused state slot (the kernel never touches it).
+
+    It must not overlap any real array: LLVM vectorizes a loop behind a runtime check that the
+    written arrays do not overlap, and passing the parameter itself in an unused slot made that
+    check fail and the update run 5-10x slower, element by element. One buffer per slot, grown
+    with np.empty: its pages are never written, so they cost address space, not memory.
+    """
+    buf = _SCRATCH.get((dtype.str, slot))
+    if buf is None or buf.size < n:
+        buf = _SCRATCH[(dtype.str, slot)] = np.empty(max(n, 1), dtype)
+    return buf[:n]
+
+
 def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
     """Update every array of ``params`` in place (same signature as the C kernel)."""
     for k, p in enumerate(params):
@@ -94,9 +111,10 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
         t = p.dtype.type
         h = [t(x) for x in hyper]
         pf, gf = _flat(p), _flat(grads[k])
-        a = _flat(s0[k]) if s0 is not None else pf  # placeholder arrays are never touched
-        b = _flat(s1[k]) if s1 is not None else pf
-        c = _flat(s2[k]) if s2 is not None else pf
+        a, b, c = (
+            _flat(s[k]) if s is not None else _placeholder(p.dtype, p.size, j)
+            for j, s in enumerate((s0, s1, s2))
+        )
         if kind == SGD:
             _sgd[which](
                 pf,

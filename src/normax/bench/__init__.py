@@ -1,0 +1,255 @@
+"""``normax bench``: every normax kernel against NumPy and PyTorch CPU, on this machine.
+
+What runs
+---------
+Batch norm (training forward, inference forward, backward) in the (N, C), NCHW, NHWC and (C, m)
+layouts; softmax, log-softmax and the fused softmax cross-entropy with the class axis last and
+first; the fused Adam and SGD-with-momentum updates; and the per-trial overhead of a tuning study
+in SQLite and in memory. Shapes go from tiny (per-call overhead) to larger than the last-level
+cache (memory bandwidth), in float32 and float64. ``--quick`` (the default) runs a selection that
+covers every kernel and layout in under a minute on two cores; ``--full`` runs every shape.
+
+Contenders are every available normax backend (``c``, ``numba`` and ``numpy``, the NumPy
+reference that is the baseline of "vs NumPy") and PyTorch CPU when it is installed. A kernel
+family whose public function is missing from this installation is skipped with a note.
+
+Correctness first
+-----------------
+Before timing, each contender is set up and called once; its result is compared with the NumPy
+reference's by the normwise relative error ``max|a - b| / max|b|`` per output (tolerance 1e-4 in
+float32, where PyTorch accumulates in float32, and 1e-9 in float64). A contender that disagrees
+or raises is reported as FAILED, is not timed, and makes the command exit with status 1.
+
+Timing method
+-------------
+The same for every contender, with :func:`time.perf_counter` and the garbage collector off:
+
+1. warm-up: the checked first call (which includes any JIT compilation) and one more call are
+   not timed;
+2. calibration: the calls per sample double until a sample lasts at least ``sample_time``, so a
+   call of a few microseconds is timed over hundreds of calls and the Python loop around it costs
+   a few tens of nanoseconds per call, the same for every contender;
+3. sampling: contenders take turns, one sample each per round, so that drift on a shared machine
+   hits them alike, until each has ``min_samples`` samples and ``min_time`` seconds of them (or
+   ``max_time`` seconds, with at least 3 samples, for slow references);
+4. the figure is the median time per call; the spread is the interquartile range of the samples
+   over the median.
+
+Derived figures: speed-up = the baseline's median over this median (below 1 is shown with ▼ for
+a normax backend); effective GB/s = the kernel's minimum bytes moved (batch-norm forward
+3 x bytes(x), inference 2 x, backward 5 x; softmax and log-softmax 2 x; cross-entropy with its
+gradient 3 x bytes(logits); Adam 7 x bytes(params): read p, g, m, v and write p, m, v;
+SGD with momentum 5 x) over the median; roofline = that over the copy bandwidth measured in the
+same run by a parallel copy larger than the cache (:mod:`normax.bench.machine`).
+
+Threads: ``--threads N`` (default: every usable core) holds normax, Numba, PyTorch and NumPy's
+BLAS/OpenMP pools (via threadpoolctl) to N threads for the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from .harness import FAMILIES, SCHEMA, Config, plan, run_benchmarks
+from .report import check_results, plot, render
+
+__all__ = [
+    "FAMILIES",
+    "SCHEMA",
+    "Config",
+    "add_arguments",
+    "check_results",
+    "main",
+    "plan",
+    "render",
+    "run",
+    "run_benchmarks",
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``normax bench``."""
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="a selection covering every kernel and layout, < 1 min (default)",
+    )
+    mode.add_argument("--full", action="store_true", help="every shape and dtype")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="threads for normax, NumPy's BLAS and torch (default: all cores)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="write every figure to a JSON file")
+    parser.add_argument("--plot", metavar="FILE", help="write speed-up bars to a PNG (matplotlib)")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="one line per case (every median, then the C backend's figures)",
+    )
+    parser.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="do not run: print the tables of a results file (with --markdown / --compact)",
+    )
+    parser.add_argument(
+        "--family",
+        action="append",
+        choices=list(FAMILIES),
+        help="only this kernel family (repeatable)",
+    )
+    parser.add_argument(
+        "--size",
+        action="append",
+        choices=["tiny", "small", "medium", "large"],
+        help="only shapes of this size class, quick or not (repeatable)",
+    )
+    parser.add_argument(
+        "--dtype",
+        action="append",
+        choices=["float32", "float64"],
+        help="only this dtype (repeatable)",
+    )
+    parser.add_argument(
+        "--backend",
+        action="append",
+        choices=["c", "numba", "numpy"],
+        help="only this normax backend (repeatable; numpy always runs)",
+    )
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        metavar="S",
+        help="seconds of samples per contender (default 0.05 quick, 0.3 full)",
+    )
+    parser.add_argument(
+        "--probe-mib",
+        type=int,
+        metavar="MIB",
+        help="bandwidth probe array size (default: 4 x last-level cache)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--check",
+        metavar="FILE",
+        help="do not run: check that a results file is complete and that every "
+        "contender agreed (exit 1 if not)",
+    )
+    parser.add_argument(
+        "--allow-skipped",
+        action="store_true",
+        help="with --check: accept cases skipped for a missing kernel",
+    )
+
+
+def _config(args: argparse.Namespace, argv: list[str]) -> Config:
+    from .harness import FULL_POLICY, QUICK_POLICY
+    from .timing import TimingPolicy
+
+    policy = None
+    if args.min_time is not None:
+        base = FULL_POLICY if args.full else QUICK_POLICY
+        policy = TimingPolicy(
+            min_time=args.min_time,
+            sample_time=min(base.sample_time, args.min_time / 5),
+            min_samples=base.min_samples,
+            max_time=max(args.min_time, base.max_time * args.min_time / base.min_time),
+        )
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    return Config(
+        full=args.full,
+        threads=args.threads,
+        families=_tuple(args.family),
+        sizes=_tuple(args.size),
+        dtypes=_tuple(args.dtype),
+        backends=_tuple(args.backend),
+        use_torch=not args.no_torch,
+        policy=policy,
+        probe_bytes=args.probe_mib << 20 if args.probe_mib else None,
+        progress=False if args.no_progress else None,
+        command=["normax", "bench", *argv],
+    )
+
+
+def _tuple(values):
+    return tuple(values) if values else None
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """Run ``normax bench`` with parsed ``args``; 0 when every contender agreed."""
+    if args.check:
+        return _check_file(args.check, args.allow_skipped)
+    if args.from_json:
+        doc = _load(args.from_json)
+        if doc is None:
+            return 1
+        print(render(doc, markdown=args.markdown, compact=args.compact))
+        return 0
+    try:
+        config = _config(args, sys.argv[1:] if argv is None else argv)
+        doc = run_benchmarks(config)
+    except ValueError as exc:
+        print(f"normax bench: {exc}", file=sys.stderr)
+        return 2
+    print(render(doc, markdown=args.markdown, compact=args.compact))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(_plain(doc), fh, indent=1, allow_nan=False)
+    if args.plot:
+        plot(doc, args.plot)
+    failed = any(r["status"] == "error" for r in doc["cases"]) or not doc["all_agree"]
+    return 1 if failed else 0
+
+
+def _plain(value):
+    """``value`` with NumPy scalars as Python numbers, non-finite floats as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _load(path: str) -> dict | None:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as exc:
+        print(f"normax bench: cannot read {path}: {exc}", file=sys.stderr)
+        return None
+
+
+def _check_file(path: str, allow_skipped: bool) -> int:
+    doc = _load(path)
+    if doc is None:
+        return 1
+    problems = check_results(doc, allow_skipped=allow_skipped)
+    for p in problems:
+        print(f"normax bench --check: {p}", file=sys.stderr)
+    if not problems:
+        n = sum(1 for r in doc["cases"] if r["status"] == "ok")
+        print(f"{path}: complete, {n} cases, every contender agreed")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m normax.bench``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m normax.bench", description=__doc__.splitlines()[0]
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv), argv)

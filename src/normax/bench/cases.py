@@ -1,0 +1,193 @@
+"""What a benchmark case is, and how contenders are checked against each other.
+
+A :class:`Case` is one kernel on one layout, shape and dtype. Its ``build`` function creates the
+inputs once and returns the contenders: one per normax backend (C, Numba, the NumPy reference)
+and PyTorch CPU when it is installed. A contender's ``make`` does its untimed set-up (with its
+backend selected) and returns the callable that is timed; that callable returns the outputs to
+compare, in NumPy's layout.
+
+Before anything is timed, every contender's first result is compared with the reference
+contender's (the NumPy reference backend) by the normwise relative error
+``max|a - b| / max|b|`` over each output; a contender that disagrees beyond its dtype's
+tolerance, or raises, is reported and not timed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import normax
+
+SIZES = ("tiny", "small", "medium", "large")
+DTYPES = ("float32", "float64")
+
+# Normwise relative tolerance between contenders. float32 allows for PyTorch, which accumulates
+# in float32 where normax accumulates in float64.
+TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
+
+
+@dataclass
+class BuildContext:
+    """What a case's ``build`` may use: the backends to include, torch, a seed, a scratch dir."""
+
+    backends: tuple[str, ...]
+    torch: object | None
+    seed: int = 0
+    tmpdir: str | None = None
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed)
+
+
+@dataclass
+class Contender:
+    """One implementation of a case.
+
+    Attributes
+    ----------
+    name : str
+        ``"c"``, ``"numba"``, ``"numpy"``, ``"torch"`` or a case-specific name.
+    make : callable
+        Untimed set-up; returns the timed callable, which returns the outputs to compare.
+    backend : str or None
+        normax backend selected around ``make`` and before every timed sample.
+    """
+
+    name: str
+    make: Callable[[], Callable[[], object]]
+    backend: str | None = None
+
+
+@dataclass
+class Case:
+    """One kernel on one layout, shape and dtype.
+
+    Attributes
+    ----------
+    family, kernel, layout : str
+        E.g. ``"batch_norm"``, ``"train"``, ``"NCHW"``.
+    shape : tuple of int
+        Shape of the main input (for optimizers: arrays x elements per array).
+    dtype : str
+        ``"float32"`` or ``"float64"``.
+    size : str
+        One of :data:`SIZES`, for selecting cases.
+    requires : tuple of str
+        Public names the case needs, relative to ``normax`` (``"optim.Adam"``); the case is
+        skipped, with a note, when one is missing.
+    build : callable
+        ``build(ctx) -> list[Contender]``.
+    min_bytes : int or None
+        Minimum bytes a kernel must move; gives GB/s and the roofline fraction.
+    footprint : int or None
+        Bytes of distinct data touched; tells whether the case fits in the last-level cache.
+    quick : bool
+        Part of the ``--quick`` selection.
+    per_call : int
+        Units of work per call (e.g. trials); reported times are per unit.
+    unit : str
+        Name of that unit.
+    reference : str
+        Contender whose result the others are checked against.
+    tolerance : float or None
+        Normwise relative tolerance; None takes :data:`TOLERANCE` for the dtype.
+    """
+
+    family: str
+    kernel: str
+    layout: str
+    shape: tuple[int, ...]
+    dtype: str
+    size: str
+    requires: tuple[str, ...]
+    build: Callable[[BuildContext], list[Contender]] = field(repr=False)
+    min_bytes: int | None = None
+    footprint: int | None = None
+    quick: bool = False
+    per_call: int = 1
+    unit: str = "call"
+    reference: str = "numpy"
+    tolerance: float | None = None
+
+    @property
+    def id(self) -> str:
+        shape = "x".join(map(str, self.shape))
+        return f"{self.family}/{self.kernel}/{self.layout}/{shape}/{self.dtype}"
+
+    @property
+    def tol(self) -> float:
+        return self.tolerance if self.tolerance is not None else TOLERANCE[self.dtype]
+
+
+def nbytes(shape: Sequence[int], dtype: str) -> int:
+    """Bytes of an array of ``shape`` and ``dtype``."""
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def missing_requirements(names: Sequence[str]) -> list[str]:
+    """The public names among ``names`` that this installation of normax does not provide."""
+    missing = []
+    for name in names:
+        module_name, _, attr = name.rpartition(".")
+        try:
+            module = importlib.import_module(f"normax.{module_name}") if module_name else normax
+        except ImportError:
+            missing.append(name)
+            continue
+        if not hasattr(module, attr):
+            missing.append(name)
+    return missing
+
+
+def normax_contenders(ctx: BuildContext, make: Callable[[], Callable[[], object]]):
+    """One contender per normax backend in ``ctx``; ``make`` runs with that backend selected."""
+    return [Contender(b, make, backend=b) for b in ctx.backends]
+
+
+def as_arrays(out) -> list[np.ndarray | None]:
+    """Flatten a result (arrays, tensors, scalars, nested tuples/lists) into copied arrays."""
+    if isinstance(out, (tuple, list)) and not _is_numeric_list(out):
+        flat: list[np.ndarray | None] = []
+        for item in out:
+            flat.extend(as_arrays(item))
+        return flat
+    if out is None:
+        return [None]
+    if hasattr(out, "detach"):  # a torch tensor, without importing torch
+        out = out.detach().cpu().numpy()
+    return [np.array(out, dtype=np.float64, copy=True)]
+
+
+def _is_numeric_list(out) -> bool:
+    return isinstance(out, list) and all(isinstance(v, (int, float)) for v in out)
+
+
+def relative_error(actual: Sequence, expected: Sequence) -> float:
+    """Largest normwise relative error ``max|a - b| / max|b|`` over paired outputs.
+
+    Mismatched structure or shape, or NaN/Inf in different places, gives ``inf``.
+    """
+    if len(actual) != len(expected):
+        return math.inf
+    worst = 0.0
+    for a, b in zip(actual, expected, strict=True):
+        if a is None or b is None:
+            if a is not b:
+                return math.inf
+            continue
+        if a.shape != b.shape:
+            return math.inf
+        finite = np.isfinite(b)
+        same_specials = np.array_equal(a[~finite], b[~finite], equal_nan=True)
+        if not (same_specials and np.array_equal(np.isfinite(a), finite)):
+            return math.inf
+        if not finite.any():
+            continue
+        scale = float(np.max(np.abs(b[finite]))) or 1.0
+        worst = max(worst, float(np.max(np.abs(a[finite] - b[finite]))) / scale)
+    return worst

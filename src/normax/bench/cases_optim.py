@@ -1,0 +1,99 @@
+"""Fused optimizer updates: Adam and SGD with momentum over many parameter arrays.
+
+Every contender starts from identical copies of the parameters and its own fresh state, and the
+first step's parameters are compared. PyTorch runs ``torch.optim.Adam`` / ``torch.optim.SGD``
+with ``foreach=True`` (its fastest CPU path) on tensors sharing the arrays' memory, gradients set
+once; the NumPy contender is normax's NumPy reference backend.
+"""
+
+from __future__ import annotations
+
+from .cases import Case, Contender, nbytes, normax_contenders
+
+LR = {"adam": 1e-3, "sgd_momentum": 1e-2}
+
+# size: (arrays, elements per array). large is 10 million parameters in 100 arrays.
+SHAPES = {
+    "tiny": (10, 100),
+    "small": (10, 10_000),
+    "medium": (100, 10_000),
+    "large": (100, 100_000),
+}
+
+# kernel: (public name, minimum bytes / bytes(params), distinct arrays of the params' size)
+KERNELS = {
+    "adam": ("optim.Adam", 7, 4),  # read p, g, m, v; write p, m, v
+    "sgd_momentum": ("optim.SGD", 5, 3),  # read p, g, v; write p, v
+}
+
+# Selected by --quick: Adam's per-call overhead and its 10-million-parameter target case, and SGD
+# with momentum on a million parameters.
+QUICK = {
+    ("adam", "tiny", "float32"),
+    ("adam", "large", "float32"),
+    ("sgd_momentum", "medium", "float32"),
+}
+
+
+def cases() -> list[Case]:
+    """Every optimizer case: kernel x size x dtype."""
+    out = []
+    for kernel, (name, traffic, arrays) in KERNELS.items():
+        for size, shape in SHAPES.items():
+            for dtype in ("float32", "float64"):
+                p_bytes = nbytes(shape, dtype)
+                out.append(
+                    Case(
+                        family="optim",
+                        kernel=kernel,
+                        layout=f"{shape[0]} arrays",
+                        shape=shape,
+                        dtype=dtype,
+                        size=size,
+                        requires=(name,),
+                        build=_builder(kernel, shape, dtype),
+                        min_bytes=traffic * p_bytes,
+                        footprint=arrays * p_bytes,
+                        quick=(kernel, size, dtype) in QUICK,
+                    )
+                )
+    return out
+
+
+def _builder(kernel, shape, dtype):
+    return lambda ctx: _build(ctx, kernel, shape, dtype)
+
+
+def _build(ctx, kernel, shape, dtype):
+    import normax.optim
+
+    rng = ctx.rng()
+    k, n = shape
+    params = [rng.standard_normal(n, dtype=dtype) for _ in range(k)]
+    grads = [rng.standard_normal(n, dtype=dtype) for _ in range(k)]
+
+    def make():
+        ps = [p.copy() for p in params]
+        if kernel == "adam":
+            opt = normax.optim.Adam(ps, lr=LR[kernel])
+        else:
+            opt = normax.optim.SGD(ps, lr=LR[kernel], momentum=0.9)
+        step = opt.step
+        return lambda: (step(grads), ps)[1]
+
+    contenders = normax_contenders(ctx, make)
+    if ctx.torch is not None:
+        contenders.append(Contender("torch", lambda: _torch(ctx.torch, kernel, params, grads)))
+    return contenders
+
+
+def _torch(torch, kernel, params, grads):
+    ps = [torch.from_numpy(p.copy()) for p in params]
+    for p, g in zip(ps, grads, strict=True):
+        p.grad = torch.from_numpy(g)
+    if kernel == "adam":
+        opt = torch.optim.Adam(ps, lr=LR[kernel], foreach=True)
+    else:
+        opt = torch.optim.SGD(ps, lr=LR[kernel], momentum=0.9, foreach=True)
+    step = opt.step
+    return lambda: (step(), ps)[1]

@@ -1,0 +1,267 @@
+"""What the benchmark runs on: machine facts, library versions, threads, memory bandwidth.
+
+The bandwidth probe measures, in the same run and with the same thread count as the kernels,
+
+* copy: ``dst[:] = src`` over arrays several times the last-level cache, counted as
+  2 x bytes(src) moved (one read, one write; the STREAM convention);
+* read: a sum over the same array, counted as 1 x bytes(src).
+
+Each is the best of several repetitions (a roofline is an upper limit, so the fastest pass is the
+right estimate), taking the better of a parallel Numba loop and NumPy's single-threaded copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import normax
+
+DEFAULT_LLC = 32 << 20  # used when the cache size cannot be read from the system
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache in bytes (Linux sysfs), or 32 MiB when unknown."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    best = 0
+    try:
+        for entry in os.listdir(base):
+            path = os.path.join(base, entry, "size")
+            if entry.startswith("index") and os.path.exists(path):
+                with open(path) as fh:
+                    best = max(best, _parse_size(fh.read().strip()))
+    except OSError:
+        pass
+    return best or DEFAULT_LLC
+
+
+def _parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text and text[-1].upper() in units:
+        return int(float(text[:-1]) * units[text[-1].upper()])
+    return int(text) if text.isdigit() else 0
+
+
+def _cpu_model_and_flags() -> tuple[str, list[str]]:
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = value.split()
+    except OSError:
+        pass
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+    return model, [f for f in wanted if f in flags]
+
+
+def _memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine_info() -> dict:
+    """CPU, caches, memory, OS and interpreter of this machine."""
+    model, flags = _cpu_model_and_flags()
+    return {
+        "cpu": model,
+        "cpu_flags": flags,
+        "logical_cpus": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "llc_bytes": last_level_cache_bytes(),
+        "memory_bytes": _memory_bytes(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+    }
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (None where the OS does not report them)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return None
+
+
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except Exception:
+        return None
+
+
+def versions(torch) -> dict:
+    """Versions of normax and of every library it is compared with (None when absent)."""
+    out = {
+        "normax": normax.__version__,
+        "numpy": np.__version__,
+        "numba": _version("numba"),
+        "torch": getattr(torch, "__version__", None) if torch is not None else None,
+        "threadpoolctl": _version("threadpoolctl"),
+    }
+    out["blas"] = _blas_info()
+    return out
+
+
+def _blas_info() -> list[dict]:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keep = ("user_api", "internal_api", "version", "num_threads", "architecture")
+    return [{k: info.get(k) for k in keep} for info in threadpool_info()]
+
+
+def environment_notes() -> dict:
+    """Environment variables that change the speed of NumPy or of the thread pools."""
+    names = (
+        "OPENBLAS_CORETYPE",
+        "OPENBLAS_L2_SIZE",
+        "OMP_NUM_THREADS",
+        "NUMBA_NUM_THREADS",
+        "NORMAX_BACKEND",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+    )
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
+@contextlib.contextmanager
+def held_threads(n: int, torch):
+    """Hold normax, Numba, PyTorch and NumPy's BLAS/OpenMP pools to ``n`` threads, then restore."""
+    from normax import _backend
+
+    previous = getattr(_backend, "_num_threads", 0)
+    previous_torch = torch.get_num_threads() if torch is not None else None
+    with contextlib.ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            pass
+        else:
+            stack.enter_context(threadpool_limits(limits=n))
+        try:
+            normax.set_num_threads(n)
+            _numba_threads(n)
+            _torch_threads(torch, n)
+            yield
+        finally:
+            normax.set_num_threads(previous)
+            _torch_threads(torch, previous_torch)
+
+
+def _torch_threads(torch, n: int | None) -> None:
+    # Only when it changes: torch.set_num_threads, even to the current count, rebuilds PyTorch's
+    # thread pool, and its small ops then run ~1000x slower for seconds on a loaded machine.
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _numba_threads(n: int) -> None:
+    if importlib.util.find_spec("numba") is None:
+        return
+    import numba
+
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+@dataclass
+class Bandwidth:
+    """Best measured copy and read bandwidth, in bytes per second."""
+
+    copy: float
+    read: float
+    nbytes: int
+    threads: int
+    method: str
+
+    def best_with(self, other: Bandwidth) -> Bandwidth:
+        """The higher copy and read figures of two probes."""
+        return Bandwidth(
+            copy=max(self.copy, other.copy),
+            read=max(self.read, other.read),
+            nbytes=self.nbytes,
+            threads=self.threads,
+            method=f"{self.method}; best of a probe before and after the cases",
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "copy_gbs": self.copy / 1e9,
+            "read_gbs": self.read / 1e9,
+            "array_bytes": self.nbytes,
+            "threads": self.threads,
+            "method": self.method,
+        }
+
+
+def _best(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def probe_bandwidth(nbytes: int, threads: int, repeats: int = 10) -> Bandwidth:
+    """Measure copy and read bandwidth over float64 arrays of ``nbytes`` bytes each."""
+    n = max(1, nbytes // 8)
+    src = np.random.default_rng(0).random(n)
+    dst = np.zeros_like(src)  # zeros_like + the first copy touch every page before timing
+    copy_time = _best(lambda: np.copyto(dst, src), repeats)
+    read_time = _best(lambda: np.add.reduce(src), repeats)
+    method = "numpy (1 thread)"
+    try:
+        from . import _probe_kernels as pk
+    except ImportError:  # pragma: no cover - numba is a runtime dependency
+        pk = None
+    if pk is not None:
+        pk.set_threads(threads)
+        pk.parallel_copy(src, dst)
+        pk.parallel_read(src)
+        copy_time = min(copy_time, _best(lambda: pk.parallel_copy(src, dst), repeats))
+        read_time = min(read_time, _best(lambda: pk.parallel_read(src), repeats))
+        method = f"best of numba parallel ({threads} threads) and numpy (1 thread)"
+    return Bandwidth(
+        copy=2 * src.nbytes / copy_time,
+        read=src.nbytes / read_time,
+        nbytes=int(src.nbytes),
+        threads=threads,
+        method=method,
+    )
+
+
+def import_torch(enabled: bool = True):
+    """PyTorch if it is installed and wanted, else None (never required)."""
+    if not enabled:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch

@@ -1,0 +1,350 @@
+"""The benchmark harness itself: arithmetic, timing procedure, results file, torch-less and
+Numba-only runs. Only tiny shapes and millisecond budgets, and never an assertion on speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import normax
+from normax import bench
+from normax.bench import cases_batchnorm, cases_optim, cases_softmax, harness, report
+from normax.bench.cases import Case, Contender, as_arrays, missing_requirements, relative_error
+from normax.bench.machine import Bandwidth
+from normax.bench.timing import TimingPolicy, measure, summarize
+
+FAST = TimingPolicy(min_time=0.002, sample_time=0.0005, min_samples=3, max_time=0.01)
+FAST_ARGS = ["--min-time", "0.002", "--probe-mib", "2", "--no-progress"]
+
+
+def _synthetic(requires=(), wrong=False, n=1000):
+    """A case on plain NumPy: every contender doubles x; ``wrong`` makes "c" add one."""
+
+    def build(ctx):
+        x = np.arange(float(n))
+        contenders = [
+            Contender("numpy", lambda: lambda: x * 2),
+            Contender("c", lambda: lambda: x * 2 + (1.0 if wrong else 0.0)),
+        ]
+        if ctx.torch is not None:
+            t = ctx.torch.from_numpy(x)
+            contenders.append(Contender("torch", lambda: lambda: t * 2))
+        return contenders
+
+    return Case(
+        family="synthetic",
+        kernel="double",
+        layout="1-D",
+        shape=(n,),
+        dtype="float64",
+        size="tiny",
+        requires=requires,
+        build=build,
+        min_bytes=16 * n,
+        footprint=16 * n,
+    )
+
+
+def _run(cases, **config):
+    config.setdefault("policy", FAST)
+    config.setdefault("probe_bytes", 2 << 20)
+    config.setdefault("progress", False)
+    config.setdefault("backends", ("numpy",))  # the synthetic contenders do not switch backends
+    return harness.run_benchmarks(harness.Config(**config), cases)
+
+
+# --- arithmetic -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "kernel", "factor"),
+    [
+        (cases_batchnorm, "train", 3),
+        (cases_batchnorm, "infer", 2),
+        (cases_batchnorm, "backward", 5),
+        (cases_softmax, "softmax", 2),
+        (cases_softmax, "log_softmax", 2),
+        (cases_softmax, "cross_entropy", 3),
+        (cases_optim, "adam", 7),
+        (cases_optim, "sgd_momentum", 5),
+    ],
+)
+def test_minimum_bytes_per_kernel(module, kernel, factor):
+    selected = [c for c in module.cases() if c.kernel == kernel]
+    assert selected
+    for case in selected:
+        main_bytes = math.prod(case.shape) * np.dtype(case.dtype).itemsize
+        assert case.min_bytes == factor * main_bytes, case.id
+
+
+def test_roofline_and_speedup_arithmetic():
+    case = _synthetic()
+    entries = [
+        {"name": "numpy", "median_s": 0.4},
+        {"name": "c", "median_s": 0.1},
+        {"name": "torch", "median_s": 0.2},
+    ]
+    case.min_bytes = 3_000_000_000
+    harness._derive(case, entries)
+    c = entries[1]
+    assert c["speedup_vs_numpy"] == pytest.approx(4.0)
+    assert c["speedup_vs_torch"] == pytest.approx(2.0)
+    assert c["gbs"] == pytest.approx(30.0)  # 3 GB in 0.1 s
+    records = [{"min_bytes": case.min_bytes, "contenders": entries}]
+    harness.add_roofline(records, Bandwidth(copy=60e9, read=80e9, nbytes=1, threads=2, method=""))
+    assert records[0]["roofline_s"] == pytest.approx(0.05)  # 3 GB at 60 GB/s
+    assert c["roofline"] == pytest.approx(0.5)
+    assert entries[0]["roofline"] == pytest.approx(0.125)
+
+
+def test_large_shapes_exceed_last_level_cache_and_tiny_fit_in_l2():
+    for module in (cases_batchnorm, cases_softmax, cases_optim):
+        for case in module.cases():
+            x_bytes = math.prod(case.shape) * np.dtype(case.dtype).itemsize
+            if case.size == "large":
+                assert x_bytes > 32 << 20, case.id
+            if case.size == "tiny":
+                assert x_bytes <= 64 << 10, case.id
+
+
+def test_quick_plan_covers_every_kernel_and_layout():
+    quick = harness.plan(harness.Config())
+    full = harness.plan(harness.Config(full=True))
+    assert len(quick) < len(full) / 4
+    covered = {(c.family, c.kernel, c.layout) for c in quick}
+    for kernel in cases_batchnorm.KERNELS:
+        for layout in cases_batchnorm.LAYOUTS:
+            assert ("batch_norm", kernel, layout) in covered
+    for layout in cases_softmax.LAYOUTS:
+        assert ("softmax", "cross_entropy", layout) in covered
+    assert {c.family for c in quick} == set(harness.FAMILIES)
+    assert {c.dtype for c in quick} == {"float32", "float64"}
+    assert {"tiny", "large"} <= {c.size for c in quick}
+
+
+def test_plan_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown family 'convolution'"):
+        harness.plan(harness.Config(families=("convolution",)))
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        harness.plan(harness.Config(sizes=("huge",)))
+    with pytest.raises(ValueError, match="unknown dtype 'float16'"):
+        harness.plan(harness.Config(dtypes=("float16",)))
+
+
+# --- timing and comparison --------------------------------------------------------------------
+
+
+def test_summarize_median_quartiles_spread():
+    st = summarize([4.0, 1.0, 3.0, 2.0, 5.0], calls_per_sample=10)
+    assert (st.median, st.q1, st.q3, st.best) == (3.0, 2.0, 4.0, 1.0)
+    assert st.spread == pytest.approx(2.0 / 3.0)
+    assert st.total_time == pytest.approx(150.0)
+
+
+def test_measure_batches_tiny_calls_and_takes_turns():
+    turns = []
+    fns = [list().append, list().append]  # far below the 0.5 ms sample time
+    before = [lambda: turns.append(0), lambda: turns.append(1)]
+    stats = measure([lambda f=f: f(0) for f in fns], FAST, before=before)
+    assert all(s.calls_per_sample > 1 for s in stats)
+    assert all(s.samples >= FAST.min_samples for s in stats)
+    assert all(s.q1 <= s.median <= s.q3 for s in stats)
+    # calibration of each in turn, then one sample each per round
+    assert turns[: 2 + 2 * FAST.min_samples] == [0, 1] * (1 + FAST.min_samples)
+
+
+def test_timing_policy_validates():
+    with pytest.raises(ValueError, match="min_time must be a positive"):
+        TimingPolicy(min_time=0)
+    with pytest.raises(ValueError, match="min_samples must be at least 3"):
+        TimingPolicy(min_samples=1)
+
+
+def test_relative_error():
+    a = [np.array([1.0, 2.0]), None]
+    assert relative_error(a, [np.array([1.0, 2.0]), None]) == 0.0
+    assert relative_error(a, [np.array([1.0, 2.5]), None]) == pytest.approx(0.2)
+    assert relative_error(a, [np.array([1.0, 2.0, 3.0]), None]) == math.inf
+    assert relative_error(a, [np.array([1.0, 2.0])]) == math.inf
+    assert relative_error([np.array([np.nan, 1.0])], [np.array([1.0, np.nan])]) == math.inf
+    assert relative_error([np.array([np.nan, 1.0])], [np.array([np.nan, 1.0])]) == 0.0
+    assert relative_error([np.array([np.inf])], [np.array([-np.inf])]) == math.inf
+
+
+def test_as_arrays_flattens_and_copies():
+    x = np.ones(3, dtype=np.float32)
+    flat = as_arrays((1.5, [x, None], [0.5, 0.25]))
+    x[:] = 7
+    assert [None if f is None else f.tolist() for f in flat] == [1.5, [1, 1, 1], None, [0.5, 0.25]]
+
+
+def test_missing_requirements():
+    assert missing_requirements(["set_backend"]) == []
+    assert missing_requirements(["no_such_kernel", "nosuchmodule.f"]) == [
+        "no_such_kernel",
+        "nosuchmodule.f",
+    ]
+
+
+# --- whole runs -------------------------------------------------------------------------------
+
+
+def test_synthetic_run_is_complete():
+    doc = _run([_synthetic()])
+    assert report.check_results(doc) == []
+    (case,) = doc["cases"]
+    assert case["status"] == "ok"
+    names = [e["name"] for e in case["contenders"]]
+    assert names[:2] == ["numpy", "c"]
+    for e in case["contenders"]:
+        assert e["agree"] and e["median_s"] > 0 and e["gbs"] > 0 and e["roofline"] > 0
+    assert doc["bandwidth"]["copy_gbs"] > 0 and doc["threads"] >= 1
+
+
+def test_disagreeing_contender_is_reported_and_not_timed():
+    doc = _run([_synthetic(wrong=True)])
+    c = next(e for e in doc["cases"][0]["contenders"] if e["name"] == "c")
+    assert not c["agree"] and "disagrees with numpy" in c["error"] and "median_s" not in c
+    assert not doc["all_agree"]
+    assert any("did not agree" in p for p in report.check_results(doc))
+    assert "FAILED: disagrees" in report.render(doc)
+
+
+def test_missing_kernel_is_skipped_with_a_note():
+    doc = _run([_synthetic(requires=("no_such_kernel",)), _synthetic()])
+    skipped = doc["cases"][0]
+    assert skipped["status"] == "skipped"
+    assert "normax.no_such_kernel not available" in skipped["note"]
+    assert doc["skipped"] == [{"id": skipped["id"], "note": skipped["note"]}]
+    assert "skipped: 1 case: normax.no_such_kernel" in report.render(doc)
+    assert any("skipped" in p for p in report.check_results(doc))
+    assert report.check_results(doc, allow_skipped=True) == []
+
+
+def test_run_without_torch(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    doc = _run([_synthetic()])
+    assert doc["torch"] is False and doc["versions"]["torch"] is None
+    assert [e["name"] for e in doc["cases"][0]["contenders"]] == ["numpy", "c"]
+    assert all(e["speedup_vs_torch"] is None for e in doc["cases"][0]["contenders"])
+    assert report.check_results(doc) == []
+    assert "torch absent" in report.render(doc)
+
+
+def test_threads_are_held_then_restored():
+    torch = pytest.importorskip("torch")
+    before = (torch.get_num_threads(), normax.get_num_threads(), normax.get_backend())
+    doc = _run([_synthetic()], threads=1)
+    assert doc["threads"] == 1 and doc["bandwidth"]["threads"] == 1
+    assert (torch.get_num_threads(), normax.get_num_threads(), normax.get_backend()) == before
+
+
+def test_render_flags_regressions_only_for_normax_backends():
+    doc = _run([_synthetic()])
+    entries = doc["cases"][0]["contenders"]
+    for e in entries:
+        e["speedup_vs_numpy"] = 0.5
+    text = report.render(doc)
+    c_row = next(line for line in text.splitlines() if " c " in line)
+    assert "0.50x ▼" in c_row
+    torch_rows = [line for line in text.splitlines() if " torch " in line]
+    assert all("▼" not in line for line in torch_rows)
+    assert "| kernel |" in report.render(doc, markdown=True)
+
+
+def test_compact_tables_one_line_per_case(tmp_path, capsys):
+    doc = _run([_synthetic(), _synthetic(n=2000)])
+    text = report.render(doc, markdown=True, compact=True)
+    rows = [line for line in text.splitlines() if line.startswith("| double")]
+    assert len(rows) == 2 and "| numpy vs NumPy |" in text  # backends=("numpy",): numpy leads
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    assert bench.main(["--from-json", str(path), "--compact"]) == 0
+    assert "double" in capsys.readouterr().out
+
+
+def test_check_results_catches_incomplete_files():
+    doc = _run([_synthetic()])
+    assert report.check_results({}) != []
+    broken = json.loads(json.dumps(doc))
+    del broken["cases"][0]["contenders"][0]["median_s"]
+    assert any("lacks median_s" in p for p in report.check_results(broken))
+    broken = json.loads(json.dumps(doc))
+    broken["cases"][0]["contenders"].pop()
+    assert any("no result for" in p for p in report.check_results(broken))
+
+
+def test_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    doc = _run([_synthetic()])
+    path = tmp_path / "speedup.png"
+    report.plot(doc, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def test_command_tiny_run_writes_valid_json(tmp_path, capsys):
+    path = tmp_path / "results.json"
+    rc = bench.main(["--size", "tiny", "--dtype", "float32", "--json", str(path), *FAST_ARGS])
+    assert rc == 0
+    doc = json.loads(path.read_text())  # strict JSON: no NaN or Infinity
+    assert report.check_results(doc, allow_skipped=True) == []
+    assert {r["family"] for r in doc["cases"]} == {"batch_norm", "softmax", "optim"}
+    assert all(r["size"] == "tiny" and r["dtype"] == "float32" for r in doc["cases"])
+    assert doc["machine"]["llc_bytes"] > 0 and doc["versions"]["numpy"] == np.__version__
+    out = capsys.readouterr().out
+    assert "normax bench (quick)" in out and "every contender agreed" in out
+    assert bench.main(["--check", str(path), "--allow-skipped"]) == 0
+
+
+def test_command_check_rejects_bad_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "normax-bench/1"}')
+    assert bench.main(["--check", str(bad)]) == 1
+    assert bench.main(["--check", str(tmp_path / "missing.json")]) == 1
+
+
+def test_command_rejects_negative_threads(capsys):
+    assert bench.main(["--threads", "-1", *FAST_ARGS]) == 2
+    assert "--threads must be >= 0" in capsys.readouterr().err
+
+
+def test_numba_backend_run_in_a_subprocess(tmp_path):
+    pytest.importorskip("numba")
+    path = tmp_path / "numba.json"
+    env = dict(os.environ, NORMAX_BACKEND="numba")
+    cmd = [
+        sys.executable,
+        "-m",
+        "normax.bench",
+        "--size",
+        "tiny",
+        "--family",
+        "batch_norm",
+        "--family",
+        "softmax",
+        "--dtype",
+        "float64",
+        "--no-torch",
+        "--backend",
+        "numba",
+        "--json",
+        str(path),
+        *FAST_ARGS,
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(path.read_text())
+    assert doc["default_backend"] == "numba" and doc["environment"]["NORMAX_BACKEND"] == "numba"
+    assert "c" not in doc["backends"] and "numba" in doc["backends"]
+    assert report.check_results(doc, allow_skipped=True) == []
+    for case in doc["cases"]:
+        assert "c" not in {e["name"] for e in case["contenders"]}
