@@ -78,6 +78,7 @@ def _raises(fn):
 # A leaked object is at least 16 bytes: over CALLS calls that is 16 * CALLS bytes, twice LIMIT.
 CALLS = 250
 LIMIT = 8 * CALLS
+ERROR_CALLS = 1000
 
 
 @pytest.mark.parametrize("build", BUILDERS, ids=cases.ids(BUILDERS))
@@ -95,11 +96,13 @@ def test_error_paths_no_traced_growth(dtype):
     # The checks run before dispatch, the same for every backend: the default backend (C when
     # built) also covers the errors the binding raises itself.
     bad = cases.bad_calls(np.random.default_rng(2), dtype, SMALL)
-    if not bad:
-        pytest.skip("no kernel family built yet")
     for label, fn in bad:
-        grown = _traced_growth(_raises(fn), CALLS)
-        assert grown < LIMIT, f"{label}: {grown} bytes more traced after {CALLS} failing calls"
+        # Raising formats a message: CPython and NumPy keep a bounded set of its strings
+        # (dtype names) alive, several kilobytes whatever the number of calls. Longer windows
+        # and a floor for that: a leak of one object per call is still >= 24 * ERROR_CALLS.
+        grown = _traced_growth(_raises(fn), ERROR_CALLS)
+        assert grown < 8192 + 8 * ERROR_CALLS, \
+            f"{label}: {grown} bytes more traced after {ERROR_CALLS} failing calls"
 
 
 @pytest.mark.parametrize("build", BUILDERS, ids=cases.ids(BUILDERS))
@@ -148,8 +151,10 @@ def _rss_growth(fn, rounds: int) -> int:
 
 
 needs_c_and_proc = pytest.mark.skipif(
-    "c" not in normax.available_backends() or not Path("/proc/self/statm").exists(),
-    reason="needs the C extension and /proc (Linux)")
+    "c" not in normax.available_backends() or not Path("/proc/self/statm").exists()
+    or "libasan" in os.environ.get("LD_PRELOAD", ""),
+    reason="needs the C extension and /proc (Linux); meaningless under AddressSanitizer, "
+    "whose quarantine keeps freed memory resident")
 
 
 @needs_c_and_proc
@@ -170,8 +175,6 @@ def test_rss_stable(build):
 @needs_c_and_proc
 def test_rss_stable_error_paths():
     bad = cases.bad_calls(np.random.default_rng(5), np.float32, WIDE)
-    if not bad:
-        pytest.skip("no kernel family built yet")
     fns = [_raises(fn) for _, fn in bad]
 
     def all_bad():

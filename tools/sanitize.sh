@@ -14,7 +14,8 @@
 #
 # Notes on the runtime setup:
 # - The ASan runtime must be the first library loaded, so it is LD_PRELOADed into python
-#   (found with `gcc -print-file-name=libasan.so`, the runtime the build linked against).
+#   (found with `gcc -print-file-name=libasan.so`, the runtime the build linked against),
+#   followed by libstdc++ (see below).
 # - PYTHONMALLOC=malloc routes CPython's small-object allocations through malloc, so ASan puts
 #   redzones around Python objects and NumPy's small arrays too.
 # - detect_leaks=0: CPython does not free everything at exit, so LeakSanitizer would report
@@ -62,6 +63,10 @@ fi
 
 libasan=$(gcc -print-file-name=libasan.so)
 [[ -f $libasan ]] || { echo "sanitize: no ASan runtime found ($libasan)" >&2; exit 1; }
+# libstdc++ preloaded too: ASan intercepts __cxa_throw and must find the real one when it starts,
+# or the first C++ exception of a module loaded later (matplotlib's ft2font) aborts the process.
+libstdcxx=$(gcc -print-file-name=libstdc++.so)
+[[ -f $libstdcxx ]] && libasan="$libasan:$libstdcxx"
 # find_spec("normax") locates the package without importing it (importing needs the preload).
 so=$("$venv/bin/python" -c 'import glob, importlib.util as u, os
 print(*glob.glob(os.path.join(os.path.dirname(u.find_spec("normax").origin), "_core*.so")))')

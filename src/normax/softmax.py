@@ -276,7 +276,7 @@ def _xent_checked(z, target, axis, reduction, weight, ignore_index, label_smooth
     w = None if weight is None else _weight(weight, c)
     ign = None if ignore_index is None else _ignore_index(ignore_index, labels)
     if out is not None:
-        _output(out, z, (z, "z"), (target, "target"))
+        _output(out, z, (z, "z"), (target, "target"), (w, "weight"))
     if labels and target.dtype not in _LABEL_DTYPES:
         # Validate in the caller's dtype (a uint64 label beyond int64 keeps its value in the
         # message), then hand the kernels int64.

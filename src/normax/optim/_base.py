@@ -24,7 +24,10 @@ def check_nonneg(value, name: str) -> float:
         value, (int, float, np.floating, np.integer)
     ):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond the double range: a number, not a finite one
+        v = math.inf
     if not (math.isfinite(v) and v >= 0.0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
