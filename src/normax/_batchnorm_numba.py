@@ -17,6 +17,7 @@ import numba as nb
 import numpy as np
 from numba import boolean, float32, float64, intp, prange, void
 
+from ._batchnorm_numpy import _quiet
 from ._checks import view3d, writeable
 
 _PARALLEL_MIN_WORK = 1 << 15  # same threshold as the C kernels (csrc/normax.h)
@@ -348,6 +349,7 @@ def train(x, axis, gamma, beta, running_mean, running_var, momentum, eps, out):
     return y, mean, invstd
 
 
+@_quiet  # per-channel NumPy arithmetic on NaN/Inf statistics: NaN out, as in the C kernels
 def infer(x, axis, gamma, beta, running_mean, running_var, eps, out):
     """Inference with running statistics."""
     x = writeable(x)
@@ -363,6 +365,7 @@ def infer(x, axis, gamma, beta, running_mean, running_var, eps, out):
     return y
 
 
+@_quiet
 def backward(dy, x, axis, mean, invstd, gamma, out):
     """Gradient of :func:`train`: ``(dx, dgamma, dbeta)``."""
     dy, x, gamma = writeable(dy), writeable(x), writeable(gamma)
