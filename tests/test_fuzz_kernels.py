@@ -750,3 +750,21 @@ def test_cross_entropy_out_overlapping_weight_is_refused(backend_name):
     finally:
         normax.set_backend(previous)
     np.testing.assert_array_equal(out.reshape(-1)[4:], 0.0)  # nothing written
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_batch_norm_non_finite_is_silent(backend_name):
+    """inf in x (backward) and a negative running_var (inference) give NaN on every backend
+    without a RuntimeWarning (an error under -W error); the Numba backend warned."""
+    x = np.array([[1.0, np.inf, 2.0], [0.5, 3.0, 1.0]], np.float32)
+    previous = normax.get_backend()
+    normax.set_backend(backend_name)
+    try:
+        _, cache = normax.batch_norm_train(x, None, None, axis=0)
+        dx, _, _ = normax.batch_norm_backward(np.ones_like(x), cache)
+        y = normax.batch_norm_infer(x, None, None, np.zeros(2, np.float32),
+                                    np.array([-4.0, 1.0], np.float32), axis=0)
+    finally:
+        normax.set_backend(previous)
+    assert np.isnan(dx[0]).all() and np.isfinite(dx[1]).all()
+    assert np.isnan(y[0]).all() and np.isfinite(y[1, [0, 2]]).all()

@@ -320,6 +320,11 @@ def _or(p, fill: float, channels: int, dtype) -> np.ndarray:
     return np.full(channels, fill, dtype) if p is None else p
 
 
+# NaN or inf in x, or a negative running_var, give NaN like the C kernels do: without a warning.
+_quiet = np.errstate(invalid="ignore", divide="ignore", over="ignore")
+
+
+@_quiet
 def train(x, axis, gamma, beta, running_mean, running_var, momentum, eps, out):
     """Training forward; returns ``(y, mean, invstd)``."""
     x, gamma, beta = writeable(x), writeable(gamma), writeable(beta)
@@ -348,6 +353,7 @@ def train(x, axis, gamma, beta, running_mean, running_var, momentum, eps, out):
     return y, mean, invstd
 
 
+@_quiet
 def infer(x, axis, gamma, beta, running_mean, running_var, eps, out):
     """Inference with running statistics."""
     x = writeable(x)
@@ -363,6 +369,7 @@ def infer(x, axis, gamma, beta, running_mean, running_var, eps, out):
     return y
 
 
+@_quiet
 def backward(dy, x, axis, mean, invstd, gamma, out):
     """Gradient of :func:`train`: ``(dx, dgamma, dbeta)``."""
     dy, x, gamma = writeable(dy), writeable(x), writeable(gamma)
