@@ -16,10 +16,10 @@ import normax
 from normax import _batchnorm_numpy as ref
 
 CASES = {
-    "(8192,2048) axis=1": ((8192, 2048), 1),
-    "(32,64,56,56) axis=1": ((32, 64, 56, 56), 1),
-    "(32,56,56,64) axis=-1": ((32, 56, 56, 64), -1),
-    "(32,64) axis=1": ((32, 64), 1),
+    "8192x2048-NC": ((8192, 2048), 1),
+    "32x64x56x56-NCHW": ((32, 64, 56, 56), 1),
+    "32x56x56x64-NHWC": ((32, 56, 56, 64), -1),
+    "32x64-NC": ((32, 64), 1),
 }
 BACKENDS = normax.available_backends()
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -61,28 +61,46 @@ static void FN(stats_repair)(const T *x, nmx_index rows, nmx_index C, nmx_index 
     *s2 = b;
 }
 
-/* Sum and sum of squares of x[i] - p over one run; NMX_LANES independent accumulators let
- * the loop vectorize and hide add latency without reassociation flags. */
+/* Sum and sum of squares of x[i] - p over one run. Independent lane accumulators let the loop
+ * vectorize and hide add latency without reassociation flags: NMX_LANES of them for long runs,
+ * eight for short ones (7x7 maps), none below eight, so short runs pay no set-up. */
+#define NMX_LANE_LOOP(L, BODY)                                                      \
+    do {                                                                           \
+        double a_[L] = {0}, b_[L] = {0};                                           \
+        for (; i + (L) <= n; i += (L))                                             \
+            for (int j = 0; j < (L); j++) {                                        \
+                double u_, v_;                                                     \
+                BODY(i + j, u_, v_);                                               \
+                a_[j] += u_;                                                       \
+                b_[j] += v_;                                                       \
+            }                                                                      \
+        for (int j = 0; j < (L); j++) {                                            \
+            sa += a_[j];                                                           \
+            sb += b_[j];                                                           \
+        }                                                                          \
+    } while (0)
+
+#define NMX_RUN_SUMS(BODY)                                                         \
+    do {                                                                           \
+        if (n >= 4 * NMX_LANES)                                                    \
+            NMX_LANE_LOOP(NMX_LANES, BODY);                                        \
+        else if (n >= 8)                                                           \
+            NMX_LANE_LOOP(8, BODY);                                                \
+        for (; i < n; i++) {                                                       \
+            double u_, v_;                                                         \
+            BODY(i, u_, v_);                                                       \
+            sa += u_;                                                              \
+            sb += v_;                                                              \
+        }                                                                          \
+    } while (0)
+
 NMX_CLONES static void FN(stats_run)(const T *restrict x, nmx_index n, double p,
                                      double *restrict s1, double *restrict s2) {
-    double a[NMX_LANES] = {0}, b[NMX_LANES] = {0};
-    nmx_index i = 0;
-    for (; i + NMX_LANES <= n; i += NMX_LANES)
-        for (int j = 0; j < NMX_LANES; j++) {
-            double d = (double)x[i + j] - p;
-            a[j] += d;
-            b[j] += d * d;
-        }
     double sa = 0, sb = 0;
-    for (; i < n; i++) {
-        double d = (double)x[i] - p;
-        sa += d;
-        sb += d * d;
-    }
-    for (int j = 0; j < NMX_LANES; j++) {
-        sa += a[j];
-        sb += b[j];
-    }
+    nmx_index i = 0;
+#define NMX_STATS_TERM(k, u, v) (u = (double)x[k] - p, v = u * u)
+    NMX_RUN_SUMS(NMX_STATS_TERM);
+#undef NMX_STATS_TERM
     *s1 += sa;
     *s2 += sb;
 }
@@ -147,26 +165,14 @@ static void FN(grad_repair)(const T *dy, const T *x, nmx_index rows, nmx_index C
     *sdx = b;
 }
 
+/* sdy += sum dy[i]; sdx += sum dy[i] * (x[i] - m) over one run, lanes as in stats_run. */
 NMX_CLONES static void FN(grad_run)(const T *restrict dy, const T *restrict x, nmx_index n,
                                     double m, double *restrict sdy, double *restrict sdx) {
-    double a[NMX_LANES] = {0}, b[NMX_LANES] = {0};
-    nmx_index i = 0;
-    for (; i + NMX_LANES <= n; i += NMX_LANES)
-        for (int j = 0; j < NMX_LANES; j++) {
-            double g = (double)dy[i + j];
-            a[j] += g;
-            b[j] += g * ((double)x[i + j] - m);
-        }
     double sa = 0, sb = 0;
-    for (; i < n; i++) {
-        double g = (double)dy[i];
-        sa += g;
-        sb += g * ((double)x[i] - m);
-    }
-    for (int j = 0; j < NMX_LANES; j++) {
-        sa += a[j];
-        sb += b[j];
-    }
+    nmx_index i = 0;
+#define NMX_GRAD_TERM(k, u, v) (u = (double)dy[k], v = u * ((double)x[k] - m))
+    NMX_RUN_SUMS(NMX_GRAD_TERM);
+#undef NMX_GRAD_TERM
     *sdy += sa;
     *sdx += sb;
 }
@@ -495,3 +501,5 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
 #undef FN
 #undef NMX_CAT
 #undef NMX_CAT2
+#undef NMX_LANE_LOOP
+#undef NMX_RUN_SUMS

@@ -98,8 +98,8 @@ typedef uint64_t nmx_vu64 __attribute__((vector_size(64)));
  * scaling twice, which saves a quarter of the instructions. Such terms are below 1e-38 of the
  * maximum's exp(0) = 1. Out-of-range x only produce garbage lanes that the select discards (the
  * integer arithmetic is unsigned, so it wraps without UB); NaN fails the comparison and stays NaN. */
-static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_f32(nmx_vf32 x) {
-    const nmx_vf32 zero = {0};
+static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_f32(const nmx_vf32 *xp) {
+    const nmx_vf32 zero = {0}, x = *xp;
     nmx_vf32 kf = x * 1.44269504088896341f + 0x1.8p23f;
     nmx_vf32 k = kf - 0x1.8p23f;
     nmx_vf32 r = x - k * 0.693145751953125f;
@@ -117,8 +117,8 @@ static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_f32(nmx_vf32 x) {
     return NMX_VSEL(nmx_vf32, nmx_vi32, x < -87.33f, zero, p * scale);
 }
 
-static inline __attribute__((always_inline)) nmx_vf64 nmx_vexp_f64(nmx_vf64 x) {
-    const nmx_vf64 zero = {0};
+static inline __attribute__((always_inline)) nmx_vf64 nmx_vexp_f64(const nmx_vf64 *xp) {
+    const nmx_vf64 zero = {0}, x = *xp;
     nmx_vf64 kf = x * 1.4426950408889634074 + 0x1.8p52;
     nmx_vf64 k = kf - 0x1.8p52;
     nmx_vf64 r = x - k * 6.93147180369123816490e-01;
@@ -142,17 +142,27 @@ static inline __attribute__((always_inline)) nmx_vf64 nmx_vexp_f64(nmx_vf64 x) {
 }
 
 /* Add a vector of exponentials to float64 accumulators (float32: two halves widened). */
-static inline __attribute__((always_inline)) void nmx_vacc_f32(nmx_vf64 *acc, nmx_vf32 e) {
+static inline __attribute__((always_inline)) void nmx_vacc_f32(nmx_vf64 *acc, const nmx_vf32 *e) {
     nmx_vf32h lo, hi;
-    memcpy(&lo, &e, sizeof lo);
-    memcpy(&hi, (const char *)&e + sizeof lo, sizeof hi);
+    memcpy(&lo, e, sizeof lo);
+    memcpy(&hi, (const char *)e + sizeof lo, sizeof hi);
     acc[0] += __builtin_convertvector(lo, nmx_vf64);
     acc[1] += __builtin_convertvector(hi, nmx_vf64);
 }
 
-static inline __attribute__((always_inline)) void nmx_vacc_f64(nmx_vf64 *acc, nmx_vf64 e) {
-    acc[0] += e;
+static inline __attribute__((always_inline)) void nmx_vacc_f64(nmx_vf64 *acc, const nmx_vf64 *e) {
+    acc[0] += *e;
 }
+
+/* log1p(s) for the s >= 0 of a softmax row: glibc's log1p is several times slower than its log,
+ * and small batches compute one per row. With u = 1 + s rounded, log(u) * s / (u - 1) corrects
+ * the rounding of u (Goldberg), within a few ulp; u == 1 means s is below half an ulp of 1 and
+ * log1p(s) = s to double precision (a class that dominates by 100 keeps its exp(-100)). */
+static inline double nmx_log1p(double s) {
+    double u = 1.0 + s;
+    return u == 1.0 ? s : log(u) * (s / (u - 1.0));
+}
+#define NMX_LOG1P nmx_log1p
 
 static inline int64_t nmx_label_at(const void *labels, int bytes, nmx_index i) {
     return bytes == 4 ? (int64_t)((const int32_t *)labels)[i] : ((const int64_t *)labels)[i];
@@ -178,6 +188,7 @@ nmx_index nmx_xent_check_labels(const void *labels, int label_bytes, nmx_index n
 #ifndef NMX_BLOCK_BYTES
 #define NMX_BLOCK_BYTES ((nmx_index)512 * 1024)
 #endif
+#define NMX_SMALL_C 16 /* rows with at most this many classes are processed in groups */
 #ifndef NMX_PREFETCH
 #define NMX_PREFETCH 8 /* classes ahead */
 #endif

@@ -52,15 +52,28 @@ static inline __attribute__((always_inline)) T NM(row_max)(const T *z, nmx_index
 
 /* One vector: e = exp(z - m) (stored if `store`); ties with the maximum are counted, the other
  * exponentials added to `part`. */
-static inline __attribute__((always_inline)) void NM(exp_step)(const T *z, VT m, T *e, VT *part,
-                                                                VI *cnt, int store) {
+static inline __attribute__((always_inline)) void NM(exp_step)(const T *z, const VT *m, T *e,
+                                                                VT *part, VI *cnt, int store) {
     const VT zero = {0};
-    VT t = NM(vload)(z) - m;
-    VT ev = NMX_CAT(nmx_vexp, SFX)(t);
+    VT t = NM(vload)(z) - *m;
+    VT ev = NMX_CAT(nmx_vexp, SFX)(&t);
     if (store) memcpy(e, &ev, sizeof ev);
     VI tie = t == 0;
     *part += NMX_VSEL(VT, VI, tie, zero, ev);
     *cnt -= tie; /* a true comparison is -1 */
+}
+
+/* sum of the float64 accumulators plus (ties - 1), as a tree: a serial chain of 16 dependent
+ * additions per row costs more than the exponentials of a 10-class row. */
+static inline __attribute__((always_inline)) double NM(hsum)(const nmx_vf64 *acc, const VI *cnt) {
+    double t[8], c[LANES];
+    for (int k = 0; k < 8; k++) t[k] = acc[0][k] + acc[1][k];
+    for (int k = 0; k < LANES; k++) c[k] = (double)(*cnt)[k];
+    for (int w = LANES / 2; w >= 1; w /= 2)
+        for (int k = 0; k < w; k++) c[k] += c[k + w];
+    for (int w = 4; w >= 1; w /= 2)
+        for (int k = 0; k < w; k++) t[k] += t[k + w];
+    return t[0] + (c[0] - 1.0);
 }
 
 /* s = sum of exp(z_j - m) over every entry but one maximum; exp(z_j - m) stored in e if store.
@@ -80,23 +93,20 @@ static inline __attribute__((always_inline)) double NM(row_sum)(const T *z, nmx_
         VT part = {0};
         nmx_index stop = n - j > NMX_CHUNK * LANES ? j + NMX_CHUNK * LANES : n;
         for (; j + LANES <= stop; j += LANES)
-            NM(exp_step)(z + j, mv, store ? e + j : NULL, &part, &cnt, store);
-        NMX_CAT(nmx_vacc, SFX)(acc, part);
+            NM(exp_step)(z + j, &mv, store ? e + j : NULL, &part, &cnt, store);
+        NMX_CAT(nmx_vacc, SFX)(acc, &part);
     }
     if (j < n) {
         T zb[LANES], eb[LANES];
         VT part = {0};
         for (int k = 0; k < LANES; k++) zb[k] = -(T)INFINITY;
         memcpy(zb, z + j, (size_t)(n - j) * sizeof(T));
-        NM(exp_step)(zb, mv, eb, &part, &cnt, 1);
-        NMX_CAT(nmx_vacc, SFX)(acc, part);
-        if (store) memcpy(e + j, eb, (size_t)(n - j) * sizeof(T));
+        NM(exp_step)(zb, &mv, eb, &part, &cnt, 1);
+        NMX_CAT(nmx_vacc, SFX)(acc, &part);
+        if (store)
+            for (nmx_index k = 0; k < n - j; k++) e[j + k] = eb[k];
     }
-    double s = 0.0;
-    int64_t c = 0;
-    for (int k = 0; k < 8; k++) s += acc[0][k] + acc[1][k];
-    for (int k = 0; k < LANES; k++) c += cnt[k];
-    return s + (double)(c - 1);
+    return NM(hsum)(acc, &cnt);
 }
 
 /* sum_j a_j * b_j (b == NULL: sum_j a_j) with float64 partial sums. */
@@ -120,7 +130,7 @@ static inline __attribute__((always_inline)) void NM(softmax_row)(const T *z, T 
     T m = NM(row_max)(z, n);
     if (log_) {
         /* (z - max) - log1p(s), in that order: z - max is exact, so a tie near 3e29 keeps log 2. */
-        T lse = (T)log1p(NM(row_sum)(z, n, m, out, 1)); /* out is overwritten below */
+        T lse = (T)NMX_LOG1P(NM(row_sum)(z, n, m, out, 1)); /* out is overwritten below */
         for (nmx_index j = 0; j < n; j++) out[j] = (z[j] - m) - lse;
     } else {
         T inv = (T)(1.0 / (1.0 + NM(row_sum)(z, n, m, out, 1)));
@@ -159,7 +169,7 @@ static inline __attribute__((always_inline)) double NM(xent_label_row)(const T *
         return 0.0;
     }
     T m = NM(row_max)(z, n);
-    double s = NM(row_sum)(z, n, m, dz, 1), lse = log1p(s);
+    double s = NM(row_sum)(z, n, m, dz, 1), lse = NMX_LOG1P(s);
     double wy = a->weight ? a->weight[y] : 1.0, ty = (double)z[y] - (double)m, sc = a->scale;
     if (a->eps == 0.0) {
         T alpha = (T)(sc * wy / (1.0 + s));
@@ -184,7 +194,7 @@ static inline __attribute__((always_inline)) double NM(xent_prob_row)(const T *z
                                                                       const nmx_xent_args *a) {
     nmx_index n = a->classes;
     T m = NM(row_max)(z, n);
-    double s = NM(row_sum)(z, n, m, dz, 1), lse = log1p(s);
+    double s = NM(row_sum)(z, n, m, dz, 1), lse = NMX_LOG1P(s);
     double ec = a->eps / (double)n, keep = 1.0 - a->eps, sc = a->scale, big_a = 0.0, at = 0.0;
     for (nmx_index j = 0; j < n; j++) {
         double aj = (a->weight ? a->weight[j] : 1.0) * (keep * (double)q[j] + ec);
@@ -241,9 +251,9 @@ static inline __attribute__((always_inline)) void NM(block_sum)(const T *zb, T *
         for (nmx_index v = 0; v < nv; v++) part[v] = (VT){0};
         for (nmx_index c = c0; c < c1; c++)
             for (nmx_index v = 0; v < nv; v++)
-                NM(exp_step)(zb + c * inner + v * LANES, mv[v], eb + c * inner + v * LANES,
+                NM(exp_step)(zb + c * inner + v * LANES, &mv[v], eb + c * inner + v * LANES,
                              &part[v], &cnt[v], 1);
-        for (nmx_index v = 0; v < nv; v++) NMX_CAT(nmx_vacc, SFX)(&acc[2 * v], part[v]);
+        for (nmx_index v = 0; v < nv; v++) NMX_CAT(nmx_vacc, SFX)(&acc[2 * v], &part[v]);
     }
     for (nmx_index v = 0; v < nv; v++)
         for (int k = 0; k < LANES; k++)
@@ -274,7 +284,7 @@ static inline __attribute__((always_inline)) void NM(softmax_block)(const T *zb,
     T *we = pk ? pk : ob;
     NM(block_sum)(pk ? pk : zb, we, n, ws, nb, m, s);
     if (log_) { /* exp was stored only to keep one code path; z is read again */
-        for (nmx_index i = 0; i < nb; i++) s[i] = log1p(s[i]);
+        for (nmx_index i = 0; i < nb; i++) s[i] = NMX_LOG1P(s[i]);
         for (nmx_index c = 0; c < n; c++)
             for (nmx_index i = 0; i < nb; i++)
                 ob[c * inner + i] = (T)(((double)zb[c * inner + i] - (double)m[i]) - s[i]);
@@ -351,7 +361,7 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
     NM(block_sum)(wz, we, n, ws, nb, m, s);
     double keep = 1.0 - a->eps, sc = a->scale, ec = a->eps / (double)n, total = 0.0;
     for (nmx_index i = 0; i < nb; i++) {
-        double lse = log1p(s[i]), loss = 0.0;
+        double lse = NMX_LOG1P(s[i]), loss = 0.0;
         alpha[i] = 0;
         if (!qb) {
             int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
@@ -399,6 +409,37 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
     return total;
 }
 
+/* A group of up to NMX_GROUP rows with few classes (n <= NMX_SMALL_C), transposed so that the
+ * column-block kernel runs across the rows: a 10-class row is too short for the row kernel's
+ * vectors, and one row at a time leaves the per-row latency chain exposed. Padding rows get the
+ * label -1, which the block kernel treats as ignored (zero loss, not returned). */
+#define NMX_GROUP 16
+static inline __attribute__((always_inline)) double NM(xent_small_rows)(const T *z, T *dz,
+                                                                        const nmx_xent_args *a,
+                                                                        nmx_index r0,
+                                                                        nmx_index nr) {
+    nmx_index n = a->classes;
+    T zt[NMX_SMALL_C * NMX_GROUP], dt[NMX_SMALL_C * NMX_GROUP], lt[NMX_GROUP];
+    int64_t yl[NMX_GROUP];
+    for (nmx_index c = 0; c < n; c++)
+        for (nmx_index r = 0; r < NMX_GROUP; r++)
+            zt[c * NMX_GROUP + r] = r < nr ? z[(r0 + r) * n + c] : 0;
+    for (nmx_index r = 0; r < NMX_GROUP; r++)
+        yl[r] = r < nr ? nmx_label_at(a->labels, a->label_bytes, r0 + r) : -1;
+    nmx_xent_args b = *a;
+    b.outer = 1;
+    b.inner = NMX_GROUP;
+    b.labels = yl;
+    b.label_bytes = 8;
+    b.loss = a->loss ? lt : NULL;
+    double total = NM(xent_block)(zt, dt, NULL, &b, 0, 0, NMX_GROUP);
+    for (nmx_index r = 0; r < nr; r++)
+        for (nmx_index c = 0; c < n; c++) dz[(r0 + r) * n + c] = dt[c * NMX_GROUP + r];
+    if (a->loss)
+        for (nmx_index r = 0; r < nr; r++) ((T *)a->loss)[r0 + r] = lt[r];
+    return total;
+}
+
 /* ------------------------------------------------------------------ drivers */
 
 typedef struct {
@@ -421,8 +462,21 @@ NMX_CLONES static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_ind
         pk = malloc((size_t)(jb->n * jb->cols) * sizeof(T));
     nmx_index n = jb->n, inner = jb->inner;
     const nmx_xent_args *a = jb->a;
+    if (jb->kind == NMX_XENT && inner == 1 && n <= NMX_SMALL_C && a->labels) {
+        for (nmx_index r = t0; r < t1; r += NMX_GROUP)
+            total += NM(xent_small_rows)(jb->x, jb->out, a, r, t1 - r < NMX_GROUP ? t1 - r : NMX_GROUP);
+        free(pk);
+        return total;
+    }
+    /* Task t is block t % nblk of example row t / nblk; step through them without dividing per
+     * task (a division costs more than a 10-class row). */
+    nmx_index o = t0 / jb->nblk, ib = t0 % jb->nblk;
     for (nmx_index t = t0; t < t1; t++) {
-        nmx_index o = t / jb->nblk, i0 = (t % jb->nblk) * jb->cols;
+        if (t > t0 && ++ib == jb->nblk) {
+            ib = 0;
+            o++;
+        }
+        nmx_index i0 = ib * jb->cols;
         nmx_index nb = inner - i0 < jb->cols ? inner - i0 : jb->cols;
         nmx_index off = o * n * inner + i0;
         const T *x = jb->x + off;
@@ -458,11 +512,16 @@ static double NM(run)(NM(job) * jb, nmx_index outer) {
     nmx_index ntasks = outer * jb->nblk;
     int nt = nmx_threads_for(outer * jb->n * jb->inner);
     if (nt <= 1 || ntasks < 2) return NM(run_range)(jb, 0, ntasks);
+    /* Dynamic chunks (about 8 per thread): on a shared machine a descheduled thread no longer
+     * holds up the call; the others take its remaining chunks. */
+    nmx_index chunk = ntasks / (8 * (nmx_index)nt);
+    if (chunk < 1) chunk = 1;
+    nmx_index nchunks = (ntasks + chunk - 1) / chunk;
     double total = 0.0;
-#pragma omp parallel num_threads(nt) reduction(+ : total)
-    {
-        nmx_index id = omp_get_thread_num(), k = omp_get_num_threads();
-        total += NM(run_range)(jb, ntasks * id / k, ntasks * (id + 1) / k);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(+ : total)
+    for (nmx_index k = 0; k < nchunks; k++) {
+        nmx_index t1 = (k + 1) * chunk < ntasks ? (k + 1) * chunk : ntasks;
+        total += NM(run_range)(jb, k * chunk, t1);
     }
     return total;
 }

@@ -312,9 +312,12 @@ def test_command_check_rejects_bad_files(tmp_path):
     assert bench.main(["--check", str(tmp_path / "missing.json")]) == 1
 
 
-def test_command_rejects_negative_threads(capsys):
+def test_command_rejects_bad_options_before_running(capsys, tmp_path):
     assert bench.main(["--threads", "-1", *FAST_ARGS]) == 2
     assert "--threads must be >= 0" in capsys.readouterr().err
+    missing = tmp_path / "no" / "such" / "dir" / "r.json"
+    assert bench.main(["--json", str(missing), *FAST_ARGS]) == 2
+    assert "--json: directory of" in capsys.readouterr().err
 
 
 def test_numba_backend_run_in_a_subprocess(tmp_path):

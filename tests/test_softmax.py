@@ -6,6 +6,7 @@ against finite differences (test_softmax_grad.py) and PyTorch (test_softmax_torc
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -210,3 +211,54 @@ def test_single_class(backend):
     loss, dz = normax.softmax_cross_entropy(np.array([[3.0], [-2.0]]), np.array([0, 0]))
     assert loss == 0.0 and not dz.any()
     np.testing.assert_array_equal(normax.softmax(np.array([[3.0], [-2.0]])), [[1.0], [1.0]])
+
+
+@pytest.mark.skipif("c" not in normax.available_backends(), reason="needs the C extension")
+@pytest.mark.parametrize("n", [1, 15, 16, 33])
+@pytest.mark.parametrize("kw", [{}, {"ignore_index": -1, "reduction": "none"},
+                                {"label_smoothing": 0.3, "reduction": "sum"}])  # fmt: skip
+def test_fast_path_equals_checked_path(rng, n, kw):
+    """The C fast path (common calls) and the fully checked path give identical results,
+    including the grouped kernel for few classes (groups of 16 rows, padded)."""
+    sm = importlib.import_module("normax.softmax")  # the module, not the function
+    previous = normax.get_backend()
+    normax.set_backend("c")
+    try:
+        for c in (3, 10, 40):
+            z = make_logits(rng, (n, c), np.float32)
+            y = rng.integers(0, c, n)
+            y[::4] = -1 if "ignore_index" in kw else y[::4]
+            fast = normax.softmax_cross_entropy(z, y, **kw)
+            checked = sm._xent_checked(
+                z, y, -1, kw.get("reduction", "mean"), None, kw.get("ignore_index"),
+                kw.get("label_smoothing", 0.0), None,
+            )  # fmt: skip
+            np.testing.assert_array_equal(fast[0], checked[0])
+            np.testing.assert_array_equal(fast[1], checked[1])
+            ref = reference(normax.softmax_cross_entropy, z, y, **kw)
+            assert_close(fast[0], ref[0], np.float32, scale=10.0)
+            assert_close(fast[1], ref[1], np.float32)
+    finally:
+        normax.set_backend(previous)
+
+
+def test_fast_path_declines_unusual_arguments(rng):
+    """Arguments the fast path does not take still work (or fail) through the checked path."""
+    z = make_logits(rng, (4, 5), np.float64)
+    y = np.array([0, 1, 2, 3])
+    base = normax.softmax_cross_entropy(z, y)
+    for kw in ({"axis": np.int64(-1)}, {"label_smoothing": 0}, {"ignore_index": np.int8(-1)},
+               {"weight": np.ones(5)}):  # fmt: skip
+        got = normax.softmax_cross_entropy(z, y, **kw)
+        assert got[0] == base[0]
+        np.testing.assert_array_equal(got[1], base[1])
+    buf = np.zeros(40)
+    with pytest.raises(ValueError, match="out overlaps target"):
+        normax.softmax_cross_entropy(z, buf[:4].view(np.int64), out=buf[:20].reshape(4, 5))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    module = importlib.import_module("normax.softmax")
+    assert doctest.testmod(module).failed == 0

@@ -20,11 +20,11 @@ _OPTS = {"parallel": True, "cache": True, "nogil": True}
 
 
 @nb.njit(cache=True, inline="always")
-def _max_sum(z, o, i):
-    """(max, s) of column (o, :, i); s sums exp(z - max) over all entries but one maximum.
+def _max_sum(z, o, i, e):
+    """(max, s) of column (o, :, i), with exp(z - max) stored in e[o, :, i].
 
-    Ties with the maximum are counted, not summed, so s keeps a tiny exp(-100) term exactly; a
-    NaN or +inf makes some t NaN and so s NaN.
+    s sums exp(z - max) over all entries but one maximum: ties with the maximum are counted, not
+    summed, so s keeps a tiny exp(-100) term exactly; a NaN or +inf makes some t NaN, so s NaN.
     """
     c = z.shape[1]
     m = np.float64(z[o, 0, i])
@@ -36,10 +36,12 @@ def _max_sum(z, o, i):
     ties = 0
     for k in range(c):
         t = np.float64(z[o, k, i]) - m
+        ek = math.exp(t)
+        e[o, k, i] = ek
         if t == 0.0:
             ties += 1
         else:
-            s += math.exp(t)
+            s += ek
     return m, s + (ties - 1)
 
 
@@ -48,12 +50,14 @@ def _forward(z, out, log):
     outer, c, inner = z.shape
     for col in prange(outer * inner):
         o, i = col // inner, col % inner
-        m, s = _max_sum(z, o, i)
+        m, s = _max_sum(z, o, i, out)
         lse = math.log1p(s)
         inv = 1.0 / (1.0 + s)
         for k in range(c):
-            t = np.float64(z[o, k, i]) - m
-            out[o, k, i] = t - lse if log else math.exp(t) * inv
+            if log:
+                out[o, k, i] = (np.float64(z[o, k, i]) - m) - lse
+            else:
+                out[o, k, i] = np.float64(out[o, k, i]) * inv
 
 
 @nb.njit([void(f[:, :, ::1], f[:, :, ::1], f[:, :, ::1], boolean) for f in _F], **_OPTS)
@@ -89,7 +93,7 @@ def _xent_labels(z, y, w, has_ign, ign, eps, scale, dz):
             for k in range(c):
                 dz[o, k, i] = 0.0
         else:
-            m, s = _max_sum(z, o, i)
+            m, s = _max_sum(z, o, i, dz)
             lse = math.log1p(s)
             wy, ty = w[lab], np.float64(z[o, lab, i]) - m
             big_a = keep * wy + ec * wall
@@ -97,9 +101,8 @@ def _xent_labels(z, y, w, has_ign, ign, eps, scale, dz):
             wt = 0.0
             for k in range(c):
                 t = np.float64(z[o, k, i]) - m
-                dz[o, k, i] = alpha * math.exp(t) - scale * ec * w[k]
-                if eps != 0.0:
-                    wt += w[k] * t
+                dz[o, k, i] = alpha * np.float64(dz[o, k, i]) - scale * ec * w[k]
+                wt += w[k] * t
             if eps == 0.0:
                 dz[o, lab, i] = scale * wy * math.expm1(-(lse - ty))
                 loss[o, i] = wy * (lse - ty)
@@ -122,7 +125,7 @@ def _xent_probs(z, q, w, eps, scale, dz):
     ec, keep = eps / c, 1.0 - eps
     for col in prange(outer * inner):
         o, i = col // inner, col % inner
-        m, s = _max_sum(z, o, i)
+        m, s = _max_sum(z, o, i, dz)
         big_a = 0.0
         at = 0.0
         for k in range(c):
@@ -132,9 +135,25 @@ def _xent_probs(z, q, w, eps, scale, dz):
         alpha = scale * big_a / (1.0 + s)
         for k in range(c):
             a = w[k] * (keep * np.float64(q[o, k, i]) + ec)
-            dz[o, k, i] = alpha * math.exp(np.float64(z[o, k, i]) - m) - scale * a
+            dz[o, k, i] = alpha * np.float64(dz[o, k, i]) - scale * a
         loss[o, i] = big_a * math.log1p(s) - at
     return loss
+
+
+# Below this many elements the kernels run on one thread, as the C kernels do: waking the pool
+# costs more than the work, and on a loaded machine a descheduled worker stalls the whole call.
+_SERIAL_BELOW = 1 << 15
+
+
+def _run(kernel, work, *args):
+    threads = nb.get_num_threads()
+    if work >= _SERIAL_BELOW or threads == 1:
+        return kernel(*args)
+    nb.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        nb.set_num_threads(threads)
 
 
 def _v3(x, outer, c, inner):
@@ -143,19 +162,21 @@ def _v3(x, outer, c, inner):
 
 def softmax(z, out, outer, c, inner, log):
     """Write (log-)softmax of the (outer, c, inner) view of ``z`` into ``out``."""
-    _forward(_v3(writeable(z), outer, c, inner), _v3(out, outer, c, inner), bool(log))
+    zv = _v3(writeable(z), outer, c, inner)
+    _run(_forward, z.size, zv, _v3(out, outer, c, inner), bool(log))
 
 
 def softmax_backward(g, y, out, outer, c, inner, log):
     """Write the gradient of (log-)softmax wrt the logits into ``out``."""
     v = (outer, c, inner)
-    _backward(_v3(writeable(g), *v), _v3(writeable(y), *v), _v3(out, *v), bool(log))
+    _run(_backward, g.size, _v3(writeable(g), *v), _v3(writeable(y), *v), _v3(out, *v), bool(log))
 
 
 def xent(z3, target, w, ign, eps, scale, dz3):
     """Per-example float64 losses; writes scale * gradient into ``dz3``."""
     z3, target, w = writeable(z3), writeable(target), writeable(w)
     if target.ndim == 3:
-        return _xent_probs(z3, target, w, eps, scale, dz3)
+        return _run(_xent_probs, z3.size, z3, target, w, eps, scale, dz3)
     has_ign = ign is not None
-    return _xent_labels(z3, target, w, has_ign, ign if has_ign else 0, eps, scale, dz3)
+    args = (z3, target, w, has_ign, ign if has_ign else 0, eps, scale, dz3)
+    return _run(_xent_labels, z3.size, *args)

@@ -49,10 +49,13 @@ BLAS/OpenMP pools (via threadpoolctl) to N threads for the whole run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import os
 import sys
 
+from .cases import DTYPES, SIZES
 from .harness import FAMILIES, SCHEMA, Config, plan, run_benchmarks
 from .report import check_results, plot, render
 
@@ -70,84 +73,44 @@ __all__ = [
 ]
 
 
+_FLAG = {"action": "store_true"}
+_EACH = {"action": "append"}
+# option -> argparse keywords; the list of `normax bench` options after --quick / --full
+OPTIONS = {
+    "--threads": {"type": int, "default": 0, "metavar": "N",
+                  "help": "threads for normax, NumPy's BLAS and torch (default: all cores)"},
+    "--json": {"metavar": "FILE", "help": "write every figure to a JSON file"},
+    "--plot": {"metavar": "FILE", "help": "write speed-up bars to a PNG (matplotlib)"},
+    "--markdown": {**_FLAG, "help": "print Markdown tables"},
+    "--compact": {**_FLAG, "help": "one line per case (every median, then the C backend's)"},
+    "--from-json": {"metavar": "FILE",
+                    "help": "do not run: print the tables of a results file"},
+    "--family": {**_EACH, "choices": list(FAMILIES), "help": "only this family (repeatable)"},
+    "--size": {**_EACH, "choices": list(SIZES),
+               "help": "only this size class, quick or not (repeatable)"},
+    "--dtype": {**_EACH, "choices": list(DTYPES), "help": "only this dtype (repeatable)"},
+    "--backend": {**_EACH, "choices": ["c", "numba", "numpy"],
+                  "help": "only this normax backend (repeatable; numpy always runs)"},
+    "--no-torch": {**_FLAG, "help": "leave PyTorch out"},
+    "--min-time": {"type": float, "metavar": "S",
+                   "help": "seconds of samples per contender (default 0.05 quick, 0.3 full)"},
+    "--probe-mib": {"type": int, "metavar": "MIB",
+                    "help": "bandwidth probe array size (default: 4 x last-level cache)"},
+    "--no-progress": {**_FLAG, "help": "no progress bar"},
+    "--check": {"metavar": "FILE",
+                "help": "do not run: check that a results file is complete and that every "
+                        "contender agreed (exit 1 if not)"},
+    "--allow-skipped": {**_FLAG, "help": "with --check: accept cases skipped for lack of a kernel"},
+}  # fmt: skip
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``normax bench``."""
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--quick",
-        action="store_true",
-        help="a selection covering every kernel and layout, < 1 min (default)",
-    )
-    mode.add_argument("--full", action="store_true", help="every shape and dtype")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        metavar="N",
-        help="threads for normax, NumPy's BLAS and torch (default: all cores)",
-    )
-    parser.add_argument("--json", metavar="FILE", help="write every figure to a JSON file")
-    parser.add_argument("--plot", metavar="FILE", help="write speed-up bars to a PNG (matplotlib)")
-    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
-    parser.add_argument(
-        "--compact",
-        action="store_true",
-        help="one line per case (every median, then the C backend's figures)",
-    )
-    parser.add_argument(
-        "--from-json",
-        metavar="FILE",
-        help="do not run: print the tables of a results file (with --markdown / --compact)",
-    )
-    parser.add_argument(
-        "--family",
-        action="append",
-        choices=list(FAMILIES),
-        help="only this kernel family (repeatable)",
-    )
-    parser.add_argument(
-        "--size",
-        action="append",
-        choices=["tiny", "small", "medium", "large"],
-        help="only shapes of this size class, quick or not (repeatable)",
-    )
-    parser.add_argument(
-        "--dtype",
-        action="append",
-        choices=["float32", "float64"],
-        help="only this dtype (repeatable)",
-    )
-    parser.add_argument(
-        "--backend",
-        action="append",
-        choices=["c", "numba", "numpy"],
-        help="only this normax backend (repeatable; numpy always runs)",
-    )
-    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
-    parser.add_argument(
-        "--min-time",
-        type=float,
-        metavar="S",
-        help="seconds of samples per contender (default 0.05 quick, 0.3 full)",
-    )
-    parser.add_argument(
-        "--probe-mib",
-        type=int,
-        metavar="MIB",
-        help="bandwidth probe array size (default: 4 x last-level cache)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--check",
-        metavar="FILE",
-        help="do not run: check that a results file is complete and that every "
-        "contender agreed (exit 1 if not)",
-    )
-    parser.add_argument(
-        "--allow-skipped",
-        action="store_true",
-        help="with --check: accept cases skipped for a missing kernel",
-    )
+    mode.add_argument("--quick", **_FLAG, help="every kernel and layout, < 1 min (default)")
+    mode.add_argument("--full", **_FLAG, help="every shape and dtype")
+    for option, keywords in OPTIONS.items():
+        parser.add_argument(option, **keywords)
 
 
 def _config(args: argparse.Namespace, argv: list[str]) -> Config:
@@ -196,6 +159,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return 0
     try:
         config = _config(args, sys.argv[1:] if argv is None else argv)
+        _check_outputs(args)  # fail now, not after minutes of measuring
         doc = run_benchmarks(config)
     except ValueError as exc:
         print(f"normax bench: {exc}", file=sys.stderr)
@@ -208,6 +172,14 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         plot(doc, args.plot)
     failed = any(r["status"] == "error" for r in doc["cases"]) or not doc["all_agree"]
     return 1 if failed else 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ValueError(f"{option}: directory of {path!r} does not exist")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'normax[plot]'")
 
 
 def _plain(value):
