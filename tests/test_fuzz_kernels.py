@@ -199,7 +199,13 @@ def run_everywhere(make: Callable[[], tuple[Callable, dict, set]]) -> dict[str, 
                 result, error = None, (type(exc), str(exc))
             after = _snapshot(arrays)
             may = set() if error else writable
-            changed = [k for k in before if k not in may and after[k] != before[k]]
+            # An array that is a view of one the call may write changes with it (beta as a view
+            # of the out of a backward pass, which does not read beta): that is the caller's
+            # aliasing, not a write of the kernel.
+            aliased = {k for k in before for w in may if w in arrays
+                       and np.shares_memory(arrays[k], arrays[w])}
+            changed = [k for k in before
+                       if k not in may and k not in aliased and after[k] != before[k]]
             outcomes[name] = Outcome(error, result,
                                      {k: np.array(arrays[k]) for k in writable if k in arrays},
                                      changed)
