@@ -137,7 +137,7 @@ def header(doc: dict) -> list[str]:
     llc = m["llc_bytes"] / (1 << 20)
     lines = [
         f"normax bench ({doc['mode']}): {m['cpu']}, {m['usable_cores']} cores, "
-        f"{llc:.0f} MiB LLC, {doc['threads']} threads; copy {bw['copy_gbs']:.1f} GB/s, "
+        f"{llc:.0f} MiB LLC, {_threads(doc['threads'])}; copy {bw['copy_gbs']:.1f} GB/s, "
         f"read {bw['read_gbs']:.1f} GB/s",
         f"normax {v['normax']} (backends {', '.join(doc['backends'])}), numpy {v['numpy']}, "
         f"numba {v['numba'] or 'absent'}, torch {v['torch'] or 'absent (no torch columns)'}",
@@ -309,8 +309,8 @@ def plot(doc: dict, path: str) -> None:
     )
     for ax, (family, records) in zip(axes[:, 0], groups.items(), strict=True):
         _plot_family(ax, family, records)
-    fig.suptitle(f"normax speed-up ({doc['machine']['cpu']}, {doc['threads']} threads)")
-    fig.tight_layout()
+    fig.suptitle(f"normax speed-up ({doc['machine']['cpu']}, {_threads(doc['threads'])})")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -345,3 +345,7 @@ def _speedup(record: dict, name: str, baseline: str) -> float | None:
     if times.get(name) and times.get(baseline):
         return times[baseline] / times[name]
     return None
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread" + "s" * (n != 1)
