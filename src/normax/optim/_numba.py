@@ -8,6 +8,8 @@ arithmetic exactly as in C. Kernels compile on first use per dtype and are cache
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -18,69 +20,78 @@ from ._kinds import ADAM, AMSGRAD, CENTERED, FIRST, MOMENTUM, NESTEROV, RMSPROP,
 PARALLEL_MIN_WORK = 1 << 15
 
 
-def _jit(fn):
-    """A (parallel, serial) pair of compiled versions of ``fn``, each compiled on first use.
+@functools.cache
+def _kernel(loop, flags: tuple, parallel: bool):
+    """``loop(*flags)`` compiled, parallel or serial; each variant compiles on first use.
 
+    The option flags are closure constants rather than arguments, so Numba prunes the branches
+    they guard and the loop body is straight-line code that LLVM vectorizes. With the flags as
+    run-time arguments the branches stayed inside the loop and Adam ran ~90x slower per element.
     ``error_model="numpy"``: a division by zero gives inf or NaN as in C, not an exception.
     """
-    return (
-        numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(fn),
-        numba.njit(cache=True, nogil=True, error_model="numpy")(fn),
-    )
+    return numba.njit(parallel=parallel, cache=True, nogil=True, error_model="numpy")(loop(*flags))
 
 
-@_jit
-def _sgd(p, g, buf, lr, wd, mu, damp1, l2, mom, nesterov, first):
-    for i in numba.prange(p.size):
-        d = g[i] + wd * p[i] if l2 else g[i]
-        if mom:
-            b = d if first else mu * buf[i] + damp1 * d
-            buf[i] = b
-            d = d + mu * b if nesterov else b
-        p[i] = p[i] - lr * d
+def _sgd(l2, mom, nesterov, first):
+    def sgd(p, g, buf, lr, wd, mu, damp1):
+        for i in numba.prange(p.size):
+            d = g[i] + wd * p[i] if l2 else g[i]
+            if mom:
+                b = d if first else mu * buf[i] + damp1 * d
+                buf[i] = b
+                d = d + mu * b if nesterov else b
+            p[i] = p[i] - lr * d
+
+    return sgd
 
 
-@_jit
-def _momentum(p, g, v, lr, beta, omb):
-    for i in numba.prange(p.size):
-        vi = beta * v[i] + omb * g[i]
-        v[i] = vi
-        p[i] = p[i] - lr * vi
+def _momentum():
+    def momentum(p, g, v, lr, beta, omb):
+        for i in numba.prange(p.size):
+            vi = beta * v[i] + omb * g[i]
+            v[i] = vi
+            p[i] = p[i] - lr * vi
+
+    return momentum
 
 
-@_jit
-def _rmsprop(p, g, sq, ga, buf, lr, wd, alpha, w, eps, mu, wc, l2, centered, mom, small_w):
-    for i in numba.prange(p.size):
-        d = g[i] + wd * p[i] if l2 else g[i]
-        s = sq[i] * alpha + w * d * d
-        sq[i] = s
-        if centered:
-            a = ga[i] + w * (d - ga[i]) if small_w else d - (d - ga[i]) * wc
-            ga[i] = a
-            s = s - a * a
-        avg = np.sqrt(s) + eps
-        if mom:
-            b = mu * buf[i] + d / avg
-            buf[i] = b
-            p[i] = p[i] - lr * b
-        else:
-            p[i] = p[i] - lr * (d / avg)
+def _rmsprop(l2, centered, mom, small_w):
+    def rmsprop(p, g, sq, ga, buf, lr, wd, alpha, w, eps, mu, wc):
+        for i in numba.prange(p.size):
+            d = g[i] + wd * p[i] if l2 else g[i]
+            s = sq[i] * alpha + w * d * d
+            sq[i] = s
+            if centered:
+                a = ga[i] + w * (d - ga[i]) if small_w else d - (d - ga[i]) * wc
+                ga[i] = a
+                s = s - a * a
+            avg = np.sqrt(s) + eps
+            if mom:
+                b = mu * buf[i] + d / avg
+                buf[i] = b
+                p[i] = p[i] - lr * b
+            else:
+                p[i] = p[i] - lr * (d / avg)
+
+    return rmsprop
 
 
-@_jit
-def _adam(p, g, m, v, vmax, step, wd, decay, w, b2, omb2, eps, bc2s, wc, l2, amsgrad, small_w):
-    for i in numba.prange(p.size):
-        pi = p[i] * decay
-        d = g[i] + wd * pi if l2 else g[i]
-        mi = m[i] + w * (d - m[i]) if small_w else d - (d - m[i]) * wc
-        vi = v[i] * b2 + omb2 * d * d
-        m[i] = mi
-        v[i] = vi
-        if amsgrad:
-            vi = vmax[i] if vmax[i] >= vi else vi
-            vmax[i] = vi
-        denom = np.sqrt(vi) / bc2s + eps
-        p[i] = pi - step * (mi / denom)
+def _adam(l2, amsgrad, small_w):
+    def adam(p, g, m, v, vmax, step, wd, decay, w, b2, omb2, eps, bc2s, wc):
+        for i in numba.prange(p.size):
+            pi = p[i] * decay
+            d = g[i] + wd * pi if l2 else g[i]
+            mi = m[i] + w * (d - m[i]) if small_w else d - (d - m[i]) * wc
+            vi = v[i] * b2 + omb2 * d * d
+            m[i] = mi
+            v[i] = vi
+            if amsgrad:
+                vi = vmax[i] if vmax[i] >= vi else vi
+                vmax[i] = vi
+            denom = np.sqrt(vi) / bc2s + eps
+            p[i] = pi - step * (mi / denom)
+
+    return adam
 
 
 def _flat(a):
@@ -106,54 +117,35 @@ def _placeholder(dtype: np.dtype, n: int, slot: int) -> np.ndarray:
 
 def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
     """Update every array of ``params`` in place (same signature as the C kernel)."""
-    for k, p in enumerate(params):
-        which = 0 if p.size >= PARALLEL_MIN_WORK else 1
-        t = p.dtype.type
-        h = [t(x) for x in hyper]
-        pf, gf = _flat(p), _flat(grads[k])
-        a, b, c = (
-            _flat(s[k]) if s is not None else _placeholder(p.dtype, p.size, j)
-            for j, s in enumerate((s0, s1, s2))
+    if kind == SGD:
+        loop, opts, nh = (
+            _sgd,
+            (hyper[1] != 0.0, s0 is not None, bool(flags & NESTEROV), bool(flags & FIRST)),
+            4,
         )
-        if kind == SGD:
-            _sgd[which](
-                pf,
-                gf,
-                a,
-                *h[:4],
-                hyper[1] != 0.0,
-                s0 is not None,
-                bool(flags & NESTEROV),
-                bool(flags & FIRST),
-            )
-        elif kind == MOMENTUM:
-            _momentum[which](pf, gf, a, *h[:3])
-        elif kind == RMSPROP:
-            _rmsprop[which](
-                pf,
-                gf,
-                a,
-                b,
-                c,
-                *h[:6],
-                t(1) - h[3],
-                hyper[1] != 0.0,
-                bool(flags & CENTERED),
-                s2 is not None,
-                abs(hyper[3]) < 0.5,
-            )
-        elif kind == ADAM:
-            _adam[which](
-                pf,
-                gf,
-                a,
-                b,
-                c,
-                *h,
-                t(1) - h[3],
-                hyper[1] != 0.0,
-                bool(flags & AMSGRAD),
-                abs(hyper[3]) < 0.5,
-            )
-        else:
-            raise ValueError(f"unknown optimizer kind {kind}")
+    elif kind == MOMENTUM:
+        loop, opts, nh = _momentum, (), 3
+    elif kind == RMSPROP:
+        loop, opts, nh = (
+            _rmsprop,
+            (hyper[1] != 0.0, bool(flags & CENTERED), s2 is not None, abs(hyper[3]) < 0.5),
+            6,
+        )
+    elif kind == ADAM:
+        loop, opts, nh = _adam, (hyper[1] != 0.0, bool(flags & AMSGRAD), abs(hyper[3]) < 0.5), 9
+    else:
+        raise ValueError(f"unknown optimizer kind {kind}")
+    for k, p in enumerate(params):
+        kernel = _kernel(loop, opts, p.size >= PARALLEL_MIN_WORK)
+        t = p.dtype.type
+        h = [t(x) for x in hyper[:nh]]
+        if kind in (RMSPROP, ADAM):
+            h.append(t(1) - h[3])  # wc = 1 - w, rounded to the array's dtype like the C kernel
+        states = (
+            _flat(s[k]) if s is not None else _placeholder(p.dtype, p.size, j)
+            for j, s in enumerate((s0, s1, s2)[: _N_STATES[kind]])
+        )
+        kernel(_flat(p), _flat(grads[k]), *states, *h)
+
+
+_N_STATES = {SGD: 1, MOMENTUM: 1, RMSPROP: 3, ADAM: 3}

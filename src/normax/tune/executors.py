@@ -135,7 +135,10 @@ def _worker_main(conn) -> None:
     # Ctrl-C reaches the whole process group; the driver decides what happens to the trials
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
-        task = conn.recv()
+        try:
+            task = conn.recv()
+        except EOFError:  # the driver closed the pipe (pool closed or driver gone): exit quietly
+            return
         if task is None:
             return
         conn.send(run_task(task))
