@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build normax._core with AddressSanitizer + UndefinedBehaviorSanitizer into a virtual
+# Build normax's compiled modules with AddressSanitizer + UndefinedBehaviorSanitizer into a virtual
 # environment and run the test suite against it. Any sanitizer report fails the run.
 #
 #   tools/sanitize.sh [-v VENV] [-n] [-- PYTEST_ARGS...]
@@ -68,12 +68,18 @@ libasan=$(gcc -print-file-name=libasan.so)
 libstdcxx=$(gcc -print-file-name=libstdc++.so)
 [[ -f $libstdcxx ]] && libasan="$libasan:$libstdcxx"
 # find_spec("normax") locates the package without importing it (importing needs the preload).
-so=$("$venv/bin/python" -c 'import glob, importlib.util as u, os
-print(*glob.glob(os.path.join(os.path.dirname(u.find_spec("normax").origin), "_core*.so")))')
-if ! nm -D "$so" | grep -q __asan_report; then
-  echo "sanitize: $so is not instrumented (built without NORMAX_SANITIZE=ON?)" >&2
-  exit 1
-fi
+# Every compiled module (the Cython front doors and the kernels linked into them) must be
+# instrumented.
+mapfile -t sos < <("$venv/bin/python" -c 'import glob, importlib.util as u, os
+print(*glob.glob(os.path.join(os.path.dirname(u.find_spec("normax").origin), "*.so")), sep="\n")')
+((${#sos[@]})) || { echo "sanitize: no compiled normax modules found" >&2; exit 1; }
+for so in "${sos[@]}"; do
+  if ! nm -D "$so" | grep -q __asan_report; then
+    echo "sanitize: $so is not instrumented (built without NORMAX_SANITIZE=ON?)" >&2
+    exit 1
+  fi
+done
+so="${sos[*]}"
 echo "sanitize: testing $so with $libasan"
 
 logs="$scratch/reports"

@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SUPPRESSIONS = ["/usr/lib/valgrind/python3.supp", "/usr/lib/valgrind/python.supp"]
 # A frame in the extension: its file when built without symbols, its sources when with.
-NORMAX_FRAME = re.compile(r"normax/_core\.|_core(_\w+)?\.c\b|\b(batchnorm|softmax|optim|threads)"
-                          r"(_impl)?\.[ch]\b")
+NORMAX_FRAME = re.compile(r"normax/_(core|ext)\w*\.|_(core|ext)(_\w+)?\.(c|pyx|pxd)\b"
+                          r"|\b(batchnorm|softmax|optim|threads)(_impl)?\.[ch]\b")
 ERROR_KINDS = ("Invalid read", "Invalid write", "Conditional jump or move depends on uninit",
                "Use of uninitialised value", "Invalid free", "Mismatched free",
                "Syscall param", "Source and destination overlap")

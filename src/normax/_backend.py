@@ -28,6 +28,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without a compil
 else:
     _core_error = None
 
+# The compiled front doors share one thread control (normax._ext_common).
+_ext_common: ModuleType | None
+try:
+    from . import _ext_common
+except ImportError:  # pragma: no cover - exercised only without a compiled extension
+    _ext_common = None
+
 _num_threads = 0  # 0: each runtime's default (OMP_NUM_THREADS, numba's NUMBA_NUM_THREADS)
 _active = "c"
 
@@ -95,6 +102,8 @@ def set_num_threads(n: int) -> None:
     _num_threads = n
     if _core is not None:
         _core.set_num_threads(n)
+    if _ext_common is not None:
+        _ext_common.set_num_threads(n)
     if "numba" in _loaded_modules():
         import numba
 
@@ -104,6 +113,8 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """Threads the C kernels use for large inputs (the Numba kernels use the same number)."""
+    if _ext_common is not None:
+        return _ext_common.get_num_threads()
     if _core is not None:
         return _core.get_num_threads()
     return _num_threads or os.cpu_count() or 1

@@ -1,0 +1,138 @@
+# cython: language_level=3
+"""What every compiled front door shares: the fast acceptance tests, C-level argument checks
+that make a hostile direct call raise instead of crash, and the thread control.
+
+The ``cdef inline`` helpers are compiled into each module that cimports them (no call across
+modules on the hot path); ``register_threads`` and the thread state live in ``_ext_common``.
+"""
+
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+
+cdef extern from "normax.h":
+    ctypedef int64_t nmx_index
+    void nmx_set_num_threads(int n) noexcept nogil
+    int nmx_get_num_threads() noexcept nogil
+
+ctypedef void (*threads_setter)(int) noexcept nogil
+
+# Every module links its own copy of csrc/threads.c (csrc/ is a static library), so each one
+# registers its setter here at import; normax.set_num_threads then reaches all of them.
+cdef int register_threads(threads_setter setter) except -1
+
+
+cdef inline int float_typenum(object a) noexcept:
+    """NPY_FLOAT32 or NPY_FLOAT64 if ``a`` is an exact ndarray of that dtype, C-contiguous,
+    aligned and in native byte order (what every kernel reads), else -1."""
+    if not cnp.PyArray_CheckExact(a):
+        return -1
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int t = cnp.PyArray_TYPE(arr)
+    if (t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64) and cnp.PyArray_ISCARRAY_RO(arr):
+        return t
+    return -1
+
+
+cdef inline bint is_vector(object a, int typenum, cnp.npy_intp n, bint writeable) noexcept:
+    """``a`` is an exact 1-d ndarray of ``typenum`` with ``n`` elements that a kernel may read
+    (and write, with ``writeable``) as a plain C array."""
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_DIMS(arr)[0] == n
+            and cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_ISCARRAY_RO(arr)
+            and (not writeable or cnp.PyArray_ISWRITEABLE(arr)))
+
+
+cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
+    cdef int k, nd = cnp.PyArray_NDIM(a)
+    if cnp.PyArray_NDIM(b) != nd:
+        return False
+    for k in range(nd):
+        if cnp.PyArray_DIMS(a)[k] != cnp.PyArray_DIMS(b)[k]:
+            return False
+    return True
+
+
+cdef inline bint overlaps(object a, object b) noexcept:
+    """Whether the byte ranges of two arrays intersect (None and empty arrays never do). Exact
+    for the contiguous arrays the front doors accept, like ``numpy.may_share_memory``."""
+    if a is None or b is None:
+        return False
+    cdef cnp.ndarray x = <cnp.ndarray>a
+    cdef cnp.ndarray y = <cnp.ndarray>b
+    cdef char *px = cnp.PyArray_BYTES(x)
+    cdef char *py = cnp.PyArray_BYTES(y)
+    cdef cnp.npy_intp nx = cnp.PyArray_NBYTES(x), ny = cnp.PyArray_NBYTES(y)
+    return nx > 0 and ny > 0 and px < py + ny and py < px + nx
+
+
+cdef inline bint exact_float(object v, double *out) noexcept:
+    """A Python float (not a subclass, not a NumPy scalar): its value, without a call."""
+    if type(v) is float:
+        out[0] = <double>v
+        return True
+    return False
+
+
+cdef inline cnp.ndarray empty_like(cnp.ndarray a):
+    return <cnp.ndarray>cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a),
+                                          cnp.PyArray_TYPE(a), 0)
+
+
+cdef inline cnp.ndarray empty_vector(cnp.npy_intp n, int typenum):
+    return <cnp.ndarray>cnp.PyArray_EMPTY(1, &n, typenum, 0)
+
+
+# ---- checks of the kernel entry points (the backend table's "c" column) ----------------------
+# They receive calls the checker has already normalized, but a direct call may pass anything:
+# these make every such call raise (TypeError / ValueError) before a kernel runs.
+
+cdef inline cnp.ndarray checked_array(object a, str name, int typenum, nmx_index size,
+                                      bint writeable):
+    """``a`` as an ndarray a kernel may read (and write) as ``size`` elements of ``typenum``."""
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_ISCARRAY_RO(arr)
+            or cnp.PyArray_SIZE(arr) != size
+            or (writeable and not cnp.PyArray_ISWRITEABLE(arr))):
+        raise ValueError(
+            f"{name} must be a{' writeable' if writeable else ''} C-contiguous aligned array "
+            f"of {size} elements of dtype {cnp.PyArray_DescrFromType(typenum)}, got {a.dtype} "
+            f"with {a.size} elements"
+        )
+    return arr
+
+
+cdef inline void *optional_data(object a, str name, int typenum, nmx_index size,
+                                bint writeable) except? NULL:
+    """Data pointer of an optional array (None gives NULL)."""
+    if a is None:
+        return NULL
+    return cnp.PyArray_DATA(checked_array(a, name, typenum, size, writeable))
+
+
+cdef inline int checked_typenum(object a, str name) except -1:
+    """NPY_FLOAT32 / NPY_FLOAT64 of an ndarray (TypeError for anything else)."""
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    return t
+
+
+cdef inline nmx_index checked_view(object outer, object channels, object inner,
+                                   bint need_channels) except -1:
+    """The element count of an (outer, C, inner) view: every size >= 0 (C >= 1 when the kernel
+    divides by it) and a product that fits in 63 bits."""
+    cdef object o = int(outer), c = int(channels), i = int(inner)
+    if o < 0 or c < 0 or i < 0:
+        raise ValueError(f"view sizes must be >= 0, got ({o}, {c}, {i})")
+    if need_channels and c == 0:
+        raise ValueError("the class or channel axis is empty (0 classes)")
+    cdef object n = o * c * i
+    if n >= (<object>1) << 62:
+        raise ValueError(f"view ({o}, {c}, {i}) has too many elements")
+    return <nmx_index>n
