@@ -59,9 +59,9 @@ def contenders(shape, axis, torch):
         cache = normax.batch_norm_train(x, g, b, axis=axis)[1]
         fns[be, "fwd"] = on(be, lambda: normax.batch_norm_train(x, g, b, rm, rv, axis=axis, out=y))
         fns[be, "bwd"] = on(be, lambda c=cache: normax.batch_norm_backward(dy, c, out=dx))
-    _, mean, invstd = ref.train(x, ax, g, b, None, None, 0.1, 1e-5, None)
-    fns["numpy", "fwd"] = lambda: ref.train(x, ax, g, b, rm, rv, 0.1, 1e-5, y)
-    fns["numpy", "bwd"] = lambda: ref.backward(dy, x, ax, mean, invstd, g, dx)
+    _, mean, invstd = ref.train_by_axis(x, ax, g, b, None, None, 0.1, 1e-5, None)
+    fns["numpy", "fwd"] = lambda: ref.train_by_axis(x, ax, g, b, rm, rv, 0.1, 1e-5, y)
+    fns["numpy", "bwd"] = lambda: ref.backward_by_axis(dy, x, ax, mean, invstd, g, dx)
     if torch is not None and ax == 1:
         tx, tg, tb, trm, trv, tdy = map(torch.from_numpy, (x, g, b, rm, rv, dy))
         fwd, bwd = torch.ops.aten.native_batch_norm, torch.ops.aten.native_batch_norm_backward

@@ -3,7 +3,8 @@
 Cheap by construction, so they run in CI:
 
 - zero-size arrays whose other dimension is astronomically large (2**40): the kernels must
-  refuse them as empty without allocating per-channel or per-row scratch for 2**40 entries;
+  return empty results (or refuse them) without allocating per-channel or per-row scratch for
+  2**40 entries;
 - zero-stride (``np.broadcast_to``) views wherever the API reads an array: same result as the
   materialized array; wherever the API writes one (``out``, running statistics, optimizer
   parameters) the read-only view is refused;
@@ -44,14 +45,15 @@ def documented_error(fn):
                                          ((HUGE, 0), 0), ((2, 0, HUGE), -1)])
 def test_batch_norm_empty_huge(backend, shape, axis):
     x = np.empty(shape, np.float32)
-    err = documented_error(lambda: normax.batch_norm_train(x, None, None, axis=axis))
-    assert "x" in str(err)
-    if x.shape[axis] == 0:
-        return  # no channels: infer has nothing to be given either
+    y, cache = normax.batch_norm_train(x, None, None, axis=axis)
+    assert y.shape == x.shape and cache.mean.shape == (x.shape[axis],)
+    dx, _, _ = normax.batch_norm_backward(np.empty_like(x), cache)
+    assert dx.shape == x.shape
     c = x.shape[axis]
-    if c <= 2**20:
+    if 0 < c <= 2**20:
         stats = np.ones(c, np.float32)
-        documented_error(lambda: normax.batch_norm_infer(x, None, None, stats, stats, axis=axis))
+        y = normax.batch_norm_infer(x, None, None, stats, stats, axis=axis)
+        assert y.shape == x.shape
 
 
 @pytest.mark.parametrize("fn", ["softmax", "log_softmax"])

@@ -18,7 +18,7 @@ import numpy as np
 from numba import boolean, float32, float64, intp, prange, void
 
 from ._batchnorm_numpy import _quiet
-from ._checks import view3d, writeable
+from ._checks import writeable
 
 _PARALLEL_MIN_WORK = 1 << 15  # same threshold as the C kernels (csrc/normax.h)
 _REASSOC = {"reassoc", "contract"}
@@ -299,7 +299,7 @@ def _dx(dy, x, k, dx, parts):  # pragma: no cover - compiled
         _dx_chunk(dy, x, k, dx, units * part // parts, units * (part + 1) // parts)
 
 
-# ---- wrappers with the signatures of the C binding ----------------------------------------
+# ---- the backend signature (the canonical record, as for the C kernels) ----------------------
 
 
 def _parts(x3: np.ndarray) -> int:
@@ -311,33 +311,26 @@ def _parts(x3: np.ndarray) -> int:
     return max(1, min(nb.get_num_threads(), units))
 
 
-def _view(x: np.ndarray, axis: int, out: np.ndarray | None):
-    x3 = x.reshape(view3d(x.shape, axis))
-    y = np.empty_like(x) if out is None else out
-    return x3, y, y.reshape(x3.shape)
-
-
 def _or(p, fill: float, channels: int, dtype) -> np.ndarray:
     return np.full(channels, fill, dtype) if p is None else p
 
 
-def train(x, axis, gamma, beta, running_mean, running_var, momentum, eps, out):
-    """Training forward; returns ``(y, mean, invstd)``."""
+def train(x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, y, mean,
+          invstd):
+    """Training forward: writes ``y`` and the float64 batch statistics ``mean``, ``invstd``."""
     x, gamma, beta = writeable(x), writeable(gamma), writeable(beta)
-    x3, y, y3 = _view(x, axis, out)
-    channels, dtype = x3.shape[1], x.dtype
-    acc = np.zeros((_parts(x3), 2 * channels))
+    x3, y3, dtype = x.reshape(outer, c, inner), y.reshape(outer, c, inner), x.dtype
+    acc = np.zeros((_parts(x3), 2 * c))
     _stats(x3, acc)
-    mean, invstd = np.empty(channels), np.empty(channels)
-    k = np.empty((4, channels), dtype)
+    k = np.empty((4, c), dtype)
     update = running_mean is not None
     _train_finish(
         x3,
         acc,
-        _or(gamma, 1.0, channels, dtype),
-        _or(beta, 0.0, channels, dtype),
-        _or(running_mean, 0.0, channels, dtype),
-        _or(running_var, 0.0, channels, dtype),
+        _or(gamma, 1.0, c, dtype),
+        _or(beta, 0.0, c, dtype),
+        _or(running_mean, 0.0, c, dtype),
+        _or(running_var, 0.0, c, dtype),
         update,
         momentum,
         eps,
@@ -346,42 +339,34 @@ def train(x, axis, gamma, beta, running_mean, running_var, momentum, eps, out):
         k,
     )
     _affine(x3, k, y3, acc.shape[0])
-    return y, mean, invstd
 
 
 @_quiet  # per-channel NumPy arithmetic on NaN/Inf statistics: NaN out, as in the C kernels
-def infer(x, axis, gamma, beta, running_mean, running_var, eps, out):
-    """Inference with running statistics."""
-    x = writeable(x)
-    x3, y, y3 = _view(x, axis, out)
-    channels, dtype = x3.shape[1], x.dtype
-    k = np.zeros((4, channels), dtype)
+def infer(x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y):
+    """Inference with running statistics: writes ``y``."""
+    x3 = writeable(x).reshape(outer, c, inner)
+    k = np.zeros((4, c), x.dtype)
     k[0] = running_mean
     scale = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
     k[2] = scale if gamma is None else gamma * scale
     if beta is not None:
         k[3] = beta
-    _affine(x3, k, y3, _parts(x3))
-    return y
+    _affine(x3, k, y.reshape(x3.shape), _parts(x3))
 
 
 @_quiet
-def backward(dy, x, axis, mean, invstd, gamma, out):
-    """Gradient of :func:`train`: ``(dx, dgamma, dbeta)``."""
+def backward(dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta):
+    """Gradient of :func:`train`: writes ``dx`` (and ``dgamma``, ``dbeta`` when ``gamma`` is
+    given)."""
     dy, x, gamma = writeable(dy), writeable(x), writeable(gamma)
     mean, invstd = writeable(mean), writeable(invstd)
-    x3, dx, dx3 = _view(x, axis, out)
-    dy3 = dy.reshape(x3.shape)
-    channels, dtype = x3.shape[1], x.dtype
-    acc = np.zeros((_parts(x3), 2 * channels))
-    k = np.empty((5, channels), dtype)
+    x3, dtype = x.reshape(outer, c, inner), x.dtype
+    acc = np.zeros((_parts(x3), 2 * c))
+    k = np.empty((5, c), dtype)
     k[0] = mean  # the mean as a head and a tail in the input dtype
     k[1] = mean - k[0].astype(np.float64)
-    _grad(dy3, x3, mean, acc)
-    dgamma, dbeta = np.empty(channels, dtype), np.empty(channels, dtype)
-    gamma1 = _or(gamma, 1.0, channels, dtype)
-    _grad_finish(x3, acc, invstd, gamma1, dgamma, dbeta, k)
-    _dx(dy3, x3, k, dx3, acc.shape[0])
-    if gamma is None:
-        return dx, None, None
-    return dx, dgamma, dbeta
+    _grad(dy.reshape(x3.shape), x3, mean, acc)
+    sum_gx = np.empty(c, dtype) if dgamma is None else dgamma
+    sum_g = np.empty(c, dtype) if dbeta is None else dbeta
+    _grad_finish(x3, acc, invstd, _or(gamma, 1.0, c, dtype), sum_gx, sum_g, k)
+    _dx(dy.reshape(x3.shape), x3, k, dx.reshape(x3.shape), acc.shape[0])

@@ -1,21 +1,22 @@
 """Pure-NumPy batch normalization: the reference every other backend is tested against.
 
-Float64 accumulation and a two-pass variance, written as the textbook formulas. The functions
-take arguments already checked by :mod:`normax.batchnorm` and share their signatures with the C
-binding and the Numba backend.
+Float64 accumulation and a two-pass variance, written as the textbook formulas, on the
+``(outer, C, inner)`` view. The functions take the canonical record built by the front door or
+:mod:`normax._batchnorm_check` and share their signatures with the C and Numba backends.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ._checks import view3d
 
-def _layout(x: np.ndarray, axis: int) -> tuple[tuple[int, ...], list[int], int]:
-    """Axes to reduce, the broadcast shape of a per-channel vector, and the batch count."""
-    axes = tuple(i for i in range(x.ndim) if i != axis)
-    shape = [1] * x.ndim
-    shape[axis] = x.shape[axis]
-    return axes, shape, x.size // max(x.shape[axis], 1)
+_AXES = (0, 2)  # statistics run over outer and inner of the (outer, C, inner) view
+
+
+def _channel(v: np.ndarray) -> np.ndarray:
+    """A per-channel vector as float64, broadcasting against the (outer, C, inner) view."""
+    return v.astype(np.float64).reshape(1, -1, 1)
 
 
 # NaN or Inf in x gives NaN in its channel, and eps=0 with a constant channel gives inf/NaN, as
@@ -23,60 +24,92 @@ def _layout(x: np.ndarray, axis: int) -> tuple[tuple[int, ...], list[int], int]:
 _quiet = np.errstate(invalid="ignore", divide="ignore", over="ignore")
 
 
-def _store(value: np.ndarray, out: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
-    if out is None:
-        return value.astype(dtype)
-    out[...] = value
-    return out
-
-
 @_quiet
-def train(x, axis, gamma, beta, running_mean, running_var, momentum, eps, out):
-    """Training forward; returns ``(y, mean, invstd)`` with float64 statistics."""
-    axes, shape, n = _layout(x, axis)
-    xd = x.astype(np.float64)
-    mean = xd.mean(axis=axes)
-    centered = xd - mean.reshape(shape)
-    var = np.mean(centered * centered, axis=axes)
-    invstd = 1.0 / np.sqrt(var + eps)
-    y = centered * invstd.reshape(shape)
+def train(
+    x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, y, mean, invstd
+):
+    """Training forward: writes ``y`` and the float64 batch statistics ``mean``, ``invstd``."""
+    xd = x.reshape(outer, c, inner).astype(np.float64)
+    n = outer * inner
+    mean[...] = xd.mean(axis=_AXES)
+    centered = xd - mean.reshape(1, c, 1)
+    var = np.mean(centered * centered, axis=_AXES)
+    invstd[...] = 1.0 / np.sqrt(var + eps)
+    out = centered * invstd.reshape(1, c, 1)
     if gamma is not None:
-        y *= gamma.astype(np.float64).reshape(shape)
+        out *= _channel(gamma)
     if beta is not None:
-        y += beta.astype(np.float64).reshape(shape)
+        out += _channel(beta)
     if running_mean is not None:
         running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean
         unbiased = var * (n / (n - 1))
         running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * unbiased
-    return _store(y, out, x.dtype), mean, invstd
+    y.reshape(outer, c, inner)[...] = out
 
 
 @_quiet
-def infer(x, axis, gamma, beta, running_mean, running_var, eps, out):
+def infer(x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y):
     """Inference with running statistics: ``gamma * (x - rm) / sqrt(rv + eps) + beta``."""
-    _, shape, _ = _layout(x, axis)
-    rm = running_mean.astype(np.float64).reshape(shape)
-    rv = running_var.astype(np.float64).reshape(shape)
-    y = (x.astype(np.float64) - rm) / np.sqrt(rv + eps)
+    out = (x.reshape(outer, c, inner).astype(np.float64) - _channel(running_mean)) / np.sqrt(
+        _channel(running_var) + eps
+    )
     if gamma is not None:
-        y *= gamma.astype(np.float64).reshape(shape)
+        out *= _channel(gamma)
     if beta is not None:
-        y += beta.astype(np.float64).reshape(shape)
-    return _store(y, out, x.dtype)
+        out += _channel(beta)
+    y.reshape(outer, c, inner)[...] = out
 
 
 @_quiet
-def backward(dy, x, axis, mean, invstd, gamma, out):
-    """Gradient of :func:`train` through the batch statistics: ``(dx, dgamma, dbeta)``."""
-    axes, shape, n = _layout(x, axis)
-    g = dy.astype(np.float64)
-    inv = invstd.reshape(shape)
-    xhat = (x.astype(np.float64) - mean.reshape(shape)) * inv
-    dbeta = g.sum(axis=axes)
-    dgamma = (g * xhat).sum(axis=axes)
-    scale = inv if gamma is None else inv * gamma.astype(np.float64).reshape(shape)
-    dx = scale * (g - dbeta.reshape(shape) / n - xhat * (dgamma.reshape(shape) / n))
-    dx = _store(dx, out, x.dtype)
-    if gamma is None:
-        return dx, None, None
-    return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+def backward(dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta):
+    """Gradient of :func:`train` through the batch statistics: writes ``dx`` (and ``dgamma``,
+    ``dbeta`` when ``gamma`` is given)."""
+    g = dy.reshape(outer, c, inner).astype(np.float64)
+    inv = invstd.reshape(1, c, 1)
+    xhat = (x.reshape(outer, c, inner).astype(np.float64) - mean.reshape(1, c, 1)) * inv
+    n = outer * inner
+    sum_g = g.sum(axis=_AXES)
+    sum_gx = (g * xhat).sum(axis=_AXES)
+    scale = inv if gamma is None else inv * _channel(gamma)
+    dx.reshape(outer, c, inner)[...] = scale * (
+        g - sum_g.reshape(1, c, 1) / n - xhat * (sum_gx.reshape(1, c, 1) / n)
+    )
+    if gamma is not None:
+        dgamma[...] = sum_gx
+        dbeta[...] = sum_g
+
+
+# ---- the reference by layout: the test and benchmark oracle -----------------------------------
+
+
+def _record(x: np.ndarray, axis: int, out):
+    outer, c, inner = view3d(x.shape, axis)
+    return outer, c, inner, np.empty(x.shape, x.dtype) if out is None else out
+
+
+def train_by_axis(x, axis, gamma, beta, running_mean, running_var, momentum, eps, out=None):
+    """:func:`train` on a contiguous ``x`` with channel axis ``axis``: ``(y, mean, invstd)``."""
+    outer, c, inner, y = _record(x, axis, out)
+    mean, invstd = np.empty(c), np.empty(c)
+    train(
+        x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, y, mean, invstd
+    )
+    return y, mean, invstd
+
+
+def infer_by_axis(x, axis, gamma, beta, running_mean, running_var, eps, out=None):
+    """:func:`infer` on a contiguous ``x`` with channel axis ``axis``: ``y``."""
+    outer, c, inner, y = _record(x, axis, out)
+    infer(x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y)
+    return y
+
+
+def backward_by_axis(dy, x, axis, mean, invstd, gamma, out=None):
+    """:func:`backward` on contiguous arrays with channel axis ``axis``:
+    ``(dx, dgamma, dbeta)``, the last two None without ``gamma``."""
+    outer, c, inner, dx = _record(x, axis, out)
+    dgamma = dbeta = None
+    if gamma is not None:
+        dgamma, dbeta = np.empty(c, x.dtype), np.empty(c, x.dtype)
+    backward(dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta)
+    return dx, dgamma, dbeta

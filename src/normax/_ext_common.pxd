@@ -7,6 +7,7 @@ modules on the hot path); ``register_threads`` and the thread state live in ``_e
 """
 
 cimport numpy as cnp
+from cpython.long cimport PyLong_AsLongAndOverflow
 from libc.stdint cimport int64_t
 
 cdef extern from "normax.h":
@@ -73,6 +74,15 @@ cdef inline bint exact_float(object v, double *out) noexcept:
         out[0] = <double>v
         return True
     return False
+
+
+cdef inline bint exact_int(object v, long *out) noexcept:
+    """A Python int (not bool, not a NumPy integer) that fits in a C long: its value."""
+    cdef int overflow = 0
+    if type(v) is not int:
+        return False
+    out[0] = PyLong_AsLongAndOverflow(v, &overflow)
+    return overflow == 0
 
 
 cdef inline cnp.ndarray empty_like(cnp.ndarray a):

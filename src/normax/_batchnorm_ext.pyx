@@ -1,0 +1,433 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, binding=False
+# cython: embedsignature=True, embedsignature.format=clinic
+"""Batch normalization: the compiled front door and the C kernels' entry in the backend table.
+
+``batch_norm_train``, ``batch_norm_infer`` and ``batch_norm_backward`` are normax's public
+functions. Each accepts, in compiled code, exactly the calls the checks of
+``normax._batchnorm_check`` would pass unchanged (exact C-contiguous aligned native float
+ndarrays of the right shapes, Python floats in range, no overlap of a written buffer with
+anything) and hands every other call to that checker, so every error is written once. An
+accepted call runs the C kernel directly when the C backend is active, else the active
+backend's kernel through the one table, with the same record.
+
+``train``, ``infer`` and ``backward`` are the "c" column of that table: they take the canonical
+record and check it again in C, so that no direct call can make a kernel step outside its arrays.
+"""
+
+cimport numpy as cnp
+from libc.math cimport isfinite
+
+from normax._ext_common cimport (
+    checked_array,
+    checked_typenum,
+    checked_view,
+    empty_like,
+    empty_vector,
+    exact_float,
+    exact_int,
+    float_typenum,
+    is_vector,
+    nmx_index,
+    nmx_set_num_threads,
+    optional_data,
+    overlaps,
+    register_threads,
+    same_shape,
+)
+
+from normax import _backend
+from normax import _batchnorm_check as _check
+
+cnp.import_array()
+register_threads(nmx_set_num_threads)
+
+cdef extern from "batchnorm.h":
+    int nmx_bn_train_f32(const float *x, nmx_index outer, nmx_index C, nmx_index inner,
+                         const float *gamma, const float *beta, float *y, double *mean,
+                         double *invstd, float *running_mean, float *running_var,
+                         double momentum, double eps) nogil
+    int nmx_bn_train_f64(const double *x, nmx_index outer, nmx_index C, nmx_index inner,
+                         const double *gamma, const double *beta, double *y, double *mean,
+                         double *invstd, double *running_mean, double *running_var,
+                         double momentum, double eps) nogil
+    int nmx_bn_infer_f32(const float *x, nmx_index outer, nmx_index C, nmx_index inner,
+                         const float *gamma, const float *beta, const float *running_mean,
+                         const float *running_var, double eps, float *y) nogil
+    int nmx_bn_infer_f64(const double *x, nmx_index outer, nmx_index C, nmx_index inner,
+                         const double *gamma, const double *beta, const double *running_mean,
+                         const double *running_var, double eps, double *y) nogil
+    int nmx_bn_backward_f32(const float *dy, const float *x, nmx_index outer, nmx_index C,
+                            nmx_index inner, const double *mean, const double *invstd,
+                            const float *gamma, float *dx, float *dgamma, float *dbeta) nogil
+    int nmx_bn_backward_f64(const double *dy, const double *x, nmx_index outer, nmx_index C,
+                            nmx_index inner, const double *mean, const double *invstd,
+                            const double *gamma, double *dx, double *dgamma,
+                            double *dbeta) nogil
+
+cdef object _Cache = _check.BatchNormCache
+cdef object _KERNELS = _check.KERNELS
+cdef object _new = tuple.__new__
+
+
+cdef inline void *_data(object a) noexcept:
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline bint _c_active():
+    return _backend._active == "c"
+
+
+# ---- the canonical record -> C kernels ---------------------------------------------------------
+
+cdef int _train(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
+                object beta, object rm, object rv, double momentum, double eps, object y,
+                object mean, object invstd) except -1:
+    cdef void *px = _data(x)
+    cdef void *pg = _data(gamma)
+    cdef void *pb = _data(beta)
+    cdef void *prm = _data(rm)
+    cdef void *prv = _data(rv)
+    cdef void *py = _data(y)
+    cdef double *pm = <double *>_data(mean)
+    cdef double *pi = <double *>_data(invstd)
+    cdef int rc
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            rc = nmx_bn_train_f32(<float *>px, outer, c, inner, <float *>pg, <float *>pb,
+                                  <float *>py, pm, pi, <float *>prm, <float *>prv, momentum, eps)
+        else:
+            rc = nmx_bn_train_f64(<double *>px, outer, c, inner, <double *>pg, <double *>pb,
+                                  <double *>py, pm, pi, <double *>prm, <double *>prv, momentum,
+                                  eps)
+    if rc < 0:
+        raise MemoryError()
+    return 0
+
+
+cdef int _infer(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
+                object beta, object rm, object rv, double eps, object y) except -1:
+    cdef void *px = _data(x)
+    cdef void *pg = _data(gamma)
+    cdef void *pb = _data(beta)
+    cdef void *prm = _data(rm)
+    cdef void *prv = _data(rv)
+    cdef void *py = _data(y)
+    cdef int rc
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            rc = nmx_bn_infer_f32(<float *>px, outer, c, inner, <float *>pg, <float *>pb,
+                                  <float *>prm, <float *>prv, eps, <float *>py)
+        else:
+            rc = nmx_bn_infer_f64(<double *>px, outer, c, inner, <double *>pg, <double *>pb,
+                                  <double *>prm, <double *>prv, eps, <double *>py)
+    if rc < 0:
+        raise MemoryError()
+    return 0
+
+
+cdef int _backward(int t, object dy, object x, nmx_index outer, nmx_index c, nmx_index inner,
+                   object mean, object invstd, object gamma, object dx, object dgamma,
+                   object dbeta) except -1:
+    cdef void *pdy = _data(dy)
+    cdef void *px = _data(x)
+    cdef double *pm = <double *>_data(mean)
+    cdef double *pi = <double *>_data(invstd)
+    cdef void *pg = _data(gamma)
+    cdef void *pdx = _data(dx)
+    cdef void *pdg = _data(dgamma)
+    cdef void *pdb = _data(dbeta)
+    cdef int rc
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
+            rc = nmx_bn_backward_f32(<float *>pdy, <float *>px, outer, c, inner, pm, pi,
+                                     <float *>pg, <float *>pdx, <float *>pdg, <float *>pdb)
+        else:
+            rc = nmx_bn_backward_f64(<double *>pdy, <double *>px, outer, c, inner, pm, pi,
+                                     <double *>pg, <double *>pdx, <double *>pdg, <double *>pdb)
+    if rc < 0:
+        raise MemoryError()
+    return 0
+
+
+# ---- the "c" column of the backend table: the record, checked against any direct call ---------
+
+def train(x, outer, channels, inner, gamma, beta, running_mean, running_var, double momentum,
+          double eps, y, mean, invstd):
+    """C kernel of the training forward on the canonical record (see _batchnorm_check)."""
+    cdef int t = checked_typenum(x, "x")
+    cdef nmx_index n = checked_view(outer, channels, inner, True)
+    cdef nmx_index c = channels
+    checked_array(x, "x", t, n, False)
+    checked_array(y, "y", t, n, True)
+    checked_array(mean, "mean", cnp.NPY_FLOAT64, c, True)
+    checked_array(invstd, "invstd", cnp.NPY_FLOAT64, c, True)
+    optional_data(gamma, "gamma", t, c, False)
+    optional_data(beta, "beta", t, c, False)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    optional_data(running_mean, "running_mean", t, c, True)
+    optional_data(running_var, "running_var", t, c, True)
+    _train(t, x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, y,
+           mean, invstd)
+
+
+def infer(x, outer, channels, inner, gamma, beta, running_mean, running_var, double eps, y):
+    """C kernel of inference on the canonical record (see _batchnorm_check)."""
+    cdef int t = checked_typenum(x, "x")
+    cdef nmx_index n = checked_view(outer, channels, inner, True)
+    cdef nmx_index c = channels
+    checked_array(x, "x", t, n, False)
+    checked_array(y, "y", t, n, True)
+    optional_data(gamma, "gamma", t, c, False)
+    optional_data(beta, "beta", t, c, False)
+    checked_array(running_mean, "running_mean", t, c, False)
+    checked_array(running_var, "running_var", t, c, False)
+    _infer(t, x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y)
+
+
+def backward(dy, x, outer, channels, inner, mean, invstd, gamma, dx, dgamma, dbeta):
+    """C kernel of the backward pass on the canonical record (see _batchnorm_check)."""
+    cdef int t = checked_typenum(x, "x")
+    cdef nmx_index n = checked_view(outer, channels, inner, True)
+    cdef nmx_index c = channels
+    checked_array(x, "x", t, n, False)
+    checked_array(dy, "dy", t, n, False)
+    checked_array(dx, "dx", t, n, True)
+    checked_array(mean, "mean", cnp.NPY_FLOAT64, c, False)
+    checked_array(invstd, "invstd", cnp.NPY_FLOAT64, c, False)
+    optional_data(gamma, "gamma", t, c, False)
+    if (gamma is None) != (dgamma is None) or (dgamma is None) != (dbeta is None):
+        raise ValueError("dgamma and dbeta are given exactly when gamma is")
+    optional_data(dgamma, "dgamma", t, c, True)
+    optional_data(dbeta, "dbeta", t, c, True)
+    _backward(t, dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta)
+
+
+# ---- the front doors ---------------------------------------------------------------------------
+
+cdef inline bint _view(cnp.ndarray x, object axis, Py_ssize_t *v) noexcept:
+    """(outer, C, inner) of x around an exact int ``axis`` in range; False otherwise."""
+    cdef int nd = cnp.PyArray_NDIM(x), k
+    cdef long ax
+    if not exact_int(axis, &ax) or nd < 2 or ax < -nd or ax >= nd:
+        return False
+    if ax < 0:
+        ax += nd
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(x)
+    v[0] = 1
+    v[2] = 1
+    for k in range(ax):
+        v[0] *= dims[k]
+    for k in range(ax + 1, nd):
+        v[2] *= dims[k]
+    v[1] = dims[ax]
+    v[3] = ax
+    return True
+
+
+cdef inline bint _is_out(object out, cnp.ndarray like) noexcept:
+    """``out`` is None, or a writeable exact ndarray of ``like``'s dtype and shape."""
+    if out is None:
+        return True
+    return (float_typenum(out) == cnp.PyArray_TYPE(like) and same_shape(<cnp.ndarray>out, like)
+            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out))
+
+
+def batch_norm_train(x, gamma, beta, running_mean=None, running_var=None, *, axis=1,
+                     momentum=0.1, eps=1e-5, out=None):
+    """Batch-normalize ``x`` with its own batch statistics (training mode).
+
+    ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` with the biased batch variance over all
+    axes but ``axis``. Running statistics, when given, are updated in place with the unbiased
+    variance: ``running = (1 - momentum) * running + momentum * batch`` (PyTorch's convention;
+    Keras' ``momentum=0.99`` is ``momentum=0.01`` here). An empty batch gives an empty ``y`` and
+    leaves the running statistics untouched.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, ndim >= 2
+        Input; ``axis`` is its channel (feature) axis.
+    gamma, beta : ndarray of shape (C,) or None
+        Scale and shift; None means no affine transform. Cast to the dtype of ``x``.
+    running_mean, running_var : ndarray of shape (C,) and the dtype of ``x``, optional
+        Writeable buffers updated in place; give both or neither. They must not overlap each
+        other or any other argument.
+    axis : int
+        Channel axis: 1 for (N, C) and (N, C, H, W), -1 for (N, H, W, C), 0 for (C, m).
+    momentum : float in [0, 1]
+        Weight of the new batch statistic in the running average.
+    eps : float > 0
+        Added to the variance before the square root (0 is refused in training, as in PyTorch).
+    out : ndarray, optional
+        Receives ``y``: C-contiguous, shape and dtype of ``x``, not overlapping any input.
+
+    Returns
+    -------
+    y : ndarray
+        Normalized output, shape and dtype of ``x``.
+    cache : BatchNormCache
+        What :func:`batch_norm_backward` needs.
+
+    Examples
+    --------
+    >>> import numpy as np, normax
+    >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(64, 8)).astype(np.float32)
+    >>> rm, rv = np.zeros(8, np.float32), np.ones(8, np.float32)
+    >>> y, cache = normax.batch_norm_train(x, None, None, rm, rv, momentum=0.1)
+    >>> bool(abs(y.mean(axis=0)).max() < 1e-5), bool(abs(y.std(axis=0) - 1).max() < 1e-3)
+    (True, True)
+    """
+    cdef int t = float_typenum(x)
+    cdef Py_ssize_t v[4]
+    cdef double m, e
+    if (t < 0 or not _view(<cnp.ndarray>x, axis, v) or v[0] * v[2] < 2 or v[1] == 0
+            or not exact_float(momentum, &m) or not exact_float(eps, &e)
+            or not (0.0 <= m <= 1.0) or not (e > 0.0 and isfinite(e))
+            or (gamma is not None and not is_vector(gamma, t, v[1], False))
+            or (beta is not None and not is_vector(beta, t, v[1], False))
+            or not _is_out(out, <cnp.ndarray>x)):
+        return _check.batch_norm_train(x, gamma, beta, running_mean, running_var, axis=axis,
+                                       momentum=momentum, eps=eps, out=out)
+    if running_mean is not None or running_var is not None:
+        if (not is_vector(running_mean, t, v[1], True)
+                or not is_vector(running_var, t, v[1], True)
+                or overlaps(running_mean, x) or overlaps(running_var, x)
+                or overlaps(running_mean, running_var)
+                or overlaps(running_mean, gamma) or overlaps(running_mean, beta)
+                or overlaps(running_var, gamma) or overlaps(running_var, beta)
+                or overlaps(out, running_mean) or overlaps(out, running_var)):
+            return _check.batch_norm_train(x, gamma, beta, running_mean, running_var,
+                                           axis=axis, momentum=momentum, eps=eps, out=out)
+    if out is not None and (overlaps(out, x) or overlaps(out, gamma) or overlaps(out, beta)):
+        return _check.batch_norm_train(x, gamma, beta, running_mean, running_var, axis=axis,
+                                       momentum=momentum, eps=eps, out=out)
+    y = empty_like(<cnp.ndarray>x) if out is None else out
+    mean = empty_vector(v[1], cnp.NPY_FLOAT64)
+    invstd = empty_vector(v[1], cnp.NPY_FLOAT64)
+    if _c_active():
+        _train(t, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, m, e, y, mean,
+               invstd)
+    else:
+        _KERNELS.active().train(x, v[0], v[1], v[2], gamma, beta, running_mean, running_var,
+                                m, e, y, mean, invstd)
+    return y, _new(_Cache, (x, mean, invstd, gamma, v[3]))
+
+
+def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1e-5, out=None):
+    """Batch-normalize ``x`` with running statistics (inference mode).
+
+    ``y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta``, per channel.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, ndim >= 2
+        Input; ``axis`` is its channel axis.
+    gamma, beta : ndarray of shape (C,) or None
+        Scale and shift; None means no affine transform.
+    running_mean, running_var : ndarray of shape (C,)
+        Statistics to normalize with (read only; cast to the dtype of ``x``).
+    axis : int
+        Channel axis (see :func:`batch_norm_train`).
+    eps : float >= 0
+        Added to the variance before the square root.
+    out : ndarray, optional
+        Receives ``y``: C-contiguous, shape and dtype of ``x``, not overlapping any input.
+
+    Returns
+    -------
+    ndarray
+        Shape and dtype of ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np, normax
+    >>> x = np.array([[1.0, 2.0], [3.0, 6.0]])
+    >>> normax.batch_norm_infer(x, None, None, np.array([1.0, 2.0]), np.array([4.0, 16.0]),
+    ...                         eps=0.0)
+    array([[0., 0.],
+           [1., 1.]])
+    """
+    cdef int t = float_typenum(x)
+    cdef Py_ssize_t v[4]
+    cdef double e
+    if (t < 0 or not _view(<cnp.ndarray>x, axis, v) or v[0] * v[2] == 0 or v[1] == 0
+            or not exact_float(eps, &e) or not (e >= 0.0 and isfinite(e))
+            or (gamma is not None and not is_vector(gamma, t, v[1], False))
+            or (beta is not None and not is_vector(beta, t, v[1], False))
+            or not is_vector(running_mean, t, v[1], False)
+            or not is_vector(running_var, t, v[1], False)
+            or not _is_out(out, <cnp.ndarray>x)
+            or (out is not None and (overlaps(out, x) or overlaps(out, gamma)
+                                     or overlaps(out, beta) or overlaps(out, running_mean)
+                                     or overlaps(out, running_var)))):
+        return _check.batch_norm_infer(x, gamma, beta, running_mean, running_var, axis=axis,
+                                       eps=eps, out=out)
+    y = empty_like(<cnp.ndarray>x) if out is None else out
+    if _c_active():
+        _infer(t, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, e, y)
+    else:
+        _KERNELS.active().infer(x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, e,
+                                y)
+    return y
+
+
+def batch_norm_backward(dy, cache, *, out=None):
+    """Gradients of :func:`batch_norm_train` with respect to ``x``, ``gamma`` and ``beta``.
+
+    Exact through the batch statistics:
+    ``dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))``,
+    ``dgamma = sum(dy * xhat)``, ``dbeta = sum(dy)`` over all axes but the channel axis.
+
+    Parameters
+    ----------
+    dy : ndarray
+        Gradient of the loss with respect to ``y``; shape and dtype of the forward input.
+    cache : BatchNormCache
+        Returned by :func:`batch_norm_train`.
+    out : ndarray, optional
+        Receives ``dx``: C-contiguous, shape and dtype of ``x``, not overlapping ``dy``, ``x``
+        or the cache.
+
+    Returns
+    -------
+    dx : ndarray
+        Shape and dtype of ``x``.
+    dgamma, dbeta : ndarray of shape (C,) or None
+        None when the forward pass ran without ``gamma``.
+
+    Examples
+    --------
+    >>> import numpy as np, normax
+    >>> x = np.random.default_rng(0).normal(size=(16, 3))
+    >>> y, cache = normax.batch_norm_train(x, np.ones(3), np.zeros(3))
+    >>> dx, dgamma, dbeta = normax.batch_norm_backward(np.ones_like(y), cache)
+    >>> bool(np.allclose(dx, 0.0)), dbeta.tolist()
+    (True, [16.0, 16.0, 16.0])
+    """
+    cdef int t = -1
+    cdef Py_ssize_t v[4]
+    if type(cache) is _Cache:
+        x, mean, invstd, gamma, axis = <tuple>cache
+        t = float_typenum(x)
+    if (t < 0 or float_typenum(dy) != t or not same_shape(<cnp.ndarray>dy, <cnp.ndarray>x)
+            or not _view(<cnp.ndarray>x, axis, v) or v[3] != <Py_ssize_t>axis
+            or v[0] * v[2] == 0 or v[1] == 0
+            or not is_vector(mean, cnp.NPY_FLOAT64, v[1], False)
+            or not is_vector(invstd, cnp.NPY_FLOAT64, v[1], False)
+            or (gamma is not None and not is_vector(gamma, t, v[1], False))
+            or not _is_out(out, <cnp.ndarray>x)
+            or (out is not None and (overlaps(out, x) or overlaps(out, dy)
+                                     or overlaps(out, gamma) or overlaps(out, mean)
+                                     or overlaps(out, invstd)))):
+        return _check.batch_norm_backward(dy, cache, out=out)
+    dx = empty_like(<cnp.ndarray>x) if out is None else out
+    dgamma = dbeta = None
+    if gamma is not None:
+        dgamma = empty_vector(v[1], t)
+        dbeta = empty_vector(v[1], t)
+    if _c_active():
+        _backward(t, dy, x, v[0], v[1], v[2], mean, invstd, gamma, dx, dgamma, dbeta)
+    else:
+        _KERNELS.active().backward(dy, x, v[0], v[1], v[2], mean, invstd, gamma, dx, dgamma,
+                                   dbeta)
+    return dx, dgamma, dbeta
