@@ -1,17 +1,19 @@
-"""The C binding (normax._core) survives any arguments, not only those the Python layer sends.
+"""The compiled entry points survive any arguments, not only those the front doors send.
 
-The public functions check everything before calling ``normax._core``; the binding checks the
-arrays again so that no call can make a kernel read or write outside them. This tests that
-second line directly: the real argument tuples of every C kernel call are recorded, then each
-argument is replaced in turn by hostile values (None, wrong types, huge and negative ints,
-arrays of another size, dtype, byte order or layout, read-only arrays) and the call must return
-or raise an ordinary exception: never crash, never SystemError (a NULL return without an
-exception, or a result with one set). Run under the sanitizer build (CI step 3) this also
+The front doors check everything before a kernel runs; the "c" column of each backend table
+(normax._batchnorm_ext.train/infer/backward, normax._softmax_ext.forward/backward/xent) checks
+the canonical record again so that no direct call can make a kernel read or write outside its
+arrays or divide by zero. This tests that second line directly: the real records of every kernel
+call are recorded (they are the same on every backend), then each argument is replaced in turn
+by hostile values (None, wrong types, huge and negative ints, arrays of another size, dtype,
+byte order or layout, read-only arrays) and the call must return or raise an ordinary
+exception: never crash, never SystemError. Run under the sanitizer build (CI step 3) this also
 proves that none of those calls touches memory it should not.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import itertools
 import sys
@@ -28,38 +30,34 @@ cases = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec
 if not hasattr(cases, "BUILDERS"):
     _spec.loader.exec_module(cases)
 
-core = pytest.importorskip("normax._core")
+pytest.importorskip("normax._batchnorm_ext")
+
+# compiled module -> the NumPy module with the same kernel names and signatures
+FAMILIES = {
+    "normax._batchnorm_ext": ("normax._batchnorm_numpy", ("train", "infer", "backward")),
+    "normax._softmax_ext": ("normax._softmax_numpy", ("forward", "backward", "xent")),
+}
 
 
-def _c_tables():
-    """(module dict, key) of every backend table entry that points into normax._core."""
-    found = []
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("normax") or module is None:
-            continue
-        for value in list(vars(module).values()):
-            if isinstance(value, dict) and getattr(value.get("c"), "__self__", None) is core:
-                found.append(value)
-    return found
-
-
-def record_calls() -> dict[str, list[tuple]]:
-    """Argument tuples of the C kernel calls made by one run of every hardening case."""
-    for build in cases.available():  # imports each family's modules first
-        build(np.random.default_rng(0), np.float64, (5, 3, 2))
-    calls: dict[str, list[tuple]] = {}
+def record_calls() -> dict[tuple[str, str], list[tuple]]:
+    """Records (argument tuples) of the kernel calls made by one run of every hardening case,
+    keyed by (compiled module, kernel name). Recorded on the NumPy backend: the front doors hand
+    every backend the same record."""
+    calls: dict[tuple[str, str], list[tuple]] = {}
     patched = []
-    for table in _c_tables():
-        fn = table["c"]
+    for ext, (ref_name, names) in FAMILIES.items():
+        ref = importlib.import_module(ref_name)
+        for name in names:
+            fn = getattr(ref, name)
 
-        def recorder(*args, _fn=fn):
-            calls.setdefault(_fn.__name__, []).append(args)
-            return _fn(*args)
+            def recorder(*args, _fn=fn, _key=(ext, name)):
+                calls.setdefault(_key, []).append(args)
+                return _fn(*args)
 
-        patched.append((table, fn))
-        table["c"] = recorder
+            patched.append((ref, name, fn))
+            setattr(ref, name, recorder)
     previous = normax.get_backend()
-    normax.set_backend("c")
+    normax.set_backend("numpy")
     try:
         for build in cases.available():
             for dtype in (np.float32, np.float64):
@@ -68,8 +66,8 @@ def record_calls() -> dict[str, list[tuple]]:
                 case.run(case.new_out())
     finally:
         normax.set_backend(previous)
-        for table, fn in patched:
-            table["c"] = fn
+        for ref, name, fn in patched:
+            setattr(ref, name, fn)
     return calls
 
 
@@ -96,11 +94,12 @@ def hostile(arg) -> list:
 RECORDED = record_calls()
 
 
-@pytest.mark.parametrize("name", sorted(RECORDED))
-def test_binding_survives_hostile_arguments(name):
-    fn = getattr(core, name)
+@pytest.mark.parametrize("key", sorted(RECORDED), ids=lambda k: f"{k[0][7:]}.{k[1]}")
+def test_binding_survives_hostile_arguments(key):
+    fn = getattr(importlib.import_module(key[0]), key[1])
+    name = ".".join(key)
     outcomes = {"ok": 0, "error": 0}
-    for args in RECORDED[name][:4]:
+    for args in RECORDED[key][:4]:
         variants = [args[:-1], (*args, None), ()]
         for i, j in itertools.combinations(range(len(args)), 2):
             variants.append((*args[:i], None, *args[i + 1:j], "x", *args[j + 1:]))

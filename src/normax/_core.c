@@ -1,5 +1,5 @@
 /* normax._core: module init, thread control, and registration of each kernel family's binding
- * (_core_softmax.c, _core_optim.c; batch norm has its Cython front door). */
+ * (_core_optim.c; batch norm and softmax have their Cython front doors). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #define PY_ARRAY_UNIQUE_SYMBOL normax_ARRAY_API
@@ -7,7 +7,6 @@
 
 #include "normax.h"
 
-int normax_register_softmax(PyObject *module);
 int normax_register_optim(PyObject *module);
 
 static PyObject *set_num_threads(PyObject *Py_UNUSED(self), PyObject *arg) {
@@ -42,7 +41,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     import_array();
     PyObject *m = PyModule_Create(&core_module);
     if (m == NULL) return NULL;
-    if (normax_register_softmax(m) < 0 || normax_register_optim(m) < 0) {
+    if (normax_register_optim(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

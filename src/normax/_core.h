@@ -71,7 +71,6 @@ static inline int nmx_numel3(nmx_index outer, nmx_index c, nmx_index inner, nmx_
 }
 
 /* Each family registers its functions on the module. */
-int normax_register_softmax(PyObject *module);
 int normax_register_optim(PyObject *module);
 
 #endif

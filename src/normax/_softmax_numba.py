@@ -14,6 +14,7 @@ import numpy as np
 from numba import boolean, float32, float64, int64, prange, void
 
 from ._checks import writeable
+from ._softmax_numpy import finish
 
 _F = (float32, float64)
 _OPTS = {"parallel": True, "cache": True, "nogil": True}
@@ -160,23 +161,29 @@ def _v3(x, outer, c, inner):
     return x.reshape(outer, c, inner)
 
 
-def softmax(z, out, outer, c, inner, log):
+def forward(z, out, outer, c, inner, log):
     """Write (log-)softmax of the (outer, c, inner) view of ``z`` into ``out``."""
     zv = _v3(writeable(z), outer, c, inner)
     _run(_forward, z.size, zv, _v3(out, outer, c, inner), bool(log))
 
 
-def softmax_backward(g, y, out, outer, c, inner, log):
+def backward(g, y, out, outer, c, inner, log):
     """Write the gradient of (log-)softmax wrt the logits into ``out``."""
     v = (outer, c, inner)
     _run(_backward, g.size, _v3(writeable(g), *v), _v3(writeable(y), *v), _v3(out, *v), bool(log))
 
 
-def xent(z3, target, w, ign, eps, scale, dz3):
-    """Per-example float64 losses; writes scale * gradient into ``dz3``."""
-    z3, target, w = writeable(z3), writeable(target), writeable(w)
-    if target.ndim == 3:
-        return _run(_xent_probs, z3.size, z3, target, w, eps, scale, dz3)
-    has_ign = ign is not None
-    args = (z3, target, w, has_ign, ign if has_ign else 0, eps, scale, dz3)
-    return _run(_xent_labels, z3.size, *args)
+def xent(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
+    """Fused cross-entropy on the canonical record: writes ``scale`` times the gradient into
+    ``dz`` and the per-example losses into ``loss`` (if given); returns the summed loss."""
+    z3, dz3 = _v3(writeable(z), outer, c, inner), _v3(dz, outer, c, inner)
+    w = np.ones(c) if weight is None else writeable(weight)
+    if target.dtype.kind == "f":
+        per = _run(_xent_probs, z.size, z3, _v3(writeable(target), outer, c, inner), w, eps,
+                   scale, dz3)
+    else:
+        labels = writeable(target.reshape(outer, inner).astype(np.int64, copy=False))
+        has_ign = ignore is not None
+        per = _run(_xent_labels, z.size, z3, labels, w, has_ign, ignore if has_ign else 0, eps,
+                   scale, dz3)
+    return finish(per, loss)

@@ -34,7 +34,7 @@ def _store(rows: np.ndarray, out3: np.ndarray) -> None:
     out3[...] = np.moveaxis(rows.reshape(outer, inner, c), -1, 1)
 
 
-def softmax(z, out, outer, c, inner, log):
+def forward(z, out, outer, c, inner, log):
     """Write softmax (or log-softmax when ``log``) of the (outer, c, inner) view into ``out``."""
     t, e, s = _parts(_rows(z.reshape(outer, c, inner)))
     with np.errstate(invalid="ignore"):
@@ -42,7 +42,7 @@ def softmax(z, out, outer, c, inner, log):
     _store(res, out.reshape(outer, c, inner))
 
 
-def softmax_backward(g, y, out, outer, c, inner, log):
+def backward(g, y, out, outer, c, inner, log):
     """Write the gradient of (log-)softmax wrt the logits into ``out``."""
     g2, y2 = _rows(g.reshape(outer, c, inner)), _rows(y.reshape(outer, c, inner))
     with np.errstate(invalid="ignore", over="ignore"):
@@ -53,7 +53,28 @@ def softmax_backward(g, y, out, outer, c, inner, log):
     _store(res, out.reshape(outer, c, inner))
 
 
-def xent(z3, target, w, ign, eps, scale, dz3):
+def xent(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
+    """Fused cross-entropy on the canonical record: writes ``scale`` times the gradient into
+    ``dz`` and the per-example losses into ``loss`` (if given); returns the summed loss."""
+    w = np.ones(c) if weight is None else weight
+    if target.dtype.kind == "f":
+        t = target.reshape(outer, c, inner)
+    else:
+        t = target.reshape(outer, inner).astype(np.int64, copy=False)
+    per = _xent_rows(z.reshape(outer, c, inner), t, w, ignore, eps, scale,
+                     dz.reshape(outer, c, inner))
+    return finish(per, loss)
+
+
+def finish(per: np.ndarray, loss) -> float:
+    """Store the float64 per-example losses ``per`` into ``loss`` (if given); their sum."""
+    if loss is not None:
+        loss.reshape(-1)[...] = per.reshape(-1)
+    with np.errstate(over="ignore"):  # losses near the double limit sum to inf, as in C
+        return float(per.sum())
+
+
+def _xent_rows(z3, target, w, ign, eps, scale, dz3):
     """Per-example losses (float64, (outer, inner)); writes scale * gradient into ``dz3``.
 
     ``target`` is int64 (outer, inner) labels or (outer, C, inner) probabilities. With
