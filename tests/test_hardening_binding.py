@@ -118,3 +118,62 @@ def test_binding_survives_hostile_arguments(key):
             else:
                 outcomes["ok"] += 1
     assert outcomes["error"] > 0, f"{name}: no hostile argument was refused"
+
+
+def _records(dtype=np.float32):
+    """Named hostile records for each compiled kernel entry: sizes that would divide by zero,
+    index outside an array or overflow, if a kernel ever saw them."""
+    bn = importlib.import_module("normax._batchnorm_ext")
+    sm = importlib.import_module("normax._softmax_ext")
+    e, e64, f = np.empty(0, dtype), np.empty(0), np.zeros(12, dtype)
+    y = np.zeros(12, dtype)
+    c3, c4 = np.zeros(3), np.zeros(4)
+    g3 = np.ones(3, dtype)
+    labels = np.zeros(4, np.int64)
+    return {
+        "softmax 0 classes": lambda: sm.forward(e, e.copy(), 4, 0, 1, False),
+        "softmax 0 classes, no rows": lambda: sm.forward(e, e.copy(), 0, 0, 1, True),
+        "softmax backward 0 classes": lambda: sm.backward(e, e, e.copy(), 4, 0, 3, False),
+        "xent 0 classes": lambda: sm.xent(e, 4, 0, 1, labels, None, None, 0.0, 1.0, e.copy(),
+                                          None),
+        "xent label out of range": lambda: sm.xent(f, 4, 3, 1, np.array([0, 1, 2, 3]), None,
+                                                   None, 0.0, 1.0, y, None),
+        "xent weight short": lambda: sm.xent(f, 4, 3, 1, labels, np.ones(2), None, 0.0, 1.0,
+                                             y, None),
+        "xent loss short": lambda: sm.xent(f, 4, 3, 1, labels, None, None, 0.0, 1.0, y,
+                                           np.zeros(3, dtype)),
+        "softmax negative size": lambda: sm.forward(f, y, -4, -3, 1, False),
+        "softmax huge size": lambda: sm.forward(f, y, 2**40, 2**40, 2**40, False),
+        "softmax size overflows int64": lambda: sm.forward(f, y, 2**62, 4, 1, False),
+        "softmax size mismatch": lambda: sm.forward(f, y, 4, 4, 1, False),
+        "bn train 0 channels": lambda: bn.train(e, 4, 0, 1, None, None, None, None, 0.1, 1e-5,
+                                                e.copy(), e64, e64.copy()),
+        "bn train gamma short": lambda: bn.train(f, 4, 3, 1, np.ones(2, dtype), None, None,
+                                                 None, 0.1, 1e-5, y, c3, c3.copy()),
+        "bn train mean short": lambda: bn.train(f, 4, 3, 1, None, None, None, None, 0.1, 1e-5,
+                                                y, np.zeros(2), c3),
+        "bn train one running buffer": lambda: bn.train(f, 4, 3, 1, None, None, g3, None, 0.1,
+                                                        1e-5, y, c3, c3.copy()),
+        "bn infer running_var long": lambda: bn.infer(f, 4, 3, 1, None, None, g3,
+                                                      np.ones(4, dtype), 1e-5, y),
+        "bn infer negative size": lambda: bn.infer(f, -4, -3, 1, None, None, g3, g3, 1e-5, y),
+        "bn backward forged mean": lambda: bn.backward(f, f, 4, 3, 1, np.zeros(2), c3, None,
+                                                       y, None, None),
+        "bn backward forged invstd": lambda: bn.backward(f, f, 4, 3, 1, c3, c4, None, y, None,
+                                                         None),
+        "bn backward forged gamma": lambda: bn.backward(f, f, 4, 3, 1, c3, c3,
+                                                        np.ones(5, dtype), y,
+                                                        np.zeros(5, dtype), np.zeros(5, dtype)),
+        "bn backward dgamma without gamma": lambda: bn.backward(f, f, 4, 3, 1, c3, c3, None, y,
+                                                                g3.copy(), g3.copy()),
+        "bn backward huge size": lambda: bn.backward(f, f, 2**40, 3, 2**40, c3, c3, None, y,
+                                                     None, None),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(_records()))
+def test_compiled_entry_refuses_hostile_record(name):
+    """Each record raises ValueError or TypeError before any kernel runs (0 classes used to
+    divide by zero in csrc/softmax.c and kill the interpreter)."""
+    with pytest.raises((ValueError, TypeError)):
+        _records()[name]()

@@ -140,7 +140,10 @@ def _train_finish(
             _stats_repair(x.reshape((outer, C)), c, fix)
             s1, s2 = fix[0], fix[1]
         dm = s1 / n
-        var = (s2 - s1 * dm) / n
+        # Squares that overflow (|x| near 1e300 in float64) make s2 = inf and s1 * dm may
+        # overflow too: the variance is then inf (invstd 0, y 0), as the C kernel's fused
+        # multiply-add gives, not inf - inf = NaN. A NaN or inf input (s1 not finite) stays NaN.
+        var = np.inf if s2 == np.inf and np.isfinite(s1) else (s2 - s1 * dm) / n
         if var < 0.0:  # rounding only; NaN stays NaN
             var = 0.0
         m = np.float64(x[0, c, 0]) + dm

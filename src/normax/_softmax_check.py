@@ -17,6 +17,7 @@ functions are the public API.
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -40,6 +41,7 @@ KERNELS = _backend.KernelTable(
 REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
 _LABEL_DTYPES = (np.dtype(np.int64), np.dtype(np.int32))
 _INT64 = np.iinfo(np.int64)
+_DOUBLE_MAX = float(np.finfo(np.float64).max)
 
 
 def _logits(z, axis, name: str = "z"):
@@ -142,6 +144,8 @@ def softmax_cross_entropy(
         if target.dtype not in _LABEL_DTYPES:
             target = target.astype(np.int64)
     target = contiguous(target)
+    if red == 0 and w is not None:
+        w = _bounded(w, n)
     scale = 1.0 if red != 0 else _mean_scale(target, labels, n, w, ign)
     dz = np.empty(z.shape, z.dtype) if out is None else out
     loss = np.empty(z.shape[:ax] + z.shape[ax + 1 :], z.dtype) if red == 2 else None
@@ -158,6 +162,19 @@ def reduce(total: float, scale: float, red: int, loss):
     if red == 1:
         return total
     return total * scale if scale else 0.0
+
+
+def _bounded(w: np.ndarray, n: int) -> np.ndarray:
+    """Weights scaled by a power of two (exact) so that no sum of ``n + C`` of them overflows.
+
+    A weighted mean does not change when every weight is scaled; without this, weights whose
+    sum overflows would give a zero gradient on one backend and NaN (0 * inf) on another.
+    """
+    count = n + w.size
+    top = float(w.max()) if w.size else 0.0
+    if top <= _DOUBLE_MAX / count:
+        return w
+    return np.ldexp(w, -(math.frexp(top)[1] + count.bit_length()))
 
 
 def _mean_scale(target: np.ndarray, labels: bool, n: int, w, ign) -> float:
