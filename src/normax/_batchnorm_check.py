@@ -117,11 +117,12 @@ def _eps(eps, training: bool) -> float:
     return v
 
 
-def _no_overlap(*pairs) -> None:
-    """No buffer that is written may share memory with another argument."""
-    for a, a_name, b, b_name in pairs:
-        if a is not None and b is not None and np.may_share_memory(a, b):
-            raise ValueError(f"{a_name} overlaps {b_name}; pass a separate array")
+def _no_overlap(*arguments: tuple[np.ndarray | None, str], written: tuple[str, ...]) -> None:
+    """No ``written`` buffer may share memory with an argument listed before it (the order of
+    ``arguments`` fixes which pair, and so which message, is reported first)."""
+    for k, (a, name) in enumerate(arguments):
+        if a is not None and name in written:
+            _checks.no_overlap(a, name, *arguments[:k])
 
 
 def _output(out, x: np.ndarray) -> np.ndarray:
@@ -179,19 +180,9 @@ def batch_norm_train(
         _checks.check_out(out, x.shape, dtype)
     rm, rv = running_mean, running_var
     _no_overlap(
-        (rm, "running_mean", x, "x"),
-        (rv, "running_var", x, "x"),
-        (rm, "running_mean", rv, "running_var"),
-        (rm, "running_mean", gamma, "gamma"),
-        (rm, "running_mean", beta, "beta"),
-        (rv, "running_var", gamma, "gamma"),
-        (rv, "running_var", beta, "beta"),
-        (out, "out", x, "x"),
-        (out, "out", rm, "running_mean"),
-        (out, "out", rv, "running_var"),
-        (out, "out", gamma, "gamma"),
-        (out, "out", beta, "beta"),
-    )
+        (x, "x"), (gamma, "gamma"), (beta, "beta"), (rv, "running_var"), (rm, "running_mean"),
+        (out, "out"), written=("running_var", "running_mean", "out"),
+    )  # fmt: skip
     y = _output(out, x)
     if x.size == 0:  # an empty batch: empty y, running statistics untouched (as PyTorch)
         mean, invstd = _empty_stats(channels)
@@ -217,13 +208,8 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1
     eps = _eps(eps, training=False)
     if out is not None:
         _checks.check_out(out, x.shape, dtype)
-        _no_overlap(
-            (out, "out", x, "x"),
-            (out, "out", gamma, "gamma"),
-            (out, "out", beta, "beta"),
-            (out, "out", rm, "running_mean"),
-            (out, "out", rv, "running_var"),
-        )
+        _checks.no_overlap(out, "out", (x, "x"), (gamma, "gamma"), (beta, "beta"),
+                           (rm, "running_mean"), (rv, "running_var"))
     y = _output(out, x)
     if x.size:
         KERNELS.active().infer(x, outer, channels, inner, gamma, beta, rm, rv, eps, y)
@@ -241,13 +227,8 @@ def batch_norm_backward(dy, cache, *, out=None):
     dy = _checks.contiguous(dy)
     if out is not None:
         _checks.check_out(out, x.shape, x.dtype)
-        _no_overlap(
-            (out, "out", x, "x"),
-            (out, "out", dy, "dy"),
-            (out, "out", gamma, "gamma"),
-            (out, "out", mean, "cache.mean"),
-            (out, "out", invstd, "cache.invstd"),
-        )
+        _checks.no_overlap(out, "out", (x, "x"), (dy, "dy"), (gamma, "gamma"),
+                           (mean, "cache.mean"), (invstd, "cache.invstd"))
     outer, channels, inner = _checks.view3d(x.shape, ax)
     dx = _output(out, x)
     dgamma = dbeta = None

@@ -21,11 +21,13 @@ from normax._ext_common cimport (
     checked_array,
     checked_typenum,
     checked_view,
+    data_or_null,
     empty_like,
     empty_vector,
     exact_float,
     exact_int,
     float_typenum,
+    is_out,
     is_vector,
     nmx_index,
     nmx_set_num_threads,
@@ -33,6 +35,7 @@ from normax._ext_common cimport (
     overlaps,
     register_threads,
     same_shape,
+    view3,
 )
 
 from normax import _backend
@@ -69,10 +72,6 @@ cdef object _KERNELS = _check.KERNELS
 cdef object _new = tuple.__new__
 
 
-cdef inline void *_data(object a) noexcept:
-    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
-
-
 cdef inline bint _c_active():
     return _backend._active == "c"
 
@@ -82,14 +81,14 @@ cdef inline bint _c_active():
 cdef int _train(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
                 object beta, object rm, object rv, double momentum, double eps, object y,
                 object mean, object invstd) except -1:
-    cdef void *px = _data(x)
-    cdef void *pg = _data(gamma)
-    cdef void *pb = _data(beta)
-    cdef void *prm = _data(rm)
-    cdef void *prv = _data(rv)
-    cdef void *py = _data(y)
-    cdef double *pm = <double *>_data(mean)
-    cdef double *pi = <double *>_data(invstd)
+    cdef void *px = data_or_null(x)
+    cdef void *pg = data_or_null(gamma)
+    cdef void *pb = data_or_null(beta)
+    cdef void *prm = data_or_null(rm)
+    cdef void *prv = data_or_null(rv)
+    cdef void *py = data_or_null(y)
+    cdef double *pm = <double *>data_or_null(mean)
+    cdef double *pi = <double *>data_or_null(invstd)
     cdef int rc
     with nogil:
         if t == cnp.NPY_FLOAT32:
@@ -106,12 +105,12 @@ cdef int _train(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, 
 
 cdef int _infer(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
                 object beta, object rm, object rv, double eps, object y) except -1:
-    cdef void *px = _data(x)
-    cdef void *pg = _data(gamma)
-    cdef void *pb = _data(beta)
-    cdef void *prm = _data(rm)
-    cdef void *prv = _data(rv)
-    cdef void *py = _data(y)
+    cdef void *px = data_or_null(x)
+    cdef void *pg = data_or_null(gamma)
+    cdef void *pb = data_or_null(beta)
+    cdef void *prm = data_or_null(rm)
+    cdef void *prv = data_or_null(rv)
+    cdef void *py = data_or_null(y)
     cdef int rc
     with nogil:
         if t == cnp.NPY_FLOAT32:
@@ -128,14 +127,14 @@ cdef int _infer(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, 
 cdef int _backward(int t, object dy, object x, nmx_index outer, nmx_index c, nmx_index inner,
                    object mean, object invstd, object gamma, object dx, object dgamma,
                    object dbeta) except -1:
-    cdef void *pdy = _data(dy)
-    cdef void *px = _data(x)
-    cdef double *pm = <double *>_data(mean)
-    cdef double *pi = <double *>_data(invstd)
-    cdef void *pg = _data(gamma)
-    cdef void *pdx = _data(dx)
-    cdef void *pdg = _data(dgamma)
-    cdef void *pdb = _data(dbeta)
+    cdef void *pdy = data_or_null(dy)
+    cdef void *px = data_or_null(x)
+    cdef double *pm = <double *>data_or_null(mean)
+    cdef double *pi = <double *>data_or_null(invstd)
+    cdef void *pg = data_or_null(gamma)
+    cdef void *pdx = data_or_null(dx)
+    cdef void *pdg = data_or_null(dgamma)
+    cdef void *pdb = data_or_null(dbeta)
     cdef int rc
     with nogil:
         if t == cnp.NPY_FLOAT32:
@@ -205,34 +204,6 @@ def backward(dy, x, outer, channels, inner, mean, invstd, gamma, dx, dgamma, dbe
 
 # ---- the front doors ---------------------------------------------------------------------------
 
-cdef inline bint _view(cnp.ndarray x, object axis, Py_ssize_t *v) noexcept:
-    """(outer, C, inner) of x around an exact int ``axis`` in range; False otherwise."""
-    cdef int nd = cnp.PyArray_NDIM(x), k
-    cdef long ax
-    if not exact_int(axis, &ax) or nd < 2 or ax < -nd or ax >= nd:
-        return False
-    if ax < 0:
-        ax += nd
-    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(x)
-    v[0] = 1
-    v[2] = 1
-    for k in range(ax):
-        v[0] *= dims[k]
-    for k in range(ax + 1, nd):
-        v[2] *= dims[k]
-    v[1] = dims[ax]
-    v[3] = ax
-    return True
-
-
-cdef inline bint _is_out(object out, cnp.ndarray like) noexcept:
-    """``out`` is None, or a writeable exact ndarray of ``like``'s dtype and shape."""
-    if out is None:
-        return True
-    return (float_typenum(out) == cnp.PyArray_TYPE(like) and same_shape(<cnp.ndarray>out, like)
-            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out))
-
-
 def batch_norm_train(x, gamma, beta, running_mean=None, running_var=None, *, axis=1,
                      momentum=0.1, eps=1e-5, out=None):
     """Batch-normalize ``x`` with its own batch statistics (training mode).
@@ -280,12 +251,12 @@ def batch_norm_train(x, gamma, beta, running_mean=None, running_var=None, *, axi
     cdef int t = float_typenum(x)
     cdef Py_ssize_t v[4]
     cdef double m, e
-    if (t < 0 or not _view(<cnp.ndarray>x, axis, v) or v[0] * v[2] < 2 or v[1] == 0
+    if (t < 0 or not view3(<cnp.ndarray>x, axis, 2, v) or v[0] * v[2] < 2
             or not exact_float(momentum, &m) or not exact_float(eps, &e)
             or not (0.0 <= m <= 1.0) or not (e > 0.0 and isfinite(e))
             or (gamma is not None and not is_vector(gamma, t, v[1], False))
             or (beta is not None and not is_vector(beta, t, v[1], False))
-            or not _is_out(out, <cnp.ndarray>x)):
+            or (out is not None and not is_out(out, <cnp.ndarray>x))):
         return _check.batch_norm_train(x, gamma, beta, running_mean, running_var, axis=axis,
                                        momentum=momentum, eps=eps, out=out)
     if running_mean is not None or running_var is not None:
@@ -350,13 +321,13 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1
     cdef int t = float_typenum(x)
     cdef Py_ssize_t v[4]
     cdef double e
-    if (t < 0 or not _view(<cnp.ndarray>x, axis, v) or v[0] * v[2] == 0 or v[1] == 0
+    if (t < 0 or not view3(<cnp.ndarray>x, axis, 2, v)
             or not exact_float(eps, &e) or not (e >= 0.0 and isfinite(e))
             or (gamma is not None and not is_vector(gamma, t, v[1], False))
             or (beta is not None and not is_vector(beta, t, v[1], False))
             or not is_vector(running_mean, t, v[1], False)
             or not is_vector(running_var, t, v[1], False)
-            or not _is_out(out, <cnp.ndarray>x)
+            or (out is not None and not is_out(out, <cnp.ndarray>x))
             or (out is not None and (overlaps(out, x) or overlaps(out, gamma)
                                      or overlaps(out, beta) or overlaps(out, running_mean)
                                      or overlaps(out, running_var)))):
@@ -410,12 +381,11 @@ def batch_norm_backward(dy, cache, *, out=None):
         x, mean, invstd, gamma, axis = <tuple>cache
         t = float_typenum(x)
     if (t < 0 or float_typenum(dy) != t or not same_shape(<cnp.ndarray>dy, <cnp.ndarray>x)
-            or not _view(<cnp.ndarray>x, axis, v) or v[3] != <Py_ssize_t>axis
-            or v[0] * v[2] == 0 or v[1] == 0
+            or not view3(<cnp.ndarray>x, axis, 2, v) or v[3] != <Py_ssize_t>axis
             or not is_vector(mean, cnp.NPY_FLOAT64, v[1], False)
             or not is_vector(invstd, cnp.NPY_FLOAT64, v[1], False)
             or (gamma is not None and not is_vector(gamma, t, v[1], False))
-            or not _is_out(out, <cnp.ndarray>x)
+            or (out is not None and not is_out(out, <cnp.ndarray>x))
             or (out is not None and (overlaps(out, x) or overlaps(out, dy)
                                      or overlaps(out, gamma) or overlaps(out, mean)
                                      or overlaps(out, invstd)))):

@@ -55,6 +55,50 @@ cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
     return True
 
 
+cdef inline bint exact_int(object v, long *out) noexcept:
+    """A Python int (not bool, not a NumPy integer) that fits in a C long: its value."""
+    cdef int overflow = 0
+    if type(v) is not int:
+        return False
+    out[0] = PyLong_AsLongAndOverflow(v, &overflow)
+    return overflow == 0
+
+
+cdef inline bint is_out(object out, cnp.ndarray like) noexcept:
+    """``out`` is a writeable exact ndarray of ``like``'s float dtype and shape, C-contiguous,
+    aligned and native: a kernel may write it as a plain C array."""
+    return (float_typenum(out) == cnp.PyArray_TYPE(like) and same_shape(<cnp.ndarray>out, like)
+            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out))
+
+
+cdef inline bint view3(cnp.ndarray a, object axis, int min_ndim, Py_ssize_t *v) noexcept:
+    """The (outer, C, inner) view of a non-empty C-contiguous ``a`` of at least ``min_ndim``
+    dimensions around ``axis`` in v[0:3], and the axis in [0, ndim) in v[3], if ``axis`` is an
+    exact int in range; else False (empty arrays are the checker's)."""
+    cdef int nd = cnp.PyArray_NDIM(a), k
+    cdef long ax
+    if (nd < min_ndim or cnp.PyArray_SIZE(a) == 0 or not exact_int(axis, &ax) or ax < -nd
+            or ax >= nd):
+        return False
+    if ax < 0:
+        ax += nd
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(a)
+    v[0] = 1
+    v[2] = 1
+    for k in range(ax):
+        v[0] *= dims[k]
+    for k in range(ax + 1, nd):
+        v[2] *= dims[k]
+    v[1] = dims[ax]
+    v[3] = ax
+    return True
+
+
+cdef inline void *data_or_null(object a) noexcept:
+    """The data pointer of an ndarray the front door accepted, NULL for None."""
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
 cdef inline bint overlaps(object a, object b) noexcept:
     """Whether the byte ranges of two arrays intersect (None and empty arrays never do). Exact
     for the contiguous arrays the front doors accept, like ``numpy.may_share_memory``."""
@@ -74,15 +118,6 @@ cdef inline bint exact_float(object v, double *out) noexcept:
         out[0] = <double>v
         return True
     return False
-
-
-cdef inline bint exact_int(object v, long *out) noexcept:
-    """A Python int (not bool, not a NumPy integer) that fits in a C long: its value."""
-    cdef int overflow = 0
-    if type(v) is not int:
-        return False
-    out[0] = PyLong_AsLongAndOverflow(v, &overflow)
-    return overflow == 0
 
 
 cdef inline cnp.ndarray empty_like(cnp.ndarray a):

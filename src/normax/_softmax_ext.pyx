@@ -23,16 +23,19 @@ from normax._ext_common cimport (
     checked_array,
     checked_typenum,
     checked_view,
+    data_or_null,
     empty_like,
     exact_float,
     exact_int,
     float_typenum,
+    is_out,
     nmx_index,
     nmx_set_num_threads,
     optional_data,
     overlaps,
     register_threads,
     same_shape,
+    view3,
 )
 
 from normax import _backend
@@ -73,10 +76,6 @@ cdef object _reduce = _check.reduce
 cdef dict _REDUCTIONS = _check.REDUCTIONS
 
 
-cdef inline void *_data(object a) noexcept:
-    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
-
-
 cdef inline bint _c_active():
     return _backend._active == "c"
 
@@ -85,8 +84,8 @@ cdef inline bint _c_active():
 
 cdef void _forward(int t, object z, object out, nmx_index outer, nmx_index c, nmx_index inner,
                    int log) noexcept:
-    cdef void *pz = _data(z)
-    cdef void *po = _data(out)
+    cdef void *pz = data_or_null(z)
+    cdef void *po = data_or_null(out)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             nmx_softmax_f32(<float *>pz, <float *>po, outer, c, inner, log)
@@ -96,9 +95,9 @@ cdef void _forward(int t, object z, object out, nmx_index outer, nmx_index c, nm
 
 cdef void _backward(int t, object g, object y, object out, nmx_index outer, nmx_index c,
                     nmx_index inner, int log) noexcept:
-    cdef void *pg = _data(g)
-    cdef void *py = _data(y)
-    cdef void *po = _data(out)
+    cdef void *pg = data_or_null(g)
+    cdef void *py = data_or_null(y)
+    cdef void *po = data_or_null(out)
     with nogil:
         if t == cnp.NPY_FLOAT32:
             nmx_softmax_backward_f32(<float *>pg, <float *>py, <float *>po, outer, c, inner, log)
@@ -108,8 +107,8 @@ cdef void _backward(int t, object g, object y, object out, nmx_index outer, nmx_
 
 
 cdef double _xent(int t, object z, object dz, nmx_xent_args *a) noexcept:
-    cdef void *pz = _data(z)
-    cdef void *pdz = _data(dz)
+    cdef void *pz = data_or_null(z)
+    cdef void *pdz = data_or_null(dz)
     cdef double total
     with nogil:
         if t == cnp.NPY_FLOAT32:
@@ -158,7 +157,8 @@ def xent(z, outer, classes, inner, target, weight, ignore, double eps, double sc
     a.label_bytes = 0
     checked_array(z, "z", t, n, False)
     checked_array(dz, "dz", t, n, True)
-    a.weight = <const double *>optional_data(weight, "weight", cnp.NPY_FLOAT64, a.classes, False)
+    a.weight = <const double *>optional_data(weight, "weight", cnp.NPY_FLOAT64, a.classes,
+                                             False)
     a.loss = optional_data(loss, "loss", t, a.outer * a.inner, True)
     a.has_ignore = ignore is not None
     a.ignore = ignore if a.has_ignore else 0
@@ -178,37 +178,11 @@ def xent(z, outer, classes, inner, target, weight, ignore, double eps, double sc
 
 # ---- the front doors ---------------------------------------------------------------------------
 
-cdef inline bint _view(cnp.ndarray z, object axis, Py_ssize_t *v) noexcept:
-    """(outer, C, inner, axis) of a non-empty z of ndim >= 1 around an exact int ``axis``."""
-    cdef int nd = cnp.PyArray_NDIM(z), k
-    cdef long ax
-    if not exact_int(axis, &ax) or nd < 1 or ax < -nd or ax >= nd or cnp.PyArray_SIZE(z) == 0:
-        return False
-    if ax < 0:
-        ax += nd
-    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(z)
-    v[0] = 1
-    v[2] = 1
-    for k in range(ax):
-        v[0] *= dims[k]
-    for k in range(ax + 1, nd):
-        v[2] *= dims[k]
-    v[1] = dims[ax]
-    v[3] = ax
-    return True
-
-
-cdef inline bint _is_out(object out, cnp.ndarray like) noexcept:
-    """``out`` is a writeable exact ndarray of ``like``'s dtype and shape."""
-    return (float_typenum(out) == cnp.PyArray_TYPE(like) and same_shape(<cnp.ndarray>out, like)
-            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out))
-
-
 cdef object _softmax_door(object z, object axis, object out, bint log):
     cdef int t = float_typenum(z)
     cdef Py_ssize_t v[4]
-    if (t < 0 or not _view(<cnp.ndarray>z, axis, v)
-            or (out is not None and (not _is_out(out, <cnp.ndarray>z) or overlaps(out, z)))):
+    if (t < 0 or not view3(<cnp.ndarray>z, axis, 1, v)
+            or (out is not None and (not is_out(out, <cnp.ndarray>z) or overlaps(out, z)))):
         return _check.forward(z, axis, out, log)
     if out is None:
         out = empty_like(<cnp.ndarray>z)
@@ -223,8 +197,8 @@ cdef object _backward_door(object g, object y, object axis, object out, bint log
     cdef int t = float_typenum(y)
     cdef Py_ssize_t v[4]
     if (t < 0 or float_typenum(g) != t or not same_shape(<cnp.ndarray>g, <cnp.ndarray>y)
-            or not _view(<cnp.ndarray>y, axis, v)
-            or (out is not None and (not _is_out(out, <cnp.ndarray>y) or overlaps(out, g)
+            or not view3(<cnp.ndarray>y, axis, 1, v)
+            or (out is not None and (not is_out(out, <cnp.ndarray>y) or overlaps(out, g)
                                      or overlaps(out, y)))):
         return _check.backward(g, y, axis, out, log, names)
     if out is None:
@@ -382,17 +356,17 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
     cdef nmx_index bad
     cdef long ign = 0
     cdef object red = _REDUCTIONS.get(reduction) if type(reduction) is str else None
-    if (t < 0 or red is None or weight is not None or not _view(<cnp.ndarray>z, axis, v)
+    if (t < 0 or red is None or weight is not None or not view3(<cnp.ndarray>z, axis, 1, v)
             or not _labels_for(<cnp.ndarray>z, target, v)
             or not exact_float(label_smoothing, &a.eps) or not (0.0 <= a.eps <= 1.0)
             or (ignore_index is not None and not exact_int(ignore_index, &ign))
-            or (out is not None and (not _is_out(out, <cnp.ndarray>z) or overlaps(out, z)
+            or (out is not None and (not is_out(out, <cnp.ndarray>z) or overlaps(out, z)
                                      or overlaps(out, target)))):
         return _check.softmax_cross_entropy(
             z, target, axis=axis, reduction=reduction, weight=weight, ignore_index=ignore_index,
             label_smoothing=label_smoothing, out=out)
     a.outer, a.classes, a.inner = v[0], v[1], v[2]
-    a.labels, a.label_bytes, a.probs, a.weight = _data(target), _label_bytes(target), NULL, NULL
+    a.labels, a.label_bytes, a.probs, a.weight = data_or_null(target), _label_bytes(target), NULL, NULL
     a.has_ignore, a.ignore, a.loss = ignore_index is not None, ign, NULL
     with nogil:
         bad = nmx_xent_check_labels(a.labels, a.label_bytes, a.outer * a.inner, a.classes,
@@ -406,7 +380,7 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
     if red == 2:
         loss = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>target),
                                  cnp.PyArray_DIMS(<cnp.ndarray>target), t, 0)
-        a.loss = _data(loss)
+        a.loss = data_or_null(loss)
     dz = empty_like(<cnp.ndarray>z) if out is None else out
     if _c_active():
         total = _xent(t, z, dz, &a)
