@@ -4,9 +4,9 @@
 :func:`get_backend` change and report it. If the C extension cannot be imported, normax warns
 once and falls back to Numba.
 
-Each kernel family keeps a table ``{"c": impl, "numba": impl, "numpy": impl}`` of functions
-with identical signatures and calls :func:`impl` to pick the active one. Numba is imported only
-when its backend is first used, so ``import normax`` stays fast.
+Each kernel family keeps a :class:`KernelTable`: one module per backend, with the same kernel
+names and signatures, imported on first use (so ``import normax`` stays fast and Numba loads
+only when its backend runs). The fused optimizer step still dispatches through :func:`impl`.
 """
 
 from __future__ import annotations

@@ -366,7 +366,8 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
             z, target, axis=axis, reduction=reduction, weight=weight, ignore_index=ignore_index,
             label_smoothing=label_smoothing, out=out)
     a.outer, a.classes, a.inner = v[0], v[1], v[2]
-    a.labels, a.label_bytes, a.probs, a.weight = data_or_null(target), _label_bytes(target), NULL, NULL
+    a.labels, a.label_bytes = data_or_null(target), _label_bytes(target)
+    a.probs, a.weight = NULL, NULL
     a.has_ignore, a.ignore, a.loss = ignore_index is not None, ign, NULL
     with nogil:
         bad = nmx_xent_check_labels(a.labels, a.label_bytes, a.outer * a.inner, a.classes,
