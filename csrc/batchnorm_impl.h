@@ -344,7 +344,10 @@ NMX_CLONES static void FN(train_finish)(nmx_index c0, nmx_index c1, double *rest
     T *restrict mh = k, *restrict ml = k + C, *restrict sc = k + 2 * C, *restrict sh = k + 3 * C;
     for (nmx_index c = c0; c < c1; c++) {
         double s1 = acc[c], s2 = acc[C + c];
-        double dm = s1 * inv_n, var = (s2 - s1 * dm) * inv_n;
+        /* Squares that overflow (|x| near 1e300) give s2 = inf: the variance is inf on every
+         * clone, not inf - inf = NaN where s1 * dm overflows too and no FMA is used. */
+        double dm = s1 * inv_n;
+        double var = isinf(s2) && isfinite(s1) ? s2 : (s2 - s1 * dm) * inv_n;
         var = var < 0 ? 0 : var; /* rounding only; NaN stays NaN */
         double m = (double)x[c * inner] + dm, is = 1.0 / sqrt(var + eps);
         acc[c] = var;
