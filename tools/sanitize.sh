@@ -74,7 +74,8 @@ mapfile -t sos < <("$venv/bin/python" -c 'import glob, importlib.util as u, os
 print(*glob.glob(os.path.join(os.path.dirname(u.find_spec("normax").origin), "*.so")), sep="\n")')
 ((${#sos[@]})) || { echo "sanitize: no compiled normax modules found" >&2; exit 1; }
 for so in "${sos[@]}"; do
-  if ! nm -D "$so" | grep -q __asan_report; then
+  # grep without -q reads all of nm's output: an early exit would fail the pipe (pipefail).
+  if ! nm -D "$so" | grep __asan_report >/dev/null; then
     echo "sanitize: $so is not instrumented (built without NORMAX_SANITIZE=ON?)" >&2
     exit 1
   fi
