@@ -171,3 +171,27 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class KernelTable:
+    """One kernel family on every backend: a module per backend, imported on first use.
+
+    Each module defines the family's kernels under the same names with the same signature (the
+    canonical record of a call: contiguous arrays, the ``(outer, C, inner)`` view, C scalars,
+    outputs allocated by the caller), so the front door and the checker dispatch with one
+    lookup: ``TABLE.active().train(...)``.
+    """
+
+    def __init__(self, **modules: str) -> None:
+        self._names = modules
+        self._loaded: dict[str, ModuleType] = {}
+
+    def __getitem__(self, backend: str) -> ModuleType:
+        module = self._loaded.get(backend)
+        if module is None:
+            module = self._loaded[backend] = importlib.import_module(self._names[backend])
+        return module
+
+    def active(self) -> ModuleType:
+        """The module of the active backend."""
+        return self[_active]
