@@ -1,5 +1,5 @@
 /* normax._core: module init, thread control, and registration of each kernel family's binding
- * (_core_batchnorm.c, _core_softmax.c, _core_optim.c). */
+ * (_core_batchnorm.c, _core_softmax.c). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #define PY_ARRAY_UNIQUE_SYMBOL normax_ARRAY_API
@@ -9,7 +9,6 @@
 
 int normax_register_batchnorm(PyObject *module);
 int normax_register_softmax(PyObject *module);
-int normax_register_optim(PyObject *module);
 
 static PyObject *set_num_threads(PyObject *Py_UNUSED(self), PyObject *arg) {
     long n = PyLong_AsLong(arg);
@@ -43,8 +42,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     import_array();
     PyObject *m = PyModule_Create(&core_module);
     if (m == NULL) return NULL;
-    if (normax_register_batchnorm(m) < 0 || normax_register_softmax(m) < 0 ||
-        normax_register_optim(m) < 0) {
+    if (normax_register_batchnorm(m) < 0 || normax_register_softmax(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -11,11 +11,16 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from . import _params
-from ._fused import fused_step
+
+try:
+    from .._optim_ext import fused_step
+except ImportError:  # pragma: no cover - exercised only without a compiled extension
+    from ._check import fused_step
 
 
 def check_nonneg(value, name: str) -> float:
@@ -107,7 +112,7 @@ class Optimizer:
     def _slots(self, group: dict) -> tuple[str | None, str | None, str | None]:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _hyper(self, group: dict, step: int, first: bool) -> tuple[int, tuple]:
+    def _hyper(self, group: dict, step: int, first: bool) -> tuple[int, NamedTuple]:
         raise NotImplementedError  # pragma: no cover - abstract
 
     # ---- stepping -----------------------------------------------------------------------

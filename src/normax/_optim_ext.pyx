@@ -1,0 +1,347 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, binding=False
+# cython: embedsignature=True, embedsignature.format=clinic
+"""The fused optimizer step: the compiled front door and the C kernel's entry in the table.
+
+``fused_step`` runs, in compiled code, the calls that ``normax.optim._check.normalize`` would
+return unchanged (see that module for the contract) and hands every other call to it, so every
+error is written once. An accepted call runs the C kernel directly when the C backend is
+active, else the active backend's ``step`` through the one table, with the same record.
+
+``step`` is the "c" column of that table: it takes the same record and runs the same checks,
+so that no direct call can make the kernel step outside an array.
+
+The kernel selectors and flags are exported from ``optim.h`` (``SGD`` ... ``AMSGRAD``); this
+module refuses to import if ``normax.optim._kinds`` disagrees with them.
+"""
+
+cimport numpy as cnp
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport PyObject
+from libc.stdlib cimport qsort
+from libc.string cimport memset
+
+from normax._ext_common cimport exact_int, nmx_index, nmx_set_num_threads, register_threads
+
+from normax import _backend
+from normax.optim import _check, _kinds
+
+cnp.import_array()
+register_threads(nmx_set_num_threads)
+
+cdef extern from "Python.h":
+    PyObject **PySequence_Fast_ITEMS(object o)
+    Py_ssize_t PySequence_Fast_GET_SIZE(object o)
+    double PyFloat_AS_DOUBLE(PyObject *o)
+
+cdef extern from "optim.h":
+    cdef enum nmx_optim_kind:
+        NMX_OPT_SGD
+        NMX_OPT_MOMENTUM
+        NMX_OPT_RMSPROP
+        NMX_OPT_ADAM
+    cdef enum nmx_optim_flag:
+        NMX_OPT_NESTEROV
+        NMX_OPT_FIRST
+        NMX_OPT_CENTERED
+        NMX_OPT_AMSGRAD
+    enum: NMX_OPT_NHYPER
+    ctypedef struct nmx_optim_call:
+        int kind
+        int flags
+        double h[NMX_OPT_NHYPER]
+        nmx_index narrays
+        const nmx_index *sizes
+        void **p
+        const void **g
+        void **s[3]
+    void nmx_optim_step_f32(const nmx_optim_call *c) nogil
+    void nmx_optim_step_f64(const nmx_optim_call *c) nogil
+
+SGD, MOMENTUM, RMSPROP, ADAM = NMX_OPT_SGD, NMX_OPT_MOMENTUM, NMX_OPT_RMSPROP, NMX_OPT_ADAM
+NESTEROV, FIRST = NMX_OPT_NESTEROV, NMX_OPT_FIRST
+CENTERED, AMSGRAD = NMX_OPT_CENTERED, NMX_OPT_AMSGRAD
+NHYPER = NMX_OPT_NHYPER
+
+_kinds.verify({"SGD": SGD, "MOMENTUM": MOMENTUM, "RMSPROP": RMSPROP, "ADAM": ADAM,
+               "NESTEROV": NESTEROV, "FIRST": FIRST, "CENTERED": CENTERED, "AMSGRAD": AMSGRAD})
+
+# ---- the contract's rules as C tables, read once from normax.optim._check.RULES -------------
+
+cdef enum:
+    _NKINDS = 4
+    # when a state slot's list is given (_check.NEVER ...): mapped from the rules at import
+    _NEVER = 0
+    _ALWAYS = 1
+    _OPTIONAL = 2
+    _WITH_FLAG = 3
+    _STACK_ARRAYS = 32  # calls with up to this many arrays keep their pointer tables on the stack
+
+# Below this many elements in total the kernel runs with the GIL held: it is shorter than
+# releasing and retaking the GIL and it runs on one thread anyway (csrc/threads.c).
+cdef nmx_index _NOGIL_MIN = 1 << 15
+
+cdef int _allowed_flags[_NKINDS]
+cdef int _slot_mode[_NKINDS][3]
+cdef int _slot_flags[_NKINDS][3]
+cdef Py_ssize_t _nfields[_NKINDS]
+cdef tuple _records = tuple(_kinds.HYPER[k] for k in range(_NKINDS))
+cdef object _kernels = _check.KERNELS
+
+
+cdef int _load_rules() except -1:
+    if sorted(_check.RULES) != list(range(_NKINDS)):
+        raise ImportError(f"optim kinds {sorted(_check.RULES)} are not 0..{_NKINDS - 1}")
+    modes = {_check.NEVER: _NEVER, _check.ALWAYS: _ALWAYS, _check.OPTIONAL: _OPTIONAL,
+             _check.WITH_FLAG: _WITH_FLAG}
+    for k in range(_NKINDS):
+        rule = _check.RULES[k]
+        _allowed_flags[k] = rule.flags
+        _nfields[k] = len(_records[k]._fields)
+        if _nfields[k] > NMX_OPT_NHYPER:
+            raise ImportError(f"{_records[k].__name__} has more than {NMX_OPT_NHYPER} fields")
+        for j in range(3):
+            _slot_mode[k][j] = modes[rule.slots[j].mode]
+            _slot_flags[k][j] = rule.slots[j].flags
+    return 0
+
+
+_load_rules()
+
+
+# ---- acceptance: the calls normalize() returns unchanged -----------------------------------------
+
+cdef struct _Span:
+    const char *lo
+    const char *hi
+    bint written
+
+
+cdef struct _Tables:
+    # filled for one call: sizes[n], data pointers of params, grads, s0..s2 (5 x n) and the byte
+    # ranges of every non-empty array (at most 5 x n)
+    nmx_index *sizes
+    void **ptr
+    _Span *spans
+
+
+cdef inline bint _is_list(object o) noexcept:
+    return type(o) is list or type(o) is tuple
+
+
+cdef inline bint _slot_ok(object s, int kind, int j, int flags) noexcept:
+    """The state list of slot j is given or absent as the kind and flags require."""
+    cdef bint given = s is not None
+    cdef int mode = _slot_mode[kind][j]
+    cdef bint need
+    if mode == _NEVER:
+        need = False
+    elif mode == _ALWAYS:
+        need = True
+    elif mode == _OPTIONAL:
+        need = given or (flags & _slot_flags[kind][j]) != 0
+    else:
+        need = (flags & _slot_flags[kind][j]) != 0
+    return given == need and (not given or _is_list(s))
+
+
+cdef inline bint _hyper_ok(object hyper, int kind, nmx_optim_call *c) noexcept:
+    """``hyper`` is exactly the kind's record, of Python floats: copy them into ``c.h``."""
+    if type(hyper) is not _records[kind] or len(<tuple>hyper) != _nfields[kind]:
+        return False
+    cdef PyObject **items = PySequence_Fast_ITEMS(hyper)
+    cdef Py_ssize_t i
+    memset(c.h, 0, sizeof(c.h))
+    for i in range(_nfields[kind]):
+        if type(<object>items[i]) is not float:
+            return False
+        c.h[i] = PyFloat_AS_DOUBLE(items[i])
+    return True
+
+
+cdef inline bint _array_ok(PyObject *o, int typenum, cnp.npy_intp size, bint written,
+                           _Span *span, Py_ssize_t *nspans, void **ptr) noexcept:
+    """``o`` is an ndarray of ``typenum`` with ``size`` elements a kernel may read (and write,
+    with ``written``) as a plain C array; records its data pointer and byte range."""
+    if not cnp.PyArray_Check(<object>o):
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>o
+    if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_SIZE(a) != size
+            or not (cnp.PyArray_ISCARRAY(a) if written else cnp.PyArray_ISCARRAY_RO(a))):
+        return False
+    cdef char *data = cnp.PyArray_BYTES(a)
+    ptr[0] = data
+    if size > 0:
+        span[nspans[0]].lo = data
+        span[nspans[0]].hi = data + cnp.PyArray_NBYTES(a)
+        span[nspans[0]].written = written
+        nspans[0] += 1
+    return True
+
+
+cdef int _span_order(const void *a, const void *b) noexcept nogil:
+    cdef const char *x = (<const _Span *>a).lo
+    cdef const char *y = (<const _Span *>b).lo
+    return -1 if x < y else (1 if x > y else 0)
+
+
+cdef bint _disjoint(_Span *spans, Py_ssize_t n) noexcept:
+    """No written range meets any other range (gradients may share memory with each other)."""
+    cdef Py_ssize_t i, j
+    cdef _Span s
+    if n <= 64:  # insertion sort: the few ranges of a small model are often already in order
+        for i in range(1, n):
+            s = spans[i]
+            j = i - 1
+            while j >= 0 and spans[j].lo > s.lo:
+                spans[j + 1] = spans[j]
+                j -= 1
+            spans[j + 1] = s
+    else:
+        qsort(spans, n, sizeof(_Span), _span_order)
+    # sweep in order of start: a range meets an earlier one iff it starts before the largest
+    # end seen so far (among all ranges for a written one, among written ones for a gradient)
+    cdef const char *end_any = NULL
+    cdef const char *end_written = NULL
+    for i in range(n):
+        if spans[i].lo < (end_any if spans[i].written else end_written):
+            return False
+        if spans[i].hi > end_any:
+            end_any = spans[i].hi
+        if spans[i].written and spans[i].hi > end_written:
+            end_written = spans[i].hi
+    return True
+
+
+cdef bint _accept(nmx_optim_call *c, _Tables *t, Py_ssize_t n, int *typenum, object kind,
+                  object flags, object hyper, object params, object grads,
+                  tuple states) noexcept:
+    """Fill ``c`` from a call that normalize() would return unchanged; False for any other.
+    ``params`` is a list or tuple of ``n`` items; ``t`` has room for ``n`` arrays."""
+    cdef long k, f
+    if not exact_int(kind, &k) or not exact_int(flags, &f) or k < 0 or k >= _NKINDS:
+        return False
+    if f < 0 or f & ~_allowed_flags[k] or not _hyper_ok(hyper, k, c):
+        return False
+    cdef Py_ssize_t i, j, nspans = 0
+    if not _is_list(grads) or PySequence_Fast_GET_SIZE(grads) != n:
+        return False
+    for j in range(3):
+        if not _slot_ok(states[j], k, j, f):
+            return False
+        if states[j] is not None and PySequence_Fast_GET_SIZE(states[j]) != n:
+            return False
+    cdef PyObject **items = PySequence_Fast_ITEMS(params)
+    typenum[0] = cnp.NPY_FLOAT64
+    if n > 0:
+        if not cnp.PyArray_Check(<object>items[0]):
+            return False
+        typenum[0] = cnp.PyArray_TYPE(<cnp.ndarray>items[0])
+        if typenum[0] != cnp.NPY_FLOAT32 and typenum[0] != cnp.NPY_FLOAT64:
+            return False
+    for i in range(n):
+        if not cnp.PyArray_Check(<object>items[i]):
+            return False
+        t.sizes[i] = cnp.PyArray_SIZE(<cnp.ndarray>items[i])
+        if not _array_ok(items[i], typenum[0], t.sizes[i], True, t.spans, &nspans, &t.ptr[i]):
+            return False
+    cdef tuple lists = (grads,) + states
+    for j in range(4):
+        if lists[j] is None:
+            continue
+        items = PySequence_Fast_ITEMS(lists[j])
+        for i in range(n):
+            if not _array_ok(items[i], typenum[0], t.sizes[i], j > 0, t.spans, &nspans,
+                             &t.ptr[(j + 1) * n + i]):
+                return False
+    if not _disjoint(t.spans, nspans):
+        return False
+    c.kind = k
+    c.flags = f
+    c.narrays = n
+    c.sizes = t.sizes
+    c.p = t.ptr
+    c.g = <const void **>(t.ptr + n)
+    for j in range(3):
+        c.s[j] = NULL if states[j] is None else t.ptr + (j + 2) * n
+    return True
+
+
+# ---- running the record ------------------------------------------------------------------------
+
+cdef int _run_c(nmx_optim_call *c, int typenum, tuple record) except -1:
+    cdef nmx_index total = 0, k
+    for k in range(c.narrays):
+        total += c.sizes[k]
+    if total < _NOGIL_MIN:
+        _kernel(c, typenum)
+        return 0
+    # the record's lists are copied into tuples that keep every array alive while the GIL is
+    # released, whatever another thread does to the caller's lists meanwhile
+    cdef list keep = [None if x is None else tuple(x) for x in record[3:]]
+    with nogil:
+        _kernel(c, typenum)
+    return 0
+
+
+cdef inline void _kernel(nmx_optim_call *c, int typenum) noexcept nogil:
+    if typenum == cnp.NPY_FLOAT32:
+        nmx_optim_step_f32(c)
+    else:
+        nmx_optim_step_f64(c)
+
+
+cdef bint _try_run(tuple record, bint run_c) except -1:
+    """Run ``record`` if it is accepted as it is (True); False if it needs the checker."""
+    cdef nmx_optim_call c
+    cdef _Tables t
+    cdef nmx_index sizes[_STACK_ARRAYS]
+    cdef void *ptr[5 * _STACK_ARRAYS]
+    cdef _Span spans[5 * _STACK_ARRAYS]
+    cdef void *heap = NULL
+    cdef int typenum
+    kind, flags, hyper, params, grads, s0, s1, s2 = record
+    if not _is_list(params):
+        return False
+    cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(params)
+    t.sizes, t.ptr, t.spans = sizes, ptr, spans
+    if n > _STACK_ARRAYS:
+        heap = PyMem_Malloc(n * (sizeof(nmx_index) + 5 * sizeof(void *) + 5 * sizeof(_Span)))
+        if heap == NULL:
+            raise MemoryError()
+        t.spans = <_Span *>heap
+        t.ptr = <void **>(t.spans + 5 * n)
+        t.sizes = <nmx_index *>(t.ptr + 5 * n)
+    try:
+        # no Python code runs from here to the kernel, so the lists cannot change in between
+        if not _accept(&c, &t, n, &typenum, kind, flags, hyper, params, grads, (s0, s1, s2)):
+            return False
+        if run_c:
+            _run_c(&c, typenum, record)
+        else:
+            _kernels.active().step(kind, flags, hyper, params, grads, s0, s1, s2)
+        return True
+    finally:
+        PyMem_Free(heap)
+
+
+cdef int _step(tuple record, bint c_only) except -1:
+    """Run the call as it is if it is canonical, else as the checker normalizes it (or raise)."""
+    cdef bint run_c = c_only or _backend._active == "c"
+    if not _try_run(record, run_c):
+        if not _try_run(_check.normalize(*record), run_c):
+            raise AssertionError("normax: a normalized optimizer step was not accepted")
+    return 0
+
+
+def fused_step(kind, flags, hyper, params, grads, s0=None, s1=None, s2=None):
+    """Update ``params`` in place with one fused optimizer step on the active backend.
+
+    The arguments are the record described in ``normax.optim._check``; a call that is not
+    already canonical is normalized there or raises TypeError / ValueError.
+    """
+    _step((kind, flags, hyper, params, grads, s0, s1, s2), False)
+
+
+def step(kind, flags, hyper, params, grads, s0, s1, s2):
+    """The C kernel on the canonical record (the "c" entry of ``_check.KERNELS``)."""
+    _step((kind, flags, hyper, params, grads, s0, s1, s2), True)
