@@ -44,7 +44,12 @@ CASES = {
         RMSpropHyper(0.01, 0.1, 0.3, 0.7, 1e-6, 0.9),
         (True, True, True),
     ),
-    "adam": (ADAM, 0, AdamHyper(0.01, 0.0, 1.0, 0.1, 0.999, 0.001, 1e-8, 0.03), (True, True, False)),
+    "adam": (
+        ADAM,
+        0,
+        AdamHyper(0.01, 0.0, 1.0, 0.1, 0.999, 0.001, 1e-8, 0.03),
+        (True, True, False),
+    ),
     "adamw-amsgrad-large-w": (
         ADAM,
         AMSGRAD,

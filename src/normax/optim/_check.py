@@ -116,7 +116,9 @@ def _flags(flags, kind: int, rule: Rule) -> int:
     f = _int(flags, "flags")
     if f < 0 or f & ~rule.flags:
         allowed = " | ".join(n for v, n in FLAG_NAMES.items() if v & rule.flags) or "none"
-        raise ValueError(f"flags {f} are not valid for kind {KIND_NAMES[kind]} (allowed: {allowed})")
+        raise ValueError(
+            f"flags {f} are not valid for kind {KIND_NAMES[kind]} (allowed: {allowed})"
+        )
     return f
 
 
@@ -180,8 +182,9 @@ def _state_array(a, name: str, dtype: np.dtype, like: np.ndarray) -> np.ndarray:
     """An array the kernel writes in place: nothing to normalize, so it is right or an error."""
     _array(a, name, dtype, like)
     if not (a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative):
-        raise ValueError(f"{name} must be C-contiguous, aligned and native-endian (it is updated "
-                         "in place)")
+        raise ValueError(
+            f"{name} must be C-contiguous, aligned and native-endian (it is updated in place)"
+        )
     if not a.flags.writeable:
         raise ValueError(f"{name} is read-only (it is updated in place)")
     return a

@@ -134,18 +134,29 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
 def _variant(kind, flags, hyper, s0, s2):
     """The loop builder of ``kind`` and its option flags (the closure constants)."""
     if kind == SGD:
-        opts = (hyper.weight_decay != 0.0, s0 is not None, bool(flags & NESTEROV),
-                bool(flags & FIRST))
+        opts = (
+            hyper.weight_decay != 0.0,
+            s0 is not None,
+            bool(flags & NESTEROV),
+            bool(flags & FIRST),
+        )
         return _sgd, opts
     if kind == MOMENTUM:
         return _momentum, ()
     if kind == RMSPROP:
-        opts = (hyper.weight_decay != 0.0, bool(flags & CENTERED), s2 is not None,
-                abs(hyper.one_minus_alpha) < 0.5)
+        opts = (
+            hyper.weight_decay != 0.0,
+            bool(flags & CENTERED),
+            s2 is not None,
+            abs(hyper.one_minus_alpha) < 0.5,
+        )
         return _rmsprop, opts
     # ADAM: the checker admits no other kind
-    return _adam, (hyper.weight_decay != 0.0, bool(flags & AMSGRAD),
-                   abs(hyper.one_minus_beta1) < 0.5)
+    return _adam, (
+        hyper.weight_decay != 0.0,
+        bool(flags & AMSGRAD),
+        abs(hyper.one_minus_beta1) < 0.5,
+    )
 
 
 _N_STATES = {SGD: 1, MOMENTUM: 1, RMSPROP: 3, ADAM: 3}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kinds import ADAM, FIRST, MOMENTUM, NESTEROV, RMSPROP, SGD
+from ._kinds import FIRST, MOMENTUM, NESTEROV, RMSPROP, SGD
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, w, one, small: bool) -> None:
@@ -88,7 +88,9 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
     s0, s1, s2 = ([None] * n if s is None else s for s in (s0, s1, s2))
     with np.errstate(all="ignore"):  # NaN in, NaN out, silently, as in the C kernel
         for k in range(n):
-            _update(kind, flags, hyper, params[k], grads[k], s0[k], s1[k], s2[k])
+            # the record matches sizes, not shapes: update flat views, as the kernels do
+            arrays = (params[k], grads[k], s0[k], s1[k], s2[k])
+            _update(kind, flags, hyper, *(None if a is None else a.reshape(-1) for a in arrays))
 
 
 def _update(kind, flags, hyper, p, g, a, b, c) -> None:
