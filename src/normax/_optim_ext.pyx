@@ -15,10 +15,10 @@ module refuses to import if ``normax.optim._kinds`` disagrees with them.
 """
 
 cimport numpy as cnp
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawRealloc
 from cpython.ref cimport PyObject
 from libc.stdlib cimport qsort
-from libc.string cimport memset
+from libc.string cimport memcmp, memcpy, memset
 
 from normax._ext_common cimport exact_int, nmx_index, nmx_set_num_threads, register_threads
 
@@ -110,18 +110,22 @@ _load_rules()
 
 # ---- acceptance: the calls normalize() returns unchanged -----------------------------------------
 
-cdef struct _Span:
+cdef struct _Range:
     const char *lo
     const char *hi
-    bint written
 
 
 cdef struct _Tables:
-    # filled for one call: sizes[n], data pointers of params, grads, s0..s2 (5 x n) and the byte
-    # ranges of every non-empty array (at most 5 x n)
+    # filled for one call: sizes[n], data pointers of params, grads, s0..s2 (5 x n), the byte
+    # ranges of the non-empty written arrays in call order (nw <= 4 x n) and of the gradients
+    # (ng <= n), and room for the written ranges sorted (4 x n)
     nmx_index *sizes
     void **ptr
-    _Span *spans
+    _Range *written
+    _Range *grads
+    _Range *scratch
+    Py_ssize_t nw
+    Py_ssize_t ng
 
 
 cdef inline bint _is_list(object o) noexcept:
@@ -159,7 +163,7 @@ cdef inline bint _hyper_ok(object hyper, int kind, nmx_optim_call *c) noexcept:
 
 
 cdef inline bint _array_ok(PyObject *o, int typenum, cnp.npy_intp size, bint written,
-                           _Span *span, Py_ssize_t *nspans, void **ptr) noexcept:
+                           _Range *ranges, Py_ssize_t *nranges, void **ptr) noexcept:
     """``o`` is an ndarray of ``typenum`` with ``size`` elements a kernel may read (and write,
     with ``written``) as a plain C array; records its data pointer and byte range."""
     if not cnp.PyArray_Check(<object>o):
@@ -170,51 +174,115 @@ cdef inline bint _array_ok(PyObject *o, int typenum, cnp.npy_intp size, bint wri
         return False
     cdef char *data = cnp.PyArray_BYTES(a)
     ptr[0] = data
-    if size > 0:
-        span[nspans[0]].lo = data
-        span[nspans[0]].hi = data + cnp.PyArray_NBYTES(a)
-        span[nspans[0]].written = written
-        nspans[0] += 1
+    if size > 0:  # an empty array shares memory with nothing
+        ranges[nranges[0]].lo = data
+        ranges[nranges[0]].hi = data + cnp.PyArray_NBYTES(a)
+        nranges[0] += 1
     return True
 
 
-cdef int _span_order(const void *a, const void *b) noexcept nogil:
-    cdef const char *x = (<const _Span *>a).lo
-    cdef const char *y = (<const _Span *>b).lo
+# ---- no written buffer shares memory with another or with a gradient ----------------------------
+# Sorting the ranges of every call would cost more than the whole binding (~30 us for 100
+# arrays). An optimizer passes the same parameters and states at every step, so the written
+# ranges already found disjoint are remembered, in call order, for the last few distinct sets
+# (param groups, dtypes): a repeated set costs one comparison, then each gradient is found in
+# the sorted ranges by bisection. Whether ranges are disjoint depends on nothing but the
+# ranges, so a remembered answer is exact.
+
+cdef struct _Known:
+    Py_ssize_t n, cap
+    _Range *order   # as the call listed them
+    _Range *sorted  # by start, disjoint
+
+cdef enum:
+    _NKNOWN = 4
+
+cdef _Known _known[_NKNOWN]
+cdef int _known_next = 0
+
+
+cdef int _range_order(const void *a, const void *b) noexcept nogil:
+    cdef const char *x = (<const _Range *>a).lo
+    cdef const char *y = (<const _Range *>b).lo
     return -1 if x < y else (1 if x > y else 0)
 
 
-cdef bint _disjoint(_Span *spans, Py_ssize_t n) noexcept:
-    """No written range meets any other range (gradients may share memory with each other)."""
-    cdef Py_ssize_t i, j
-    cdef _Span s
-    if n <= 64:  # insertion sort: the few ranges of a small model are often already in order
+cdef const _Range *_recall(const _Range *w, Py_ssize_t n) noexcept:
+    """The sorted copy of a remembered set of written ranges, or NULL."""
+    cdef int k
+    for k in range(_NKNOWN):
+        if _known[k].n == n and n > 0 and memcmp(_known[k].order, w, n * sizeof(_Range)) == 0:
+            return _known[k].sorted
+    return NULL
+
+
+cdef void _remember(const _Range *w, const _Range *sorted, Py_ssize_t n) noexcept:
+    """Keep a set found disjoint (round robin; nothing is kept if memory runs out)."""
+    global _known_next
+    cdef _Known *k = &_known[_known_next]
+    cdef _Range *mem
+    if n > k.cap:
+        mem = <_Range *>PyMem_RawRealloc(k.order, 2 * n * sizeof(_Range))
+        if mem == NULL:
+            return
+        k.order, k.sorted, k.cap = mem, mem + n, n
+    memcpy(k.order, w, n * sizeof(_Range))
+    memcpy(k.sorted, sorted, n * sizeof(_Range))
+    k.n = n
+    _known_next = (_known_next + 1) % _NKNOWN
+
+
+cdef const _Range *_sorted_disjoint(_Tables *t) noexcept:
+    """The written ranges sorted by start if no two of them meet, else NULL."""
+    cdef const _Range *known = _recall(t.written, t.nw)
+    if known != NULL:
+        return known
+    cdef _Range *s = t.scratch
+    cdef _Range r
+    cdef Py_ssize_t i, j, n = t.nw
+    memcpy(s, t.written, n * sizeof(_Range))
+    if n <= 32:  # insertion sort: the few ranges of a small model are often already in order
         for i in range(1, n):
-            s = spans[i]
+            r = s[i]
             j = i - 1
-            while j >= 0 and spans[j].lo > s.lo:
-                spans[j + 1] = spans[j]
+            while j >= 0 and s[j].lo > r.lo:
+                s[j + 1] = s[j]
                 j -= 1
-            spans[j + 1] = s
+            s[j + 1] = r
     else:
-        qsort(spans, n, sizeof(_Span), _span_order)
-    # sweep in order of start: a range meets an earlier one iff it starts before the largest
-    # end seen so far (among all ranges for a written one, among written ones for a gradient)
-    cdef const char *end_any = NULL
-    cdef const char *end_written = NULL
-    for i in range(n):
-        if spans[i].lo < (end_any if spans[i].written else end_written):
+        qsort(s, n, sizeof(_Range), _range_order)
+    for i in range(1, n):
+        if s[i].lo < s[i - 1].hi:
+            return NULL
+    if n > 0:
+        _remember(t.written, s, n)
+    return s
+
+
+cdef bint _separate(_Tables *t) noexcept:
+    """No written range meets another, and no gradient meets a written range."""
+    cdef const _Range *w = _sorted_disjoint(t)
+    if w == NULL:
+        return False
+    cdef Py_ssize_t i, lo, hi, mid
+    for i in range(t.ng):
+        # the last written range starting before the gradient ends: the sorted disjoint ranges
+        # have sorted ends, so it is the only one that can reach past the gradient's start
+        lo, hi = 0, t.nw
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if w[mid].lo < t.grads[i].hi:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo > 0 and w[lo - 1].hi > t.grads[i].lo:
             return False
-        if spans[i].hi > end_any:
-            end_any = spans[i].hi
-        if spans[i].written and spans[i].hi > end_written:
-            end_written = spans[i].hi
     return True
 
 
 cdef bint _accept(nmx_optim_call *c, _Tables *t, Py_ssize_t n, int *typenum, object kind,
-                  object flags, object hyper, object params, object grads,
-                  tuple states) noexcept:
+                  object flags, object hyper, object params, object grads, object s0, object s1,
+                  object s2) noexcept:
     """Fill ``c`` from a call that normalize() would return unchanged; False for any other.
     ``params`` is a list or tuple of ``n`` items; ``t`` has room for ``n`` arrays."""
     cdef long k, f
@@ -222,13 +290,17 @@ cdef bint _accept(nmx_optim_call *c, _Tables *t, Py_ssize_t n, int *typenum, obj
         return False
     if f < 0 or f & ~_allowed_flags[k] or not _hyper_ok(hyper, k, c):
         return False
-    cdef Py_ssize_t i, j, nspans = 0
+    cdef Py_ssize_t i, j
+    cdef PyObject *lists[4]  # borrowed: grads, s0, s1, s2
+    lists[0], lists[1], lists[2], lists[3] = <PyObject *>grads, <PyObject *>s0, \
+        <PyObject *>s1, <PyObject *>s2
+    t.nw = t.ng = 0
     if not _is_list(grads) or PySequence_Fast_GET_SIZE(grads) != n:
         return False
     for j in range(3):
-        if not _slot_ok(states[j], k, j, f):
+        if not _slot_ok(<object>lists[j + 1], k, j, f):
             return False
-        if states[j] is not None and PySequence_Fast_GET_SIZE(states[j]) != n:
+        if lists[j + 1] != <PyObject *>None and PySequence_Fast_GET_SIZE(<object>lists[j + 1]) != n:
             return False
     cdef PyObject **items = PySequence_Fast_ITEMS(params)
     typenum[0] = cnp.NPY_FLOAT64
@@ -242,18 +314,18 @@ cdef bint _accept(nmx_optim_call *c, _Tables *t, Py_ssize_t n, int *typenum, obj
         if not cnp.PyArray_Check(<object>items[i]):
             return False
         t.sizes[i] = cnp.PyArray_SIZE(<cnp.ndarray>items[i])
-        if not _array_ok(items[i], typenum[0], t.sizes[i], True, t.spans, &nspans, &t.ptr[i]):
+        if not _array_ok(items[i], typenum[0], t.sizes[i], True, t.written, &t.nw, &t.ptr[i]):
             return False
-    cdef tuple lists = (grads,) + states
     for j in range(4):
-        if lists[j] is None:
+        if lists[j] == <PyObject *>None:
             continue
-        items = PySequence_Fast_ITEMS(lists[j])
+        items = PySequence_Fast_ITEMS(<object>lists[j])
         for i in range(n):
-            if not _array_ok(items[i], typenum[0], t.sizes[i], j > 0, t.spans, &nspans,
+            if not _array_ok(items[i], typenum[0], t.sizes[i], j > 0,
+                             t.written if j > 0 else t.grads, &t.nw if j > 0 else &t.ng,
                              &t.ptr[(j + 1) * n + i]):
                 return False
-    if not _disjoint(t.spans, nspans):
+    if not _separate(t):
         return False
     c.kind = k
     c.flags = f
@@ -262,22 +334,23 @@ cdef bint _accept(nmx_optim_call *c, _Tables *t, Py_ssize_t n, int *typenum, obj
     c.p = t.ptr
     c.g = <const void **>(t.ptr + n)
     for j in range(3):
-        c.s[j] = NULL if states[j] is None else t.ptr + (j + 2) * n
+        c.s[j] = NULL if lists[j + 1] == <PyObject *>None else t.ptr + (j + 2) * n
     return True
 
 
 # ---- running the record ------------------------------------------------------------------------
 
-cdef int _run_c(nmx_optim_call *c, int typenum, tuple record) except -1:
+cdef int _run_c(nmx_optim_call *c, int typenum, object params, object grads, object s0,
+                object s1, object s2) except -1:
     cdef nmx_index total = 0, k
     for k in range(c.narrays):
         total += c.sizes[k]
     if total < _NOGIL_MIN:
         _kernel(c, typenum)
         return 0
-    # the record's lists are copied into tuples that keep every array alive while the GIL is
-    # released, whatever another thread does to the caller's lists meanwhile
-    cdef list keep = [None if x is None else tuple(x) for x in record[3:]]
+    # the lists are copied into tuples that keep every array alive while the GIL is released,
+    # whatever another thread does to the caller's lists meanwhile
+    cdef list keep = [None if x is None else tuple(x) for x in (params, grads, s0, s1, s2)]
     with nogil:
         _kernel(c, typenum)
     return 0
@@ -290,33 +363,35 @@ cdef inline void _kernel(nmx_optim_call *c, int typenum) noexcept nogil:
         nmx_optim_step_f64(c)
 
 
-cdef bint _try_run(tuple record, bint run_c) except -1:
-    """Run ``record`` if it is accepted as it is (True); False if it needs the checker."""
+cdef bint _try_run(object kind, object flags, object hyper, object params, object grads,
+                   object s0, object s1, object s2, bint run_c) except -1:
+    """Run the call if it is accepted as it is (True); False if it needs the checker."""
     cdef nmx_optim_call c
     cdef _Tables t
     cdef nmx_index sizes[_STACK_ARRAYS]
     cdef void *ptr[5 * _STACK_ARRAYS]
-    cdef _Span spans[5 * _STACK_ARRAYS]
+    cdef _Range ranges[9 * _STACK_ARRAYS]
     cdef void *heap = NULL
     cdef int typenum
-    kind, flags, hyper, params, grads, s0, s1, s2 = record
     if not _is_list(params):
         return False
     cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(params)
-    t.sizes, t.ptr, t.spans = sizes, ptr, spans
+    cdef _Range *r = ranges
+    t.sizes, t.ptr = sizes, ptr
     if n > _STACK_ARRAYS:
-        heap = PyMem_Malloc(n * (sizeof(nmx_index) + 5 * sizeof(void *) + 5 * sizeof(_Span)))
+        heap = PyMem_Malloc(n * (sizeof(nmx_index) + 5 * sizeof(void *) + 9 * sizeof(_Range)))
         if heap == NULL:
             raise MemoryError()
-        t.spans = <_Span *>heap
-        t.ptr = <void **>(t.spans + 5 * n)
+        r = <_Range *>heap
+        t.ptr = <void **>(r + 9 * n)
         t.sizes = <nmx_index *>(t.ptr + 5 * n)
+    t.written, t.grads, t.scratch = r, r + 4 * n, r + 5 * n
     try:
         # no Python code runs from here to the kernel, so the lists cannot change in between
-        if not _accept(&c, &t, n, &typenum, kind, flags, hyper, params, grads, (s0, s1, s2)):
+        if not _accept(&c, &t, n, &typenum, kind, flags, hyper, params, grads, s0, s1, s2):
             return False
         if run_c:
-            _run_c(&c, typenum, record)
+            _run_c(&c, typenum, params, grads, s0, s1, s2)
         else:
             _kernels.active().step(kind, flags, hyper, params, grads, s0, s1, s2)
         return True
@@ -324,12 +399,16 @@ cdef bint _try_run(tuple record, bint run_c) except -1:
         PyMem_Free(heap)
 
 
-cdef int _step(tuple record, bint c_only) except -1:
+cdef int _step(object kind, object flags, object hyper, object params, object grads, object s0,
+               object s1, object s2, bint c_only) except -1:
     """Run the call as it is if it is canonical, else as the checker normalizes it (or raise)."""
     cdef bint run_c = c_only or _backend._active == "c"
-    if not _try_run(record, run_c):
-        if not _try_run(_check.normalize(*record), run_c):
-            raise AssertionError("normax: a normalized optimizer step was not accepted")
+    if _try_run(kind, flags, hyper, params, grads, s0, s1, s2, run_c):
+        return 0
+    kind, flags, hyper, params, grads, s0, s1, s2 = _check.normalize(
+        kind, flags, hyper, params, grads, s0, s1, s2)
+    if not _try_run(kind, flags, hyper, params, grads, s0, s1, s2, run_c):
+        raise AssertionError("normax: a normalized optimizer step was not accepted")
     return 0
 
 
@@ -339,9 +418,9 @@ def fused_step(kind, flags, hyper, params, grads, s0=None, s1=None, s2=None):
     The arguments are the record described in ``normax.optim._check``; a call that is not
     already canonical is normalized there or raises TypeError / ValueError.
     """
-    _step((kind, flags, hyper, params, grads, s0, s1, s2), False)
+    _step(kind, flags, hyper, params, grads, s0, s1, s2, False)
 
 
 def step(kind, flags, hyper, params, grads, s0, s1, s2):
     """The C kernel on the canonical record (the "c" entry of ``_check.KERNELS``)."""
-    _step((kind, flags, hyper, params, grads, s0, s1, s2), True)
+    _step(kind, flags, hyper, params, grads, s0, s1, s2, True)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .._checks import FLOAT_DTYPES, contiguous
+from .._checks import FLOAT_DTYPES
 
 
 def _is_group(obj) -> bool:
@@ -77,7 +77,10 @@ def check_distinct(arrays: list[np.ndarray], names: list[str]) -> None:
 
 
 def check_grad(g, p: np.ndarray, name: str) -> np.ndarray:
-    """A gradient must be an array of its parameter's shape and dtype."""
+    """A gradient must be an array of its parameter's shape and dtype.
+
+    Its layout is the fused step's concern: a strided gradient is copied there, once.
+    """
     if not isinstance(g, np.ndarray):
         raise TypeError(f"grads{name[6:]} must be a numpy array, got {type(g).__name__}")
     if g.shape != p.shape:
@@ -88,7 +91,7 @@ def check_grad(g, p: np.ndarray, name: str) -> np.ndarray:
         raise TypeError(
             f"grads{name[6:]} has dtype {g.dtype}, expected {p.dtype} (the dtype of its parameter)"
         )
-    return contiguous(g)
+    return g
 
 
 def match(grads, keys: list, by_name: bool, what: str) -> list:
