@@ -178,16 +178,23 @@ def _array(a, name: str, dtype: np.dtype, like: np.ndarray) -> np.ndarray:
     return a
 
 
-def _state_array(a, name: str, dtype: np.dtype, like: np.ndarray) -> np.ndarray:
-    """An array the kernel writes in place: nothing to normalize, so it is right or an error."""
-    _array(a, name, dtype, like)
+def in_place(a: np.ndarray, name: str) -> np.ndarray:
+    """An array a kernel updates in place: C-contiguous, aligned, native-endian and writeable.
+
+    Nothing can be normalized here (a copy would be updated instead), so it is right or an
+    error; the optimizers check their parameters with it when they are constructed.
+    """
     if not (a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative):
         raise ValueError(
-            f"{name} must be C-contiguous, aligned and native-endian (it is updated in place)"
+            f"{name} must be C-contiguous, aligned and native-endian to be updated in place"
         )
     if not a.flags.writeable:
-        raise ValueError(f"{name} is read-only (it is updated in place)")
+        raise ValueError(f"{name} is read-only")
     return a
+
+
+def _state_array(a, name: str, dtype: np.dtype, like: np.ndarray) -> np.ndarray:
+    return in_place(_array(a, name, dtype, like), name)
 
 
 def _grads(grads, params: list) -> list:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .._checks import FLOAT_DTYPES
+from ._check import in_place
 
 
 def _is_group(obj) -> bool:
@@ -55,13 +56,7 @@ def check_param(p, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a numpy array, got {type(p).__name__}")
     if p.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} has unsupported dtype {p.dtype}; supported: float32, float64")
-    if not (p.flags.c_contiguous and p.flags.aligned and p.dtype.isnative):
-        raise ValueError(
-            f"{name} must be C-contiguous, aligned and native-endian to be updated in place"
-        )
-    if not p.flags.writeable:
-        raise ValueError(f"{name} is read-only")
-    return p
+    return in_place(p, name)
 
 
 def check_distinct(arrays: list[np.ndarray], names: list[str]) -> None:
