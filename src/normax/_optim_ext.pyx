@@ -76,9 +76,10 @@ cdef enum:
     _WITH_FLAG = 3
     _STACK_ARRAYS = 32  # calls with up to this many arrays keep their pointer tables on the stack
 
-# Below this many elements in total the kernel runs with the GIL held: it is shorter than
-# releasing and retaking the GIL and it runs on one thread anyway (csrc/threads.c).
-cdef nmx_index _NOGIL_MIN = 1 << 15
+cdef extern from "normax.h":
+    # Below this many elements in total the kernel runs on one thread (csrc/threads.c); it then
+    # also keeps the GIL: the update is short, and the lists need no copies to stay alive.
+    const nmx_index NMX_PARALLEL_MIN_WORK
 
 cdef int _allowed_flags[_NKINDS]
 cdef int _slot_mode[_NKINDS][3]
@@ -345,7 +346,7 @@ cdef int _run_c(nmx_optim_call *c, int typenum, object params, object grads, obj
     cdef nmx_index total = 0, k
     for k in range(c.narrays):
         total += c.sizes[k]
-    if total < _NOGIL_MIN:
+    if total < NMX_PARALLEL_MIN_WORK:
         _kernel(c, typenum)
         return 0
     # the lists are copied into tuples that keep every array alive while the GIL is released,
