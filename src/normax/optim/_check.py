@@ -28,14 +28,26 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _backend
-from ._kinds import ADAM, AMSGRAD, CENTERED, FIRST, HYPER, MOMENTUM, NESTEROV, RMSPROP, SGD
+from ._kinds import (
+    ADAM,
+    AMSGRAD,
+    CENTERED,
+    FIRST,
+    FLAGS,
+    HYPER,
+    KINDS,
+    MOMENTUM,
+    NESTEROV,
+    RMSPROP,
+    SGD,
+)
 
 KERNELS = _backend.KernelTable(
     c="normax._optim_ext", numba="normax.optim._numba", numpy="normax.optim._reference"
 )
 
-KIND_NAMES = {SGD: "SGD", MOMENTUM: "MOMENTUM", RMSPROP: "RMSPROP", ADAM: "ADAM"}
-FLAG_NAMES = {NESTEROV: "NESTEROV", FIRST: "FIRST", CENTERED: "CENTERED", AMSGRAD: "AMSGRAD"}
+KIND_NAMES = {v: n for n, v in KINDS.items()}
+FLAG_NAMES = {v: n for n, v in FLAGS.items()}
 SLOTS = ("s0", "s1", "s2")
 
 # When a state list may or must be given: never, always, optional (but needed when any of the
@@ -172,7 +184,7 @@ def _array(a, name: str, dtype: np.dtype, like: np.ndarray) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype.type is not dtype.type:
-        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype} like params[0]")
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype} (the dtype of params)")
     if a.size != like.size:
         raise ValueError(f"{name} has {a.size} elements, expected {like.size} like its parameter")
     return a
