@@ -123,7 +123,8 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
         t = p.dtype.type
         h = [t(x) for x in hyper]
         if kind in (RMSPROP, ADAM):
-            h.append(t(1) - h[3])  # wc = 1 - w, rounded to the array's dtype like the C kernel
+            # wc = 1 - w (w: one_minus_alpha or one_minus_beta1, already rounded), as in C
+            h.append(t(1) - h[3])
         states = (
             _flat(s[k]) if s is not None else _placeholder(p.dtype, p.size, j)
             for j, s in enumerate((s0, s1, s2)[: _N_STATES[kind]])
