@@ -6,7 +6,7 @@ once and falls back to Numba.
 
 Each kernel family keeps a :class:`KernelTable`: one module per backend, with the same kernel
 names and signatures, imported on first use (so ``import normax`` stays fast and Numba loads
-only when its backend runs). The fused optimizer step still dispatches through :func:`impl`.
+only when its backend runs).
 """
 
 from __future__ import annotations
@@ -19,21 +19,16 @@ from types import ModuleType
 
 BACKENDS = ("c", "numba", "numpy")
 
+# The compiled front doors are built together; _ext_common (thread control, shared checks) is
+# the one they all link against, so its import stands for the whole C backend.
 _core: ModuleType | None
 try:
-    from . import _core
+    from . import _ext_common as _core
 except ImportError as exc:  # pragma: no cover - exercised only without a compiled extension
     _core = None
     _core_error: ImportError | None = exc
 else:
     _core_error = None
-
-# The compiled front doors share one thread control (normax._ext_common).
-_ext_common: ModuleType | None
-try:
-    from . import _ext_common
-except ImportError:  # pragma: no cover - exercised only without a compiled extension
-    _ext_common = None
 
 _num_threads = 0  # 0: each runtime's default (OMP_NUM_THREADS, numba's NUMBA_NUM_THREADS)
 _active = "c"
@@ -58,7 +53,7 @@ def set_backend(name: str) -> None:
     global _active
     name = _validate(name)
     if name == "c" and _core is None:
-        raise ImportError(f"the C extension normax._core is not available: {_core_error}")
+        raise ImportError(f"the C extension of normax is not available: {_core_error}")
     if name == "numba":
         _numba_ready()
     _active = name
@@ -76,11 +71,6 @@ def available_backends() -> tuple[str, ...]:
         names.append("numba")
     names.append("numpy")
     return tuple(names)
-
-
-def impl(table: dict):
-    """The function of ``table`` for the active backend."""
-    return table[_active]
 
 
 def _numba_ready() -> None:
@@ -102,8 +92,6 @@ def set_num_threads(n: int) -> None:
     _num_threads = n
     if _core is not None:
         _core.set_num_threads(n)
-    if _ext_common is not None:
-        _ext_common.set_num_threads(n)
     if "numba" in _loaded_modules():
         import numba
 
@@ -113,8 +101,6 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """Threads the C kernels use for large inputs (the Numba kernels use the same number)."""
-    if _ext_common is not None:
-        return _ext_common.get_num_threads()
     if _core is not None:
         return _core.get_num_threads()
     return _num_threads or os.cpu_count() or 1
@@ -132,7 +118,7 @@ def _initial_backend() -> str:
         requested = _validate(requested)
         if requested == "c" and _core is None:
             raise ImportError(
-                f"NORMAX_BACKEND=c but the C extension normax._core is not available: {_core_error}"
+                f"NORMAX_BACKEND=c but the C extension of normax is not available: {_core_error}"
             )
         return requested
     if _core is None:

@@ -11,11 +11,16 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from . import _params
-from ._fused import fused_step
+
+try:
+    from .._optim_ext import fused_step
+except ImportError:  # pragma: no cover - exercised only without a compiled extension
+    from ._check import fused_step
 
 
 def check_nonneg(value, name: str) -> float:
@@ -77,6 +82,14 @@ class Optimizer:
         )
         self.state: list[dict[str, np.ndarray]] = [{} for _ in self._arrays]
         self._steps = [0] * len(self.param_groups)
+        self._runs = [self._dtype_runs(start, stop) for _, _, start, stop in self._layout]
+
+    def _dtype_runs(self, start: int, stop: int) -> list[tuple[list[int], list[np.ndarray]]]:
+        """The parameters of a group split by dtype (one fused call each): indices, arrays."""
+        runs: dict[np.dtype, list[int]] = {}
+        for i in range(start, stop):
+            runs.setdefault(self._arrays[i].dtype, []).append(i)
+        return [(idx, [self._arrays[i] for i in idx]) for idx in runs.values()]
 
     def _add_group(self, gi: int, raw: dict) -> None:
         where = f"param_groups[{gi}]" if self._grouped else "params"
@@ -107,7 +120,7 @@ class Optimizer:
     def _slots(self, group: dict) -> tuple[str | None, str | None, str | None]:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _hyper(self, group: dict, step: int, first: bool) -> tuple[int, tuple]:
+    def _hyper(self, group: dict, step: int, first: bool) -> tuple[int, NamedTuple]:
         raise NotImplementedError  # pragma: no cover - abstract
 
     # ---- stepping -----------------------------------------------------------------------
@@ -156,19 +169,11 @@ class Optimizer:
                     first = first or j == 0
         t = self._steps[gi] + 1
         flags, hyper = self._hyper(group, t, first)
-        for dtype in dict.fromkeys(self._arrays[i].dtype for i in range(start, stop)):
-            idx = [i for i in range(start, stop) if self._arrays[i].dtype == dtype]
+        for idx, params in self._runs[gi]:
             states = [
                 None if name is None else [self.state[i][name] for i in idx] for name in slots
             ]
-            fused_step(
-                self._kind,
-                flags,
-                hyper,
-                [self._arrays[i] for i in idx],
-                [flat[i] for i in idx],
-                *states,
-            )
+            fused_step(self._kind, flags, hyper, params, [flat[i] for i in idx], *states)
         self._steps[gi] = t
 
     def set_lr(self, lr: float) -> None:

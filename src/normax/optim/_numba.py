@@ -116,36 +116,48 @@ def _placeholder(dtype: np.dtype, n: int, slot: int) -> np.ndarray:
 
 
 def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
-    """Update every array of ``params`` in place (same signature as the C kernel)."""
-    if kind == SGD:
-        loop, opts, nh = (
-            _sgd,
-            (hyper[1] != 0.0, s0 is not None, bool(flags & NESTEROV), bool(flags & FIRST)),
-            4,
-        )
-    elif kind == MOMENTUM:
-        loop, opts, nh = _momentum, (), 3
-    elif kind == RMSPROP:
-        loop, opts, nh = (
-            _rmsprop,
-            (hyper[1] != 0.0, bool(flags & CENTERED), s2 is not None, abs(hyper[3]) < 0.5),
-            6,
-        )
-    elif kind == ADAM:
-        loop, opts, nh = _adam, (hyper[1] != 0.0, bool(flags & AMSGRAD), abs(hyper[3]) < 0.5), 9
-    else:
-        raise ValueError(f"unknown optimizer kind {kind}")
+    """Update every array of ``params`` in place (the canonical record of a fused step)."""
+    loop, opts = _variant(kind, flags, hyper, s0, s2)
     for k, p in enumerate(params):
         kernel = _kernel(loop, opts, p.size >= PARALLEL_MIN_WORK)
         t = p.dtype.type
-        h = [t(x) for x in hyper[:nh]]
+        h = [t(x) for x in hyper]
         if kind in (RMSPROP, ADAM):
-            h.append(t(1) - h[3])  # wc = 1 - w, rounded to the array's dtype like the C kernel
+            # wc = 1 - w (w: one_minus_alpha or one_minus_beta1, already rounded), as in C
+            h.append(t(1) - h[3])
         states = (
             _flat(s[k]) if s is not None else _placeholder(p.dtype, p.size, j)
             for j, s in enumerate((s0, s1, s2)[: _N_STATES[kind]])
         )
         kernel(_flat(p), _flat(grads[k]), *states, *h)
+
+
+def _variant(kind, flags, hyper, s0, s2):
+    """The loop builder of ``kind`` and its option flags (the closure constants)."""
+    if kind == SGD:
+        opts = (
+            hyper.weight_decay != 0.0,
+            s0 is not None,
+            bool(flags & NESTEROV),
+            bool(flags & FIRST),
+        )
+        return _sgd, opts
+    if kind == MOMENTUM:
+        return _momentum, ()
+    if kind == RMSPROP:
+        opts = (
+            hyper.weight_decay != 0.0,
+            bool(flags & CENTERED),
+            s2 is not None,
+            abs(hyper.one_minus_alpha) < 0.5,
+        )
+        return _rmsprop, opts
+    # ADAM: the checker admits no other kind
+    return _adam, (
+        hyper.weight_decay != 0.0,
+        bool(flags & AMSGRAD),
+        abs(hyper.one_minus_beta1) < 0.5,
+    )
 
 
 _N_STATES = {SGD: 1, MOMENTUM: 1, RMSPROP: 3, ADAM: 3}

@@ -8,7 +8,19 @@ Every option after ``lr`` is keyword-only.
 from __future__ import annotations
 
 from ._base import Optimizer, check_bool, check_nonneg, check_unit
-from ._kinds import ADAM, AMSGRAD, CENTERED, FIRST, MOMENTUM, NESTEROV, RMSPROP
+from ._kinds import (
+    ADAM,
+    AMSGRAD,
+    CENTERED,
+    FIRST,
+    MOMENTUM,
+    NESTEROV,
+    RMSPROP,
+    AdamHyper,
+    MomentumHyper,
+    RMSpropHyper,
+    SGDHyper,
+)
 from ._kinds import SGD as _SGD
 
 _NONE = (None, None, None)
@@ -76,15 +88,11 @@ class SGD(Optimizer):
 
     def _hyper(self, group, step, first):
         flags = (NESTEROV if group["nesterov"] else 0) | (FIRST if first else 0)
-        return flags, (
-            group["lr"],
-            group["weight_decay"],
-            group["momentum"],
-            1.0 - group["dampening"],
-            0.0,
-            0.0,
-            0.0,
-            0.0,
+        return flags, SGDHyper(
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            one_minus_dampening=1.0 - group["dampening"],
         )
 
 
@@ -135,7 +143,7 @@ class Momentum(Optimizer):
         beta, lr = group["beta"], group["lr"]
         if group["bias_correction"]:
             lr = lr / (1.0 - beta**step)
-        return 0, (lr, beta, 1.0 - beta, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return 0, MomentumHyper(lr=lr, beta=beta, one_minus_beta=1.0 - beta)
 
 
 class RMSprop(Optimizer):
@@ -209,15 +217,13 @@ class RMSprop(Optimizer):
 
     def _hyper(self, group, step, first):
         alpha = group["alpha"]
-        return (CENTERED if group["centered"] else 0), (
-            group["lr"],
-            group["weight_decay"],
-            alpha,
-            1.0 - alpha,
-            group["eps"],
-            group["momentum"],
-            0.0,
-            0.0,
+        return (CENTERED if group["centered"] else 0), RMSpropHyper(
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            alpha=alpha,
+            one_minus_alpha=1.0 - alpha,
+            eps=group["eps"],
+            momentum=group["momentum"],
         )
 
 
@@ -282,15 +288,15 @@ class Adam(Optimizer):
         step_size = lr / (1.0 - beta1**step)
         bc2_sqrt = (1.0 - beta2**step) ** 0.5
         l2, decay = (0.0, 1.0 - lr * wd if wd != 0 else 1.0) if self._decoupled else (wd, 1.0)
-        return (AMSGRAD if group["amsgrad"] else 0), (
-            step_size,
-            l2,
-            decay,
-            1.0 - beta1,
-            beta2,
-            1.0 - beta2,
-            group["eps"],
-            bc2_sqrt,
+        return (AMSGRAD if group["amsgrad"] else 0), AdamHyper(
+            step_size=step_size,
+            weight_decay=l2,
+            decay=decay,
+            one_minus_beta1=1.0 - beta1,
+            beta2=beta2,
+            one_minus_beta2=1.0 - beta2,
+            eps=group["eps"],
+            bias_correction2_sqrt=bc2_sqrt,
         )
 
 

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .._checks import FLOAT_DTYPES, contiguous
+from .._checks import FLOAT_DTYPES
+from ._check import in_place
 
 
 def _is_group(obj) -> bool:
@@ -55,13 +56,7 @@ def check_param(p, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a numpy array, got {type(p).__name__}")
     if p.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} has unsupported dtype {p.dtype}; supported: float32, float64")
-    if not (p.flags.c_contiguous and p.flags.aligned and p.dtype.isnative):
-        raise ValueError(
-            f"{name} must be C-contiguous, aligned and native-endian to be updated in place"
-        )
-    if not p.flags.writeable:
-        raise ValueError(f"{name} is read-only")
-    return p
+    return in_place(p, name)
 
 
 def check_distinct(arrays: list[np.ndarray], names: list[str]) -> None:
@@ -77,7 +72,10 @@ def check_distinct(arrays: list[np.ndarray], names: list[str]) -> None:
 
 
 def check_grad(g, p: np.ndarray, name: str) -> np.ndarray:
-    """A gradient must be an array of its parameter's shape and dtype."""
+    """A gradient must be an array of its parameter's shape and dtype.
+
+    Its layout is the fused step's concern: a strided gradient is copied there, once.
+    """
     if not isinstance(g, np.ndarray):
         raise TypeError(f"grads{name[6:]} must be a numpy array, got {type(g).__name__}")
     if g.shape != p.shape:
@@ -88,7 +86,7 @@ def check_grad(g, p: np.ndarray, name: str) -> np.ndarray:
         raise TypeError(
             f"grads{name[6:]} has dtype {g.dtype}, expected {p.dtype} (the dtype of its parameter)"
         )
-    return contiguous(g)
+    return g
 
 
 def match(grads, keys: list, by_name: bool, what: str) -> list:

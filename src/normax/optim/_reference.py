@@ -1,16 +1,17 @@
 """Pure-NumPy reference of the fused optimizer updates: the oracle for the C and Numba kernels.
 
-Each function updates one parameter array and its state in place, with the same arguments as
-the C kernel (``kind``, ``flags``, the derived scalars ``h``; see ``csrc/optim.h``) and the same
-order of floating-point operations, so the three backends agree to the last bit on IEEE
-hardware. The scalars are rounded to the array's dtype once, as the C kernels do.
+:func:`step` takes the canonical record of ``normax.optim._check`` (the signature of every
+backend). Each update function handles one parameter array and its state in place, with the
+kind's named scalars ``h`` (``_kinds.HYPER``) and the same order of floating-point operations
+as the C kernel, so the three backends agree to the last bit on IEEE hardware. The scalars are
+rounded to the array's dtype once, as the C kernels do.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._kinds import ADAM, FIRST, MOMENTUM, NESTEROV, RMSPROP, SGD
+from ._kinds import FIRST, MOMENTUM, NESTEROV, RMSPROP, SGD
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, w, one, small: bool) -> None:
@@ -23,8 +24,8 @@ def _lerp(a: np.ndarray, b: np.ndarray, w, one, small: bool) -> None:
 
 def sgd(p, g, buf, h, flags) -> None:
     t = p.dtype.type
-    lr, wd, mu, damp1 = (t(x) for x in h[:4])
-    d = g + wd * p if h[1] != 0.0 else g
+    lr, wd, mu, damp1 = (t(x) for x in h)
+    d = g + wd * p if h.weight_decay != 0.0 else g
     if buf is not None:
         if flags & FIRST:
             buf[...] = d
@@ -37,7 +38,7 @@ def sgd(p, g, buf, h, flags) -> None:
 
 def momentum(p, g, v, h, flags) -> None:
     t = p.dtype.type
-    lr, beta, omb = (t(x) for x in h[:3])
+    lr, beta, omb = (t(x) for x in h)
     v *= beta
     v += omb * g
     p -= lr * v
@@ -45,12 +46,12 @@ def momentum(p, g, v, h, flags) -> None:
 
 def rmsprop(p, g, sq, ga, buf, h, flags) -> None:
     t = p.dtype.type
-    lr, wd, alpha, w, eps, mu = (t(x) for x in h[:6])
-    d = g + wd * p if h[1] != 0.0 else g
+    lr, wd, alpha, w, eps, mu = (t(x) for x in h)
+    d = g + wd * p if h.weight_decay != 0.0 else g
     sq *= alpha
     sq += w * d * d
     if ga is not None:
-        _lerp(ga, d, w, t(1), abs(h[3]) < 0.5)
+        _lerp(ga, d, w, t(1), abs(h.one_minus_alpha) < 0.5)
         avg = np.sqrt(sq - ga * ga)
     else:
         avg = np.sqrt(sq)
@@ -66,10 +67,10 @@ def rmsprop(p, g, sq, ga, buf, h, flags) -> None:
 def adam(p, g, m, v, vmax, h, flags) -> None:
     t = p.dtype.type
     step, wd, decay, w, b2, omb2, eps, bc2s = (t(x) for x in h)
-    if h[2] != 1.0:
+    if h.decay != 1.0:
         p *= decay
-    d = g + wd * p if h[1] != 0.0 else g
-    _lerp(m, d, w, t(1), abs(h[3]) < 0.5)
+    d = g + wd * p if h.weight_decay != 0.0 else g
+    _lerp(m, d, w, t(1), abs(h.one_minus_beta1) < 0.5)
     v *= b2
     v += omb2 * d * d
     if vmax is not None:
@@ -82,12 +83,14 @@ def adam(p, g, m, v, vmax, h, flags) -> None:
 
 
 def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
-    """Update every array of ``params`` in place (same signature as the C kernel)."""
+    """Update every array of ``params`` in place (the canonical record of a fused step)."""
     n = len(params)
     s0, s1, s2 = ([None] * n if s is None else s for s in (s0, s1, s2))
     with np.errstate(all="ignore"):  # NaN in, NaN out, silently, as in the C kernel
         for k in range(n):
-            _update(kind, flags, hyper, params[k], grads[k], s0[k], s1[k], s2[k])
+            # the record matches sizes, not shapes: update flat views, as the kernels do
+            arrays = (params[k], grads[k], s0[k], s1[k], s2[k])
+            _update(kind, flags, hyper, *(None if a is None else a.reshape(-1) for a in arrays))
 
 
 def _update(kind, flags, hyper, p, g, a, b, c) -> None:
@@ -97,10 +100,8 @@ def _update(kind, flags, hyper, p, g, a, b, c) -> None:
         momentum(p, g, a, hyper, flags)
     elif kind == RMSPROP:
         rmsprop(p, g, a, b, c, hyper, flags)
-    elif kind == ADAM:
+    else:  # ADAM: the checker admits no other kind
         adam(p, g, a, b, c, hyper, flags)
-    else:
-        raise ValueError(f"unknown optimizer kind {kind}")
 
 
 __all__ = ["step"]
