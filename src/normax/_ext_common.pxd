@@ -181,15 +181,3 @@ cdef inline nmx_index checked_view(object outer, object channels, object inner,
     if n >= (<object>1) << 62:
         raise ValueError(f"view ({o}, {c}, {i}) has too many elements")
     return <nmx_index>n
-
-
-from cpython.long cimport PyLong_AsLongAndOverflow
-
-
-cdef inline bint exact_int(object v, long *out) noexcept:
-    """A Python int (not bool, not a NumPy integer) that fits in a C long: its value."""
-    cdef int overflow = 0
-    if type(v) is not int:
-        return False
-    out[0] = PyLong_AsLongAndOverflow(v, &overflow)
-    return overflow == 0
