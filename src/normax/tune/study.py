@@ -104,6 +104,8 @@ class Study:
         if "space" in meta:
             self._resume(meta, space, sampler, interrupted)
             return
+        if self._store is not None and (self._store.trials() or self._store.rounds()):
+            raise StorageError(f"{self._store.path!r} is a damaged study: its settings are gone")
         if space is None:
             raise ValueError("a new study needs a space")
         self.space = check_space(space)
@@ -120,27 +122,60 @@ class Study:
         self._add_round(Round(0, 0, {k: d.scale_bounds for k, d in self.space.items()}))
 
     def _resume(self, meta, space, sampler, interrupted) -> None:
-        stored = {k: distribution_from_json(v) for k, v in json.loads(meta["space"]).items()}
-        self.space = stored if space is None else check_space(space)
+        stored = self._stored_settings(meta)
+        self.space = stored["space"] if space is None else check_space(space)
         if _space_json(self.space) != meta["space"]:
             raise StorageError(
                 f"{self._store.path!r} holds a study over another space: {meta['space']}"
             )
         if meta["direction"] != self.direction:
             raise StorageError(f"{self._store.path!r} holds a study that {meta['direction']}s")
-        self.sampler = sampler.bind(json.loads(meta["sampler"]))
+        self.sampler = sampler.bind(stored["sampler"])
         if json.dumps(self.sampler.describe()) != meta["sampler"]:
             raise StorageError(
                 f"{self._store.path!r} was sampled by {meta['sampler']}, "
                 f"not {json.dumps(self.sampler.describe())}"
             )
         self._trials, self._rounds = self._store.trials(), self._store.rounds()
+        self._check_consistent()
         if not self._rounds:  # stopped between writing the space and its first round
             self._add_round(Round(0, 0, {k: d.scale_bounds for k, d in self.space.items()}))
         for t in self._trials:
             if t.state == "running":
                 self._interrupted(t, interrupted)
             self._track(t)
+
+    def _stored_settings(self, meta) -> dict:
+        """The space and sampler recorded in ``meta``; StorageError if they are unreadable."""
+        try:
+            space = json.loads(meta["space"])
+            sampler = json.loads(meta["sampler"])
+            if not isinstance(space, dict) or not space or not isinstance(sampler, dict):
+                raise ValueError("not a JSON object")
+            if meta["direction"] not in ("minimize", "maximize"):
+                raise ValueError(f"direction {meta['direction']!r}")
+            return {
+                "space": {k: distribution_from_json(v) for k, v in space.items()},
+                "sampler": sampler,
+            }
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+            raise StorageError(
+                f"{self._store.path!r} is a damaged study: its settings are unreadable: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+
+    def _check_consistent(self) -> None:
+        """Trials and rounds that fit the space and each other, or StorageError."""
+        names, problem = set(self.space), None
+        for i, rnd in enumerate(self._rounds):
+            if rnd.round != i or set(rnd.box) != names:
+                problem = f"round {rnd.round} does not fit the study's space"
+        known = len(self._rounds)
+        for t in self._trials:
+            if t.round >= known or set(t.params) != names:
+                problem = f"trial {t.number} does not fit the study's space and rounds"
+        if problem is not None:
+            raise StorageError(f"{self._store.path!r} is a damaged study: {problem}")
 
     def _interrupted(self, t: Trial, how: str) -> None:
         if how == "fail":
