@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import deque
@@ -21,6 +22,20 @@ _INTERRUPTED = "interrupted: the process running the study stopped before the tr
 
 def _space_json(space: dict) -> str:
     return json.dumps({k: d.to_json() for k, d in space.items()})
+
+
+def _check_timeout(timeout, executor, workers) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"trial_timeout must be a positive number of seconds, got {timeout!r}")
+    if not math.isfinite(timeout):
+        raise ValueError(f"trial_timeout must be finite, got {timeout!r}")
+    if executor is None and workers is None:
+        raise ValueError(
+            "trial_timeout needs workers=n or an executor: a trial running in this process "
+            "cannot be stopped"
+        )
 
 
 class Study:
@@ -302,7 +317,14 @@ class Study:
         return t
 
     def optimize(
-        self, n_trials=None, *, until=None, executor=None, workers=None, progress=False
+        self,
+        n_trials=None,
+        *,
+        until=None,
+        executor=None,
+        workers=None,
+        progress=False,
+        trial_timeout=None,
     ) -> Trial | None:
         """Run ``n_trials`` more trials (or run until the study has ``until`` trials).
 
@@ -320,6 +342,12 @@ class Study:
             trial).
         progress : bool
             Show a tqdm progress bar with the best value and parameters (if tqdm is installed).
+        trial_timeout : float, optional
+            Seconds a trial may run. A trial that takes longer fails with the reason, and the
+            study goes on. Needs ``workers`` or an ``executor``: a local pool kills the
+            worker process and starts a fresh one; other executors (Dask included) cannot stop
+            a running task, so its late result is ignored and its thread gets no new trial
+            until it returns.
 
         Returns
         -------
@@ -329,6 +357,7 @@ class Study:
         if self.objective is None:
             raise ValueError("this study has no objective to optimize")
         self._check_open()
+        _check_timeout(trial_timeout, executor, workers)
         queued, n_new = self._plan(n_trials, until)
         runner, owned = make_runner(executor, workers)
         bar = Progress(len(queued) + n_new, enabled=progress)
@@ -340,7 +369,7 @@ class Study:
                     t = self._start_trial(queued)
                     in_flight.add(t.number)
                     self._submit(runner, t)
-                for out in runner.wait():
+                for out in runner.wait(trial_timeout):
                     in_flight.discard(out.number)
                     self._record(out)
                     bar.update(self.best_trial)
