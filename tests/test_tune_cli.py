@@ -247,3 +247,13 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch, stand_in
     argv = ["--storage", str(tmp_path / "s.db"), "--trials", "3", "--plot", "none"]
     assert tune_cli.run(_args(*argv), stand_in) == 0
     assert ("3/3" in capsys.readouterr().err) == tty
+
+
+def test_ctrl_c_in_any_subcommand_exits_130_without_a_traceback(capsys, monkeypatch):
+    def interrupted(args, objective=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune_cli, "run", interrupted)
+    assert cli.main(["tune", "--trials", "1"]) == 130
+    err = capsys.readouterr().err
+    assert "normax tune: interrupted" in err and "Traceback" not in err
