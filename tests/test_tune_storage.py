@@ -215,3 +215,15 @@ def test_drivers_racing_to_create_a_study(tmp_path):
         assert set(outcomes) <= {"ran", "refused"} and "ran" in outcomes, outcomes
         with _study(path) as s:
             assert len(s.trials) == 2 * outcomes.count("ran")
+
+
+def test_a_killed_creation_leaves_nothing_for_long(tmp_path):
+    # a driver killed while building a new study leaves its temporary files; the next one
+    # removes them (their writer is gone), and the study path itself never holds half a study
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as proc:
+        proc.wait()
+    for suffix in (".db", ".db-wal", ".db-shm"):
+        (tmp_path / f".tmp-{proc.pid}-abcd{suffix}").write_bytes(b"partial")
+    with _study(tmp_path / "s.db") as s:
+        s.optimize(1)
+    assert sorted(os.listdir(tmp_path)) == ["s.db"]

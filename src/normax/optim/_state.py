@@ -80,7 +80,7 @@ def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
     arrays = dict(arrays)
     arrays["__digest__"] = np.array(digest(arrays))
     directory = os.path.dirname(os.path.abspath(path))
-    _remove_orphans(directory)
+    remove_orphans(directory)
     fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", suffix=".npz", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -94,14 +94,14 @@ def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
-def _remove_orphans(directory: str) -> None:
-    """Delete ``.tmp-<pid>-*.npz`` files whose writer process no longer exists."""
+def remove_orphans(directory: str, suffixes: tuple[str, ...] = (".npz",)) -> None:
+    """Delete ``.tmp-<pid>-*<suffix>`` files whose writer process no longer exists."""
     try:
         names = os.listdir(directory)
     except OSError:
         return
     for name in names:
-        if not (name.startswith(_TMP_PREFIX) and name.endswith(".npz")):
+        if not (name.startswith(_TMP_PREFIX) and name.endswith(suffixes)):
             continue
         pid = name[len(_TMP_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):

@@ -251,9 +251,12 @@ class SQLiteStorage:
         return con
 
     def _create(self) -> None:
+        from normax.optim._state import remove_orphans
+
         folder = os.path.dirname(os.path.abspath(self.path))
+        remove_orphans(folder, (".db", ".db-wal", ".db-shm", ".db-journal"))  # from kill -9
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".db", dir=folder)
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".db", dir=folder)
         except OSError as exc:
             raise StorageError(f"{self.path!r}: cannot create a study there: {exc}") from None
         os.close(fd)
