@@ -146,8 +146,13 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
                 f"member {info.filename!r} declares {shape} {dtype} ({nbytes} bytes) but "
                 f"holds {info.file_size - f.tell()} bytes"
             )
-        data = f.read(nbytes)
-    arr = np.frombuffer(data, dtype=dtype).copy()
+        arr = np.empty(math.prod(shape), dtype=dtype)
+        raw, got = arr.view(np.uint8), 0  # read straight into the array: one copy in memory
+        while got < nbytes:
+            n = f.readinto(raw[got:])
+            if not n:
+                raise ValueError(f"member {info.filename!r} ends early")
+            got += n
     return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
