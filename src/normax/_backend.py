@@ -29,7 +29,6 @@ else:
     _core_error = None
 
 
-
 def _core_reason() -> str:
     """Why ``_core`` did not import, in words (the raw ImportError can mislead)."""
     spec = importlib.util.find_spec(f"{__package__}._core") if __package__ else None
