@@ -175,6 +175,7 @@ def _tmp_files(folder):
     return sorted(n for n in os.listdir(folder) if n.startswith(".tmp-"))
 
 
+@pytest.mark.slow  # five writer processes, each killed mid-save
 def test_kill_9_during_save_leaves_nothing_behind_for_long(tmp_path):
     target = tmp_path / "ck.npz"
     for _ in range(5):

@@ -139,6 +139,7 @@ def _check_timed_out(study, n):
     assert all(t.state == "complete" for t in study.trials if t.params["x"] <= 0.5)
 
 
+@pytest.mark.slow  # each timed-out trial costs a fresh worker process
 def test_trial_timeout_on_a_local_pool(objectives):
     study = tune.Study(SPACE, objectives.HangAbove(600), sampler=tune.RandomSampler(SEED))
     with tune.LocalPool(2) as pool:
