@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 
 import pytest
 
@@ -81,3 +82,26 @@ def test_demo_command_prints_epochs_and_final_accuracy(capsys):
 def test_demo_command_rejects_bad_options(capsys):
     assert main(["demo", "--lr", "-1", "--no-progress"]) == 2
     assert "params['lr'] must be a finite number > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--seed", "-1"], "--seed"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_demo_command_refuses_counts_out_of_range(capsys, argv, option):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", *argv, "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {option}: must be an integer >=" in err
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_demo_progress_bar_only_on_a_terminal(capsys, monkeypatch, tty):
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    assert main(["demo", "--epochs", "2", "--hidden", "16"]) == 0
+    assert ("epochs:" in capsys.readouterr().err) == tty

@@ -50,3 +50,15 @@ def digits_stand_in(params, report=None):
         if report is not None:
             report(epoch, acc * epoch / 3)
     return acc
+
+
+class HangAbove:
+    """Sleeps ``seconds`` (far longer than a test waits) when ``x > 0.5``: a hung objective."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __call__(self, params):
+        if params["x"] > 0.5:
+            time.sleep(self.seconds)
+        return quadratic(params)

@@ -4,6 +4,7 @@ parameters as a sequential run with the same seed; a dying worker fails only its
 from __future__ import annotations
 
 import importlib
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -126,3 +127,46 @@ def test_interrupted_optimize_leaves_no_running_trial(objectives):
     states = [t.state for t in study.trials]
     assert len(states) == 3 and "running" not in states and states[2] == "failed"
     assert all("interrupted: KeyboardInterrupt" in t.error for t in study.trials if t.error)
+
+
+def _check_timed_out(study, n):
+    assert len(study.trials) == n
+    hung = [t for t in study.trials if t.params["x"] > 0.5]
+    assert hung and all(
+        t.state == "failed" and "timed out" in t.error and "trial_timeout=0.5" in t.error
+        for t in hung
+    )
+    assert all(t.state == "complete" for t in study.trials if t.params["x"] <= 0.5)
+
+
+@pytest.mark.slow  # each timed-out trial costs a fresh worker process
+def test_trial_timeout_on_a_local_pool(objectives):
+    study = tune.Study(SPACE, objectives.HangAbove(600), sampler=tune.RandomSampler(SEED))
+    with tune.LocalPool(2) as pool:
+        study.optimize(6, executor=pool, trial_timeout=0.5)
+        _check_timed_out(study, 6)
+        study.optimize(4, executor=pool, trial_timeout=0.5)  # the killed workers were replaced
+    _check_timed_out(study, 10)
+
+
+def test_trial_timeout_on_dask(objectives):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        with distributed.Client(cluster) as client:
+            study = tune.Study(SPACE, objectives.HangAbove(2), sampler=tune.RandomSampler(SEED))
+            study.optimize(4, executor=client, trial_timeout=0.5)
+    _check_timed_out(study, 4)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.inf, math.nan, "1", True])
+def test_trial_timeout_argument_errors(bad):
+    study = tune.Study(SPACE, abs)
+    with pytest.raises(ValueError, match="trial_timeout"):
+        study.optimize(1, workers=1, trial_timeout=bad)
+
+
+def test_trial_timeout_needs_workers_or_an_executor():
+    with pytest.raises(ValueError, match="needs workers=n or an executor"):
+        tune.Study(SPACE, abs).optimize(1, trial_timeout=5)

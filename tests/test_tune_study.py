@@ -343,7 +343,7 @@ MIXED = {
 }
 
 
-def test_refine_box_contains_the_top_trials_and_stays_in_bounds():
+def test_refine_box_is_shrink_times_as_wide_around_the_best_trials():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
@@ -367,8 +367,14 @@ def test_refine_box_contains_the_top_trials_and_stays_in_bounds():
             lo0, hi0 = dist.scale_bounds
             lo, hi = box[name]
             assert lo0 <= lo <= hi <= hi0
-        for t in top:
-            _box_contains(box, MIXED, t.params)
+            assert hi - lo == pytest.approx(shrink * (hi0 - lo0), rel=1e-9, abs=1e-12)
+            scaled = sorted(float(dist.to_scale(t.params[name])) for t in top)
+            median = float(np.median(scaled))
+            best = float(dist.to_scale(top[0].params[name]))
+            inside = lo0 + 1e-9 < lo and hi < hi0 - 1e-9 and lo + 1e-9 < best < hi - 1e-9
+            if inside:  # the box was not moved: centred on the median
+                assert (lo + hi) / 2 == pytest.approx(median)
+        _box_contains(box, MIXED, top[0].params)
         for t in study.trials[12:]:
             for name, dist in MIXED.items():
                 v = t.params[name]

@@ -11,7 +11,7 @@ only when its backend runs).
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 import sys
 import warnings
@@ -29,6 +29,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without a compil
     _core_error: ImportError | None = exc
 else:
     _core_error = None
+
+
+def _core_reason() -> str:
+    """Why the extension did not import, in words (the raw ImportError can mislead)."""
+    spec = importlib.util.find_spec(f"{__package__}._ext_common") if __package__ else None
+    if spec is None:
+        return "the extension file is missing from the installation"
+    return f"{spec.origin} failed to load: {_core_error}"
+
 
 _num_threads = 0  # 0: each runtime's default (OMP_NUM_THREADS, numba's NUMBA_NUM_THREADS)
 _active = "c"
@@ -53,7 +62,7 @@ def set_backend(name: str) -> None:
     global _active
     name = _validate(name)
     if name == "c" and _core is None:
-        raise ImportError(f"the C extension of normax is not available: {_core_error}")
+        raise ImportError(f"the C extension of normax is not available: {_core_reason()}")
     if name == "numba":
         _numba_ready()
     _active = name
@@ -80,15 +89,30 @@ def _numba_ready() -> None:
         numba.set_num_threads(min(_num_threads, numba.config.NUMBA_NUM_THREADS))
 
 
+def _max_threads() -> int:
+    """The most threads :func:`set_num_threads` accepts: four per CPU of this machine.
+
+    More threads than CPUs only take turns on them; far more is a mistake (``10**6`` would ask
+    OpenMP for a million threads), refused rather than silently capped.
+    """
+    return 4 * (os.cpu_count() or 1)
+
+
 def set_num_threads(n: int) -> None:
     """Threads used by the C and Numba kernels; ``0`` restores the default.
 
     The default follows ``OMP_NUM_THREADS`` (and threadpoolctl limits on OpenMP) for the C
-    backend and ``NUMBA_NUM_THREADS`` for Numba.
+    backend and ``NUMBA_NUM_THREADS`` for Numba. At most four threads per CPU are accepted
+    (ValueError beyond); Numba never runs more than ``NUMBA_NUM_THREADS``.
     """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if n > _max_threads():
+        raise ValueError(
+            f"n must be at most {_max_threads()} (four per CPU; this machine has "
+            f"{os.cpu_count()}), got {n}"
+        )
     _num_threads = n
     if _core is not None:
         _core.set_num_threads(n)
@@ -118,12 +142,14 @@ def _initial_backend() -> str:
         requested = _validate(requested)
         if requested == "c" and _core is None:
             raise ImportError(
-                f"NORMAX_BACKEND=c but the C extension of normax is not available: {_core_error}"
+                f"NORMAX_BACKEND=c but the C extension of normax is not available: "
+                f"{_core_reason()}"
             )
         return requested
     if _core is None:
         warnings.warn(
-            f"normax: the C extension could not be imported ({_core_error}); using Numba",
+            f"normax: the compiled extension is unavailable ({_core_reason()}); "
+            "using the slower Numba kernels. Reinstall normax to build it.",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if err is not None:
         print(f"normax {args.command}: unavailable ({err})", file=sys.stderr)
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: a subcommand that keeps partial results says so itself
+        print(f"\nnormax {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

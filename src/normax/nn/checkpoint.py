@@ -68,9 +68,11 @@ def _match(kind: str, stored: dict[str, np.ndarray], current: dict[str, np.ndarr
 def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> None:
     """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` (and optimizer).
 
-    Raises ValueError, with nothing changed, if the file is truncated or altered, or was saved
-    from a model of another architecture (names, shapes or dtypes differ), or holds no optimizer
-    state when ``optimizer`` is given.
+    Raises ValueError, with nothing changed, if the file is truncated, altered or damaged in any
+    way (its digest and every member's declared size are checked before any data is read), was
+    saved from a model of another architecture (names, shapes or dtypes differ), holds a NaN,
+    infinite or negative running variance, or holds no (or unusable) optimizer state when
+    ``optimizer`` is given.
     """
     arrays = _state.load_npz(path)
     try:
@@ -81,18 +83,34 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None) -> None:
             kind: {k: arrays[f"{kind[:-1]}.{k}"] for k in meta[kind]}
             for kind in ("params", "buffers")
         }
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f"{os.fspath(path)!r} is not a normax checkpoint: {exc!r}") from None
     params, buffers = model.parameters(), model.buffers()
     _match("params", stored["params"], params)
     _match("buffers", stored["buffers"], buffers)
+    _check_variances(stored["buffers"], os.fspath(path))
+    sd = None
     if optimizer is not None:
         if not meta.get("optimizer"):
             raise ValueError(f"{os.fspath(path)!r} holds no optimizer state")
         sd = _state.from_arrays(arrays, prefix="optim.")
-        optimizer._checked_state(sd)  # every check now, so a failure changes nothing
+        try:  # every check now, so a failure changes nothing
+            optimizer._checked_state(sd)
+        except (TypeError, OverflowError) as exc:  # a stored value of the wrong kind
+            raise ValueError(f"{os.fspath(path)!r} holds unusable optimizer state: {exc}") from None
     for current, saved in ((params, stored["params"]), (buffers, stored["buffers"])):
         for name, arr in current.items():
             np.copyto(arr, saved[name])
-    if optimizer is not None:
+    if sd is not None:
         optimizer.load_state_dict(sd)
+
+
+def _check_variances(buffers: dict[str, np.ndarray], where: str) -> None:
+    """Running variances must be finite and >= 0: a NaN or negative one poisons every forward
+    pass in evaluation mode without a word."""
+    for name, arr in buffers.items():
+        if name.rsplit(".", 1)[-1] == "running_var" and not (
+            np.isfinite(arr).all() and (arr >= 0).all()
+        ):
+            bad = arr[~(np.isfinite(arr) & (arr >= 0))][0]
+            raise ValueError(f"{where!r}: buffer {name!r} holds the variance {bad}, not >= 0")

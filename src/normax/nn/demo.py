@@ -223,8 +223,12 @@ def single_threaded_blas():
 # ---- the command ---------------------------------------------------------------------------
 def add_arguments(parser) -> None:
     """Options of ``normax demo``."""
-    parser.add_argument("--epochs", type=int, default=20, help="passes over the data (20)")
-    parser.add_argument("--seed", type=int, default=0, help="weights and batch order seed (0)")
+    from normax._argtypes import integer
+
+    parser.add_argument("--epochs", type=integer(1), default=20, help="passes over the data (20)")
+    parser.add_argument(
+        "--seed", type=integer(0), default=0, help="weights and batch order seed (0)"
+    )
     parser.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     parser.add_argument("--beta1", type=float, default=DEFAULTS["beta1"], help="Adam beta1")
     parser.add_argument(
@@ -233,7 +237,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--layers", type=int, default=DEFAULTS["layers"], help="number of hidden layers"
     )
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--batch-size", type=integer(1), default=DEFAULTS["batch_size"])
     parser.add_argument(
         "--backend",
         choices=["c", "numba", "numpy"],
@@ -284,7 +288,8 @@ def run(args) -> int:
         f"{args.layers} x {args.hidden} hidden units, Adam lr={args.lr:g}",
         flush=True,
     )
-    bar = _progress(args.epochs, args.no_progress)
+    # a bar only on a terminal: in a log file its redraws are noise
+    bar = _progress(args.epochs, args.no_progress or not sys.stderr.isatty())
     with single_threaded_blas():
         held_out = _report(train(params, epochs=args.epochs, seed=args.seed), args, bar)
     if bar is not None:

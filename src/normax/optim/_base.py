@@ -22,6 +22,8 @@ try:
 except ImportError:  # pragma: no cover - exercised only without a compiled extension
     from ._check import fused_step
 
+_MAX_STEP = 2**53
+
 
 def check_nonneg(value, name: str) -> float:
     """A finite real number >= 0."""
@@ -241,8 +243,14 @@ class Optimizer:
                 f"group holds {list(range(start, stop))}"
             )
         step = raw["step"]
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"{where} step must be an int >= 0, got {step!r}")
+        # beyond 2**53 the bias corrections (beta**step) cannot tell one step from the next,
+        # and far beyond it the exponent no longer converts to a float
+        if (
+            isinstance(step, bool)
+            or not isinstance(step, (int, np.integer))
+            or not 0 <= step <= _MAX_STEP
+        ):
+            raise ValueError(f"{where} step must be an int in [0, 2**53], got {step!r}")
         group = {k: v for k, v in raw.items() if k not in ("params", "step")}
         self._check(group, f"{where}: ")
         return group, int(step)

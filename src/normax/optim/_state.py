@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -60,24 +61,30 @@ def from_arrays(arrays: dict[str, np.ndarray], prefix: str = "optim.") -> dict:
         for g in groups:
             if isinstance(g.get("betas"), list):
                 g["betas"] = tuple(g["betas"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise ValueError(f"optimizer state is incomplete or malformed: {exc!r}") from None
     return {"optimizer": meta["optimizer"], "param_groups": groups, "state": state}
+
+
+_TMP_PREFIX = ".tmp-"
 
 
 def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` (plus their digest) to ``path`` via a temporary file and a rename.
 
-    A crash or error while writing leaves any previous file at ``path`` untouched.
+    A crash or error while writing leaves any previous file at ``path`` untouched. The
+    temporary file's name carries the writer's process id, so a later save in the same folder
+    removes what a killed writer (``kill -9``, a power cut) left behind.
     """
     path = os.fspath(path)
     arrays = dict(arrays)
     arrays["__digest__"] = np.array(digest(arrays))
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    remove_orphans(directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", suffix=".npz", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # uncompressed: load_npz refuses compressed members
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -87,24 +94,94 @@ def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
-def load_npz(path) -> dict[str, np.ndarray]:
-    """Every array of a file written by :func:`atomic_savez`, digest-checked, without pickle."""
+def remove_orphans(directory: str, suffixes: tuple[str, ...] = (".npz",)) -> None:
+    """Delete ``.tmp-<pid>-*<suffix>`` files whose writer process no longer exists."""
     try:
-        # open the file here: np.load leaks its own handle when the zip directory is damaged
-        with open(os.fspath(path), "rb") as f:
-            z = np.load(f, allow_pickle=False)
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            with z:
-                arrays = {k: z[k] for k in z.files}
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(_TMP_PREFIX) and name.endswith(suffixes)):
+            continue
+        pid = name[len(_TMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # someone else's process (EPERM), or not a pid
+        return True
+    return True
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One ``.npy`` member, its declared sizes checked before a byte of data is read.
+
+    Only stored (uncompressed) members are accepted, as written by :func:`atomic_savez`: then
+    what a member holds can never exceed its bytes in the file, so a small file cannot expand
+    into gigabytes, and no decompressor meets a corrupted compression field.
+    """
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"member {info.filename!r} is compressed (method {info.compress_type})")
+    if info.file_size != info.compress_size:
+        raise ValueError(f"member {info.filename!r} declares inconsistent sizes")
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"member {info.filename!r} has .npy version {version}")
+        if dtype.hasobject:
+            raise ValueError(f"member {info.filename!r} holds Python objects")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes != info.file_size - f.tell():
+            raise ValueError(
+                f"member {info.filename!r} declares {shape} {dtype} ({nbytes} bytes) but "
+                f"holds {info.file_size - f.tell()} bytes"
+            )
+        arr = np.empty(math.prod(shape), dtype=dtype)
+        raw, got = arr.view(np.uint8), 0  # read straight into the array: one copy in memory
+        while got < nbytes:
+            n = f.readinto(raw[got:])
+            if not n:
+                raise ValueError(f"member {info.filename!r} ends early")
+            got += n
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
+def load_npz(path) -> dict[str, np.ndarray]:
+    """Every array of a file written by :func:`atomic_savez`, digest-checked, without pickle.
+
+    The zip directory and every member's declared sizes are checked before anything is read,
+    so memory use stays within the file's own size. Any damage is a ValueError.
+    """
+    try:
+        with open(os.fspath(path), "rb") as f, zipfile.ZipFile(f) as zf:
+            infos = zf.infolist()
+            size = os.fstat(f.fileno()).st_size
+            if sum(i.compress_size for i in infos) > size:
+                raise ValueError("members declare more bytes than the file holds")
+            arrays = {}
+            for info in infos:
+                name = info.filename.removesuffix(".npy")
+                if name in arrays or not info.filename.endswith(".npy"):
+                    raise ValueError(f"unexpected member {info.filename!r}")
+                arrays[name] = _read_member(zf, info)
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except (zipfile.BadZipFile, ValueError, TypeError, OSError, EOFError, RecursionError) as exc:
         raise ValueError(
             f"{os.fspath(path)!r} is not a readable checkpoint (truncated or corrupted?): {exc}"
         ) from None
     stored = arrays.pop("__digest__", None)
-    if stored is None or str(stored[()]) != digest(arrays):
+    if stored is None or stored.shape != () or str(stored[()]) != digest(arrays):
         raise ValueError(
             f"{os.fspath(path)!r} failed its integrity check: the file was "
             "modified or corrupted after it was written"
@@ -118,5 +195,22 @@ def save_state(optimizer, path) -> None:
 
 
 def load_state(optimizer, path) -> None:
-    """Restore an optimizer saved by :func:`save_state`; nothing changes if the file is bad."""
-    optimizer.load_state_dict(from_arrays(load_npz(path)))
+    """Restore an optimizer saved by :func:`save_state`; nothing changes if the file is bad.
+
+    Raises ValueError if the file is damaged or does not fit ``optimizer``.
+    """
+    sd = from_arrays(load_npz(path))
+    checked_load(optimizer, sd, os.fspath(path))
+
+
+def checked_load(optimizer, sd: dict, where: str) -> None:
+    """``optimizer.load_state_dict(sd)`` for state read from a file: every mistake a ValueError.
+
+    A file's content is a value: a hyperparameter stored as a string is a damaged file, not a
+    caller's type error.
+    """
+    try:
+        optimizer._checked_state(sd)  # every check first, so a failure changes nothing
+    except (TypeError, OverflowError) as exc:
+        raise ValueError(f"{where!r} holds unusable optimizer state: {exc}") from None
+    optimizer.load_state_dict(sd)

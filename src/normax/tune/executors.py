@@ -123,12 +123,15 @@ class _Sequential:
     def submit(self, task):
         self._tasks.append(task)
 
-    def wait(self):
+    def wait(self, timeout=None):
         tasks, self._tasks = self._tasks, []
         return [run_task(t) for t in tasks]
 
     def close(self):
         pass
+
+
+_STARTED = "started"
 
 
 def _worker_main(conn) -> None:
@@ -141,6 +144,7 @@ def _worker_main(conn) -> None:
             return
         if task is None:
             return
+        conn.send(_STARTED)  # the trial's clock starts now, not while this process imports
         conn.send(run_task(task))
 
 
@@ -179,23 +183,50 @@ class LocalPool:
             conn.close()
             proc, conn = self._start()
         conn.send(task)  # pickles the objective: it must be importable in a fresh process
-        self._busy[conn] = (proc, task, time.time())
+        self._busy[conn] = (proc, task, None)  # started: when the worker says so
 
-    def wait(self):
-        sentinels = {proc.sentinel: conn for conn, (proc, _, _) in self._busy.items()}
-        ready = mp_wait(list(self._busy) + list(sentinels))
-        out, done = [], {sentinels.get(r, r) for r in ready}
+    def wait(self, timeout: float | None = None):
+        """Outcomes of the trials that finished; with ``timeout``, also of those that ran longer
+        (their worker is killed and replaced)."""
+        while True:
+            sentinels = {proc.sentinel: conn for conn, (proc, _, _) in self._busy.items()}
+            ready = mp_wait(list(self._busy) + list(sentinels), _remaining(self._busy, timeout))
+            if ready:
+                out = self._collect({sentinels.get(r, r) for r in ready})
+            else:
+                out = self._expire(timeout)
+            if out:
+                return out
+
+    def _collect(self, done) -> list:
+        out = []
         for conn in done:
             proc, task, started = self._busy.pop(conn)
             try:
-                out.append(conn.recv())
-                self._idle.append((proc, conn))
+                msg = conn.recv()
             except (EOFError, OSError):
                 proc.join(timeout=5)
-                out.append(
-                    _failed(task, f"worker process died (exit code {proc.exitcode})", started)
-                )
+                error = f"worker process died (exit code {proc.exitcode})"
+                out.append(_failed(task, error, time.time() if started is None else started))
                 conn.close()
+                self._idle.append(self._start())
+                continue
+            if msg == _STARTED:
+                self._busy[conn] = (proc, task, time.time())
+            else:
+                out.append(msg)
+                self._idle.append((proc, conn))
+        return out
+
+    def _expire(self, timeout: float) -> list:
+        out, now = [], time.time()
+        for conn, (proc, task, started) in list(self._busy.items()):
+            if started is not None and now - started >= timeout:
+                del self._busy[conn]
+                proc.kill()  # a hung objective: only a new process gets the worker back
+                proc.join()
+                conn.close()
+                out.append(_failed(task, _timed_out(timeout), started))
                 self._idle.append(self._start())
         return out
 
@@ -238,25 +269,65 @@ class _Futures:
     live = False
 
     def __init__(self, executor, capacity: int):
-        self._ex, self.capacity, self._pending = executor, capacity, {}
+        self._ex, self._capacity, self._pending = executor, capacity, {}
+        self._stuck = set()  # timed out but still running: they hold a worker thread
+
+    @property
+    def capacity(self) -> int:
+        self._stuck = {f for f in self._stuck if not f.done()}
+        return max(0, self._capacity - len(self._stuck))
 
     def submit(self, task):
         self._pending[self._ex.submit(run_task, task)] = (task, time.time())
 
-    def wait(self):
-        done, _ = futures.wait(list(self._pending), return_when=futures.FIRST_COMPLETED)
-        out = []
-        for fut in done:
-            task, started = self._pending.pop(fut)
-            exc = fut.exception()
-            if exc is None:
-                out.append(fut.result())
-            else:  # the worker (not the objective) failed: a dead process, a lost Dask worker
-                out.append(_failed(task, f"{type(exc).__name__}: {exc}", started))
+    def wait(self, timeout: float | None = None):
+        while True:
+            if not self._pending:  # every thread held by a timed-out trial: wait for one
+                futures.wait(list(self._stuck), return_when=futures.FIRST_COMPLETED)
+                return []
+            remaining = _remaining(self._pending, timeout)
+            done, _ = futures.wait(
+                list(self._pending), timeout=remaining, return_when=futures.FIRST_COMPLETED
+            )
+            if done:
+                return [self._outcome(fut) for fut in done]
+            out = self._expire(timeout)
+            if out:
+                return out
+
+    def _outcome(self, fut) -> Outcome:
+        task, started = self._pending.pop(fut)
+        exc = fut.exception()
+        if exc is None:
+            return fut.result()
+        # the worker (not the objective) failed: a dead process, a lost Dask worker
+        return _failed(task, f"{type(exc).__name__}: {exc}", started)
+
+    def _expire(self, timeout: float) -> list:
+        out, now = [], time.time()
+        for fut, (task, started) in list(self._pending.items()):
+            if now - started >= timeout:
+                # a thread (or a Dask task) cannot be stopped: the trial is failed and its late
+                # result ignored, and its worker thread counts as busy until it returns
+                del self._pending[fut]
+                self._stuck.add(fut)
+                out.append(_failed(task, _timed_out(timeout), started))
         return out
 
     def close(self):
         pass
+
+
+def _timed_out(timeout: float) -> str:
+    return f"timed out: the trial ran longer than trial_timeout={timeout:g} s and was stopped"
+
+
+def _remaining(busy: dict, timeout: float | None) -> float | None:
+    """Seconds until the oldest trial in ``busy`` (values: (..., started)) reaches ``timeout``."""
+    started = [v[-1] for v in busy.values() if v[-1] is not None]
+    if timeout is None or not started:
+        return None
+    return max(0.0, min(started) + timeout - time.time())
 
 
 def _is_dask_client(executor) -> bool:

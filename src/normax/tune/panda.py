@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +28,9 @@ __all__ = ["Intervention", "PandaResult", "PandaRunner", "halve", "nn_checkpoint
 
 def npz_checkpoint(get_state, set_state):
     """``(save, load)`` callables storing ``get_state()`` (a dict of arrays) in an atomic .npz.
+
+    The file carries a SHA-256 digest of its arrays; ``load`` raises ValueError, before calling
+    ``set_state``, if the file is truncated, altered or not such a checkpoint.
 
     Examples
     --------
@@ -41,23 +43,16 @@ def npz_checkpoint(get_state, set_state):
     [0.0, 1.0, 2.0]
     """
 
+    from normax.optim._state import atomic_savez, load_npz
+
     def save(path):
         state = {k: np.asarray(v) for k, v in get_state().items()}
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **state)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic: the old checkpoint or the new one, never half
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        if "__digest__" in state:
+            raise ValueError("get_state() must not return the reserved name '__digest__'")
+        atomic_savez(path, state)  # the old checkpoint or the new one, never half
 
     def load(path):
-        with np.load(path, allow_pickle=False) as data:
-            set_state({k: data[k].copy() for k in data.files})
+        set_state(load_npz(path))  # ValueError if truncated, altered or not a checkpoint
 
     return save, load
 

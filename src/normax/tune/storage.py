@@ -12,11 +12,14 @@ trial that finished. Only the driving process writes; workers never touch the fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sqlite3
+import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 __all__ = ["Round", "SQLiteStorage", "StorageError", "Trial"]
@@ -121,27 +124,61 @@ def _row(t: Trial) -> tuple:
     )
 
 
-def _driver_lock(path: str) -> int | None:
-    """An exclusive flock on the database file: one driving process per study.
+class _DriverLock:
+    """One driving process per study: an exclusive ``flock`` on ``<study>.lock`` beside it.
 
-    Two drivers would hand out the same trial numbers. flock locks are separate from the POSIX
-    record locks SQLite uses, so readers (any SQLite client) are not affected.
+    Two drivers would hand out the same trial numbers. The lock lives in a file of its own: any
+    ``close()`` of a descriptor of the database file would drop every POSIX lock this process
+    holds on it, SQLite's included, and an outside reader would then take itself for the last
+    connection and delete the write-ahead log still being written. The lock file is removed on
+    release; a lock taken on a file that was meanwhile removed is retried, so a waiting opener
+    can never share the lock with a newer one. Not on POSIX: no guard.
     """
+
+    def __init__(self, path: str):
+        self.path, self._fd = f"{path}.lock", None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        while self._fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StorageError(f"{path!r}: cannot create its lock file: {exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)  # the lock file's descriptor, never the database's
+                raise StorageError(f"{path!r} is already open by another running study") from None
+            if _same_file(fd, self.path):
+                self._fd = fd
+            else:  # released and removed by its holder between our open and our flock
+                os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # before unlocking: nobody can lock the old file after
+            os.close(self._fd)
+            self._fd = None
+
+
+def _same_file(fd: int, path: str) -> bool:
     try:
-        import fcntl
-    except ImportError:  # not on POSIX: no guard
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.stat(path)
     except OSError:
-        os.close(fd)
-        raise StorageError(f"{path!r} is already open by another running study") from None
-    return fd
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
 
 
 class SQLiteStorage:
     """A study in one SQLite file (created if missing, validated and resumed if present).
+
+    A new study is built in a temporary file and linked into place complete, so the path holds
+    a whole study or nothing; a process killed while creating it leaves no file behind. While
+    the study is open, a lock file ``<path>.lock`` keeps other drivers out.
 
     Parameters
     ----------
@@ -153,120 +190,238 @@ class SQLiteStorage:
     Raises
     ------
     StorageError
-        If the file exists but is not a SQLite database, is corrupt, or holds other tables (the
-        file is left untouched), or if another study object or process has it open.
+        If the file exists but is not a SQLite database (an empty file included), is corrupt or
+        damaged, holds other tables, or cannot be read and written (the file is left untouched),
+        or if another study object or process has it open. The message names the path and the
+        reason.
     """
 
     def __init__(self, path, *, synchronous: str = "normal"):
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
         self.path = os.fspath(path)
-        exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
-        self._con = self._open_existing() if exists else self._create()
-        self._lock = None
+        self._con = None
+        self._lock = _DriverLock(self.path)  # first: creation and checks happen under it
         try:
-            self._lock = _driver_lock(self.path)
+            if not os.path.lexists(self.path):
+                self._create()
+            self._con = self._open_existing()
+            # WAL: readers never block the writer and a crash leaves the last commit intact
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            # a read-only file opens read-only without a word: find out now, not mid-study
+            self._con.execute("UPDATE meta SET value = value WHERE key = 'format'")
+        except sqlite3.Error as exc:
+            self.close()
+            raise StorageError(f"{self.path!r} cannot be used as a study: {exc}") from None
         except BaseException:
-            self._con.close()
+            self.close()
             raise
-        # WAL: readers never block the writer and a crash leaves the last commit intact
-        self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute(f"PRAGMA synchronous={synchronous.upper()}")
 
-    def _connect(self, mode: str) -> sqlite3.Connection:
-        uri = f"file:{self.path}?mode={mode}"
+    def _connect(self, path: str, mode: str) -> sqlite3.Connection:
+        uri = f"file:{urllib.parse.quote(path)}?mode={mode}"
         # autocommit: each statement is its own transaction, committed when it returns
         return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
     def _open_existing(self) -> sqlite3.Connection:
-        con = self._connect("rw")
+        if os.path.isdir(self.path):
+            raise StorageError(f"{self.path!r} is a directory, not a study file")
+        if os.path.getsize(self.path) == 0:
+            raise StorageError(f"{self.path!r} is an empty file, not a normax.tune study")
+        con = self._connect(self.path, "rw")
         try:
             check = con.execute("PRAGMA quick_check").fetchone()[0]
             tables = {
                 r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
+            fmt = None
+            if _TABLES <= tables:
+                row = con.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+                fmt = row and row[0]
         except sqlite3.DatabaseError as exc:
             con.close()
             raise StorageError(f"{self.path!r} is not a readable SQLite database: {exc}") from None
         if check != "ok":
             con.close()
             raise StorageError(f"{self.path!r} is a corrupt SQLite database: {check}")
-        fmt = None
-        if _TABLES <= tables:
-            row = con.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-            fmt = row and row[0]
         if fmt != FORMAT:
             con.close()
             found = ", ".join(sorted(tables)) or "none"
             raise StorageError(f"{self.path!r} is not a normax.tune study (tables: {found})")
         return con
 
-    def _create(self) -> sqlite3.Connection:
-        con = self._connect("rwc")
-        meta = {"format": FORMAT, "version": str(VERSION), "created": repr(time.time())}
-        with con:  # one transaction: the file is a study or nothing
-            con.execute("BEGIN")
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    con.execute(stmt)
-            con.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-        return con
+    def _create(self) -> None:
+        from normax.optim._state import remove_orphans
 
-    # -- reading ---------------------------------------------------------------------------
+        folder = os.path.dirname(os.path.abspath(self.path))
+        remove_orphans(folder, (".db", ".db-wal", ".db-shm", ".db-journal"))  # from kill -9
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=".db", dir=folder)
+        except OSError as exc:
+            raise StorageError(f"{self.path!r}: cannot create a study there: {exc}") from None
+        os.close(fd)
+        try:
+            con = self._connect(tmp, "rw")
+            try:
+                con.execute("PRAGMA journal_mode=WAL")  # recorded in the file
+                meta = {"format": FORMAT, "version": str(VERSION), "created": repr(time.time())}
+                with con:  # one transaction
+                    con.execute("BEGIN")
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            con.execute(stmt)
+                    con.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            finally:
+                con.close()  # the last connection: the log is folded into the file
+            _link_new(tmp, self.path)
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp + suffix)
+
+    # -- reading: anything malformed is a StorageError naming the file and the row ---------
+    def _damaged(self, what: str, exc: BaseException) -> StorageError:
+        return StorageError(f"{self.path!r} is a damaged study: {what}: {exc}")
+
+    def _rows(self, sql: str) -> list:
+        try:
+            return self._con.execute(sql).fetchall()
+        except sqlite3.Error as exc:
+            raise self._damaged("cannot read it", exc) from None
+
     def meta(self) -> dict:
-        return dict(self._con.execute("SELECT key, value FROM meta"))
+        rows = self._rows("SELECT key, value FROM meta")
+        if not all(isinstance(v, str) for _, v in rows):
+            raise self._damaged("table meta", TypeError("a value is not text"))
+        return dict(rows)
 
     def rounds(self) -> list[Round]:
-        rows = self._con.execute(
+        rows = self._rows(
             "SELECT round, first_number, box, top_k, shrink FROM rounds ORDER BY round"
         )
-        return [
-            Round(r, f, {k: tuple(v) for k, v in json.loads(b).items()}, k, s)
-            for r, f, b, k, s in rows
-        ]
+        out = []
+        for i, (r, first, box, top_k, shrink) in enumerate(rows):
+            try:
+                out.append(Round(_int(r, i), _int(first), _box(box), top_k, shrink))
+            except (TypeError, ValueError) as exc:
+                raise self._damaged(f"round {r!r}", exc) from None
+        return out
 
     def trials(self) -> list[Trial]:
-        rows = self._con.execute(
+        rows = self._rows(
             "SELECT number, round, state, params, value, intermediate, error, started, finished"
             " FROM trials ORDER BY number"
         )
         out = []
-        for n, r, state, params, value, inter, err, t0, t1 in rows:
-            steps = {int(k): (math.nan if v is None else v) for k, v in json.loads(inter).items()}
-            out.append(Trial(n, r, state, json.loads(params), value, steps, err, t0, t1))
+        for i, (n, r, state, params, value, inter, err, t0, t1) in enumerate(rows):
+            try:
+                out.append(_trial(i, n, r, state, params, value, inter, err, t0, t1))
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise self._damaged(f"trial {n!r}", exc) from None
         return out
 
     # -- writing: one transaction per call ---------------------------------------------------
+    def _write(self, sql: str, rows, many: bool = False) -> None:
+        try:
+            if many:
+                with self._con:
+                    self._con.execute("BEGIN")
+                    self._con.executemany(sql, rows)
+            else:
+                self._con.execute(sql, rows)
+        except sqlite3.Error as exc:  # a full disk, a file made read-only or removed meanwhile
+            raise StorageError(f"{self.path!r}: cannot write the study: {exc}") from None
+
     def set_meta(self, items: dict) -> None:
-        with self._con:
-            self._con.execute("BEGIN")
-            self._con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", items.items())
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(items.items()), many=True)
 
     def add_round(self, rnd: Round) -> None:
         box = json.dumps({k: list(v) for k, v in rnd.box.items()})
-        self._con.execute(
-            "INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?)",
-            (rnd.round, rnd.first_number, box, rnd.top_k, rnd.shrink, time.time()),
-        )
+        row = (rnd.round, rnd.first_number, box, rnd.top_k, rnd.shrink, time.time())
+        self._write("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?)", row)
 
     def insert_trial(self, t: Trial) -> None:
         state, value, inter, err, t0, t1, dur = _row(t)
         params = json.dumps(t.params)
-        self._con.execute(
-            _INSERT, (t.number, t.round, state, params, value, inter, err, t0, t1, dur)
-        )
+        self._write(_INSERT, (t.number, t.round, state, params, value, inter, err, t0, t1, dur))
 
     def update_trial(self, t: Trial) -> None:
-        self._con.execute(_UPDATE, (*_row(t), t.number))
+        self._write(_UPDATE, (*_row(t), t.number))
 
     def update_intermediate(self, t: Trial) -> None:
-        self._con.execute(
+        self._write(
             "UPDATE trials SET intermediate = ? WHERE number = ?",
             (_json_steps(t.intermediate), t.number),
         )
 
     def close(self) -> None:
-        self._con.close()
-        if self._lock is not None:  # after SQLite: closing a descriptor drops POSIX locks
-            os.close(self._lock)
-            self._lock = None
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+        self._lock.release()
+
+
+def _int(v, expected: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{v!r} is not a non-negative integer")
+    if expected is not None and v != expected:
+        raise ValueError(f"expected number {expected}, found {v} (rows missing or renumbered)")
+    return v
+
+
+def _real(v, name: str) -> float | None:
+    if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+        return v
+    raise ValueError(f"{name} {v!r} is not a number")
+
+
+def _object(text, name: str) -> dict:
+    if not isinstance(text, str):
+        raise ValueError(f"{name} {text!r} is not JSON text")
+    obj = json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{name} {text!r} is not a JSON object")
+    return obj
+
+
+def _box(text) -> dict:
+    box = {}
+    for k, v in _object(text, "box").items():
+        if not (isinstance(v, list) and len(v) == 2 and None not in v):
+            raise ValueError(f"box[{k!r}] = {v!r} is not a [low, high] pair")
+        box[k] = (_real(v[0], "bound"), _real(v[1], "bound"))
+    return box
+
+
+def _trial(i, n, r, state, params, value, inter, err, t0, t1) -> Trial:
+    if state not in STATES:
+        raise ValueError(f"unknown state {state!r}")
+    steps = {
+        int(k): (math.nan if v is None else _real(v, "intermediate value"))
+        for k, v in _object(inter, "intermediate").items()
+    }
+    if err is not None and not isinstance(err, str):
+        raise ValueError(f"error {err!r} is not text")
+    return Trial(
+        _int(n, i),
+        _int(r),
+        state,
+        _object(params, "params"),
+        _real(value, "value"),
+        steps,
+        err,
+        _real(t0, "started"),
+        _real(t1, "finished"),
+    )
+
+
+def _link_new(tmp: str, path: str) -> None:
+    """Put the finished file ``tmp`` at ``path``, never replacing a file that appeared there."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise StorageError(f"{path!r} appeared while the study was being created") from None
+    except OSError:  # no hard links here; the driver lock keeps other drivers out meanwhile
+        if os.path.lexists(path):
+            raise StorageError(f"{path!r} appeared while the study was being created") from None
+        os.replace(tmp, path)

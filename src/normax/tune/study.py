@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import deque
+
+import numpy as np
 
 from .distributions import check_space, distribution_from_json
 from .executors import Task, accepts_report, make_runner
@@ -21,6 +24,41 @@ _INTERRUPTED = "interrupted: the process running the study stopped before the tr
 
 def _space_json(space: dict) -> str:
     return json.dumps({k: d.to_json() for k, d in space.items()})
+
+
+def _zoom(scaled: list, current: tuple, bounds: tuple, shrink: float) -> tuple:
+    """``shrink`` x the width of ``current``, centred on the median of ``scaled`` (best first),
+    shifted to contain ``scaled[0]``, then to lie within ``bounds``."""
+    width = shrink * (current[1] - current[0])
+    lo = float(np.median(scaled)) - width / 2
+    lo = min(max(lo, scaled[0] - width), scaled[0])  # the best trial stays inside
+    lo = min(max(lo, bounds[0]), bounds[1] - width)  # as is the box, its width kept
+    return (lo, min(lo + width, bounds[1]))
+
+
+def _settings_json(settings) -> str | None:
+    if settings is None:
+        return None
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise TypeError(f"settings must be a dict with str keys, got {settings!r}")
+    try:
+        return json.dumps(settings, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"settings must be JSON-ready: {exc}") from None
+
+
+def _check_timeout(timeout, executor, workers) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"trial_timeout must be a positive number of seconds, got {timeout!r}")
+    if not math.isfinite(timeout):
+        raise ValueError(f"trial_timeout must be finite, got {timeout!r}")
+    if executor is None and workers is None:
+        raise ValueError(
+            "trial_timeout needs workers=n or an executor: a trial running in this process "
+            "cannot be stopped"
+        )
 
 
 class Study:
@@ -44,6 +82,11 @@ class Study:
     interrupted : {"fail", "requeue"}
         On resume, what becomes of trials that were running when the last process stopped:
         marked failed, or run again (same number and parameters) by the next ``optimize``.
+    settings : dict, optional
+        The objective's own settings (epochs, batch size, ...), JSON-ready. A new study
+        records them; resuming with different settings raises StorageError naming the
+        differences, so trials of different objectives never mix in one study. ``None`` (to
+        read a study, say) checks nothing; a study that has none recorded takes these.
 
     Examples
     --------
@@ -66,6 +109,7 @@ class Study:
         *,
         halving: SuccessiveHalving | None = None,
         interrupted: str = "fail",
+        settings: dict | None = None,
     ):
         if direction not in ("minimize", "maximize"):
             raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
@@ -77,6 +121,7 @@ class Study:
             raise TypeError(f"sampler must be a tune sampler, got {sampler!r}")
         if objective is not None and not callable(objective):
             raise TypeError(f"objective must be callable, got {objective!r}")
+        self.settings = _settings_json(settings)
         if space is not None:  # before any file is created
             check_space(space)
         elif storage is None or (
@@ -104,6 +149,8 @@ class Study:
         if "space" in meta:
             self._resume(meta, space, sampler, interrupted)
             return
+        if self._store is not None and (self._store.trials() or self._store.rounds()):
+            raise StorageError(f"{self._store.path!r} is a damaged study: its settings are gone")
         if space is None:
             raise ValueError("a new study needs a space")
         self.space = check_space(space)
@@ -115,32 +162,90 @@ class Study:
                     "space": _space_json(self.space),
                     "direction": self.direction,
                     "sampler": json.dumps(self.sampler.describe()),
+                    **({} if self.settings is None else {"settings": self.settings}),
                 }
             )
         self._add_round(Round(0, 0, {k: d.scale_bounds for k, d in self.space.items()}))
 
     def _resume(self, meta, space, sampler, interrupted) -> None:
-        stored = {k: distribution_from_json(v) for k, v in json.loads(meta["space"]).items()}
-        self.space = stored if space is None else check_space(space)
+        stored = self._stored_settings(meta)
+        self.space = stored["space"] if space is None else check_space(space)
         if _space_json(self.space) != meta["space"]:
             raise StorageError(
                 f"{self._store.path!r} holds a study over another space: {meta['space']}"
             )
         if meta["direction"] != self.direction:
             raise StorageError(f"{self._store.path!r} holds a study that {meta['direction']}s")
-        self.sampler = sampler.bind(json.loads(meta["sampler"]))
+        self.sampler = sampler.bind(stored["sampler"])
         if json.dumps(self.sampler.describe()) != meta["sampler"]:
             raise StorageError(
                 f"{self._store.path!r} was sampled by {meta['sampler']}, "
                 f"not {json.dumps(self.sampler.describe())}"
             )
+        self._check_settings(meta.get("settings"))
         self._trials, self._rounds = self._store.trials(), self._store.rounds()
+        self._check_consistent()
         if not self._rounds:  # stopped between writing the space and its first round
             self._add_round(Round(0, 0, {k: d.scale_bounds for k, d in self.space.items()}))
         for t in self._trials:
             if t.state == "running":
                 self._interrupted(t, interrupted)
             self._track(t)
+
+    def _stored_settings(self, meta) -> dict:
+        """The space and sampler recorded in ``meta``; StorageError if they are unreadable."""
+        try:
+            space = json.loads(meta["space"])
+            sampler = json.loads(meta["sampler"])
+            if not isinstance(space, dict) or not space or not isinstance(sampler, dict):
+                raise ValueError("not a JSON object")
+            if meta["direction"] not in ("minimize", "maximize"):
+                raise ValueError(f"direction {meta['direction']!r}")
+            return {
+                "space": {k: distribution_from_json(v) for k, v in space.items()},
+                "sampler": sampler,
+            }
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+            raise StorageError(
+                f"{self._store.path!r} is a damaged study: its settings are unreadable: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+
+    def _check_settings(self, stored: str | None) -> None:
+        if self.settings is None:
+            return
+        if stored is None:  # a study from before settings were recorded: record them now
+            self._store.set_meta({"settings": self.settings})
+            return
+        if stored == self.settings:
+            return
+        try:
+            old = json.loads(stored)
+            old = old if isinstance(old, dict) else {}
+        except (ValueError, RecursionError):
+            old = {}
+        new = json.loads(self.settings)
+        diff = [
+            f"{k}={old.get(k, '(unset)')!r} in the study, {new.get(k, '(unset)')!r} now"
+            for k in sorted(set(old) | set(new))
+            if old.get(k, "(unset)") != new.get(k, "(unset)")
+        ] or [f"recorded settings {stored!r}"]
+        raise StorageError(
+            f"{self._store.path!r} was made with other objective settings: " + "; ".join(diff)
+        )
+
+    def _check_consistent(self) -> None:
+        """Trials and rounds that fit the space and each other, or StorageError."""
+        names, problem = set(self.space), None
+        for i, rnd in enumerate(self._rounds):
+            if rnd.round != i or set(rnd.box) != names:
+                problem = f"round {rnd.round} does not fit the study's space"
+        known = len(self._rounds)
+        for t in self._trials:
+            if t.round >= known or set(t.params) != names:
+                problem = f"trial {t.number} does not fit the study's space and rounds"
+        if problem is not None:
+            raise StorageError(f"{self._store.path!r} is a damaged study: {problem}")
 
     def _interrupted(self, t: Trial, how: str) -> None:
         if how == "fail":
@@ -267,7 +372,14 @@ class Study:
         return t
 
     def optimize(
-        self, n_trials=None, *, until=None, executor=None, workers=None, progress=False
+        self,
+        n_trials=None,
+        *,
+        until=None,
+        executor=None,
+        workers=None,
+        progress=False,
+        trial_timeout=None,
     ) -> Trial | None:
         """Run ``n_trials`` more trials (or run until the study has ``until`` trials).
 
@@ -285,6 +397,12 @@ class Study:
             trial).
         progress : bool
             Show a tqdm progress bar with the best value and parameters (if tqdm is installed).
+        trial_timeout : float, optional
+            Seconds a trial may run. A trial that takes longer fails with the reason, and the
+            study goes on. Needs ``workers`` or an ``executor``: a local pool kills the
+            worker process and starts a fresh one; other executors (Dask included) cannot stop
+            a running task, so its late result is ignored and its thread gets no new trial
+            until it returns.
 
         Returns
         -------
@@ -294,6 +412,7 @@ class Study:
         if self.objective is None:
             raise ValueError("this study has no objective to optimize")
         self._check_open()
+        _check_timeout(trial_timeout, executor, workers)
         queued, n_new = self._plan(n_trials, until)
         runner, owned = make_runner(executor, workers)
         bar = Progress(len(queued) + n_new, enabled=progress)
@@ -305,7 +424,7 @@ class Study:
                     t = self._start_trial(queued)
                     in_flight.add(t.number)
                     self._submit(runner, t)
-                for out in runner.wait():
+                for out in runner.wait(trial_timeout):
                     in_flight.discard(out.number)
                     self._record(out)
                     bar.update(self.best_trial)
@@ -339,7 +458,7 @@ class Study:
 
     # -- coarse to fine ------------------------------------------------------------------------
     def zoom_box(self, top_k: int = 5, shrink: float = 0.5) -> dict:
-        """The box around the ``top_k`` best complete trials (see :meth:`refine`)."""
+        """The box of the next coarse-to-fine round (see :meth:`refine`)."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         if not (isinstance(shrink, (int, float)) and 0 < shrink <= 1):
@@ -351,18 +470,18 @@ class Study:
         top, current, box = done[:top_k], self._rounds[-1].box, {}
         for name, dist in self.space.items():
             s = [float(dist.to_scale(t.params[name])) for t in top]
-            lo0, hi0 = dist.scale_bounds
-            half = 0.5 * shrink * (current[name][1] - current[name][0])
-            box[name] = (max(lo0, min(s) - half), min(hi0, max(s) + half))
+            box[name] = _zoom(s, current[name], dist.scale_bounds, shrink)
         return box
 
     def refine(self, top_k: int = 5, shrink: float = 0.5, n_trials=None, **optimize_kw):
         """Start a coarse-to-fine round around the best trials, and run it if ``n_trials``.
 
-        On each parameter's scale, the new box spans the ``top_k`` best complete trials with a
-        margin of half of ``shrink`` times the current box's width on either side, clipped to
-        the original bounds. So with ``shrink=0.5`` a round whose best trials agree searches a
-        box half as wide, centred on them. Repeat for several rounds.
+        On each parameter's own scale the new box is ``shrink`` times as wide as the current
+        one, centred on the median of the ``top_k`` best complete trials, and moved as little
+        as needed to contain the best trial and to stay within the original bounds. So every
+        round narrows every range by ``shrink``, also for parameters on which the best trials
+        disagree (there the median keeps the round near most of them). Repeat for several
+        rounds.
 
         Parameters
         ----------
