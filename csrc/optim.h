@@ -6,9 +6,10 @@
  * same per element and no thread idles. Each element is read and written exactly once; no
  * temporaries are allocated.
  *
- * The scalar hyperparameters are derived in Python (in double precision, once per step) and
- * handed over in `h`; the float32 kernels round each to float once, so every backend does the
- * same arithmetic in the same order.
+ * The scalar hyperparameters are derived in Python (in double precision, once per step) as one
+ * named record per kind (normax.optim._kinds: SGDHyper, ...), whose fields are the `h` of each
+ * kind below in that order; the float32 kernels round each to float once, so every backend
+ * does the same arithmetic in the same order.
  */
 #ifndef NORMAX_OPTIM_H
 #define NORMAX_OPTIM_H

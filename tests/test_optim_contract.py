@@ -61,6 +61,13 @@ def _sgd(**changes):
     return tuple(call.values())
 
 
+def _unaligned(n: int) -> np.ndarray:
+    """A C-contiguous float64 array whose data is not 8-byte aligned."""
+    a = np.zeros(8 * n + 1, np.uint8)[1:].view(np.float64)
+    assert a.flags.c_contiguous and not a.flags.aligned
+    return a
+
+
 def _read_only():
     a = _arrays()
     a[1].flags.writeable = False
@@ -114,6 +121,8 @@ HOSTILE = {
     "params strided": _adam(params=[np.zeros(8)[::2], *_arrays()[1:]]),
     "params read-only": _adam(params=_read_only()),
     "params byte-swapped": _adam(params=_swapped()),
+    "params unaligned": _adam(params=[_unaligned(4), *_arrays()[1:]]),
+    "s1 unaligned": _adam(s1=[_unaligned(4), *_arrays()[1:]]),
     "params overlapping": _overlapping_params(),
     "grads None": _adam(grads=None),
     "grads too few": _adam(grads=_arrays(2)),
@@ -251,6 +260,7 @@ VALID = {
     "hyper int": _adam(hyper=ADAM_H._replace(decay=1)),
     "grads strided": _adam(grads=[np.zeros(8)[::2], *_arrays()[1:]]),
     "grads byte-swapped": _adam(grads=_swapped()),
+    "grads unaligned": _adam(grads=[_unaligned(4), *_arrays()[1:]]),
     "grads read-only": _adam(grads=_read_only()),
     "grad is a parameter": _aliased_grad(),
     "many arrays": _sgd(params=_arrays(40), grads=_arrays(40)),

@@ -177,7 +177,7 @@ cdef inline bint _array_ok(PyObject *o, int typenum, cnp.npy_intp size, bint wri
     ptr[0] = data
     if size > 0:  # an empty array shares memory with nothing
         ranges[nranges[0]].lo = data
-        ranges[nranges[0]].hi = data + cnp.PyArray_NBYTES(a)
+        ranges[nranges[0]].hi = data + size * cnp.PyArray_ITEMSIZE(a)  # no second product
         nranges[0] += 1
     return True
 

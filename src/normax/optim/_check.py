@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _backend
+from .._checks import contiguous
 from ._kinds import (
     ADAM,
     AMSGRAD,
@@ -214,7 +215,7 @@ def _grads(grads, params: list) -> list:
     if len(grads) != len(params):
         raise ValueError(f"grads has {len(grads)} arrays, params has {len(params)}")
     return [
-        np.ascontiguousarray(_array(g, f"grads[{k}]", p.dtype, p), dtype=p.dtype)
+        contiguous(_array(g, f"grads[{k}]", p.dtype, p))
         for k, (g, p) in enumerate(zip(grads, params, strict=True))
     ]
 
