@@ -353,3 +353,95 @@ def test_numba_backend_run_in_a_subprocess(tmp_path):
     assert report.check_results(doc, allow_skipped=True) == []
     for case in doc["cases"]:
         assert "c" not in {e["name"] for e in case["contenders"]}
+
+
+# --- misuse of the command ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mib", ["-5", "0"])
+def test_command_rejects_non_positive_probe_size(capsys, mib):
+    assert bench.main(["--probe-mib", mib, "--no-progress"]) == 2
+    assert f"--probe-mib must be a positive number of MiB, got {mib}" in capsys.readouterr().err
+
+
+def test_unknown_option_prints_the_bench_usage(capsys):
+    from normax import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: normax bench") and "unrecognized arguments: --bogus" in err
+
+
+def test_threads_beyond_numba_pool_are_refused(capsys):
+    numba = pytest.importorskip("numba")
+    too_many = numba.config.NUMBA_NUM_THREADS + 1  # Numba is imported: its pool is fixed
+    args = ["--threads", str(too_many), "--backend", "numba", "--size", "tiny", *FAST_ARGS]
+    assert bench.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--threads {too_many}: numba runs" in err and "NUMBA_NUM_THREADS" in err
+
+
+def test_threads_are_honoured_by_every_pool_or_refused():
+    torch = pytest.importorskip("torch")
+    doc = _run([_synthetic()], threads=1, use_torch=True)
+    assert set(doc["threads_in_use"].values()) == {1}
+    assert doc["threads_in_use"]["torch"] == 1 and torch.get_num_threads() >= 1
+
+
+def _interrupting_case():
+    case = _synthetic(n=10)
+
+    def build(ctx):
+        raise KeyboardInterrupt
+
+    case.build, case.kernel = build, "interrupt"
+    return case
+
+
+def test_interrupted_run_keeps_what_finished(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "partial.json"
+    monkeypatch.setattr(
+        bench,
+        "run_benchmarks",
+        lambda config: _run(
+            [_synthetic(), _interrupting_case(), _synthetic(n=2000)], on_case=config.on_case
+        ),
+    )
+    assert bench.main(["--json", str(path), *FAST_ARGS]) == 130
+    doc = json.loads(path.read_text())
+    assert doc["interrupted"] is True and [r["kernel"] for r in doc["cases"]] == ["double"]
+    assert any("interrupted" in p for p in report.check_results(doc))
+    captured = capsys.readouterr()
+    assert "[1/3] double" in captured.out and "double" in captured.out.split("[1/3]")[1]
+    assert "interrupted; 1 cases finished" in captured.err
+
+
+def test_ctrl_c_in_a_real_run_exits_130_without_traceback(tmp_path):
+    import signal
+    import time
+
+    path = tmp_path / "partial.json"
+    cmd = [sys.executable, "-m", "normax.bench", "--family", "batch_norm", "--size", "tiny",
+           "--no-torch", "--backend", "numpy", "--isolate", "none", "--json", str(path),
+           *FAST_ARGS]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # the first case's line: one case has finished
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert first.startswith("[ 1/"), first + err
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    doc = json.loads(path.read_text())
+    assert doc["interrupted"] is True and 1 <= len(doc["cases"]) < 24
+
+
+def test_each_case_line_is_printed_as_it_finishes(capsys):
+    lines = []
+    _run([_synthetic(), _synthetic(n=2000)], on_case=lambda r, i, n: lines.append((i, n, r["id"])))
+    assert [(i, n) for i, n, _ in lines] == [(1, 2), (2, 2)]
+    record = _run([_synthetic()])["cases"][0]
+    line = report.case_line(record, 1, 2)
+    assert line.startswith("[1/2] double 1-D 1000 float64: numpy ") and "c " in line

@@ -56,8 +56,13 @@ import os
 import sys
 
 from .cases import DTYPES, SIZES
+from .compare import DEFAULT_THRESHOLD
 from .harness import FAMILIES, SCHEMA, Config, plan, run_benchmarks
-from .report import check_results, plot, render
+from .report import case_line, check_results, plot, render
+
+# Measured on two busy cores, load ~2 (see the README); more on a slower or busier machine.
+QUICK_DURATION = "about 2 min"
+FULL_DURATION = "about 15 min"
 
 __all__ = [
     "FAMILIES",
@@ -96,7 +101,19 @@ OPTIONS = {
                    "help": "seconds of samples per contender (default 0.05 quick, 0.3 full)"},
     "--probe-mib": {"type": int, "metavar": "MIB",
                     "help": "bandwidth probe array size (default: 4 x last-level cache)"},
-    "--no-progress": {**_FLAG, "help": "no progress bar"},
+    "--no-progress": {**_FLAG, "help": "no progress bar (each case's line is still printed)"},
+    "--isolate": {"choices": ["sample", "all", "none"], "default": "sample",
+                  "help": "cases also timed with each contender alone in a fresh process: a "
+                          "sample (default: per family, the first tiny and medium case), all "
+                          "or none; where the two differ beyond the noise, the isolated figure "
+                          "is kept"},
+    "--compare": {"nargs": "+", "metavar": "FILE",
+                  "help": "BASE.json [NEW.json]: per case and contender, new/base with a "
+                          "verdict (faster / slower / same); without NEW.json, run now (with "
+                          "the other options) and compare; exit 1 on a normax regression"},
+    "--threshold": {"type": float, "default": 100 * DEFAULT_THRESHOLD, "metavar": "PCT",
+                    "help": "with --compare: smallest change reported, in percent "
+                            "(default %(default)g)"},
     "--check": {"metavar": "FILE",
                 "help": "do not run: check that a results file is complete and that every "
                         "contender agreed (exit 1 if not)"},
@@ -107,14 +124,17 @@ OPTIONS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``normax bench``."""
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", **_FLAG, help="every kernel and layout, < 1 min (default)")
-    mode.add_argument("--full", **_FLAG, help="every shape and dtype")
+    mode.add_argument(
+        "--quick", **_FLAG, help=f"every kernel and layout, {QUICK_DURATION} (default)"
+    )
+    mode.add_argument("--full", **_FLAG, help=f"every shape and dtype, {FULL_DURATION}")
     for option, keywords in OPTIONS.items():
         parser.add_argument(option, **keywords)
 
 
 def _config(args: argparse.Namespace, argv: list[str]) -> Config:
     from .harness import FULL_POLICY, QUICK_POLICY
+    from .machine import reserve_numba_threads
     from .timing import TimingPolicy
 
     policy = None
@@ -128,6 +148,10 @@ def _config(args: argparse.Namespace, argv: list[str]) -> Config:
         )
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.probe_mib is not None and args.probe_mib <= 0:
+        raise ValueError(f"--probe-mib must be a positive number of MiB, got {args.probe_mib}")
+    # Before anything imports Numba: its pool size is fixed then (see reserve_numba_threads).
+    reserve_numba_threads(args.threads)
     return Config(
         full=args.full,
         threads=args.threads,
@@ -140,7 +164,21 @@ def _config(args: argparse.Namespace, argv: list[str]) -> Config:
         probe_bytes=args.probe_mib << 20 if args.probe_mib else None,
         progress=False if args.no_progress else None,
         command=["normax", "bench", *argv],
+        isolate=args.isolate,
+        on_case=_print_case,
     )
+
+
+def _print_case(record: dict, index: int, total: int) -> None:
+    """Each case's line as it finishes (through tqdm when its bar is on, so they do not mix)."""
+    line = case_line(record, index, total)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(line, flush=True)
+    else:
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
 
 
 def _tuple(values):
@@ -148,7 +186,12 @@ def _tuple(values):
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    """Run ``normax bench`` with parsed ``args``; 0 when every contender agreed."""
+    """Run ``normax bench`` with parsed ``args``.
+
+    Exit status: 0 when every contender agreed (and, with ``--compare``, nothing of normax got
+    slower), 1 otherwise, 2 for a usage error, 130 when interrupted (what finished is shown and
+    written).
+    """
     if args.check:
         return _check_file(args.check, args.allow_skipped)
     if args.from_json:
@@ -158,20 +201,75 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         print(render(doc, markdown=args.markdown, compact=args.compact))
         return 0
     try:
+        base = _compare_base(args)
+        if base is not None and len(args.compare) == 2:
+            return _compare_files(base, args)
         config = _config(args, sys.argv[1:] if argv is None else argv)
         _check_outputs(args)  # fail now, not after minutes of measuring
         doc = run_benchmarks(config)
     except ValueError as exc:
         print(f"normax bench: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nnormax bench: interrupted before any case finished", file=sys.stderr)
+        return 130
+    return _report(doc, args, base)
+
+
+def _report(doc: dict, args: argparse.Namespace, base: dict | None) -> int:
+    """Print the tables, write the files and (with --compare) compare; the exit status."""
     print(render(doc, markdown=args.markdown, compact=args.compact))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(_plain(doc), fh, indent=1, allow_nan=False)
-    if args.plot:
-        plot(doc, args.plot)
+    if args.plot and any(r["status"] == "ok" for r in doc["cases"]):
+        for path in plot(doc, args.plot):
+            print(f"plot: {path}")
+    if doc["interrupted"]:
+        print(
+            f"normax bench: interrupted; {len(doc['cases'])} cases finished and are shown"
+            + (f" and written to {args.json}" if args.json else ""),
+            file=sys.stderr,
+        )
+        return 130
     failed = any(r["status"] == "error" for r in doc["cases"]) or not doc["all_agree"]
-    return 1 if failed else 0
+    status = 1 if failed else 0
+    if base is not None:
+        status = max(status, _show_comparison(base, doc, args.compare[0], "this run", args))
+    return status
+
+
+def _compare_base(args: argparse.Namespace) -> dict | None:
+    if not args.compare:
+        return None
+    if len(args.compare) > 2:
+        raise ValueError(f"--compare takes BASE.json [NEW.json], got {len(args.compare)} files")
+    if not (args.threshold >= 0 and math.isfinite(args.threshold)):
+        raise ValueError(f"--threshold must be a percentage >= 0, got {args.threshold}")
+    base = _load(args.compare[0])
+    if base is None:
+        raise ValueError(f"--compare: cannot read the base {args.compare[0]!r}")
+    return base
+
+
+def _compare_files(base: dict, args: argparse.Namespace) -> int:
+    new = _load(args.compare[1])
+    if new is None:
+        return 2
+    return _show_comparison(base, new, args.compare[0], args.compare[1], args)
+
+
+def _show_comparison(base: dict, new: dict, base_name: str, new_name: str, args) -> int:
+    """Print the comparison; 1 when a normax figure got slower, else 0."""
+    from .compare import compare, render_comparison
+
+    for name, doc in ((base_name, base), (new_name, new)):
+        if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
+            print(f"normax bench --compare: {name} is not a results file", file=sys.stderr)
+            return 2
+    result = compare(base, new, args.threshold / 100)
+    print(render_comparison(result, base_name, new_name))
+    return 1 if result["regressions"] else 0
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

@@ -1,0 +1,194 @@
+"""``normax bench --compare BASE.json [NEW.json]``: did anything get faster or slower?
+
+Per case and contender present in both runs, the ratio new / base of the median times and a
+verdict that respects the noise of both runs (:func:`verdict`): a figure is "slower" only when
+its ratio exceeds the threshold *and* the middle halves of the two sets of samples do not
+overlap, so a ratio of 1.15 between two wide, overlapping distributions stays "same". Runs taken
+on different machines or with different settings are flagged before any ratio is shown.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .report import format_time
+
+DEFAULT_THRESHOLD = 0.10
+# Contenders whose slowdown is a normax regression (the exit status): every one but PyTorch.
+EXTERNAL = ("torch",)
+# Settings that must match for ratios to compare builds rather than machines or options.
+SETTINGS = (
+    ("machine", "cpu"),
+    ("machine", "usable_cores"),
+    ("machine", "llc_bytes"),
+    ("machine", "python"),
+    ("threads",),
+    ("mode",),
+    ("timing",),
+    ("environment",),
+    ("versions", "numpy"),
+    ("versions", "numba"),
+    ("versions", "torch"),
+)
+
+
+def verdict(base: dict, new: dict, threshold: float = DEFAULT_THRESHOLD) -> str:
+    """``"faster"``, ``"slower"`` or ``"same"`` for two timings of one contender.
+
+    Parameters
+    ----------
+    base, new : dict
+        Figures with ``median_s``, ``q1_s`` and ``q3_s`` (per call).
+    threshold : float
+        Smallest relative change reported, 0.10 for 10 %; below it everything is "same".
+
+    Notes
+    -----
+    Both conditions must hold: the ratio of medians is beyond ``1 + threshold`` (or below its
+    inverse), and the interquartile ranges are disjoint, so half of each run's samples lie on
+    its side of the other run's middle half. On a noisy machine a wide spread widens what counts
+    as "same"; with many tight samples a small real change is caught (down to the threshold).
+
+    Examples
+    --------
+    >>> verdict({"median_s": 1.0, "q1_s": 0.95, "q3_s": 1.05},
+    ...         {"median_s": 1.3, "q1_s": 1.25, "q3_s": 1.35})
+    'slower'
+    >>> verdict({"median_s": 1.0, "q1_s": 0.8, "q3_s": 1.4},
+    ...         {"median_s": 1.3, "q1_s": 1.1, "q3_s": 1.5})
+    'same'
+    """
+    ratio = new["median_s"] / base["median_s"]
+    if ratio > 1 + threshold and new["q1_s"] > base["q3_s"]:
+        return "slower"
+    if ratio < 1 / (1 + threshold) and new["q3_s"] < base["q1_s"]:
+        return "faster"
+    return "same"
+
+
+def differences(base: dict, new: dict) -> list[str]:
+    """The settings in which two results documents differ, as ``"threads: 2 -> 1"`` lines."""
+    out = []
+    for path in SETTINGS:
+        a, b = _get(base, path), _get(new, path)
+        if a != b:
+            out.append(f"{'.'.join(path)}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _get(doc: dict, path: tuple[str, ...]):
+    for key in path:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def compare(base: dict, new: dict, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Every (case, contender) figure in both runs, with its ratio and verdict.
+
+    Returns
+    -------
+    dict
+        ``rows`` (case id, contender, base and new medians, ratio, verdict), ``only_base`` and
+        ``only_new`` (case ids timed in one run only), ``differences`` (settings) and
+        ``counts`` of each verdict.
+    """
+    if not 0 <= threshold < 10 or not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a fraction in [0, 10), got {threshold!r}")
+    old_cases, new_cases = _timed(base), _timed(new)
+    rows = []
+    for cid, new_case in new_cases.items():
+        old_case = old_cases.get(cid)
+        if old_case is None:
+            continue
+        for name, n in new_case.items():
+            b = old_case.get(name)
+            if b is None:
+                continue
+            rows.append(
+                {
+                    "case": cid,
+                    "contender": name,
+                    "base_s": b["median_s"],
+                    "new_s": n["median_s"],
+                    "ratio": n["median_s"] / b["median_s"],
+                    "verdict": verdict(b, n, threshold),
+                }
+            )
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("slower", "faster", "same")}
+    return {
+        "rows": rows,
+        "only_base": sorted(set(old_cases) - set(new_cases)),
+        "only_new": sorted(set(new_cases) - set(old_cases)),
+        "differences": differences(base, new),
+        "counts": counts,
+        "threshold": threshold,
+        "regressions": [
+            r for r in rows if r["verdict"] == "slower" and r["contender"] not in EXTERNAL
+        ],
+    }
+
+
+def _timed(doc: dict) -> dict[str, dict[str, dict]]:
+    """case id -> contender -> figures, for every contender with a median."""
+    out = {}
+    for case in doc.get("cases", []):
+        if case.get("status") != "ok":
+            continue
+        figures = {e["name"]: e for e in case["contenders"] if e.get("median_s")}
+        if figures:
+            out[case["id"]] = figures
+    return out
+
+
+def render_comparison(result: dict, base_name: str, new_name: str) -> str:
+    """The comparison as text: flagged settings, one line per figure, then a summary line."""
+    lines = [f"normax bench --compare: {base_name} (base) -> {new_name} (new)"]
+    for d in result["differences"]:
+        lines.append(f"WARNING: the runs differ in {d}")
+    if result["differences"]:
+        lines.append("WARNING: ratios below mix the build with those differences")
+    lines.append("")
+    width = max([len(r["case"]) for r in result["rows"]] + [4])
+    lines.append(
+        f"{'case':<{width}}  {'contender':<9}  {'base':>9}  {'new':>9}  {'new/base':>8}  verdict"
+    )
+    for r in result["rows"]:
+        mark = {"slower": "slower ▼", "faster": "faster ▲"}.get(r["verdict"], "same")
+        lines.append(
+            f"{r['case']:<{width}}  {r['contender']:<9}  {format_time(r['base_s']):>9}  "
+            f"{format_time(r['new_s']):>9}  {r['ratio']:>7.2f}x  {mark}"
+        )
+    for key, label in (("only_base", "only in base"), ("only_new", "only in new")):
+        if result[key]:
+            lines.append(
+                f"{label}: {len(result[key])} cases ({', '.join(result[key][:3])}"
+                f"{', ...' if len(result[key]) > 3 else ''})"
+            )
+    lines.append(summary(result))
+    return "\n".join(lines)
+
+
+def summary(result: dict) -> str:
+    """One line: how many figures went which way, and whether normax regressed."""
+    c, n = result["counts"], len(result["rows"])
+    text = (
+        f"{n} figures compared (threshold {100 * result['threshold']:.0f}%, interquartile "
+        f"ranges disjoint): {c['slower']} slower, {c['faster']} faster, {c['same']} same"
+    )
+    regressions = result["regressions"]
+    if regressions:
+        worst = max(regressions, key=lambda r: r["ratio"])
+        text += (
+            f"; REGRESSION in {len(regressions)} normax figures (worst: {worst['case']} "
+            f"{worst['contender']} {worst['ratio']:.2f}x slower)"
+        )
+    else:
+        text += "; no normax regression"
+    if result["differences"]:
+        text += f"; {len(result['differences'])} settings differ (see warnings)"
+    return text + "."
