@@ -286,8 +286,54 @@ def test_plot_writes_png(tmp_path):
     pytest.importorskip("matplotlib")
     doc = _run([_synthetic()])
     path = tmp_path / "speedup.png"
-    report.plot(doc, str(path))
+    assert report.plot(doc, str(path)) == [str(path)]
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_splits_a_full_run_into_files_that_fit_a_screen(tmp_path):
+    pytest.importorskip("matplotlib")
+    doc = _run([_synthetic(n=n) for n in range(1000, 1000 + 2 * report.MAX_CASES_PER_FILE)])
+    for i, case in enumerate(doc["cases"]):
+        case["family"], case["dtype"] = "synthetic", ("float32", "float64")[i % 2]
+    written = report.plot(doc, str(tmp_path / "full.png"))
+    assert [os.path.basename(p) for p in written] == [
+        "full-synthetic-float32.png",
+        "full-synthetic-float64.png",
+    ]
+    from matplotlib.image import imread
+
+    for p in written:
+        height, width = imread(p).shape[:2]
+        assert height <= 1080 and width <= 1920, (p, width, height)
+
+
+@pytest.mark.parametrize(
+    ("span", "labels"),
+    [((0.6, 3.0), ["0.5x", "1x", "2x"]), ((0.02, 400.0), ["0.1x", "1x", "10x", "100x"])],
+)
+def test_plot_axis_is_log_with_plain_labels(span, labels):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    report._log_axis(ax, list(span))
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_xticklabels()]
+    plt.close(fig)
+    assert ax.get_xscale() == "log"
+    assert [t for t in shown if t in labels] == labels and all("^" not in t for t in shown)
+
+
+def test_speedup_bars_carry_the_spread_of_both_contenders():
+    record = {"contenders": [
+        {"name": "numpy", "median_s": 4.0, "q1_s": 3.0, "q3_s": 5.0},
+        {"name": "c", "median_s": 2.0, "q1_s": 1.0, "q3_s": 2.5},
+    ]}  # fmt: skip
+    assert report._speedup_range(record, "c", "numpy") == (2.0, 1.2, 5.0)
+    assert report._speedup_range(record, "torch", "numpy") is None
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -445,3 +491,145 @@ def test_each_case_line_is_printed_as_it_finishes(capsys):
     record = _run([_synthetic()])["cases"][0]
     line = report.case_line(record, 1, 2)
     assert line.startswith("[1/2] double 1-D 1000 float64: numpy ") and "c " in line
+
+
+# --- comparing runs ---------------------------------------------------------------------------
+
+
+def _slowed(doc, factor, names=("c",)):
+    """A copy of ``doc`` whose ``names`` contenders took ``factor`` times as long."""
+    out = json.loads(json.dumps(doc))
+    for case in out["cases"]:
+        for e in case["contenders"]:
+            if e["name"] in names:
+                for key in ("median_s", "q1_s", "q3_s"):
+                    e[key] *= factor
+    return out
+
+
+@pytest.mark.parametrize(
+    ("base", "new", "expected"),
+    [
+        ((1.0, 0.95, 1.05), (1.3, 1.25, 1.35), "slower"),
+        ((1.0, 0.95, 1.05), (0.7, 0.65, 0.75), "faster"),
+        ((1.0, 0.8, 1.4), (1.3, 1.1, 1.5), "same"),  # beyond the threshold, within the noise
+        ((1.0, 0.99, 1.01), (1.05, 1.04, 1.06), "same"),  # beyond the noise, below the threshold
+    ],
+)
+def test_verdict_needs_both_threshold_and_disjoint_quartiles(base, new, expected):
+    from normax.bench.compare import verdict
+
+    figures = [dict(zip(("median_s", "q1_s", "q3_s"), v, strict=True)) for v in (base, new)]
+    assert verdict(*figures, threshold=0.10) == expected
+
+
+def test_compare_same_run_is_same_and_a_slowed_one_regresses():
+    from normax.bench.compare import compare, render_comparison
+
+    doc = _run([_synthetic()])
+    same = compare(doc, doc)
+    assert same["counts"]["same"] == len(same["rows"]) > 0 and not same["regressions"]
+    assert not same["differences"]
+    slow = compare(doc, _slowed(doc, 3.0))
+    (row,) = [r for r in slow["rows"] if r["contender"] == "c"]
+    assert row["verdict"] == "slower" and row["ratio"] == pytest.approx(3.0)
+    assert slow["regressions"] == [row]
+    text = render_comparison(slow, "a.json", "b.json")
+    assert "REGRESSION in 1 normax figures" in text.splitlines()[-1]
+    # PyTorch getting slower is not a normax regression
+    assert not compare(doc, _slowed(doc, 3.0, names=("torch",)))["regressions"]
+
+
+def test_compare_flags_runs_with_different_settings():
+    from normax.bench.compare import compare, render_comparison
+
+    doc = _run([_synthetic()])
+    other = json.loads(json.dumps(doc))
+    other["threads"] += 1
+    other["machine"]["cpu"] = "another CPU"
+    result = compare(doc, other)
+    assert any(d.startswith("threads:") for d in result["differences"])
+    assert any(d.startswith("machine.cpu:") for d in result["differences"])
+    assert "WARNING: the runs differ in machine.cpu" in render_comparison(result, "a", "b")
+
+
+def test_command_compare_exit_status(tmp_path, capsys):
+    doc = _run([_synthetic()])
+    base, slow = tmp_path / "base.json", tmp_path / "slow.json"
+    base.write_text(json.dumps(doc))
+    slow.write_text(json.dumps(_slowed(doc, 3.0)))
+    assert bench.main(["--compare", str(base), str(base)]) == 0
+    assert "no normax regression" in capsys.readouterr().out
+    assert bench.main(["--compare", str(base), str(slow)]) == 1
+    assert bench.main(["--compare", str(base), str(slow), "--threshold", "250"]) == 0
+    capsys.readouterr()
+    assert bench.main(["--compare", str(base), str(slow), str(slow)]) == 2
+    assert bench.main(["--compare", str(base), str(slow), "--threshold", "-1"]) == 2
+    assert bench.main(["--compare", str(tmp_path / "missing.json")]) == 2
+
+
+# --- isolation --------------------------------------------------------------------------------
+
+
+def _figures(median, spread=0.02):
+    return {"median_s": median, "q1_s": median * (1 - spread), "q3_s": median * (1 + spread),
+            "spread": 2 * spread, "samples_s": [median] * 3}  # fmt: skip
+
+
+def test_reconcile_keeps_in_process_figure_when_they_agree():
+    from normax.bench import isolate
+
+    entry = _figures(1.0e-5)
+    isolate.reconcile(entry, _figures(1.02e-5), threshold=0.10)
+    assert entry["median_s"] == 1.0e-5 and entry["method"] == isolate.METHOD_IN_PROCESS
+    assert entry["isolated"]["median_s"] == 1.02e-5 and "in_process" not in entry
+
+
+def test_reconcile_takes_isolated_figure_when_disturbed():
+    from normax.bench import isolate
+
+    entry = _figures(1.0e-4)  # disturbed by the others: 10x slower than alone
+    isolate.reconcile(entry, _figures(1.0e-5), threshold=0.10)
+    assert entry["median_s"] == 1.0e-5 and entry["method"] == isolate.METHOD_ISOLATED
+    assert entry["in_process"]["median_s"] == 1.0e-4
+    assert entry["isolated_vs_in_process"] == pytest.approx(0.1)
+
+
+def test_isolation_sample_is_small_and_covers_each_family():
+    from normax.bench import isolate
+
+    quick = harness.plan(harness.Config())
+    chosen = isolate.sample(quick, "sample")
+    families = {c.family for c in quick if c.id in chosen}
+    assert families == {"batch_norm", "softmax", "optim"} and len(chosen) <= 6
+    assert isolate.sample(quick, "none") == set()
+    assert isolate.sample(quick, "all") == {c.id for c in quick}
+
+
+def test_time_isolated_times_one_contender_in_a_fresh_process():
+    from normax.bench import isolate
+
+    case_id = "softmax/cross_entropy/classes last/32x10/float32"
+    stats = isolate.time_isolated(case_id, "numpy", threads=1, policy=FAST)
+    assert stats["median_s"] > 0 and len(stats["samples_s"]) >= FAST.min_samples
+    with pytest.raises(RuntimeError, match="isolated run of nobody failed"):
+        isolate.time_isolated(case_id, "nobody", threads=1, policy=FAST)
+
+
+def test_isolated_figures_are_recorded_in_the_results(monkeypatch):
+    from normax.bench import isolate
+
+    calls = []
+
+    def fake(case_id, name, threads, policy, seed=0):
+        calls.append(name)
+        return _figures(1.0)  # far slower than in process: kept only as a record
+
+    monkeypatch.setattr(isolate, "time_isolated", fake)
+    monkeypatch.setattr(isolate, "sample", lambda cases, mode: {c.id for c in cases})
+    doc = _run([_synthetic()], isolate="sample")
+    entries = doc["cases"][0]["contenders"]
+    assert sorted(calls) == sorted(e["name"] for e in entries)
+    assert all(e["isolated"]["median_s"] == 1.0 for e in entries)
+    assert all(e["method"] == isolate.METHOD_ISOLATED for e in entries)
+    assert doc["timing"]["isolation"]["mode"] == "sample"
