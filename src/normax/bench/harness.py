@@ -39,12 +39,17 @@ from .machine import (
 from .timing import TimingPolicy, measure
 
 SCHEMA = "normax-bench/1"
-FAMILIES = {
-    "batch_norm": cases_batchnorm.cases,
-    "softmax": cases_softmax.cases,
-    "optim": cases_optim.cases,
-    "tune": cases_tune.cases,
+# The one registry of cases: each family's module defines its kernels, shapes, layouts, dtypes,
+# contenders, reference and tolerance once. ``cases()`` is what `normax bench` and the
+# pytest-benchmark suites in bench/ time; ``comparison_cases()`` (the tiny shapes and edge
+# shapes) is what the test suite checks every contender on.
+REGISTRY = {
+    "batch_norm": cases_batchnorm,
+    "softmax": cases_softmax,
+    "optim": cases_optim,
+    "tune": cases_tune,
 }
+FAMILIES = {name: module.cases for name, module in REGISTRY.items()}
 QUICK_POLICY = TimingPolicy(min_time=0.05, sample_time=0.002, min_samples=5, max_time=0.15)
 FULL_POLICY = TimingPolicy(min_time=0.3, sample_time=0.01, min_samples=9, max_time=1.5)
 
@@ -100,6 +105,23 @@ def plan(config: Config) -> list[Case]:
             if config.full or config.sizes or case.quick:
                 selected.append(case)
     return selected
+
+
+def comparison_cases() -> list[Case]:
+    """Every family's comparison cases (the test suite's), in registry order."""
+    return [case for module in REGISTRY.values() for case in module.comparison_cases()]
+
+
+def check_contenders(case: Case, ctx: BuildContext) -> list[dict]:
+    """Build ``case``, call each contender once and compare it with the reference.
+
+    Returns one entry per contender with ``agree``, ``error`` and ``max_rel_error``, and, for
+    those that ran, the timed callable under ``"_fn"`` (with its backend under ``"backend"``).
+    This is the check `normax bench` makes before timing and the test suite makes on its own.
+    """
+    entries = [_first_call(c) for c in case.build(ctx)]
+    _check_agreement(case, entries)
+    return entries
 
 
 def contender_backends(config: Config) -> tuple[str, ...]:
@@ -226,12 +248,10 @@ def _check_and_time(
         record.update(status="skipped", note=f"{names} not available in this installation")
         return
     try:
-        contenders = case.build(ctx)
-        entries = [_first_call(c) for c in contenders]
+        entries = check_contenders(case, ctx)
     except Exception as exc:  # a broken case must not end the whole run
         record.update(status="error", note=f"set-up failed: {type(exc).__name__}: {exc}")
         return
-    _check_agreement(case, entries)
     timed = [e for e in entries if e["agree"]]
     try:
         stats = measure(
