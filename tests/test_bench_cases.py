@@ -41,7 +41,8 @@ def test_every_contender_agrees_with_the_reference(case, torch, tmp_path):
 
 
 def test_registry_covers_every_kernel_layout_and_dtype():
-    covered = {(c.family, c.kernel, c.layout, c.dtype) for c in CASES}
-    benched = {(c.family, c.kernel, c.layout, c.dtype) for f in harness.FAMILIES.values()
-               for c in f()}  # fmt: skip
-    assert covered >= benched
+    def key(c):  # an optimizer's "layout" is its number of arrays, which the tests vary
+        return c.family, c.kernel, None if c.family == "optim" else c.layout, c.dtype
+
+    benched = {key(c) for f in harness.FAMILIES.values() for c in f()}
+    assert {key(c) for c in CASES} == benched
