@@ -7,7 +7,8 @@ layouts; softmax, log-softmax and the fused softmax cross-entropy with the class
 first; the fused Adam and SGD-with-momentum updates; and the per-trial overhead of a tuning study
 in SQLite and in memory. Shapes go from tiny (per-call overhead) to larger than the last-level
 cache (memory bandwidth), in float32 and float64. ``--quick`` (the default) runs a selection that
-covers every kernel and layout in under a minute on two cores; ``--full`` runs every shape.
+covers every kernel and layout (about 2 minutes on two busy cores); ``--full`` runs every shape
+(about 20 minutes). Each case prints its line as it finishes; Ctrl-C keeps what finished.
 
 Contenders are every available normax backend (``c``, ``numba`` and ``numpy``, the NumPy
 reference that is the baseline of "vs NumPy") and PyTorch CPU when it is installed. A kernel
@@ -35,6 +36,11 @@ The same for every contender, with :func:`time.perf_counter` and the garbage col
 4. the figure is the median time per call; the spread is the interquartile range of the samples
    over the median.
 
+A sample of cases (``--isolate``) is also timed with each contender alone in a fresh process
+(:mod:`normax.bench.isolate`); where the two figures differ beyond the noise, the isolated one is
+kept. Every sample is written to the JSON, so that ``--compare`` can judge a later run against
+this one with the noise of both (:mod:`normax.bench.compare`).
+
 Derived figures: speed-up = the baseline's median over this median (below 1 is shown with ▼ for
 a normax backend); effective GB/s = the kernel's minimum bytes moved (batch-norm forward
 3 x bytes(x), inference 2 x, backward 5 x; softmax and log-softmax 2 x; cross-entropy with its
@@ -43,7 +49,8 @@ SGD with momentum 5 x) over the median; roofline = that over the copy bandwidth 
 same run by a parallel copy larger than the cache (:mod:`normax.bench.machine`).
 
 Threads: ``--threads N`` (default: every usable core) holds normax, Numba, PyTorch and NumPy's
-BLAS/OpenMP pools (via threadpoolctl) to N threads for the whole run.
+BLAS/OpenMP pools (via threadpoolctl) to N threads for the whole run, or refuses (exit status 2)
+when a pool cannot take N.
 """
 
 from __future__ import annotations
