@@ -641,3 +641,16 @@ def test_isolated_figures_are_recorded_in_the_results(monkeypatch):
     assert all(e["isolated"]["median_s"] == 1.0 for e in entries)
     assert all(e["method"] == isolate.METHOD_ISOLATED for e in entries)
     assert doc["timing"]["isolation"]["mode"] == "sample"
+
+
+def test_command_compare_runs_now_against_a_base(tmp_path, capsys):
+    base = tmp_path / "base.json"
+    args = ["--size", "tiny", "--family", "optim", "--dtype", "float32", "--no-torch",
+            "--isolate", "none", *FAST_ARGS]  # fmt: skip
+    assert bench.main([*args, "--json", str(base)]) == 0
+    capsys.readouterr()
+    rc = bench.main([*args, "--compare", str(base)])
+    out = capsys.readouterr().out
+    assert rc in (0, 1)  # the verdicts depend on this machine's noise; the format does not
+    assert f"normax bench --compare: {base} (base) -> this run (new)" in out
+    assert "figures compared (threshold 10%" in out.splitlines()[-1]

@@ -399,7 +399,7 @@ def _draw(doc: dict, grid: list[list[tuple]], path: str, subject: str) -> None:
         len(grid[0]),
         squeeze=False,
         gridspec_kw={"height_ratios": heights},
-        figsize=(6.2 * len(grid[0]) + 1.5, min(sum(heights) + 1.6, 10.5)),
+        figsize=(5.9 * len(grid[0]) + 1.0, min(sum(heights) + 1.6, 10.5)),
     )
     for row, ax_row in zip(grid, axes, strict=True):
         for (title, baseline, records, with_kernel), ax in zip(row, ax_row, strict=True):
