@@ -7,8 +7,8 @@ layouts; softmax, log-softmax and the fused softmax cross-entropy with the class
 first; the fused Adam and SGD-with-momentum updates; and the per-trial overhead of a tuning study
 in SQLite and in memory. Shapes go from tiny (per-call overhead) to larger than the last-level
 cache (memory bandwidth), in float32 and float64. ``--quick`` (the default) runs a selection that
-covers every kernel and layout (about 2 minutes on two busy cores); ``--full`` runs every shape
-(about 20 minutes). Each case prints its line as it finishes; Ctrl-C keeps what finished.
+covers every kernel and layout (1-3 minutes on two busy cores); ``--full`` runs every shape
+(15-20 minutes). Each case prints its line as it finishes; Ctrl-C keeps what finished.
 
 Contenders are every available normax backend (``c``, ``numba`` and ``numpy``, the NumPy
 reference that is the baseline of "vs NumPy") and PyTorch CPU when it is installed. A kernel
@@ -37,9 +37,9 @@ The same for every contender, with :func:`time.perf_counter` and the garbage col
    over the median.
 
 A sample of cases (``--isolate``) is also timed with each contender alone in a fresh process
-(:mod:`normax.bench.isolate`); where the two figures differ beyond the noise, the isolated one is
-kept. Every sample is written to the JSON, so that ``--compare`` can judge a later run against
-this one with the noise of both (:mod:`normax.bench.compare`).
+(:mod:`normax.bench.isolate`); where it is faster alone beyond the noise, the others disturbed
+it and the isolated figure is kept. Every sample is written to the JSON, so that ``--compare``
+can judge a later run against this one with the noise of both (:mod:`normax.bench.compare`).
 
 Derived figures: speed-up = the baseline's median over this median (below 1 is shown with ▼ for
 a normax backend); effective GB/s = the kernel's minimum bytes moved (batch-norm forward
@@ -67,9 +67,9 @@ from .compare import DEFAULT_THRESHOLD
 from .harness import FAMILIES, SCHEMA, Config, plan, run_benchmarks
 from .report import case_line, check_results, plot, render
 
-# Measured on two busy cores, load ~2 (see the README); more on a slower or busier machine.
-QUICK_DURATION = "about 2 min"
-FULL_DURATION = "about 15 min"
+# Measured on two shared cores (load average 2-4), isolation sample included; see the README.
+QUICK_DURATION = "1-3 min"
+FULL_DURATION = "15-20 min"
 
 __all__ = [
     "FAMILIES",
@@ -112,8 +112,8 @@ OPTIONS = {
     "--isolate": {"choices": ["sample", "all", "none"], "default": "sample",
                   "help": "cases also timed with each contender alone in a fresh process: a "
                           "sample (default: per family, the first tiny and medium case), all "
-                          "or none; where the two differ beyond the noise, the isolated figure "
-                          "is kept"},
+                          "or none; where a contender is faster alone beyond the noise, the "
+                          "isolated figure is kept"},
     "--compare": {"nargs": "+", "metavar": "FILE",
                   "help": "BASE.json [NEW.json]: per case and contender, new/base with a "
                           "verdict (faster / slower / same); without NEW.json, run now (with "

@@ -178,9 +178,9 @@ def _run_cases(cases, config: Config, run: dict, tmpdir: str, records: list[dict
     run["isolation"] = {
         "mode": config.isolate,
         "cases": sorted(isolated),
-        "rule": "where the isolated and in-process figures differ beyond the noise "
-        f"(ratio beyond {1 + DEFAULT_THRESHOLD:g} and interquartile ranges disjoint), the "
-        "isolated one is the contender's figure",
+        "rule": "where a contender alone is faster than in turn beyond the noise (ratio beyond "
+        f"{1 + DEFAULT_THRESHOLD:g} and interquartile ranges disjoint), the isolated figure is "
+        "its figure; slower alone is the load changing, and the in-turn figure stays",
     }
     try:
         for i, case in enumerate(_progress(cases, config.progress)):

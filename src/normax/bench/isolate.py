@@ -76,20 +76,25 @@ def time_isolated(
 def reconcile(entry: dict, isolated: dict, threshold: float) -> None:
     """Record ``isolated`` beside the in-process figures of ``entry``; keep the trustworthy one.
 
-    When the two differ beyond the noise (the :func:`normax.bench.compare.verdict` rule), the
-    in-process figure was disturbed by the other contenders: the isolated figures become the
-    entry's figures and the in-process ones are kept under ``"in_process"``.
+    Where the contender alone is faster beyond the noise (the :func:`normax.bench.compare.verdict`
+    rule), the other contenders disturbed it: the isolated figures become the entry's figures and
+    the in-process ones are kept under ``"in_process"``. Where it is slower beyond the noise,
+    nothing that ran beside it can be the cause (it ran alone): that is the machine's load
+    changing between the two measurements, so the in-process figure, taken in turn with the
+    others under the same load, stays, and ``"isolation_note"`` says so.
     """
     from .compare import verdict
 
     figures = {k: entry[k] for k in isolated if k in entry}
-    differs = verdict(figures, isolated, threshold) != "same"
+    alone = verdict(figures, isolated, threshold)
     entry["isolated"] = isolated
     entry["isolated_vs_in_process"] = isolated["median_s"] / entry["median_s"]
-    if differs:
+    if alone == "faster":
         entry["in_process"] = figures
         entry.update(isolated)
-    entry["method"] = METHOD_ISOLATED if differs else METHOD_IN_PROCESS
+    elif alone == "slower":
+        entry["isolation_note"] = "slower alone beyond the noise: the load changed, kept in turn"
+    entry["method"] = METHOD_ISOLATED if alone == "faster" else METHOD_IN_PROCESS
 
 
 def _child(request: dict) -> dict:

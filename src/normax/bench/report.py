@@ -32,7 +32,7 @@ LEGEND = (
     "a normax backend slower than the baseline; GB/s: minimum bytes moved / median; roofline: "
     "that over the copy bandwidth measured in this run (* the data fits in the last-level "
     "cache, so the memory roofline does not bind); † timed alone in a process of its own, "
-    "because in turn with the other contenders it differed beyond the noise."
+    "because in turn with the other contenders it was slower beyond the noise."
 )
 
 
@@ -59,7 +59,7 @@ def case_line(case: dict, index: int, total: int) -> str:
     """One line for a finished case: every contender's median (and speed-up over NumPy).
 
     Printed as each case finishes, so a redirected run shows its progress. "alone" is the
-    median of the contender timed in a process of its own; when the two disagree beyond the
+    median of the contender timed in a process of its own; when it is faster alone beyond the
     noise, that is the figure, and the in-process one ("in turn") is shown beside it.
     """
     head = (
