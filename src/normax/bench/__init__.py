@@ -118,6 +118,10 @@ OPTIONS = {
                   "help": "BASE.json [NEW.json]: per case and contender, new/base with a "
                           "verdict (faster / slower / same); without NEW.json, run now (with "
                           "the other options) and compare; exit 1 on a normax regression"},
+    "--normalize": {**_FLAG,
+                    "help": "with --compare: divide the new figures by the machine's drift "
+                            "between the runs (the median ratio of PyTorch's figures, else of "
+                            "the copy bandwidth), for runs under different load"},
     "--threshold": {"type": float, "default": 100 * DEFAULT_THRESHOLD, "metavar": "PCT",
                     "help": "with --compare: smallest change reported, in percent "
                             "(default %(default)g)"},
@@ -274,7 +278,7 @@ def _show_comparison(base: dict, new: dict, base_name: str, new_name: str, args)
         if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
             print(f"normax bench --compare: {name} is not a results file", file=sys.stderr)
             return 2
-    result = compare(base, new, args.threshold / 100)
+    result = compare(base, new, args.threshold / 100, normalize=args.normalize)
     print(render_comparison(result, base_name, new_name))
     return 1 if result["regressions"] else 0
 

@@ -87,8 +87,38 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def compare(base: dict, new: dict, threshold: float = DEFAULT_THRESHOLD) -> dict:
+def drift(base: dict, new: dict) -> tuple[float | None, str]:
+    """How much slower the machine itself ran ``new`` than ``base``: (factor, what it is from).
+
+    The median new / base ratio of PyTorch's figures, which no normax build changes; without
+    three of those, the ratio of the copy bandwidths probed in each run. On a shared machine the
+    load can change every figure by 2x between two runs of the same build.
+    """
+    old_cases, new_cases = _timed(base), _timed(new)
+    ratios = sorted(
+        n["torch"]["median_s"] / old_cases[cid]["torch"]["median_s"]
+        for cid, n in new_cases.items()
+        if "torch" in n and "torch" in old_cases.get(cid, {})
+    )
+    if len(ratios) >= 3:
+        return ratios[len(ratios) // 2], f"the median of PyTorch's {len(ratios)} figures"
+    b, n = (_get(d, ("bandwidth", "copy_gbs")) for d in (base, new))
+    if b and n:
+        return b / n, "the copy bandwidth probed in each run"
+    return None, "nothing to estimate it from"
+
+
+def _scaled(figures: dict, factor: float) -> dict:
+    return {k: figures[k] / factor for k in ("median_s", "q1_s", "q3_s")}
+
+
+def compare(
+    base: dict, new: dict, threshold: float = DEFAULT_THRESHOLD, normalize: bool = False
+) -> dict:
     """Every (case, contender) figure in both runs, with its ratio and verdict.
+
+    With ``normalize``, the new figures are first divided by the machine's :func:`drift`, so
+    that a change of load between the runs does not read as a change of every kernel.
 
     Returns
     -------
@@ -100,6 +130,8 @@ def compare(base: dict, new: dict, threshold: float = DEFAULT_THRESHOLD) -> dict
     if not 0 <= threshold < 10 or not math.isfinite(threshold):
         raise ValueError(f"threshold must be a fraction in [0, 10), got {threshold!r}")
     old_cases, new_cases = _timed(base), _timed(new)
+    factor, source = drift(base, new)
+    scale = factor if (normalize and factor) else 1.0
     rows = []
     for cid, new_case in new_cases.items():
         old_case = old_cases.get(cid)
@@ -109,6 +141,7 @@ def compare(base: dict, new: dict, threshold: float = DEFAULT_THRESHOLD) -> dict
             b = old_case.get(name)
             if b is None:
                 continue
+            n = _scaled(n, scale)
             rows.append(
                 {
                     "case": cid,
@@ -127,6 +160,7 @@ def compare(base: dict, new: dict, threshold: float = DEFAULT_THRESHOLD) -> dict
         "differences": differences(base, new),
         "counts": counts,
         "threshold": threshold,
+        "drift": {"factor": factor, "source": source, "applied": scale != 1.0},
         "regressions": [
             r for r in rows if r["verdict"] == "slower" and r["contender"] not in EXTERNAL
         ],
@@ -152,6 +186,16 @@ def render_comparison(result: dict, base_name: str, new_name: str) -> str:
         lines.append(f"WARNING: the runs differ in {d}")
     if result["differences"]:
         lines.append("WARNING: ratios below mix the build with those differences")
+    d = result["drift"]
+    if d["factor"] is not None:
+        text = f"machine drift: new ran {d['factor']:.2f}x as long as base, from {d['source']}"
+        if d["applied"]:
+            lines.append(f"{text}; new figures are divided by it (--normalize)")
+        elif abs(math.log(d["factor"])) > math.log1p(result["threshold"]):
+            lines.append(
+                f"WARNING: {text}: the load changed between the runs, so ratios below "
+                "mix the build with it; --normalize divides it out"
+            )
     lines.append("")
     width = max([len(r["case"]) for r in result["rows"]] + [4])
     lines.append(
@@ -191,4 +235,6 @@ def summary(result: dict) -> str:
         text += "; no normax regression"
     if result["differences"]:
         text += f"; {len(result['differences'])} settings differ (see warnings)"
+    if result["drift"]["applied"]:
+        text += f"; normalized by a machine drift of {result['drift']['factor']:.2f}x"
     return text + "."
