@@ -76,6 +76,13 @@ def differences(base: dict, new: dict) -> list[str]:
     return out
 
 
+def busy(doc: dict) -> float | None:
+    """The highest 1-minute load average of a run per usable core, or None if unknown."""
+    loads = [v[0] for v in (doc.get("load_average") or {}).values() if v]
+    cores = _get(doc, ("machine", "usable_cores"))
+    return max(loads) / cores if loads and cores else None
+
+
 def _get(doc: dict, path: tuple[str, ...]):
     for key in path:
         doc = doc.get(key) if isinstance(doc, dict) else None
@@ -161,6 +168,7 @@ def compare(
         "counts": counts,
         "threshold": threshold,
         "drift": {"factor": factor, "source": source, "applied": scale != 1.0},
+        "load": (busy(base), busy(new)),
         "regressions": [
             r for r in rows if r["verdict"] == "slower" and r["contender"] not in EXTERNAL
         ],
@@ -186,6 +194,12 @@ def render_comparison(result: dict, base_name: str, new_name: str) -> str:
         lines.append(f"WARNING: the runs differ in {d}")
     if result["differences"]:
         lines.append("WARNING: ratios below mix the build with those differences")
+    for name, load in ((base_name, result["load"][0]), (new_name, result["load"][1])):
+        if load is not None and load > 0.5:
+            lines.append(
+                f"WARNING: the machine was busy during {name} (load average up to "
+                f"{load:.1f} per core): other work can move every figure between runs"
+            )
     d = result["drift"]
     if d["factor"] is not None:
         text = f"machine drift: new ran {d['factor']:.2f}x as long as base, from {d['source']}"
