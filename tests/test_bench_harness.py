@@ -663,3 +663,42 @@ def test_command_compare_runs_now_against_a_base(tmp_path, capsys):
     assert rc in (0, 1)  # the verdicts depend on this machine's noise; the format does not
     assert f"normax bench --compare: {base} (base) -> this run (new)" in out
     assert "figures compared (threshold 10%" in out.splitlines()[-1]
+
+
+def _with_torch_cases(factor_torch=1.0, factor_c=1.0, cases=4):
+    """A results document of ``cases`` synthetic cases with c, numpy and torch figures."""
+    doc = _steady(_run([_synthetic(n=1000 + i) for i in range(cases)]))
+    for case in doc["cases"]:
+        case["contenders"] = [e for e in case["contenders"] if e["name"] in ("c", "numpy")]
+        case["contenders"].append({**case["contenders"][0], "name": "torch"})
+    new = _slowed(doc, factor_torch, names=("torch", "numpy"))
+    return doc, _slowed(new, factor_c * factor_torch, names=("c",))
+
+
+def test_compare_estimates_the_machine_drift_and_can_divide_it_out():
+    from normax.bench.compare import compare, drift, render_comparison
+
+    base, new = _with_torch_cases(factor_torch=2.0)  # a busier machine: everything 2x
+    factor, source = drift(base, new)
+    assert factor == pytest.approx(2.0) and "PyTorch" in source
+    raw = compare(base, new)
+    assert raw["counts"]["slower"] == len(raw["rows"])
+    assert "WARNING: machine drift: new ran 2.00x" in render_comparison(raw, "a", "b")
+    normalized = compare(base, new, normalize=True)
+    assert normalized["counts"]["same"] == len(normalized["rows"])
+    # a real regression survives the normalization
+    base, new = _with_torch_cases(factor_torch=2.0, factor_c=3.0)
+    result = compare(base, new, normalize=True)
+    assert {r["contender"] for r in result["regressions"]} == {"c"}
+    assert "normalized by a machine drift of 2.00x" in render_comparison(result, "a", "b")
+
+
+def test_compare_warns_about_a_busy_machine():
+    from normax.bench.compare import compare, render_comparison
+
+    doc = _steady(_run([_synthetic()]))
+    busy = json.loads(json.dumps(doc))
+    busy["load_average"] = {"start": [4.0, 4.0, 4.0], "end": [3.0, 3.0, 3.0]}
+    busy["machine"]["usable_cores"] = 2
+    text = render_comparison(compare(doc, busy), "a.json", "b.json")
+    assert "WARNING: the machine was busy during b.json (load average up to 2.0 per core)" in text
