@@ -702,3 +702,13 @@ def test_compare_warns_about_a_busy_machine():
     busy["machine"]["usable_cores"] = 2
     text = render_comparison(compare(doc, busy), "a.json", "b.json")
     assert "WARNING: the machine was busy during b.json (load average up to 2.0 per core)" in text
+
+
+def test_results_file_is_written_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "r.json"
+    with pytest.raises(TypeError):
+        bench._write_json({"cases": [object()]}, str(path))
+    assert list(tmp_path.iterdir()) == []
+    bench._write_json({"cases": []}, str(path))
+    assert json.loads(path.read_text()) == {"cases": []}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -222,17 +222,32 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         print(f"normax bench: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nnormax bench: interrupted before any case finished", file=sys.stderr)
+        print("\nnormax bench: interrupted; nothing written", file=sys.stderr)
         return 130
-    return _report(doc, args, base)
+    try:
+        return _report(doc, args, base)
+    except KeyboardInterrupt:  # while writing: _write_json leaves no half-written file
+        print("\nnormax bench: interrupted while writing the results", file=sys.stderr)
+        return 130
+
+
+def _write_json(doc: dict, path: str) -> None:
+    """Write ``doc`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    tmp = f"{path}.partial"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(_plain(doc), fh, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _report(doc: dict, args: argparse.Namespace, base: dict | None) -> int:
     """Print the tables, write the files and (with --compare) compare; the exit status."""
     print(render(doc, markdown=args.markdown, compact=args.compact))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(_plain(doc), fh, indent=1, allow_nan=False)
+        _write_json(doc, args.json)
     if args.plot and any(r["status"] == "ok" for r in doc["cases"]):
         for path in plot(doc, args.plot):
             print(f"plot: {path}")
