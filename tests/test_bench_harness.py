@@ -712,3 +712,21 @@ def test_results_file_is_written_whole_or_not_at_all(tmp_path):
     bench._write_json({"cases": []}, str(path))
     assert json.loads(path.read_text()) == {"cases": []}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.parametrize(("c_factor", "expected"), [(1.5, "same"), (5.0, "slower")])
+def test_compare_judges_normax_against_the_control_band(c_factor, expected):
+    from normax.bench.compare import compare, render_comparison
+
+    base, new = _with_torch_cases(cases=6)
+    for i, case in enumerate(new["cases"]):  # the load moves PyTorch by 1.0x ... 2.0x
+        for e in case["contenders"]:
+            factor = {"torch": 1 + i / 5, "c": c_factor}.get(e["name"], 1.0)
+            for key in ("median_s", "q1_s", "q3_s"):
+                e[key] *= factor
+    result = compare(base, new)
+    assert result["control_band"] == (pytest.approx(1 / 1.1), pytest.approx(1.8))
+    assert {r["verdict"] for r in result["rows"] if r["contender"] == "c"} == {expected}
+    assert "control: PyTorch's figures moved 0.91x-1.80x" in render_comparison(result, "a", "b")
+    plain = compare(base, new, control=False)
+    assert {r["verdict"] for r in plain["rows"] if r["contender"] == "c"} == {"slower"}

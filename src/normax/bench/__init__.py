@@ -122,6 +122,9 @@ OPTIONS = {
                     "help": "with --compare: divide the new figures by the machine's drift "
                             "between the runs (the median ratio of PyTorch's figures, else of "
                             "the copy bandwidth), for runs under different load"},
+    "--no-control": {**_FLAG,
+                     "help": "with --compare: judge each figure by its own runs only, not also "
+                             "against how far PyTorch's figures moved between the runs"},
     "--threshold": {"type": float, "default": 100 * DEFAULT_THRESHOLD, "metavar": "PCT",
                     "help": "with --compare: smallest change reported, in percent "
                             "(default %(default)g)"},
@@ -293,7 +296,9 @@ def _show_comparison(base: dict, new: dict, base_name: str, new_name: str, args)
         if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
             print(f"normax bench --compare: {name} is not a results file", file=sys.stderr)
             return 2
-    result = compare(base, new, args.threshold / 100, normalize=args.normalize)
+    result = compare(
+        base, new, args.threshold / 100, normalize=args.normalize, control=not args.no_control
+    )
     print(render_comparison(result, base_name, new_name))
     return 1 if result["regressions"] else 0
 

@@ -14,6 +14,11 @@ import math
 from .report import format_time
 
 DEFAULT_THRESHOLD = 0.10
+# The control band: between these percentiles of the control contender's new / base ratios lies
+# where the machine alone moved figures between the two runs.
+CONTROL = "torch"
+CONTROL_PERCENTILES = (10, 90)
+MIN_CONTROL_FIGURES = 5
 # Contenders whose slowdown is a normax regression (the exit status): every one but PyTorch.
 EXTERNAL = ("torch",)
 # Settings that must match for ratios to compare builds rather than machines or options.
@@ -119,17 +124,50 @@ def drift(base: dict, new: dict) -> tuple[float | None, str]:
     return None, "nothing to estimate it from"
 
 
+def control_band(rows: list[dict], threshold: float) -> tuple[float, float] | None:
+    """Where the machine alone moved figures between two runs, from the control contender.
+
+    No build of normax changes PyTorch's figures, so the spread of their new / base ratios is
+    the noise *between* runs (the load changing from minute to minute on a shared machine),
+    which the interquartile ranges of each run do not see. The band runs from the 10th to the
+    90th percentile of those ratios, widened to include the threshold either side of 1; None
+    with fewer than five control figures.
+    """
+    ratios = sorted(r["ratio"] for r in rows if r["contender"] == CONTROL)
+    if len(ratios) < MIN_CONTROL_FIGURES:
+        return None
+    low, high = (ratios[round(p / 100 * (len(ratios) - 1))] for p in CONTROL_PERCENTILES)
+    return min(low, 1 / (1 + threshold)), max(high, 1 + threshold)
+
+
+def _controlled(row: dict, band: tuple[float, float] | None) -> str:
+    """The verdict of ``row``, "same" when its ratio stays inside the control band."""
+    if band is None or row["contender"] == CONTROL:
+        return row["verdict"]
+    if row["verdict"] == "slower" and row["ratio"] <= band[1]:
+        return "same"
+    if row["verdict"] == "faster" and row["ratio"] >= band[0]:
+        return "same"
+    return row["verdict"]
+
+
 def _scaled(figures: dict, factor: float) -> dict:
     return {k: figures[k] / factor for k in ("median_s", "q1_s", "q3_s")}
 
 
 def compare(
-    base: dict, new: dict, threshold: float = DEFAULT_THRESHOLD, normalize: bool = False
+    base: dict,
+    new: dict,
+    threshold: float = DEFAULT_THRESHOLD,
+    normalize: bool = False,
+    control: bool = True,
 ) -> dict:
     """Every (case, contender) figure in both runs, with its ratio and verdict.
 
     With ``normalize``, the new figures are first divided by the machine's :func:`drift`, so
-    that a change of load between the runs does not read as a change of every kernel.
+    that a change of load between the runs does not read as a change of every kernel. With
+    ``control`` (and PyTorch in both runs), a normax figure is also "same" while its ratio stays
+    inside the :func:`control_band`.
 
     Returns
     -------
@@ -163,6 +201,9 @@ def compare(
                     "verdict": verdict(b, n, threshold),
                 }
             )
+    band = control_band(rows, threshold) if control else None
+    for r in rows:
+        r["verdict"] = _controlled(r, band)
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ("slower", "faster", "same")}
     return {
         "rows": rows,
@@ -173,6 +214,7 @@ def compare(
         "threshold": threshold,
         "drift": {"factor": factor, "source": source, "applied": scale != 1.0},
         "load": (busy(base), busy(new)),
+        "control_band": band,
         "regressions": [
             r for r in rows if r["verdict"] == "slower" and r["contender"] not in EXTERNAL
         ],
@@ -214,6 +256,13 @@ def render_comparison(result: dict, base_name: str, new_name: str) -> str:
                 f"WARNING: {text}: the load changed between the runs, so ratios below "
                 "mix the build with it; --normalize divides it out"
             )
+    if result["control_band"] is not None:
+        low, high = result["control_band"]
+        p, q = CONTROL_PERCENTILES
+        lines.append(
+            f"control: PyTorch's figures moved {low:.2f}x-{high:.2f}x between the runs "
+            f"({p}th-{q}th percentile); a normax figure must move beyond that too"
+        )
     lines.append("")
     width = max([len(r["case"]) for r in result["rows"]] + [4])
     lines.append(
@@ -238,9 +287,12 @@ def render_comparison(result: dict, base_name: str, new_name: str) -> str:
 def summary(result: dict) -> str:
     """One line: how many figures went which way, and whether normax regressed."""
     c, n = result["counts"], len(result["rows"])
+    rule = "interquartile ranges disjoint"
+    if result["control_band"] is not None:
+        rule += ", beyond the control band"
     text = (
-        f"{n} figures compared (threshold {100 * result['threshold']:.0f}%, interquartile "
-        f"ranges disjoint): {c['slower']} slower, {c['faster']} faster, {c['same']} same"
+        f"{n} figures compared (threshold {100 * result['threshold']:.0f}%, {rule}): "
+        f"{c['slower']} slower, {c['faster']} faster, {c['same']} same"
     )
     regressions = result["regressions"]
     if regressions:
