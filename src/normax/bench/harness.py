@@ -39,6 +39,7 @@ from .machine import (
 from .timing import TimingPolicy, measure
 
 SCHEMA = "normax-bench/1"
+BACKENDS = ("c", "numba", "numpy")  # what --backend may name (normax.set_backend's choices)
 # The one registry of cases: each family's module defines its kernels, shapes, layouts, dtypes,
 # contenders, reference and tolerance once. ``cases()`` is what `normax bench` and the
 # pytest-benchmark suites in bench/ time; ``comparison_cases()`` (the tiny shapes and edge
@@ -128,7 +129,7 @@ def contender_backends(config: Config) -> tuple[str, ...]:
     """normax backends to run; the NumPy reference is always among them (the baseline)."""
     available = normax.available_backends()
     wanted = config.backends or available
-    bad = sorted(set(wanted) - set(normax._backend.BACKENDS))
+    bad = sorted(set(wanted) - set(BACKENDS))
     if bad:
         raise ValueError(f"unknown backend {bad[0]!r}; choose from {', '.join(available)}")
     return tuple(b for b in available if b in wanted or b == "numpy")
