@@ -286,8 +286,54 @@ def test_plot_writes_png(tmp_path):
     pytest.importorskip("matplotlib")
     doc = _run([_synthetic()])
     path = tmp_path / "speedup.png"
-    report.plot(doc, str(path))
+    assert report.plot(doc, str(path)) == [str(path)]
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_splits_a_full_run_into_files_that_fit_a_screen(tmp_path):
+    pytest.importorskip("matplotlib")
+    doc = _run([_synthetic(n=n) for n in range(1000, 1000 + 2 * report.MAX_CASES_PER_FILE)])
+    for i, case in enumerate(doc["cases"]):
+        case["family"], case["dtype"] = "synthetic", ("float32", "float64")[i % 2]
+    written = report.plot(doc, str(tmp_path / "full.png"))
+    assert [os.path.basename(p) for p in written] == [
+        "full-synthetic-float32.png",
+        "full-synthetic-float64.png",
+    ]
+    from matplotlib.image import imread
+
+    for p in written:
+        height, width = imread(p).shape[:2]
+        assert height <= 1080 and width <= 1920, (p, width, height)
+
+
+@pytest.mark.parametrize(
+    ("span", "labels"),
+    [((0.6, 3.0), ["0.5x", "1x", "2x"]), ((0.02, 400.0), ["0.1x", "1x", "10x", "100x"])],
+)
+def test_plot_axis_is_log_with_plain_labels(span, labels):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    report._log_axis(ax, list(span))
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_xticklabels()]
+    plt.close(fig)
+    assert ax.get_xscale() == "log"
+    assert [t for t in shown if t in labels] == labels and all("^" not in t for t in shown)
+
+
+def test_speedup_bars_carry_the_spread_of_both_contenders():
+    record = {"contenders": [
+        {"name": "numpy", "median_s": 4.0, "q1_s": 3.0, "q3_s": 5.0},
+        {"name": "c", "median_s": 2.0, "q1_s": 1.0, "q3_s": 2.5},
+    ]}  # fmt: skip
+    assert report._speedup_range(record, "c", "numpy") == (2.0, 1.2, 5.0)
+    assert report._speedup_range(record, "torch", "numpy") is None
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -353,3 +399,334 @@ def test_numba_backend_run_in_a_subprocess(tmp_path):
     assert report.check_results(doc, allow_skipped=True) == []
     for case in doc["cases"]:
         assert "c" not in {e["name"] for e in case["contenders"]}
+
+
+# --- misuse of the command ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mib", ["-5", "0"])
+def test_command_rejects_non_positive_probe_size(capsys, mib):
+    assert bench.main(["--probe-mib", mib, "--no-progress"]) == 2
+    assert f"--probe-mib must be a positive number of MiB, got {mib}" in capsys.readouterr().err
+
+
+def test_unknown_option_prints_the_bench_usage(capsys):
+    from normax import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: normax bench") and "unrecognized arguments: --bogus" in err
+
+
+def test_threads_beyond_numba_pool_are_refused(capsys):
+    numba = pytest.importorskip("numba")
+    too_many = numba.config.NUMBA_NUM_THREADS + 1  # Numba is imported: its pool is fixed
+    args = ["--threads", str(too_many), "--backend", "numba", "--size", "tiny", *FAST_ARGS]
+    assert bench.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--threads {too_many}: numba runs" in err and "NUMBA_NUM_THREADS" in err
+
+
+def test_threads_are_honoured_by_every_pool_or_refused():
+    torch = pytest.importorskip("torch")
+    doc = _run([_synthetic()], threads=1, use_torch=True)
+    assert set(doc["threads_in_use"].values()) == {1}
+    assert doc["threads_in_use"]["torch"] == 1 and torch.get_num_threads() >= 1
+
+
+def _interrupting_case():
+    case = _synthetic(n=10)
+
+    def build(ctx):
+        raise KeyboardInterrupt
+
+    case.build, case.kernel = build, "interrupt"
+    return case
+
+
+def test_interrupted_run_keeps_what_finished(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "partial.json"
+    monkeypatch.setattr(
+        bench,
+        "run_benchmarks",
+        lambda config: _run(
+            [_synthetic(), _interrupting_case(), _synthetic(n=2000)], on_case=config.on_case
+        ),
+    )
+    assert bench.main(["--json", str(path), *FAST_ARGS]) == 130
+    doc = json.loads(path.read_text())
+    assert doc["interrupted"] is True and [r["kernel"] for r in doc["cases"]] == ["double"]
+    assert any("interrupted" in p for p in report.check_results(doc))
+    captured = capsys.readouterr()
+    assert "[1/3] double" in captured.out and "double" in captured.out.split("[1/3]")[1]
+    assert "interrupted; 1 cases finished" in captured.err
+
+
+def test_ctrl_c_in_a_real_run_exits_130_without_traceback(tmp_path):
+    import signal
+    import time
+
+    path = tmp_path / "partial.json"
+    cmd = [sys.executable, "-m", "normax.bench", "--family", "batch_norm", "--size", "tiny",
+           "--no-torch", "--backend", "numpy", "--isolate", "none", "--json", str(path),
+           *FAST_ARGS]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # the first case's line: one case has finished
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert first.startswith("[ 1/"), first + err
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    doc = json.loads(path.read_text())
+    assert doc["interrupted"] is True and 1 <= len(doc["cases"]) < 24
+
+
+def test_each_case_line_is_printed_as_it_finishes(capsys):
+    lines = []
+    _run([_synthetic(), _synthetic(n=2000)], on_case=lambda r, i, n: lines.append((i, n, r["id"])))
+    assert [(i, n) for i, n, _ in lines] == [(1, 2), (2, 2)]
+    record = _run([_synthetic()])["cases"][0]
+    line = report.case_line(record, 1, 2)
+    assert line.startswith("[1/2] double 1-D 1000 float64: numpy ") and "c " in line
+
+
+# --- comparing runs ---------------------------------------------------------------------------
+
+
+def _steady(doc):
+    """``doc`` with every spread set to +-2 % (measured spreads on a busy machine vary)."""
+    for case in doc["cases"]:
+        for e in case["contenders"]:
+            e["q1_s"], e["q3_s"] = 0.98 * e["median_s"], 1.02 * e["median_s"]
+    return doc
+
+
+def _slowed(doc, factor, names=("c",)):
+    """A copy of ``doc`` whose ``names`` contenders took ``factor`` times as long."""
+    out = json.loads(json.dumps(doc))
+    for case in out["cases"]:
+        for e in case["contenders"]:
+            if e["name"] in names:
+                for key in ("median_s", "q1_s", "q3_s"):
+                    e[key] *= factor
+    return out
+
+
+@pytest.mark.parametrize(
+    ("base", "new", "expected"),
+    [
+        ((1.0, 0.95, 1.05), (1.3, 1.25, 1.35), "slower"),
+        ((1.0, 0.95, 1.05), (0.7, 0.65, 0.75), "faster"),
+        ((1.0, 0.8, 1.4), (1.3, 1.1, 1.5), "same"),  # beyond the threshold, within the noise
+        ((1.0, 0.99, 1.01), (1.05, 1.04, 1.06), "same"),  # beyond the noise, below the threshold
+    ],
+)
+def test_verdict_needs_both_threshold_and_disjoint_quartiles(base, new, expected):
+    from normax.bench.compare import verdict
+
+    figures = [dict(zip(("median_s", "q1_s", "q3_s"), v, strict=True)) for v in (base, new)]
+    assert verdict(*figures, threshold=0.10) == expected
+
+
+def test_compare_same_run_is_same_and_a_slowed_one_regresses():
+    from normax.bench.compare import compare, render_comparison
+
+    doc = _steady(_run([_synthetic()]))
+    same = compare(doc, doc)
+    assert same["counts"]["same"] == len(same["rows"]) > 0 and not same["regressions"]
+    assert not same["differences"]
+    slow = compare(doc, _slowed(doc, 3.0))
+    (row,) = [r for r in slow["rows"] if r["contender"] == "c"]
+    assert row["verdict"] == "slower" and row["ratio"] == pytest.approx(3.0)
+    assert slow["regressions"] == [row]
+    text = render_comparison(slow, "a.json", "b.json")
+    assert "REGRESSION in 1 normax figures" in text.splitlines()[-1]
+    # PyTorch getting slower is not a normax regression
+    assert not compare(doc, _slowed(doc, 3.0, names=("torch",)))["regressions"]
+
+
+def test_compare_flags_runs_with_different_settings():
+    from normax.bench.compare import compare, render_comparison
+
+    doc = _run([_synthetic()])
+    other = json.loads(json.dumps(doc))
+    other["threads"] += 1
+    other["machine"]["cpu"] = "another CPU"
+    result = compare(doc, other)
+    assert any(d.startswith("threads:") for d in result["differences"])
+    assert any(d.startswith("machine.cpu:") for d in result["differences"])
+    assert "WARNING: the runs differ in machine.cpu" in render_comparison(result, "a", "b")
+
+
+def test_command_compare_exit_status(tmp_path, capsys):
+    doc = _steady(_run([_synthetic()]))
+    base, slow = tmp_path / "base.json", tmp_path / "slow.json"
+    base.write_text(json.dumps(doc))
+    slow.write_text(json.dumps(_slowed(doc, 3.0)))
+    assert bench.main(["--compare", str(base), str(base)]) == 0
+    assert "no normax regression" in capsys.readouterr().out
+    assert bench.main(["--compare", str(base), str(slow)]) == 1
+    assert bench.main(["--compare", str(base), str(slow), "--threshold", "250"]) == 0
+    capsys.readouterr()
+    assert bench.main(["--compare", str(base), str(slow), str(slow)]) == 2
+    assert bench.main(["--compare", str(base), str(slow), "--threshold", "-1"]) == 2
+    assert bench.main(["--compare", str(tmp_path / "missing.json")]) == 2
+
+
+# --- isolation --------------------------------------------------------------------------------
+
+
+def _figures(median, spread=0.02):
+    return {"median_s": median, "q1_s": median * (1 - spread), "q3_s": median * (1 + spread),
+            "spread": 2 * spread, "samples_s": [median] * 3}  # fmt: skip
+
+
+def test_reconcile_keeps_in_process_figure_when_they_agree():
+    from normax.bench import isolate
+
+    entry = _figures(1.0e-5)
+    isolate.reconcile(entry, _figures(1.02e-5), threshold=0.10)
+    assert entry["median_s"] == 1.0e-5 and entry["method"] == isolate.METHOD_IN_PROCESS
+    assert entry["isolated"]["median_s"] == 1.02e-5 and "in_process" not in entry
+
+
+def test_reconcile_keeps_in_process_figure_when_alone_is_slower():
+    from normax.bench import isolate
+
+    entry = _figures(1.0e-5)  # alone it cannot be disturbed: slower alone is the load changing
+    isolate.reconcile(entry, _figures(1.0e-4), threshold=0.10)
+    assert entry["median_s"] == 1.0e-5 and entry["method"] == isolate.METHOD_IN_PROCESS
+    assert "load changed" in entry["isolation_note"] and "in_process" not in entry
+
+
+def test_reconcile_takes_isolated_figure_when_disturbed():
+    from normax.bench import isolate
+
+    entry = _figures(1.0e-4)  # disturbed by the others: 10x slower than alone
+    isolate.reconcile(entry, _figures(1.0e-5), threshold=0.10)
+    assert entry["median_s"] == 1.0e-5 and entry["method"] == isolate.METHOD_ISOLATED
+    assert entry["in_process"]["median_s"] == 1.0e-4
+    assert entry["isolated_vs_in_process"] == pytest.approx(0.1)
+
+
+def test_isolation_sample_is_small_and_covers_each_family():
+    from normax.bench import isolate
+
+    quick = harness.plan(harness.Config())
+    chosen = isolate.sample(quick, "sample")
+    families = {c.family for c in quick if c.id in chosen}
+    assert families == {"batch_norm", "softmax", "optim"} and len(chosen) <= 6
+    assert isolate.sample(quick, "none") == set()
+    assert isolate.sample(quick, "all") == {c.id for c in quick}
+
+
+def test_time_isolated_times_one_contender_in_a_fresh_process():
+    from normax.bench import isolate
+
+    case_id = "softmax/cross_entropy/classes last/32x10/float32"
+    stats = isolate.time_isolated(case_id, "numpy", threads=1, policy=FAST)
+    assert stats["median_s"] > 0 and len(stats["samples_s"]) >= FAST.min_samples
+    with pytest.raises(RuntimeError, match="isolated run of nobody failed"):
+        isolate.time_isolated(case_id, "nobody", threads=1, policy=FAST)
+
+
+def test_isolated_figures_are_recorded_in_the_results(monkeypatch):
+    from normax.bench import isolate
+
+    calls = []
+
+    def fake(case_id, name, threads, policy, seed=0):
+        calls.append(name)
+        return _figures(1e-12)  # far faster than in process: the figure kept
+
+    monkeypatch.setattr(isolate, "time_isolated", fake)
+    monkeypatch.setattr(isolate, "sample", lambda cases, mode: {c.id for c in cases})
+    doc = _run([_synthetic()], isolate="sample")
+    entries = doc["cases"][0]["contenders"]
+    assert sorted(calls) == sorted(e["name"] for e in entries)
+    assert all(e["isolated"]["median_s"] == e["median_s"] == 1e-12 for e in entries)
+    assert all(e["method"] == isolate.METHOD_ISOLATED for e in entries)
+    assert doc["timing"]["isolation"]["mode"] == "sample"
+
+
+def test_command_compare_runs_now_against_a_base(tmp_path, capsys):
+    base = tmp_path / "base.json"
+    args = ["--size", "tiny", "--family", "optim", "--dtype", "float32", "--no-torch",
+            "--isolate", "none", *FAST_ARGS]  # fmt: skip
+    assert bench.main([*args, "--json", str(base)]) == 0
+    capsys.readouterr()
+    rc = bench.main([*args, "--compare", str(base)])
+    out = capsys.readouterr().out
+    assert rc in (0, 1)  # the verdicts depend on this machine's noise; the format does not
+    assert f"normax bench --compare: {base} (base) -> this run (new)" in out
+    assert "figures compared (threshold 10%" in out.splitlines()[-1]
+
+
+def _with_torch_cases(factor_torch=1.0, factor_c=1.0, cases=4):
+    """A results document of ``cases`` synthetic cases with c, numpy and torch figures."""
+    doc = _steady(_run([_synthetic(n=1000 + i) for i in range(cases)]))
+    for case in doc["cases"]:
+        case["contenders"] = [e for e in case["contenders"] if e["name"] in ("c", "numpy")]
+        case["contenders"].append({**case["contenders"][0], "name": "torch"})
+    new = _slowed(doc, factor_torch, names=("torch", "numpy"))
+    return doc, _slowed(new, factor_c * factor_torch, names=("c",))
+
+
+def test_compare_estimates_the_machine_drift_and_can_divide_it_out():
+    from normax.bench.compare import compare, drift, render_comparison
+
+    base, new = _with_torch_cases(factor_torch=2.0)  # a busier machine: everything 2x
+    factor, source = drift(base, new)
+    assert factor == pytest.approx(2.0) and "PyTorch" in source
+    raw = compare(base, new)
+    assert raw["counts"]["slower"] == len(raw["rows"])
+    assert "WARNING: machine drift: new ran 2.00x" in render_comparison(raw, "a", "b")
+    normalized = compare(base, new, normalize=True)
+    assert normalized["counts"]["same"] == len(normalized["rows"])
+    # a real regression survives the normalization
+    base, new = _with_torch_cases(factor_torch=2.0, factor_c=3.0)
+    result = compare(base, new, normalize=True)
+    assert {r["contender"] for r in result["regressions"]} == {"c"}
+    assert "normalized by a machine drift of 2.00x" in render_comparison(result, "a", "b")
+
+
+def test_compare_warns_about_a_busy_machine():
+    from normax.bench.compare import compare, render_comparison
+
+    doc = _steady(_run([_synthetic()]))
+    busy = json.loads(json.dumps(doc))
+    busy["load_average"] = {"start": [4.0, 4.0, 4.0], "end": [3.0, 3.0, 3.0]}
+    busy["machine"]["usable_cores"] = 2
+    text = render_comparison(compare(doc, busy), "a.json", "b.json")
+    assert "WARNING: the machine was busy during b.json (load average up to 2.0 per core)" in text
+
+
+def test_results_file_is_written_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "r.json"
+    with pytest.raises(TypeError):
+        bench._write_json({"cases": [object()]}, str(path))
+    assert list(tmp_path.iterdir()) == []
+    bench._write_json({"cases": []}, str(path))
+    assert json.loads(path.read_text()) == {"cases": []}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.parametrize(("c_factor", "expected"), [(1.5, "same"), (5.0, "slower")])
+def test_compare_judges_normax_against_the_control_band(c_factor, expected):
+    from normax.bench.compare import compare, render_comparison
+
+    base, new = _with_torch_cases(cases=6)
+    for i, case in enumerate(new["cases"]):  # the load moves PyTorch by 1.0x ... 2.0x
+        for e in case["contenders"]:
+            factor = {"torch": 1 + i / 5, "c": c_factor}.get(e["name"], 1.0)
+            for key in ("median_s", "q1_s", "q3_s"):
+                e[key] *= factor
+    result = compare(base, new)
+    assert result["control_band"] == (pytest.approx(1 / 1.1), pytest.approx(1.8))
+    assert {r["verdict"] for r in result["rows"] if r["contender"] == "c"} == {expected}
+    assert "control: PyTorch's figures moved 0.91x-1.80x" in render_comparison(result, "a", "b")
+    plain = compare(base, new, control=False)
+    assert {r["verdict"] for r in plain["rows"] if r["contender"] == "c"} == {"slower"}

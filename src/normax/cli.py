@@ -25,7 +25,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
+        p.set_defaults(_module=module, _parser=p)
         if name == chosen:
             try:
                 importlib.import_module(module).add_arguments(p)
@@ -36,7 +36,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
+    args, unknown = build_parser(argv).parse_known_args(argv)
+    if unknown:  # the subcommand's usage, not the top-level one
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     err = getattr(args, "_import_error", None)
     if err is not None:
         print(f"normax {args.command}: unavailable ({err})", file=sys.stderr)

@@ -7,7 +7,8 @@ layouts; softmax, log-softmax and the fused softmax cross-entropy with the class
 first; the fused Adam and SGD-with-momentum updates; and the per-trial overhead of a tuning study
 in SQLite and in memory. Shapes go from tiny (per-call overhead) to larger than the last-level
 cache (memory bandwidth), in float32 and float64. ``--quick`` (the default) runs a selection that
-covers every kernel and layout in under a minute on two cores; ``--full`` runs every shape.
+covers every kernel and layout (1-3 minutes on two busy cores); ``--full`` runs every shape
+(15-20 minutes). Each case prints its line as it finishes; Ctrl-C keeps what finished.
 
 Contenders are every available normax backend (``c``, ``numba`` and ``numpy``, the NumPy
 reference that is the baseline of "vs NumPy") and PyTorch CPU when it is installed. A kernel
@@ -35,6 +36,11 @@ The same for every contender, with :func:`time.perf_counter` and the garbage col
 4. the figure is the median time per call; the spread is the interquartile range of the samples
    over the median.
 
+A sample of cases (``--isolate``) is also timed with each contender alone in a fresh process
+(:mod:`normax.bench.isolate`); where it is faster alone beyond the noise, the others disturbed
+it and the isolated figure is kept. Every sample is written to the JSON, so that ``--compare``
+can judge a later run against this one with the noise of both (:mod:`normax.bench.compare`).
+
 Derived figures: speed-up = the baseline's median over this median (below 1 is shown with ▼ for
 a normax backend); effective GB/s = the kernel's minimum bytes moved (batch-norm forward
 3 x bytes(x), inference 2 x, backward 5 x; softmax and log-softmax 2 x; cross-entropy with its
@@ -43,7 +49,8 @@ SGD with momentum 5 x) over the median; roofline = that over the copy bandwidth 
 same run by a parallel copy larger than the cache (:mod:`normax.bench.machine`).
 
 Threads: ``--threads N`` (default: every usable core) holds normax, Numba, PyTorch and NumPy's
-BLAS/OpenMP pools (via threadpoolctl) to N threads for the whole run.
+BLAS/OpenMP pools (via threadpoolctl) to N threads for the whole run, or refuses (exit status 2)
+when a pool cannot take N.
 """
 
 from __future__ import annotations
@@ -56,8 +63,13 @@ import os
 import sys
 
 from .cases import DTYPES, SIZES
+from .compare import DEFAULT_THRESHOLD
 from .harness import FAMILIES, SCHEMA, Config, plan, run_benchmarks
-from .report import check_results, plot, render
+from .report import case_line, check_results, plot, render
+
+# Measured on two shared cores (load average 2-4), isolation sample included; see the README.
+QUICK_DURATION = "1-3 min"
+FULL_DURATION = "15-20 min"
 
 __all__ = [
     "FAMILIES",
@@ -96,7 +108,26 @@ OPTIONS = {
                    "help": "seconds of samples per contender (default 0.05 quick, 0.3 full)"},
     "--probe-mib": {"type": int, "metavar": "MIB",
                     "help": "bandwidth probe array size (default: 4 x last-level cache)"},
-    "--no-progress": {**_FLAG, "help": "no progress bar"},
+    "--no-progress": {**_FLAG, "help": "no progress bar (each case's line is still printed)"},
+    "--isolate": {"choices": ["sample", "all", "none"], "default": "sample",
+                  "help": "cases also timed with each contender alone in a fresh process: a "
+                          "sample (default: per family, the first tiny and medium case), all "
+                          "or none; where a contender is faster alone beyond the noise, the "
+                          "isolated figure is kept"},
+    "--compare": {"nargs": "+", "metavar": "FILE",
+                  "help": "BASE.json [NEW.json]: per case and contender, new/base with a "
+                          "verdict (faster / slower / same); without NEW.json, run now (with "
+                          "the other options) and compare; exit 1 on a normax regression"},
+    "--normalize": {**_FLAG,
+                    "help": "with --compare: divide the new figures by the machine's drift "
+                            "between the runs (the median ratio of PyTorch's figures, else of "
+                            "the copy bandwidth), for runs under different load"},
+    "--no-control": {**_FLAG,
+                     "help": "with --compare: judge each figure by its own runs only, not also "
+                             "against how far PyTorch's figures moved between the runs"},
+    "--threshold": {"type": float, "default": 100 * DEFAULT_THRESHOLD, "metavar": "PCT",
+                    "help": "with --compare: smallest change reported, in percent "
+                            "(default %(default)g)"},
     "--check": {"metavar": "FILE",
                 "help": "do not run: check that a results file is complete and that every "
                         "contender agreed (exit 1 if not)"},
@@ -107,14 +138,17 @@ OPTIONS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``normax bench``."""
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", **_FLAG, help="every kernel and layout, < 1 min (default)")
-    mode.add_argument("--full", **_FLAG, help="every shape and dtype")
+    mode.add_argument(
+        "--quick", **_FLAG, help=f"every kernel and layout, {QUICK_DURATION} (default)"
+    )
+    mode.add_argument("--full", **_FLAG, help=f"every shape and dtype, {FULL_DURATION}")
     for option, keywords in OPTIONS.items():
         parser.add_argument(option, **keywords)
 
 
 def _config(args: argparse.Namespace, argv: list[str]) -> Config:
     from .harness import FULL_POLICY, QUICK_POLICY
+    from .machine import reserve_numba_threads
     from .timing import TimingPolicy
 
     policy = None
@@ -128,6 +162,10 @@ def _config(args: argparse.Namespace, argv: list[str]) -> Config:
         )
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.probe_mib is not None and args.probe_mib <= 0:
+        raise ValueError(f"--probe-mib must be a positive number of MiB, got {args.probe_mib}")
+    # Before anything imports Numba: its pool size is fixed then (see reserve_numba_threads).
+    reserve_numba_threads(args.threads)
     return Config(
         full=args.full,
         threads=args.threads,
@@ -140,7 +178,21 @@ def _config(args: argparse.Namespace, argv: list[str]) -> Config:
         probe_bytes=args.probe_mib << 20 if args.probe_mib else None,
         progress=False if args.no_progress else None,
         command=["normax", "bench", *argv],
+        isolate=args.isolate,
+        on_case=_print_case,
     )
+
+
+def _print_case(record: dict, index: int, total: int) -> None:
+    """Each case's line as it finishes (through tqdm when its bar is on, so they do not mix)."""
+    line = case_line(record, index, total)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(line, flush=True)
+    else:
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
 
 
 def _tuple(values):
@@ -148,7 +200,12 @@ def _tuple(values):
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    """Run ``normax bench`` with parsed ``args``; 0 when every contender agreed."""
+    """Run ``normax bench`` with parsed ``args``.
+
+    Exit status: 0 when every contender agreed (and, with ``--compare``, nothing of normax got
+    slower), 1 otherwise, 2 for a usage error, 130 when interrupted (what finished is shown and
+    written).
+    """
     if args.check:
         return _check_file(args.check, args.allow_skipped)
     if args.from_json:
@@ -158,20 +215,92 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         print(render(doc, markdown=args.markdown, compact=args.compact))
         return 0
     try:
+        base = _compare_base(args)
+        if base is not None and len(args.compare) == 2:
+            return _compare_files(base, args)
         config = _config(args, sys.argv[1:] if argv is None else argv)
         _check_outputs(args)  # fail now, not after minutes of measuring
         doc = run_benchmarks(config)
     except ValueError as exc:
         print(f"normax bench: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nnormax bench: interrupted; nothing written", file=sys.stderr)
+        return 130
+    try:
+        return _report(doc, args, base)
+    except KeyboardInterrupt:  # while writing: _write_json leaves no half-written file
+        print("\nnormax bench: interrupted while writing the results", file=sys.stderr)
+        return 130
+
+
+def _write_json(doc: dict, path: str) -> None:
+    """Write ``doc`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    tmp = f"{path}.partial"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(_plain(doc), fh, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _report(doc: dict, args: argparse.Namespace, base: dict | None) -> int:
+    """Print the tables, write the files and (with --compare) compare; the exit status."""
     print(render(doc, markdown=args.markdown, compact=args.compact))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(_plain(doc), fh, indent=1, allow_nan=False)
-    if args.plot:
-        plot(doc, args.plot)
+        _write_json(doc, args.json)
+    if args.plot and any(r["status"] == "ok" for r in doc["cases"]):
+        for path in plot(doc, args.plot):
+            print(f"plot: {path}")
+    if doc["interrupted"]:
+        print(
+            f"normax bench: interrupted; {len(doc['cases'])} cases finished and are shown"
+            + (f" and written to {args.json}" if args.json else ""),
+            file=sys.stderr,
+        )
+        return 130
     failed = any(r["status"] == "error" for r in doc["cases"]) or not doc["all_agree"]
-    return 1 if failed else 0
+    status = 1 if failed else 0
+    if base is not None:
+        status = max(status, _show_comparison(base, doc, args.compare[0], "this run", args))
+    return status
+
+
+def _compare_base(args: argparse.Namespace) -> dict | None:
+    if not args.compare:
+        return None
+    if len(args.compare) > 2:
+        raise ValueError(f"--compare takes BASE.json [NEW.json], got {len(args.compare)} files")
+    if not (args.threshold >= 0 and math.isfinite(args.threshold)):
+        raise ValueError(f"--threshold must be a percentage >= 0, got {args.threshold}")
+    base = _load(args.compare[0])
+    if base is None:
+        raise ValueError(f"--compare: cannot read the base {args.compare[0]!r}")
+    return base
+
+
+def _compare_files(base: dict, args: argparse.Namespace) -> int:
+    new = _load(args.compare[1])
+    if new is None:
+        return 2
+    return _show_comparison(base, new, args.compare[0], args.compare[1], args)
+
+
+def _show_comparison(base: dict, new: dict, base_name: str, new_name: str, args) -> int:
+    """Print the comparison; 1 when a normax figure got slower, else 0."""
+    from .compare import compare, render_comparison
+
+    for name, doc in ((base_name, base), (new_name, new)):
+        if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
+            print(f"normax bench --compare: {name} is not a results file", file=sys.stderr)
+            return 2
+    result = compare(
+        base, new, args.threshold / 100, normalize=args.normalize, control=not args.no_control
+    )
+    print(render_comparison(result, base_name, new_name))
+    return 1 if result["regressions"] else 0
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

@@ -68,30 +68,55 @@ QUICK = {
 }
 
 
+# Shapes tests/test_bench_cases.py adds to the tiny ones: odd sizes, one channel,
+# a large C (heap scratch) and shapes past the parallel thresholds of both inner loops.
+TEST_SHAPES = {
+    "(N,C)": [(7, 5), (9, 1), (3, 1100), (97, 400)],
+    "NCHW": [(4, 3, 5, 7), (5, 16, 500, 1), (16, 48, 7, 7)],
+    "NHWC": [(4, 5, 7, 3)],
+    "(C,m)": [(6, 11)],
+}
+
+
 def cases() -> list[Case]:
     """Every batch-norm case: kernel x layout x size x dtype."""
-    out = []
-    for kernel, (requires, traffic, arrays) in KERNELS.items():
-        for layout, (_axis, shapes) in LAYOUTS.items():
-            for size, shape in shapes.items():
-                for dtype in ("float32", "float64"):
-                    x_bytes = nbytes(shape, dtype)
-                    out.append(
-                        Case(
-                            family="batch_norm",
-                            kernel=kernel,
-                            layout=layout,
-                            shape=shape,
-                            dtype=dtype,
-                            size=size,
-                            requires=requires,
-                            build=_builder(kernel, layout, shape, dtype),
-                            min_bytes=traffic * x_bytes,
-                            footprint=arrays * x_bytes,
-                            quick=(layout, size, dtype) in QUICK,
-                        )
-                    )
-    return out
+    return [
+        case(kernel, layout, shape, dtype, size, quick=(layout, size, dtype) in QUICK)
+        for kernel in KERNELS
+        for layout, (_axis, shapes) in LAYOUTS.items()
+        for size, shape in shapes.items()
+        for dtype in ("float32", "float64")
+    ]
+
+
+def comparison_cases() -> list[Case]:
+    """The comparisons of the test suite: every kernel on :data:`TEST_SHAPES` and tiny shapes."""
+    return [
+        case(kernel, layout, shape, dtype, "tiny")
+        for kernel in KERNELS
+        for layout, shapes in TEST_SHAPES.items()
+        for shape in [LAYOUTS[layout][1]["tiny"], *shapes]
+        for dtype in ("float32", "float64")
+    ]
+
+
+def case(kernel: str, layout: str, shape, dtype: str, size: str, quick: bool = False) -> Case:
+    """One batch-norm case: ``kernel`` of :data:`KERNELS` on ``shape`` in ``layout``."""
+    requires, traffic, arrays = KERNELS[kernel]
+    x_bytes = nbytes(shape, dtype)
+    return Case(
+        family="batch_norm",
+        kernel=kernel,
+        layout=layout,
+        shape=tuple(shape),
+        dtype=dtype,
+        size=size,
+        requires=requires,
+        build=_builder(kernel, layout, tuple(shape), dtype),
+        min_bytes=traffic * x_bytes,
+        footprint=arrays * x_bytes,
+        quick=quick,
+    )
 
 
 def _builder(kernel, layout, shape, dtype):

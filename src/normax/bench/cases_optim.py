@@ -35,29 +35,48 @@ QUICK = {
 }
 
 
+# Shapes tests/test_bench_cases.py adds to the tiny one: one scalar parameter,
+# arrays of odd length.
+TEST_SHAPES = [(1, 1), (3, 7)]
+
+
 def cases() -> list[Case]:
     """Every optimizer case: kernel x size x dtype."""
-    out = []
-    for kernel, (name, traffic, arrays) in KERNELS.items():
-        for size, shape in SHAPES.items():
-            for dtype in ("float32", "float64"):
-                p_bytes = nbytes(shape, dtype)
-                out.append(
-                    Case(
-                        family="optim",
-                        kernel=kernel,
-                        layout=f"{shape[0]} arrays",
-                        shape=shape,
-                        dtype=dtype,
-                        size=size,
-                        requires=(name,),
-                        build=_builder(kernel, shape, dtype),
-                        min_bytes=traffic * p_bytes,
-                        footprint=arrays * p_bytes,
-                        quick=(kernel, size, dtype) in QUICK,
-                    )
-                )
-    return out
+    return [
+        case(kernel, shape, dtype, size, quick=(kernel, size, dtype) in QUICK)
+        for kernel in KERNELS
+        for size, shape in SHAPES.items()
+        for dtype in ("float32", "float64")
+    ]
+
+
+def comparison_cases() -> list[Case]:
+    """The comparisons of the test suite: every kernel on :data:`TEST_SHAPES` and the tiny shape."""
+    return [
+        case(kernel, shape, dtype, "tiny")
+        for kernel in KERNELS
+        for shape in [SHAPES["tiny"], *TEST_SHAPES]
+        for dtype in ("float32", "float64")
+    ]
+
+
+def case(kernel: str, shape, dtype: str, size: str, quick: bool = False) -> Case:
+    """One case: a step of ``kernel`` over ``shape[0]`` arrays of ``shape[1]`` elements."""
+    name, traffic, arrays = KERNELS[kernel]
+    p_bytes = nbytes(shape, dtype)
+    return Case(
+        family="optim",
+        kernel=kernel,
+        layout=f"{shape[0]} arrays",
+        shape=tuple(shape),
+        dtype=dtype,
+        size=size,
+        requires=(name,),
+        build=_builder(kernel, tuple(shape), dtype),
+        min_bytes=traffic * p_bytes,
+        footprint=arrays * p_bytes,
+        quick=quick,
+    )
 
 
 def _builder(kernel, shape, dtype):

@@ -46,31 +46,50 @@ QUICK = {
 }
 
 
+# Shapes tests/test_bench_cases.py adds to the tiny ones: one class, one row,
+# odd sizes.
+TEST_SHAPES = {"classes last": [(6, 5), (3, 1), (1, 7)], "classes first": [(5, 7), (1, 4)]}
+
+
 def cases() -> list[Case]:
     """Every softmax-family case: kernel x layout x size x dtype."""
-    out = []
-    for kernel, (name, traffic, arrays) in KERNELS.items():
-        for layout, (_axis, shapes) in LAYOUTS.items():
-            for size, shape in shapes.items():
-                for dtype in ("float32", "float64"):
-                    z_bytes = nbytes(shape, dtype)
-                    quick = (kernel, layout, size, dtype) in QUICK
-                    out.append(
-                        Case(
-                            family="softmax",
-                            kernel=kernel,
-                            layout=layout,
-                            shape=shape,
-                            dtype=dtype,
-                            size=size,
-                            requires=(name,),
-                            build=_builder(kernel, layout, shape, dtype),
-                            min_bytes=traffic * z_bytes,
-                            footprint=arrays * z_bytes,
-                            quick=quick,
-                        )
-                    )
-    return out
+    return [
+        case(kernel, layout, shape, dtype, size, quick=(kernel, layout, size, dtype) in QUICK)
+        for kernel in KERNELS
+        for layout, (_axis, shapes) in LAYOUTS.items()
+        for size, shape in shapes.items()
+        for dtype in ("float32", "float64")
+    ]
+
+
+def comparison_cases() -> list[Case]:
+    """The comparisons of the test suite: every kernel on :data:`TEST_SHAPES` and tiny shapes."""
+    return [
+        case(kernel, layout, shape, dtype, "tiny")
+        for kernel in KERNELS
+        for layout, shapes in TEST_SHAPES.items()
+        for shape in [LAYOUTS[layout][1]["tiny"], *shapes]
+        for dtype in ("float32", "float64")
+    ]
+
+
+def case(kernel: str, layout: str, shape, dtype: str, size: str, quick: bool = False) -> Case:
+    """One case: ``kernel`` of :data:`KERNELS` on ``shape`` with the classes as ``layout`` says."""
+    name, traffic, arrays = KERNELS[kernel]
+    z_bytes = nbytes(shape, dtype)
+    return Case(
+        family="softmax",
+        kernel=kernel,
+        layout=layout,
+        shape=tuple(shape),
+        dtype=dtype,
+        size=size,
+        requires=(name,),
+        build=_builder(kernel, layout, tuple(shape), dtype),
+        min_bytes=traffic * z_bytes,
+        footprint=arrays * z_bytes,
+        quick=quick,
+    )
 
 
 def _builder(kernel, layout, shape, dtype):

@@ -51,6 +51,11 @@ def cases() -> list[Case]:
     return out
 
 
+def comparison_cases() -> list[Case]:
+    """The comparisons of the test suite: both storages sample the same parameters."""
+    return cases()
+
+
 def _builder(layout):
     return lambda ctx: [
         Contender("sqlite", lambda: _study(ctx, layout, "sqlite")),

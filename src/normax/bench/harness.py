@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import datetime
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import normax
 
-from . import cases_batchnorm, cases_optim, cases_softmax, cases_tune
+from . import cases_batchnorm, cases_optim, cases_softmax, cases_tune, isolate
 from .cases import (
     DTYPES,
     SIZES,
@@ -21,6 +22,7 @@ from .cases import (
     missing_requirements,
     relative_error,
 )
+from .compare import DEFAULT_THRESHOLD
 from .machine import (
     Bandwidth,
     environment_notes,
@@ -30,18 +32,25 @@ from .machine import (
     load_average,
     machine_info,
     probe_bandwidth,
+    threads_in_use,
     usable_cores,
     versions,
 )
 from .timing import TimingPolicy, measure
 
 SCHEMA = "normax-bench/1"
-FAMILIES = {
-    "batch_norm": cases_batchnorm.cases,
-    "softmax": cases_softmax.cases,
-    "optim": cases_optim.cases,
-    "tune": cases_tune.cases,
+BACKENDS = ("c", "numba", "numpy")  # what --backend may name (normax.set_backend's choices)
+# The one registry of cases: each family's module defines its kernels, shapes, layouts, dtypes,
+# contenders, reference and tolerance once. ``cases()`` is what `normax bench` and the
+# pytest-benchmark suites in bench/ time; ``comparison_cases()`` (the tiny shapes and edge
+# shapes) is what the test suite checks every contender on.
+REGISTRY = {
+    "batch_norm": cases_batchnorm,
+    "softmax": cases_softmax,
+    "optim": cases_optim,
+    "tune": cases_tune,
 }
+FAMILIES = {name: module.cases for name, module in REGISTRY.items()}
 QUICK_POLICY = TimingPolicy(min_time=0.05, sample_time=0.002, min_samples=5, max_time=0.15)
 FULL_POLICY = TimingPolicy(min_time=0.3, sample_time=0.01, min_samples=9, max_time=1.5)
 
@@ -62,6 +71,11 @@ class Config:
     progress: bool | None = None  # None: a bar when standard error is a terminal
     seed: int = 0
     command: list[str] = field(default_factory=list)
+    # Which cases are also timed with each contender in a process of its own: "sample", "all"
+    # or "none" (see normax.bench.isolate.sample).
+    isolate: str = "none"
+    # Called with (record, index, total) as each case finishes, e.g. to print its line.
+    on_case: Callable[[dict, int, int], None] | None = field(default=None, repr=False)
 
     def resolved_policy(self) -> TimingPolicy:
         return self.policy or (FULL_POLICY if self.full else QUICK_POLICY)
@@ -94,11 +108,28 @@ def plan(config: Config) -> list[Case]:
     return selected
 
 
+def comparison_cases() -> list[Case]:
+    """Every family's comparison cases (the test suite's), in registry order."""
+    return [case for module in REGISTRY.values() for case in module.comparison_cases()]
+
+
+def check_contenders(case: Case, ctx: BuildContext) -> list[dict]:
+    """Build ``case``, call each contender once and compare it with the reference.
+
+    Returns one entry per contender with ``agree``, ``error`` and ``max_rel_error``, and, for
+    those that ran, the timed callable under ``"_fn"`` (with its backend under ``"backend"``).
+    This is the check `normax bench` makes before timing and the test suite makes on its own.
+    """
+    entries = [_first_call(c) for c in case.build(ctx)]
+    _check_agreement(case, entries)
+    return entries
+
+
 def contender_backends(config: Config) -> tuple[str, ...]:
     """normax backends to run; the NumPy reference is always among them (the baseline)."""
     available = normax.available_backends()
     wanted = config.backends or available
-    bad = sorted(set(wanted) - set(normax._backend.BACKENDS))
+    bad = sorted(set(wanted) - set(BACKENDS))
     if bad:
         raise ValueError(f"unknown backend {bad[0]!r}; choose from {', '.join(available)}")
     return tuple(b for b in available if b in wanted or b == "numpy")
@@ -116,23 +147,51 @@ def run_benchmarks(config: Config, cases: Sequence[Case] | None = None) -> dict:
         "default_backend": normax.get_backend(),
         "torch": torch,
     }
-    records = []
+    records: list[dict] = []
     threads = run["threads"]
-    with held_threads(threads, torch), tempfile.TemporaryDirectory(prefix="normax-bench-") as tmp:
+    holds_numba = "numba" in run["backends"]
+    with (
+        held_threads(threads, torch, holds_numba),
+        tempfile.TemporaryDirectory(prefix="normax-bench-") as tmp,
+    ):
         try:
+            run["threads_in_use"] = threads_in_use(torch)
             probe_bytes = config.probe_bytes or _default_probe_bytes()
             first = probe_bandwidth(probe_bytes, threads)
-            ctx = BuildContext(run["backends"], torch, seed=config.seed, tmpdir=tmp)
-            for case in _progress(cases, config.progress):
-                records.append(run_case(case, ctx, run["policy"]))
-            # Probed before and after the cases; on a shared machine the better one is the limit.
-            run["bandwidth"] = first.best_with(probe_bandwidth(probe_bytes, threads))
+            run["interrupted"] = _run_cases(cases, config, run, tmp, records)
+            if not run["interrupted"]:
+                # Probed before and after the cases; on a shared machine the better one is the
+                # limit.
+                first = first.best_with(probe_bandwidth(probe_bytes, threads))
+            run["bandwidth"] = first
         finally:
             normax.set_backend(run["default_backend"])
     add_roofline(records, run["bandwidth"])
     run["elapsed"] = time.perf_counter() - started
     run["load_average"] = {"start": load_before, "end": load_average()}
     return _document(config, records, run)
+
+
+def _run_cases(cases, config: Config, run: dict, tmpdir: str, records: list[dict]) -> bool:
+    """Run ``cases`` into ``records``; True when Ctrl-C stopped the run (what finished stays)."""
+    ctx = BuildContext(run["backends"], run["torch"], seed=config.seed, tmpdir=tmpdir)
+    isolated = isolate.sample(cases, config.isolate)
+    run["isolation"] = {
+        "mode": config.isolate,
+        "cases": sorted(isolated),
+        "rule": "where a contender alone is faster than in turn beyond the noise (ratio beyond "
+        f"{1 + DEFAULT_THRESHOLD:g} and interquartile ranges disjoint), the isolated figure is "
+        "its figure; slower alone is the load changing, and the in-turn figure stays",
+    }
+    try:
+        for i, case in enumerate(_progress(cases, config.progress)):
+            alone = run["threads"] if case.id in isolated else None
+            records.append(run_case(case, ctx, run["policy"], isolate_threads=alone))
+            if config.on_case is not None:
+                config.on_case(records[-1], i + 1, len(cases))
+    except KeyboardInterrupt:
+        return True
+    return False
 
 
 def _default_probe_bytes() -> int:
@@ -166,28 +225,34 @@ def _labelled(bar):
         yield case
 
 
-def run_case(case: Case, ctx: BuildContext, policy: TimingPolicy) -> dict:
-    """Check and time one case; returns its record (status ok, skipped or error)."""
+def run_case(
+    case: Case, ctx: BuildContext, policy: TimingPolicy, isolate_threads: int | None = None
+) -> dict:
+    """Check and time one case; returns its record (status ok, skipped or error).
+
+    With ``isolate_threads``, every timed contender is also timed alone in a fresh process with
+    that many threads (:mod:`normax.bench.isolate`).
+    """
     started = time.perf_counter()
     record = _case_header(case)
-    _check_and_time(case, ctx, policy, record)
+    _check_and_time(case, ctx, policy, record, isolate_threads)
     record["elapsed_s"] = time.perf_counter() - started
     return record
 
 
-def _check_and_time(case: Case, ctx: BuildContext, policy: TimingPolicy, record: dict) -> None:
+def _check_and_time(
+    case: Case, ctx: BuildContext, policy: TimingPolicy, record: dict, isolate_threads: int | None
+) -> None:
     missing = missing_requirements(case.requires)
     if missing:
         names = ", ".join(f"normax.{m}" for m in missing)
         record.update(status="skipped", note=f"{names} not available in this installation")
         return
     try:
-        contenders = case.build(ctx)
-        entries = [_first_call(c) for c in contenders]
+        entries = check_contenders(case, ctx)
     except Exception as exc:  # a broken case must not end the whole run
         record.update(status="error", note=f"set-up failed: {type(exc).__name__}: {exc}")
         return
-    _check_agreement(case, entries)
     timed = [e for e in entries if e["agree"]]
     try:
         stats = measure(
@@ -197,12 +262,25 @@ def _check_and_time(case: Case, ctx: BuildContext, policy: TimingPolicy, record:
         record.update(status="error", note=f"timing failed: {type(exc).__name__}: {exc}")
         stats = []
     for entry, st in zip(timed, stats, strict=False):
-        entry.update(_per_unit(st.to_dict(), case.per_call))
+        entry.update(_per_unit(st.to_dict(), case.per_call), method=isolate.METHOD_IN_PROCESS)
+    if isolate_threads is not None and stats:
+        _isolate(case, timed, policy, isolate_threads, ctx.seed)
     for entry in entries:
         entry.pop("_fn", None)
         entry.pop("_out", None)
     _derive(case, entries)
     record["contenders"] = entries
+
+
+def _isolate(case: Case, timed: list[dict], policy: TimingPolicy, threads: int, seed: int):
+    """Time each contender alone too; keep the isolated figure where the two disagree."""
+    for entry in timed:
+        try:
+            alone = isolate.time_isolated(case.id, entry["name"], threads, policy, seed)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            entry["isolated_error"] = str(exc)
+            continue
+        isolate.reconcile(entry, alone, DEFAULT_THRESHOLD)
 
 
 def _case_header(case: Case) -> dict:
@@ -279,7 +357,11 @@ def _check_agreement(case: Case, entries: list[dict]) -> None:
 def _per_unit(stats: dict, per_call: int) -> dict:
     if per_call == 1:
         return stats
-    return {k: (v / per_call if k.endswith("_s") else v) for k, v in stats.items()}
+    return {k: _scaled(v, per_call) if k.endswith("_s") else v for k, v in stats.items()}
+
+
+def _scaled(value, per_call: int):
+    return [v / per_call for v in value] if isinstance(value, list) else value / per_call
 
 
 def _derive(case: Case, entries: list[dict]) -> None:
@@ -316,6 +398,8 @@ def _document(config: Config, records: list[dict], run: dict) -> dict:
         "environment": environment_notes(),
         "load_average": run["load_average"],
         "threads": run["threads"],
+        # What each pool reported while the cases ran (--threads is refused if one differs).
+        "threads_in_use": run["threads_in_use"],
         "backends": list(run["backends"]),
         "default_backend": run["default_backend"],
         "torch": run["torch"] is not None,
@@ -324,10 +408,14 @@ def _document(config: Config, records: list[dict], run: dict) -> dict:
             "clock": "time.perf_counter",
             "statistic": "median",
             "spread": "interquartile range / median",
+            "method": "each contender's 'method' says how its figure was taken",
+            "isolation": run.get("isolation"),
         },
         "bandwidth": run["bandwidth"].to_dict(),
         "cases": records,
         "skipped": [{"id": r["id"], "note": r["note"]} for r in records if r["status"] != "ok"],
         "all_agree": agree and not any(r["status"] == "error" for r in records),
+        # Ctrl-C stopped the run: only the cases in "cases" finished.
+        "interrupted": run["interrupted"],
         "elapsed_s": run["elapsed"],
     }

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 
@@ -150,9 +152,35 @@ def environment_notes() -> dict:
     return {name: os.environ[name] for name in names if name in os.environ}
 
 
+def reserve_numba_threads(n: int) -> None:
+    """Let Numba's thread pool grow to ``n`` threads, if Numba is not imported yet.
+
+    Numba fixes the size of its pool (``NUMBA_NUM_THREADS``, by default the number of CPUs) when
+    it is imported; :func:`numba.set_num_threads` can only go below it. Setting the variable
+    before the import is the only way to honour ``--threads`` above the core count, and it also
+    reaches the processes that time contenders in isolation.
+    """
+    if "numba" in sys.modules or importlib.util.find_spec("numba") is None:
+        return
+    current = os.environ.get("NUMBA_NUM_THREADS", "")
+    default = int(current) if current.isdigit() else os.cpu_count() or 1
+    if n > default:
+        os.environ["NUMBA_NUM_THREADS"] = str(n)
+
+
 @contextlib.contextmanager
-def held_threads(n: int, torch):
-    """Hold normax, Numba, PyTorch and NumPy's BLAS/OpenMP pools to ``n`` threads, then restore."""
+def held_threads(n: int, torch, numba: bool = True):
+    """Hold normax, Numba, PyTorch and NumPy's BLAS/OpenMP pools to ``n`` threads, then restore.
+
+    ``numba=False``: Numba is not a contender, so its pool may stay smaller (it then only runs
+    the bandwidth probe).
+
+    Raises
+    ------
+    ValueError
+        When a pool cannot take ``n`` threads (Numba's was sized when it was imported), rather
+        than timing one contender with fewer threads than the others.
+    """
     from normax import _backend
 
     previous = getattr(_backend, "_num_threads", 0)
@@ -168,10 +196,36 @@ def held_threads(n: int, torch):
             normax.set_num_threads(n)
             _numba_threads(n)
             _torch_threads(torch, n)
+            _check_threads(n, torch, numba)
             yield
         finally:
             normax.set_num_threads(previous)
             _torch_threads(torch, previous_torch)
+
+
+def threads_in_use(torch) -> dict:
+    """Threads each pool will actually use: normax, Numba and PyTorch (when present)."""
+    out = {"normax": normax.get_num_threads()}
+    if "numba" in sys.modules:
+        out["numba"] = sys.modules["numba"].get_num_threads()
+    if torch is not None:
+        out["torch"] = torch.get_num_threads()
+    return out
+
+
+def _check_threads(n: int, torch, numba: bool) -> None:
+    for pool, got in threads_in_use(torch).items():
+        if got == n or (pool == "numba" and not numba):
+            continue
+        hint = ""
+        if pool == "numba":
+            limit = sys.modules["numba"].config.NUMBA_NUM_THREADS
+            hint = (
+                f" (its pool was sized to NUMBA_NUM_THREADS={limit} when Numba was imported; "
+                f"set NUMBA_NUM_THREADS={n} in the environment, or leave Numba out with "
+                "--backend c)"
+            )
+        raise ValueError(f"--threads {n}: {pool} runs {got} threads, not {n}{hint}")
 
 
 def _torch_threads(torch, n: int | None) -> None:
@@ -246,7 +300,8 @@ def probe_bandwidth(nbytes: int, threads: int, repeats: int = 10) -> Bandwidth:
         pk.parallel_read(src)
         copy_time = min(copy_time, _best(lambda: pk.parallel_copy(src, dst), repeats))
         read_time = min(read_time, _best(lambda: pk.parallel_read(src), repeats))
-        method = f"best of numba parallel ({threads} threads) and numpy (1 thread)"
+        used = sys.modules["numba"].get_num_threads()
+        method = f"best of numba parallel ({used} threads) and numpy (1 thread)"
     return Bandwidth(
         copy=2 * src.nbytes / copy_time,
         read=src.nbytes / read_time,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 FAMILY_TITLES = {
     "batch_norm": "Batch norm (train = training forward, infer = inference forward, backward)",
@@ -30,7 +31,8 @@ LEGEND = (
     "over the median; vs NumPy / vs torch: speed-up (their median over this median), ▼ marks "
     "a normax backend slower than the baseline; GB/s: minimum bytes moved / median; roofline: "
     "that over the copy bandwidth measured in this run (* the data fits in the last-level "
-    "cache, so the memory roofline does not bind)."
+    "cache, so the memory roofline does not bind); † timed alone in a process of its own, "
+    "because in turn with the other contenders it was slower beyond the noise."
 )
 
 
@@ -53,6 +55,35 @@ def format_speedup(value: float | None, name: str, baseline: str) -> str:
     return f"{value:.2f}x{flag}"
 
 
+def case_line(case: dict, index: int, total: int) -> str:
+    """One line for a finished case: every contender's median (and speed-up over NumPy).
+
+    Printed as each case finishes, so a redirected run shows its progress. "alone" is the
+    median of the contender timed in a process of its own; when it is faster alone beyond the
+    noise, that is the figure, and the in-process one ("in turn") is shown beside it.
+    """
+    head = (
+        f"[{index:{len(str(total))}d}/{total}] {case['kernel']} {case['layout']} "
+        f"{'x'.join(map(str, case['shape']))} {case['dtype']}:"
+    )
+    if case["status"] != "ok":
+        return f"{head} {case['status']}: {case['note']}"
+    parts = []
+    for e in case["contenders"]:
+        if e.get("median_s") is None:
+            parts.append(f"{e['name']} FAILED ({e.get('error') or 'not timed'})")
+            continue
+        text = f"{e['name']} {format_time(e['median_s'])}"
+        if e.get("speedup_vs_numpy") and e["name"] != "numpy":
+            text += f" ({e['speedup_vs_numpy']:.2f}x NumPy)"
+        if e.get("in_process"):  # they disagreed: the figure is the isolated one
+            text += f" [timed alone; {format_time(e['in_process']['median_s'])} in turn]"
+        elif "isolated" in e:
+            text += f" [alone {format_time(e['isolated']['median_s'])}]"
+        parts.append(text)
+    return f"{head} {', '.join(parts)} ({case['elapsed_s']:.1f} s)"
+
+
 def _row(case: dict, entry: dict, first: bool) -> list[str]:
     head = [case["kernel"], case["layout"], "x".join(map(str, case["shape"])), case["dtype"]]
     if not first:
@@ -66,7 +97,7 @@ def _row(case: dict, entry: dict, first: bool) -> list[str]:
     return [
         *head,
         entry["name"],
-        format_time(entry["median_s"]),
+        format_time(entry["median_s"]) + (" †" if entry.get("in_process") else ""),
         f"{100 * entry['spread']:.1f}%",
         format_speedup(entry.get("speedup_vs_numpy"), entry["name"], "numpy"),
         format_speedup(entry.get("speedup_vs_torch"), entry["name"], "torch"),
@@ -250,6 +281,8 @@ def check_results(doc: dict, allow_skipped: bool = False) -> list[str]:
         problems += _check_case(case, expected, allow_skipped)
     if not doc["all_agree"]:
         problems.append("all_agree is false")
+    if doc.get("interrupted"):
+        problems.append("the run was interrupted: only the cases that finished are in the file")
     return problems
 
 
@@ -282,69 +315,188 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
-def plot(doc: dict, path: str) -> None:
-    """Speed-up over NumPy per case and contender, one panel per family (log scale)."""
+# Plotting. Speed-ups are ratios, so the axis is logarithmic and every bar starts at 1 (no
+# change): a contender slower than the baseline is a bar to the left of 1, not a short bar.
+MAX_CASES_PER_FILE = 40  # beyond this (--full), one file per family and dtype
+COLORS = {"c": "tab:blue", "numba": "tab:orange", "numpy": "tab:gray", "torch": "tab:green"}
+VERSUS = {"numpy": ("c", "numba", "torch"), "torch": ("c", "numba")}
+BASELINE_NAMES = {"numpy": "NumPy", "torch": "PyTorch"}
+NICE_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def plot(doc: dict, path: str) -> list[str]:
+    """Speed-up bars over NumPy and over PyTorch; returns the PNG files written.
+
+    Up to :data:`MAX_CASES_PER_FILE` cases (``--quick``) go into ``path``: one row of panels per
+    family, one column per baseline. More cases (``--full``) are split into one file per family
+    and dtype, ``<path stem>-<family>-<dtype>.png``, each a row per baseline and a column per
+    kernel, so that each file fits on one screen. The tuning family has no NumPy or PyTorch
+    counterpart and is left to the table.
+    """
+    records = [r for r in doc["cases"] if r["status"] == "ok" and r["family"] != "tune"]
+    if not records:
+        raise ValueError("nothing to plot: no kernel case ran")
+    baselines = [b for b in VERSUS if any(_has(r, b) for r in records)]
+    families = list(dict.fromkeys(r["family"] for r in records))
+    if len(records) <= MAX_CASES_PER_FILE:
+        grid = [
+            [
+                (
+                    f"{FAMILY_SHORT.get(f, f)} vs {BASELINE_NAMES[b]}",
+                    b,
+                    [r for r in records if r["family"] == f],
+                    True,
+                )
+                for b in baselines
+            ]
+            for f in families
+        ]
+        _draw(doc, grid, path, "")
+        return [path]
+    stem, ext = os.path.splitext(path)
+    written = []
+    for family in families:
+        for dtype in dict.fromkeys(r["dtype"] for r in records if r["family"] == family):
+            chosen = [r for r in records if r["family"] == family and r["dtype"] == dtype]
+            kernels = list(dict.fromkeys(r["kernel"] for r in chosen))
+            grid = [
+                [
+                    (
+                        f"{k} vs {BASELINE_NAMES[b]}",
+                        b,
+                        [r for r in chosen if r["kernel"] == k],
+                        False,
+                    )
+                    for k in kernels
+                ]
+                for b in baselines
+            ]
+            out = f"{stem}-{family}-{dtype}{ext or '.png'}"
+            _draw(doc, grid, out, f"{FAMILY_SHORT.get(family, family)}, {dtype}")
+            written.append(out)
+    return written
+
+
+FAMILY_SHORT = {"batch_norm": "batch norm", "softmax": "softmax family", "optim": "optimizers"}
+
+
+def _has(record: dict, name: str) -> bool:
+    return any(e["name"] == name and e.get("median_s") for e in record["contenders"])
+
+
+def _draw(doc: dict, grid: list[list[tuple]], path: str, subject: str) -> None:
+    """One figure: ``grid`` rows of (title, baseline, records, with kernel in labels) panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families = [
-        f
-        for f in dict.fromkeys(r["family"] for r in doc["cases"])
-        if any(r["status"] == "ok" and r["family"] == f for r in doc["cases"])
-    ]
-    if not families:
-        raise ValueError("nothing to plot: no case ran")
-    groups = {
-        f: [r for r in doc["cases"] if r["family"] == f and r["status"] == "ok"] for f in families
-    }
-    heights = [max(1.5, 0.32 * len(g) * 2) for g in groups.values()]
+    rows = [max(len(recs) for _, _, recs, _ in row) for row in grid]
+    bars = max(len(VERSUS[b]) for row in grid for _, b, _, _ in row)
+    heights = [max(1.2, 0.11 * n * (bars + 0.6)) for n in rows]
     fig, axes = plt.subplots(
-        len(families),
-        1,
-        figsize=(9, sum(heights) + 1),
-        gridspec_kw={"height_ratios": heights},
+        len(grid),
+        len(grid[0]),
         squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+        figsize=(5.9 * len(grid[0]) + 1.0, min(sum(heights) + 1.6, 10.5)),
     )
-    for ax, (family, records) in zip(axes[:, 0], groups.items(), strict=True):
-        _plot_family(ax, family, records)
-    fig.suptitle(f"normax speed-up ({doc['machine']['cpu']}, {_threads(doc['threads'])})")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title
-    fig.savefig(path, dpi=120)
+    for row, ax_row in zip(grid, axes, strict=True):
+        for (title, baseline, records, with_kernel), ax in zip(row, ax_row, strict=True):
+            _panel(ax, title, baseline, records, with_kernel)
+    names = [n for n in COLORS if any(n in VERSUS[b] for row in grid for _, b, _, _ in row)]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[n]) for n in names]
+    labels = [LABELS.get(n, n) for n in names]
+    m, h = doc["machine"], fig.get_figheight()
+    fig.suptitle(
+        f"normax speed-up{': ' + subject if subject else ''} ({doc['mode']} run, {m['cpu']}, "
+        f"{_threads(doc['threads'])})\nbars start at 1x: right of it is faster than the "
+        "baseline, left of it slower; error bars span the interquartile ranges of both",
+        fontsize=10,
+        y=1 - 0.08 / h,
+        va="top",
+    )
+    fig.legend(handles, labels, loc="lower center", ncol=len(names), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / h, 1, 1))  # the suptitle is accounted for; the legend not
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def _plot_family(ax, family: str, records: list[dict]) -> None:
-    baseline = "memory" if family == "tune" else "numpy"
-    names = [
-        n
-        for n in ("c", "numba", "torch", "sqlite")
-        if any(e["name"] == n for r in records for e in r["contenders"])
-    ]
-    labels = [
-        f"{r['kernel']} {r['layout']} {'x'.join(map(str, r['shape']))} {r['dtype']}"
-        for r in records
-    ]
+LABELS = {
+    "c": "normax C",
+    "numba": "normax Numba",
+    "numpy": "NumPy reference",
+    "torch": "PyTorch CPU",
+}
+
+
+def _panel(ax, title: str, baseline: str, records: list[dict], with_kernel: bool) -> None:
+    """Horizontal bars from 1 to each contender's speed-up over ``baseline``, one group per case."""
+    names = [n for n in VERSUS[baseline] if any(_has(r, n) for r in records)]
     width = 0.8 / max(1, len(names))
+    span = [1.0, 1.0]
     for j, name in enumerate(names):
-        values = [_speedup(r, name, baseline) for r in records]
-        pos = [i + (j - (len(names) - 1) / 2) * width for i in range(len(records))]
-        ax.barh(pos, [v or 0 for v in values], height=width, label=name)
-    ax.axvline(1.0, color="black", linewidth=0.8)
+        for i, record in enumerate(records):
+            value = _speedup_range(record, name, baseline)
+            if value is None:
+                continue
+            mid, low, high = value
+            y = i + (j - (len(names) - 1) / 2) * width
+            ax.barh(y, mid - 1, left=1, height=width, color=COLORS[name])
+            ax.errorbar(
+                mid,
+                y,
+                xerr=[[mid - low], [high - mid]],
+                fmt="none",
+                ecolor="black",
+                elinewidth=0.7,
+                capsize=1.5,
+            )
+            span = [min(span[0], low), max(span[1], high)]
+    ax.axvline(1.0, color="black", linewidth=0.9)
+    _log_axis(ax, span)
+    ax.set_yticks(range(len(records)), [_label(r, with_kernel) for r in records], fontsize=8)
+    ax.set_ylim(len(records) - 0.5, -0.5)
+    ax.set_xlabel(f"speed-up over {BASELINE_NAMES[baseline]}", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", color="0.85", linewidth=0.6)
+    ax.set_axisbelow(True)
+
+
+def _label(record: dict, with_kernel: bool) -> str:
+    shape = "x".join(map(str, record["shape"]))
+    dtype = {"float32": "f32", "float64": "f64"}.get(record["dtype"], record["dtype"])
+    text = f"{record['layout']} {shape}"
+    return f"{record['kernel']} {text} {dtype}" if with_kernel else text
+
+
+def _log_axis(ax, span: list[float]) -> None:
+    """Log scale with plain labels at 1-2-5 steps (0.5x, 1x, 2x, 5x, ...), no 10^k notation."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    low, high = span[0] / 1.25, span[1] * 1.25
     ax.set_xscale("log")
-    ax.set_yticks(range(len(records)), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"speed-up over {baseline} (higher is faster)")
-    ax.set_title(FAMILY_TITLES.get(family, family), fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlim(low, high)
+    ticks = [t for t in NICE_TICKS if low <= t <= high]
+    if len(ticks) > 8:  # many decades: 1-2-5 labels would collide, keep the powers of ten
+        ticks = [t for t in ticks if math.log10(t).is_integer()]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.tick_params(axis="x", labelsize=8)
 
 
-def _speedup(record: dict, name: str, baseline: str) -> float | None:
-    times = {e["name"]: e.get("median_s") for e in record["contenders"]}
-    if times.get(name) and times.get(baseline):
-        return times[baseline] / times[name]
-    return None
+def _speedup_range(record: dict, name: str, baseline: str):
+    """Speed-up of ``name`` over ``baseline`` (ratio of medians) with the range the two
+    interquartile ranges allow: (baseline q1 / name q3, baseline q3 / name q1)."""
+    by_name = {e["name"]: e for e in record["contenders"]}
+    a, b = by_name.get(name, {}), by_name.get(baseline, {})
+    if not (a.get("median_s") and b.get("median_s")):
+        return None
+    mid = b["median_s"] / a["median_s"]
+    low = b.get("q1_s", b["median_s"]) / a.get("q3_s", a["median_s"])
+    high = b.get("q3_s", b["median_s"]) / a.get("q1_s", a["median_s"])
+    return mid, min(low, mid), max(high, mid)
 
 
 def _threads(n: int) -> str:

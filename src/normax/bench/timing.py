@@ -69,6 +69,7 @@ class Stats:
     samples: int
     calls_per_sample: int
     total_time: float
+    per_call: tuple[float, ...] = ()
 
     @property
     def spread(self) -> float:
@@ -85,6 +86,8 @@ class Stats:
             "samples": self.samples,
             "calls_per_sample": self.calls_per_sample,
             "total_time_s": self.total_time,
+            # Every sample, so that a later run can be compared with this one (--compare).
+            "samples_s": list(self.per_call),
         }
 
 
@@ -102,6 +105,7 @@ def summarize(per_call: Sequence[float], calls_per_sample: int) -> Stats:
         samples=int(a.size),
         calls_per_sample=int(calls_per_sample),
         total_time=float(a.sum() * calls_per_sample),
+        per_call=tuple(float(v) for v in a),
     )
 
 
