@@ -730,3 +730,12 @@ def test_compare_judges_normax_against_the_control_band(c_factor, expected):
     assert "control: PyTorch's figures moved 0.91x-1.80x" in render_comparison(result, "a", "b")
     plain = compare(base, new, control=False)
     assert {r["verdict"] for r in plain["rows"] if r["contender"] == "c"} == {"slower"}
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(59.39, "59.39x"), (1.0, "1.00x"), (0.25, "0.25x"), (0.0051, "0.0051x")]
+)
+def test_a_tiny_speedup_is_not_shown_as_zero(value, text):
+    from normax.bench.report import format_ratio
+
+    assert format_ratio(value) == text

@@ -46,13 +46,18 @@ def format_time(seconds: float | None) -> str:
     return f"{seconds / 1e-9:.3g} ns"
 
 
+def format_ratio(value: float) -> str:
+    """A speed-up as people read it: two decimals, but never "0.00x" for a tiny one."""
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
+
+
 def format_speedup(value: float | None, name: str, baseline: str) -> str:
     if name == baseline:
         return "base"
     if value is None:
         return "-"
     flag = REGRESSION if value < 1 and name in NORMAX else ""
-    return f"{value:.2f}x{flag}"
+    return f"{format_ratio(value)}{flag}"
 
 
 def case_line(case: dict, index: int, total: int) -> str:
@@ -75,7 +80,7 @@ def case_line(case: dict, index: int, total: int) -> str:
             continue
         text = f"{e['name']} {format_time(e['median_s'])}"
         if e.get("speedup_vs_numpy") and e["name"] != "numpy":
-            text += f" ({e['speedup_vs_numpy']:.2f}x NumPy)"
+            text += f" ({format_ratio(e['speedup_vs_numpy'])} NumPy)"
         if e.get("in_process"):  # they disagreed: the figure is the isolated one
             text += f" [timed alone; {format_time(e['in_process']['median_s'])} in turn]"
         elif "isolated" in e:
