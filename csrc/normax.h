@@ -24,4 +24,9 @@ int nmx_threads_for(nmx_index work);
 void nmx_set_num_threads(int n);
 int nmx_get_num_threads(void);
 
+/* The build: the _OPENMP date it was compiled with (0 without OpenMP), and the SIMD version of
+ * the kernels this CPU runs, in words. */
+int nmx_openmp_version(void);
+const char *nmx_simd_target(void);
+
 #endif
