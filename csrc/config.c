@@ -1,6 +1,11 @@
 /* What this build of the kernels is: reported by normax.show_config(). */
+#define _GNU_SOURCE /* dladdr */
 #include "normax.h"
 #include "platform.h"
+
+#if defined(_OPENMP) && NMX_HAVE_POSIX
+#include <dlfcn.h>
+#endif
 
 int nmx_openmp_version(void) {
 #ifdef _OPENMP
@@ -8,6 +13,16 @@ int nmx_openmp_version(void) {
 #else
     return 0;
 #endif
+}
+
+/* The file of the OpenMP runtime these kernels call (a wheel bundles its own copy), or "" when
+ * unknown or built without OpenMP. */
+const char *nmx_openmp_library(void) {
+#if defined(_OPENMP) && NMX_HAVE_POSIX
+    Dl_info info;
+    if (dladdr((void *)&omp_get_max_threads, &info) && info.dli_fname) return info.dli_fname;
+#endif
+    return "";
 }
 
 /* The SIMD version of the kernels the CPU runs. With target_clones, the load-time resolver picks

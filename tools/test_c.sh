@@ -17,7 +17,7 @@ run() {  # run <label> <compiler> <extra flags...>
   local label=$1 cc=$2
   shift 2
   printf '\n--- %s: %s\n' "$label" "$("$cc" --version | head -1)"
-  "$cc" "${flags[@]}" "$@" csrc/*.c tests/c/test_kernels.c -o "$out/$label" -lm
+  "$cc" "${flags[@]}" "$@" csrc/*.c tests/c/test_kernels.c -o "$out/$label" -lm -ldl
   case $label in
     *aarch64*) OMP_NUM_THREADS=2 qemu-aarch64 -L "/usr/${cc%-gcc}" "$out/$label" ;;
     *) OMP_NUM_THREADS=2 "$out/$label" ;;

@@ -155,8 +155,8 @@ static void test_sgd(nmx_index size) {
 }
 
 int main(void) {
-    printf("normax kernels: %s, OpenMP %d, %d threads\n", nmx_simd_target(),
-           nmx_openmp_version(), nmx_get_num_threads());
+    printf("normax kernels: %s, OpenMP %d (%s), %d threads\n", nmx_simd_target(),
+           nmx_openmp_version(), nmx_openmp_library(), nmx_get_num_threads());
     test_batchnorm(64, 10, 1);
     test_batchnorm(512, 96, 1); /* 49152 elements: the parallel path */
     test_batchnorm(8, 6, 1000);
