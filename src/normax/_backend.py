@@ -82,11 +82,19 @@ def available_backends() -> tuple[str, ...]:
     return tuple(names)
 
 
+def _numba_threads() -> int:
+    """Threads the Numba kernels use: normax.set_num_threads, capped by NUMBA_NUM_THREADS."""
+    import numba
+
+    cap = numba.config.NUMBA_NUM_THREADS
+    return min(_num_threads, cap) if _num_threads else cap
+
+
 def _numba_ready() -> None:
     import numba
 
     if _num_threads:
-        numba.set_num_threads(min(_num_threads, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(_numba_threads())
 
 
 def _max_threads() -> int:

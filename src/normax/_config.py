@@ -53,7 +53,8 @@ def _numba_info() -> dict[str, Any]:
     started = bool(parallel is not None and getattr(parallel, "_is_initialized", False))
     return {
         "version": numba.__version__,
-        "threads": numba.get_num_threads(),
+        # numba.get_num_threads() would start Numba's thread pool: report the setting until then
+        "threads": numba.get_num_threads() if started else _backend._numba_threads(),
         "max_threads": numba.config.NUMBA_NUM_THREADS,
         "threading_layer": numba.threading_layer() if started else None,
         "threading_layer_setting": numba.config.THREADING_LAYER,
