@@ -35,7 +35,10 @@ def _core_reason() -> str:
     """Why the extension did not import, in words (the raw ImportError can mislead)."""
     spec = importlib.util.find_spec(f"{__package__}._ext_common") if __package__ else None
     if spec is None:
-        return "the extension file is missing from the installation"
+        return (
+            "this installation has no compiled extension (a pure-Python install: no working C "
+            "compiler when it was built)"
+        )
     return f"{spec.origin} failed to load: {_core_error}"
 
 
@@ -157,7 +160,8 @@ def _initial_backend() -> str:
     if _core is None:
         warnings.warn(
             f"normax: the compiled extension is unavailable ({_core_reason()}); "
-            "using the slower Numba kernels. Reinstall normax to build it.",
+            "using the slower Numba kernels. Install a normax wheel, or reinstall with a C "
+            "compiler (see the README), to get it.",
             RuntimeWarning,
             stacklevel=3,
         )
