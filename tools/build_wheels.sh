@@ -50,6 +50,12 @@ for v in "${versions[@]}"; do
   "$auditwheel" repair -w "$work/fixed-$v" "$raw"
   wheel=$(ls "$work/fixed-$v"/normax-*.whl)
   "$auditwheel" show "$wheel"
+  # only compiled modules, Python, stubs and py.typed: no sources of the compiled modules
+  if unzip -Z1 "$wheel" | grep -E '\.(pyx|pxd|c|h)$'; then
+    echo "build_wheels: sources in $wheel" >&2; exit 1
+  fi
+  unzip -Z1 "$wheel" | grep -q 'dist-info/licenses/LICENSE$' || {
+    echo "build_wheels: no LICENSE in $wheel" >&2; exit 1; }
   echo "build + repair: $((SECONDS - start)) s"
 
   "$py" -m venv "$work/test-$v"
