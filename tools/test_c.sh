@@ -2,7 +2,8 @@
 # Build csrc/ and the C test driver (tests/c/test_kernels.c) with every compiler given, and run
 # it; cross-compiled aarch64 builds run under qemu-user.
 #
-#   tools/test_c.sh                 gcc, clang, gcc without OpenMP, aarch64-linux-gnu-gcc
+#   tools/test_c.sh                 gcc, clang, gcc without OpenMP, aarch64-linux-gnu-gcc, and
+#                                   clang for aarch64 without OpenMP (no aarch64 libomp on Debian)
 #   tools/test_c.sh gcc clang ...   only these (a name containing "aarch64" runs under qemu)
 #
 # Debian packages: gcc, clang, libomp-dev (clang's OpenMP), gcc-aarch64-linux-gnu, qemu-user.
@@ -19,16 +20,17 @@ run() {  # run <label> <compiler> <extra flags...>
   printf '\n--- %s: %s\n' "$label" "$("$cc" --version | head -1)"
   "$cc" "${flags[@]}" "$@" csrc/*.c tests/c/test_kernels.c -o "$out/$label" -lm -ldl
   case $label in
-    *aarch64*) OMP_NUM_THREADS=2 qemu-aarch64 -L "/usr/${cc%-gcc}" "$out/$label" ;;
+    *aarch64*) OMP_NUM_THREADS=2 qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/$label" ;;
     *) OMP_NUM_THREADS=2 "$out/$label" ;;
   esac
 }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(gcc clang gcc-serial aarch64-linux-gnu-gcc)
+[ ${#targets[@]} -gt 0 ] || targets=(gcc clang gcc-serial aarch64-linux-gnu-gcc clang-aarch64-serial)
 for t in "${targets[@]}"; do
   case $t in
     gcc-serial) run gcc-serial gcc -Wno-unknown-pragmas ;;
+    clang-aarch64-serial) run "$t" clang --target=aarch64-linux-gnu -Wno-unknown-pragmas ;;
     clang*) run "$t" "$t" -fopenmp=libomp ;;
     *) run "$t" "$t" -fopenmp ;;
   esac
