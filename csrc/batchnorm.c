@@ -2,26 +2,18 @@
 #include "batchnorm.h"
 
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+
+#include "platform.h"
 #if defined(__x86_64__) || defined(_M_X64)
 #include <emmintrin.h>
 #define NMX_HAVE_STREAM 1
 #endif
 
 /* The wheel is built for baseline x86-64; the hot loops are additionally compiled for AVX2 and
- * AVX-512 and picked at load time (GNU ifunc). Sanitizer builds keep one version. */
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
-    !defined(__SANITIZE_ADDRESS__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define NMX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef NMX_CLONES
-#define NMX_CLONES
-#endif
+ * AVX-512 and picked at load time where platform.h allows it. */
+#define NMX_CLONES NMX_CLONES_SIMD
 
 /* Element-wise passes over arrays larger than the cache write through a small buffer with
  * non-temporal stores: no read-for-ownership of the destination (a 3 x bytes forward instead of
@@ -33,7 +25,7 @@ static int nmx_should_stream(size_t bytes) {
 #if NMX_HAVE_STREAM
     if (bytes < ((size_t)4 << 20)) return 0;
     long llc = -1;
-#ifdef _SC_LEVEL3_CACHE_SIZE
+#if NMX_HAVE_POSIX && defined(_SC_LEVEL3_CACHE_SIZE)
     llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
 #endif
     if (llc <= 0) llc = 16L << 20;

@@ -24,4 +24,10 @@ int nmx_threads_for(nmx_index work);
 void nmx_set_num_threads(int n);
 int nmx_get_num_threads(void);
 
+/* The build: the _OPENMP date it was compiled with (0 without OpenMP), the file of the OpenMP
+ * runtime in use ("" if unknown), and the SIMD version of the kernels this CPU runs, in words. */
+int nmx_openmp_version(void);
+const char *nmx_openmp_library(void);
+const char *nmx_simd_target(void);
+
 #endif

@@ -15,8 +15,9 @@
 #include "optim.h"
 
 #include <math.h>
-#include <omp.h>
 #include <stddef.h>
+
+#include "platform.h"
 
 typedef void (*nmx_range_fn)(const nmx_optim_call *c, nmx_index k, nmx_index lo, nmx_index n);
 
@@ -56,11 +57,7 @@ static void run_ranges(const nmx_optim_call *c, nmx_range_fn fn) {
 /* The element loops are compute-bound when the arrays sit in cache (small networks): build an
  * AVX2 version next to the baseline one and pick it at load time. AVX2 without FMA keeps every
  * result bit-identical to the baseline build and to the NumPy reference. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(NMX_NO_CLONES)
-#define NMX_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define NMX_CLONES
-#endif
+#define NMX_CLONES NMX_CLONES_AVX2
 
 /* Instantiate the element loops for float and double. */
 #define NMX_OPTIM_TEMPLATE

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <omp.h>
+#include "platform.h"
 
 /* The vector helpers below are always inlined, so the vector-argument ABI note is moot. */
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -206,7 +206,7 @@ static nmx_index nmx_block_cols(nmx_index classes, nmx_index inner, nmx_index el
 
 enum { NMX_SOFTMAX, NMX_LOG_SOFTMAX, NMX_XENT, NMX_BWD, NMX_BWD_LOG };
 
-#define NMX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define NMX_CLONES NMX_CLONES_SIMD
 
 #define T float
 #define SFX f32

@@ -1,22 +1,25 @@
 #include "normax.h"
 
-#include <omp.h>
-#include <pthread.h>
+#include "platform.h"
 
 static int nmx_user_threads = 0; /* 0: follow OpenMP's ICV */
 static volatile int nmx_forked_child = 0;
+#if NMX_HAVE_POSIX
 static pthread_once_t nmx_atfork_once = PTHREAD_ONCE_INIT;
-
 static void nmx_mark_child(void) { nmx_forked_child = 1; }
 static void nmx_register_atfork(void) { pthread_atfork(NULL, NULL, nmx_mark_child); }
+#define NMX_ONCE_ATFORK() pthread_once(&nmx_atfork_once, nmx_register_atfork)
+#else /* no fork() on this system */
+#define NMX_ONCE_ATFORK() ((void)0)
+#endif
 
 void nmx_set_num_threads(int n) {
-    pthread_once(&nmx_atfork_once, nmx_register_atfork);
+    NMX_ONCE_ATFORK();
     nmx_user_threads = n > 0 ? n : 0;
 }
 
 int nmx_get_num_threads(void) {
-    pthread_once(&nmx_atfork_once, nmx_register_atfork);
+    NMX_ONCE_ATFORK();
     if (nmx_forked_child) return 1;
     return nmx_user_threads > 0 ? nmx_user_threads : omp_get_max_threads();
 }

@@ -12,6 +12,7 @@ from ._backend import (
     set_backend,
     set_num_threads,
 )
+from ._config import show_config
 from .batchnorm import (
     batch_norm_backward,
     batch_norm_infer,
@@ -41,6 +42,7 @@ __all__ = [
     "optim",
     "set_backend",
     "set_num_threads",
+    "show_config",
     "softmax",
     "softmax_backward",
     "softmax_cross_entropy",

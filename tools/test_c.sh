@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Build csrc/ and the C test driver (tests/c/test_kernels.c) with every compiler given, and run
+# it; cross-compiled aarch64 builds run under qemu-user.
+#
+#   tools/test_c.sh                 gcc, clang, gcc without OpenMP, aarch64-linux-gnu-gcc, and
+#                                   clang for aarch64 without OpenMP (no aarch64 libomp on Debian)
+#   tools/test_c.sh gcc clang ...   only these (a name containing "aarch64" runs under qemu)
+#
+# Debian packages: gcc, clang, libomp-dev (clang's OpenMP), gcc-aarch64-linux-gnu, qemu-user.
+# Warnings are errors: the kernels must compile cleanly on every target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+flags=(-std=gnu11 -O2 -fno-math-errno -fno-trapping-math -Wall -Wextra -Wshadow -Werror -Icsrc)
+
+run() {  # run <label> <compiler> <extra flags...>
+  local label=$1 cc=$2
+  shift 2
+  printf '\n--- %s: %s\n' "$label" "$("$cc" --version | head -1)"
+  "$cc" "${flags[@]}" "$@" csrc/*.c tests/c/test_kernels.c -o "$out/$label" -lm -ldl
+  case $label in
+    *aarch64*) OMP_NUM_THREADS=2 qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/$label" ;;
+    *) OMP_NUM_THREADS=2 "$out/$label" ;;
+  esac
+}
+
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(gcc clang gcc-serial aarch64-linux-gnu-gcc clang-aarch64-serial)
+for t in "${targets[@]}"; do
+  case $t in
+    gcc-serial) run gcc-serial gcc -Wno-unknown-pragmas ;;
+    clang-aarch64-serial) run "$t" clang --target=aarch64-linux-gnu -Wno-unknown-pragmas ;;
+    clang*) run "$t" "$t" -fopenmp=libomp ;;
+    *) run "$t" "$t" -fopenmp ;;
+  esac
+done
+echo "tools/test_c.sh: all builds passed"
