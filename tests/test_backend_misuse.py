@@ -63,3 +63,15 @@ def test_the_largest_accepted_thread_count_runs():
     np.testing.assert_allclose(got.sum(axis=1), 1.0)
     with pytest.raises(ValueError, match="at most"):
         normax.set_num_threads(n + 1)
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    # `normax info | head -1`: the reader leaves after one line; no traceback, exit 141.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, normax.cli as c; sys.exit(c.main(['info']))"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # nobody reads: the first write (or the flush at exit) hits EPIPE
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    assert proc.returncode == 141, proc.returncode

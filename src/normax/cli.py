@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module, help); each module defines add_arguments(parser) and run(args) -> int
@@ -57,10 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normax {args.command}: unavailable ({err})", file=sys.stderr)
         return 2
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        status = int(importlib.import_module(args._module).run(args) or 0)
+        sys.stdout.flush()  # a reader that left shows here, inside the handlers below
+        return status
     except KeyboardInterrupt:  # Ctrl-C: a subcommand that keeps partial results says so itself
         print(f"\nnormax {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `normax bench | head`: the reader left, which is not a failure
+        # Python would report the pipe again while flushing stdout at exit; point it at devnull.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by a closed pipe
 
 
 if __name__ == "__main__":
