@@ -19,6 +19,9 @@ from numba import boolean, float32, float64, intp, prange, void
 
 from ._batchnorm_numpy import _quiet
 from ._checks import view3d, writeable
+from ._numba_notice import CompileNotice
+
+_notice = CompileNotice("batch-norm")
 
 _PARALLEL_MIN_WORK = 1 << 15  # same threshold as the C kernels (csrc/normax.h)
 _REASSOC = {"reassoc", "contract"}
@@ -300,6 +303,9 @@ def _dx(dy, x, k, dx, parts):  # pragma: no cover - compiled
 
 
 # ---- wrappers with the signatures of the C binding ----------------------------------------
+
+
+_notice.close()
 
 
 def _parts(x3: np.ndarray) -> int:
