@@ -6,10 +6,42 @@
 #include <numpy/arrayobject.h>
 
 #include "normax.h"
+#include "outbuf.h"
 
 int normax_register_batchnorm(PyObject *module);
 int normax_register_softmax(PyObject *module);
 int normax_register_optim(PyObject *module);
+
+/* NumPy allocator of the large outputs the kernels create: nmx_buf_* keep freed blocks mapped,
+ * so the next call's output does not pay the page faults of a fresh 64 MiB array again. */
+static void *nmx_h_malloc(void *ctx, size_t n) { return (void)ctx, nmx_buf_malloc(n); }
+static void *nmx_h_calloc(void *ctx, size_t n, size_t sz) { return (void)ctx, nmx_buf_calloc(n, sz); }
+static void *nmx_h_realloc(void *ctx, void *p, size_t n) { return (void)ctx, nmx_buf_realloc(p, n); }
+static void nmx_h_free(void *ctx, void *p, size_t n) { (void)ctx, (void)n, nmx_buf_free(p); }
+static PyDataMem_Handler nmx_handler = {
+    "normax_outbuf", 1, {NULL, nmx_h_malloc, nmx_h_calloc, nmx_h_realloc, nmx_h_free}};
+static PyObject *nmx_handler_capsule = NULL;
+
+PyObject *nmx_new_output(int ndim, npy_intp const *dims, int typenum) {
+    PyArray_Descr *descr = PyArray_DescrFromType(typenum);
+    if (descr == NULL) return NULL;
+    npy_intp n = PyDataType_ELSIZE(descr);
+    Py_DECREF(descr);
+    for (int i = 0; i < ndim; i++) n *= dims[i];
+    if ((size_t)n < NMX_BUF_MIN_BYTES || nmx_handler_capsule == NULL)
+        return PyArray_SimpleNew(ndim, (npy_intp *)dims, typenum);
+    PyObject *old = PyDataMem_SetHandler(nmx_handler_capsule);
+    if (old == NULL) return NULL;
+    PyObject *out = PyArray_SimpleNew(ndim, (npy_intp *)dims, typenum);
+    PyObject *back = PyDataMem_SetHandler(old);
+    Py_DECREF(old);
+    if (back == NULL) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    Py_DECREF(back);
+    return out;
+}
 
 static PyObject *set_num_threads(PyObject *Py_UNUSED(self), PyObject *arg) {
     long n = PyLong_AsLong(arg);
@@ -45,6 +77,11 @@ PyMODINIT_FUNC PyInit__core(void) {
     if (m == NULL) return NULL;
     if (normax_register_batchnorm(m) < 0 || normax_register_softmax(m) < 0 ||
         normax_register_optim(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    nmx_handler_capsule = PyCapsule_New(&nmx_handler, "mem_handler", NULL);
+    if (nmx_handler_capsule == NULL) {
         Py_DECREF(m);
         return NULL;
     }

@@ -70,6 +70,9 @@ static inline int nmx_numel3(nmx_index outer, nmx_index c, nmx_index inner, nmx_
     return 0;
 }
 
+/* A new C-contiguous array for a kernel output; large ones come from csrc/outbuf.c. */
+PyObject *nmx_new_output(int ndim, npy_intp const *dims, int typenum);
+
 /* Each family registers its functions on the module. */
 int normax_register_batchnorm(PyObject *module);
 int normax_register_softmax(PyObject *module);

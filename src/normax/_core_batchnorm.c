@@ -43,7 +43,7 @@ static int bn_view(PyObject *x, PyObject *axis_obj, const char *name, int *typen
 static PyObject *bn_output(PyObject *out, PyObject *like, const char *name) {
     PyArrayObject *a = (PyArrayObject *)like;
     if (out == Py_None)
-        return PyArray_SimpleNew(PyArray_NDIM(a), PyArray_DIMS(a), PyArray_TYPE(a));
+        return nmx_new_output(PyArray_NDIM(a), PyArray_DIMS(a), PyArray_TYPE(a));
     if (!nmx_array_data(out, name, PyArray_TYPE(a), (nmx_index)PyArray_SIZE(a), 1)) return NULL;
     Py_INCREF(out);
     return out;

@@ -130,7 +130,9 @@ static PyObject *xent(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize
     }
     PyObject *out = args[3];
     if (out == Py_None)
-        out = PyArray_NewLikeArray((PyArrayObject *)args[0], NPY_CORDER, NULL, 0);
+        out = nmx_new_output(PyArray_NDIM((PyArrayObject *)args[0]),
+                             PyArray_DIMS((PyArrayObject *)args[0]),
+                             PyArray_TYPE((PyArrayObject *)args[0]));
     else
         Py_INCREF(out);
     if (!out) return NULL;
@@ -261,7 +263,7 @@ static PyObject *xent_fast(PyObject *Py_UNUSED(self), PyObject *const *args, Py_
         a.loss = PyArray_DATA((PyArrayObject *)loss);
     }
     if (out == Py_None)
-        out = PyArray_NewLikeArray(z, NPY_CORDER, NULL, 0);
+        out = nmx_new_output(PyArray_NDIM(z), PyArray_DIMS(z), PyArray_TYPE(z));
     else
         Py_INCREF(out);
     if (!out) {
