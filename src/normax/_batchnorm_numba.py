@@ -17,6 +17,7 @@ import numba as nb
 import numpy as np
 from numba import boolean, float32, float64, intp, prange, void
 
+from . import _outpool
 from ._batchnorm_numpy import _quiet
 from ._checks import view3d, writeable
 from ._numba_notice import CompileNotice
@@ -319,7 +320,7 @@ def _parts(x3: np.ndarray) -> int:
 
 def _view(x: np.ndarray, axis: int, out: np.ndarray | None):
     x3 = x.reshape(view3d(x.shape, axis))
-    y = np.empty_like(x) if out is None else out
+    y = _outpool.empty_like(x) if out is None else out  # large: reuses a freed output's pages
     return x3, y, y.reshape(x3.shape)
 
 
