@@ -227,32 +227,21 @@ def _row_max(z):  # pragma: no cover - compiled
     return m4 if m4 > m0 else m0
 
 
-# Partial sums of the exponentials run in the input dtype over chunks of this many entries (a
-# few terms per vector lane, so float32 rounding stays below 1e-6 relative) and are then added in
-# float64: converting every float32 term to float64 would halve the vector width of the loop.
-_CHUNK = 128
-
-
 @nb.njit(cache=True, fastmath=_REASSOC)
 def _row_exp_sum(z, m, e):  # pragma: no cover - compiled
     """Store exp(z - m) in e; return s, the float64 sum over all entries but one maximum (ties
-    with the maximum are counted, not summed, so s keeps a tiny exp(-100) term exactly)."""
-    zero, one = _typed(m, 0.0), _typed(m, 1.0)
+    with the maximum are counted, not summed, so s keeps a tiny exp(-100) term exactly). The
+    exponentials run in the input dtype; the sum and the count vectorize under reassoc."""
     s = 0.0
-    ties = 0.0
-    for j0 in range(0, z.size, _CHUNK):
-        part = zero
-        tpart = zero  # counts ties, exactly: at most _CHUNK ones
-        for j in range(j0, min(j0 + _CHUNK, z.size)):
-            t = z[j] - m
-            ej = _exp_neg(t)
-            e[j] = ej
-            tie = t == 0
-            tpart += one if tie else zero
-            part += zero if tie else ej
-        s += np.float64(part)
-        ties += np.float64(tpart)
-    return s + (ties - 1.0)
+    ties = 0
+    for j in range(z.size):
+        t = z[j] - m
+        ej = _exp_neg(t)
+        e[j] = ej
+        tie = t == 0
+        ties += tie
+        s += 0.0 if tie else ej
+    return s + (ties - 1)
 
 
 @nb.njit(cache=True, fastmath=_REASSOC)
