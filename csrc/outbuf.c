@@ -38,8 +38,8 @@ static nmx_buf_head *nmx_buf_head_of(void *p) {
 /* A new mapping of at least `bytes` usable bytes, 2 MiB aligned so that transparent huge pages
  * can back all of it (an unaligned mapping leaves its ends in 4 KiB pages). */
 static nmx_buf_head *nmx_buf_map(size_t bytes) {
+    if (bytes > SIZE_MAX - 3 * NMX_BUF_HUGE) return NULL; /* the sums below would wrap */
     size_t total = (bytes + NMX_BUF_ALIGN + NMX_BUF_HUGE - 1) & ~(NMX_BUF_HUGE - 1);
-    if (total < bytes) return NULL; /* overflow */
     char *raw = mmap(NULL, total + NMX_BUF_HUGE, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) return NULL;
