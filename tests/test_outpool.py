@@ -25,6 +25,7 @@ def test_shape_dtype_flags(dtype):
     out = _outpool.empty_like(a)
     assert out.shape == a.shape and out.dtype == a.dtype
     assert out.flags.c_contiguous and out.flags.writeable and out.flags.aligned
+    assert out.ctypes.data % _outpool.ALIGN == 0
 
 
 def test_small_arrays_are_plain():

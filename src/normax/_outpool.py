@@ -19,6 +19,8 @@ import weakref
 import numpy as np
 
 MIN_BYTES = 4 << 20  # smaller arrays: NumPy's allocator, which already reuses memory
+ALIGN = 64  # cache-line aligned, as the C pool's blocks: NumPy's malloc gives 16 bytes, and a
+# classes-first kernel writing 64-byte column blocks then splits every store over two lines
 SLOTS = 4
 KEEP_BYTES = 1 << 30
 
@@ -46,15 +48,16 @@ def empty_like(a: np.ndarray) -> np.ndarray:
         return np.empty(a.shape, a.dtype)
     block = _take(nbytes)
     if block is None:
-        block = np.empty(nbytes, np.uint8)
-    flat = np.frombuffer(memoryview(block), a.dtype, count=a.size)
+        block = np.empty(nbytes + ALIGN, np.uint8)
+    start = -block.ctypes.data % ALIGN
+    flat = np.frombuffer(memoryview(block)[start:], a.dtype, count=a.size)
     weakref.finalize(flat, _give_back, block)
     return flat.reshape(a.shape)
 
 
 def _take(nbytes: int) -> np.ndarray | None:
-    """A free block of ``nbytes`` to ``nbytes * 5 / 4`` bytes (the smallest), or None."""
-    fits = [b for b in list(_free) if nbytes <= b.nbytes <= nbytes + nbytes // 4]
+    """A free block for ``nbytes`` wasting at most a quarter of them (the smallest), or None."""
+    fits = [b for b in list(_free) if nbytes <= b.nbytes - ALIGN <= nbytes + nbytes // 4]
     for block in sorted(fits, key=lambda b: b.nbytes):
         try:
             _free.remove(block)
