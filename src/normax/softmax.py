@@ -17,7 +17,7 @@ import operator
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _outpool
 from ._checks import (
     FLOAT_DTYPES,
     check_out,
@@ -100,7 +100,7 @@ def _logits(z, axis, name: str = "z"):
 
 def _output(out, like: np.ndarray, *inputs) -> np.ndarray:
     if out is None:
-        return np.empty(like.shape, like.dtype)
+        return _outpool.empty_like(like)  # a large one reuses a freed output's pages
     check_out(out, like.shape, like.dtype)
     no_overlap(out, "out", *inputs)
     return out
@@ -394,7 +394,7 @@ def _xent_python(kernel, z, target, w, out, loss, outer, c, inner, ign, eps, red
     else:
         t = target.reshape(outer, c, inner)
     scale = 1.0 if red != 0 else (1.0 / wsum if wsum > 0 else 0.0)
-    dz = np.empty(z.shape, z.dtype) if out is None else out
+    dz = _outpool.empty_like(z) if out is None else out
     w64 = np.ones(c) if w is None else w
     per = kernel(z.reshape(outer, c, inner), t, w64, ign, eps, scale, dz.reshape(outer, c, inner))
     with np.errstate(over="ignore"):  # losses near the double limit sum to inf, as in C
