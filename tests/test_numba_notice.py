@@ -47,3 +47,18 @@ def test_closed_notice_is_silent(capsys):
     CompileNotice("test").close()
     _fresh_kernel()(1)
     assert capsys.readouterr().err == ""
+
+
+def test_module_filter(capsys):
+    notice = CompileNotice("test", "some.other.module")
+    try:
+        _fresh_kernel()(1)  # defined in this test module: not counted
+    finally:
+        notice.close()
+    assert capsys.readouterr().err == ""
+    notice = CompileNotice("test", __name__)
+    try:
+        _fresh_kernel()(1)
+    finally:
+        notice.close()
+    assert capsys.readouterr().err.startswith("normax: compiling the Numba test kernels")

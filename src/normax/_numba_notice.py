@@ -1,9 +1,10 @@
 """One line on stderr when the Numba kernels of a family are compiled rather than loaded.
 
-The Numba modules compile their kernels when first imported (explicit signatures), which takes
-seconds; later processes load them from Numba's on-disk cache in a fraction of that. A silent
-pause of that length looks like a hang, so the first real compilation in a module says so, once.
-Loading from the cache raises no ``numba:compile`` event and prints nothing.
+The Numba modules compile their kernels when first imported (explicit signatures) or first
+called, which takes seconds; later processes load them from Numba's on-disk cache in a fraction
+of that. A silent pause of that length looks like a hang, so the first real compilation of a
+module's functions says so, once. Loading from the cache raises no ``numba:compile`` event and
+prints nothing.
 """
 
 from __future__ import annotations
@@ -20,14 +21,21 @@ class CompileNotice(event.Listener):
     ----------
     family : str
         What is being compiled, for the message (``"softmax"``).
+    module : str, optional
+        Only compilations of functions defined in this module count (all when None).
     """
 
-    def __init__(self, family: str):
+    def __init__(self, family: str, module: str | None = None):
         self.family = family
+        self.module = module
         self.said = False
         event.register("numba:compile", self)
 
     def on_start(self, ev) -> None:
+        if self.module is not None:
+            func = getattr(ev.data.get("dispatcher"), "py_func", None)
+            if getattr(func, "__module__", None) != self.module:
+                return
         if not self.said:
             self.said = True
             print(

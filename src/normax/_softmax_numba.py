@@ -25,15 +25,16 @@ import math
 import numba as nb
 import numpy as np
 from llvmlite import ir
-from numba import boolean, float32, float64, int64, prange, types, void
+from numba import float32, float64, prange, types
 from numba.extending import intrinsic, overload
 
 from ._checks import writeable
 from ._numba_notice import CompileNotice
 
-_notice = CompileNotice("softmax")
+# The drivers compile lazily, for the dtypes and kernels a program uses (all of them up front
+# took minutes on a busy 2-core machine), so the notice listens for as long as the module lives.
+_notice = CompileNotice("softmax", __name__)
 
-_F = (float32, float64)
 _OPTS = {"parallel": True, "cache": True, "nogil": True}
 _REASSOC = {"reassoc"}
 
@@ -506,7 +507,7 @@ def _tasks(outer, c, inner, itemsize, chunks):  # pragma: no cover - compiled
     return cols, nblk, max(1, min(outer * nblk, chunks))
 
 
-@nb.njit([void(f[:, :, ::1], f[:, :, ::1], boolean, int64) for f in _F], **_OPTS)
+@nb.njit(**_OPTS)
 def _forward(z, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = z.shape
     cols, nblk, chunks = _tasks(outer, c, inner, z.itemsize, chunks)
@@ -528,7 +529,7 @@ def _forward(z, out, log, chunks):  # pragma: no cover - compiled
                 _softmax_block(z[o], out[o], i0, nbk, pk, m, s, ties, log)
 
 
-@nb.njit([void(f[:, :, ::1], f[:, :, ::1], f[:, :, ::1], boolean, int64) for f in _F], **_OPTS)
+@nb.njit(**_OPTS)
 def _backward(g, y, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = g.shape
     cols, nblk, chunks = _tasks(outer, c, inner, g.itemsize, chunks)
@@ -607,30 +608,15 @@ def _xent_blocks(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1, c
         _xent_block(z[o], qo, lab2, w, wall, eps, scale, dz[o], i0, nbk, work, loss[o])
 
 
-_LABEL_SIG = [
-    float64[:, ::1](f[:, :, ::1], int64[:, ::1], float64[::1], boolean, int64, float64, float64,
-                    f[:, :, ::1], int64)
-    for f in _F
-]  # fmt: skip
-
-
-@nb.njit(_LABEL_SIG, cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True)
 def _xent_labels(z, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no cover
     return _xent_run(z, z[:0], y, w, has_ign, ign, eps, scale, dz, chunks)
 
 
-_PROB_SIG = [
-    float64[:, ::1](f[:, :, ::1], f[:, :, ::1], float64[::1], float64, float64, f[:, :, ::1], int64)
-    for f in _F
-]
-
-
-@nb.njit(_PROB_SIG, cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True)
 def _xent_probs(z, q, w, eps, scale, dz, chunks):  # pragma: no cover - compiled
     return _xent_run(z, q, np.empty((0, 1), np.int64), w, False, 0, eps, scale, dz, chunks)
 
-
-_notice.close()
 
 # Below this many elements the kernels run on one thread, as the C kernels do: waking the pool
 # costs more than the work, and on a loaded machine a descheduled worker stalls the whole call.
