@@ -90,7 +90,8 @@ static void nmx_buf_keep(nmx_buf_head *h) {
                (nmx_buf_count == NMX_BUF_SLOTS || nmx_buf_bytes + h->mapped > NMX_BUF_KEEP_BYTES)) {
             drop[ndrop++] = nmx_buf_slot[0];
             nmx_buf_bytes -= nmx_buf_slot[0]->mapped;
-            memmove(nmx_buf_slot, nmx_buf_slot + 1, sizeof(*nmx_buf_slot) * (size_t)--nmx_buf_count);
+            nmx_buf_count--;
+            memmove(nmx_buf_slot, nmx_buf_slot + 1, sizeof(*nmx_buf_slot) * (size_t)nmx_buf_count);
         }
         nmx_buf_slot[nmx_buf_count++] = h;
         nmx_buf_bytes += h->mapped;

@@ -14,10 +14,22 @@ int normax_register_optim(PyObject *module);
 
 /* NumPy allocator of the large outputs the kernels create: nmx_buf_* keep freed blocks mapped,
  * so the next call's output does not pay the page faults of a fresh 64 MiB array again. */
-static void *nmx_h_malloc(void *ctx, size_t n) { return (void)ctx, nmx_buf_malloc(n); }
-static void *nmx_h_calloc(void *ctx, size_t n, size_t sz) { return (void)ctx, nmx_buf_calloc(n, sz); }
-static void *nmx_h_realloc(void *ctx, void *p, size_t n) { return (void)ctx, nmx_buf_realloc(p, n); }
-static void nmx_h_free(void *ctx, void *p, size_t n) { (void)ctx, (void)n, nmx_buf_free(p); }
+static void *nmx_h_malloc(void *ctx, size_t n) {
+    (void)ctx;
+    return nmx_buf_malloc(n);
+}
+static void *nmx_h_calloc(void *ctx, size_t n, size_t size) {
+    (void)ctx;
+    return nmx_buf_calloc(n, size);
+}
+static void *nmx_h_realloc(void *ctx, void *p, size_t n) {
+    (void)ctx;
+    return nmx_buf_realloc(p, n);
+}
+static void nmx_h_free(void *ctx, void *p, size_t n) {
+    (void)ctx, (void)n;
+    nmx_buf_free(p);
+}
 static PyDataMem_Handler nmx_handler = {
     "normax_outbuf", 1, {NULL, nmx_h_malloc, nmx_h_calloc, nmx_h_realloc, nmx_h_free}};
 static PyObject *nmx_handler_capsule = NULL;
