@@ -1,4 +1,5 @@
 /* A small pool of large output blocks whose pages stay mapped between calls (see outbuf.h). */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS, posix_memalign, madvise under a strict -std=c11 */
 #include "outbuf.h"
 
 #include <pthread.h>
