@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #define NMX_BUF_ALIGN 64
 #define NMX_BUF_HUGE ((size_t)2 << 20)
@@ -122,8 +121,8 @@ void *nmx_buf_malloc(size_t bytes) {
 
 /* A kept block would have to be cleared by a full write; a new mapping is zero already. */
 void *nmx_buf_calloc(size_t count, size_t size) {
-    size_t bytes;
-    if (__builtin_mul_overflow(count, size, &bytes)) return NULL;
+    if (size != 0 && count > SIZE_MAX / size) return NULL; /* count * size would wrap */
+    size_t bytes = count * size;
     if (bytes < NMX_BUF_MIN_BYTES) {
         void *p = nmx_buf_small(bytes);
         if (p) memset(p, 0, bytes);
@@ -155,15 +154,17 @@ void *nmx_buf_realloc(void *p, size_t bytes) {
     return q;
 }
 
-void nmx_buf_trim(void) {
+size_t nmx_buf_trim(void) {
     nmx_buf_head *drop[NMX_BUF_SLOTS];
     pthread_mutex_lock(&nmx_buf_lock);
     int n = nmx_buf_count;
+    size_t bytes = nmx_buf_bytes;
     memcpy(drop, nmx_buf_slot, sizeof(*drop) * (size_t)n);
     nmx_buf_count = 0;
     nmx_buf_bytes = 0;
     pthread_mutex_unlock(&nmx_buf_lock);
     for (int i = 0; i < n; i++) munmap(drop[i], drop[i]->mapped);
+    return bytes;
 }
 
 size_t nmx_buf_kept_bytes(void) {

@@ -33,8 +33,8 @@ void *nmx_buf_calloc(size_t count, size_t size);
 void *nmx_buf_realloc(void *p, size_t bytes);
 void nmx_buf_free(void *p);
 
-/* Unmap every kept block. */
-void nmx_buf_trim(void);
+/* Unmap every kept block; returns the bytes given back to the system. */
+size_t nmx_buf_trim(void);
 
 /* Bytes currently kept for reuse (for tests and diagnostics). */
 size_t nmx_buf_kept_bytes(void);

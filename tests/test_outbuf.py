@@ -1,9 +1,10 @@
-"""Large outputs of the C kernels come from a pool that keeps freed blocks mapped.
+"""Large outputs that normax allocates come from one pool that keeps freed blocks mapped.
 
 A fresh 64 MiB output costs its page faults (the system zeroes every page on first write); the
 pool hands the next call of about the same size the block of the previous one, already mapped.
-These tests check the contract (same answers, NumPy owns and can resize the array, blocks are
-reused), not the speed.
+The compiled front doors and the Python checker allocate every output, so every backend gets
+pooled outputs. These tests check the contract (same answers, NumPy owns and can resize the
+array, blocks are reused, release_memory gives them back), not the speed.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ BIG = (1024, 2048)  # 8 MiB in float32: above the pool's 4 MiB threshold
 SMALL = (64, 32)
 
 
-@pytest.fixture(autouse=True)
-def c_backend():
+@pytest.fixture(autouse=True, params=["c", "numba"])
+def backend(request):
     previous = normax.get_backend()
-    normax.set_backend("c")
-    yield
+    normax.set_backend(request.param)
+    yield request.param
     normax.set_backend(previous)
 
 
@@ -94,3 +95,37 @@ def test_resize_keeps_contents(factor):
     np.testing.assert_array_equal(y[:keep], before[:keep])
     if n > before.size:
         assert not y[keep:].any()  # numpy zero-fills the grown part
+
+
+CHECKED = {
+    "softmax": lambda x: normax.softmax(x),
+    "train": lambda x: normax.batch_norm_train(x, None, None)[0],
+    "xent": lambda x: normax.softmax_cross_entropy(x, np.zeros(x.shape[0], np.int64))[1],
+}
+
+
+@pytest.mark.parametrize("kernel", sorted(CHECKED))
+def test_checker_outputs_are_pooled(kernel):
+    """A call the front door hands to the Python checker (a Fortran-ordered input) gets its
+    output from the same pool, and the same answer as the fast path."""
+    if get_handler_name is None:
+        pytest.skip("numpy without get_handler_name")
+    x = np.random.default_rng(4).standard_normal(BIG).astype(np.float32)
+    y = CHECKED[kernel](np.asfortranarray(x))
+    assert get_handler_name(y) == "normax_outbuf"
+    np.testing.assert_array_equal(y, CHECKED[kernel](x))
+
+
+def test_release_memory_returns_kept_blocks():
+    from normax import _ext_common
+
+    x = np.ones(BIG, np.float32)
+    ys = [normax.batch_norm_train(x, None, None)[0] for _ in range(2)]
+    del ys
+    kept = _ext_common.kept_bytes()
+    assert kept >= 2 * x.nbytes
+    assert normax.release_memory() == kept
+    assert _ext_common.kept_bytes() == 0
+    assert normax.release_memory() == 0
+    y, _ = normax.batch_norm_train(x, None, None)  # the pool works after a release
+    np.testing.assert_array_equal(y, np.zeros_like(x))
