@@ -9,6 +9,7 @@ from ._backend import (
     available_backends,
     get_backend,
     get_num_threads,
+    release_memory,
     set_backend,
     set_num_threads,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "log_softmax_backward",
     "nn",
     "optim",
+    "release_memory",
     "set_backend",
     "set_num_threads",
     "show_config",

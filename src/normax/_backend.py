@@ -17,6 +17,8 @@ import sys
 import warnings
 from types import ModuleType
 
+import numpy as np
+
 BACKENDS = ("c", "numba", "numpy")
 
 # The compiled front doors are built together; _ext_common (thread control, shared checks) is
@@ -139,6 +141,35 @@ def get_num_threads() -> int:
     if _core is not None:
         return _core.get_num_threads()
     return _num_threads or os.cpu_count() or 1
+
+
+def release_memory() -> int:
+    """Give the memory normax keeps for its large outputs back to the system.
+
+    Outputs of 4 MiB or more that normax allocates (calls without ``out=``) reuse the pages of
+    freed ones: up to four freed blocks, at most 1 GiB together, stay mapped so that the next
+    call does not pay a page fault per page again. This unmaps them; later calls work as before
+    and start keeping blocks again.
+
+    Returns
+    -------
+    int
+        The bytes given back (0 without the C extension, which owns the pool).
+
+    Examples
+    --------
+    >>> import numpy as np, normax
+    >>> y, _ = normax.batch_norm_train(np.ones((1024, 2048), np.float32), None, None)
+    >>> del y
+    >>> normax.release_memory() >= 0
+    True
+    """
+    return 0 if _core is None else _core.release_memory()
+
+
+def empty_output(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An output array for the Python checker: from the compiled front doors' pool when built."""
+    return np.empty(shape, dtype) if _core is None else _core.empty(shape, dtype)
 
 
 def _loaded_modules():

@@ -127,7 +127,7 @@ def _no_overlap(*arguments: tuple[np.ndarray | None, str], written: tuple[str, .
 
 def _output(out, x: np.ndarray) -> np.ndarray:
     if out is None:
-        return np.empty(x.shape, x.dtype)
+        return _backend.empty_output(x.shape, x.dtype)
     return out
 
 

@@ -19,6 +19,9 @@ from numba import boolean, float32, float64, intp, prange, void
 
 from ._batchnorm_numpy import _quiet
 from ._checks import writeable
+from ._numba_notice import CompileNotice
+
+_notice = CompileNotice("batch-norm")
 
 _PARALLEL_MIN_WORK = 1 << 15  # same threshold as the C kernels (csrc/normax.h)
 _REASSOC = {"reassoc", "contract"}
@@ -303,6 +306,9 @@ def _dx(dy, x, k, dx, parts):  # pragma: no cover - compiled
 
 
 # ---- the backend signature (the canonical record, as for the C kernels) ----------------------
+
+
+_notice.close()
 
 
 def _parts(x3: np.ndarray) -> int:

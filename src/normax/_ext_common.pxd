@@ -3,7 +3,8 @@
 that make a hostile direct call raise instead of crash, and the thread control.
 
 The ``cdef inline`` helpers are compiled into each module that cimports them (no call across
-modules on the hot path); ``register_threads`` and the thread state live in ``_ext_common``.
+modules on the hot path); ``register_threads``, ``pooled_empty`` and the state behind them (the
+thread count, the pool of large outputs) live in ``_ext_common`` alone.
 """
 
 cimport numpy as cnp
@@ -15,11 +16,18 @@ cdef extern from "normax.h":
     void nmx_set_num_threads(int n) noexcept nogil
     int nmx_get_num_threads() noexcept nogil
 
+cdef extern from "outbuf.h":
+    size_t NMX_BUF_MIN_BYTES
+
 ctypedef void (*threads_setter)(int) noexcept nogil
 
 # Every module links its own copy of csrc/threads.c (csrc/ is a static library), so each one
 # registers its setter here at import; normax.set_num_threads then reaches all of them.
 cdef int register_threads(threads_setter setter) except -1
+
+# A new C-contiguous array whose memory comes from the one output pool (csrc/outbuf.c) when it
+# holds NMX_BUF_MIN_BYTES or more; the pool lives in _ext_common, whichever module allocates.
+cdef cnp.ndarray pooled_empty(int nd, cnp.npy_intp *dims, int typenum)
 
 
 cdef inline int float_typenum(object a) noexcept:
@@ -120,13 +128,24 @@ cdef inline bint exact_float(object v, double *out) noexcept:
     return False
 
 
+cdef inline cnp.ndarray new_output(int nd, cnp.npy_intp *dims, int typenum):
+    """An uninitialized C-contiguous output. Large ones reuse the pages of freed outputs: a fresh
+    64 MiB array would pay a page fault per page on first write, inside the kernel's call."""
+    cdef cnp.npy_intp n = 8  # no output dtype is wider: a smaller total is certainly small
+    cdef int k
+    for k in range(nd):
+        n *= dims[k]
+    if <size_t>n < NMX_BUF_MIN_BYTES:
+        return <cnp.ndarray>cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    return pooled_empty(nd, dims, typenum)
+
+
 cdef inline cnp.ndarray empty_like(cnp.ndarray a):
-    return <cnp.ndarray>cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a),
-                                          cnp.PyArray_TYPE(a), 0)
+    return new_output(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a))
 
 
 cdef inline cnp.ndarray empty_vector(cnp.npy_intp n, int typenum):
-    return <cnp.ndarray>cnp.PyArray_EMPTY(1, &n, typenum, 0)
+    return new_output(1, &n, typenum)
 
 
 # ---- checks of the kernel entry points (the backend table's "c" column) ----------------------

@@ -1,7 +1,23 @@
 # cython: language_level=3
-"""Thread control of the compiled kernels, shared by every compiled front door."""
+"""What every compiled front door shares at run time: the thread control of the kernels and the
+pool of large outputs."""
 
-from normax._ext_common cimport nmx_get_num_threads, nmx_set_num_threads, threads_setter
+import math
+
+import numpy as np
+
+cimport numpy as cnp
+from cpython.pycapsule cimport PyCapsule_New
+from libc.string cimport strncpy
+
+from normax._ext_common cimport (
+    NMX_BUF_MIN_BYTES,
+    nmx_get_num_threads,
+    nmx_set_num_threads,
+    threads_setter,
+)
+
+cnp.import_array()
 
 cdef extern from "normax.h":
     int nmx_openmp_version() noexcept nogil
@@ -49,3 +65,79 @@ def build_info():
 
 
 register_threads(nmx_set_num_threads)
+
+
+# ---- the output pool (csrc/outbuf.c) --------------------------------------------------------
+# Installed as NumPy's allocator only around the allocation of a large output, so NumPy records
+# it in that array and frees (or resizes) the array through it; every other array is untouched.
+
+cdef extern from "outbuf.h":
+    void *nmx_buf_malloc(size_t nbytes) noexcept nogil
+    void *nmx_buf_calloc(size_t count, size_t size) noexcept nogil
+    void *nmx_buf_realloc(void *p, size_t nbytes) noexcept nogil
+    void nmx_buf_free(void *p) noexcept nogil
+    size_t nmx_buf_trim() noexcept nogil
+    size_t nmx_buf_kept_bytes() noexcept nogil
+
+
+cdef void *_pool_malloc(void *ctx, size_t n) noexcept nogil:
+    return nmx_buf_malloc(n)
+
+
+cdef void *_pool_calloc(void *ctx, size_t n, size_t size) noexcept nogil:
+    return nmx_buf_calloc(n, size)
+
+
+cdef void *_pool_realloc(void *ctx, void *p, size_t n) noexcept nogil:
+    return nmx_buf_realloc(p, n)
+
+
+cdef void _pool_free(void *ctx, void *p, size_t n) noexcept nogil:
+    nmx_buf_free(p)
+
+
+cdef cnp.PyDataMem_Handler _handler
+strncpy(_handler.name, b"normax_outbuf", 127)
+_handler.version = 1
+_handler.allocator.ctx = NULL
+_handler.allocator.malloc = _pool_malloc
+_handler.allocator.calloc = _pool_calloc
+_handler.allocator.realloc = _pool_realloc
+_handler.allocator.free = _pool_free
+# NumPy keeps a reference to this capsule in every array it allocates with the handler; the
+# module (and so the static struct) outlives them all.
+cdef object _capsule = PyCapsule_New(&_handler, b"mem_handler", NULL)
+
+
+cdef cnp.ndarray pooled_empty(int nd, cnp.npy_intp *dims, int typenum):
+    cdef object old = cnp.PyDataMem_SetHandler(_capsule)
+    try:
+        return <cnp.ndarray>cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    finally:
+        cnp.PyDataMem_SetHandler(old)
+
+
+def empty(shape, dtype):
+    """``numpy.empty(shape, dtype)`` for a tuple ``shape``; 4 MiB or more come from the pool.
+
+    For the outputs the Python checker allocates, so that they reuse freed outputs' pages as
+    the front doors' own do.
+    """
+    dt = np.dtype(dtype)
+    if dt.itemsize * math.prod(shape) < <Py_ssize_t>NMX_BUF_MIN_BYTES:
+        return np.empty(shape, dt)
+    old = cnp.PyDataMem_SetHandler(_capsule)
+    try:
+        return np.empty(shape, dt)
+    finally:
+        cnp.PyDataMem_SetHandler(old)
+
+
+def release_memory():
+    """Give the freed large outputs the pool keeps back to the system; the bytes released."""
+    return nmx_buf_trim()
+
+
+def kept_bytes():
+    """Bytes of freed large outputs the pool keeps for reuse."""
+    return nmx_buf_kept_bytes()

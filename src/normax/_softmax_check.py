@@ -59,7 +59,7 @@ def _logits(z, axis, name: str = "z"):
 
 def _output(out, like: np.ndarray, *inputs) -> np.ndarray:
     if out is None:
-        return np.empty(like.shape, like.dtype)
+        return _backend.empty_output(like.shape, like.dtype)
     check_out(out, like.shape, like.dtype)
     no_overlap(out, "out", *inputs)
     return out
@@ -147,8 +147,8 @@ def softmax_cross_entropy(
     if red == 0 and w is not None:
         w = _bounded(w, n)
     scale = 1.0 if red != 0 else _mean_scale(target, labels, n, w, ign)
-    dz = np.empty(z.shape, z.dtype) if out is None else out
-    loss = np.empty(z.shape[:ax] + z.shape[ax + 1 :], z.dtype) if red == 2 else None
+    dz = _backend.empty_output(z.shape, z.dtype) if out is None else out
+    loss = _backend.empty_output(z.shape[:ax] + z.shape[ax + 1 :], z.dtype) if red == 2 else None
     total = 0.0
     if n:  # an empty batch: every target ignored, so "mean" is 0.0 (documented)
         total = KERNELS.active().xent(z, outer, c, inner, target, w, ign, eps, scale, dz, loss)

@@ -29,6 +29,7 @@ from normax._ext_common cimport (
     exact_int,
     float_typenum,
     is_out,
+    new_output,
     nmx_index,
     nmx_set_num_threads,
     optional_data,
@@ -379,8 +380,8 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
     a.scale = 1.0 if red != 0 else (1.0 / wsum if wsum > 0.0 else 0.0)
     loss = None
     if red == 2:
-        loss = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>target),
-                                 cnp.PyArray_DIMS(<cnp.ndarray>target), t, 0)
+        loss = new_output(cnp.PyArray_NDIM(<cnp.ndarray>target),
+                          cnp.PyArray_DIMS(<cnp.ndarray>target), t)
         a.loss = data_or_null(loss)
     dz = empty_like(<cnp.ndarray>z) if out is None else out
     if _c_active():

@@ -1,8 +1,21 @@
-"""Numba fallbacks of the softmax kernels (same results as the C kernels).
+"""Numba fallbacks of the softmax kernels (same algorithm as the C kernels).
 
-Plain loops over the (outer, classes, inner) view with explicit signatures; each example
-(one column ``(o, :, i)``) is independent, so the examples are spread over threads with
-``prange``. Arithmetic is float64 whatever the input dtype; results are written into ``out``.
+Plain loops over the (outer, classes, inner) view with explicit signatures, shaped like the C
+kernels so that LLVM vectorizes them:
+
+* ``inner == 1``: each example is a contiguous row. The maximum keeps eight lanes; the
+  exponentials run along the row.
+* ``inner > 1``: a block of neighbouring columns is packed into a small (classes, B) buffer that
+  stays in the L2 cache, and every pass walks the class axis with one running value per column,
+  so the loads are contiguous and vectorize across the columns.
+
+The exponential of the max-shifted logits is the C kernel's: a branch-free range reduction
+``exp(x) = 2^k exp(r)`` with a Taylor polynomial, in the input dtype (degree 7 in float32, 13 in
+float64, about 1 ulp), because libm's ``exp`` is a call per element that no loop vectorizes.
+Sums, the maximum's ties and everything after them follow the C kernels: ``s`` sums
+``exp(z - max)`` in float64 over every entry but one maximum, so a class that dominates by 100
+keeps its exp(-100). Only the reduction helpers are compiled with ``fastmath={"reassoc"}``; the
+exponential keeps strict IEEE order (its rounding trick depends on it) and NaN propagates.
 """
 
 from __future__ import annotations
@@ -11,134 +24,599 @@ import math
 
 import numba as nb
 import numpy as np
-from numba import boolean, float32, float64, int64, prange, void
+from llvmlite import ir
+from numba import float32, float64, prange, types
+from numba.extending import intrinsic, overload
 
 from ._checks import writeable
+from ._numba_notice import CompileNotice
 from ._softmax_numpy import finish
 
-_F = (float32, float64)
+# The drivers compile lazily, for the dtypes and kernels a program uses (all of them up front
+# took minutes on a busy 2-core machine), so the notice listens for as long as the module lives.
+_notice = CompileNotice("softmax", __name__)
+
 _OPTS = {"parallel": True, "cache": True, "nogil": True}
+_REASSOC = {"reassoc"}
+
+# ---- exp: the C kernel's polynomial, vectorizable -------------------------------------------
 
 
-@nb.njit(cache=True, inline="always")
-def _max_sum(z, o, i, e):
-    """(max, s) of column (o, :, i), with exp(z - max) stored in e[o, :, i].
+@intrinsic
+def _as_float(typingctx, bits):
+    """The float32 / float64 whose bit pattern is the int32 / int64 ``bits``."""
+    kinds = {types.int32: (float32, ir.FloatType()), types.int64: (float64, ir.DoubleType())}
+    if bits not in kinds:
+        return None
+    ty, llty = kinds[bits]
 
-    s sums exp(z - max) over all entries but one maximum: ties with the maximum are counted, not
-    summed, so s keeps a tiny exp(-100) term exactly; a NaN or +inf makes some t NaN, so s NaN.
-    """
-    c = z.shape[1]
-    m = np.float64(z[o, 0, i])
-    for k in range(1, c):
-        v = np.float64(z[o, k, i])
-        if v > m:
-            m = v
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], llty)
+
+    return ty(bits), codegen
+
+
+@intrinsic
+def _as_int(typingctx, x):
+    """The int32 / int64 bit pattern of the float32 / float64 ``x``."""
+    kinds = {float32: (types.int32, ir.IntType(32)), float64: (types.int64, ir.IntType(64))}
+    if x not in kinds:
+        return None
+    ty, llty = kinds[x]
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], llty)
+
+    return ty(x), codegen
+
+
+# Constants as typed globals: a Python float literal would promote float32 arithmetic to float64.
+_S32, _S64 = np.float32(1.5 * 2.0**23), 1.5 * 2.0**52  # adding it rounds x / ln2 to an integer k
+_L2E32, _L2E64 = np.float32(1.44269504088896341), 1.4426950408889634074
+_LN2HI32, _LN2LO32 = np.float32(0.693145751953125), np.float32(1.428606765330187045e-06)
+_LN2HI64, _LN2LO64 = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+_P32 = tuple(np.float32(1.0 / math.factorial(k)) for k in range(8))
+_P64 = tuple(1.0 / math.factorial(k) for k in range(14))
+_ZERO32 = np.float32(0.0)
+_TINY32, _TINY64 = np.float32(-87.33), -708.39  # below: under the smallest normal number
+_LO32, _HI32 = np.float32(-104.0), np.float32(89.0)
+_LO64, _HI64 = -746.0, 710.0
+
+
+@nb.njit(cache=True)
+def _poly32(r):  # pragma: no cover - compiled
+    """Taylor polynomial of exp to degree 7 (Horner; float32 constants keep float32 math)."""
+    p = _P32[7] * r + _P32[6]
+    p = p * r + _P32[5]
+    p = p * r + _P32[4]
+    p = p * r + _P32[3]
+    p = p * r + _P32[2]
+    p = p * r + _P32[1]
+    return p * r + _P32[0]
+
+
+@nb.njit(cache=True)
+def _poly64(r):  # pragma: no cover - compiled
+    """Taylor polynomial of exp to degree 13."""
+    p = _P64[13] * r + _P64[12]
+    p = p * r + _P64[11]
+    p = p * r + _P64[10]
+    p = p * r + _P64[9]
+    p = p * r + _P64[8]
+    p = p * r + _P64[7]
+    p = p * r + _P64[6]
+    p = p * r + _P64[5]
+    p = p * r + _P64[4]
+    p = p * r + _P64[3]
+    p = p * r + _P64[2]
+    p = p * r + _P64[1]
+    return p * r + _P64[0]
+
+
+def _exp_neg32(x):
+    kf = x * _L2E32 + _S32
+    k = kf - _S32
+    r = (x - k * _LN2HI32) - k * _LN2LO32
+    # kf's low bits hold k + 1.5 * 2^23; re-bias them into the exponent field of 2^k.
+    scale = _as_float(np.int32((np.int64(_as_int(kf)) + (127 - 0x4B400000)) << 23))
+    return _ZERO32 if x < _TINY32 else _poly32(r) * scale
+
+
+def _exp_neg64(x):
+    kf = x * _L2E64 + _S64
+    k = kf - _S64
+    r = (x - k * _LN2HI64) - k * _LN2LO64
+    scale = _as_float((_as_int(kf) + (1023 - 0x4338000000000000)) << 52)
+    return 0.0 if x < _TINY64 else _poly64(r) * scale
+
+
+def _exp_any32(x):
+    x = _LO32 if x < _LO32 else x
+    x = _HI32 if x > _HI32 else x
+    kf = x * _L2E32 + _S32
+    k = kf - _S32
+    r = (x - k * _LN2HI32) - k * _LN2LO32
+    ki = np.int64(_as_int(kf)) - 0x4B400000
+    k1 = ki >> 1
+    k2 = ki - k1  # 2^k in two halves, so subnormal results come out right
+    s1 = _as_float(np.int32((k1 + 127) << 23))
+    s2 = _as_float(np.int32((k2 + 127) << 23))
+    return _poly32(r) * s1 * s2
+
+
+def _exp_any64(x):
+    x = _LO64 if x < _LO64 else x
+    x = _HI64 if x > _HI64 else x
+    kf = x * _L2E64 + _S64
+    k = kf - _S64
+    r = (x - k * _LN2HI64) - k * _LN2LO64
+    ki = _as_int(kf) - 0x4338000000000000
+    k1 = ki >> 1
+    k2 = ki - k1
+    return _poly64(r) * _as_float((k1 + 1023) << 52) * _as_float((k2 + 1023) << 52)
+
+
+def _exp_neg(x):
+    """exp(x) for x <= 0 or NaN (max-shifted logits); results below the smallest normal are 0."""
+    raise NotImplementedError  # pragma: no cover - replaced by the overload in compiled code
+
+
+def _exp_any(x):
+    """exp(x) for any x, clamped like the C kernel's scalar exp (inf above, 0 far below)."""
+    raise NotImplementedError  # pragma: no cover
+
+
+def _typed(like, x):
+    """``x`` converted to the float type of ``like``."""
+    raise NotImplementedError  # pragma: no cover
+
+
+@overload(_typed)
+def _typed_impl(like, x):
+    if like == float32:
+        return lambda like, x: np.float32(x)
+    if like == float64:
+        return lambda like, x: np.float64(x)
+    return None
+
+
+@overload(_exp_neg)
+def _exp_neg_impl(x):
+    return {float32: _exp_neg32, float64: _exp_neg64}.get(x)
+
+
+@overload(_exp_any)
+def _exp_any_impl(x):
+    return {float32: _exp_any32, float64: _exp_any64}.get(x)
+
+
+# ---- rows (inner == 1) ------------------------------------------------------------------------
+
+
+@nb.njit(cache=True)
+def _row_max(z):  # pragma: no cover - compiled
+    """Max of a row with eight independent lanes (a single running max is a serial chain of
+    compares that does not vectorize without fast-math). A NaN that loses the comparisons still
+    turns the row's sum into NaN."""
+    n = z.size
+    m = z[0]
+    if n < 16:
+        for j in range(1, n):
+            m = z[j] if z[j] > m else m
+        return m
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = m
+    j = 0
+    while j + 8 <= n:
+        v0, v1, v2, v3 = z[j], z[j + 1], z[j + 2], z[j + 3]
+        v4, v5, v6, v7 = z[j + 4], z[j + 5], z[j + 6], z[j + 7]
+        m0 = v0 if v0 > m0 else m0
+        m1 = v1 if v1 > m1 else m1
+        m2 = v2 if v2 > m2 else m2
+        m3 = v3 if v3 > m3 else m3
+        m4 = v4 if v4 > m4 else m4
+        m5 = v5 if v5 > m5 else m5
+        m6 = v6 if v6 > m6 else m6
+        m7 = v7 if v7 > m7 else m7
+        j += 8
+    for k in range(j, n):
+        m0 = z[k] if z[k] > m0 else m0
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    m4 = m5 if m5 > m4 else m4
+    m6 = m7 if m7 > m6 else m6
+    m0 = m2 if m2 > m0 else m0
+    m4 = m6 if m6 > m4 else m4
+    return m4 if m4 > m0 else m0
+
+
+@nb.njit(cache=True, fastmath=_REASSOC)
+def _row_exp_sum(z, m, e):  # pragma: no cover - compiled
+    """Store exp(z - m) in e; return s, the float64 sum over all entries but one maximum (ties
+    with the maximum are counted, not summed, so s keeps a tiny exp(-100) term exactly). The
+    exponentials run in the input dtype; the sum and the count vectorize under reassoc."""
     s = 0.0
     ties = 0
+    for j in range(z.size):
+        t = z[j] - m
+        ej = _exp_neg(t)
+        e[j] = ej
+        tie = t == 0
+        ties += tie
+        s += 0.0 if tie else ej
+    return s + (ties - 1)
+
+
+@nb.njit(cache=True, fastmath=_REASSOC)
+def _row_dot(a, b, use_b):  # pragma: no cover - compiled
+    """sum(a * b) (sum(a) without use_b) in float64."""
+    d = 0.0
+    if use_b:
+        for j in range(a.size):
+            d += np.float64(a[j]) * np.float64(b[j])
+    else:
+        for j in range(a.size):
+            d += np.float64(a[j])
+    return d
+
+
+@nb.njit(cache=True, fastmath=_REASSOC)
+def _row_wdot(w, z, m):  # pragma: no cover - compiled
+    """sum_j w[j] * (z[j] - m) in float64."""
+    d = 0.0
+    mm = np.float64(m)
+    for j in range(z.size):
+        d += w[j] * (np.float64(z[j]) - mm)
+    return d
+
+
+@nb.njit(cache=True)
+def _softmax_row(z, out, log):  # pragma: no cover - compiled
+    m = _row_max(z)
+    s = _row_exp_sum(z, m, out)
+    # In the input dtype, as the C kernel: (z - max) - log1p(s) in that order keeps the log 2
+    # of a tie near 3e29 in float32.
+    if log:
+        lse = _typed(m, math.log1p(s))
+        for j in range(z.size):
+            out[j] = (z[j] - m) - lse
+    else:
+        inv = _typed(m, 1.0 / (1.0 + s))
+        for j in range(z.size):
+            out[j] = out[j] * inv
+
+
+@nb.njit(cache=True)
+def _backward_row(g, y, out, log):  # pragma: no cover - compiled
+    d = _row_dot(g, y, not log)
+    if log:
+        for j in range(g.size):
+            out[j] = np.float64(g[j]) - np.float64(_exp_any(y[j])) * d
+    else:
+        for j in range(g.size):
+            yj = np.float64(y[j])
+            out[j] = yj * (np.float64(g[j]) - d)
+
+
+@nb.njit(cache=True)
+def _xent_label_row(z, dz, lab, w, wall, eps, scale):  # pragma: no cover - compiled
+    c = z.size
+    m = _row_max(z)
+    s = _row_exp_sum(z, m, dz)
+    lse = math.log1p(s)
+    ec, keep = eps / c, 1.0 - eps
+    wy, ty = w[lab], np.float64(z[lab]) - np.float64(m)
+    big_a = keep * wy + ec * wall
+    alpha = scale * big_a / (1.0 + s)
+    if eps == 0.0:
+        alpha_t = _typed(m, alpha)
+        for k in range(c):
+            dz[k] = alpha_t * dz[k]
+        dz[lab] = scale * wy * math.expm1(-(lse - ty))
+        return wy * (lse - ty)
+    wt = _row_wdot(w, z, m)
+    se = scale * ec
     for k in range(c):
-        t = np.float64(z[o, k, i]) - m
-        ek = math.exp(t)
-        e[o, k, i] = ek
-        if t == 0.0:
-            ties += 1
-        else:
-            s += ek
-    return m, s + (ties - 1)
+        dz[k] = alpha * np.float64(dz[k]) - se * w[k]
+    dz[lab] = np.float64(dz[lab]) - scale * keep * wy
+    return big_a * lse - keep * wy * ty - ec * wt
 
 
-@nb.njit([void(f[:, :, ::1], f[:, :, ::1], boolean) for f in _F], **_OPTS)
-def _forward(z, out, log):
-    outer, c, inner = z.shape
-    for col in prange(outer * inner):
-        o, i = col // inner, col % inner
-        m, s = _max_sum(z, o, i, out)
-        lse = math.log1p(s)
-        inv = 1.0 / (1.0 + s)
-        for k in range(c):
+@nb.njit(cache=True)
+def _xent_prob_row(z, q, dz, w, eps, scale):  # pragma: no cover - compiled
+    c = z.size
+    m = _row_max(z)
+    s = _row_exp_sum(z, m, dz)
+    ec, keep = eps / c, 1.0 - eps
+    big_a, at = _prob_coeffs(z, q, w, np.float64(m), ec, keep)
+    alpha = scale * big_a / (1.0 + s)
+    for k in range(c):
+        dz[k] = alpha * np.float64(dz[k]) - scale * (w[k] * (keep * np.float64(q[k]) + ec))
+    return big_a * math.log1p(s) - at
+
+
+@nb.njit(cache=True, fastmath=_REASSOC)
+def _prob_coeffs(z, q, w, m, ec, keep):  # pragma: no cover - compiled
+    """A = sum_k a_k and sum_k a_k (z_k - m) with a_k = w_k (keep q_k + ec)."""
+    big_a = 0.0
+    at = 0.0
+    for k in range(z.size):
+        a = w[k] * (keep * np.float64(q[k]) + ec)
+        big_a += a
+        at += a * (np.float64(z[k]) - m)
+    return big_a, at
+
+
+# ---- column blocks (inner > 1) ----------------------------------------------------------------
+
+# The packed block (classes x B values) should stay in L2 between the passes over the class axis;
+# B is a multiple of 16 (whole vectors), at least 16 and at most 256 columns (as in the C kernel).
+_BLOCK_BYTES = 512 * 1024
+
+
+@nb.njit(cache=True)
+def _block_cols(c, inner, itemsize):  # pragma: no cover - compiled
+    b = (_BLOCK_BYTES // (c * itemsize)) // 16 * 16
+    b = min(max(b, 16), 256)
+    return min(b, inner)
+
+
+@nb.njit(cache=True)
+def _block_max(zo, i0, nbk, pk, m):  # pragma: no cover - compiled
+    """Column maxima of columns [i0, i0 + nbk) of the (classes, inner) slab zo, and a packed
+    copy pk[k, i] of the block (its class rows are inner apart in zo, adjacent in pk)."""
+    for i in range(nbk):
+        m[i] = zo[0, i0 + i]
+    for k in range(zo.shape[0]):
+        for i in range(nbk):
+            v = zo[k, i0 + i]
+            pk[k, i] = v
+            m[i] = v if v > m[i] else m[i]
+
+
+@nb.njit(cache=True)
+def _block_exp_sum(pk, nbk, m, s, ties):  # pragma: no cover - compiled
+    """pk[k, i] = exp(pk[k, i] - m[i]) in place; s[i] as in _row_exp_sum, per column."""
+    for i in range(nbk):
+        s[i] = 0.0
+        ties[i] = 0
+    for k in range(pk.shape[0]):
+        for i in range(nbk):
+            t = pk[k, i] - m[i]
+            e = _exp_neg(t)
+            pk[k, i] = e
+            tie = t == 0
+            ties[i] += tie
+            s[i] += 0.0 if tie else np.float64(e)
+    for i in range(nbk):
+        s[i] += ties[i] - 1
+
+
+@nb.njit(cache=True)
+def _softmax_block(zo, oo, i0, nbk, pk, m, s, ties, log):  # pragma: no cover - compiled
+    """Columns [i0, i0 + nbk) of the (classes, inner) slab zo into oo. m has two rows of the
+    input dtype: the column maxima, then log1p(s) or 1 / (1 + s), so the last pass runs in the
+    input dtype as in the C kernel."""
+    mx, fin = m[0], m[1]
+    _block_max(zo, i0, nbk, pk, mx)
+    _block_exp_sum(pk, nbk, mx, s, ties)
+    if log:
+        for i in range(nbk):
+            fin[i] = math.log1p(s[i])
+        for k in range(zo.shape[0]):
+            for i in range(nbk):
+                oo[k, i0 + i] = (zo[k, i0 + i] - mx[i]) - fin[i]
+    else:
+        for i in range(nbk):
+            fin[i] = 1.0 / (1.0 + s[i])
+        for k in range(zo.shape[0]):
+            for i in range(nbk):
+                oo[k, i0 + i] = pk[k, i] * fin[i]
+
+
+@nb.njit(cache=True)
+def _backward_block(go, yo, oo, i0, nbk, d, log):  # pragma: no cover - compiled
+    for i in range(nbk):
+        d[i] = 0.0
+    for k in range(go.shape[0]):
+        for i in range(nbk):
+            d[i] += np.float64(go[k, i0 + i]) * (1.0 if log else np.float64(yo[k, i0 + i]))
+    for k in range(go.shape[0]):
+        for i in range(nbk):
+            gk, yk = np.float64(go[k, i0 + i]), yo[k, i0 + i]
             if log:
-                out[o, k, i] = (np.float64(z[o, k, i]) - m) - lse
+                oo[k, i0 + i] = gk - np.float64(_exp_any(yk)) * d[i]
             else:
-                out[o, k, i] = np.float64(out[o, k, i]) * inv
+                oo[k, i0 + i] = np.float64(yk) * (gk - d[i])
 
 
-@nb.njit([void(f[:, :, ::1], f[:, :, ::1], f[:, :, ::1], boolean) for f in _F], **_OPTS)
-def _backward(g, y, out, log):
+@nb.njit(cache=True)
+def _xent_block(zo, qo, yo, w, wall, eps, scale, do, i0, nbk, work, lo):
+    """Cross-entropy of columns [i0, i0 + nbk): integer labels yo (qo unused) when yo has
+    rows, else probability targets qo; lo[i0 + i] receives the losses. work is the scratch
+    (pk, m, s, ties, acc): acc[0] holds A, acc[1] sum_k a_k (z_k - m), acc[2] z_label - m per
+    column."""  # pragma: no cover - compiled
+    pk, m, s, ties, acc = work
+    c = zo.shape[0]
+    probs = yo.shape[0] == 0
+    ec, keep = eps / c, 1.0 - eps
+    _block_max(zo, i0, nbk, pk, m)
+    big_a, at, ty = acc[0], acc[1], acc[2]
+    for i in range(nbk):
+        big_a[i] = 0.0
+        at[i] = 0.0
+        ty[i] = 0.0
+    if probs or eps != 0.0:
+        for k in range(c):
+            for i in range(nbk):
+                a = w[k] * ((keep * np.float64(qo[k, i0 + i]) + ec) if probs else ec)
+                big_a[i] += a
+                at[i] += a * (np.float64(pk[k, i]) - np.float64(m[i]))
+    if not probs:
+        for i in range(nbk):
+            lab = yo[0, i0 + i]
+            if 0 <= lab < c:
+                ty[i] = np.float64(pk[lab, i]) - np.float64(m[i])
+    _block_exp_sum(pk, nbk, m, s, ties)
+    for i in range(nbk):
+        lse = math.log1p(s[i])
+        if probs:
+            lo[i0 + i] = big_a[i] * lse - at[i]
+            s[i] = scale * big_a[i] / (1.0 + s[i])  # s now holds alpha
+            continue
+        lab = yo[1, i0 + i]  # the label, or -1 when the column is ignored
+        if lab < 0:
+            lo[i0 + i] = 0.0
+            s[i] = 0.0
+            continue
+        wy = w[lab]
+        big_a[i] += keep * wy
+        if eps == 0.0:
+            lo[i0 + i] = wy * (lse - ty[i])
+        else:
+            lo[i0 + i] = big_a[i] * lse - at[i] - keep * wy * ty[i]
+        at[i] = lse  # kept for the label's gradient below
+        s[i] = scale * big_a[i] / (1.0 + s[i])
+    for k in range(c):
+        for i in range(nbk):
+            if probs:
+                sub = scale * w[k] * (keep * np.float64(qo[k, i0 + i]) + ec)
+            else:
+                sub = scale * w[k] * ec
+            do[k, i0 + i] = s[i] * np.float64(pk[k, i]) - sub
+    if not probs:
+        for i in range(nbk):
+            lab = yo[1, i0 + i]
+            if lab < 0:
+                for k in range(c):
+                    do[k, i0 + i] = 0.0
+            elif eps == 0.0:
+                do[lab, i0 + i] = scale * w[lab] * math.expm1(-(at[i] - ty[i]))
+            else:
+                do[lab, i0 + i] = np.float64(do[lab, i0 + i]) - scale * keep * w[lab]
+
+
+# ---- drivers ----------------------------------------------------------------------------------
+
+
+@nb.njit(cache=True)
+def _tasks(outer, c, inner, itemsize, chunks):  # pragma: no cover - compiled
+    """(columns per block, blocks per example row, chunks): the work of a call is outer *
+    blocks tasks (rows when inner == 1), dealt out in at most `chunks` chunks of neighbouring
+    tasks."""
+    cols = 1 if inner == 1 else _block_cols(c, inner, itemsize)
+    nblk = (inner + cols - 1) // cols
+    return cols, nblk, max(1, min(outer * nblk, chunks))
+
+
+@nb.njit(**_OPTS)
+def _forward(z, out, log, chunks):  # pragma: no cover - compiled
+    outer, c, inner = z.shape
+    cols, nblk, chunks = _tasks(outer, c, inner, z.itemsize, chunks)
+    ntasks = outer * nblk
+    for ch in prange(chunks):
+        t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
+        if inner == 1:  # rows as 1-D C-contiguous views (z[o, :, 0] would be strided)
+            z2, o2 = z.reshape((outer, c)), out.reshape((outer, c))
+            for o in range(t0, t1):
+                _softmax_row(z2[o], o2[o], log)
+        else:
+            pk = np.empty((c, cols), z.dtype)
+            m = np.empty((2, cols), z.dtype)
+            s = np.empty(cols)
+            ties = np.empty(cols, np.int64)
+            for t in range(t0, t1):
+                o, i0 = t // nblk, (t % nblk) * cols
+                nbk = min(cols, inner - i0)
+                _softmax_block(z[o], out[o], i0, nbk, pk, m, s, ties, log)
+
+
+@nb.njit(**_OPTS)
+def _backward(g, y, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = g.shape
-    for col in prange(outer * inner):
-        o, i = col // inner, col % inner
-        d = 0.0
-        for k in range(c):
-            d += np.float64(g[o, k, i]) * (1.0 if log else np.float64(y[o, k, i]))
-        for k in range(c):
-            gk, yk = np.float64(g[o, k, i]), np.float64(y[o, k, i])
-            out[o, k, i] = gk - math.exp(yk) * d if log else yk * (gk - d)
+    cols, nblk, chunks = _tasks(outer, c, inner, g.itemsize, chunks)
+    ntasks = outer * nblk
+    for ch in prange(chunks):
+        t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
+        if inner == 1:
+            g2, y2, o2 = g.reshape((outer, c)), y.reshape((outer, c)), out.reshape((outer, c))
+            for o in range(t0, t1):
+                _backward_row(g2[o], y2[o], o2[o], log)
+        else:
+            d = np.empty(cols)
+            for t in range(t0, t1):
+                o, i0 = t // nblk, (t % nblk) * cols
+                _backward_block(g[o], y[o], out[o], i0, min(cols, inner - i0), d, log)
 
 
-_LABEL_SIG = [
-    float64[:, ::1](f[:, :, ::1], int64[:, ::1], float64[::1], boolean, int64, float64, float64,
-                    f[:, :, ::1])
-    for f in _F
-]  # fmt: skip
-
-
-@nb.njit(_LABEL_SIG, **_OPTS)
-def _xent_labels(z, y, w, has_ign, ign, eps, scale, dz):
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _xent_run(z, q, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no cover - compiled
+    """Shared driver of both cross-entropy kernels: labels y (q unused), or probabilities q when
+    y has no rows."""
     outer, c, inner = z.shape
     loss = np.zeros((outer, inner))
     wall = w.sum()
-    ec, keep = eps / c, 1.0 - eps
-    for col in prange(outer * inner):
-        o, i = col // inner, col % inner
-        lab = y[o, i]
-        if (has_ign and lab == ign) or lab < 0 or lab >= c:
-            for k in range(c):
-                dz[o, k, i] = 0.0
+    cols, nblk, chunks = _tasks(outer, c, inner, z.itemsize, chunks)
+    ntasks = outer * nblk
+    for ch in prange(chunks):
+        t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
+        if inner == 1:
+            _xent_rows(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1)
         else:
-            m, s = _max_sum(z, o, i, dz)
-            lse = math.log1p(s)
-            wy, ty = w[lab], np.float64(z[o, lab, i]) - m
-            big_a = keep * wy + ec * wall
-            alpha = scale * big_a / (1.0 + s)
-            wt = 0.0
-            for k in range(c):
-                t = np.float64(z[o, k, i]) - m
-                dz[o, k, i] = alpha * np.float64(dz[o, k, i]) - scale * ec * w[k]
-                wt += w[k] * t
-            if eps == 0.0:
-                dz[o, lab, i] = scale * wy * math.expm1(-(lse - ty))
-                loss[o, i] = wy * (lse - ty)
-            else:
-                dz[o, lab, i] = np.float64(dz[o, lab, i]) - scale * keep * wy
-                loss[o, i] = big_a * lse - keep * wy * ty - ec * wt
+            _xent_blocks(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1, cols, nblk)
     return loss
 
 
-_PROB_SIG = [
-    float64[:, ::1](f[:, :, ::1], f[:, :, ::1], float64[::1], float64, float64, f[:, :, ::1])
-    for f in _F
-]
+@nb.njit(cache=True)
+def _xent_rows(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1):
+    """Rows [t0, t1) of an (outer, c, 1) block, as 1-D C-contiguous views."""  # pragma: no cover
+    outer, c = z.shape[0], z.shape[1]
+    z2, d2 = z.reshape((outer, c)), dz.reshape((outer, c))
+    probs = y.shape[0] == 0
+    q2 = q.reshape((outer, c)) if probs else z2
+    for o in range(t0, t1):
+        if probs:
+            loss[o, 0] = _xent_prob_row(z2[o], q2[o], d2[o], w, eps, scale)
+            continue
+        lab = y[o, 0]
+        if (has_ign and lab == ign) or lab < 0 or lab >= c:
+            d2[o] = 0.0
+        else:
+            loss[o, 0] = _xent_label_row(z2[o], d2[o], lab, w, wall, eps, scale)
 
 
-@nb.njit(_PROB_SIG, **_OPTS)
-def _xent_probs(z, q, w, eps, scale, dz):
-    outer, c, inner = z.shape
-    loss = np.zeros((outer, inner))
-    ec, keep = eps / c, 1.0 - eps
-    for col in prange(outer * inner):
-        o, i = col // inner, col % inner
-        m, s = _max_sum(z, o, i, dz)
-        big_a = 0.0
-        at = 0.0
-        for k in range(c):
-            a = w[k] * (keep * np.float64(q[o, k, i]) + ec)
-            big_a += a
-            at += a * (np.float64(z[o, k, i]) - m)
-        alpha = scale * big_a / (1.0 + s)
-        for k in range(c):
-            a = w[k] * (keep * np.float64(q[o, k, i]) + ec)
-            dz[o, k, i] = alpha * np.float64(dz[o, k, i]) - scale * a
-        loss[o, i] = big_a * math.log1p(s) - at
-    return loss
+@nb.njit(cache=True)
+def _xent_blocks(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1, cols, nblk):
+    """Tasks [t0, t1) of column blocks, with this chunk's scratch."""  # pragma: no cover
+    c, inner = z.shape[1], z.shape[2]
+    probs = y.shape[0] == 0
+    pk = np.empty((c, cols), z.dtype)
+    m = np.empty(cols, z.dtype)
+    s = np.empty(cols)
+    ties = np.empty(cols, np.int64)
+    acc = np.empty((3, cols))
+    lab2 = np.empty((0 if probs else 2, inner), np.int64)
+    for t in range(t0, t1):
+        o, i0 = t // nblk, (t % nblk) * cols
+        nbk = min(cols, inner - i0)
+        if not probs:  # row 0: the label clipped for reading z; row 1: the label, -1 if ignored
+            for i in range(i0, i0 + nbk):
+                lab = y[o, i]
+                bad = (has_ign and lab == ign) or lab < 0 or lab >= c
+                lab2[0, i] = 0 if bad else lab
+                lab2[1, i] = -1 if bad else lab
+        qo = q[o] if probs else z[o]
+        work = (pk, m, s, ties, acc)
+        _xent_block(z[o], qo, lab2, w, wall, eps, scale, dz[o], i0, nbk, work, loss[o])
+
+
+@nb.njit(cache=True, nogil=True)
+def _xent_labels(z, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no cover
+    return _xent_run(z, z[:0], y, w, has_ign, ign, eps, scale, dz, chunks)
+
+
+@nb.njit(cache=True, nogil=True)
+def _xent_probs(z, q, w, eps, scale, dz, chunks):  # pragma: no cover - compiled
+    return _xent_run(z, q, np.empty((0, 1), np.int64), w, False, 0, eps, scale, dz, chunks)
 
 
 # Below this many elements the kernels run on one thread, as the C kernels do: waking the pool
@@ -147,12 +625,14 @@ _SERIAL_BELOW = 1 << 15
 
 
 def _run(kernel, work, *args):
+    """``kernel(*args, chunks)``: about four chunks of work per thread, so that on a busy machine
+    a descheduled thread does not hold up the call; one thread for small work."""
     threads = nb.get_num_threads()
     if work >= _SERIAL_BELOW or threads == 1:
-        return kernel(*args)
+        return kernel(*args, 4 * threads)
     nb.set_num_threads(1)
     try:
-        return kernel(*args)
+        return kernel(*args, 1)
     finally:
         nb.set_num_threads(threads)
 
