@@ -28,6 +28,7 @@
  * run). A cache that really is this large loses little: an output past 16 MiB is streamed. */
 #define NMX_LLC_CAP ((long)32 << 20)
 
+#if NMX_HAVE_STREAM /* only streaming needs the cache size */
 static long nmx_llc_bytes(void) {
     static long cached = 0; /* callers may race here (the GIL is released): every one stores the
                                same value, atomically */
@@ -42,6 +43,7 @@ static long nmx_llc_bytes(void) {
     }
     return llc;
 }
+#endif
 
 static int nmx_should_stream(size_t bytes) {
 #if NMX_HAVE_STREAM
