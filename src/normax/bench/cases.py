@@ -124,6 +124,34 @@ class Case:
         return self.tolerance if self.tolerance is not None else TOLERANCE[self.dtype]
 
 
+def layout_grid(case: Callable[..., Case], kernels, layouts, quick) -> list[Case]:
+    """Every ``kernel x layout x size x dtype`` case of a family whose cases have layouts.
+
+    ``case(kernel, layout, shape, dtype, size, quick=...)`` builds one case; ``layouts`` maps a
+    layout to ``(axis, {size: shape})``; ``quick(kernel, layout, size, dtype)`` says whether the
+    case is in the ``--quick`` selection.
+    """
+    return [
+        case(kernel, layout, shape, dtype, size, quick=quick(kernel, layout, size, dtype))
+        for kernel in kernels
+        for layout, (_axis, shapes) in layouts.items()
+        for size, shape in shapes.items()
+        for dtype in DTYPES
+    ]
+
+
+def layout_comparisons(case: Callable[..., Case], kernels, layouts, test_shapes) -> list[Case]:
+    """The test suite's comparisons: every kernel on each layout's tiny shape and its
+    ``test_shapes`` (odd and edge sizes), in every dtype."""
+    return [
+        case(kernel, layout, shape, dtype, "tiny")
+        for kernel in kernels
+        for layout, shapes in test_shapes.items()
+        for shape in [layouts[layout][1]["tiny"], *shapes]
+        for dtype in DTYPES
+    ]
+
+
 def nbytes(shape: Sequence[int], dtype: str) -> int:
     """Bytes of an array of ``shape`` and ``dtype``."""
     return math.prod(shape) * np.dtype(dtype).itemsize

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cases import BuildContext, Case, Contender, nbytes, normax_contenders
+from .cases import (
+    BuildContext,
+    Case,
+    Contender,
+    layout_comparisons,
+    layout_grid,
+    nbytes,
+    normax_contenders,
+)
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -80,24 +88,14 @@ TEST_SHAPES = {
 
 def cases() -> list[Case]:
     """Every batch-norm case: kernel x layout x size x dtype."""
-    return [
-        case(kernel, layout, shape, dtype, size, quick=(layout, size, dtype) in QUICK)
-        for kernel in KERNELS
-        for layout, (_axis, shapes) in LAYOUTS.items()
-        for size, shape in shapes.items()
-        for dtype in ("float32", "float64")
-    ]
+    return layout_grid(
+        case, KERNELS, LAYOUTS, lambda _kernel, layout, size, dtype: (layout, size, dtype) in QUICK
+    )
 
 
 def comparison_cases() -> list[Case]:
     """The comparisons of the test suite: every kernel on :data:`TEST_SHAPES` and tiny shapes."""
-    return [
-        case(kernel, layout, shape, dtype, "tiny")
-        for kernel in KERNELS
-        for layout, shapes in TEST_SHAPES.items()
-        for shape in [LAYOUTS[layout][1]["tiny"], *shapes]
-        for dtype in ("float32", "float64")
-    ]
+    return layout_comparisons(case, KERNELS, LAYOUTS, TEST_SHAPES)
 
 
 def case(kernel: str, layout: str, shape, dtype: str, size: str, quick: bool = False) -> Case:

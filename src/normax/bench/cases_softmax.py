@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cases import BuildContext, Case, Contender, nbytes, normax_contenders
+from .cases import (
+    BuildContext,
+    Case,
+    Contender,
+    layout_comparisons,
+    layout_grid,
+    nbytes,
+    normax_contenders,
+)
 
 # layout: (class axis, {size: shape}). float32: tiny is per-call overhead, medium (4096 x 1000,
 # ImageNet classes) fits in a 32 MiB last-level cache, large (512 x 32000, a language model's
@@ -53,24 +61,17 @@ TEST_SHAPES = {"classes last": [(6, 5), (3, 1), (1, 7)], "classes first": [(5, 7
 
 def cases() -> list[Case]:
     """Every softmax-family case: kernel x layout x size x dtype."""
-    return [
-        case(kernel, layout, shape, dtype, size, quick=(kernel, layout, size, dtype) in QUICK)
-        for kernel in KERNELS
-        for layout, (_axis, shapes) in LAYOUTS.items()
-        for size, shape in shapes.items()
-        for dtype in ("float32", "float64")
-    ]
+    return layout_grid(
+        case,
+        KERNELS,
+        LAYOUTS,
+        lambda kernel, layout, size, dtype: (kernel, layout, size, dtype) in QUICK,
+    )
 
 
 def comparison_cases() -> list[Case]:
     """The comparisons of the test suite: every kernel on :data:`TEST_SHAPES` and tiny shapes."""
-    return [
-        case(kernel, layout, shape, dtype, "tiny")
-        for kernel in KERNELS
-        for layout, shapes in TEST_SHAPES.items()
-        for shape in [LAYOUTS[layout][1]["tiny"], *shapes]
-        for dtype in ("float32", "float64")
-    ]
+    return layout_comparisons(case, KERNELS, LAYOUTS, TEST_SHAPES)
 
 
 def case(kernel: str, layout: str, shape, dtype: str, size: str, quick: bool = False) -> Case:
