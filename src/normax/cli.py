@@ -33,7 +33,10 @@ def _version() -> str:
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser, with the arguments of the chosen subcommand only (others are not imported)."""
-    parser = argparse.ArgumentParser(prog="normax", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="normax",
+        description="Fast NumPy-native deep-learning kernels: benchmark, demo, tuning, build info.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,demo,tune,info}")
     chosen = next((a for a in argv if not a.startswith("-")), None)
