@@ -50,12 +50,18 @@ for v in "${versions[@]}"; do
   "$auditwheel" repair -w "$work/fixed-$v" "$raw"
   wheel=$(ls "$work/fixed-$v"/normax-*.whl)
   "$auditwheel" show "$wheel"
-  # only compiled modules, Python, stubs and py.typed: no sources of the compiled modules
-  if unzip -Z1 "$wheel" | grep -E '\.(pyx|pxd|c|h)$'; then
-    echo "build_wheels: sources in $wheel" >&2; exit 1
-  fi
-  unzip -Z1 "$wheel" | grep -q 'dist-info/licenses/LICENSE$' || {
-    echo "build_wheels: no LICENSE in $wheel" >&2; exit 1; }
+  # Only compiled modules, Python, stubs and py.typed (no sources of the compiled modules), and
+  # the license. Read with Python's zipfile: a fresh machine need not have unzip.
+  "$py" - "$wheel" <<'PY'
+import sys, zipfile
+wheel = sys.argv[1]
+names = zipfile.ZipFile(wheel).namelist()
+sources = [n for n in names if n.endswith((".pyx", ".pxd", ".c", ".h"))]
+if sources:
+    sys.exit(f"build_wheels: sources in {wheel}: {sources}")
+if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
+    sys.exit(f"build_wheels: no LICENSE in {wheel}")
+PY
   echo "build + repair: $((SECONDS - start)) s"
 
   "$py" -m venv "$work/test-$v"
