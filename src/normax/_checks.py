@@ -12,19 +12,27 @@ import operator
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_SUPPORTED = "float32, float64"
+from . import _dtypes
+
+FLOAT_DTYPES = (_dtypes.FLOAT32, _dtypes.FLOAT64)
 
 
-def float_array(x, name: str) -> np.ndarray:
-    """``x`` as an ndarray of float32 or float64 (TypeError for any other dtype)."""
+def float_array(x, name: str, *, half: bool = False) -> np.ndarray:
+    """``x`` as an ndarray of float32 or float64 (TypeError for any other dtype).
+
+    With ``half``, float16 and bfloat16 arrays pass too (kernels that store in half precision
+    and compute in float32).
+    """
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple)) or np.isscalar(x):
             x = np.asarray(x)
         else:
             raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} has unsupported dtype {x.dtype}; supported: {_SUPPORTED}")
+    if not _dtypes.is_float(x.dtype, half=half):
+        raise TypeError(
+            f"{name} has unsupported dtype {x.dtype}; "
+            f"supported: {_dtypes.supported_names(half=half)}"
+        )
     return x
 
 

@@ -61,6 +61,16 @@ def _numba_info() -> dict[str, Any]:
     }
 
 
+def _ml_dtypes_version() -> str | None:
+    """The installed ml_dtypes (bfloat16 support), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ml_dtypes")
+    except PackageNotFoundError:
+        return None
+
+
 def _extension_info() -> dict[str, Any]:
     core = _backend._core
     if core is None:
@@ -112,6 +122,8 @@ def _lines(c: dict[str, Any]) -> list[str]:
         rows += [
             f"  C extension       loaded from {os.path.dirname(ext['path'])}",
             f"  SIMD              {ext['simd']}",
+            f"  half precision    float16 via {ext['float16']}; bfloat16 via integer rounding "
+            f"({'ml_dtypes ' + _ml_dtypes_version() if _ml_dtypes_version() else 'no ml_dtypes'})",
             f"  OpenMP            {_openmp_line(ext)}",
         ]
     else:

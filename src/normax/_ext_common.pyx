@@ -24,6 +24,9 @@ cdef extern from "normax.h":
     const char *nmx_openmp_library() noexcept nogil
     const char *nmx_simd_target() noexcept nogil
 
+cdef extern from "half.h":
+    const char *nmx_half_isa() noexcept nogil
+
 cdef threads_setter _setters[16]
 cdef int _count = 0
 cdef int _threads = 0  # 0: follow OpenMP (OMP_NUM_THREADS, threadpoolctl)
@@ -56,11 +59,13 @@ def get_num_threads():
 
 def build_info():
     """What the compiled kernels are: ``_OPENMP`` date (0: serial build), the file of the OpenMP
-    runtime they call ("" if unknown) and the SIMD version this CPU runs."""
+    runtime they call ("" if unknown), the SIMD version this CPU runs and the float16
+    conversion path it uses."""
     return {
         "openmp": nmx_openmp_version(),
         "openmp_library": nmx_openmp_library().decode("utf-8", "replace"),
         "simd": nmx_simd_target().decode("ascii"),
+        "float16": nmx_half_isa().decode("ascii"),
     }
 
 

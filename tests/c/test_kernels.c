@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "batchnorm.h"
+#include "half.h"
 #include "normax.h"
 #include "optim.h"
 #include "softmax.h"
@@ -154,6 +155,43 @@ static void test_sgd(nmx_index size) {
     free(p), free(g), free(p0);
 }
 
+/* Every half bit pattern widens and narrows back to itself (NaN to a NaN); a float32 between two
+ * neighbouring halves rounds to the nearer, and at the midpoint to the one with an even
+ * encoding; values past the largest finite half become infinite. Counts the mismatches. */
+static void test_half(int kind, const char *name) {
+    static uint16_t all[65536], back[65536];
+    static float wide[65536];
+    long bad = 0;
+    for (int i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+    nmx_half_to_float(kind, all, wide, 65536);
+    nmx_float_to_half(kind, wide, back, 65536);
+    for (int i = 0; i < 65536; i++) {
+        uint16_t exp_mask = kind == NMX_F16 ? 0x7c00 : 0x7f80;
+        int nan = (i & exp_mask) == exp_mask && (i & ~exp_mask & 0x7fff) != 0;
+        if (nan ? (wide[i] == wide[i]) || (back[i] & exp_mask) != exp_mask : back[i] != i) bad++;
+    }
+    /* midpoints between consecutive positive finite halves, and a hair above them */
+    uint16_t top = kind == NMX_F16 ? 0x7bff : 0x7f7f;
+    for (uint16_t h = 0; h < top; h++) {
+        float lo = wide[h], hi = wide[h + 1], mid = lo + (hi - lo) / 2, r[2];
+        uint16_t got[2];
+        r[0] = mid;
+        r[1] = nextafterf(mid, hi);
+        nmx_float_to_half(kind, r, got, 2);
+        bad += got[0] != ((h & 1) ? h + 1 : h);
+        bad += got[1] != h + 1;
+    }
+    float big[2] = {kind == NMX_F16 ? 65520.0f : 3.4e38f, -HUGE_VALF};
+    uint16_t inf[2];
+    nmx_float_to_half(kind, big, inf, 2);
+    bad += inf[0] != (kind == NMX_F16 ? 0x7c00 : 0x7f80);
+    bad += inf[1] != (kind == NMX_F16 ? 0xfc00 : 0xff80);
+    char what[64];
+    snprintf(what, sizeof what, "%s conversions (%s)", name,
+             kind == NMX_F16 ? nmx_half_isa() : "integer rounding");
+    check(what, (double)bad, 0.0);
+}
+
 int main(void) {
     printf("normax kernels: %s, OpenMP %d (%s), %d threads\n", nmx_simd_target(),
            nmx_openmp_version(), nmx_openmp_library(), nmx_get_num_threads());
@@ -164,6 +202,8 @@ int main(void) {
     test_softmax(600, 100, 1);
     test_softmax(4, 20, 500);
     test_sgd(100000);
+    test_half(NMX_F16, "float16");
+    test_half(NMX_BF16, "bfloat16");
     printf(failures ? "%d check(s) FAILED\n" : "all checks passed\n", failures);
     return failures != 0;
 }
