@@ -16,6 +16,35 @@ TOL = {
 }
 
 
+# Half-precision storage: the result computed in float64 and rounded once to the storage type is
+# exact to half an ulp (2**-11 relative for float16, 2**-8 for bfloat16). normax computes in
+# float32 and rounds once, so its float32 error (~1e-6 relative) can move a value that lies
+# near a rounding midpoint to the neighbouring half: one ulp of the storage type, relative to
+# the value, plus the same in absolute terms for results near zero (cancellation in x - mean,
+# p - target), is the tolerance against the float64 reference.
+HALF_TOL = {"float16": {"rtol": 2.0**-10, "atol": 2.0**-10},
+            "bfloat16": {"rtol": 2.0**-7, "atol": 2.0**-7}}
+
+
+def half_dtypes() -> list:
+    """float16, and bfloat16 when ml_dtypes is installed (a skipped param otherwise)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        bf16 = pytest.param("bfloat16", marks=pytest.mark.skip(reason="needs ml_dtypes"))
+    else:
+        bf16 = pytest.param(np.dtype(ml_dtypes.bfloat16), id="bfloat16")
+    return [pytest.param(np.dtype(np.float16), id="float16"), bf16]
+
+
+def assert_half_close(got: np.ndarray, ref64: np.ndarray, dtype: np.dtype, what: str = ""):
+    """``got`` (half precision) is within :data:`HALF_TOL` of the float64 ``ref64``; NaN and
+    infinities where the reference has them."""
+    assert got.dtype == dtype, (what, got.dtype, dtype)
+    np.testing.assert_allclose(got.astype(np.float64), ref64, equal_nan=True, err_msg=what,
+                               **HALF_TOL[np.dtype(dtype).name])
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Run the test with ``normax.set_backend(param)`` and restore the previous backend after."""
