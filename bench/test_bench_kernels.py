@@ -48,6 +48,9 @@ def test_case(benchmark, bench_case, contender, restore_backend):
     missing = harness.missing_requirements(bench_case.requires)
     if missing:
         pytest.skip(f"normax.{missing[0]} not available in this installation")
+    packages = harness.missing_packages(bench_case.packages)
+    if packages:
+        pytest.skip(f"needs {', '.join(packages)}")
     entry = _entries(bench_case).get(contender)
     if entry is None:
         pytest.skip(f"{contender} not available")

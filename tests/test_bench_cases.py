@@ -12,7 +12,7 @@ import pytest
 
 import normax
 from normax.bench import harness
-from normax.bench.cases import BuildContext
+from normax.bench.cases import BuildContext, missing_packages
 from normax.bench.machine import import_torch
 
 CASES = harness.comparison_cases()
@@ -25,6 +25,9 @@ def torch():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_every_contender_agrees_with_the_reference(case, torch, tmp_path):
+    missing = missing_packages(case.packages)
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
     previous = normax.get_backend()
     ctx = BuildContext(normax.available_backends(), torch, seed=7, tmpdir=str(tmp_path))
     try:

@@ -6,7 +6,9 @@ Batch norm (training forward, inference forward, backward) in the (N, C), NCHW, 
 layouts; softmax, log-softmax and the fused softmax cross-entropy with the class axis last and
 first; the fused Adam and SGD-with-momentum updates; and the per-trial overhead of a tuning study
 in SQLite and in memory. Shapes go from tiny (per-call overhead) to larger than the last-level
-cache (memory bandwidth), in float32 and float64. ``--quick`` (the default) runs a selection that
+cache (memory bandwidth), in float32 and float64, and on the medium and large shapes in float16
+and bfloat16 (half-precision storage, float32 arithmetic; bfloat16 cases need ml_dtypes and are
+skipped with a note without it). ``--quick`` (the default) runs a selection that
 covers every kernel and layout (1-3 minutes on two busy cores); ``--full`` runs every shape
 (15-20 minutes). Each case prints its line as it finishes; Ctrl-C keeps what finished.
 
@@ -18,7 +20,8 @@ Correctness first
 -----------------
 Before timing, each contender is set up and called once; its result is compared with the NumPy
 reference's by the normwise relative error ``max|a - b| / max|b|`` per output (tolerance 1e-4 in
-float32, where PyTorch accumulates in float32, and 1e-9 in float64). A contender that disagrees
+float32, where PyTorch accumulates in float32, 1e-9 in float64, and two units in the last place
+in float16 and bfloat16, 2**-9 and 2**-6). A contender that disagrees
 or raises is reported as FAILED, is not timed, and makes the command exit with status 1.
 
 Timing method

@@ -15,6 +15,7 @@ tolerance, or raises, is reported and not timed.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +25,18 @@ import numpy as np
 import normax
 
 SIZES = ("tiny", "small", "medium", "large")
-DTYPES = ("float32", "float64")
+# Half-precision storage (float32 arithmetic inside) is benchmarked on the shapes where its
+# smaller bytes matter, the medium and large ones, and compared on the tiny and edge shapes.
+HALF_DTYPES = ("float16", "bfloat16")
+HALF_SIZES = ("medium", "large")
+DTYPES = ("float32", "float64", *HALF_DTYPES)
+ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 
 # Normwise relative tolerance between contenders. float32 allows for PyTorch, which accumulates
-# in float32 where normax accumulates in float64.
-TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
+# in float32 where normax accumulates in float64. Half precision: two units in the last place of
+# the largest output (2**-10 relative for float16, 2**-7 for bfloat16): every contender computes
+# in float32 and rounds once, so two results may differ by one rounding of each.
+TOLERANCE = {"float32": 1e-4, "float64": 1e-9, "float16": 2.0**-9, "bfloat16": 2.0**-6}
 
 
 @dataclass
@@ -42,6 +50,38 @@ class BuildContext:
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)
+
+
+def np_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a case's dtype name (bfloat16 is ml_dtypes' and needs it)."""
+    from normax import _dtypes
+
+    return _dtypes.resolve(name)
+
+
+def random_array(rng: np.random.Generator, shape, dtype: str, scale=1.0, offset=0.0):
+    """``offset + scale * N(0, 1)`` samples of ``shape``, drawn in float32 for the half types
+    (rounded once to them), else drawn in ``dtype`` itself."""
+    draw = "float32" if dtype in HALF_DTYPES else dtype
+    x = rng.standard_normal(shape, dtype=draw)
+    if scale != 1.0:
+        x *= scale
+    if offset != 0.0:
+        x += offset
+    return x.astype(np_dtype(dtype), copy=False)
+
+
+def compute_dtype(dtype: str) -> str:
+    """The dtype of float32-only companions (batch-norm parameters) of a ``dtype`` input."""
+    return "float32" if dtype in HALF_DTYPES else dtype
+
+
+def torch_tensor(torch, a: np.ndarray):
+    """A tensor on ``a``'s memory, bfloat16 included (torch.from_numpy does not know ml_dtypes'
+    type: its bits are handed over as int16 and reinterpreted)."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 @dataclass
@@ -74,7 +114,7 @@ class Case:
     shape : tuple of int
         Shape of the main input (for optimizers: arrays x elements per array).
     dtype : str
-        ``"float32"`` or ``"float64"``.
+        One of :data:`DTYPES`.
     size : str
         One of :data:`SIZES`, for selecting cases.
     requires : tuple of str
@@ -115,6 +155,11 @@ class Case:
     tolerance: float | None = None
 
     @property
+    def packages(self) -> tuple[str, ...]:
+        """Optional Python packages the case needs (bfloat16 is the ml_dtypes package's)."""
+        return ("ml_dtypes",) if self.dtype == "bfloat16" else ()
+
+    @property
     def id(self) -> str:
         shape = "x".join(map(str, self.shape))
         return f"{self.family}/{self.kernel}/{self.layout}/{shape}/{self.dtype}"
@@ -137,6 +182,7 @@ def layout_grid(case: Callable[..., Case], kernels, layouts, quick) -> list[Case
         for layout, (_axis, shapes) in layouts.items()
         for size, shape in shapes.items()
         for dtype in DTYPES
+        if dtype not in HALF_DTYPES or size in HALF_SIZES
     ]
 
 
@@ -153,8 +199,13 @@ def layout_comparisons(case: Callable[..., Case], kernels, layouts, test_shapes)
 
 
 def nbytes(shape: Sequence[int], dtype: str) -> int:
-    """Bytes of an array of ``shape`` and ``dtype``."""
-    return math.prod(shape) * np.dtype(dtype).itemsize
+    """Bytes of an array of ``shape`` and ``dtype`` (without importing ml_dtypes)."""
+    return math.prod(shape) * ITEMSIZE[dtype]
+
+
+def missing_packages(names: Sequence[str]) -> list[str]:
+    """The Python packages among ``names`` that are not installed."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
 
 
 def missing_requirements(names: Sequence[str]) -> list[str]:
@@ -187,7 +238,10 @@ def as_arrays(out) -> list[np.ndarray | None]:
     if out is None:
         return [None]
     if hasattr(out, "detach"):  # a torch tensor, without importing torch
-        out = out.detach().cpu().numpy()
+        out = out.detach().cpu()
+        if out.is_floating_point() and out.element_size() == 2:  # float16 / bfloat16
+            out = out.float()
+        out = out.numpy()
     return [np.array(out, dtype=np.float64, copy=True)]
 
 

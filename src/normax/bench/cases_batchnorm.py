@@ -15,10 +15,13 @@ from .cases import (
     BuildContext,
     Case,
     Contender,
+    compute_dtype,
     layout_comparisons,
     layout_grid,
     nbytes,
     normax_contenders,
+    random_array,
+    torch_tensor,
 )
 
 EPS = 1e-5
@@ -65,7 +68,7 @@ KERNELS = {
 
 # Selected by --quick: per-call overhead on the tiny (N, C) shape, the memory-bound large (N, C)
 # shape, every other layout at its medium size (the NCHW one is the ResNet-stage case of the
-# targets), all float32, and float64 on the medium (N, C) shape.
+# targets), all float32, and float64 and bfloat16 on the medium (N, C) shape.
 QUICK = {
     ("(N,C)", "tiny", "float32"),
     ("(N,C)", "large", "float32"),
@@ -73,6 +76,7 @@ QUICK = {
     ("NHWC", "medium", "float32"),
     ("(C,m)", "medium", "float32"),
     ("(N,C)", "medium", "float64"),
+    ("(N,C)", "medium", "bfloat16"),
 }
 
 
@@ -122,22 +126,27 @@ def _builder(kernel, layout, shape, dtype):
 
 
 def _inputs(ctx: BuildContext, layout: str, shape, dtype):
+    """x in ``dtype``; gamma and beta in its compute type (float32 for half-precision x, the
+    mixed-precision rule of normax and of PyTorch's CPU batch norm)."""
     rng = ctx.rng()
     axis = LAYOUTS[layout][0]
     c = shape[axis]
-    x = (rng.standard_normal(shape, dtype=dtype) * 2 + 0.5).astype(dtype, copy=False)
-    gamma = (1 + 0.1 * rng.standard_normal(c)).astype(dtype)
-    beta = (0.1 * rng.standard_normal(c)).astype(dtype)
+    x = random_array(rng, shape, dtype, scale=2.0, offset=0.5)
+    param = compute_dtype(dtype)
+    gamma = (1 + 0.1 * rng.standard_normal(c)).astype(param)
+    beta = (0.1 * rng.standard_normal(c)).astype(param)
     return rng, axis, x, gamma, beta
 
 
 def _running(c: int, dtype):
-    return np.zeros(c, dtype=dtype), np.ones(c, dtype=dtype)
+    """Running statistics for an input of ``dtype`` (float32 for half precision)."""
+    param = compute_dtype(np.dtype(dtype).name)
+    return np.zeros(c, dtype=param), np.ones(c, dtype=param)
 
 
 def _torch_view(torch, a, layout):
     """A tensor on ``a``'s memory with channels on dim 1, as PyTorch's batch norm expects."""
-    t = torch.from_numpy(a)
+    t = torch_tensor(torch, a)
     if layout == "NHWC":
         return t.permute(0, 3, 1, 2)
     if layout == "(C,m)":
@@ -184,8 +193,8 @@ def _infer(ctx, layout, shape, dtype):
     import normax
 
     rng, axis, x, gamma, beta = _inputs(ctx, layout, shape, dtype)
-    rm = (0.5 + 0.1 * rng.standard_normal(gamma.size)).astype(dtype)
-    rv = (4 + rng.random(gamma.size)).astype(dtype)
+    rm = (0.5 + 0.1 * rng.standard_normal(gamma.size)).astype(gamma.dtype)
+    rv = (4 + rng.random(gamma.size)).astype(gamma.dtype)
 
     def make():
         f = normax.batch_norm_infer
@@ -210,7 +219,7 @@ def _backward(ctx, layout, shape, dtype):
     import normax
 
     rng, axis, x, gamma, beta = _inputs(ctx, layout, shape, dtype)
-    dy = rng.standard_normal(shape, dtype=dtype)
+    dy = random_array(rng, shape, dtype)
 
     def make():
         _, cache = normax.batch_norm_train(x, gamma, beta, axis=axis, eps=EPS)

@@ -18,6 +18,8 @@ from .cases import (
     layout_grid,
     nbytes,
     normax_contenders,
+    random_array,
+    torch_tensor,
 )
 
 # layout: (class axis, {size: shape}). float32: tiny is per-call overhead, medium (4096 x 1000,
@@ -42,13 +44,14 @@ KERNELS = {
 }
 
 # Selected by --quick: the cross-entropy on every layout and size class that the targets name,
-# float64 on the medium shape, and softmax / log-softmax on the medium shape.
+# float64 and bfloat16 on the medium shape, and softmax / log-softmax on the medium shape.
 QUICK = {
     ("cross_entropy", "classes last", "tiny", "float32"),
     ("cross_entropy", "classes last", "medium", "float32"),
     ("cross_entropy", "classes last", "large", "float32"),
     ("cross_entropy", "classes first", "medium", "float32"),
     ("cross_entropy", "classes last", "medium", "float64"),
+    ("cross_entropy", "classes last", "medium", "bfloat16"),
     ("softmax", "classes last", "medium", "float32"),
     ("log_softmax", "classes last", "medium", "float32"),
 }
@@ -101,7 +104,7 @@ def _builder(kernel, layout, shape, dtype):
 
 def _logits(ctx: BuildContext, shape, dtype):
     rng = ctx.rng()
-    return rng, (3 * rng.standard_normal(shape, dtype=dtype)).astype(dtype, copy=False)
+    return rng, random_array(rng, shape, dtype, scale=3.0)
 
 
 def _activation(ctx, kernel, layout, shape, dtype):
@@ -119,7 +122,7 @@ def _activation(ctx, kernel, layout, shape, dtype):
         torch = ctx.torch
 
         def make_torch():
-            f, zt = getattr(torch, kernel), torch.from_numpy(z)
+            f, zt = getattr(torch, kernel), torch_tensor(torch, z)
             return lambda: f(zt, axis)
 
         contenders.append(Contender("torch", make_torch))
@@ -146,7 +149,7 @@ def _cross_entropy(ctx, layout, shape, dtype):
 
 def _torch_ce(torch, z, target, axis):
     nll_loss = torch.nn.functional.nll_loss
-    zt, tt = torch.from_numpy(z).requires_grad_(True), torch.from_numpy(target)
+    zt, tt = torch_tensor(torch, z).requires_grad_(True), torch.from_numpy(target)
 
     def run():
         logp = torch.log_softmax(zt, axis)

@@ -19,6 +19,7 @@ from .cases import (
     BuildContext,
     Case,
     as_arrays,
+    missing_packages,
     missing_requirements,
     relative_error,
 )
@@ -247,6 +248,12 @@ def _check_and_time(
     if missing:
         names = ", ".join(f"normax.{m}" for m in missing)
         record.update(status="skipped", note=f"{names} not available in this installation")
+        return
+    packages = missing_packages(case.packages)
+    if packages:
+        record.update(
+            status="skipped", note=f"needs {', '.join(packages)} (pip install {' '.join(packages)})"
+        )
         return
     try:
         entries = check_contenders(case, ctx)

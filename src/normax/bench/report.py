@@ -468,9 +468,12 @@ def _panel(ax, title: str, baseline: str, records: list[dict], with_kernel: bool
     ax.set_axisbelow(True)
 
 
+_SHORT_DTYPES = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
+
+
 def _label(record: dict, with_kernel: bool) -> str:
     shape = "x".join(map(str, record["shape"]))
-    dtype = {"float32": "f32", "float64": "f64"}.get(record["dtype"], record["dtype"])
+    dtype = _SHORT_DTYPES.get(record["dtype"], record["dtype"])
     text = f"{record['layout']} {shape}"
     return f"{record['kernel']} {text} {dtype}" if with_kernel else text
 
