@@ -739,3 +739,23 @@ def test_a_tiny_speedup_is_not_shown_as_zero(value, text):
     from normax.bench.report import format_ratio
 
     assert format_ratio(value) == text
+
+
+def _timed(name, median):
+    return {"name": name, "median_s": median}
+
+
+def test_half_table_compares_each_half_case_with_its_float32_twin():
+    base = {"family": "softmax", "kernel": "softmax", "layout": "rows", "shape": [512, 32000],
+            "status": "ok"}  # fmt: skip
+    doc = {"backends": ["c", "numpy"], "cases": [
+        {**base, "dtype": "float32", "contenders": [_timed("c", 4.0), _timed("torch", 9.0)]},
+        {**base, "dtype": "bfloat16", "contenders": [_timed("c", 2.0), _timed("torch", 10.0)]},
+        {**base, "dtype": "float16", "status": "skipped", "contenders": []},
+    ]}  # fmt: skip
+    lines = report.half_table(doc)
+    assert lines[0] == "== Half precision: speed-up of normax (c) over"
+    row = next(line for line in lines if "bfloat16" in line)
+    assert row.split()[-2:] == ["2.00x", "5.00x"]  # float32 4.0 / 2.0; torch bf16 10.0 / 2.0
+    assert not any("float16" in line.split() for line in lines)  # the skipped case: no row
+    assert report.half_table({"backends": ["c"], "cases": [doc["cases"][0]]}) == []

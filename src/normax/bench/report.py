@@ -190,11 +190,46 @@ def header(doc: dict) -> list[str]:
     return lines
 
 
+def half_table(doc: dict, markdown: bool = False) -> list[str]:
+    """Lines of the half-precision summary: per half case that ran, the speed-up of the leading
+    normax backend over the same call (kernel, layout, shape) in float32, and over PyTorch on
+    the same half-precision data. Empty without half-precision cases."""
+    median = {}
+    for r in doc["cases"]:
+        if r["status"] == "ok":
+            for e in r["contenders"]:
+                if e.get("median_s"):
+                    median[(r["family"], r["kernel"], r["layout"], tuple(r["shape"]), r["dtype"],
+                            e["name"])] = e["median_s"]  # fmt: skip
+    lead = next((b for b in ("c", "numba", "numpy") if b in doc["backends"]), None)
+    rows = []
+    for r in doc["cases"]:
+        key = (r["family"], r["kernel"], r["layout"], tuple(r["shape"]))
+        half = median.get((*key, r["dtype"], lead))
+        if r["dtype"] not in _HALF or r["status"] != "ok" or half is None:
+            continue
+        f32, torch = median.get((*key, "float32", lead)), median.get((*key, r["dtype"], "torch"))
+        rows.append([r["family"], r["kernel"], r["layout"], "x".join(map(str, r["shape"])),
+                     r["dtype"], format_ratio(f32 / half) if f32 else "-",
+                     format_ratio(torch / half) if torch else "-"])  # fmt: skip
+    if not rows:
+        return []
+    title = f"Half precision: speed-up of normax ({lead}) over"
+    columns = ("family", "kernel", "layout", "shape", "dtype", "float32", "torch, same dtype")
+    head = f"### {title}" if markdown else f"== {title}"
+    return [head, "", *_render(rows, markdown, columns, left=5), ""]
+
+
+_HALF = ("float16", "bfloat16")
+
+
 def render(doc: dict, markdown: bool = False, compact: bool = False) -> str:
-    """The whole report: header, one table per family, the legend, and the verdict."""
+    """The whole report: header, one table per family, the half-precision summary, the legend,
+    and the verdict."""
     lines = [*header(doc), ""]
     for family in dict.fromkeys(r["family"] for r in doc["cases"]):
         lines += family_table(doc, family, markdown, compact)
+    lines += half_table(doc, markdown)
     lines.append(LEGEND)
     lines.append(verdict(doc))
     return "\n".join(lines)
