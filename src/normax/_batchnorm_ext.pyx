@@ -12,14 +12,17 @@ backend's kernel through the one table, with the same record.
 
 ``train``, ``infer`` and ``backward`` are the "c" column of that table: they take the canonical
 record and check it again in C, so that no direct call can make a kernel step outside its arrays.
+
+Half-precision calls (float16, bfloat16) always take the checker's path; the "c" column runs
+them on the half kernels (``kind`` from the dtype of x, float32 per-channel arrays).
 """
 
 cimport numpy as cnp
 from libc.math cimport isfinite
+from libc.stdint cimport uint16_t
 
 from normax._ext_common cimport (
     checked_array,
-    checked_typenum,
     checked_view,
     data_or_null,
     empty_like,
@@ -38,7 +41,7 @@ from normax._ext_common cimport (
     view3,
 )
 
-from normax import _backend
+from normax import _backend, _dtypes
 from normax import _batchnorm_check as _check
 
 cnp.import_array()
@@ -66,6 +69,18 @@ cdef extern from "batchnorm.h":
                             nmx_index inner, const double *mean, const double *invstd,
                             const double *gamma, double *dx, double *dgamma,
                             double *dbeta) nogil
+    int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C,
+                       nmx_index inner, const float *gamma, const float *beta, uint16_t *y,
+                       double *mean, double *invstd, float *running_mean, float *running_var,
+                       double momentum, double eps) nogil
+    int nmx_bn_infer_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C,
+                       nmx_index inner, const float *gamma, const float *beta,
+                       const float *running_mean, const float *running_var, double eps,
+                       uint16_t *y) nogil
+    int nmx_bn_backward_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index outer,
+                          nmx_index C, nmx_index inner, const double *mean,
+                          const double *invstd, const float *gamma, uint16_t *dx,
+                          float *dgamma, float *dbeta) nogil
 
 cdef object _Cache = _check.BatchNormCache
 cdef object _KERNELS = _check.KERNELS
@@ -78,7 +93,7 @@ cdef inline bint _c_active():
 
 # ---- the canonical record -> C kernels ---------------------------------------------------------
 
-cdef int _train(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
+cdef int _train(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
                 object beta, object rm, object rv, double momentum, double eps, object y,
                 object mean, object invstd) except -1:
     cdef void *px = data_or_null(x)
@@ -91,7 +106,11 @@ cdef int _train(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, 
     cdef double *pi = <double *>data_or_null(invstd)
     cdef int rc
     with nogil:
-        if t == cnp.NPY_FLOAT32:
+        if kind:
+            rc = nmx_bn_train_h(kind, <uint16_t *>px, outer, c, inner, <float *>pg,
+                                <float *>pb, <uint16_t *>py, pm, pi, <float *>prm, <float *>prv,
+                                momentum, eps)
+        elif t == cnp.NPY_FLOAT32:
             rc = nmx_bn_train_f32(<float *>px, outer, c, inner, <float *>pg, <float *>pb,
                                   <float *>py, pm, pi, <float *>prm, <float *>prv, momentum, eps)
         else:
@@ -103,7 +122,7 @@ cdef int _train(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, 
     return 0
 
 
-cdef int _infer(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
+cdef int _infer(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
                 object beta, object rm, object rv, double eps, object y) except -1:
     cdef void *px = data_or_null(x)
     cdef void *pg = data_or_null(gamma)
@@ -113,7 +132,10 @@ cdef int _infer(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, 
     cdef void *py = data_or_null(y)
     cdef int rc
     with nogil:
-        if t == cnp.NPY_FLOAT32:
+        if kind:
+            rc = nmx_bn_infer_h(kind, <uint16_t *>px, outer, c, inner, <float *>pg,
+                                <float *>pb, <float *>prm, <float *>prv, eps, <uint16_t *>py)
+        elif t == cnp.NPY_FLOAT32:
             rc = nmx_bn_infer_f32(<float *>px, outer, c, inner, <float *>pg, <float *>pb,
                                   <float *>prm, <float *>prv, eps, <float *>py)
         else:
@@ -124,7 +146,7 @@ cdef int _infer(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, 
     return 0
 
 
-cdef int _backward(int t, object dy, object x, nmx_index outer, nmx_index c, nmx_index inner,
+cdef int _backward(int t, int kind, object dy, object x, nmx_index outer, nmx_index c, nmx_index inner,
                    object mean, object invstd, object gamma, object dx, object dgamma,
                    object dbeta) except -1:
     cdef void *pdy = data_or_null(dy)
@@ -137,7 +159,11 @@ cdef int _backward(int t, object dy, object x, nmx_index outer, nmx_index c, nmx
     cdef void *pdb = data_or_null(dbeta)
     cdef int rc
     with nogil:
-        if t == cnp.NPY_FLOAT32:
+        if kind:
+            rc = nmx_bn_backward_h(kind, <uint16_t *>pdy, <uint16_t *>px, outer, c, inner,
+                                   pm, pi, <float *>pg, <uint16_t *>pdx, <float *>pdg,
+                                   <float *>pdb)
+        elif t == cnp.NPY_FLOAT32:
             rc = nmx_bn_backward_f32(<float *>pdy, <float *>px, outer, c, inner, pm, pi,
                                      <float *>pg, <float *>pdx, <float *>pdg, <float *>pdb)
         else:
@@ -150,43 +176,65 @@ cdef int _backward(int t, object dy, object x, nmx_index outer, nmx_index c, nmx
 
 # ---- the "c" column of the backend table: the record, checked against any direct call ---------
 
+cdef int record_typenum(object x, int *kind) except -1:
+    """The type number of the record's ``x`` (float32, float64, float16 or bfloat16; TypeError
+    otherwise) and in ``kind`` its half-precision kind (0 for float32 / float64)."""
+    if not isinstance(x, cnp.ndarray):
+        raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    kind[0] = 0
+    if t == cnp.NPY_FLOAT16:
+        kind[0] = _dtypes.KIND_F16
+    elif t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        kind[0] = _dtypes.half_kind(x.dtype)  # bfloat16 has a type number chosen at run time
+        if kind[0] == 0:
+            raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    return t
+
+
 def train(x, outer, channels, inner, gamma, beta, running_mean, running_var, double momentum,
           double eps, y, mean, invstd):
     """C kernel of the training forward on the canonical record (see _batchnorm_check)."""
-    cdef int t = checked_typenum(x, "x")
+    cdef int kind
+    cdef int t = record_typenum(x, &kind)
+    cdef int p = cnp.NPY_FLOAT32 if kind else t  # the per-channel arrays
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels
     checked_array(x, "x", t, n, False)
     checked_array(y, "y", t, n, True)
     checked_array(mean, "mean", cnp.NPY_FLOAT64, c, True)
     checked_array(invstd, "invstd", cnp.NPY_FLOAT64, c, True)
-    optional_data(gamma, "gamma", t, c, False)
-    optional_data(beta, "beta", t, c, False)
+    optional_data(gamma, "gamma", p, c, False)
+    optional_data(beta, "beta", p, c, False)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
-    optional_data(running_mean, "running_mean", t, c, True)
-    optional_data(running_var, "running_var", t, c, True)
-    _train(t, x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, y,
+    optional_data(running_mean, "running_mean", p, c, True)
+    optional_data(running_var, "running_var", p, c, True)
+    _train(t, kind, x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, y,
            mean, invstd)
 
 
 def infer(x, outer, channels, inner, gamma, beta, running_mean, running_var, double eps, y):
     """C kernel of inference on the canonical record (see _batchnorm_check)."""
-    cdef int t = checked_typenum(x, "x")
+    cdef int kind
+    cdef int t = record_typenum(x, &kind)
+    cdef int p = cnp.NPY_FLOAT32 if kind else t
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels
     checked_array(x, "x", t, n, False)
     checked_array(y, "y", t, n, True)
-    optional_data(gamma, "gamma", t, c, False)
-    optional_data(beta, "beta", t, c, False)
-    checked_array(running_mean, "running_mean", t, c, False)
-    checked_array(running_var, "running_var", t, c, False)
-    _infer(t, x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y)
+    optional_data(gamma, "gamma", p, c, False)
+    optional_data(beta, "beta", p, c, False)
+    checked_array(running_mean, "running_mean", p, c, False)
+    checked_array(running_var, "running_var", p, c, False)
+    _infer(t, kind, x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y)
 
 
 def backward(dy, x, outer, channels, inner, mean, invstd, gamma, dx, dgamma, dbeta):
     """C kernel of the backward pass on the canonical record (see _batchnorm_check)."""
-    cdef int t = checked_typenum(x, "x")
+    cdef int kind
+    cdef int t = record_typenum(x, &kind)
+    cdef int p = cnp.NPY_FLOAT32 if kind else t
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels
     checked_array(x, "x", t, n, False)
@@ -194,12 +242,12 @@ def backward(dy, x, outer, channels, inner, mean, invstd, gamma, dx, dgamma, dbe
     checked_array(dx, "dx", t, n, True)
     checked_array(mean, "mean", cnp.NPY_FLOAT64, c, False)
     checked_array(invstd, "invstd", cnp.NPY_FLOAT64, c, False)
-    optional_data(gamma, "gamma", t, c, False)
+    optional_data(gamma, "gamma", p, c, False)
     if (gamma is None) != (dgamma is None) or (dgamma is None) != (dbeta is None):
         raise ValueError("dgamma and dbeta are given exactly when gamma is")
-    optional_data(dgamma, "dgamma", t, c, True)
-    optional_data(dbeta, "dbeta", t, c, True)
-    _backward(t, dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta)
+    optional_data(dgamma, "dgamma", p, c, True)
+    optional_data(dbeta, "dbeta", p, c, True)
+    _backward(t, kind, dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta)
 
 
 # ---- the front doors ---------------------------------------------------------------------------
@@ -276,7 +324,7 @@ def batch_norm_train(x, gamma, beta, running_mean=None, running_var=None, *, axi
     mean = empty_vector(v[1], cnp.NPY_FLOAT64)
     invstd = empty_vector(v[1], cnp.NPY_FLOAT64)
     if _c_active():
-        _train(t, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, m, e, y, mean,
+        _train(t, 0, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, m, e, y, mean,
                invstd)
     else:
         _KERNELS.active().train(x, v[0], v[1], v[2], gamma, beta, running_mean, running_var,
@@ -335,7 +383,7 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1
                                        eps=eps, out=out)
     y = empty_like(<cnp.ndarray>x) if out is None else out
     if _c_active():
-        _infer(t, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, e, y)
+        _infer(t, 0, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, e, y)
     else:
         _KERNELS.active().infer(x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, e,
                                 y)
@@ -396,7 +444,7 @@ def batch_norm_backward(dy, cache, *, out=None):
         dgamma = empty_vector(v[1], t)
         dbeta = empty_vector(v[1], t)
     if _c_active():
-        _backward(t, dy, x, v[0], v[1], v[2], mean, invstd, gamma, dx, dgamma, dbeta)
+        _backward(t, 0, dy, x, v[0], v[1], v[2], mean, invstd, gamma, dx, dgamma, dbeta)
     else:
         _KERNELS.active().backward(dy, x, v[0], v[1], v[2], mean, invstd, gamma, dx, dgamma,
                                    dbeta)
