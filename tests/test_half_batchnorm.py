@@ -376,3 +376,42 @@ def test_matches_pytorch(backend, layout, dtype, rng):
             eps=1e-5,
         )
     assert_half_close(yi, _numpy(tyi, dtype, torch).astype(np.float64), dtype, "infer y")
+
+
+# ---- the compiled front door takes the common half call itself ------------------------------
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
+@pytest.mark.parametrize("dtype", HALF)
+def test_front_door_takes_half_calls_the_checker_keeps(backend, dtype, rng, monkeypatch):
+    """Half x with float32 parameters and buffers runs without the Python checker, with the
+    checker's result; a half gamma (converted by the checker) still goes through it."""
+    from normax import _batchnorm_check as check
+
+    x, gamma, beta = _make((40, 6), 1, dtype, rng)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    rm, rv = np.zeros(6, np.float32), np.ones(6, np.float32)
+    rm2, rv2 = rm.copy(), rv.copy()
+    y_ref, cache_ref = check.batch_norm_train(x, gamma, beta, rm2, rv2)
+    yi_ref = check.batch_norm_infer(x, gamma, beta, rm2, rv2)
+    grads_ref = check.batch_norm_backward(dy, cache_ref)
+    seen = []
+    for name in ("batch_norm_train", "batch_norm_infer", "batch_norm_backward"):
+        original = getattr(check, name)
+        monkeypatch.setattr(check, name, lambda *a, f=original, **k: seen.append(1) or f(*a, **k))
+    out = np.empty_like(x)
+    y, cache = normax.batch_norm_train(x, gamma, beta, rm, rv, out=out)
+    yi = normax.batch_norm_infer(x, gamma, beta, rm, rv)
+    grads = normax.batch_norm_backward(dy, cache, out=np.empty_like(x))
+    assert not seen and y is out
+    for got, want in [
+        (y, y_ref),
+        (rm, rm2),
+        (rv, rv2),
+        (yi, yi_ref),
+        *zip(grads, grads_ref, strict=True),
+    ]:
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.astype(np.float64), want.astype(np.float64))
+    normax.batch_norm_train(x, gamma.astype(dtype), beta)
+    assert seen
