@@ -415,3 +415,30 @@ def test_front_door_takes_half_calls_the_checker_keeps(backend, dtype, rng, monk
         np.testing.assert_array_equal(got.astype(np.float64), want.astype(np.float64))
     normax.batch_norm_train(x, gamma.astype(dtype), beta)
     assert seen
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
+@pytest.mark.parametrize("case", [((4200, 2048), 1), ((64, 41, 3300), 1)])
+def test_outputs_larger_than_the_cache(case, rng):
+    """Half outputs above 16 MiB take the streamed path of the C kernels (here into an `out`
+    2 bytes off 16-byte alignment): the float32 kernels' result, rounded once."""
+    shape, axis = case
+    dtype = np.dtype(np.float16)
+    x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    c = shape[axis]
+    gamma = rng.standard_normal(c).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    out = np.empty(x.size + 1, dtype)[1:].reshape(shape)
+    previous = normax.get_backend()
+    try:
+        normax.set_backend("c")
+        y, cache = normax.batch_norm_train(x, gamma, beta, axis=axis, out=out)
+        dx, _, _ = normax.batch_norm_backward(dy, cache, out=np.empty_like(x))
+        y32, cache32 = normax.batch_norm_train(x.astype(np.float32), gamma, beta, axis=axis)
+        dx32, _, _ = normax.batch_norm_backward(dy.astype(np.float32), cache32)
+    finally:
+        normax.set_backend(previous)
+    assert y is out
+    assert_half_close(y, y32.astype(np.float64), dtype, "y")
+    assert_half_close(dx, dx32.astype(np.float64), dtype, "dx")

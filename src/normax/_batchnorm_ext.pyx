@@ -140,9 +140,9 @@ cdef inline bint _is_out(object out, cnp.ndarray like, int kind) noexcept:
 
 # ---- the canonical record -> C kernels ---------------------------------------------------------
 
-cdef int _train(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
-                object beta, object rm, object rv, double momentum, double eps, object y,
-                object mean, object invstd) except -1:
+cdef int _train(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_index inner,
+                object gamma, object beta, object rm, object rv, double momentum, double eps,
+                object y, object mean, object invstd) except -1:
     cdef void *px = data_or_null(x)
     cdef void *pg = data_or_null(gamma)
     cdef void *pb = data_or_null(beta)
@@ -169,8 +169,8 @@ cdef int _train(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_ind
     return 0
 
 
-cdef int _infer(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
-                object beta, object rm, object rv, double eps, object y) except -1:
+cdef int _infer(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_index inner,
+                object gamma, object beta, object rm, object rv, double eps, object y) except -1:
     cdef void *px = data_or_null(x)
     cdef void *pg = data_or_null(gamma)
     cdef void *pb = data_or_null(beta)
@@ -193,9 +193,9 @@ cdef int _infer(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_ind
     return 0
 
 
-cdef int _backward(int t, int kind, object dy, object x, nmx_index outer, nmx_index c, nmx_index inner,
-                   object mean, object invstd, object gamma, object dx, object dgamma,
-                   object dbeta) except -1:
+cdef int _backward(int t, int kind, object dy, object x, nmx_index outer, nmx_index c,
+                   nmx_index inner, object mean, object invstd, object gamma, object dx,
+                   object dgamma, object dbeta) except -1:
     cdef void *pdy = data_or_null(dy)
     cdef void *px = data_or_null(x)
     cdef double *pm = <double *>data_or_null(mean)
