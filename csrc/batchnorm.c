@@ -1,10 +1,12 @@
-/* Batch-normalization kernels: the float32 and float64 instances of batchnorm_impl.h. */
+/* Batch-normalization kernels: the float32 and float64 instances of batchnorm_impl.h, and the
+ * half-precision kernels built on the float32 one (batchnorm_half.h). */
 #include "batchnorm.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "half.h"
 #include "platform.h"
 #if defined(__x86_64__) || defined(_M_X64)
 #include <emmintrin.h>
@@ -124,6 +126,8 @@ static inline void nmx_scratch_free(nmx_scratch *s) { free(s->heap); }
 #include "batchnorm_impl.h"
 #undef T
 #undef SUF
+
+#include "batchnorm_half.h"
 
 #define T double
 #define SUF f64

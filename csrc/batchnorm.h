@@ -45,4 +45,19 @@ int nmx_bn_backward_f64(const double *dy, const double *x, nmx_index outer, nmx_
                         nmx_index inner, const double *mean, const double *invstd,
                         const double *gamma, double *dx, double *dgamma, double *dbeta);
 
+/* Half precision: x, y, dy and dx stored as float16 (kind NMX_F16) or bfloat16 (NMX_BF16) bit
+ * patterns (half.h), the arithmetic of the float32 kernels on float32 tiles, every output
+ * rounded once to nearest even. gamma, beta, the running statistics, dgamma and dbeta are
+ * float32 (PyTorch's mixed-precision rule); mean and invstd double as above. */
+int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nmx_index inner,
+                   const float *gamma, const float *beta, uint16_t *y, double *mean,
+                   double *invstd, float *running_mean, float *running_var, double momentum,
+                   double eps);
+int nmx_bn_infer_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nmx_index inner,
+                   const float *gamma, const float *beta, const float *running_mean,
+                   const float *running_var, double eps, uint16_t *y);
+int nmx_bn_backward_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index outer,
+                      nmx_index C, nmx_index inner, const double *mean, const double *invstd,
+                      const float *gamma, uint16_t *dx, float *dgamma, float *dbeta);
+
 #endif

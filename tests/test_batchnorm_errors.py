@@ -48,12 +48,17 @@ TRAIN_CASES = {
     "int-x": (
         _train(args={"x": np.ones((6, C), np.int64)}),
         TypeError,
-        "x has unsupported dtype int64; supported: float32, float64",
+        "x has unsupported dtype int64; supported: float16, bfloat16, float32, float64",
     ),
-    "float16-x": (
+    "float16-x-float16-running-var": (
+        _train(args={"x": np.ones((6, C), np.float16), "running_var": np.ones(C, np.float16)}),
+        TypeError,
+        "running_var has dtype float16, expected float32",
+    ),
+    "float16-x-float16-out": (
         _train(args={"x": np.ones((6, C), np.float16)}),
         TypeError,
-        "x has unsupported dtype float16",
+        "out has dtype float32, expected float16",
     ),
     "int-list-x": (
         _train(args={"x": [[1, 2, 3, 4, 5]] * 6}),

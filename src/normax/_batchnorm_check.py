@@ -11,6 +11,12 @@ and runs on the active backend through :data:`KERNELS`, whose modules share one 
     infer(x, outer, C, inner, gamma, beta, running_mean, running_var, eps, y)
     backward(dy, x, outer, C, inner, mean, invstd, gamma, dx, dgamma, dbeta)
 
+Half-precision storage (float16, and bfloat16 from ``ml_dtypes``) follows PyTorch's mixed rule:
+``x``, ``y``, ``dy`` and ``dx`` are in the half type, while gamma, beta, the running statistics,
+dgamma and dbeta are float32 (the compute type); mean and invstd of the cache stay float64.
+gamma, beta and the read-only statistics of inference are converted to float32; the running
+buffers of training are updated in place, so they must already be float32.
+
 Without the compiled extension, these functions are the public API.
 """
 
@@ -21,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _backend, _checks
+from . import _backend, _checks, _dtypes
 
 KERNELS = _backend.KernelTable(
     c="normax._batchnorm_ext", numba="normax._batchnorm_numba", numpy="normax._batchnorm_numpy"
@@ -55,8 +61,9 @@ class BatchNormCache(NamedTuple):
 
 
 def _input(x, axis, name: str = "x"):
-    """``x`` as a C-contiguous float array with ndim >= 2, its channel axis and its view."""
-    x = _checks.float_array(x, name)
+    """``x`` as a C-contiguous float array (half precision allowed) with ndim >= 2, its channel
+    axis and its view."""
+    x = _checks.float_array(x, name, half=True)
     if x.ndim < 2:
         raise ValueError(f"{name} must have at least 2 dimensions, got shape {x.shape}")
     ax = _checks.normalize_axis(axis, x.ndim)
@@ -73,10 +80,13 @@ def _training_batch(x: np.ndarray, outer: int, inner: int) -> None:
 
 
 def _param(p, name: str, channels: int, dtype: np.dtype):
-    """A per-channel parameter of shape (C,) as a contiguous array of ``dtype`` (None passes)."""
+    """A per-channel parameter of shape (C,) as a contiguous array of ``dtype`` (None passes).
+
+    ``dtype`` is the compute type of x (float32 for half-precision x); ``p`` may be given in any
+    float type, half precision included, and is converted to it."""
     if p is None:
         return None
-    p = _checks.float_array(p, name)
+    p = _checks.float_array(p, name, half=True)
     if p.shape != (channels,):
         raise ValueError(
             f"{name} has shape {p.shape}, expected ({channels},) for the {channels} channels of x"
@@ -142,7 +152,7 @@ def _cache(cache) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None
     x, ax, (_, channels, _) = _input(cache.x, cache.axis, "cache.x")
     mean = _stat(cache.mean, "cache.mean", channels, x.size > 0)
     invstd = _stat(cache.invstd, "cache.invstd", channels, x.size > 0)
-    gamma = _param(cache.gamma, "cache.gamma", channels, x.dtype)
+    gamma = _param(cache.gamma, "cache.gamma", channels, _dtypes.compute_dtype(x.dtype))
     return x, mean, invstd, gamma, ax
 
 
@@ -170,14 +180,14 @@ def batch_norm_train(
     """Checked path of :func:`normax.batch_norm_train` (same signature and contract)."""
     x, ax, (outer, channels, inner) = _input(x, axis)
     _training_batch(x, outer, inner)
-    dtype = x.dtype
+    dtype = _dtypes.compute_dtype(x.dtype)  # of the per-channel arrays: float32 for half x
     gamma = _param(gamma, "gamma", channels, dtype)
     beta = _param(beta, "beta", channels, dtype)
     _running(running_mean, running_var, channels, dtype)
     momentum = _checks.real_scalar(momentum, "momentum", 0.0, 1.0)
     eps = _eps(eps, training=True)
     if out is not None:
-        _checks.check_out(out, x.shape, dtype)
+        _checks.check_out(out, x.shape, x.dtype)
     rm, rv = running_mean, running_var
     _no_overlap(
         (x, "x"), (gamma, "gamma"), (beta, "beta"), (rv, "running_var"), (rm, "running_mean"),
@@ -197,7 +207,7 @@ def batch_norm_train(
 def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1e-5, out=None):
     """Checked path of :func:`normax.batch_norm_infer` (same signature and contract)."""
     x, _, (outer, channels, inner) = _input(x, axis)
-    dtype = x.dtype
+    dtype = _dtypes.compute_dtype(x.dtype)
     gamma = _param(gamma, "gamma", channels, dtype)
     beta = _param(beta, "beta", channels, dtype)
     for name, value in (("running_mean", running_mean), ("running_var", running_var)):
@@ -207,7 +217,7 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1
     rv = _param(running_var, "running_var", channels, dtype)
     eps = _eps(eps, training=False)
     if out is not None:
-        _checks.check_out(out, x.shape, dtype)
+        _checks.check_out(out, x.shape, x.dtype)
         _checks.no_overlap(out, "out", (x, "x"), (gamma, "gamma"), (beta, "beta"),
                            (rm, "running_mean"), (rv, "running_var"))
     y = _output(out, x)
@@ -219,7 +229,7 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1
 def batch_norm_backward(dy, cache, *, out=None):
     """Checked path of :func:`normax.batch_norm_backward` (same signature and contract)."""
     x, mean, invstd, gamma, ax = _cache(cache)
-    dy = _checks.float_array(dy, "dy")
+    dy = _checks.float_array(dy, "dy", half=True)
     if dy.dtype != x.dtype:
         raise TypeError(f"dy has dtype {dy.dtype}, expected {x.dtype} (the dtype of x)")
     if dy.shape != x.shape:
@@ -233,7 +243,8 @@ def batch_norm_backward(dy, cache, *, out=None):
     dx = _output(out, x)
     dgamma = dbeta = None
     if gamma is not None:
-        dgamma, dbeta = np.zeros(channels, x.dtype), np.zeros(channels, x.dtype)
+        dtype = _dtypes.compute_dtype(x.dtype)
+        dgamma, dbeta = np.zeros(channels, dtype), np.zeros(channels, dtype)
     if x.size:
         KERNELS.active().backward(
             dy, x, outer, channels, inner, mean, invstd, gamma, dx, dgamma, dbeta

@@ -12,14 +12,20 @@ backend's kernel through the one table, with the same record.
 
 ``train``, ``infer`` and ``backward`` are the "c" column of that table: they take the canonical
 record and check it again in C, so that no direct call can make a kernel step outside its arrays.
+
+Half precision (float16, and ``ml_dtypes``' bfloat16) takes the same fast path: x, y, dy and dx
+in the half type, every per-channel array float32 (see ``normax._batchnorm_check``); the "c"
+column runs such a record on the half kernels, ``kind`` taken from the dtype of x.
 """
 
 cimport numpy as cnp
 from libc.math cimport isfinite
+from libc.stdint cimport uint16_t
+
+import sys
 
 from normax._ext_common cimport (
     checked_array,
-    checked_typenum,
     checked_view,
     data_or_null,
     empty_like,
@@ -38,7 +44,7 @@ from normax._ext_common cimport (
     view3,
 )
 
-from normax import _backend
+from normax import _backend, _dtypes
 from normax import _batchnorm_check as _check
 
 cnp.import_array()
@@ -66,6 +72,18 @@ cdef extern from "batchnorm.h":
                             nmx_index inner, const double *mean, const double *invstd,
                             const double *gamma, double *dx, double *dgamma,
                             double *dbeta) nogil
+    int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C,
+                       nmx_index inner, const float *gamma, const float *beta, uint16_t *y,
+                       double *mean, double *invstd, float *running_mean, float *running_var,
+                       double momentum, double eps) nogil
+    int nmx_bn_infer_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C,
+                       nmx_index inner, const float *gamma, const float *beta,
+                       const float *running_mean, const float *running_var, double eps,
+                       uint16_t *y) nogil
+    int nmx_bn_backward_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index outer,
+                          nmx_index C, nmx_index inner, const double *mean,
+                          const double *invstd, const float *gamma, uint16_t *dx,
+                          float *dgamma, float *dbeta) nogil
 
 cdef object _Cache = _check.BatchNormCache
 cdef object _KERNELS = _check.KERNELS
@@ -76,11 +94,55 @@ cdef inline bint _c_active():
     return _backend._active == "c"
 
 
+# ---- half precision: which arrays the fast path takes ------------------------------------------
+
+cdef int _bf16_num = -1  # bfloat16's type number, chosen when ml_dtypes registers it
+
+
+cdef int _half_kind(object a) except -1:
+    """KIND_F16 or KIND_BF16 if ``a`` is an exact ndarray of that dtype that a kernel may read as
+    a plain C array (C-contiguous, aligned, native byte order), else 0."""
+    global _bf16_num
+    if not cnp.PyArray_CheckExact(a) or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a):
+        return 0
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    if t == cnp.NPY_FLOAT16:
+        return _dtypes.KIND_F16
+    if _bf16_num < 0 and cnp.PyTypeNum_ISUSERDEF(t):
+        ml_dtypes = sys.modules.get("ml_dtypes")  # no bfloat16 array exists before it is loaded
+        if ml_dtypes is not None:
+            _bf16_num = cnp.dtype(ml_dtypes.bfloat16).num
+    return _dtypes.KIND_BF16 if t == _bf16_num else 0
+
+
+cdef inline int _typenum(object a, int *kind) except -2:
+    """The type number of an array the fast path takes as x or dy (float32 or float64, or half
+    precision with its kind in ``kind``; as float_typenum), else -1."""
+    cdef int t = float_typenum(a)
+    kind[0] = 0
+    if t < 0:
+        kind[0] = _half_kind(a)
+        if kind[0]:
+            t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    return t
+
+
+cdef inline bint _is_out(object out, cnp.ndarray like, int kind) noexcept:
+    """is_out for every dtype of x: a writeable exact ndarray of ``like``'s dtype and shape that
+    a kernel may write as a plain C array."""
+    if not kind:
+        return is_out(out, like)
+    return (cnp.PyArray_CheckExact(out)
+            and cnp.PyArray_TYPE(<cnp.ndarray>out) == cnp.PyArray_TYPE(like)
+            and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>out) and same_shape(<cnp.ndarray>out, like)
+            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out))
+
+
 # ---- the canonical record -> C kernels ---------------------------------------------------------
 
-cdef int _train(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
-                object beta, object rm, object rv, double momentum, double eps, object y,
-                object mean, object invstd) except -1:
+cdef int _train(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_index inner,
+                object gamma, object beta, object rm, object rv, double momentum, double eps,
+                object y, object mean, object invstd) except -1:
     cdef void *px = data_or_null(x)
     cdef void *pg = data_or_null(gamma)
     cdef void *pb = data_or_null(beta)
@@ -91,7 +153,11 @@ cdef int _train(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, 
     cdef double *pi = <double *>data_or_null(invstd)
     cdef int rc
     with nogil:
-        if t == cnp.NPY_FLOAT32:
+        if kind:
+            rc = nmx_bn_train_h(kind, <uint16_t *>px, outer, c, inner, <float *>pg,
+                                <float *>pb, <uint16_t *>py, pm, pi, <float *>prm, <float *>prv,
+                                momentum, eps)
+        elif t == cnp.NPY_FLOAT32:
             rc = nmx_bn_train_f32(<float *>px, outer, c, inner, <float *>pg, <float *>pb,
                                   <float *>py, pm, pi, <float *>prm, <float *>prv, momentum, eps)
         else:
@@ -103,8 +169,8 @@ cdef int _train(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, 
     return 0
 
 
-cdef int _infer(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, object gamma,
-                object beta, object rm, object rv, double eps, object y) except -1:
+cdef int _infer(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_index inner,
+                object gamma, object beta, object rm, object rv, double eps, object y) except -1:
     cdef void *px = data_or_null(x)
     cdef void *pg = data_or_null(gamma)
     cdef void *pb = data_or_null(beta)
@@ -113,7 +179,10 @@ cdef int _infer(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, 
     cdef void *py = data_or_null(y)
     cdef int rc
     with nogil:
-        if t == cnp.NPY_FLOAT32:
+        if kind:
+            rc = nmx_bn_infer_h(kind, <uint16_t *>px, outer, c, inner, <float *>pg,
+                                <float *>pb, <float *>prm, <float *>prv, eps, <uint16_t *>py)
+        elif t == cnp.NPY_FLOAT32:
             rc = nmx_bn_infer_f32(<float *>px, outer, c, inner, <float *>pg, <float *>pb,
                                   <float *>prm, <float *>prv, eps, <float *>py)
         else:
@@ -124,9 +193,9 @@ cdef int _infer(int t, object x, nmx_index outer, nmx_index c, nmx_index inner, 
     return 0
 
 
-cdef int _backward(int t, object dy, object x, nmx_index outer, nmx_index c, nmx_index inner,
-                   object mean, object invstd, object gamma, object dx, object dgamma,
-                   object dbeta) except -1:
+cdef int _backward(int t, int kind, object dy, object x, nmx_index outer, nmx_index c,
+                   nmx_index inner, object mean, object invstd, object gamma, object dx,
+                   object dgamma, object dbeta) except -1:
     cdef void *pdy = data_or_null(dy)
     cdef void *px = data_or_null(x)
     cdef double *pm = <double *>data_or_null(mean)
@@ -137,7 +206,11 @@ cdef int _backward(int t, object dy, object x, nmx_index outer, nmx_index c, nmx
     cdef void *pdb = data_or_null(dbeta)
     cdef int rc
     with nogil:
-        if t == cnp.NPY_FLOAT32:
+        if kind:
+            rc = nmx_bn_backward_h(kind, <uint16_t *>pdy, <uint16_t *>px, outer, c, inner,
+                                   pm, pi, <float *>pg, <uint16_t *>pdx, <float *>pdg,
+                                   <float *>pdb)
+        elif t == cnp.NPY_FLOAT32:
             rc = nmx_bn_backward_f32(<float *>pdy, <float *>px, outer, c, inner, pm, pi,
                                      <float *>pg, <float *>pdx, <float *>pdg, <float *>pdb)
         else:
@@ -150,43 +223,65 @@ cdef int _backward(int t, object dy, object x, nmx_index outer, nmx_index c, nmx
 
 # ---- the "c" column of the backend table: the record, checked against any direct call ---------
 
+cdef int record_typenum(object x, int *kind) except -1:
+    """The type number of the record's ``x`` (float32, float64, float16 or bfloat16; TypeError
+    otherwise) and in ``kind`` its half-precision kind (0 for float32 / float64)."""
+    if not isinstance(x, cnp.ndarray):
+        raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    kind[0] = 0
+    if t == cnp.NPY_FLOAT16:
+        kind[0] = _dtypes.KIND_F16
+    elif t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        kind[0] = _dtypes.half_kind(x.dtype)  # bfloat16 has a type number chosen at run time
+        if kind[0] == 0:
+            raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    return t
+
+
 def train(x, outer, channels, inner, gamma, beta, running_mean, running_var, double momentum,
           double eps, y, mean, invstd):
     """C kernel of the training forward on the canonical record (see _batchnorm_check)."""
-    cdef int t = checked_typenum(x, "x")
+    cdef int kind
+    cdef int t = record_typenum(x, &kind)
+    cdef int p = cnp.NPY_FLOAT32 if kind else t  # the per-channel arrays
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels
     checked_array(x, "x", t, n, False)
     checked_array(y, "y", t, n, True)
     checked_array(mean, "mean", cnp.NPY_FLOAT64, c, True)
     checked_array(invstd, "invstd", cnp.NPY_FLOAT64, c, True)
-    optional_data(gamma, "gamma", t, c, False)
-    optional_data(beta, "beta", t, c, False)
+    optional_data(gamma, "gamma", p, c, False)
+    optional_data(beta, "beta", p, c, False)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
-    optional_data(running_mean, "running_mean", t, c, True)
-    optional_data(running_var, "running_var", t, c, True)
-    _train(t, x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, y,
+    optional_data(running_mean, "running_mean", p, c, True)
+    optional_data(running_var, "running_var", p, c, True)
+    _train(t, kind, x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, y,
            mean, invstd)
 
 
 def infer(x, outer, channels, inner, gamma, beta, running_mean, running_var, double eps, y):
     """C kernel of inference on the canonical record (see _batchnorm_check)."""
-    cdef int t = checked_typenum(x, "x")
+    cdef int kind
+    cdef int t = record_typenum(x, &kind)
+    cdef int p = cnp.NPY_FLOAT32 if kind else t
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels
     checked_array(x, "x", t, n, False)
     checked_array(y, "y", t, n, True)
-    optional_data(gamma, "gamma", t, c, False)
-    optional_data(beta, "beta", t, c, False)
-    checked_array(running_mean, "running_mean", t, c, False)
-    checked_array(running_var, "running_var", t, c, False)
-    _infer(t, x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y)
+    optional_data(gamma, "gamma", p, c, False)
+    optional_data(beta, "beta", p, c, False)
+    checked_array(running_mean, "running_mean", p, c, False)
+    checked_array(running_var, "running_var", p, c, False)
+    _infer(t, kind, x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y)
 
 
 def backward(dy, x, outer, channels, inner, mean, invstd, gamma, dx, dgamma, dbeta):
     """C kernel of the backward pass on the canonical record (see _batchnorm_check)."""
-    cdef int t = checked_typenum(x, "x")
+    cdef int kind
+    cdef int t = record_typenum(x, &kind)
+    cdef int p = cnp.NPY_FLOAT32 if kind else t
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels
     checked_array(x, "x", t, n, False)
@@ -194,12 +289,12 @@ def backward(dy, x, outer, channels, inner, mean, invstd, gamma, dx, dgamma, dbe
     checked_array(dx, "dx", t, n, True)
     checked_array(mean, "mean", cnp.NPY_FLOAT64, c, False)
     checked_array(invstd, "invstd", cnp.NPY_FLOAT64, c, False)
-    optional_data(gamma, "gamma", t, c, False)
+    optional_data(gamma, "gamma", p, c, False)
     if (gamma is None) != (dgamma is None) or (dgamma is None) != (dbeta is None):
         raise ValueError("dgamma and dbeta are given exactly when gamma is")
-    optional_data(dgamma, "dgamma", t, c, True)
-    optional_data(dbeta, "dbeta", t, c, True)
-    _backward(t, dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta)
+    optional_data(dgamma, "dgamma", p, c, True)
+    optional_data(dbeta, "dbeta", p, c, True)
+    _backward(t, kind, dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta)
 
 
 # ---- the front doors ---------------------------------------------------------------------------
@@ -216,13 +311,17 @@ def batch_norm_train(x, gamma, beta, running_mean=None, running_var=None, *, axi
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, ndim >= 2
-        Input; ``axis`` is its channel (feature) axis.
+    x : ndarray of float16, bfloat16, float32 or float64, ndim >= 2
+        Input; ``axis`` is its channel (feature) axis. Half precision (float16, or bfloat16
+        from ``ml_dtypes``) is storage only: the arithmetic runs in float32 (sums in float64)
+        and ``y`` is rounded once to the dtype of ``x``, as PyTorch does on the CPU.
     gamma, beta : ndarray of shape (C,) or None
-        Scale and shift; None means no affine transform. Cast to the dtype of ``x``.
-    running_mean, running_var : ndarray of shape (C,) and the dtype of ``x``, optional
-        Writeable buffers updated in place; give both or neither. They must not overlap each
-        other or any other argument.
+        Scale and shift; None means no affine transform. Cast to the dtype of ``x``, or to
+        float32 when ``x`` is half precision.
+    running_mean, running_var : ndarray of shape (C,), optional
+        Writeable buffers updated in place, of the dtype of ``x`` (float32 when ``x`` is half
+        precision); give both or neither. They must not overlap each other or any other
+        argument.
     axis : int
         Channel axis: 1 for (N, C) and (N, C, H, W), -1 for (N, H, W, C), 0 for (C, m).
     momentum : float in [0, 1]
@@ -248,20 +347,22 @@ def batch_norm_train(x, gamma, beta, running_mean=None, running_var=None, *, axi
     >>> bool(abs(y.mean(axis=0)).max() < 1e-5), bool(abs(y.std(axis=0) - 1).max() < 1e-3)
     (True, True)
     """
-    cdef int t = float_typenum(x)
+    cdef int kind
+    cdef int t = _typenum(x, &kind)
+    cdef int p = cnp.NPY_FLOAT32 if kind else t  # the dtype of the per-channel arrays
     cdef Py_ssize_t v[4]
     cdef double m, e
     if (t < 0 or not view3(<cnp.ndarray>x, axis, 2, v) or v[0] * v[2] < 2
             or not exact_float(momentum, &m) or not exact_float(eps, &e)
             or not (0.0 <= m <= 1.0) or not (e > 0.0 and isfinite(e))
-            or (gamma is not None and not is_vector(gamma, t, v[1], False))
-            or (beta is not None and not is_vector(beta, t, v[1], False))
-            or (out is not None and not is_out(out, <cnp.ndarray>x))):
+            or (gamma is not None and not is_vector(gamma, p, v[1], False))
+            or (beta is not None and not is_vector(beta, p, v[1], False))
+            or (out is not None and not _is_out(out, <cnp.ndarray>x, kind))):
         return _check.batch_norm_train(x, gamma, beta, running_mean, running_var, axis=axis,
                                        momentum=momentum, eps=eps, out=out)
     if running_mean is not None or running_var is not None:
-        if (not is_vector(running_mean, t, v[1], True)
-                or not is_vector(running_var, t, v[1], True)
+        if (not is_vector(running_mean, p, v[1], True)
+                or not is_vector(running_var, p, v[1], True)
                 or overlaps(running_mean, x) or overlaps(running_var, x)
                 or overlaps(running_mean, running_var)
                 or overlaps(running_mean, gamma) or overlaps(running_mean, beta)
@@ -276,7 +377,7 @@ def batch_norm_train(x, gamma, beta, running_mean=None, running_var=None, *, axi
     mean = empty_vector(v[1], cnp.NPY_FLOAT64)
     invstd = empty_vector(v[1], cnp.NPY_FLOAT64)
     if _c_active():
-        _train(t, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, m, e, y, mean,
+        _train(t, kind, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, m, e, y, mean,
                invstd)
     else:
         _KERNELS.active().train(x, v[0], v[1], v[2], gamma, beta, running_mean, running_var,
@@ -291,12 +392,14 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, ndim >= 2
-        Input; ``axis`` is its channel axis.
+    x : ndarray of float16, bfloat16, float32 or float64, ndim >= 2
+        Input; ``axis`` is its channel axis. Half precision computes in float32 (see
+        :func:`batch_norm_train`).
     gamma, beta : ndarray of shape (C,) or None
         Scale and shift; None means no affine transform.
     running_mean, running_var : ndarray of shape (C,)
-        Statistics to normalize with (read only; cast to the dtype of ``x``).
+        Statistics to normalize with (read only; gamma, beta and these are cast to the dtype of
+        ``x``, or to float32 when ``x`` is half precision).
     axis : int
         Channel axis (see :func:`batch_norm_train`).
     eps : float >= 0
@@ -318,16 +421,18 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1
     array([[0., 0.],
            [1., 1.]])
     """
-    cdef int t = float_typenum(x)
+    cdef int kind
+    cdef int t = _typenum(x, &kind)
+    cdef int p = cnp.NPY_FLOAT32 if kind else t
     cdef Py_ssize_t v[4]
     cdef double e
     if (t < 0 or not view3(<cnp.ndarray>x, axis, 2, v)
             or not exact_float(eps, &e) or not (e >= 0.0 and isfinite(e))
-            or (gamma is not None and not is_vector(gamma, t, v[1], False))
-            or (beta is not None and not is_vector(beta, t, v[1], False))
-            or not is_vector(running_mean, t, v[1], False)
-            or not is_vector(running_var, t, v[1], False)
-            or (out is not None and not is_out(out, <cnp.ndarray>x))
+            or (gamma is not None and not is_vector(gamma, p, v[1], False))
+            or (beta is not None and not is_vector(beta, p, v[1], False))
+            or not is_vector(running_mean, p, v[1], False)
+            or not is_vector(running_var, p, v[1], False)
+            or (out is not None and not _is_out(out, <cnp.ndarray>x, kind))
             or (out is not None and (overlaps(out, x) or overlaps(out, gamma)
                                      or overlaps(out, beta) or overlaps(out, running_mean)
                                      or overlaps(out, running_var)))):
@@ -335,7 +440,7 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1
                                        eps=eps, out=out)
     y = empty_like(<cnp.ndarray>x) if out is None else out
     if _c_active():
-        _infer(t, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, e, y)
+        _infer(t, kind, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, e, y)
     else:
         _KERNELS.active().infer(x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, e,
                                 y)
@@ -353,6 +458,8 @@ def batch_norm_backward(dy, cache, *, out=None):
     ----------
     dy : ndarray
         Gradient of the loss with respect to ``y``; shape and dtype of the forward input.
+        For a half-precision input, ``dx`` is half precision too (computed in float32, rounded
+        once) and ``dgamma``, ``dbeta`` are float32.
     cache : BatchNormCache
         Returned by :func:`batch_norm_train`.
     out : ndarray, optional
@@ -375,17 +482,19 @@ def batch_norm_backward(dy, cache, *, out=None):
     >>> bool(np.allclose(dx, 0.0)), dbeta.tolist()
     (True, [16.0, 16.0, 16.0])
     """
-    cdef int t = -1
+    cdef int t = -1, p, kind = 0, dy_kind
     cdef Py_ssize_t v[4]
     if type(cache) is _Cache:
         x, mean, invstd, gamma, axis = <tuple>cache
-        t = float_typenum(x)
-    if (t < 0 or float_typenum(dy) != t or not same_shape(<cnp.ndarray>dy, <cnp.ndarray>x)
+        t = _typenum(x, &kind)
+    p = cnp.NPY_FLOAT32 if kind else t
+    if (t < 0 or _typenum(dy, &dy_kind) != t
+            or not same_shape(<cnp.ndarray>dy, <cnp.ndarray>x)
             or not view3(<cnp.ndarray>x, axis, 2, v) or v[3] != <Py_ssize_t>axis
             or not is_vector(mean, cnp.NPY_FLOAT64, v[1], False)
             or not is_vector(invstd, cnp.NPY_FLOAT64, v[1], False)
-            or (gamma is not None and not is_vector(gamma, t, v[1], False))
-            or (out is not None and not is_out(out, <cnp.ndarray>x))
+            or (gamma is not None and not is_vector(gamma, p, v[1], False))
+            or (out is not None and not _is_out(out, <cnp.ndarray>x, kind))
             or (out is not None and (overlaps(out, x) or overlaps(out, dy)
                                      or overlaps(out, gamma) or overlaps(out, mean)
                                      or overlaps(out, invstd)))):
@@ -393,10 +502,10 @@ def batch_norm_backward(dy, cache, *, out=None):
     dx = empty_like(<cnp.ndarray>x) if out is None else out
     dgamma = dbeta = None
     if gamma is not None:
-        dgamma = empty_vector(v[1], t)
-        dbeta = empty_vector(v[1], t)
+        dgamma = empty_vector(v[1], p)
+        dbeta = empty_vector(v[1], p)
     if _c_active():
-        _backward(t, dy, x, v[0], v[1], v[2], mean, invstd, gamma, dx, dgamma, dbeta)
+        _backward(t, kind, dy, x, v[0], v[1], v[2], mean, invstd, gamma, dx, dgamma, dbeta)
     else:
         _KERNELS.active().backward(dy, x, v[0], v[1], v[2], mean, invstd, gamma, dx, dgamma,
                                    dbeta)

@@ -6,6 +6,10 @@ accumulated in float64, per-chunk partial sums added in chunk order, and element
 the input dtype with the mean split into a head and a tail. Work is split into as many chunks as
 Numba has threads: rows when inner == 1, (outer, channel) runs otherwise.
 
+Half-precision inputs (float16, bfloat16) run the float32 kernels on a float32 copy (Numba
+cannot type bfloat16 arrays) and round the float32 results once into the half outputs: correct
+and simple, at the cost of that extra float32 copy of every input and output.
+
 Only the reduction kernels use ``fastmath={"reassoc"}``, so their sums vectorize; NaN and Inf
 keep their IEEE meaning everywhere (no ``nnan``/``ninf``), and the element-wise kernels keep the
 exact order of operations the head/tail split relies on.
@@ -17,6 +21,7 @@ import numba as nb
 import numpy as np
 from numba import boolean, float32, float64, intp, prange, void
 
+from . import _dtypes
 from ._batchnorm_numpy import _quiet
 from ._checks import writeable
 from ._numba_notice import CompileNotice
@@ -324,9 +329,21 @@ def _or(p, fill: float, channels: int, dtype) -> np.ndarray:
     return np.full(channels, fill, dtype) if p is None else p
 
 
+def _upcast(*arrays):
+    """The half-precision arrays of a record as float32 copies (exact; None passes)."""
+    return [None if a is None else a.astype(np.float32) for a in arrays]
+
+
 def train(x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, y, mean,
           invstd):
     """Training forward: writes ``y`` and the float64 batch statistics ``mean``, ``invstd``."""
+    if _dtypes.is_half(x.dtype):  # float32 kernel on a copy; y rounded once from float32
+        (xf,) = _upcast(x)
+        yf = np.empty(x.shape, np.float32)
+        train(xf, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, yf,
+              mean, invstd)
+        y[...] = yf
+        return
     x, gamma, beta = writeable(x), writeable(gamma), writeable(beta)
     x3, y3, dtype = x.reshape(outer, c, inner), y.reshape(outer, c, inner), x.dtype
     acc = np.zeros((_parts(x3), 2 * c))
@@ -353,6 +370,12 @@ def train(x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, 
 @_quiet  # per-channel NumPy arithmetic on NaN/Inf statistics: NaN out, as in the C kernels
 def infer(x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y):
     """Inference with running statistics: writes ``y``."""
+    if _dtypes.is_half(x.dtype):
+        (xf,) = _upcast(x)
+        yf = np.empty(x.shape, np.float32)
+        infer(xf, outer, c, inner, gamma, beta, running_mean, running_var, eps, yf)
+        y[...] = yf
+        return
     x3 = writeable(x).reshape(outer, c, inner)
     k = np.zeros((4, c), x.dtype)
     k[0] = running_mean
@@ -367,6 +390,12 @@ def infer(x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y):
 def backward(dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta):
     """Gradient of :func:`train`: writes ``dx`` (and ``dgamma``, ``dbeta`` when ``gamma`` is
     given)."""
+    if _dtypes.is_half(x.dtype):
+        dyf, xf = _upcast(dy, x)
+        dxf = np.empty(x.shape, np.float32)
+        backward(dyf, xf, outer, c, inner, mean, invstd, gamma, dxf, dgamma, dbeta)
+        dx[...] = dxf
+        return
     dy, x, gamma = writeable(dy), writeable(x), writeable(gamma)
     mean, invstd = writeable(mean), writeable(invstd)
     x3, dtype = x.reshape(outer, c, inner), x.dtype

@@ -3,12 +3,17 @@
 Float64 accumulation and a two-pass variance, written as the textbook formulas, on the
 ``(outer, C, inner)`` view. The functions take the canonical record built by the front door or
 :mod:`normax._batchnorm_check` and share their signatures with the C and Numba backends.
+
+Half-precision inputs (float16, bfloat16) are upcast exactly, the arithmetic runs in float64 as
+for the other types, and each half output is rounded once from that result (see
+:func:`_store`); gamma, beta, the running statistics, dgamma and dbeta are float32 then.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import _dtypes
 from ._checks import view3d
 
 _AXES = (0, 2)  # statistics run over outer and inner of the (outer, C, inner) view
@@ -17,6 +22,28 @@ _AXES = (0, 2)  # statistics run over outer and inner of the (outer, C, inner) v
 def _channel(v: np.ndarray) -> np.ndarray:
     """A per-channel vector as float64, broadcasting against the (outer, C, inner) view."""
     return v.astype(np.float64).reshape(1, -1, 1)
+
+
+def _store(dst: np.ndarray, value: np.ndarray) -> None:
+    """``dst[...] = value`` rounded once to the dtype of ``dst``.
+
+    NumPy rounds float64 to float16 directly, but ml_dtypes converts float64 to bfloat16
+    through float32, which can round twice (a value just above a bfloat16 midpoint that float32
+    rounds onto the midpoint then ties to even). Rounding to float32 *to odd* first (truncate,
+    and set the last bit when anything was dropped) keeps the information the second rounding
+    needs, so the result is the single rounding of ``value``.
+    """
+    if _dtypes.half_kind(dst.dtype) != _dtypes.KIND_BF16:
+        dst[...] = value
+        return
+    value = np.asarray(value, np.float64)
+    near = value.astype(np.float32)
+    bits = near.view(np.uint32)
+    away = np.abs(near.astype(np.float64)) > np.abs(value)  # rounded away from zero: truncate
+    bits -= away.astype(np.uint32)  # one float32 step back towards zero (|near| > 0 here)
+    inexact = near.astype(np.float64) != value
+    bits |= (inexact & np.isfinite(value)).astype(np.uint32)
+    dst[...] = near
 
 
 # NaN or Inf in x gives NaN in its channel, and eps=0 with a constant channel gives inf/NaN, as
@@ -44,7 +71,7 @@ def train(
         running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean
         unbiased = var * (n / (n - 1))
         running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * unbiased
-    y.reshape(outer, c, inner)[...] = out
+    _store(y.reshape(outer, c, inner), out)
 
 
 @_quiet
@@ -57,7 +84,7 @@ def infer(x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y):
         out *= _channel(gamma)
     if beta is not None:
         out += _channel(beta)
-    y.reshape(outer, c, inner)[...] = out
+    _store(y.reshape(outer, c, inner), out)
 
 
 @_quiet
@@ -71,8 +98,9 @@ def backward(dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta):
     sum_g = g.sum(axis=_AXES)
     sum_gx = (g * xhat).sum(axis=_AXES)
     scale = inv if gamma is None else inv * _channel(gamma)
-    dx.reshape(outer, c, inner)[...] = scale * (
-        g - sum_g.reshape(1, c, 1) / n - xhat * (sum_gx.reshape(1, c, 1) / n)
+    _store(
+        dx.reshape(outer, c, inner),
+        scale * (g - sum_g.reshape(1, c, 1) / n - xhat * (sum_gx.reshape(1, c, 1) / n)),
     )
     if gamma is not None:
         dgamma[...] = sum_gx
@@ -110,6 +138,7 @@ def backward_by_axis(dy, x, axis, mean, invstd, gamma, out=None):
     outer, c, inner, dx = _record(x, axis, out)
     dgamma = dbeta = None
     if gamma is not None:
-        dgamma, dbeta = np.empty(c, x.dtype), np.empty(c, x.dtype)
+        dtype = _dtypes.compute_dtype(x.dtype)
+        dgamma, dbeta = np.empty(c, dtype), np.empty(c, dtype)
     backward(dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta)
     return dx, dgamma, dbeta

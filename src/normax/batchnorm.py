@@ -16,6 +16,10 @@ layout                          axis    kernel view
 (N, H, W, C)                    -1      (N*H*W, C, 1)
 (C, m) (examples are columns)   0       (1, C, m)
 ==============================  ======  ======================
+
+Half precision is storage only: float16 and bfloat16 (``ml_dtypes``) inputs compute in float32
+(sums in float64) and every output or gradient shaped like x is rounded once to x's dtype;
+gamma, beta, the running statistics, dgamma and dbeta are float32, as in PyTorch's CPU kernels.
 """
 
 from __future__ import annotations

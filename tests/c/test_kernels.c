@@ -81,6 +81,90 @@ static void test_batchnorm(nmx_index outer, nmx_index C, nmx_index inner) {
     free(xf), free(yf), free(gf), free(bf), free(rmf), free(rvf);
 }
 
+/* Half-precision batch norm (train, infer, backward) against double loops on the upcast half
+ * inputs: each half output within one unit of the storage type (2^-10 relative for float16,
+ * 2^-7 for bfloat16, absolute below 1), the float32 outputs within float32 rounding. */
+static double bn_half_err(double got, double want) {
+    return fabs(got - want) / fmax(1.0, fabs(want));
+}
+
+static void test_batchnorm_half(int kind, nmx_index outer, nmx_index C, nmx_index inner) {
+    nmx_index n = outer * C * inner, m = outer * inner;
+    uint16_t *x = malloc(2 * n), *dy = malloc(2 * n), *y = malloc(2 * n), *dx = malloc(2 * n);
+    uint16_t *yi = malloc(2 * n);
+    float *xf = malloc(sizeof(float) * n), *dyf = malloc(sizeof(float) * n);
+    float *of = malloc(sizeof(float) * n), *g = malloc(sizeof(float) * C);
+    float *b = malloc(sizeof(float) * C), *rm = calloc(C, sizeof(float));
+    float *rv = malloc(sizeof(float) * C), *dg = malloc(sizeof(float) * C);
+    float *db = malloc(sizeof(float) * C);
+    double *mean = malloc(sizeof(double) * C), *invstd = malloc(sizeof(double) * C);
+    unsigned s = 11;
+    for (nmx_index c = 0; c < C; ++c) {
+        g[c] = (float)(1.0 + 0.01 * c);
+        b[c] = (float)(0.1 * c);
+        rv[c] = 1.0f;
+    }
+    for (nmx_index i = 0; i < n; ++i) {
+        xf[i] = (float)uniform(&s, 3.0, 2.0);
+        dyf[i] = (float)uniform(&s, 0.0, 1.0);
+    }
+    nmx_float_to_half(kind, xf, x, n); /* the inputs are the half values, upcast exactly below */
+    nmx_float_to_half(kind, dyf, dy, n);
+    nmx_half_to_float(kind, x, xf, n);
+    nmx_half_to_float(kind, dy, dyf, n);
+    int rc = nmx_bn_train_h(kind, x, outer, C, inner, g, b, y, mean, invstd, rm, rv, 0.1, 1e-5);
+    rc |= nmx_bn_infer_h(kind, x, outer, C, inner, g, b, rm, rv, 1e-5, yi);
+    rc |= nmx_bn_backward_h(kind, dy, x, outer, C, inner, mean, invstd, g, dx, dg, db);
+    double ey = rc != 0 ? INFINITY : 0.0, ei = ey, edx = ey, e32 = ey;
+    nmx_half_to_float(kind, y, of, n);
+    for (nmx_index c = 0; c < C; ++c) {
+        double s1 = 0, s2 = 0, sg = 0, sgx = 0;
+        for (nmx_index o = 0; o < outer; ++o)
+            for (nmx_index i = 0; i < inner; ++i) s1 += xf[(o * C + c) * inner + i];
+        double mu = s1 / m;
+        for (nmx_index o = 0; o < outer; ++o)
+            for (nmx_index i = 0; i < inner; ++i) {
+                nmx_index k = (o * C + c) * inner + i;
+                s2 += (xf[k] - mu) * (xf[k] - mu);
+            }
+        double is = 1.0 / sqrt(s2 / m + 1e-5);
+        for (nmx_index o = 0; o < outer; ++o)
+            for (nmx_index i = 0; i < inner; ++i) {
+                nmx_index k = (o * C + c) * inner + i;
+                ey = fmax(ey, bn_half_err(of[k], (xf[k] - mu) * is * g[c] + b[c]));
+                sg += dyf[k];
+                sgx += dyf[k] * (xf[k] - mu) * is;
+            }
+        double rmc = 0.1 * mu, rvc = 0.9 + 0.1 * s2 / (m - 1);
+        e32 = fmax(e32, fabs(rm[c] - rmc) + fabs(rv[c] - rvc) / rvc + fabs(mean[c] - mu));
+        e32 = fmax(e32, fabs(dg[c] - sgx) / m + fabs(db[c] - sg) / m);
+        for (nmx_index o = 0; o < outer; ++o)
+            for (nmx_index i = 0; i < inner; ++i) {
+                nmx_index k = (o * C + c) * inner + i;
+                float v[2];
+                uint16_t h[2] = {yi[k], dx[k]};
+                nmx_half_to_float(kind, h, v, 2);
+                double xh = (xf[k] - mu) * is;
+                ei = fmax(ei, bn_half_err(v[0], (xf[k] - rmc) / sqrt(rvc + 1e-5) * g[c] + b[c]));
+                edx = fmax(edx, bn_half_err(v[1], g[c] * is * (dyf[k] - sg / m - xh * sgx / m)));
+            }
+    }
+    double tol = kind == NMX_F16 ? 0x1p-10 : 0x1p-7;
+    const char *name = kind == NMX_F16 ? "f16" : "bf16";
+    char what[64];
+    snprintf(what, sizeof what, "bn_train_h %s (%lld, %lld, %lld)", name, (long long)outer,
+             (long long)C, (long long)inner);
+    check(what, ey, tol);
+    snprintf(what, sizeof what, "bn_infer_h %s", name);
+    check(what, ei, tol);
+    snprintf(what, sizeof what, "bn_backward_h %s", name);
+    check(what, edx, tol);
+    snprintf(what, sizeof what, "bn half %s float32 statistics", name);
+    check(what, e32, 1e-5);
+    free(x), free(dy), free(y), free(dx), free(yi), free(xf), free(dyf), free(of), free(g);
+    free(b), free(rm), free(rv), free(dg), free(db), free(mean), free(invstd);
+}
+
 static void test_softmax(nmx_index outer, nmx_index K, nmx_index inner) {
     nmx_index n = outer * K * inner, rows = outer * inner;
     double *z = malloc(sizeof(double) * n), *p = malloc(sizeof(double) * n);
@@ -198,6 +282,12 @@ int main(void) {
     test_batchnorm(64, 10, 1);
     test_batchnorm(512, 96, 1); /* 49152 elements: the parallel path */
     test_batchnorm(8, 6, 1000);
+    for (int kind = NMX_F16; kind <= NMX_BF16; kind++) {
+        test_batchnorm_half(kind, 64, 10, 1);
+        test_batchnorm_half(kind, 96, 600, 1); /* wide rows, parallel */
+        test_batchnorm_half(kind, 8, 6, 1500); /* runs longer than a tile, parallel */
+        test_batchnorm_half(kind, 16, 48, 49);
+    }
     test_softmax(100, 10, 1);
     test_softmax(600, 100, 1);
     test_softmax(4, 20, 500);

@@ -1,0 +1,444 @@
+"""Batch norm in float16 and bfloat16 on every backend.
+
+Half-precision storage, float32 arithmetic, PyTorch's mixed rule: x, y, dy and dx in the half
+type; gamma, beta, the running statistics, dgamma and dbeta in float32. Every half output is
+compared with the float64 computation on the (exactly) upcast inputs, within one unit of the
+storage type (conftest.HALF_TOL); the float32 outputs with the float32 tolerance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normax
+from normax import _batchnorm_numpy as ref
+
+from .conftest import BACKENDS, assert_half_close, half_dtypes
+
+HALF = half_dtypes()
+
+# (shape, axis): the four named layouts, and shapes that take every path of the C kernels:
+# rows wider than a conversion tile's slice (C > 256), runs longer than a tile (inner > 1024),
+# and the parallel path (more than 2**15 elements) for rows, long runs and short runs.
+LAYOUTS = {
+    "NC": ((33, 7), 1),
+    "NCHW": ((4, 3, 5, 7), 1),
+    "NHWC": ((4, 5, 7, 3), -1),
+    "C,m": ((6, 1500), 0),
+    "wide-C": ((9, 1100), 1),
+    "rows-parallel": ((130, 300), 1),
+    "long-runs-parallel": ((3, 5, 45, 50), 1),
+    "short-runs-parallel": ((16, 48, 7, 7), 1),
+}
+
+F32 = {"rtol": 2e-5, "atol": 2e-5}
+
+
+def _make(shape, axis, dtype, rng):
+    c = shape[axis]
+    x = (rng.standard_normal(shape) * 2.0 + 3.0).astype(dtype)
+    gamma = (rng.standard_normal(c) + 1.0).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    return x, gamma, beta
+
+
+def _finfo(dtype):
+    """np.finfo, which does not know bfloat16 (ml_dtypes has its own)."""
+    if dtype == np.float16:
+        return np.finfo(dtype)
+    import ml_dtypes
+
+    return ml_dtypes.finfo(dtype)
+
+
+def _f64(*arrays):
+    return [None if a is None else a.astype(np.float64) for a in arrays]
+
+
+def _ref_train(x, axis, gamma, beta, momentum=0.1, eps=1e-5):
+    """The float64 forward on the upcast input: y, mean, invstd, running mean and variance."""
+    c = x.shape[axis]
+    rm, rv = np.zeros(c), np.ones(c)
+    x64, g64, b64 = _f64(x, gamma, beta)
+    y, mean, invstd = ref.train_by_axis(x64, axis % x.ndim, g64, b64, rm, rv, momentum, eps)
+    return y, mean, invstd, rm, rv
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_train_matches_float64(backend, layout, dtype, rng):
+    shape, axis = LAYOUTS[layout]
+    x, gamma, beta = _make(shape, axis, dtype, rng)
+    c = shape[axis]
+    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    y, cache = normax.batch_norm_train(x, gamma, beta, rm, rv, axis=axis)
+    y64, mean, invstd, rm64, rv64 = _ref_train(x, axis, gamma, beta)
+    assert y.shape == x.shape
+    assert_half_close(y, y64, dtype, "y")
+    assert cache.mean.dtype == cache.invstd.dtype == np.float64
+    np.testing.assert_allclose(cache.mean, mean, **F32)
+    np.testing.assert_allclose(cache.invstd, invstd, **F32)
+    assert rm.dtype == rv.dtype == np.float32
+    np.testing.assert_allclose(rm, rm64, **F32)
+    np.testing.assert_allclose(rv, rv64, **F32)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_infer_matches_float64(backend, layout, dtype, rng):
+    shape, axis = LAYOUTS[layout]
+    x, gamma, beta = _make(shape, axis, dtype, rng)
+    c = shape[axis]
+    rm = rng.standard_normal(c).astype(np.float32) + 3.0
+    rv = rng.uniform(0.5, 5.0, c).astype(np.float32)
+    y = normax.batch_norm_infer(x, gamma, beta, rm, rv, axis=axis)
+    y64 = ref.infer_by_axis(*_f64(x), axis % x.ndim, *_f64(gamma, beta, rm, rv), 1e-5)
+    assert_half_close(y, y64, dtype, "y")
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_matches_float64(backend, layout, dtype, affine, rng):
+    """The half backward against the float64 backward of the same forward, rounded once."""
+    shape, axis = LAYOUTS[layout]
+    x, gamma, beta = _make(shape, axis, dtype, rng)
+    if not affine:
+        gamma = beta = None
+    dy = rng.standard_normal(shape).astype(dtype)
+    _, cache = normax.batch_norm_train(x, gamma, beta, axis=axis)
+    dx, dgamma, dbeta = normax.batch_norm_backward(dy, cache)
+    _, mean, invstd, _, _ = _ref_train(x, axis, gamma, beta)
+    dx64, dg64, db64 = ref.backward_by_axis(*_f64(dy, x), axis % x.ndim, mean, invstd, *_f64(gamma))
+    assert_half_close(dx, dx64, dtype, "dx")
+    if not affine:
+        assert dgamma is None and dbeta is None
+        return
+    assert dgamma.dtype == dbeta.dtype == np.float32
+    n = x.size // x.shape[axis]
+    np.testing.assert_allclose(dgamma, dg64, rtol=1e-5, atol=1e-6 * n)
+    np.testing.assert_allclose(dbeta, db64, rtol=1e-5, atol=1e-6 * n)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_out_and_noncontiguous_input(backend, dtype, rng):
+    x, gamma, beta = _make((40, 12, 6), 1, dtype, rng)
+    xt = x.transpose(0, 2, 1)  # (40, 6, 12), channels last, not contiguous
+    out = np.empty(xt.shape, dtype)
+    y, cache = normax.batch_norm_train(xt, gamma, beta, axis=-1, out=out)
+    assert y is out
+    y64 = _ref_train(np.ascontiguousarray(xt), -1, gamma, beta)[0]
+    assert_half_close(y, y64, dtype, "y")
+    dx_out = np.empty(xt.shape, dtype)
+    dx, _, _ = normax.batch_norm_backward(np.ones(xt.shape, dtype), cache, out=dx_out)
+    assert dx is dx_out
+    np.testing.assert_allclose(dx.astype(np.float64), 0.0, atol=2e-2)  # constant dy: no gradient
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_parameters_in_any_float_type_become_float32(backend, dtype, rng):
+    """gamma and beta in half, float32 or float64 give the same result; inference statistics
+    may be half too (all read only and converted to float32)."""
+    x, gamma, beta = _make((20, 4), 1, dtype, rng)
+    g16, b16 = gamma.astype(dtype), beta.astype(dtype)
+    y16, c16 = normax.batch_norm_train(x, g16, b16)
+    y32, _ = normax.batch_norm_train(x, g16.astype(np.float32), b16.astype(np.float64))
+    np.testing.assert_array_equal(y16.astype(np.float64), y32.astype(np.float64))
+    assert c16.gamma.dtype == np.float32
+    stats = np.zeros(4, dtype), np.ones(4, dtype)
+    yi = normax.batch_norm_infer(x, None, None, *stats, eps=0.0)
+    yf = normax.batch_norm_infer(x, None, None, *(s.astype(np.float32) for s in stats), eps=0.0)
+    np.testing.assert_array_equal(yi.astype(np.float64), yf.astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_infer_identity_keeps_every_half_value(backend, dtype):
+    """Normalizing with mean 0, variance 1 and eps 0 is the identity in float32: every finite
+    half value, subnormals included, comes back unchanged; Inf stays Inf and NaN stays NaN."""
+    bits = np.arange(2**16, dtype=np.uint16)
+    x = bits.view(dtype).reshape(-1, 64)
+    y = normax.batch_norm_infer(
+        x, None, None, np.zeros(64, np.float32), np.ones(64, np.float32), eps=0.0
+    )
+    with np.errstate(invalid="ignore"):  # ml_dtypes warns when it widens a signaling NaN
+        np.testing.assert_array_equal(y.astype(np.float64), x.astype(np.float64))
+
+
+def test_subnormal_inputs_are_not_flushed(backend):
+    """A float16 channel of subnormal values normalizes like the same values scaled into the
+    normal range (a flush to zero would give a constant channel and y == 0). Not for bfloat16:
+    its subnormals are float32's, and 1 / std of such a channel overflows float32."""
+    tiny = float(np.finfo(np.float16).smallest_subnormal)
+    k = np.arange(1, 9, dtype=np.float64)
+    x = np.stack([k * tiny, k], axis=1).astype(np.float16)  # channel 0 subnormal, 1 normal
+    y, _ = normax.batch_norm_train(x, None, None, eps=1e-30)
+    np.testing.assert_array_equal(y[:, 0], y[:, 1])
+    assert np.all(y[:, 0] != 0)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_subnormal_outputs_are_not_flushed(backend, dtype, rng):
+    """A gamma below the smallest normal half makes every y subnormal: each is the float64
+    result rounded to within one subnormal step, not zero."""
+    info = _finfo(dtype)
+    x = rng.standard_normal((64, 3)).astype(dtype)
+    gamma = np.full(3, float(info.smallest_normal) / 8, np.float32)
+    y, _ = normax.batch_norm_train(x, gamma, None)
+    y64 = _ref_train(x, 1, gamma, None)[0]
+    np.testing.assert_allclose(
+        y.astype(np.float64), y64, rtol=0, atol=float(info.smallest_subnormal)
+    )
+    assert np.count_nonzero(y) > 0.9 * y.size
+
+
+@pytest.mark.parametrize("layout", ["NC", "NCHW", "rows-parallel"])
+@pytest.mark.parametrize("dtype", HALF)
+def test_nan_and_inf_stay_in_their_channel(backend, layout, dtype, rng):
+    shape, axis = LAYOUTS[layout]
+    x, gamma, beta = _make(shape, axis, dtype, rng)
+    xm = np.moveaxis(x, axis, 0)  # channel-first view of x
+    xm[0].flat[3] = np.nan
+    xm[1].flat[-1] = np.inf
+    y, cache = normax.batch_norm_train(x, gamma, beta, axis=axis)
+    ym = np.moveaxis(y, axis, 0).astype(np.float64)
+    assert np.isnan(ym[:2]).all()
+    assert np.isfinite(ym[2:]).all()
+    dx, dgamma, _ = normax.batch_norm_backward(np.ones_like(x), cache)
+    assert np.isnan(np.moveaxis(dx, axis, 0)[:2].astype(np.float64)).all()
+    assert np.isfinite(dgamma[2:]).all()
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_huge_bfloat16_values_do_not_overflow_the_sums(backend, dtype):
+    """Values near the top of the range: their squares overflow float32 (bfloat16 reaches
+    3e38), so the blocked float32 sums are redone in float64 and the variance stays right."""
+    big = float(_finfo(dtype).max) / 4
+    x = np.array([[big, 1.0], [-big, 2.0], [big, 3.0], [-big, 4.0], [big, 5.0]] * 8, dtype)
+    y, cache = normax.batch_norm_train(x, None, None)
+    y64, _, invstd, _, _ = _ref_train(x, 1, None, None)
+    assert_half_close(y, y64, dtype, "y")
+    np.testing.assert_allclose(cache.invstd, invstd, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_empty_batch(backend, dtype):
+    rm, rv = np.full(3, 2.0, np.float32), np.full(3, 5.0, np.float32)
+    y, cache = normax.batch_norm_train(np.empty((0, 3), dtype), None, None, rm, rv)
+    assert y.shape == (0, 3) and y.dtype == dtype
+    assert rm.tolist() == [2.0] * 3 and rv.tolist() == [5.0] * 3
+    dx, dgamma, dbeta = normax.batch_norm_backward(np.empty((0, 3), dtype), cache)
+    assert dx.shape == (0, 3) and dx.dtype == dtype and dgamma is None and dbeta is None
+
+
+def test_bfloat16_reference_rounds_once():
+    """The NumPy reference rounds float64 to bfloat16 once: 1 + 2**-8 + 2**-30 lies just above
+    the midpoint between 1 and 1 + 2**-7, so it rounds up (through float32 it would tie to 1)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    dst = np.empty(4, ml_dtypes.bfloat16)
+    value = np.array([1 + 2.0**-8 + 2.0**-30, -(1 + 2.0**-8 + 2.0**-30), 1 + 2.0**-8, np.nan])
+    ref._store(dst, value)
+    got = dst.astype(np.float64)
+    assert got[:3].tolist() == [1 + 2.0**-7, -(1 + 2.0**-7), 1.0]
+    assert np.isnan(got[3])
+
+
+# ---- errors: the same on every backend ---------------------------------------------------------
+
+ERRORS = {
+    "running-var-float16": (
+        lambda x, c: normax.batch_norm_train(
+            x, None, None, np.zeros(c, np.float32), np.ones(c, np.float16)),
+        TypeError, "running_var has dtype float16, expected float32",
+    ),
+    "running-mean-float64": (
+        lambda x, c: normax.batch_norm_train(
+            x, None, None, np.zeros(c, np.float64), np.ones(c, np.float32)),
+        TypeError, "running_mean has dtype float64, expected float32",
+    ),
+    "out-float32": (
+        lambda x, c: normax.batch_norm_train(x, None, None, out=np.empty(x.shape, np.float32)),
+        TypeError, "out has dtype float32, expected {}",
+    ),
+    "dy-float32": (
+        lambda x, c: normax.batch_norm_backward(
+            np.ones(x.shape, np.float32), normax.batch_norm_train(x, None, None)[1]),
+        TypeError, "dy has dtype float32, expected {} (the dtype of x)",
+    ),
+    "infer-out-float32": (
+        lambda x, c: normax.batch_norm_infer(
+            x, None, None, np.zeros(c), np.ones(c), out=np.empty(x.shape, np.float32)),
+        TypeError, "out has dtype float32, expected {}",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ERRORS)
+@pytest.mark.parametrize("dtype", HALF)
+def test_errors_are_the_same_everywhere(case, dtype):
+    call, exc, message = ERRORS[case]
+    x = np.ones((6, 5), dtype)
+    previous = normax.get_backend()
+    try:
+        for name in BACKENDS:
+            normax.set_backend(name)
+            with pytest.raises(exc) as info:
+                call(x, 5)
+            assert str(info.value).startswith(message.format(np.dtype(dtype).name)), name
+    finally:
+        normax.set_backend(previous)
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
+@pytest.mark.parametrize("dtype", HALF)
+def test_c_column_rechecks_a_half_record(dtype):
+    """A direct call of the C kernels' entries with a half x must raise, never crash, when
+    any other array of the record does not match it."""
+    from normax import _batchnorm_ext as ext
+
+    x = np.ones((6, 5), dtype)
+    f32 = np.ones(5, np.float32)
+    y, mean, invstd = np.empty_like(x), np.empty(5), np.empty(5)
+    ext.train(x, 6, 5, 1, f32, f32, None, None, 0.1, 1e-5, y, mean, invstd)  # a valid record
+    bad_train = [
+        ((x, 6, 5, 1, f32.astype(dtype), f32, None, None, 0.1, 1e-5, y, mean, invstd), "gamma"),
+        (
+            (x, 6, 5, 1, None, None, f32, f32.astype(dtype), 0.1, 1e-5, y, mean, invstd),
+            "running_var",
+        ),
+        ((x, 6, 5, 1, None, None, None, None, 0.1, 1e-5, y.astype(np.float32), mean, invstd), "y"),
+        ((x, 7, 5, 1, None, None, None, None, 0.1, 1e-5, y, mean, invstd), "x"),
+    ]
+    for args, name in bad_train:
+        with pytest.raises(ValueError, match=rf"^{name} must be a"):
+            ext.train(*args)
+    with pytest.raises(TypeError, match="x must be float16, bfloat16, float32 or float64"):
+        ext.train(x.astype(np.int16), 6, 5, 1, None, None, None, None, 0.1, 1e-5, y, mean, invstd)
+    with pytest.raises(ValueError, match=r"^running_mean must be a"):
+        ext.infer(x, 6, 5, 1, None, None, f32.astype(dtype), f32, 1e-5, y)
+    with pytest.raises(ValueError, match=r"^dgamma must be a"):
+        ext.backward(x, x, 6, 5, 1, mean, invstd, f32, y, f32.astype(dtype), f32.copy())
+    with pytest.raises(ValueError, match=r"^dy must be a"):
+        ext.backward(x.astype(np.float32), x, 6, 5, 1, mean, invstd, None, y, None, None)
+
+
+# ---- PyTorch: the same call on bfloat16 / float16 tensors with float32 parameters --------------
+
+
+def _torch(a, torch):
+    if a.dtype.itemsize == 2:
+        t = torch.from_numpy(a.view(np.uint16).copy())
+        return t.view(torch.bfloat16 if a.dtype != np.float16 else torch.float16)
+    return torch.from_numpy(a.copy())
+
+
+def _numpy(t, dtype, torch):
+    return t.detach().view(torch.int16).numpy().view(np.uint16).view(dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("layout", ["NC", "NCHW", "rows-parallel", "long-runs-parallel"])
+def test_matches_pytorch(backend, layout, dtype, rng):
+    torch = pytest.importorskip("torch")
+    shape, axis = LAYOUTS[layout]
+    if axis != 1:
+        pytest.skip("PyTorch's channel axis is 1")
+    x, gamma, beta = _make(shape, axis, dtype, rng)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[axis]
+    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    y, cache = normax.batch_norm_train(x, gamma, beta, rm, rv, momentum=0.2)
+    dx, dgamma, dbeta = normax.batch_norm_backward(dy, cache)
+
+    tx = _torch(x, torch).requires_grad_()
+    tg, tb = _torch(gamma, torch).requires_grad_(), _torch(beta, torch).requires_grad_()
+    trm, trv = torch.zeros(c), torch.ones(c)
+    ty = torch.nn.functional.batch_norm(tx, trm, trv, tg, tb, training=True, momentum=0.2, eps=1e-5)
+    ty.backward(_torch(dy, torch))
+    assert ty.dtype == tx.dtype and tg.grad.dtype == torch.float32
+    assert_half_close(y, _numpy(ty, dtype, torch).astype(np.float64), dtype, "y")
+    assert_half_close(dx, _numpy(tx.grad, dtype, torch).astype(np.float64), dtype, "dx")
+    np.testing.assert_allclose(rm, trm.numpy(), **F32)
+    np.testing.assert_allclose(rv, trv.numpy(), **F32)
+    n = x.size // c
+    np.testing.assert_allclose(dgamma, tg.grad.numpy(), rtol=1e-4, atol=1e-5 * n)
+    np.testing.assert_allclose(dbeta, tb.grad.numpy(), rtol=1e-4, atol=1e-5 * n)
+
+    yi = normax.batch_norm_infer(x, gamma, beta, rm, rv)
+    with torch.no_grad():
+        tyi = torch.nn.functional.batch_norm(
+            _torch(x, torch),
+            trm,
+            trv,
+            _torch(gamma, torch),
+            _torch(beta, torch),
+            training=False,
+            eps=1e-5,
+        )
+    assert_half_close(yi, _numpy(tyi, dtype, torch).astype(np.float64), dtype, "infer y")
+
+
+# ---- the compiled front door takes the common half call itself ------------------------------
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
+@pytest.mark.parametrize("dtype", HALF)
+def test_front_door_takes_half_calls_the_checker_keeps(backend, dtype, rng, monkeypatch):
+    """Half x with float32 parameters and buffers runs without the Python checker, with the
+    checker's result; a half gamma (converted by the checker) still goes through it."""
+    from normax import _batchnorm_check as check
+
+    x, gamma, beta = _make((40, 6), 1, dtype, rng)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    rm, rv = np.zeros(6, np.float32), np.ones(6, np.float32)
+    rm2, rv2 = rm.copy(), rv.copy()
+    y_ref, cache_ref = check.batch_norm_train(x, gamma, beta, rm2, rv2)
+    yi_ref = check.batch_norm_infer(x, gamma, beta, rm2, rv2)
+    grads_ref = check.batch_norm_backward(dy, cache_ref)
+    seen = []
+    for name in ("batch_norm_train", "batch_norm_infer", "batch_norm_backward"):
+        original = getattr(check, name)
+        monkeypatch.setattr(check, name, lambda *a, f=original, **k: seen.append(1) or f(*a, **k))
+    out = np.empty_like(x)
+    y, cache = normax.batch_norm_train(x, gamma, beta, rm, rv, out=out)
+    yi = normax.batch_norm_infer(x, gamma, beta, rm, rv)
+    grads = normax.batch_norm_backward(dy, cache, out=np.empty_like(x))
+    assert not seen and y is out
+    for got, want in [
+        (y, y_ref),
+        (rm, rm2),
+        (rv, rv2),
+        (yi, yi_ref),
+        *zip(grads, grads_ref, strict=True),
+    ]:
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.astype(np.float64), want.astype(np.float64))
+    normax.batch_norm_train(x, gamma.astype(dtype), beta)
+    assert seen
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
+@pytest.mark.parametrize("case", [((4200, 2048), 1), ((64, 41, 3300), 1)])
+def test_outputs_larger_than_the_cache(case, rng):
+    """Half outputs above 16 MiB take the streamed path of the C kernels (here into an `out`
+    2 bytes off 16-byte alignment): the float32 kernels' result, rounded once."""
+    shape, axis = case
+    dtype = np.dtype(np.float16)
+    x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    c = shape[axis]
+    gamma = rng.standard_normal(c).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    out = np.empty(x.size + 1, dtype)[1:].reshape(shape)
+    previous = normax.get_backend()
+    try:
+        normax.set_backend("c")
+        y, cache = normax.batch_norm_train(x, gamma, beta, axis=axis, out=out)
+        dx, _, _ = normax.batch_norm_backward(dy, cache, out=np.empty_like(x))
+        y32, cache32 = normax.batch_norm_train(x.astype(np.float32), gamma, beta, axis=axis)
+        dx32, _, _ = normax.batch_norm_backward(dy.astype(np.float32), cache32)
+    finally:
+        normax.set_backend(previous)
+    assert y is out
+    assert_half_close(y, y32.astype(np.float64), dtype, "y")
+    assert_half_close(dx, dx32.astype(np.float64), dtype, "dx")
