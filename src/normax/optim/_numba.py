@@ -137,7 +137,8 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2, half=None) -> None:
         )
         kernel(_flat(p), g, *states, *h)
         if half is not None:
-            _flat(half[k])[...] = _flat(p)  # rounded once, to nearest even
+            with np.errstate(all="ignore"):  # beyond the half range is infinity, as in C
+                _flat(half[k])[...] = _flat(p)  # rounded once, to nearest even
 
 
 def _variant(kind, flags, hyper, s0, s2):
