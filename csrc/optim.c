@@ -251,26 +251,39 @@ NMX_RANGE(rmsprop)
 NMX_RANGE(adam)
 #undef NMX_RANGE
 
+void SUF(nmx_optim_step)(const nmx_optim_call *c) {
+    switch (c->kind) {
+    case NMX_OPT_SGD: run_ranges(c, SUF(sgd_range)); break;
+    case NMX_OPT_MOMENTUM: run_ranges(c, SUF(momentum_range)); break;
+    case NMX_OPT_RMSPROP: run_ranges(c, SUF(rmsprop_range)); break;
+    case NMX_OPT_ADAM: run_ranges(c, SUF(adam_range)); break;
+    default: break; /* the binding rejects unknown kinds */
+    }
+}
+
 #ifdef NMX_OPTIM_HALF
 /* Mixed precision, float32 only: tile by tile, widen the half gradient into a stack buffer,
  * run the float32 span on it, and round the tile's updated parameters (still in L1) into the
- * half copy. The converters are the exact, run-time dispatched ones of half.c. */
+ * half copy. The bulk converters are exact and dispatched on the CPU once (half.c). Measured
+ * against the inline scalar converters inside the element loop (AVX2, 2 threads, 16M
+ * elements): as fast for bfloat16, and much faster for a float16 copy, whose F16C conversion
+ * the compiler cannot emit from the portable scalar code. */
 typedef void (*nmx_span_fn)(const nmx_optim_call *c, nmx_index k, nmx_index lo, nmx_index n,
                             const float *g);
 
 static void half_tiles(const nmx_optim_call *c, nmx_index k, nmx_index lo, nmx_index n,
                        nmx_span_fn span) {
+    /* c is the first member of the mixed-precision record (see nmx_optim_step_half) */
+    const nmx_optim_half_call *hc = (const nmx_optim_half_call *)c;
     float buf[NMX_HALF_TILE];
     for (nmx_index t = lo; t < lo + n; t += NMX_HALF_TILE) {
         nmx_index m = lo + n - t < NMX_HALF_TILE ? lo + n - t : NMX_HALF_TILE;
-        const float *g = (const float *)c->g[k] + t;
-        if (c->gkind) {
-            nmx_half_to_float(c->gkind, (const uint16_t *)c->g[k] + t, buf, m);
-            g = buf;
-        }
+        const float *g = buf;
+        if (hc->gkind) nmx_half_to_float(hc->gkind, (const uint16_t *)c->g[k] + t, buf, m);
+        else g = (const float *)c->g[k] + t;
         span(c, k, t, m, g);
-        if (c->hkind) nmx_float_to_half(c->hkind, (const float *)c->p[k] + t,
-                                        (uint16_t *)c->half[k] + t, m);
+        if (hc->hkind)
+            nmx_float_to_half(hc->hkind, (const float *)c->p[k] + t, hc->half[k] + t, m);
     }
 }
 
@@ -284,28 +297,21 @@ NMX_HALF_RANGE(momentum)
 NMX_HALF_RANGE(rmsprop)
 NMX_HALF_RANGE(adam)
 #undef NMX_HALF_RANGE
-#endif
 
-void SUF(nmx_optim_step)(const nmx_optim_call *c) {
-#ifdef NMX_OPTIM_HALF
-    if (c->gkind || c->hkind) {
-        switch (c->kind) {
-        case NMX_OPT_SGD: run_ranges(c, sgd_half_range); break;
-        case NMX_OPT_MOMENTUM: run_ranges(c, momentum_half_range); break;
-        case NMX_OPT_RMSPROP: run_ranges(c, rmsprop_half_range); break;
-        case NMX_OPT_ADAM: run_ranges(c, adam_half_range); break;
-        default: break; /* the binding rejects unknown kinds */
-        }
+void nmx_optim_step_half(const nmx_optim_half_call *hc) {
+    const nmx_optim_call *c = &hc->c;
+    if (!hc->gkind && !hc->hkind) {
+        nmx_optim_step_f32(c);
         return;
     }
-#endif
     switch (c->kind) {
-    case NMX_OPT_SGD: run_ranges(c, SUF(sgd_range)); break;
-    case NMX_OPT_MOMENTUM: run_ranges(c, SUF(momentum_range)); break;
-    case NMX_OPT_RMSPROP: run_ranges(c, SUF(rmsprop_range)); break;
-    case NMX_OPT_ADAM: run_ranges(c, SUF(adam_range)); break;
+    case NMX_OPT_SGD: run_ranges(c, sgd_half_range); break;
+    case NMX_OPT_MOMENTUM: run_ranges(c, momentum_half_range); break;
+    case NMX_OPT_RMSPROP: run_ranges(c, rmsprop_half_range); break;
+    case NMX_OPT_ADAM: run_ranges(c, adam_half_range); break;
     default: break; /* the binding rejects unknown kinds */
     }
 }
+#endif
 
 #endif /* NMX_OPTIM_TEMPLATE */

@@ -50,22 +50,28 @@ typedef struct {
     void *const *p;         /* parameters, updated in place */
     const void *const *g;   /* gradients, read only */
     void *const *s[3];      /* state arrays; NULL lists where the kind does not use them */
-    /* Mixed precision (nmx_optim_step_f32 only; both 0 for f64): */
-    int gkind;              /* 0, or NMX_F16 / NMX_BF16: the gradients are uint16_t halves */
-    int hkind;              /* 0, or NMX_F16 / NMX_BF16: write the half copies below */
-    void *const *half;      /* uint16_t copies of the updated parameters (hkind != 0) */
 } nmx_optim_call;
 
-/* Apply one update. `c->p[k]`, `c->g[k]`, each used `c->s[j][k]` and `c->half[k]` hold
- * `c->sizes[k]` contiguous elements of float (f32) or double (f64), or of uint16_t for
- * half-precision gradients and copies, and do not overlap one another.
- *
- * Half precision (f32 only): the master weights and the state stay float32; a half gradient
- * is widened exactly to float32 as it is read, and `half[k]` receives the updated parameter
- * rounded once to nearest even, in the same pass. Both work on tiles of NMX_HALF_TILE
- * elements converted by the bulk converters of half.h, so the element loops are the float32
- * ones, unchanged: results are bit-identical to a float32 step on the widened gradient. */
+/* Apply one update. `c->p[k]`, `c->g[k]` and each used `c->s[j][k]` hold `c->sizes[k]`
+ * contiguous elements of float (f32) or double (f64) and do not overlap one another. */
 void nmx_optim_step_f32(const nmx_optim_call *c);
 void nmx_optim_step_f64(const nmx_optim_call *c);
+
+/* Mixed precision: float32 master weights and state, half-precision gradients and/or a half
+ * copy of the updated weights. `c` is a float32 call except that, with `gkind` (NMX_F16 or
+ * NMX_BF16), `c.g[k]` holds uint16_t halves, widened exactly to float32 as they are read; with
+ * `hkind`, `half[k]` (uint16_t, `c.sizes[k]` elements, overlapping nothing) receives the
+ * updated parameters rounded once to nearest even, in the same pass. Both work on tiles of
+ * NMX_HALF_TILE elements converted by the bulk converters of half.h, so the element loops are
+ * the float32 ones, unchanged: the result is bit-identical to nmx_optim_step_f32 on the
+ * widened gradients, followed by nmx_float_to_half. */
+typedef struct {
+    nmx_optim_call c; /* first: the range functions get &c and recover the whole record */
+    int gkind;        /* 0 (float32 gradients), NMX_F16 or NMX_BF16 */
+    int hkind;        /* 0 (no copy), NMX_F16 or NMX_BF16 */
+    uint16_t *const *half;
+} nmx_optim_half_call;
+
+void nmx_optim_step_half(const nmx_optim_half_call *hc);
 
 #endif

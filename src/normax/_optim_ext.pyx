@@ -17,6 +17,7 @@ module refuses to import if ``normax.optim._kinds`` disagrees with them.
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawRealloc
 from cpython.ref cimport PyObject
+from libc.stdint cimport uint16_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcmp, memcpy, memset
 
@@ -56,11 +57,14 @@ cdef extern from "optim.h":
         void **p
         const void **g
         void **s[3]
+    ctypedef struct nmx_optim_half_call:
+        nmx_optim_call c
         int gkind
         int hkind
-        void **half
+        uint16_t **half
     void nmx_optim_step_f32(const nmx_optim_call *c) nogil
     void nmx_optim_step_f64(const nmx_optim_call *c) nogil
+    void nmx_optim_step_half(const nmx_optim_half_call *hc) nogil
 
 SGD, MOMENTUM, RMSPROP, ADAM = NMX_OPT_SGD, NMX_OPT_MOMENTUM, NMX_OPT_RMSPROP, NMX_OPT_ADAM
 NESTEROV, FIRST = NMX_OPT_NESTEROV, NMX_OPT_FIRST
@@ -313,11 +317,12 @@ cdef inline int _list_type(PyObject *lst, Py_ssize_t n) noexcept:
     return cnp.PyArray_TYPE(<cnp.ndarray>first) if cnp.PyArray_Check(<object>first) else -1
 
 
-cdef bint _accept(nmx_optim_call *c, _Tables *t, Py_ssize_t n, int *typenum, object kind,
+cdef bint _accept(nmx_optim_half_call *hc, _Tables *t, Py_ssize_t n, int *typenum, object kind,
                   object flags, object hyper, object params, object grads, object s0, object s1,
                   object s2, object half) noexcept:
-    """Fill ``c`` from a call that normalize() would return unchanged; False for any other.
+    """Fill ``hc`` from a call that normalize() would return unchanged; False for any other.
     ``params`` is a list or tuple of ``n`` items; ``t`` has room for ``n`` arrays."""
+    cdef nmx_optim_call *c = &hc.c
     cdef long k, f
     if not exact_int(kind, &k) or not exact_int(flags, &f) or k < 0 or k >= _NKINDS:
         return False
@@ -385,41 +390,43 @@ cdef bint _accept(nmx_optim_call *c, _Tables *t, Py_ssize_t n, int *typenum, obj
     c.g = <const void **>(t.ptr + n)
     for j in range(3):
         c.s[j] = NULL if lists[j + 1] == <PyObject *>None else t.ptr + (j + 2) * n
-    c.gkind = gkind
-    c.hkind = hkind
-    c.half = t.ptr + 5 * n if hkind else NULL
+    hc.gkind = gkind
+    hc.hkind = hkind
+    hc.half = <uint16_t **>(t.ptr + 5 * n) if hkind else NULL
     return True
 
 
 # ---- running the record ------------------------------------------------------------------------
 
-cdef int _run_c(nmx_optim_call *c, int typenum, object params, object grads, object s0,
+cdef int _run_c(nmx_optim_half_call *hc, int typenum, object params, object grads, object s0,
                 object s1, object s2, object half) except -1:
     cdef nmx_index total = 0, k
-    for k in range(c.narrays):
-        total += c.sizes[k]
+    for k in range(hc.c.narrays):
+        total += hc.c.sizes[k]
     if total < NMX_PARALLEL_MIN_WORK:
-        _kernel(c, typenum)
+        _kernel(hc, typenum)
         return 0
     # the lists are copied into tuples that keep every array alive while the GIL is released,
     # whatever another thread does to the caller's lists meanwhile
     cdef list keep = [None if x is None else tuple(x) for x in (params, grads, s0, s1, s2, half)]
     with nogil:
-        _kernel(c, typenum)
+        _kernel(hc, typenum)
     return 0
 
 
-cdef inline void _kernel(nmx_optim_call *c, int typenum) noexcept nogil:
-    if typenum == cnp.NPY_FLOAT32:
-        nmx_optim_step_f32(c)
+cdef inline void _kernel(nmx_optim_half_call *hc, int typenum) noexcept nogil:
+    if hc.gkind or hc.hkind:
+        nmx_optim_step_half(hc)
+    elif typenum == cnp.NPY_FLOAT32:
+        nmx_optim_step_f32(&hc.c)
     else:
-        nmx_optim_step_f64(c)
+        nmx_optim_step_f64(&hc.c)
 
 
 cdef bint _try_run(object kind, object flags, object hyper, object params, object grads,
                    object s0, object s1, object s2, object half, bint run_c) except -1:
     """Run the call if it is accepted as it is (True); False if it needs the checker."""
-    cdef nmx_optim_call c
+    cdef nmx_optim_half_call c
     cdef _Tables t
     cdef nmx_index sizes[_STACK_ARRAYS]
     cdef void *ptr[6 * _STACK_ARRAYS]
