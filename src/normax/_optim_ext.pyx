@@ -10,6 +10,10 @@ active, else the active backend's ``step`` through the one table, with the same 
 ``step`` is the "c" column of that table: it takes the same record and runs the same checks,
 so that no direct call can make the kernel step outside an array.
 
+Mixed precision: float16/bfloat16 gradients of float32 params, and the optional ``half`` copies,
+run through ``nmx_optim_step_half``. float16 is NumPy's NPY_FLOAT16; bfloat16 is ml_dtypes'
+user-defined dtype, recognized by its run-time type number once that module is loaded.
+
 The kernel selectors and flags are exported from ``optim.h`` (``SGD`` ... ``AMSGRAD``); this
 module refuses to import if ``normax.optim._kinds`` disagrees with them.
 """
@@ -66,11 +70,17 @@ cdef extern from "optim.h":
     void nmx_optim_step_f64(const nmx_optim_call *c) nogil
     void nmx_optim_step_half(const nmx_optim_half_call *hc) nogil
 
+cdef extern from "half.h":
+    enum: NMX_F16
+    enum: NMX_BF16
+
 SGD, MOMENTUM, RMSPROP, ADAM = NMX_OPT_SGD, NMX_OPT_MOMENTUM, NMX_OPT_RMSPROP, NMX_OPT_ADAM
 NESTEROV, FIRST = NMX_OPT_NESTEROV, NMX_OPT_FIRST
 CENTERED, AMSGRAD = NMX_OPT_CENTERED, NMX_OPT_AMSGRAD
 NHYPER = NMX_OPT_NHYPER
 
+if (NMX_F16, NMX_BF16) != (_dtypes.KIND_F16, _dtypes.KIND_BF16):
+    raise ImportError("normax._dtypes half kinds do not match csrc/half.h; rebuild the extension")
 _kinds.verify({"SGD": SGD, "MOMENTUM": MOMENTUM, "RMSPROP": RMSPROP, "ADAM": ADAM,
                "NESTEROV": NESTEROV, "FIRST": FIRST, "CENTERED": CENTERED, "AMSGRAD": AMSGRAD})
 
@@ -300,13 +310,14 @@ cdef int _half_kind(int typenum) noexcept:
     """1 (float16), 2 (bfloat16) or 0 for the arrays of type number ``typenum``."""
     global _bf16_num
     if typenum == cnp.NPY_FLOAT16:
-        return _dtypes.KIND_F16
-    if _bf16_num < 0 and "ml_dtypes" in sys.modules:
+        return NMX_F16
+    if _bf16_num < 0:
         try:
-            _bf16_num = _dtypes.bfloat16().num
+            if "ml_dtypes" in sys.modules:
+                _bf16_num = _dtypes.bfloat16().num
         except Exception:  # a broken ml_dtypes: no array here is bfloat16 then
             return 0
-    return _dtypes.KIND_BF16 if typenum == _bf16_num and _bf16_num >= 0 else 0
+    return NMX_BF16 if typenum == _bf16_num and _bf16_num >= 0 else 0
 
 
 cdef inline int _list_type(PyObject *lst, Py_ssize_t n) noexcept:
