@@ -9,8 +9,8 @@ Mixed precision: float32 parameters are the master weights. Their gradients may 
 bfloat16 (widened to float32 exactly inside the fused pass; the state stays float32), and
 ``step(grads, half_params=...)`` also writes a float16/bfloat16 copy of every updated parameter
 in the same pass, each element rounded once to nearest even: the weights a half-precision model
-computes with. This is apex's fused ``output_params`` and what ``p.to(torch.bfloat16)`` after
-a float32 step gives, without a second pass over the weights.
+computes with. This is the "master weights" recipe of mixed-precision training (a float32 step,
+then ``p.to(torch.bfloat16)`` for the model), without a second pass over the weights.
 """
 
 from __future__ import annotations
