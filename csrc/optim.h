@@ -15,6 +15,7 @@
 #define NORMAX_OPTIM_H
 
 #include "normax.h"
+#include "half.h"
 
 enum nmx_optim_kind {
     /* h: lr, weight_decay, momentum, 1 - dampening.  s0: momentum buffer (momentum > 0).
@@ -55,5 +56,22 @@ typedef struct {
  * contiguous elements of float (f32) or double (f64) and do not overlap one another. */
 void nmx_optim_step_f32(const nmx_optim_call *c);
 void nmx_optim_step_f64(const nmx_optim_call *c);
+
+/* Mixed precision: float32 master weights and state, half-precision gradients and/or a half
+ * copy of the updated weights. `c` is a float32 call except that, with `gkind` (NMX_F16 or
+ * NMX_BF16), `c.g[k]` holds uint16_t halves, widened exactly to float32 as they are read; with
+ * `hkind`, `half[k]` (uint16_t, `c.sizes[k]` elements, overlapping nothing) receives the
+ * updated parameters rounded once to nearest even, in the same pass. Both work on tiles of
+ * NMX_HALF_TILE elements converted by the bulk converters of half.h, so the element loops are
+ * the float32 ones, unchanged: the result is bit-identical to nmx_optim_step_f32 on the
+ * widened gradients, followed by nmx_float_to_half. */
+typedef struct {
+    nmx_optim_call c; /* first: the range functions get &c and recover the whole record */
+    int gkind;        /* 0 (float32 gradients), NMX_F16 or NMX_BF16 */
+    int hkind;        /* 0 (no copy), NMX_F16 or NMX_BF16 */
+    uint16_t *const *half;
+} nmx_optim_half_call;
+
+void nmx_optim_step_half(const nmx_optim_half_call *hc);
 
 #endif

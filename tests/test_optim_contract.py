@@ -273,6 +273,7 @@ def _same(a, b) -> bool:
 
 def _unchanged(call, record) -> bool:
     """Whether the checker's record is the call itself (same scalars, the very same arrays)."""
+    call = (*call, None) if len(call) < len(record) else call  # no half copies given
     (kind, flags, hyper), (kind2, flags2, hyper2) = call[:3], record[:3]
     if not (_same(kind, kind2) and _same(flags, flags2) and type(hyper) is type(hyper2)):
         return False

@@ -10,6 +10,8 @@ from normax.optim._kinds import AdamHyper, MomentumHyper, RMSpropHyper, SGDHyper
 
 _Hyper = SGDHyper | MomentumHyper | RMSpropHyper | AdamHyper
 _Arrays = Sequence[npt.NDArray[np.float32]] | Sequence[npt.NDArray[np.float64]]
+# float16 or bfloat16 (ml_dtypes) arrays: half-precision gradients and copies of float32 params
+_Halves = Sequence[npt.NDArray[np.generic]]
 
 SGD: Final[int]
 MOMENTUM: Final[int]
@@ -26,10 +28,11 @@ def fused_step(
     flags: int,
     hyper: _Hyper,
     params: _Arrays,
-    grads: _Arrays,
+    grads: _Arrays | _Halves,
     s0: _Arrays | None = None,
     s1: _Arrays | None = None,
     s2: _Arrays | None = None,
+    half: _Halves | None = None,
 ) -> None:
     """Update ``params`` in place with one fused optimizer step on the active backend."""
 
@@ -38,9 +41,10 @@ def step(
     flags: int,
     hyper: _Hyper,
     params: _Arrays,
-    grads: _Arrays,
+    grads: _Arrays | _Halves,
     s0: _Arrays | None,
     s1: _Arrays | None,
     s2: _Arrays | None,
+    half: _Halves | None = None,
 ) -> None:
     """The C kernel on the canonical record (the "c" entry of ``_check.KERNELS``)."""

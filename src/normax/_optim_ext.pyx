@@ -10,6 +10,10 @@ active, else the active backend's ``step`` through the one table, with the same 
 ``step`` is the "c" column of that table: it takes the same record and runs the same checks,
 so that no direct call can make the kernel step outside an array.
 
+Mixed precision: float16/bfloat16 gradients of float32 params, and the optional ``half`` copies,
+run through ``nmx_optim_step_half``. float16 is NumPy's NPY_FLOAT16; bfloat16 is ml_dtypes'
+user-defined dtype, recognized by its run-time type number once that module is loaded.
+
 The kernel selectors and flags are exported from ``optim.h`` (``SGD`` ... ``AMSGRAD``); this
 module refuses to import if ``normax.optim._kinds`` disagrees with them.
 """
@@ -17,12 +21,15 @@ module refuses to import if ``normax.optim._kinds`` disagrees with them.
 cimport numpy as cnp
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_RawRealloc
 from cpython.ref cimport PyObject
+from libc.stdint cimport uint16_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcmp, memcpy, memset
 
 from normax._ext_common cimport exact_int, nmx_index, nmx_set_num_threads, register_threads
 
-from normax import _backend
+import sys
+
+from normax import _backend, _dtypes
 from normax.optim import _check, _kinds
 
 cnp.import_array()
@@ -54,14 +61,26 @@ cdef extern from "optim.h":
         void **p
         const void **g
         void **s[3]
+    ctypedef struct nmx_optim_half_call:
+        nmx_optim_call c
+        int gkind
+        int hkind
+        uint16_t **half
     void nmx_optim_step_f32(const nmx_optim_call *c) nogil
     void nmx_optim_step_f64(const nmx_optim_call *c) nogil
+    void nmx_optim_step_half(const nmx_optim_half_call *hc) nogil
+
+cdef extern from "half.h":
+    enum: NMX_F16
+    enum: NMX_BF16
 
 SGD, MOMENTUM, RMSPROP, ADAM = NMX_OPT_SGD, NMX_OPT_MOMENTUM, NMX_OPT_RMSPROP, NMX_OPT_ADAM
 NESTEROV, FIRST = NMX_OPT_NESTEROV, NMX_OPT_FIRST
 CENTERED, AMSGRAD = NMX_OPT_CENTERED, NMX_OPT_AMSGRAD
 NHYPER = NMX_OPT_NHYPER
 
+if (NMX_F16, NMX_BF16) != (_dtypes.KIND_F16, _dtypes.KIND_BF16):
+    raise ImportError("normax._dtypes half kinds do not match csrc/half.h; rebuild the extension")
 _kinds.verify({"SGD": SGD, "MOMENTUM": MOMENTUM, "RMSPROP": RMSPROP, "ADAM": ADAM,
                "NESTEROV": NESTEROV, "FIRST": FIRST, "CENTERED": CENTERED, "AMSGRAD": AMSGRAD})
 
@@ -117,9 +136,9 @@ cdef struct _Range:
 
 
 cdef struct _Tables:
-    # filled for one call: sizes[n], data pointers of params, grads, s0..s2 (5 x n), the byte
-    # ranges of the non-empty written arrays in call order (nw <= 4 x n) and of the gradients
-    # (ng <= n), and room for the written ranges sorted (4 x n)
+    # filled for one call: sizes[n], data pointers of params, grads, s0..s2, half (6 x n), the
+    # byte ranges of the non-empty written arrays in call order (nw <= 5 x n) and of the
+    # gradients (ng <= n), and room for the written ranges sorted (5 x n)
     nmx_index *sizes
     void **ptr
     _Range *written
@@ -281,22 +300,53 @@ cdef bint _separate(_Tables *t) noexcept:
     return True
 
 
-cdef bint _accept(nmx_optim_call *c, _Tables *t, Py_ssize_t n, int *typenum, object kind,
+# ---- half precision: float16 is NPY_FLOAT16; bfloat16 is ml_dtypes' user-defined type, whose type
+# number is fixed once the module is loaded (no array can be bfloat16 before that)
+
+cdef int _bf16_num = -1
+
+
+cdef int _half_kind(int typenum) noexcept:
+    """1 (float16), 2 (bfloat16) or 0 for the arrays of type number ``typenum``."""
+    global _bf16_num
+    if typenum == cnp.NPY_FLOAT16:
+        return NMX_F16
+    if _bf16_num < 0:
+        try:
+            if "ml_dtypes" in sys.modules:
+                _bf16_num = _dtypes.bfloat16().num
+        except Exception:  # a broken ml_dtypes: no array here is bfloat16 then
+            return 0
+    return NMX_BF16 if typenum == _bf16_num and _bf16_num >= 0 else 0
+
+
+cdef inline int _list_type(PyObject *lst, Py_ssize_t n) noexcept:
+    """The type number of the first array of a list of ``n`` items, or -1."""
+    if n == 0:
+        return -1
+    cdef PyObject *first = PySequence_Fast_ITEMS(<object>lst)[0]
+    return cnp.PyArray_TYPE(<cnp.ndarray>first) if cnp.PyArray_Check(<object>first) else -1
+
+
+cdef bint _accept(nmx_optim_half_call *hc, _Tables *t, Py_ssize_t n, int *typenum, object kind,
                   object flags, object hyper, object params, object grads, object s0, object s1,
-                  object s2) noexcept:
-    """Fill ``c`` from a call that normalize() would return unchanged; False for any other.
+                  object s2, object half) noexcept:
+    """Fill ``hc`` from a call that normalize() would return unchanged; False for any other.
     ``params`` is a list or tuple of ``n`` items; ``t`` has room for ``n`` arrays."""
+    cdef nmx_optim_call *c = &hc.c
     cdef long k, f
     if not exact_int(kind, &k) or not exact_int(flags, &f) or k < 0 or k >= _NKINDS:
         return False
     if f < 0 or f & ~_allowed_flags[k] or not _hyper_ok(hyper, k, c):
         return False
     cdef Py_ssize_t i, j
-    cdef PyObject *lists[4]  # borrowed: grads, s0, s1, s2
-    lists[0], lists[1], lists[2], lists[3] = <PyObject *>grads, <PyObject *>s0, \
-        <PyObject *>s1, <PyObject *>s2
+    cdef PyObject *lists[5]  # borrowed: grads, s0, s1, s2, half
+    lists[0], lists[1], lists[2], lists[3], lists[4] = <PyObject *>grads, <PyObject *>s0, \
+        <PyObject *>s1, <PyObject *>s2, <PyObject *>half
     t.nw = t.ng = 0
     if not _is_list(grads) or PySequence_Fast_GET_SIZE(grads) != n:
+        return False
+    if half is not None and (not _is_list(half) or PySequence_Fast_GET_SIZE(half) != n):
         return False
     for j in range(3):
         if not _slot_ok(<object>lists[j + 1], k, j, f):
@@ -317,12 +367,27 @@ cdef bint _accept(nmx_optim_call *c, _Tables *t, Py_ssize_t n, int *typenum, obj
         t.sizes[i] = cnp.PyArray_SIZE(<cnp.ndarray>items[i])
         if not _array_ok(items[i], typenum[0], t.sizes[i], True, t.written, &t.nw, &t.ptr[i]):
             return False
-    for j in range(4):
+    # the gradients have the params' type or, with float32 params, one half type; so do the
+    # half copies (always a half type)
+    cdef int types[5]
+    cdef int gkind = 0, hkind = 0
+    types[0] = types[1] = types[2] = types[3] = typenum[0]
+    if n > 0 and _list_type(lists[0], n) != typenum[0]:
+        types[0] = _list_type(lists[0], n)
+        gkind = _half_kind(types[0]) if typenum[0] == cnp.NPY_FLOAT32 else 0
+        if gkind == 0:
+            return False
+    types[4] = _list_type(lists[4], n) if half is not None else -1
+    if half is not None and n > 0:
+        hkind = _half_kind(types[4]) if typenum[0] == cnp.NPY_FLOAT32 else 0
+        if hkind == 0:
+            return False
+    for j in range(5):
         if lists[j] == <PyObject *>None:
             continue
         items = PySequence_Fast_ITEMS(<object>lists[j])
         for i in range(n):
-            if not _array_ok(items[i], typenum[0], t.sizes[i], j > 0,
+            if not _array_ok(items[i], types[j], t.sizes[i], j > 0,
                              t.written if j > 0 else t.grads, &t.nw if j > 0 else &t.ng,
                              &t.ptr[(j + 1) * n + i]):
                 return False
@@ -336,42 +401,47 @@ cdef bint _accept(nmx_optim_call *c, _Tables *t, Py_ssize_t n, int *typenum, obj
     c.g = <const void **>(t.ptr + n)
     for j in range(3):
         c.s[j] = NULL if lists[j + 1] == <PyObject *>None else t.ptr + (j + 2) * n
+    hc.gkind = gkind
+    hc.hkind = hkind
+    hc.half = <uint16_t **>(t.ptr + 5 * n) if hkind else NULL
     return True
 
 
 # ---- running the record ------------------------------------------------------------------------
 
-cdef int _run_c(nmx_optim_call *c, int typenum, object params, object grads, object s0,
-                object s1, object s2) except -1:
+cdef int _run_c(nmx_optim_half_call *hc, int typenum, object params, object grads, object s0,
+                object s1, object s2, object half) except -1:
     cdef nmx_index total = 0, k
-    for k in range(c.narrays):
-        total += c.sizes[k]
+    for k in range(hc.c.narrays):
+        total += hc.c.sizes[k]
     if total < NMX_PARALLEL_MIN_WORK:
-        _kernel(c, typenum)
+        _kernel(hc, typenum)
         return 0
     # the lists are copied into tuples that keep every array alive while the GIL is released,
     # whatever another thread does to the caller's lists meanwhile
-    cdef list keep = [None if x is None else tuple(x) for x in (params, grads, s0, s1, s2)]
+    cdef list keep = [None if x is None else tuple(x) for x in (params, grads, s0, s1, s2, half)]
     with nogil:
-        _kernel(c, typenum)
+        _kernel(hc, typenum)
     return 0
 
 
-cdef inline void _kernel(nmx_optim_call *c, int typenum) noexcept nogil:
-    if typenum == cnp.NPY_FLOAT32:
-        nmx_optim_step_f32(c)
+cdef inline void _kernel(nmx_optim_half_call *hc, int typenum) noexcept nogil:
+    if hc.gkind or hc.hkind:
+        nmx_optim_step_half(hc)
+    elif typenum == cnp.NPY_FLOAT32:
+        nmx_optim_step_f32(&hc.c)
     else:
-        nmx_optim_step_f64(c)
+        nmx_optim_step_f64(&hc.c)
 
 
 cdef bint _try_run(object kind, object flags, object hyper, object params, object grads,
-                   object s0, object s1, object s2, bint run_c) except -1:
+                   object s0, object s1, object s2, object half, bint run_c) except -1:
     """Run the call if it is accepted as it is (True); False if it needs the checker."""
-    cdef nmx_optim_call c
+    cdef nmx_optim_half_call c
     cdef _Tables t
     cdef nmx_index sizes[_STACK_ARRAYS]
-    cdef void *ptr[5 * _STACK_ARRAYS]
-    cdef _Range ranges[9 * _STACK_ARRAYS]
+    cdef void *ptr[6 * _STACK_ARRAYS]
+    cdef _Range ranges[11 * _STACK_ARRAYS]
     cdef void *heap = NULL
     cdef int typenum
     if not _is_list(params):
@@ -380,48 +450,49 @@ cdef bint _try_run(object kind, object flags, object hyper, object params, objec
     cdef _Range *r = ranges
     t.sizes, t.ptr = sizes, ptr
     if n > _STACK_ARRAYS:
-        heap = PyMem_Malloc(n * (sizeof(nmx_index) + 5 * sizeof(void *) + 9 * sizeof(_Range)))
+        heap = PyMem_Malloc(n * (sizeof(nmx_index) + 6 * sizeof(void *) + 11 * sizeof(_Range)))
         if heap == NULL:
             raise MemoryError()
         r = <_Range *>heap
-        t.ptr = <void **>(r + 9 * n)
-        t.sizes = <nmx_index *>(t.ptr + 5 * n)
-    t.written, t.grads, t.scratch = r, r + 4 * n, r + 5 * n
+        t.ptr = <void **>(r + 11 * n)
+        t.sizes = <nmx_index *>(t.ptr + 6 * n)
+    t.written, t.grads, t.scratch = r, r + 5 * n, r + 6 * n
     try:
         # no Python code runs from here to the kernel, so the lists cannot change in between
-        if not _accept(&c, &t, n, &typenum, kind, flags, hyper, params, grads, s0, s1, s2):
+        if not _accept(&c, &t, n, &typenum, kind, flags, hyper, params, grads, s0, s1, s2,
+                       half):
             return False
         if run_c:
-            _run_c(&c, typenum, params, grads, s0, s1, s2)
+            _run_c(&c, typenum, params, grads, s0, s1, s2, half)
         else:
-            _kernels.active().step(kind, flags, hyper, params, grads, s0, s1, s2)
+            _kernels.active().step(kind, flags, hyper, params, grads, s0, s1, s2, half)
         return True
     finally:
         PyMem_Free(heap)
 
 
 cdef int _step(object kind, object flags, object hyper, object params, object grads, object s0,
-               object s1, object s2, bint c_only) except -1:
+               object s1, object s2, object half, bint c_only) except -1:
     """Run the call as it is if it is canonical, else as the checker normalizes it (or raise)."""
     cdef bint run_c = c_only or _backend._active == "c"
-    if _try_run(kind, flags, hyper, params, grads, s0, s1, s2, run_c):
+    if _try_run(kind, flags, hyper, params, grads, s0, s1, s2, half, run_c):
         return 0
-    kind, flags, hyper, params, grads, s0, s1, s2 = _check.normalize(
-        kind, flags, hyper, params, grads, s0, s1, s2)
-    if not _try_run(kind, flags, hyper, params, grads, s0, s1, s2, run_c):
+    kind, flags, hyper, params, grads, s0, s1, s2, half = _check.normalize(
+        kind, flags, hyper, params, grads, s0, s1, s2, half)
+    if not _try_run(kind, flags, hyper, params, grads, s0, s1, s2, half, run_c):
         raise AssertionError("normax: a normalized optimizer step was not accepted")
     return 0
 
 
-def fused_step(kind, flags, hyper, params, grads, s0=None, s1=None, s2=None):
+def fused_step(kind, flags, hyper, params, grads, s0=None, s1=None, s2=None, half=None):
     """Update ``params`` in place with one fused optimizer step on the active backend.
 
     The arguments are the record described in ``normax.optim._check``; a call that is not
     already canonical is normalized there or raises TypeError / ValueError.
     """
-    _step(kind, flags, hyper, params, grads, s0, s1, s2, False)
+    _step(kind, flags, hyper, params, grads, s0, s1, s2, half, False)
 
 
-def step(kind, flags, hyper, params, grads, s0, s1, s2):
+def step(kind, flags, hyper, params, grads, s0, s1, s2, half=None):
     """The C kernel on the canonical record (the "c" entry of ``_check.KERNELS``)."""
-    _step(kind, flags, hyper, params, grads, s0, s1, s2, True)
+    _step(kind, flags, hyper, params, grads, s0, s1, s2, half, True)

@@ -12,6 +12,16 @@ Examples
 >>> opt.step({"w": np.ones(3), "b": np.ones(1)})
 >>> params["w"]
 array([-0.01, -0.01, -0.01])
+
+Mixed precision: float32 master weights take float16 (or bfloat16) gradients, and
+``half_params`` receives the updated weights rounded once, written in the same fused pass:
+
+>>> master = [np.full(2, 0.5, np.float32)]
+>>> model = [master[0].astype(np.float16)]
+>>> opt = normax.optim.SGD(master, lr=1e-4)
+>>> opt.step([np.ones(2, np.float16)], half_params=model)
+>>> master[0], model[0]
+(array([0.4999, 0.4999], dtype=float32), array([0.5, 0.5], dtype=float16))
 """
 
 from ._base import Optimizer

@@ -4,6 +4,13 @@ An optimizer flattens its parameters into one list, keeps per-parameter state ar
 on the first step that needs them, as torch.optim does), and on ``step(grads)`` checks every
 gradient and every hyperparameter first, then runs one fused kernel per parameter group and
 dtype. A bad call raises before anything is written.
+
+Mixed precision: float32 parameters are the master weights. Their gradients may be float16 or
+bfloat16 (widened to float32 exactly inside the fused pass; the state stays float32), and
+``step(grads, half_params=...)`` also writes a float16/bfloat16 copy of every updated parameter
+in the same pass, each element rounded once to nearest even: the weights a half-precision model
+computes with. This is the "master weights" recipe of mixed-precision training (a float32 step,
+then ``p.to(torch.bfloat16)`` for the model), without a second pass over the weights.
 """
 
 from __future__ import annotations
@@ -126,41 +133,86 @@ class Optimizer:
         raise NotImplementedError  # pragma: no cover - abstract
 
     # ---- stepping -----------------------------------------------------------------------
-    def _flat_grads(self, grads) -> list[np.ndarray]:
+    def _flat(self, values, what: str) -> list:
+        """The arrays of ``values`` (the structure of the params) in parameter order."""
         if not self._grouped:
             keys, by_name, _, _ = self._layout[0]
-            values = _params.match(grads, keys, by_name, "grads")
-        elif isinstance(grads, Mapping) and self._flat_dict:
+            return _params.match(values, keys, by_name, what)
+        if isinstance(values, Mapping) and self._flat_dict:
             keys = [k for ks, _, _, _ in self._layout for k in ks]
-            values = _params.match(grads, keys, True, "grads")
-        else:
-            if not isinstance(grads, Sequence) or isinstance(grads, (str, np.ndarray)):
-                raise TypeError(
-                    "with parameter groups, grads must be a list with one list or "
-                    f"dict per group, got {type(grads).__name__}"
-                )
-            if len(grads) != len(self._layout):
-                raise ValueError(f"grads has {len(grads)} groups, params has {len(self._layout)}")
-            values = []
-            for gi, (keys, by_name, _, _) in enumerate(self._layout):
-                values += _params.match(grads[gi], keys, by_name, f"grads[{gi}]")
+            return _params.match(values, keys, True, what)
+        if not isinstance(values, Sequence) or isinstance(values, (str, np.ndarray)):
+            raise TypeError(
+                f"with parameter groups, {what} must be a list with one list or "
+                f"dict per group, got {type(values).__name__}"
+            )
+        if len(values) != len(self._layout):
+            raise ValueError(f"{what} has {len(values)} groups, params has {len(self._layout)}")
+        flat = []
+        for gi, (keys, by_name, _, _) in enumerate(self._layout):
+            flat += _params.match(values[gi], keys, by_name, f"{what}[{gi}]")
+        return flat
+
+    def _flat_grads(self, grads) -> list[np.ndarray]:
         return [
             _params.check_grad(g, p, name)
-            for g, p, name in zip(values, self._arrays, self._labels, strict=True)
+            for g, p, name in zip(
+                self._flat(grads, "grads"), self._arrays, self._labels, strict=True
+            )
         ]
 
-    def step(self, grads) -> None:
+    def _flat_half(self, half_params, grads: list[np.ndarray]) -> list[np.ndarray]:
+        flat = [
+            _params.check_half(h, p, name)
+            for h, p, name in zip(
+                self._flat(half_params, "half_params"), self._arrays, self._labels, strict=True
+            )
+        ]
+        _params.check_half_distinct(flat, self._arrays, grads, self._labels)
+        return flat
+
+    def step(self, grads, half_params=None) -> None:
         """Update every parameter in place from ``grads`` (same structure as the params).
 
-        Every gradient and hyperparameter is checked before any array is written.
+        Every gradient, half copy and hyperparameter is checked before any array is written.
+
+        Parameters
+        ----------
+        grads : list or dict of arrays, or a list of them per parameter group
+            One gradient per parameter, of its shape, in its dtype or, for a float32
+            parameter, in float16 or bfloat16 (widened to float32 exactly as it is read).
+        half_params : same structure as the params, optional
+            Writeable float16 or bfloat16 arrays, one per (float32) parameter and of its
+            shape, overwritten in the same pass with the updated parameter rounded once to
+            nearest even. Each must be a separate array (sharing memory with a parameter, a
+            gradient or another copy is a ValueError).
+
+        Examples
+        --------
+        float32 master weights, bfloat16 gradients and a bfloat16 copy for the forward pass:
+
+        >>> import numpy as np, ml_dtypes, normax
+        >>> bf16 = ml_dtypes.bfloat16
+        >>> master = {"w": np.full(3, 1.0, np.float32)}
+        >>> model = {"w": master["w"].astype(bf16)}        # the weights the model computes with
+        >>> opt = normax.optim.AdamW(master, lr=1e-3)
+        >>> opt.step({"w": np.ones(3, bf16)}, half_params=model)
+        >>> master["w"]                                     # the update is kept in float32
+        array([0.99899, 0.99899, 0.99899], dtype=float32)
+        >>> model["w"]                                      # rounded once: 0.99899 in bfloat16
+        array([1, 1, 1], dtype=bfloat16)
         """
         flat = self._flat_grads(grads)
+        half = None if half_params is None else self._flat_half(half_params, flat)
         for gi, group in enumerate(self.param_groups):
             self._check(group, f"param_groups[{gi}]: " if self._grouped else "")
+        # one fused call per run of parameters whose gradients and copies share their dtypes
+        # (usually every run; a call needs one dtype per list)
+        mixed = half is not None or len({g.dtype.type for g in flat}) > 1
         for gi, group in enumerate(self.param_groups):
-            self._step_group(gi, group, flat)
+            self._step_group(gi, group, flat, half, mixed)
 
-    def _step_group(self, gi: int, group: dict, flat: list[np.ndarray]) -> None:
+    def _step_group(self, gi, group: dict, flat: list, half: list | None, mixed: bool) -> None:
         _, _, start, stop = self._layout[gi]
         slots = self._slots(group)
         first = False
@@ -171,12 +223,28 @@ class Optimizer:
                     first = first or j == 0
         t = self._steps[gi] + 1
         flags, hyper = self._hyper(group, t, first)
-        for idx, params in self._runs[gi]:
+        for idx, params in self._calls(gi, flat, half, mixed):
             states = [
                 None if name is None else [self.state[i][name] for i in idx] for name in slots
             ]
-            fused_step(self._kind, flags, hyper, params, [flat[i] for i in idx], *states)
+            copies = None if half is None else [half[i] for i in idx]
+            fused_step(self._kind, flags, hyper, params, [flat[i] for i in idx], *states, copies)
         self._steps[gi] = t
+
+    def _calls(self, gi: int, flat: list, half: list | None, mixed: bool) -> list[tuple]:
+        """``(indices, params)`` of each fused call of group ``gi``."""
+        if not mixed:
+            return self._runs[gi]
+        calls: dict[tuple, list[int]] = {}
+        for idx, _ in self._runs[gi]:
+            for i in idx:
+                key = (
+                    self._arrays[i].dtype,
+                    flat[i].dtype.type,
+                    None if half is None else half[i].dtype.type,
+                )
+                calls.setdefault(key, []).append(i)
+        return [(idx, [self._arrays[i] for i in idx]) for idx in calls.values()]
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of every group (e.g. from a schedule: ``set_lr(sched(epoch))``)."""

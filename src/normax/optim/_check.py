@@ -1,18 +1,24 @@
 """The one contract of the fused optimizer step: every check, written once.
 
-A fused step is the call ``step(kind, flags, hyper, params, grads, s0, s1, s2)``:
+A fused step is the call ``step(kind, flags, hyper, params, grads, s0, s1, s2, half)``:
 
 - ``kind``: the kernel (``_kinds.SGD`` ... ``_kinds.ADAM``); ``flags``: its option bits;
 - ``hyper``: the kind's named record of scalars (``_kinds.HYPER[kind]``), Python floats;
-- ``params``: a list of writeable arrays of one float dtype, updated in place;
-- ``grads``: a list of arrays with the sizes of the params, read only;
-- ``s0``, ``s1``, ``s2``: lists of state arrays like the params, or None, as :data:`RULES` says.
+- ``params``: a list of writeable arrays of one float dtype (float32 or float64), updated in
+  place;
+- ``grads``: a list of arrays with the sizes of the params, read only, all of the params' dtype
+  or, with float32 params, all of one half-precision dtype (float16 or bfloat16), widened to
+  float32 exactly as they are read (mixed precision: half gradients, float32 master weights);
+- ``s0``, ``s1``, ``s2``: lists of state arrays like the params, or None, as :data:`RULES` says;
+- ``half``: None, or (float32 params only) a list of writeable float16 or bfloat16 arrays of one
+  dtype with the sizes of the params, overwritten with the updated params rounded once to
+  nearest even in the same pass.
 
 The compiled front door (``normax._optim_ext``) runs the calls that :func:`normalize` would
 return unchanged: exact Python ints and floats, lists or tuples of C-contiguous aligned native
-arrays of one dtype and matching sizes, no written buffer sharing memory with another or with a
-gradient. It hands every other call here. :func:`normalize` makes a gradient contiguous (or
-copies it when it shares memory with a written buffer) and raises for everything else, so
+arrays of the dtypes above and matching sizes, no written buffer sharing memory with another or
+with a gradient. It hands every other call here. :func:`normalize` makes a gradient contiguous
+(or copies it when it shares memory with a parameter or state) and raises for everything else, so
 every backend and every entry point raises the same error for the same call. The record then
 runs on the active backend through :data:`KERNELS`: the ``step`` function of the C, Numba and
 NumPy modules, one signature.
@@ -27,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import _backend
+from .. import _backend, _dtypes
 from .._checks import contiguous
 from ._kinds import (
     ADAM,
@@ -81,12 +87,12 @@ RULES = {
 }
 
 
-def fused_step(kind, flags, hyper, params, grads, s0=None, s1=None, s2=None) -> None:
+def fused_step(kind, flags, hyper, params, grads, s0=None, s1=None, s2=None, half=None) -> None:
     """Update ``params`` in place on the active backend (the front door without the extension)."""
-    KERNELS.active().step(*normalize(kind, flags, hyper, params, grads, s0, s1, s2))
+    KERNELS.active().step(*normalize(kind, flags, hyper, params, grads, s0, s1, s2, half))
 
 
-def normalize(kind, flags, hyper, params, grads, s0=None, s1=None, s2=None) -> tuple:
+def normalize(kind, flags, hyper, params, grads, s0=None, s1=None, s2=None, half=None) -> tuple:
     """The canonical record of a fused step, or TypeError / ValueError naming what is wrong."""
     kind = _kind(kind)
     rule = RULES[kind]
@@ -96,13 +102,14 @@ def normalize(kind, flags, hyper, params, grads, s0=None, s1=None, s2=None) -> t
     dtype = _param_dtype(params)
     for k, p in enumerate(params):
         _state_array(p, f"params[{k}]", dtype, p)
-    grads = _grads(grads, params)
+    grads = _grads(grads, params, dtype)
     states = [
         _states(s, name, slot, kind, flags, params)
         for s, name, slot in zip((s0, s1, s2), SLOTS, rule.slots, strict=True)
     ]
-    grads = _separate(params, grads, states)
-    return (kind, flags, hyper, params, grads, *states)
+    half = _half_copies(half, params, dtype)
+    grads = _separate(params, grads, states, half)
+    return (kind, flags, hyper, params, grads, *states, half)
 
 
 # ---- scalars -----------------------------------------------------------------------------------
@@ -210,14 +217,65 @@ def _state_array(a, name: str, dtype: np.dtype, like: np.ndarray) -> np.ndarray:
     return in_place(_array(a, name, dtype, like), name)
 
 
-def _grads(grads, params: list) -> list:
+def is_half(dtype: np.dtype) -> bool:
+    """float16 or bfloat16, in either byte order."""
+    return _dtypes.is_half(dtype.newbyteorder("="))
+
+
+def check_half_grad(g: np.ndarray, dtype: np.dtype, name: str) -> None:
+    """A half-precision gradient is applied to float32 master weights only."""
+    if dtype != _dtypes.FLOAT32:
+        raise TypeError(
+            f"{name} has dtype {g.dtype}: half-precision gradients need float32 params "
+            f"(the master weights), got {dtype} params"
+        )
+
+
+def _grads(grads, params: list, dtype: np.dtype) -> list:
     grads = _list(grads, "grads")
     if len(grads) != len(params):
         raise ValueError(f"grads has {len(grads)} arrays, params has {len(params)}")
-    return [
-        contiguous(_array(g, f"grads[{k}]", p.dtype, p))
-        for k, (g, p) in enumerate(zip(grads, params, strict=True))
-    ]
+    out = []
+    for k, (g, p) in enumerate(zip(grads, params, strict=True)):
+        name = f"grads[{k}]"
+        if isinstance(g, np.ndarray) and is_half(g.dtype):
+            check_half_grad(g, dtype, name)
+            _array(g, name, g.dtype, p)
+        else:
+            _array(g, name, dtype, p)
+        if k and g.dtype.type is not grads[0].dtype.type:
+            raise TypeError(
+                f"{name} has dtype {g.dtype}, grads[0] has {grads[0].dtype}: the gradients "
+                "of one fused step share one dtype"
+            )
+        out.append(contiguous(g))
+    return out
+
+
+def _half_copies(half, params: list, dtype: np.dtype) -> list | None:
+    """The half copies of the updated params: writeable float16/bfloat16 arrays of one dtype."""
+    if half is None:
+        return None
+    half = _list(half, "half")
+    if len(half) != len(params):
+        raise ValueError(f"half has {len(half)} arrays, params has {len(params)}")
+    for k, (h, p) in enumerate(zip(half, params, strict=True)):
+        name = f"half[{k}]"
+        if not isinstance(h, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(h).__name__}")
+        if not is_half(h.dtype):
+            raise TypeError(f"{name} has dtype {h.dtype}; a half copy is float16 or bfloat16")
+        if dtype != _dtypes.FLOAT32:
+            raise TypeError(
+                f"{name} is a half copy of {dtype} params; half copies need float32 params"
+            )
+        if k and h.dtype.type is not half[0].dtype.type:
+            raise TypeError(
+                f"{name} has dtype {h.dtype}, half[0] has {half[0].dtype}: the half copies of "
+                "one fused step share one dtype"
+            )
+        _state_array(h, name, h.dtype, p)
+    return half
 
 
 def _states(states, name: str, slot: Slot, kind: int, flags: int, params: list):
@@ -258,27 +316,39 @@ def _span(a: np.ndarray) -> tuple[int, int]:
     return start, start + a.nbytes
 
 
-def _separate(params: list, grads: list, states: list) -> list:
+def _separate(params: list, grads: list, states: list, half: list | None) -> list:
     """Refuse written buffers that share memory; copy a gradient that shares memory with one.
 
     The kernels write parameters and states while they read gradients, so a gradient aliasing
     one of them would give backend-dependent results; its copy gives the result of the
-    unaliased call on every backend.
+    unaliased call on every backend. A half copy is an output only: one that shares memory with
+    anything is refused.
     """
     written = sorted(  # (start, end, name); empty arrays share no memory
         (*_span(a), f"{name}[{k}]")
-        for name, arrays in [("params", params), *zip(SLOTS, states, strict=True)]
+        for name, arrays in [("params", params), *zip(SLOTS, states, strict=True), ("half", half)]
         for k, a in enumerate(arrays or ())
         if a.nbytes
     )
     for (_, end, first), (start, _, second) in itertools.pairwise(written):
         if start < end:
-            raise ValueError(
-                f"{first} and {second} share memory; every parameter and state array must be "
-                "a separate array"
+            what = (
+                "a half copy must be a separate array"
+                if second.startswith("half") or first.startswith("half")
+                else "every parameter and state array must be a separate array"
             )
+            raise ValueError(f"{first} and {second} share memory; {what}")
+    copies = [w for w in written if w[2].startswith("half")]
+    copy_starts = [s for s, _, _ in copies]
     starts = [s for s, _, _ in written]
     out = []
+    for k, g in enumerate(grads):
+        lo, hi = _span(g)
+        i = bisect.bisect_left(copy_starts, hi) - 1
+        if g.nbytes and i >= 0 and copies[i][1] > lo:
+            raise ValueError(
+                f"grads[{k}] and {copies[i][2]} share memory; a half copy must be a separate array"
+            )
     for g in grads:
         lo, hi = _span(g)
         # the disjoint sorted spans have sorted ends: only the last one starting before hi can

@@ -4,6 +4,11 @@ Each kernel is a plain ``prange`` loop over one parameter array that reads and w
 element once, with the element formula of the C kernel (``csrc/optim.c``) in the same order.
 Scalars arrive already rounded to the array's dtype, so float32 arrays are updated in float32
 arithmetic exactly as in C. Kernels compile on first use per dtype and are cached on disk.
+
+Mixed precision: Numba cannot type bfloat16 arrays, so a half-precision gradient is widened to a
+float32 copy first and the half copy of the parameters is written by a NumPy cast afterwards
+(round to nearest even). This costs an extra float32 buffer and pass per array that the fused
+C kernel avoids; the results are the same.
 """
 
 from __future__ import annotations
@@ -115,10 +120,11 @@ def _placeholder(dtype: np.dtype, n: int, slot: int) -> np.ndarray:
     return buf[:n]
 
 
-def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
+def step(kind, flags, hyper, params, grads, s0, s1, s2, half=None) -> None:
     """Update every array of ``params`` in place (the canonical record of a fused step)."""
     loop, opts = _variant(kind, flags, hyper, s0, s2)
     for k, p in enumerate(params):
+        g = _flat(grads[k]).astype(p.dtype, copy=False)  # a half gradient, widened
         kernel = _kernel(loop, opts, p.size >= PARALLEL_MIN_WORK)
         t = p.dtype.type
         h = [t(x) for x in hyper]
@@ -129,7 +135,10 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
             _flat(s[k]) if s is not None else _placeholder(p.dtype, p.size, j)
             for j, s in enumerate((s0, s1, s2)[: _N_STATES[kind]])
         )
-        kernel(_flat(p), _flat(grads[k]), *states, *h)
+        kernel(_flat(p), g, *states, *h)
+        if half is not None:
+            with np.errstate(all="ignore"):  # beyond the half range is infinity, as in C
+                _flat(half[k])[...] = _flat(p)  # rounded once, to nearest even
 
 
 def _variant(kind, flags, hyper, s0, s2):

@@ -3,6 +3,9 @@
 SGD, RMSprop, Adam and AdamW follow torch.optim's classes of the same names: the same update
 rules, defaults, first-step behaviour and options, so a run matches PyTorch step for step.
 Every option after ``lr`` is keyword-only.
+
+Each takes float32 master weights with float16 or bfloat16 gradients, and can write a
+half-precision copy of the updated weights in the same pass: see :meth:`Optimizer.step`.
 """
 
 from __future__ import annotations

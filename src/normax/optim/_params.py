@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .._checks import FLOAT_DTYPES
-from ._check import in_place
+from .._dtypes import FLOAT32
+from ._check import check_half_grad, in_place, is_half
 
 
 def _is_group(obj) -> bool:
@@ -55,7 +56,15 @@ def check_param(p, name: str) -> np.ndarray:
     if not isinstance(p, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(p).__name__}")
     if p.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} has unsupported dtype {p.dtype}; supported: float32, float64")
+        hint = (
+            " (keep float32 master weights and pass step(grads, half_params=...) for a "
+            "half-precision copy)"
+            if is_half(p.dtype)
+            else ""
+        )
+        raise TypeError(
+            f"{name} has unsupported dtype {p.dtype}; supported: float32, float64{hint}"
+        )
     return in_place(p, name)
 
 
@@ -72,21 +81,71 @@ def check_distinct(arrays: list[np.ndarray], names: list[str]) -> None:
 
 
 def check_grad(g, p: np.ndarray, name: str) -> np.ndarray:
-    """A gradient must be an array of its parameter's shape and dtype.
+    """A gradient must be an array of its parameter's shape and dtype, or float16/bfloat16
+    for a float32 parameter (mixed precision).
 
     Its layout is the fused step's concern: a strided gradient is copied there, once.
     """
+    where = f"grads{name[6:]}"
     if not isinstance(g, np.ndarray):
-        raise TypeError(f"grads{name[6:]} must be a numpy array, got {type(g).__name__}")
+        raise TypeError(f"{where} must be a numpy array, got {type(g).__name__}")
     if g.shape != p.shape:
         raise ValueError(
-            f"grads{name[6:]} has shape {g.shape}, expected {p.shape} (the shape of its parameter)"
+            f"{where} has shape {g.shape}, expected {p.shape} (the shape of its parameter)"
         )
-    if g.dtype != p.dtype:
+    if is_half(g.dtype):
+        check_half_grad(g, p.dtype, where)
+    elif g.dtype != p.dtype:
         raise TypeError(
-            f"grads{name[6:]} has dtype {g.dtype}, expected {p.dtype} (the dtype of its parameter)"
+            f"{where} has dtype {g.dtype}, expected {p.dtype} (the dtype of its parameter)"
         )
     return g
+
+
+def check_half(h, p: np.ndarray, name: str) -> np.ndarray:
+    """A half copy of a parameter: a writeable float16/bfloat16 array of its shape, for a
+    float32 parameter."""
+    where = f"half_params{name[6:]}"
+    if not isinstance(h, np.ndarray):
+        raise TypeError(f"{where} must be a numpy array, got {type(h).__name__}")
+    if not is_half(h.dtype):
+        raise TypeError(f"{where} has dtype {h.dtype}; a half copy is float16 or bfloat16")
+    if p.dtype != FLOAT32:
+        raise TypeError(
+            f"{where} is a half copy of {name}, which is {p.dtype}; half copies need float32 "
+            "params (the master weights)"
+        )
+    if h.shape != p.shape:
+        raise ValueError(
+            f"{where} has shape {h.shape}, expected {p.shape} (the shape of its parameter)"
+        )
+    return in_place(h, where)
+
+
+def check_half_distinct(halves: list, params: list, grads: list, names: list[str]) -> None:
+    """No half copy shares memory with a parameter, a gradient or another half copy.
+
+    The optimizer's state arrays are its own, so they cannot meet a caller's array. Sorted by
+    start, a pair that overlaps is found when its later member is reached: by the furthest end
+    seen so far (if the later one is a copy) or the furthest end of the copies seen so far.
+    """
+    spans = sorted(
+        (a.__array_interface__["data"][0], a.nbytes, what + names[i][6:], what == "half_params")
+        for what, arrays in (("half_params", halves), ("params", params), ("grads", grads))
+        for i, a in enumerate(arrays)
+        if a.nbytes
+    )
+    reach = (0, "")  # furthest end so far and whose
+    half_reach = (0, "")
+    for start, nbytes, name, copy in spans:
+        other = reach if copy else half_reach
+        if start < other[0]:
+            raise ValueError(
+                f"{other[1]} and {name} share memory; a half copy must be a separate array"
+            )
+        reach = max(reach, (start + nbytes, name))
+        if copy:
+            half_reach = max(half_reach, (start + nbytes, name))
 
 
 def match(grads, keys: list, by_name: bool, what: str) -> list:

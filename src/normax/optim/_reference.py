@@ -5,6 +5,10 @@ backend). Each update function handles one parameter array and its state in plac
 kind's named scalars ``h`` (``_kinds.HYPER``) and the same order of floating-point operations
 as the C kernel, so the three backends agree to the last bit on IEEE hardware. The scalars are
 rounded to the array's dtype once, as the C kernels do.
+
+Mixed precision: a half-precision gradient is widened to float32 (exactly) before the float32
+update, and a half copy receives the updated float32 parameters rounded once to nearest even
+(NumPy's float16 cast and ml_dtypes' bfloat16 cast both round that way).
 """
 
 from __future__ import annotations
@@ -82,15 +86,19 @@ def adam(p, g, m, v, vmax, h, flags) -> None:
     p -= step * (m / denom)
 
 
-def step(kind, flags, hyper, params, grads, s0, s1, s2) -> None:
+def step(kind, flags, hyper, params, grads, s0, s1, s2, half=None) -> None:
     """Update every array of ``params`` in place (the canonical record of a fused step)."""
     n = len(params)
     s0, s1, s2 = ([None] * n if s is None else s for s in (s0, s1, s2))
     with np.errstate(all="ignore"):  # NaN in, NaN out, silently, as in the C kernel
         for k in range(n):
             # the record matches sizes, not shapes: update flat views, as the kernels do
-            arrays = (params[k], grads[k], s0[k], s1[k], s2[k])
-            _update(kind, flags, hyper, *(None if a is None else a.reshape(-1) for a in arrays))
+            p = params[k].reshape(-1)
+            g = grads[k].reshape(-1).astype(p.dtype, copy=False)  # a half gradient, widened
+            states = (None if a is None else a.reshape(-1) for a in (s0[k], s1[k], s2[k]))
+            _update(kind, flags, hyper, p, g, *states)
+            if half is not None:
+                half[k].reshape(-1)[...] = p  # rounded once, to nearest even
 
 
 def _update(kind, flags, hyper, p, g, a, b, c) -> None:
