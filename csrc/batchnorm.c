@@ -23,13 +23,8 @@
 #define NMX_PIECE 2048
 #define NMX_PIECES_PER_BLOCK 64
 
-/* The last-level cache a call can count on: what the system reports, at most NMX_LLC_CAP. Large
- * servers and virtual machines report the whole socket's cache (480 MiB on the 2-core machine we
- * measure), shared with every other core and tenant; there the copy bandwidth already falls to
- * memory speed for 32 MiB arrays, and a 64 MiB forward ran faster streamed (20 vs 31 ms, same
- * run). A cache that really is this large loses little: an output past 16 MiB is streamed. */
-#define NMX_LLC_CAP ((long)32 << 20)
-
+/* The last-level cache a call can count on: what the system reports, at most NMX_LLC_CAP
+ * (platform.h, where the reason is given). */
 #if NMX_HAVE_STREAM /* only streaming needs the cache size */
 static long nmx_llc_bytes(void) {
     static long cached = 0; /* callers may race here (the GIL is released): every one stores the

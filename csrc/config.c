@@ -46,3 +46,5 @@ const char *nmx_simd_target(void) {
     return "target baseline, single version";
 #endif
 }
+
+long nmx_llc_cap(void) { return NMX_LLC_CAP; }

@@ -30,4 +30,7 @@ int nmx_openmp_version(void);
 const char *nmx_openmp_library(void);
 const char *nmx_simd_target(void);
 
+/* The largest last-level cache, in bytes, that the kernels count on (NMX_LLC_CAP). */
+long nmx_llc_cap(void);
+
 #endif

@@ -23,6 +23,7 @@ cdef extern from "normax.h":
     int nmx_openmp_version() noexcept nogil
     const char *nmx_openmp_library() noexcept nogil
     const char *nmx_simd_target() noexcept nogil
+    long nmx_llc_cap() noexcept nogil
 
 cdef extern from "half.h":
     const char *nmx_half_isa() noexcept nogil
@@ -59,13 +60,15 @@ def get_num_threads():
 
 def build_info():
     """What the compiled kernels are: ``_OPENMP`` date (0: serial build), the file of the OpenMP
-    runtime they call ("" if unknown), the SIMD version this CPU runs and the float16
-    conversion path it uses."""
+    runtime they call ("" if unknown), the SIMD version this CPU runs, the float16
+    conversion path it uses, and the largest last-level cache in bytes they count on (a larger
+    reported cache is taken to be shared, and capped to this)."""
     return {
         "openmp": nmx_openmp_version(),
         "openmp_library": nmx_openmp_library().decode("utf-8", "replace"),
         "simd": nmx_simd_target().decode("ascii"),
         "float16": nmx_half_isa().decode("ascii"),
+        "llc_cap_bytes": nmx_llc_cap(),
     }
 
 

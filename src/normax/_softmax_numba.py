@@ -26,6 +26,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import float32, float64, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._checks import writeable
@@ -38,6 +39,10 @@ _notice = CompileNotice("softmax", __name__)
 
 _OPTS = {"parallel": True, "cache": True, "nogil": True}
 _REASSOC = {"reassoc"}
+# Loops around the exponential may contract a * b + c to one FMA (as the C kernel's AVX2 and
+# AVX-512 builds do); no reassociation there, which the exponential's rounding trick forbids.
+_CONTRACT = {"contract"}
+_FAST_EXP = {"reassoc", "contract"}  # the row sums: also reassociated into vector lanes
 
 # ---- exp: the C kernel's polynomial, vectorizable -------------------------------------------
 
@@ -68,6 +73,34 @@ def _as_int(typingctx, x):
         return builder.bitcast(args[0], llty)
 
     return ty(x), codegen
+
+
+def _prefetcher(write):
+    """An intrinsic ``prefetch(arr, offset)``: fetch the cache line ``offset`` bytes into arr's
+    data ahead of its use, for reading or (``write``) for writing. A hint: an address past the
+    array does not fault, so callers need not test for the last rows."""
+
+    @intrinsic
+    def prefetch(typingctx, arr, offset):
+        if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            ptr = builder.gep(builder.bitcast(data, i8p), [args[1]])
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            builder.call(fn, [ptr, i32(int(write)), i32(3), i32(1)])  # keep in all levels, data
+            return context.get_dummy_value()
+
+        return types.none(arr, offset), codegen
+
+    return prefetch
+
+
+_prefetch_read = _prefetcher(False)
+_prefetch_write = _prefetcher(True)
 
 
 # Constants as typed globals: a Python float literal would promote float32 arithmetic to float64.
@@ -229,21 +262,48 @@ def _row_max(z):  # pragma: no cover - compiled
     return m4 if m4 > m0 else m0
 
 
-@nb.njit(cache=True, fastmath=_REASSOC)
-def _row_exp_sum(z, m, e):  # pragma: no cover - compiled
-    """Store exp(z - m) in e; return s, the float64 sum over all entries but one maximum (ties
-    with the maximum are counted, not summed, so s keeps a tiny exp(-100) term exactly). The
-    exponentials run in the input dtype; the sum and the count vectorize under reassoc."""
-    s = 0.0
-    ties = 0
+# Partial sums of the exponentials run in the input dtype over chunks of _CHUNK entries and are
+# then added in float64, as in the C kernel: with reassoc LLVM splits a chunk over its vector
+# lanes and unrolled accumulators, so no float32 partial adds more than ~16 terms (relative
+# rounding below 1e-6). Widening every float32 exponential to float64 instead halves the vector
+# width of the whole loop (the exponential included) and cost 1.8x the C kernel's time.
+_CHUNK = 256
+
+
+@nb.njit(cache=True, fastmath=_FAST_EXP)
+def _chunk_exp_sum(z, m, e):  # pragma: no cover - compiled
+    """Store exp(z - m) in e; return the sum of those that are not ties with the maximum and the
+    number of ties, both in the input dtype. (A slice, not an index range: indices from 0 are
+    known not to wrap around, so the loads stay contiguous vectors instead of gathers.)"""
+    zero = _typed(m, 0.0)
+    one = _typed(m, 1.0)
+    p = zero
+    ties = zero
     for j in range(z.size):
         t = z[j] - m
         ej = _exp_neg(t)
         e[j] = ej
         tie = t == 0
-        ties += tie
-        s += 0.0 if tie else ej
-    return s + (ties - 1)
+        p += zero if tie else ej
+        ties += one if tie else zero
+    return p, ties
+
+
+@nb.njit(cache=True)
+def _row_exp_sum(z, m, e):  # pragma: no cover - compiled
+    """Store exp(z - m) in e; return s, the float64 sum over all entries but one maximum (ties
+    with the maximum are counted, not summed, so s keeps a tiny exp(-100) term exactly). The
+    exponentials, the chunk sums and the tie counts run in the input dtype (whole vectors);
+    the chunks are added in float64."""
+    s = 0.0
+    ties = 0.0
+    n = z.size
+    for j0 in range(0, n, _CHUNK):
+        j1 = min(j0 + _CHUNK, n)
+        p, c = _chunk_exp_sum(z[j0:j1], m, e[j0:j1])
+        s += np.float64(p)
+        ties += np.float64(c)
+    return s + (ties - 1.0)
 
 
 @nb.njit(cache=True, fastmath=_REASSOC)
@@ -351,6 +411,12 @@ def _prob_coeffs(z, q, w, m, ec, keep):  # pragma: no cover - compiled
 # The packed block (classes x B values) should stay in L2 between the passes over the class axis;
 # B is a multiple of 16 (whole vectors), at least 16 and at most 256 columns (as in the C kernel).
 _BLOCK_BYTES = 512 * 1024
+# Class rows of a block are `inner` apart: with a power-of-two inner they share a few cache sets,
+# and the hardware prefetcher does not cross the 4 KiB pages they lie on, so the passes that
+# read them from memory fetch _PREFETCH classes ahead (as the C kernel).
+_PREFETCH = 8
+# Classes per partial sum in the input dtype (one term per lane each), as the C kernel's chunk.
+_BLOCK_CHUNK = 16
 
 
 @nb.njit(cache=True)
@@ -360,33 +426,60 @@ def _block_cols(c, inner, itemsize):  # pragma: no cover - compiled
     return min(b, inner)
 
 
+# In the block loops every class row of a block is taken as a 1-D slice (zo[k, i0:i0 + nbk]) and
+# indexed from 0: an index i0 + i that Numba cannot prove non-negative gets a wrap-around test,
+# and the loop then gathers and scatters lane by lane instead of loading whole vectors.
+
+
 @nb.njit(cache=True)
 def _block_max(zo, i0, nbk, pk, m):  # pragma: no cover - compiled
     """Column maxima of columns [i0, i0 + nbk) of the (classes, inner) slab zo, and a packed
     copy pk[k, i] of the block (its class rows are inner apart in zo, adjacent in pk)."""
+    mm = m[:nbk]
+    z0 = zo[0, i0 : i0 + nbk]
     for i in range(nbk):
-        m[i] = zo[0, i0 + i]
+        mm[i] = z0[i]
+    row, first, span = zo.strides[0], i0 * zo.itemsize, nbk * zo.itemsize
     for k in range(zo.shape[0]):
+        for b in range(0, span, 64):
+            _prefetch_read(zo, (k + _PREFETCH) * row + first + b)
+        zr = zo[k, i0 : i0 + nbk]
+        pr = pk[k, :nbk]
         for i in range(nbk):
-            v = zo[k, i0 + i]
-            pk[k, i] = v
-            m[i] = v if v > m[i] else m[i]
+            v = zr[i]
+            pr[i] = v
+            mm[i] = v if v > mm[i] else mm[i]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, fastmath=_CONTRACT)
 def _block_exp_sum(pk, nbk, m, s, ties):  # pragma: no cover - compiled
-    """pk[k, i] = exp(pk[k, i] - m[i]) in place; s[i] as in _row_exp_sum, per column."""
+    """pk[k, i] = exp(pk[k, i] - m[i]) in place; s[i] as in _row_exp_sum, per column. As there,
+    the sums and tie counts run in the input dtype over _BLOCK_CHUNK classes at a time (whole
+    vectors across the columns) and are then added in float64."""
+    mm = m[:nbk]
+    zero, one = _typed(mm[0], 0.0), _typed(mm[0], 1.0)
+    part = np.empty(nbk, pk.dtype)
+    cnt = np.empty(nbk, pk.dtype)
     for i in range(nbk):
         s[i] = 0.0
         ties[i] = 0
-    for k in range(pk.shape[0]):
+    c = pk.shape[0]
+    for k0 in range(0, c, _BLOCK_CHUNK):
         for i in range(nbk):
-            t = pk[k, i] - m[i]
-            e = _exp_neg(t)
-            pk[k, i] = e
-            tie = t == 0
-            ties[i] += tie
-            s[i] += 0.0 if tie else np.float64(e)
+            part[i] = zero
+            cnt[i] = zero
+        for k in range(k0, min(k0 + _BLOCK_CHUNK, c)):
+            pr = pk[k, :nbk]
+            for i in range(nbk):
+                t = pr[i] - mm[i]
+                e = _exp_neg(t)
+                pr[i] = e
+                tie = t == 0
+                part[i] += zero if tie else e
+                cnt[i] += one if tie else zero
+        for i in range(nbk):
+            s[i] += np.float64(part[i])
+            ties[i] += np.int64(cnt[i])
     for i in range(nbk):
         s[i] += ties[i] - 1
 
@@ -396,21 +489,23 @@ def _softmax_block(zo, oo, i0, nbk, pk, m, s, ties, log):  # pragma: no cover - 
     """Columns [i0, i0 + nbk) of the (classes, inner) slab zo into oo. m has two rows of the
     input dtype: the column maxima, then log1p(s) or 1 / (1 + s), so the last pass runs in the
     input dtype as in the C kernel."""
-    mx, fin = m[0], m[1]
+    mx, fin = m[0, :nbk], m[1, :nbk]
     _block_max(zo, i0, nbk, pk, mx)
     _block_exp_sum(pk, nbk, mx, s, ties)
     if log:
         for i in range(nbk):
             fin[i] = math.log1p(s[i])
         for k in range(zo.shape[0]):
+            zr, orow = zo[k, i0 : i0 + nbk], oo[k, i0 : i0 + nbk]
             for i in range(nbk):
-                oo[k, i0 + i] = (zo[k, i0 + i] - mx[i]) - fin[i]
+                orow[i] = (zr[i] - mx[i]) - fin[i]
     else:
         for i in range(nbk):
             fin[i] = 1.0 / (1.0 + s[i])
         for k in range(zo.shape[0]):
+            pr, orow = pk[k, :nbk], oo[k, i0 : i0 + nbk]
             for i in range(nbk):
-                oo[k, i0 + i] = pk[k, i] * fin[i]
+                orow[i] = pr[i] * fin[i]
 
 
 @nb.njit(cache=True)
@@ -429,6 +524,35 @@ def _backward_block(go, yo, oo, i0, nbk, d, log):  # pragma: no cover - compiled
                 oo[k, i0 + i] = np.float64(yk) * (gk - d[i])
 
 
+@nb.njit(cache=True, fastmath=_CONTRACT)
+def _block_grad(pk, qo, w, alpha, eps, scale, probs, do, i0, nbk):  # pragma: no cover - compiled
+    """do[k, i0 + i] = alpha_i exp(z_ki - m_i) - scale w_k (keep q_ki + eps / C) (no q: labels),
+    with the exponentials in pk. In the input dtype, as the C kernel: alpha and the subtracted
+    term are rounded to it once, so the pass over the block is whole float32 vectors."""
+    c = pk.shape[0]
+    ec, keep = eps / c, 1.0 - eps
+    like = pk[0, 0]
+    al = np.empty(nbk, pk.dtype)
+    for i in range(nbk):
+        al[i] = _typed(like, alpha[i])
+    row, first, span = do.strides[0], i0 * do.itemsize, nbk * do.itemsize
+    for k in range(c):
+        for b in range(0, span, 64):  # the strided dz rows: fetched for writing ahead of time
+            _prefetch_write(do, (k + _PREFETCH) * row + first + b)
+        pr, dr = pk[k, :nbk], do[k, i0 : i0 + nbk]
+        if probs:
+            qr, wk = qo[k, i0 : i0 + nbk], scale * w[k]
+            for i in range(nbk):
+                dr[i] = al[i] * pr[i] - _typed(like, wk * (keep * np.float64(qr[i]) + ec))
+        elif eps != 0.0:
+            sub = _typed(like, scale * w[k] * ec)
+            for i in range(nbk):
+                dr[i] = al[i] * pr[i] - sub
+        else:
+            for i in range(nbk):
+                dr[i] = al[i] * pr[i]
+
+
 @nb.njit(cache=True)
 def _xent_block(zo, qo, yo, w, wall, eps, scale, do, i0, nbk, work, lo):
     """Cross-entropy of columns [i0, i0 + nbk): integer labels yo (qo unused) when yo has
@@ -445,17 +569,20 @@ def _xent_block(zo, qo, yo, w, wall, eps, scale, do, i0, nbk, work, lo):
         big_a[i] = 0.0
         at[i] = 0.0
         ty[i] = 0.0
+    mm = m[:nbk]
     if probs or eps != 0.0:
         for k in range(c):
+            pr, wk = pk[k, :nbk], w[k]
+            qr = qo[k, i0 : i0 + nbk]
             for i in range(nbk):
-                a = w[k] * ((keep * np.float64(qo[k, i0 + i]) + ec) if probs else ec)
+                a = wk * ((keep * np.float64(qr[i]) + ec) if probs else ec)
                 big_a[i] += a
-                at[i] += a * (np.float64(pk[k, i]) - np.float64(m[i]))
+                at[i] += a * (np.float64(pr[i]) - np.float64(mm[i]))
     if not probs:
         for i in range(nbk):
             lab = yo[0, i0 + i]
             if 0 <= lab < c:
-                ty[i] = np.float64(pk[lab, i]) - np.float64(m[i])
+                ty[i] = np.float64(pk[lab, i]) - np.float64(mm[i])
     _block_exp_sum(pk, nbk, m, s, ties)
     for i in range(nbk):
         lse = math.log1p(s[i])
@@ -476,13 +603,7 @@ def _xent_block(zo, qo, yo, w, wall, eps, scale, do, i0, nbk, work, lo):
             lo[i0 + i] = big_a[i] * lse - at[i] - keep * wy * ty[i]
         at[i] = lse  # kept for the label's gradient below
         s[i] = scale * big_a[i] / (1.0 + s[i])
-    for k in range(c):
-        for i in range(nbk):
-            if probs:
-                sub = scale * w[k] * (keep * np.float64(qo[k, i0 + i]) + ec)
-            else:
-                sub = scale * w[k] * ec
-            do[k, i0 + i] = s[i] * np.float64(pk[k, i]) - sub
+    _block_grad(pk, qo, w, s, eps, scale, probs, do, i0, nbk)
     if not probs:
         for i in range(nbk):
             lab = yo[1, i0 + i]
@@ -548,13 +669,20 @@ def _backward(g, y, out, log, chunks):  # pragma: no cover - compiled
                 _backward_block(g[o], y[o], out[o], i0, min(cols, inner - i0), d, log)
 
 
+@nb.njit(cache=True)
+def _xent_setup(outer, inner, w):  # pragma: no cover - compiled
+    """The zeroed losses and the sum of the class weights, outside the parallel driver: there
+    Numba would make each of them a parallel region of its own, and on a busy machine every
+    region waits for a descheduled thread (this doubled the call's time)."""
+    return np.zeros((outer, inner)), w.sum()
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
 def _xent_run(z, q, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no cover - compiled
     """Shared driver of both cross-entropy kernels: labels y (q unused), or probabilities q when
     y has no rows."""
     outer, c, inner = z.shape
-    loss = np.zeros((outer, inner))
-    wall = w.sum()
+    loss, wall = _xent_setup(outer, inner, w)
     cols, nblk, chunks = _tasks(outer, c, inner, z.itemsize, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):

@@ -49,7 +49,10 @@ a normax backend); effective GB/s = the kernel's minimum bytes moved (batch-norm
 3 x bytes(x), inference 2 x, backward 5 x; softmax and log-softmax 2 x; cross-entropy with its
 gradient 3 x bytes(logits); Adam 7 x bytes(params): read p, g, m, v and write p, m, v;
 SGD with momentum 5 x) over the median; roofline = that over the copy bandwidth measured in the
-same run by a parallel copy larger than the cache (:mod:`normax.bench.machine`).
+same run by a parallel copy larger than the cache (:mod:`normax.bench.machine`). The cache counted
+on is what the system reports, at most the compiled kernels' cap (32 MiB): a virtual machine that
+reports its whole socket's cache shares it with every other core. A case whose data fits in that
+is marked (* in the tables): the memory roofline does not bind it.
 
 Threads: ``--threads N`` (default: every usable core) holds normax, Numba, PyTorch and NumPy's
 BLAS/OpenMP pools (via threadpoolctl) to N threads for the whole run, or refuses (exit status 2)
@@ -110,7 +113,8 @@ OPTIONS = {
     "--min-time": {"type": float, "metavar": "S",
                    "help": "seconds of samples per contender (default 0.05 quick, 0.3 full)"},
     "--probe-mib": {"type": int, "metavar": "MIB",
-                    "help": "bandwidth probe array size (default: 4 x last-level cache)"},
+                    "help": "bandwidth probe array size (default: 4 x the usable last-level "
+                            "cache, at most 32 MiB of it, and at least 64 MiB)"},
     "--no-progress": {**_FLAG, "help": "no progress bar (each case's line is still printed)"},
     "--isolate": {"choices": ["sample", "all", "none"], "default": "sample",
                   "help": "cases also timed with each contender alone in a fresh process: a "

@@ -68,7 +68,7 @@ class Config:
     backends: tuple[str, ...] | None = None
     use_torch: bool = True
     policy: TimingPolicy | None = None
-    probe_bytes: int | None = None  # default: 4 x the last-level cache, at least 64 MiB
+    probe_bytes: int | None = None  # default: 4 x the usable (capped) LLC, at least 64 MiB
     progress: bool | None = None  # None: a bar when standard error is a terminal
     seed: int = 0
     command: list[str] = field(default_factory=list)
@@ -157,7 +157,7 @@ def run_benchmarks(config: Config, cases: Sequence[Case] | None = None) -> dict:
     ):
         try:
             run["threads_in_use"] = threads_in_use(torch)
-            probe_bytes = config.probe_bytes or _default_probe_bytes()
+            probe_bytes = config.probe_bytes or default_probe_bytes()
             first = probe_bandwidth(probe_bytes, threads)
             run["interrupted"] = _run_cases(cases, config, run, tmp, records)
             if not run["interrupted"]:
@@ -195,8 +195,12 @@ def _run_cases(cases, config: Config, run: dict, tmpdir: str, records: list[dict
     return False
 
 
-def _default_probe_bytes() -> int:
-    return max(4 * last_level_cache_bytes(), 64 << 20)
+def default_probe_bytes(llc: int | None = None) -> int:
+    """Bandwidth probe array size: four times the usable last-level cache ``llc`` (by default
+    :func:`last_level_cache_bytes`, capped as the kernels cap it), at least 64 MiB, so that the
+    copy streams from memory without taking minutes where the system reports a huge cache."""
+    llc = last_level_cache_bytes() if llc is None else llc
+    return max(4 * llc, 64 << 20)
 
 
 def _progress(cases: Sequence[Case], enabled: bool | None) -> Iterable[Case]:
@@ -290,8 +294,16 @@ def _isolate(case: Case, timed: list[dict], policy: TimingPolicy, threads: int, 
         isolate.reconcile(entry, alone, DEFAULT_THRESHOLD)
 
 
+def fits_in_cache(footprint: int | None, llc: int | None = None) -> bool | None:
+    """Whether ``footprint`` bytes of data fit in the usable last-level cache ``llc`` (by default
+    :func:`last_level_cache_bytes`, capped), so that the memory roofline does not bind; None
+    when the case has no footprint."""
+    if footprint is None:
+        return None
+    return footprint <= (last_level_cache_bytes() if llc is None else llc)
+
+
 def _case_header(case: Case) -> dict:
-    llc = last_level_cache_bytes()
     return {
         "id": case.id,
         "family": case.family,
@@ -302,7 +314,7 @@ def _case_header(case: Case) -> dict:
         "size": case.size,
         "min_bytes": case.min_bytes,
         "footprint_bytes": case.footprint,
-        "in_cache": None if case.footprint is None else case.footprint <= llc,
+        "in_cache": fits_in_cache(case.footprint),
         "unit": case.unit,
         "per_call": case.per_call,
         "reference": case.reference,

@@ -170,10 +170,9 @@ def family_table(doc: dict, family: str, markdown: bool = False, compact: bool =
 def header(doc: dict) -> list[str]:
     """Machine, versions, threads and bandwidth of a run, in two lines."""
     m, v, bw = doc["machine"], doc["versions"], doc["bandwidth"]
-    llc = m["llc_bytes"] / (1 << 20)
     lines = [
         f"normax bench ({doc['mode']}): {m['cpu']}, {m['usable_cores']} cores, "
-        f"{llc:.0f} MiB LLC, {_threads(doc['threads'])}; copy {bw['copy_gbs']:.1f} GB/s, "
+        f"{_llc(m)}, {_threads(doc['threads'])}; copy {bw['copy_gbs']:.1f} GB/s, "
         f"read {bw['read_gbs']:.1f} GB/s",
         f"normax {v['normax']} (backends {', '.join(doc['backends'])}), numpy {v['numpy']}, "
         f"numba {v['numba'] or 'absent'}, torch {v['torch'] or 'absent (no torch columns)'}",
@@ -221,6 +220,16 @@ def half_table(doc: dict, markdown: bool = False) -> list[str]:
 
 
 _HALF = ("float16", "bfloat16")
+
+
+def _llc(machine: dict) -> str:
+    """The cache counted on, and the one the system reports where that is larger (capped)."""
+    llc = machine["llc_bytes"]
+    text = f"{llc / (1 << 20):.0f} MiB LLC"
+    reported = machine.get("llc_reported_bytes")  # absent from older runs
+    if reported and reported > llc:
+        text += f" (of {reported / (1 << 20):.0f} MiB reported, taken as shared)"
+    return text
 
 
 def render(doc: dict, markdown: bool = False, compact: bool = False) -> str:

@@ -1,0 +1,102 @@
+"""The Numba softmax kernels at the edges of their chunks: partial sums in the input dtype over
+256 entries of a row or 16 classes of a column block, column blocks that end mid-vector, ties
+of the maximum in different chunks. Checked against the NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normax
+
+from .conftest import TOL
+
+pytestmark = pytest.mark.skipif(
+    "numba" not in normax.available_backends(), reason="needs the Numba backend"
+)
+
+XENT = normax.softmax_cross_entropy
+DTYPES = [np.float32, np.float64]
+# (shape, axis): rows of 255 / 256 / 257 / 600 classes; classes first with 15 / 16 / 17 / 40
+# classes and inner sizes that end a block mid-vector (and 300 > one block of columns).
+SHAPES = [((3, 255), -1), ((2, 256), -1), ((3, 257), -1), ((2, 600), -1),
+          ((15, 7), 0), ((16, 33), 0), ((17, 300), 0), ((2, 40, 19), 1)]  # fmt: skip
+
+
+def _both(fn):
+    """fn() on the Numba backend and on the NumPy reference."""
+    previous = normax.get_backend()
+    try:
+        out = {}
+        for name in ("numba", "numpy"):
+            normax.set_backend(name)
+            out[name] = fn()
+        return out["numba"], out["numpy"]
+    finally:
+        normax.set_backend(previous)
+
+
+def _labels(rng, shape, axis):
+    c = shape[axis]
+    rest = tuple(s for k, s in enumerate(shape) if k != axis % len(shape))
+    y = rng.integers(0, c, size=rest)
+    y.reshape(-1)[::5] = -100  # every fifth example ignored
+    return y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "axis"), SHAPES)
+def test_activations_match_the_reference(rng, dtype, shape, axis):
+    z = (4 * rng.standard_normal(shape)).astype(dtype)
+    for fn in (normax.softmax, normax.log_softmax):
+        got, ref = _both(lambda fn=fn: fn(z, axis=axis))
+        np.testing.assert_allclose(got, ref, **TOL[np.dtype(dtype)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "axis"), SHAPES)
+@pytest.mark.parametrize(
+    "opts",
+    [{}, {"label_smoothing": 0.1, "weight": True}, {"probs": True},
+     {"probs": True, "label_smoothing": 0.2}],
+    ids=["labels", "smoothing-weight", "probs", "probs-smoothing"],
+)  # fmt: skip
+def test_cross_entropy_matches_the_reference(rng, dtype, shape, axis, opts):
+    z = (4 * rng.standard_normal(shape)).astype(dtype)
+    kw = {k: v for k, v in opts.items() if k == "label_smoothing"}
+    if opts.get("weight"):
+        kw["weight"] = rng.random(shape[axis]) + 0.5
+    if opts.get("probs"):
+        target = rng.random(shape).astype(dtype)
+        target /= target.sum(axis=axis, keepdims=True)
+    else:
+        target = _labels(rng, shape, axis)
+        kw["ignore_index"] = -100
+    (lg, dg), (lr, dr) = _both(lambda: XENT(z, target, axis=axis, reduction="none", **kw))
+    np.testing.assert_allclose(lg, lr, **TOL[np.dtype(dtype)])
+    np.testing.assert_allclose(dg, dr, **TOL[np.dtype(dtype)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_ties_in_different_chunks_are_counted_exactly(dtype, axis):
+    # Five ties of the maximum, in four different 256-entry chunks of a row (and 16-class
+    # chunks of a block); every other entry is 200 below, so exp of it is negligible.
+    c = 1000
+    row = np.full(c, -200.0)
+    ties = [0, 255, 256, 511, 700]
+    row[ties] = 3.0
+    z = np.stack([row, row]).astype(dtype)
+    if axis == 0:
+        z = np.ascontiguousarray(z.T)
+    previous = normax.get_backend()
+    normax.set_backend("numba")
+    try:
+        p = normax.softmax(z, axis=axis)
+        lp = normax.log_softmax(z, axis=axis)
+    finally:
+        normax.set_backend(previous)
+    pt = p[ties] if axis == 0 else p[:, ties]
+    lpt = lp[ties] if axis == 0 else lp[:, ties]
+    np.testing.assert_array_equal(pt, dtype(1 / 5))
+    np.testing.assert_allclose(lpt, -np.log(5.0), rtol=np.finfo(dtype).eps)
