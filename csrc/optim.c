@@ -266,9 +266,10 @@ void SUF(nmx_optim_step)(const nmx_optim_call *c) {
  * run the float32 span on it, and round the tile's updated parameters (still in L1) into the
  * half copy. The bulk converters are exact and dispatched on the CPU once (half.c). Measured
  * against the scalar converters of half.h inlined into the Adam loop (AVX2 clone, 16M
- * elements, 1 and 2 threads): with a float16 copy the tiles take 1.4-1.9x less time, since
- * the portable scalar code does not become F16C instructions; for bfloat16 the inline form
- * was 0-10% faster, about the noise of those runs, so one form serves both formats. */
+ * elements, 1 and 2 threads, a loaded machine): with a float16 copy the tiles take 1.3-1.7x
+ * less time, since the portable scalar code does not become F16C instructions; for bfloat16
+ * the inline form ranged from 5% slower to 30% faster (with a copy), within the noise of
+ * those runs, so one form serves both formats for now. */
 typedef void (*nmx_span_fn)(const nmx_optim_call *c, nmx_index k, nmx_index lo, nmx_index n,
                             const float *g);
 
