@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "batchnorm.h"
 #include "half.h"
@@ -239,6 +240,44 @@ static void test_sgd(nmx_index size) {
     free(p), free(g), free(p0);
 }
 
+/* Adam with half gradients and a half copy of the weights: bit-identical to the float32 step on
+ * the widened gradients followed by one rounding, across tile and chunk boundaries. */
+static void test_adam_half(int kind, nmx_index size) {
+    float *p = malloc(sizeof(float) * size), *q = malloc(sizeof(float) * size);
+    float *gw = malloc(sizeof(float) * size), *m[2], *v[2];
+    uint16_t *gh = malloc(sizeof(uint16_t) * size), *copy = malloc(sizeof(uint16_t) * size);
+    uint16_t *want = malloc(sizeof(uint16_t) * size);
+    for (int k = 0; k < 2; k++) m[k] = calloc(size, sizeof(float)), v[k] = calloc(size, sizeof(float));
+    unsigned s = 5;
+    for (nmx_index i = 0; i < size; ++i) {
+        p[i] = q[i] = (float)uniform(&s, 0.0, 1.0);
+        gw[i] = (float)uniform(&s, 0.0, 1e-2);
+    }
+    nmx_float_to_half(kind, gw, gh, size);
+    nmx_half_to_float(kind, gh, gw, size); /* the float32 step sees the same gradient */
+    double h[NMX_OPT_NHYPER] = {1e-3 / 0.1, 0.0, 1.0, 0.1, 0.999, 1e-3, 1e-8, sqrt(1e-3)};
+    void *ps[1] = {p}, *qs[1] = {q}, *m0[1] = {m[0]}, *v0[1] = {v[0]}, *m1[1] = {m[1]};
+    void *v1[1] = {v[1]};
+    const void *gws[1] = {gw}, *ghs[1] = {gh};
+    uint16_t *copies[1] = {copy};
+    nmx_optim_call ref = {NMX_OPT_ADAM, 0, {0}, 1, &size, qs, gws, {m1, v1, NULL}};
+    nmx_optim_half_call mixed = {{NMX_OPT_ADAM, 0, {0}, 1, &size, ps, ghs, {m0, v0, NULL}},
+                                 kind, kind, copies};
+    memcpy(ref.h, h, sizeof h);
+    memcpy(mixed.c.h, h, sizeof h);
+    nmx_optim_step_f32(&ref);
+    nmx_optim_step_half(&mixed);
+    nmx_float_to_half(kind, q, want, size);
+    long bad = 0;
+    for (nmx_index i = 0; i < size; ++i) bad += memcmp(&p[i], &q[i], 4) != 0 || copy[i] != want[i];
+    char what[64];
+    snprintf(what, sizeof what, "optim_step_half (Adam, %s, %lld)", kind == NMX_F16 ? "f16" : "bf16",
+             (long long)size);
+    check(what, (double)bad, 0.0);
+    for (int k = 0; k < 2; k++) free(m[k]), free(v[k]);
+    free(p), free(q), free(gw), free(gh), free(copy), free(want);
+}
+
 /* Every half bit pattern widens and narrows back to itself (NaN to a NaN); a float32 between two
  * neighbouring halves rounds to the nearer, and at the midpoint to the one with an even
  * encoding; values past the largest finite half become infinite. Counts the mismatches. */
@@ -292,6 +331,8 @@ int main(void) {
     test_softmax(600, 100, 1);
     test_softmax(4, 20, 500);
     test_sgd(100000);
+    for (int kind = NMX_F16; kind <= NMX_BF16; kind++)
+        for (nmx_index n = 1; n <= 70001; n = n * 37 + 7) test_adam_half(kind, n);
     test_half(NMX_F16, "float16");
     test_half(NMX_BF16, "bfloat16");
     printf(failures ? "%d check(s) FAILED\n" : "all checks passed\n", failures);
