@@ -16,6 +16,9 @@
 /* float32 elements per thread on the stack: rows of up to NMX_HALF_TILE classes, three
  * arrays (z, out, probabilities or y) and the tile's losses. */
 #define NMX_HSTACK (4 * NMX_HALF_TILE)
+#ifndef NMX_HCOL_BYTES
+#define NMX_HCOL_BYTES 4
+#endif
 
 typedef struct {
     int kind; /* NMX_F16 or NMX_BF16 */
@@ -144,7 +147,7 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
     } else {
         /* Three float32 tiles of the block instead of the float32 kernel's one packed copy:
          * half the columns keep the same footprint in L2. */
-        h->f.cols = nmx_block_cols(n, inner, 2 * (nmx_index)sizeof(float));
+        h->f.cols = nmx_block_cols(n, inner, NMX_HCOL_BYTES);
         h->f.nblk = (inner + h->f.cols - 1) / h->f.cols;
     }
     nmx_index ntasks = inner == 1 ? (h->outer + h->rows - 1) / h->rows : h->outer * h->f.nblk;
