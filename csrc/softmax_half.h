@@ -16,6 +16,11 @@
 /* float32 elements per thread on the stack: rows of up to NMX_HALF_TILE classes, three
  * arrays (z, out, probabilities or y) and the tile's losses. */
 #define NMX_HSTACK (4 * NMX_HALF_TILE)
+/* Class rows a column block's gather and scatter prefetch ahead: a half row of a block is
+ * half the bytes of a float32 one, so twice as many are kept in flight. */
+#ifndef NMX_HPREFETCH
+#define NMX_HPREFETCH (2 * NMX_PREFETCH)
+#endif
 #ifndef NMX_HCOL_BYTES
 #define NMX_HCOL_BYTES 4
 #endif
@@ -50,6 +55,18 @@ static void nmx_half_args(const nmx_hjob *h, nmx_xent_args *b, nmx_index first, 
     b->loss = a->loss ? loss : NULL;
 }
 
+/* Fetch the next tile's input (and its output lines, for writing) while the float32 kernel
+ * computes on this one: the arithmetic between two tiles' conversions is long enough that
+ * the hardware prefetcher alone leaves the next conversion waiting for memory. */
+static inline void nmx_half_prefetch(const nmx_hjob *h, nmx_index off, nmx_index cnt) {
+    nmx_index end = h->outer * h->f.n;
+    if (off + cnt > end) cnt = end - off;
+    for (nmx_index i = 0; i < cnt; i += 32) {
+        __builtin_prefetch(h->x + off + i);
+        __builtin_prefetch(h->out + off + i, 1);
+    }
+}
+
 /* Rows [r0, r0 + nr) of an inner == 1 problem, through float32 tiles zf / of / qf / lf. */
 static double nmx_half_rows(const nmx_hjob *h, nmx_index r0, nmx_index nr, float *buf) {
     nmx_index n = h->f.n, cnt = nr * n, tile = h->rows * n, off = r0 * n;
@@ -58,6 +75,7 @@ static double nmx_half_rows(const nmx_hjob *h, nmx_index r0, nmx_index nr, float
     const uint16_t *q = a && a->probs ? (const uint16_t *)a->probs + off : h->y ? h->y + off : NULL;
     nmx_half_to_float(h->kind, h->x + off, zf, cnt);
     if (q) nmx_half_to_float(h->kind, q, qf, cnt);
+    nmx_half_prefetch(h, off + cnt, cnt);
     nmx_xent_args b;
     job_f32 f = h->f;
     f.x = zf;
@@ -78,17 +96,22 @@ static double nmx_half_rows(const nmx_hjob *h, nmx_index r0, nmx_index nr, float
 static void nmx_half_gather(int kind, const uint16_t *src, float *dst, nmx_index classes,
                             nmx_index inner, nmx_index nb) {
     for (nmx_index c = 0; c < classes; c++) {
-        if (c + NMX_PREFETCH < classes)
+        if (c + NMX_HPREFETCH < classes)
             for (nmx_index i = 0; i < nb; i += 32)
-                __builtin_prefetch(src + (c + NMX_PREFETCH) * inner + i);
+                __builtin_prefetch(src + (c + NMX_HPREFETCH) * inner + i);
         nmx_half_to_float(kind, src + c * inner, dst + c * nb, nb);
     }
 }
 
+/* The strided output rows are fetched for writing ahead too, as in the float32 kernel. */
 static void nmx_half_scatter(int kind, const float *src, uint16_t *dst, nmx_index classes,
                              nmx_index inner, nmx_index nb) {
-    for (nmx_index c = 0; c < classes; c++)
+    for (nmx_index c = 0; c < classes; c++) {
+        if (c + NMX_HPREFETCH < classes)
+            for (nmx_index i = 0; i < nb; i += 32)
+                __builtin_prefetch(dst + (c + NMX_HPREFETCH) * inner + i, 1);
         nmx_float_to_half(kind, src + c * nb, dst + c * inner, nb);
+    }
 }
 
 /* Column block t (example row t / nblk) of an inner > 1 problem. */
