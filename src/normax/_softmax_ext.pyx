@@ -290,8 +290,10 @@ def softmax(z, axis=-1, *, out=None):
 
     Parameters
     ----------
-    z : ndarray of float32 or float64
-        Logits; ``axis`` is the class axis.
+    z : ndarray of float16, bfloat16, float32 or float64
+        Logits; ``axis`` is the class axis. float16 and bfloat16 (``ml_dtypes``) are storage
+        types: the arithmetic runs in float32 (sums in float64) and the result is rounded once
+        to z's dtype, as PyTorch's CPU kernels do.
     axis : int, default -1
         Class axis: -1 for (N, C), 1 for (N, C, H, W), 0 for the (C, m) column layout.
     out : ndarray, optional
@@ -329,7 +331,8 @@ def log_softmax(z, axis=-1, *, out=None):
 def softmax_backward(dp, p, axis=-1, *, out=None):
     """Gradient with respect to the logits given ``dp = dL/dp`` and ``p = softmax(z)``.
 
-    Returns ``p * (dp - sum(dp * p, axis))`` (float64 sums), of p's dtype and shape.
+    Returns ``p * (dp - sum(dp * p, axis))`` (float64 sums; float32 arithmetic for float16 and
+    bfloat16), of p's dtype and shape.
 
     Examples
     --------
@@ -344,7 +347,8 @@ def softmax_backward(dp, p, axis=-1, *, out=None):
 def log_softmax_backward(dlp, lp, axis=-1, *, out=None):
     """Gradient with respect to the logits given ``dlp = dL/dlp`` and ``lp = log_softmax(z)``.
 
-    Returns ``dlp - exp(lp) * sum(dlp, axis)`` (float64 sums), of lp's dtype and shape.
+    Returns ``dlp - exp(lp) * sum(dlp, axis)`` (float64 sums; float32 arithmetic for float16 and
+    bfloat16), of lp's dtype and shape.
 
     Examples
     --------
@@ -381,11 +385,13 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
 
     Parameters
     ----------
-    z : ndarray of float32 or float64
-        Logits; ``axis`` is the class axis (C classes).
+    z : ndarray of float16, bfloat16, float32 or float64
+        Logits; ``axis`` is the class axis (C classes). Half precision (float16, bfloat16) is
+        stored in half and computed in float32 with float64 sums; every result is rounded once
+        to z's dtype.
     target : ndarray
         Either integer class indices (any integer dtype) of z's shape without ``axis``, or float
-        probabilities of z's shape (soft labels, e.g. a one-hot matrix).
+        probabilities of z's shape (soft labels, e.g. a one-hot matrix), converted to z's dtype.
     axis : int, default -1
         Class axis: -1 for (N, C), 1 for (N, C, H, W), 0 for the (C, m) column layout.
     reduction : {"mean", "sum", "none"}
@@ -403,8 +409,10 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
     Returns
     -------
     loss : float or ndarray
-        A float64 scalar for "mean" and "sum"; for "none" the per-example losses, an array of
-        z's dtype and shape without ``axis``.
+        A float64 scalar for "mean" and "sum" (for half-precision z, a scalar of z's dtype
+        rounded once from the float64 value, as PyTorch returns a bfloat16 loss for bfloat16
+        logits); for "none" the per-example losses, an array of z's dtype and shape without
+        ``axis``.
     dz : ndarray
         Gradient of the returned loss (of the sum of the losses for "none"), z's dtype and shape.
 
