@@ -162,6 +162,8 @@ static double nmx_half_range(const nmx_hjob *h, nmx_index t0, nmx_index t1, floa
  * cannot be allocated. */
 static int nmx_half_run(nmx_hjob *h, double *total_out) {
     nmx_index n = h->f.n, inner = h->f.inner;
+    if (total_out) *total_out = 0.0;
+    if (h->outer <= 0 || n <= 0 || inner <= 0) return 0; /* empty: nothing to compute */
     if (inner == 1) {
         /* Whole rows per tile; a multiple of NMX_GROUP so few-class rows group as in float32. */
         h->rows = n >= NMX_HALF_TILE ? 1 : NMX_HALF_TILE / n;

@@ -513,6 +513,8 @@ static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
 }
 
 static double NM(run)(NM(job) * jb, nmx_index outer) {
+    /* An empty view has nothing to compute (and no column block to size: no division by 0). */
+    if (outer <= 0 || jb->n <= 0 || jb->inner <= 0) return 0.0;
     jb->cols = jb->inner == 1 ? 1 : nmx_block_cols(jb->n, jb->inner, (nmx_index)sizeof(T));
     jb->nblk = (jb->inner + jb->cols - 1) / jb->cols;
     nmx_index ntasks = outer * jb->nblk;

@@ -243,6 +243,23 @@ def test_c_column_rechecks_half_records(dtype):
         ext.forward(z.view(np.int16), np.zeros_like(z), 3, 4, 1, False)
 
 
+@pytest.mark.skipif("c" not in BACKENDS, reason="needs the C extension")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, *HALF])
+@pytest.mark.parametrize("view", [(2, 3, 0), (0, 3, 1), (0, 3, 5)])
+def test_c_column_empty_views_compute_nothing(dtype, view):
+    """A direct call with an empty (outer, C, inner) view returns without touching memory (an
+    empty inner axis used to divide by zero sizing the column blocks)."""
+    from normax import _softmax_ext as ext
+
+    z = np.zeros(view, dtype)
+    out = np.zeros_like(z)
+    labels = np.zeros(view[0] * view[2], np.int64)
+    for log in (False, True):
+        ext.forward(z, out, *view, log)
+        ext.backward(z, z, out, *view, log)
+    assert ext.xent(z, *view, labels, None, None, 0.0, 1.0, out, None) == 0.0
+
+
 # ---- PyTorch as an oracle: its CPU half kernels also compute in float32 ----------------------
 
 HALF_TORCH = {"float16": "float16", "bfloat16": "bfloat16"}
