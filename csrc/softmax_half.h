@@ -14,13 +14,17 @@
  */
 
 /* float32 elements per thread on the stack: rows of up to NMX_HALF_TILE classes, three
- * arrays (z, out, probabilities or y) and the tile's losses. */
+ * arrays (z, out, probabilities or y) and the tile's losses. Larger tiles use the heap. */
 #define NMX_HSTACK (4 * NMX_HALF_TILE)
 /* Class rows a column block's gather and scatter prefetch ahead: a half row of a block is
  * half the bytes of a float32 one, so twice as many are kept in flight. */
 #ifndef NMX_HPREFETCH
 #define NMX_HPREFETCH (2 * NMX_PREFETCH)
 #endif
+/* Column blocks are sized as for float32 elements (the float32 kernel's packed block): a
+ * block's strided class rows stay runs of several cache lines (128 columns of 1000 classes:
+ * 256 bytes), and the conversion calls per class row stay few. The two or three float32 tiles
+ * take two or three times the float32 kernel's packed copy in L2 (1 to 1.5 MiB). */
 #ifndef NMX_HCOL_BYTES
 #define NMX_HCOL_BYTES 4
 #endif
@@ -35,12 +39,24 @@ typedef struct {
     nmx_index per_thread; /* float32 elements of scratch per thread */
 } nmx_hjob;
 
-/* Elements of scratch a tile needs: the input, output and (probabilities or y) tiles and the
- * losses of the tile's examples. */
+/* The half input read beside z: probability targets or the backward's y, else NULL. */
+static const uint16_t *nmx_half_second(const nmx_hjob *h) {
+    return h->f.a && h->f.a->probs ? (const uint16_t *)h->f.a->probs : h->y;
+}
+
+/* Scratch of one tile, laid out as z, out (tile elements each), the losses of the tile's
+ * examples, then the second input's tile when there is one. */
+static nmx_index nmx_half_tile(const nmx_hjob *h) {
+    return h->f.inner == 1 ? h->rows * h->f.n : h->f.n * h->f.cols;
+}
+
+static nmx_index nmx_half_examples(const nmx_hjob *h) {
+    return h->f.inner == 1 ? h->rows : h->f.cols;
+}
+
 static nmx_index nmx_half_scratch(const nmx_hjob *h) {
-    nmx_index tile = h->f.inner == 1 ? h->rows * h->f.n : h->f.n * h->f.cols;
-    nmx_index examples = h->f.inner == 1 ? h->rows : h->f.cols;
-    return 3 * tile + examples;
+    nmx_index tile = nmx_half_tile(h);
+    return 2 * tile + nmx_half_examples(h) + (nmx_half_second(h) ? tile : 0);
 }
 
 /* The sub-problem of one tile for the float32 kernels: its labels, probabilities and losses. */
@@ -69,12 +85,12 @@ static inline void nmx_half_prefetch(const nmx_hjob *h, nmx_index off, nmx_index
 
 /* Rows [r0, r0 + nr) of an inner == 1 problem, through float32 tiles zf / of / qf / lf. */
 static double nmx_half_rows(const nmx_hjob *h, nmx_index r0, nmx_index nr, float *buf) {
-    nmx_index n = h->f.n, cnt = nr * n, tile = h->rows * n, off = r0 * n;
-    float *zf = buf, *of = buf + tile, *qf = buf + 2 * tile, *lf = buf + 3 * tile;
+    nmx_index n = h->f.n, cnt = nr * n, tile = nmx_half_tile(h), off = r0 * n;
+    float *zf = buf, *of = buf + tile, *lf = buf + 2 * tile, *qf = lf + nmx_half_examples(h);
     const nmx_xent_args *a = h->f.a;
-    const uint16_t *q = a && a->probs ? (const uint16_t *)a->probs + off : h->y ? h->y + off : NULL;
+    const uint16_t *q = nmx_half_second(h);
     nmx_half_to_float(h->kind, h->x + off, zf, cnt);
-    if (q) nmx_half_to_float(h->kind, q, qf, cnt);
+    if (q) nmx_half_to_float(h->kind, q + off, qf, cnt);
     nmx_half_prefetch(h, off + cnt, cnt);
     nmx_xent_args b;
     job_f32 f = h->f;
@@ -118,13 +134,13 @@ static void nmx_half_scatter(int kind, const float *src, uint16_t *dst, nmx_inde
 static double nmx_half_block(const nmx_hjob *h, nmx_index t, float *buf) {
     nmx_index n = h->f.n, inner = h->f.inner, cols = h->f.cols;
     nmx_index o = t / h->f.nblk, i0 = (t % h->f.nblk) * cols;
-    nmx_index nb = inner - i0 < cols ? inner - i0 : cols, tile = n * cols;
+    nmx_index nb = inner - i0 < cols ? inner - i0 : cols, tile = nmx_half_tile(h);
     nmx_index off = o * n * inner + i0;
-    float *zf = buf, *of = buf + tile, *qf = buf + 2 * tile, *lf = buf + 3 * tile;
+    float *zf = buf, *of = buf + tile, *lf = buf + 2 * tile, *qf = lf + nmx_half_examples(h);
     const nmx_xent_args *a = h->f.a;
-    const uint16_t *q = a && a->probs ? (const uint16_t *)a->probs + off : h->y ? h->y + off : NULL;
+    const uint16_t *q = nmx_half_second(h);
     nmx_half_gather(h->kind, h->x + off, zf, n, inner, nb);
-    if (q) nmx_half_gather(h->kind, q, qf, n, inner, nb);
+    if (q) nmx_half_gather(h->kind, q + off, qf, n, inner, nb);
     nmx_xent_args b;
     job_f32 f = h->f;
     f.x = zf;
@@ -170,8 +186,6 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
         if (h->rows > NMX_GROUP) h->rows -= h->rows % NMX_GROUP;
         h->f.cols = h->f.nblk = 1;
     } else {
-        /* Three float32 tiles of the block instead of the float32 kernel's one packed copy:
-         * half the columns keep the same footprint in L2. */
         h->f.cols = nmx_block_cols(n, inner, NMX_HCOL_BYTES);
         h->f.nblk = (inner + h->f.cols - 1) / h->f.cols;
     }
