@@ -3,7 +3,8 @@
  * The exponentials use a branch-free range reduction exp(x) = 2^k * exp(r), |r| <= ln2 / 2, with
  * a Taylor polynomial (degree 7 in float32, 13 in float64: truncation error below 0.1 ulp, about
  * 1 ulp with rounding) so that GCC vectorizes the hot loops; libm's exp does not vectorize
- * without -ffast-math. The per-type kernels live in softmax_impl.h, included once per dtype.
+ * without -ffast-math. The per-type kernels live in softmax_impl.h, included once per dtype;
+ * float16 / bfloat16 run the float32 kernels on converted tiles (softmax_half.h).
  */
 #include "softmax.h"
 
@@ -11,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "half.h"
 #include "platform.h"
 
 /* The vector helpers below are always inlined, so the vector-argument ABI note is moot. */
@@ -235,3 +237,5 @@ enum { NMX_SOFTMAX, NMX_LOG_SOFTMAX, NMX_XENT, NMX_BWD, NMX_BWD_LOG };
 #undef LANES
 #undef VT
 #undef VI
+
+#include "softmax_half.h"

@@ -49,4 +49,14 @@ void nmx_softmax_backward_f32(const float *g, const float *y, float *dz, nmx_ind
 void nmx_softmax_backward_f64(const double *g, const double *y, double *dz, nmx_index outer,
                               nmx_index classes, nmx_index inner, int log_);
 
+/* float16 (kind NMX_F16) and bfloat16 (NMX_BF16) storage, see half.h: the same kernels in
+ * float32 arithmetic on converted tiles, every output rounded once to the input's kind; the
+ * probabilities and per-example losses of `a` are in that kind too. They return 0, or -1 (and
+ * write nothing) when their float32 scratch cannot be allocated. */
+int nmx_xent_h(int kind, const uint16_t *z, uint16_t *dz, const nmx_xent_args *a, double *total);
+int nmx_softmax_h(int kind, const uint16_t *z, uint16_t *out, nmx_index outer, nmx_index classes,
+                  nmx_index inner, int log_);
+int nmx_softmax_backward_h(int kind, const uint16_t *g, const uint16_t *y, uint16_t *dz,
+                           nmx_index outer, nmx_index classes, nmx_index inner, int log_);
+
 #endif

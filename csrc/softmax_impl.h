@@ -451,21 +451,17 @@ typedef struct {
     double wall;
 } NM(job);
 
-/* Run tasks [t0, t1): rows when inner == 1, else blocks of `cols` columns. The target clones
- * give AVX-512 / AVX2+FMA code on CPUs that have it without -march=native. */
-NMX_CLONES static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
+/* Run tasks [t0, t1): rows when inner == 1, else blocks of `cols` columns, with pk (NULL or
+ * jb->n * jb->cols elements) for the packed copy of a block. The target clones give AVX-512 /
+ * AVX2+FMA code on CPUs that have it without -march=native. The half-precision kernels call
+ * the float32 version on float32 tiles (softmax_half.h). */
+NMX_CLONES static double NM(run_tasks)(const NM(job) * jb, nmx_index t0, nmx_index t1, T *pk) {
     double total = 0.0;
-    /* Packed copy of one column block (forward kernels with inner > 1); without memory the
-     * kernels work in place on the strided block, slower but identical. */
-    T *pk = NULL;
-    if (jb->inner > 1 && jb->kind != NMX_BWD && jb->kind != NMX_BWD_LOG && t1 > t0)
-        pk = malloc((size_t)(jb->n * jb->cols) * sizeof(T));
     nmx_index n = jb->n, inner = jb->inner;
     const nmx_xent_args *a = jb->a;
     if (jb->kind == NMX_XENT && inner == 1 && n <= NMX_SMALL_C && a->labels) {
         for (nmx_index r = t0; r < t1; r += NMX_GROUP)
             total += NM(xent_small_rows)(jb->x, jb->out, a, r, t1 - r < NMX_GROUP ? t1 - r : NMX_GROUP);
-        free(pk);
         return total;
     }
     /* Task t is block t % nblk of example row t / nblk; step through them without dividing per
@@ -502,11 +498,23 @@ NMX_CLONES static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_ind
             NM(softmax_block)(x, out, pk, n, inner, nb, jb->kind == NMX_LOG_SOFTMAX);
         }
     }
+    return total;
+}
+
+static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
+    /* Packed copy of one column block (forward kernels with inner > 1); without memory the
+     * kernels work in place on the strided block, slower but identical. */
+    T *pk = NULL;
+    if (jb->inner > 1 && jb->kind != NMX_BWD && jb->kind != NMX_BWD_LOG && t1 > t0)
+        pk = malloc((size_t)(jb->n * jb->cols) * sizeof(T));
+    double total = NM(run_tasks)(jb, t0, t1, pk);
     free(pk);
     return total;
 }
 
 static double NM(run)(NM(job) * jb, nmx_index outer) {
+    /* An empty view has nothing to compute (and no column block to size: no division by 0). */
+    if (outer <= 0 || jb->n <= 0 || jb->inner <= 0) return 0.0;
     jb->cols = jb->inner == 1 ? 1 : nmx_block_cols(jb->n, jb->inner, (nmx_index)sizeof(T));
     jb->nblk = (jb->inner + jb->cols - 1) / jb->cols;
     nmx_index ntasks = outer * jb->nblk;

@@ -37,10 +37,10 @@ XENT_CASES = {
                           "target has shape (4, 9); probability targets need z's shape (4, 10)"),
     "target-dtype": (lambda o: XENT(Z, np.array([True, False, True, True]), out=o), TypeError,
                      "target has unsupported dtype bool; expected integer class indices or "
-                     "float32/float64 probabilities"),
-    "target-float16": (lambda o: XENT(Z, np.zeros((4, 10), np.float16), out=o), TypeError,
-                       "target has unsupported dtype float16; expected integer class indices or "
-                       "float32/float64 probabilities"),
+                     "float16/bfloat16/float32/float64 probabilities"),
+    "target-complex": (lambda o: XENT(Z, np.zeros((4, 10), np.complex64), out=o), TypeError,
+                       "target has unsupported dtype complex64; expected integer class indices "
+                       "or float16/bfloat16/float32/float64 probabilities"),
     "probs-with-ignore": (lambda o: XENT(Z, np.zeros((4, 10)), ignore_index=-100, out=o),
                           ValueError,
                           "ignore_index=-100 applies only to integer class indices, not "
@@ -72,9 +72,10 @@ XENT_CASES = {
     "axis-type": (lambda o: XENT(Z, Y, axis=1.0, out=o), TypeError,
                   "axis must be an int, got float"),
     "z-int": (lambda o: XENT(Z.astype(np.int64), Y, out=o), TypeError,
-              "z has unsupported dtype int64; supported: float32, float64"),
-    "z-float16": (lambda o: XENT(Z.astype(np.float16), Y, out=o), TypeError,
-                  "z has unsupported dtype float16; supported: float32, float64"),
+              "z has unsupported dtype int64; supported: float16, bfloat16, float32, float64"),
+    "z-complex": (lambda o: XENT(Z.astype(np.complex64), Y, out=o), TypeError,
+                  "z has unsupported dtype complex64; supported: float16, bfloat16, float32, "
+                  "float64"),
     "no-classes": (lambda o: XENT(np.zeros((4, 0), np.float32), Y), ValueError,
                    "z has shape (4, 0): no classes along axis 1"),
     "z-0d": (lambda o: XENT(np.float32(1.0), Y, out=o), ValueError,
@@ -89,7 +90,7 @@ XENT_CASES = {
 
 FORWARD_CASES = {
     "int": (lambda f, o: f(np.arange(4), out=o), TypeError,
-            "z has unsupported dtype int64; supported: float32, float64"),
+            "z has unsupported dtype int64; supported: float16, bfloat16, float32, float64"),
     "axis": (lambda f, o: f(Z, axis=-3, out=o), ValueError,
              "axis -3 is out of range for an array of 2 dimensions"),
     "scalar-axis": (lambda f, o: f(np.float32(1.0), axis=1, out=o), ValueError,

@@ -13,6 +13,11 @@ way the call becomes one canonical record and runs on the active backend through
 or probabilities of z's dtype; ``scale`` is the gradient factor (1 / summed weight for "mean");
 ``loss`` receives the per-example losses (or is None). Without the compiled extension, these
 functions are the public API.
+
+float16 and bfloat16 logits are storage types: every backend computes in float32 (sums in
+float64) and rounds ``out`` / ``dz`` / the per-example losses once to z's dtype; probability
+targets are converted to z's dtype, and the reduced loss is rounded once from its float64 sum
+to z's dtype too (PyTorch returns a bfloat16 loss for bfloat16 logits).
 """
 
 from __future__ import annotations
@@ -22,9 +27,8 @@ import operator
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _dtypes
 from ._checks import (
-    FLOAT_DTYPES,
     check_out,
     contiguous,
     float_array,
@@ -49,7 +53,7 @@ def _logits(z, axis, name: str = "z"):
 
     A 0-d array is one example of one class (softmax 1.0, log-softmax 0.0, as PyTorch).
     """
-    z = float_array(z, name)
+    z = float_array(z, name, half=True)
     if z.ndim == 0:
         normalize_axis(axis, 1)
         return contiguous(z), 0, (1, 1, 1)
@@ -77,7 +81,7 @@ def forward(z, axis, out, log: bool):
 def backward(g, y, axis, out, log: bool, names: tuple[str, str]):
     """Checked path of :func:`normax.softmax_backward` and :func:`normax.log_softmax_backward`."""
     y, _, (outer, c, inner) = _logits(y, axis, names[1])
-    g = float_array(g, names[0])
+    g = float_array(g, names[0], half=True)
     if g.shape != y.shape:
         raise ValueError(f"{names[0]} has shape {g.shape}, expected {names[1]}'s shape {y.shape}")
     if g.dtype != y.dtype:
@@ -121,7 +125,7 @@ def softmax_cross_entropy(
     out=None,
 ):
     """Checked path of :func:`normax.softmax_cross_entropy` (same signature and contract)."""
-    z = float_array(z, "z")
+    z = float_array(z, "z", half=True)
     if z.ndim == 0:
         raise ValueError("z must have at least 1 dimension (the class axis), got shape ()")
     z, ax, (outer, c, inner) = _logits(z, axis)
@@ -152,16 +156,22 @@ def softmax_cross_entropy(
     total = 0.0
     if n:  # an empty batch: every target ignored, so "mean" is 0.0 (documented)
         total = KERNELS.active().xent(z, outer, c, inner, target, w, ign, eps, scale, dz, loss)
-    return reduce(total, scale, red, loss), dz
+    return reduce(total, scale, red, loss, z.dtype), dz
 
 
-def reduce(total: float, scale: float, red: int, loss):
-    """The returned loss: the mean (0.0 when nothing counts), the sum, or the array."""
+def reduce(total: float, scale: float, red: int, loss, dtype=None):
+    """The returned loss: the mean (0.0 when nothing counts), the sum, or the array.
+
+    For half-precision logits (``dtype`` float16 / bfloat16) the float64 mean or sum is rounded
+    once to that dtype, as PyTorch returns a bfloat16 loss for bfloat16 logits.
+    """
     if red == 2:
         return loss
-    if red == 1:
-        return total
-    return total * scale if scale else 0.0
+    value = total if red == 1 else (total * scale if scale else 0.0)
+    if dtype is not None and _dtypes.is_half(dtype):
+        with np.errstate(over="ignore"):  # a sum beyond the half range is inf, as in PyTorch
+            return dtype.type(value)
+    return value
 
 
 def _bounded(w: np.ndarray, n: int) -> np.ndarray:
@@ -189,7 +199,11 @@ def _mean_scale(target: np.ndarray, labels: bool, n: int, w, ign) -> float:
 
 
 def _target(target, z: np.ndarray, ax: int):
-    """``(target, is_labels)``: integer class indices or probabilities of z's dtype."""
+    """``(target, is_labels)``: integer class indices or probabilities of z's dtype.
+
+    Probabilities of any float dtype normax reads (half precision included) are converted to
+    z's dtype: with half-precision logits, targets are stored in half precision too.
+    """
     if not isinstance(target, np.ndarray):
         target = np.asarray(target)
     kind = target.dtype.kind
@@ -201,7 +215,7 @@ def _target(target, z: np.ndarray, ax: int):
                 f"with axis={ax} need shape {want}"
             )
         return target, True
-    if kind == "f" and target.dtype in FLOAT_DTYPES:
+    if _dtypes.is_float(target.dtype, half=True):
         if target.shape != z.shape:
             raise ValueError(
                 f"target has shape {target.shape}; probability targets need z's shape {z.shape}"
@@ -209,7 +223,7 @@ def _target(target, z: np.ndarray, ax: int):
         return target.astype(z.dtype, copy=False), False
     raise TypeError(
         f"target has unsupported dtype {target.dtype}; expected integer class indices or "
-        "float32/float64 probabilities"
+        "float16/bfloat16/float32/float64 probabilities"
     )
 
 

@@ -12,16 +12,16 @@ table, with the same record.
 
 ``forward``, ``backward`` and ``xent`` are the "c" column of that table: they take the canonical
 record and check it again in C (sizes, dtypes, at least one class, labels in range), so that no
-direct call can crash the process.
+direct call can crash the process. They also take float16 / bfloat16 records (half-precision
+storage, float32 arithmetic on converted tiles), which the front doors leave to the checker.
 """
 
 cimport numpy as cnp
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.math cimport isfinite
 
 from normax._ext_common cimport (
     checked_array,
-    checked_typenum,
     checked_view,
     data_or_null,
     empty_like,
@@ -39,7 +39,7 @@ from normax._ext_common cimport (
     view3,
 )
 
-from normax import _backend
+from normax import _backend, _dtypes
 from normax import _softmax_check as _check
 
 cnp.import_array()
@@ -71,6 +71,13 @@ cdef extern from "softmax.h":
     void nmx_softmax_backward_f64(const double *g, const double *y, double *dz,
                                   nmx_index outer, nmx_index classes, nmx_index inner,
                                   int log_) nogil
+    int nmx_xent_h(int kind, const uint16_t *z, uint16_t *dz, const nmx_xent_args *a,
+                   double *total) nogil
+    int nmx_softmax_h(int kind, const uint16_t *z, uint16_t *out, nmx_index outer,
+                      nmx_index classes, nmx_index inner, int log_) nogil
+    int nmx_softmax_backward_h(int kind, const uint16_t *g, const uint16_t *y, uint16_t *dz,
+                               nmx_index outer, nmx_index classes, nmx_index inner,
+                               int log_) nogil
 
 cdef object _KERNELS = _check.KERNELS
 cdef object _reduce = _check.reduce
@@ -119,6 +126,60 @@ cdef double _xent(int t, object z, object dz, nmx_xent_args *a) noexcept:
     return total
 
 
+cdef int _half_done(int rc) except -1:
+    if rc != 0:
+        raise MemoryError("no memory for the float32 tiles of a half-precision softmax kernel")
+    return 0
+
+
+cdef void _forward_h(int kind, object z, object out, nmx_index outer, nmx_index c,
+                     nmx_index inner, int log) except *:
+    cdef const uint16_t *pz = <const uint16_t *>data_or_null(z)
+    cdef uint16_t *po = <uint16_t *>data_or_null(out)
+    cdef int rc
+    with nogil:
+        rc = nmx_softmax_h(kind, pz, po, outer, c, inner, log)
+    _half_done(rc)
+
+
+cdef void _backward_h(int kind, object g, object y, object out, nmx_index outer, nmx_index c,
+                      nmx_index inner, int log) except *:
+    cdef const uint16_t *pg = <const uint16_t *>data_or_null(g)
+    cdef const uint16_t *py = <const uint16_t *>data_or_null(y)
+    cdef uint16_t *po = <uint16_t *>data_or_null(out)
+    cdef int rc
+    with nogil:
+        rc = nmx_softmax_backward_h(kind, pg, py, po, outer, c, inner, log)
+    _half_done(rc)
+
+
+cdef double _xent_h(int kind, object z, object dz, nmx_xent_args *a) except? -1.0:
+    cdef const uint16_t *pz = <const uint16_t *>data_or_null(z)
+    cdef uint16_t *pdz = <uint16_t *>data_or_null(dz)
+    cdef double total = 0.0
+    cdef int rc
+    with nogil:
+        rc = nmx_xent_h(kind, pz, pdz, a, &total)
+    _half_done(rc)
+    return total
+
+
+cdef int _record_type(object a, str name, int *kind) except -1:
+    """The type number of the record's float array ``a``; kind[0] receives 0 for float32 /
+    float64, else the half-precision kind of the C kernels (1 float16, 2 bfloat16: bfloat16 is
+    a user-defined dtype whose type number is only known at run time)."""
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    kind[0] = 0
+    if t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64:
+        return t
+    kind[0] = _dtypes.half_kind(a.dtype)
+    if kind[0] == 0:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {a.dtype}")
+    return t
+
+
 cdef int _label_bytes(object target) noexcept:
     """4 or 8 for an int32 / int64 ndarray, else 0."""
     cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>target)
@@ -129,27 +190,36 @@ cdef int _label_bytes(object target) noexcept:
 
 def forward(z, out, outer, classes, inner, log):
     """C kernel of (log-)softmax on the canonical record (see _softmax_check)."""
-    cdef int t = checked_typenum(z, "z")
+    cdef int kind
+    cdef int t = _record_type(z, "z", &kind)
     cdef nmx_index n = checked_view(outer, classes, inner, True)
     checked_array(z, "z", t, n, False)
     checked_array(out, "out", t, n, True)
-    _forward(t, z, out, outer, classes, inner, bool(log))
+    if kind:
+        _forward_h(kind, z, out, outer, classes, inner, bool(log))
+    else:
+        _forward(t, z, out, outer, classes, inner, bool(log))
 
 
 def backward(g, y, out, outer, classes, inner, log):
     """C kernel of the (log-)softmax gradient on the canonical record (see _softmax_check)."""
-    cdef int t = checked_typenum(g, "g")
+    cdef int kind
+    cdef int t = _record_type(g, "g", &kind)
     cdef nmx_index n = checked_view(outer, classes, inner, True)
     checked_array(g, "g", t, n, False)
     checked_array(y, "y", t, n, False)
     checked_array(out, "out", t, n, True)
-    _backward(t, g, y, out, outer, classes, inner, bool(log))
+    if kind:
+        _backward_h(kind, g, y, out, outer, classes, inner, bool(log))
+    else:
+        _backward(t, g, y, out, outer, classes, inner, bool(log))
 
 
 def xent(z, outer, classes, inner, target, weight, ignore, double eps, double scale, dz, loss):
     """C kernel of the fused cross-entropy on the canonical record (see _softmax_check);
     returns the summed loss."""
-    cdef int t = checked_typenum(z, "z")
+    cdef int kind
+    cdef int t = _record_type(z, "z", &kind)
     cdef nmx_index n = checked_view(outer, classes, inner, True)
     cdef nmx_xent_args a
     cdef double wsum
@@ -174,6 +244,8 @@ def xent(z, outer, classes, inner, target, weight, ignore, double eps, double sc
             raise ValueError("target holds a label outside [0, classes) that is not ignored")
     else:
         a.probs = cnp.PyArray_DATA(checked_array(target, "target", t, n, False))
+    if kind:
+        return _xent_h(kind, z, dz, &a)
     return _xent(t, z, dz, &a)
 
 
@@ -218,8 +290,10 @@ def softmax(z, axis=-1, *, out=None):
 
     Parameters
     ----------
-    z : ndarray of float32 or float64
-        Logits; ``axis`` is the class axis.
+    z : ndarray of float16, bfloat16, float32 or float64
+        Logits; ``axis`` is the class axis. float16 and bfloat16 (``ml_dtypes``) are storage
+        types: the arithmetic runs in float32 (sums in float64) and the result is rounded once
+        to z's dtype, as PyTorch's CPU kernels do.
     axis : int, default -1
         Class axis: -1 for (N, C), 1 for (N, C, H, W), 0 for the (C, m) column layout.
     out : ndarray, optional
@@ -257,7 +331,8 @@ def log_softmax(z, axis=-1, *, out=None):
 def softmax_backward(dp, p, axis=-1, *, out=None):
     """Gradient with respect to the logits given ``dp = dL/dp`` and ``p = softmax(z)``.
 
-    Returns ``p * (dp - sum(dp * p, axis))`` (float64 sums), of p's dtype and shape.
+    Returns ``p * (dp - sum(dp * p, axis))`` (float64 sums; float32 arithmetic for float16 and
+    bfloat16), of p's dtype and shape.
 
     Examples
     --------
@@ -272,7 +347,8 @@ def softmax_backward(dp, p, axis=-1, *, out=None):
 def log_softmax_backward(dlp, lp, axis=-1, *, out=None):
     """Gradient with respect to the logits given ``dlp = dL/dlp`` and ``lp = log_softmax(z)``.
 
-    Returns ``dlp - exp(lp) * sum(dlp, axis)`` (float64 sums), of lp's dtype and shape.
+    Returns ``dlp - exp(lp) * sum(dlp, axis)`` (float64 sums; float32 arithmetic for float16 and
+    bfloat16), of lp's dtype and shape.
 
     Examples
     --------
@@ -309,11 +385,13 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
 
     Parameters
     ----------
-    z : ndarray of float32 or float64
-        Logits; ``axis`` is the class axis (C classes).
+    z : ndarray of float16, bfloat16, float32 or float64
+        Logits; ``axis`` is the class axis (C classes). Half precision (float16, bfloat16) is
+        stored in half and computed in float32 with float64 sums; every result is rounded once
+        to z's dtype.
     target : ndarray
         Either integer class indices (any integer dtype) of z's shape without ``axis``, or float
-        probabilities of z's shape (soft labels, e.g. a one-hot matrix).
+        probabilities of z's shape (soft labels, e.g. a one-hot matrix), converted to z's dtype.
     axis : int, default -1
         Class axis: -1 for (N, C), 1 for (N, C, H, W), 0 for the (C, m) column layout.
     reduction : {"mean", "sum", "none"}
@@ -331,8 +409,10 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
     Returns
     -------
     loss : float or ndarray
-        A float64 scalar for "mean" and "sum"; for "none" the per-example losses, an array of
-        z's dtype and shape without ``axis``.
+        A float64 scalar for "mean" and "sum" (for half-precision z, a scalar of z's dtype
+        rounded once from the float64 value, as PyTorch returns a bfloat16 loss for bfloat16
+        logits); for "none" the per-example losses, an array of z's dtype and shape without
+        ``axis``.
     dz : ndarray
         Gradient of the returned loss (of the sum of the losses for "none"), z's dtype and shape.
 

@@ -30,6 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._checks import writeable
+from ._dtypes import is_half
 from ._numba_notice import CompileNotice
 from ._softmax_numpy import finish
 
@@ -771,12 +772,16 @@ def _v3(x, outer, c, inner):
 
 def forward(z, out, outer, c, inner, log):
     """Write (log-)softmax of the (outer, c, inner) view of ``z`` into ``out``."""
+    if is_half(z.dtype):
+        return _forward_half(z, out, outer, c, inner, log)
     zv = _v3(writeable(z), outer, c, inner)
     _run(_forward, z.size, zv, _v3(out, outer, c, inner), bool(log))
 
 
 def backward(g, y, out, outer, c, inner, log):
     """Write the gradient of (log-)softmax wrt the logits into ``out``."""
+    if is_half(y.dtype):
+        return _backward_half(g, y, out, outer, c, inner, log)
     v = (outer, c, inner)
     _run(_backward, g.size, _v3(writeable(g), *v), _v3(writeable(y), *v), _v3(out, *v), bool(log))
 
@@ -784,6 +789,8 @@ def backward(g, y, out, outer, c, inner, log):
 def xent(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
     """Fused cross-entropy on the canonical record: writes ``scale`` times the gradient into
     ``dz`` and the per-example losses into ``loss`` (if given); returns the summed loss."""
+    if is_half(z.dtype):
+        return _xent_half(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss)
     z3, dz3 = _v3(writeable(z), outer, c, inner), _v3(dz, outer, c, inner)
     w = np.ones(c) if weight is None else writeable(weight)
     if target.dtype.kind == "f":
@@ -795,3 +802,43 @@ def xent(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
         per = _run(_xent_labels, z.size, z3, labels, w, has_ign, ignore if has_ign else 0, eps,
                    scale, dz3)
     return finish(per, loss)
+
+
+# ---- half precision ---------------------------------------------------------------------------
+# Numba cannot type bfloat16 arrays, so a float16 / bfloat16 record runs the float32 kernels on
+# float32 copies of its inputs and rounds the float32 results once into the half outputs
+# (NumPy and ml_dtypes round to nearest even). Correct and simple, at the cost of an extra
+# float32 copy of every array; the C backend converts tile by tile instead.
+
+
+def _f32(a):
+    return a.astype(np.float32)
+
+
+def _round_into(out, res):
+    with np.errstate(over="ignore"):  # beyond the half range is inf, as the C kernels give
+        out[...] = res
+
+
+def _forward_half(z, out, outer, c, inner, log):
+    res = np.empty(out.shape, np.float32)
+    forward(_f32(z), res, outer, c, inner, log)
+    _round_into(out, res)
+
+
+def _backward_half(g, y, out, outer, c, inner, log):
+    res = np.empty(out.shape, np.float32)
+    backward(_f32(g), _f32(y), res, outer, c, inner, log)
+    _round_into(out, res)
+
+
+def _xent_half(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
+    grad = np.empty(dz.shape, np.float32)
+    if target.dtype.kind not in "iu":  # probabilities in z's dtype
+        target = _f32(target)
+    per = None if loss is None else np.empty(loss.shape, np.float64)
+    total = xent(_f32(z), outer, c, inner, target, weight, ignore, eps, scale, grad, per)
+    _round_into(dz, grad)
+    if loss is not None:
+        _round_into(loss, per)
+    return total

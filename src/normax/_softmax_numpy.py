@@ -3,6 +3,10 @@
 Everything is computed in float64 on the ``(outer, classes, inner)`` view with the class axis
 moved last, with the same formulas as the C kernels: ``s`` sums ``exp(z - max)`` over every
 entry but one maximum (ties count exactly), log-sum-exp is ``log1p(s)``.
+
+float16 and bfloat16 records (storage types) take the same path: the inputs are upcast (to
+float64 here, finer than the float32 the other backends compute in) and every output is rounded
+once into z's dtype when it is stored.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ def _rows(x3: np.ndarray) -> np.ndarray:
 
 def _store(rows: np.ndarray, out3: np.ndarray) -> None:
     outer, c, inner = out3.shape
-    out3[...] = np.moveaxis(rows.reshape(outer, inner, c), -1, 1)
+    with np.errstate(over="ignore"):  # a half-precision out rounds beyond its range to inf
+        out3[...] = np.moveaxis(rows.reshape(outer, inner, c), -1, 1)
 
 
 def forward(z, out, outer, c, inner, log):
@@ -57,7 +62,7 @@ def xent(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
     """Fused cross-entropy on the canonical record: writes ``scale`` times the gradient into
     ``dz`` and the per-example losses into ``loss`` (if given); returns the summed loss."""
     w = np.ones(c) if weight is None else weight
-    if target.dtype.kind == "f":
+    if target.dtype.kind not in "iu":  # probabilities (bfloat16's dtype kind is "V")
         t = target.reshape(outer, c, inner)
     else:
         t = target.reshape(outer, inner).astype(np.int64, copy=False)
@@ -68,9 +73,9 @@ def xent(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
 
 def finish(per: np.ndarray, loss) -> float:
     """Store the float64 per-example losses ``per`` into ``loss`` (if given); their sum."""
-    if loss is not None:
-        loss.reshape(-1)[...] = per.reshape(-1)
-    with np.errstate(over="ignore"):  # losses near the double limit sum to inf, as in C
+    with np.errstate(over="ignore"):  # inf beyond a half loss's range or the double limit
+        if loss is not None:
+            loss.reshape(-1)[...] = per.reshape(-1)
         return float(per.sum())
 
 

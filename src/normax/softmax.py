@@ -10,6 +10,10 @@ Numerics: every reduction is max-shifted and written as ``1 + s``, where ``s`` s
 the loss of an integer label is ``log1p(s) - (z[label] - max)``: logits up to 1e30 (float32) or
 1e300 (float64) give finite, exact results, and a class that dominates by 100 keeps its loss of
 about ``exp(-100)`` in float64. A row holding NaN or +inf gives NaN for that row only.
+
+Half precision: float16 and bfloat16 (``ml_dtypes``) inputs are stored in half and computed in
+float32 with float64 sums; outputs, gradients and losses (the reduced loss too) are rounded once
+to z's dtype, the rule of PyTorch's CPU kernels. Probability targets are converted to z's dtype.
 """
 
 from __future__ import annotations

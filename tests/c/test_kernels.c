@@ -222,6 +222,80 @@ static void test_softmax(nmx_index outer, nmx_index K, nmx_index inner) {
     free(z), free(p), free(lp), free(dz), free(loss), free(zf), free(pf), free(labels);
 }
 
+/* Half-precision softmax kernels against double loops on the upcast input: every result within
+ * one half ulp relative plus one ulp of 1 absolute (the tolerance the Python tests state), NaN
+ * where the reference is NaN. Covers grouped few-class rows, rows longer than a conversion
+ * tile (heap scratch), column blocks and the parallel path. */
+static double half_err(int kind, const uint16_t *got, const double *want, nmx_index n) {
+    double ulp = kind == NMX_F16 ? 0x1p-10 : 0x1p-7, worst = 0.0;
+    float g;
+    for (nmx_index i = 0; i < n; i++) {
+        nmx_half_to_float(kind, got + i, &g, 1);
+        double e = fabs((double)g - want[i]) / (ulp * fabs(want[i]) + ulp);
+        worst = e > worst || e != e ? e : worst;
+    }
+    return worst;
+}
+
+static void test_softmax_half(int kind, const char *name, nmx_index outer, nmx_index K,
+                              nmx_index inner) {
+    nmx_index n = outer * K * inner, rows = outer * inner;
+    uint16_t *zh = malloc(sizeof(uint16_t) * n), *ph = malloc(sizeof(uint16_t) * n);
+    uint16_t *lph = malloc(sizeof(uint16_t) * n), *dzh = malloc(sizeof(uint16_t) * n);
+    uint16_t *bh = malloc(sizeof(uint16_t) * n), *lossh = malloc(sizeof(uint16_t) * rows);
+    float *zf = malloc(sizeof(float) * n);
+    double *p = malloc(sizeof(double) * n), *lp = malloc(sizeof(double) * n);
+    double *dz = malloc(sizeof(double) * n), *bwd = malloc(sizeof(double) * n);
+    double *loss = malloc(sizeof(double) * rows);
+    int64_t *labels = malloc(sizeof(int64_t) * rows);
+    unsigned s = 11;
+    for (nmx_index i = 0; i < n; ++i) zf[i] = (float)uniform(&s, 0.0, 6.0);
+    nmx_float_to_half(kind, zf, zh, n);
+    nmx_half_to_float(kind, zh, zf, n); /* the exact values the kernels see */
+    for (nmx_index r = 0; r < rows; ++r) labels[r] = (r * 5 + 1) % K;
+    nmx_xent_args a = {outer, K, inner, labels, 8, NULL, NULL, 0, 0, 0.0, 1.0 / (double)rows,
+                       lossh};
+    double total = 0.0, want_total = 0.0;
+    int rc = nmx_softmax_h(kind, zh, ph, outer, K, inner, 0);
+    rc |= nmx_softmax_h(kind, zh, lph, outer, K, inner, 1);
+    rc |= nmx_xent_h(kind, zh, dzh, &a, &total);
+    rc |= nmx_softmax_backward_h(kind, zh, ph, bh, outer, K, inner, 0); /* g = z */
+    for (nmx_index o = 0; o < outer; ++o)
+        for (nmx_index i = 0; i < inner; ++i) {
+            double mx = -INFINITY, sum = 0, gp = 0;
+            float pf;
+            for (nmx_index k = 0; k < K; ++k) mx = fmax(mx, zf[(o * K + k) * inner + i]);
+            for (nmx_index k = 0; k < K; ++k) sum += exp(zf[(o * K + k) * inner + i] - mx);
+            for (nmx_index k = 0; k < K; ++k) { /* the backward reads the half p */
+                nmx_index q = (o * K + k) * inner + i;
+                nmx_half_to_float(kind, ph + q, &pf, 1);
+                gp += (double)zf[q] * pf;
+            }
+            nmx_index r = o * inner + i;
+            for (nmx_index k = 0; k < K; ++k) {
+                nmx_index q = (o * K + k) * inner + i;
+                p[q] = exp(zf[q] - mx) / sum;
+                lp[q] = (zf[q] - mx) - log(sum);
+                dz[q] = (p[q] - (k == labels[r])) / (double)rows;
+                nmx_half_to_float(kind, ph + q, &pf, 1);
+                bwd[q] = pf * (zf[q] - gp);
+                if (k == labels[r]) loss[r] = -lp[q], want_total -= lp[q];
+            }
+        }
+    double err = rc ? INFINITY : half_err(kind, ph, p, n);
+    err = fmax(err, half_err(kind, lph, lp, n));
+    err = fmax(err, half_err(kind, dzh, dz, n));
+    err = fmax(err, half_err(kind, bh, bwd, n));
+    err = fmax(err, half_err(kind, lossh, loss, rows));
+    err = fmax(err, fabs(total - want_total) / want_total * 1e5); /* float32 terms, float64 sum */
+    char what[64];
+    snprintf(what, sizeof what, "softmax family %s (%lld, %lld, %lld)", name, (long long)outer,
+             (long long)K, (long long)inner);
+    check(what, err, 1.0);
+    free(zh), free(ph), free(lph), free(dzh), free(bh), free(lossh), free(zf);
+    free(p), free(lp), free(dz), free(bwd), free(loss), free(labels);
+}
+
 static void test_sgd(nmx_index size) {
     double *p = malloc(sizeof(double) * size), *g = malloc(sizeof(double) * size);
     double *p0 = malloc(sizeof(double) * size);
@@ -335,6 +409,13 @@ int main(void) {
         for (nmx_index n = 1; n <= 70001; n = n * 37 + 7) test_adam_half(kind, n);
     test_half(NMX_F16, "float16");
     test_half(NMX_BF16, "bfloat16");
+    for (int kind = NMX_F16; kind <= NMX_BF16; kind++) {
+        const char *name = kind == NMX_F16 ? "float16" : "bfloat16";
+        test_softmax_half(kind, name, 100, 10, 1);
+        test_softmax_half(kind, name, 3, 1500, 1);
+        test_softmax_half(kind, name, 4, 20, 500);
+        test_softmax_half(kind, name, 2, 1200, 40);
+    }
     printf(failures ? "%d check(s) FAILED\n" : "all checks passed\n", failures);
     return failures != 0;
 }
