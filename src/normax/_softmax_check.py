@@ -16,8 +16,9 @@ functions are the public API.
 
 float16 and bfloat16 logits are storage types: every backend computes in float32 (sums in
 float64) and rounds ``out`` / ``dz`` / the per-example losses once to z's dtype; probability
-targets are converted to z's dtype, and the reduced loss is rounded once from its float64 sum
-to z's dtype too (PyTorch returns a bfloat16 loss for bfloat16 logits).
+targets are converted to z's dtype. The reduced loss ("mean", "sum") is a Python float for every
+dtype: it is accumulated in float64, and rounding it to half precision would only lose digits
+that a training loop averaging losses over batches wants to keep.
 """
 
 from __future__ import annotations
@@ -156,22 +157,15 @@ def softmax_cross_entropy(
     total = 0.0
     if n:  # an empty batch: every target ignored, so "mean" is 0.0 (documented)
         total = KERNELS.active().xent(z, outer, c, inner, target, w, ign, eps, scale, dz, loss)
-    return reduce(total, scale, red, loss, z.dtype), dz
+    return reduce(total, scale, red, loss), dz
 
 
-def reduce(total: float, scale: float, red: int, loss, dtype=None):
-    """The returned loss: the mean (0.0 when nothing counts), the sum, or the array.
-
-    For half-precision logits (``dtype`` float16 / bfloat16) the float64 mean or sum is rounded
-    once to that dtype, as PyTorch returns a bfloat16 loss for bfloat16 logits.
-    """
+def reduce(total: float, scale: float, red: int, loss):
+    """The returned loss: the mean (0.0 when nothing counts), the sum (Python floats, whatever
+    z's dtype), or the array of per-example losses."""
     if red == 2:
         return loss
-    value = total if red == 1 else (total * scale if scale else 0.0)
-    if dtype is not None and _dtypes.is_half(dtype):
-        with np.errstate(over="ignore"):  # a sum beyond the half range is inf, as in PyTorch
-            return dtype.type(value)
-    return value
+    return total if red == 1 else (total * scale if scale else 0.0)
 
 
 def _bounded(w: np.ndarray, n: int) -> np.ndarray:

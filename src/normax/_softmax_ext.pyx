@@ -409,10 +409,9 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
     Returns
     -------
     loss : float or ndarray
-        A float64 scalar for "mean" and "sum" (for half-precision z, a scalar of z's dtype
-        rounded once from the float64 value, as PyTorch returns a bfloat16 loss for bfloat16
-        logits); for "none" the per-example losses, an array of z's dtype and shape without
-        ``axis``.
+        A Python float for "mean" and "sum", whatever z's dtype (accumulated in float64; a
+        half-precision z does not round it); for "none" the per-example losses, an array of z's
+        dtype and shape without ``axis``.
     dz : ndarray
         Gradient of the returned loss (of the sum of the losses for "none"), z's dtype and shape.
 
