@@ -14,8 +14,11 @@ The exponential of the max-shifted logits is the C kernel's: a branch-free range
 float64, about 1 ulp), because libm's ``exp`` is a call per element that no loop vectorizes.
 Sums, the maximum's ties and everything after them follow the C kernels: ``s`` sums
 ``exp(z - max)`` in float64 over every entry but one maximum, so a class that dominates by 100
-keeps its exp(-100). Only the reduction helpers are compiled with ``fastmath={"reassoc"}``; the
-exponential keeps strict IEEE order (its rounding trick depends on it) and NaN propagates.
+keeps its exp(-100). Only the reduction helpers are compiled with ``fastmath={"reassoc"}``, and
+the loops around the exponential with ``"contract"`` (FMA, as the C kernel's AVX2 and AVX-512
+builds); no flag that assumes finite values or ignores signed zeros, so NaN propagates and the
+exponential's rounding trick holds. Float32 partial sums run in float32 over short chunks and are
+added in float64, as in the C kernel.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ _notice = CompileNotice("softmax", __name__)
 
 _OPTS = {"parallel": True, "cache": True, "nogil": True}
 _REASSOC = {"reassoc"}
-# Loops around the exponential may contract a * b + c to one FMA (as the C kernel's AVX2 and
-# AVX-512 builds do); no reassociation there, which the exponential's rounding trick forbids.
+# Loops with the exponential may contract a * b + c to one FMA, as the C kernel's AVX2 and
+# AVX-512 builds do. The row sums are also reassociated into vector lanes; the exponential's
+# rounding trick (x + S) - S survives that, since folding it would also need "nsz".
 _CONTRACT = {"contract"}
-_FAST_EXP = {"reassoc", "contract"}  # the row sums: also reassociated into vector lanes
+_FAST_EXP = {"reassoc", "contract"}
 
 # ---- exp: the C kernel's polynomial, vectorizable -------------------------------------------
 
