@@ -496,10 +496,13 @@ def _softmax_block(zo, oo, i0, nbk, pk, m, s, ties, log):  # pragma: no cover - 
     mx, fin = m[0, :nbk], m[1, :nbk]
     _block_max(zo, i0, nbk, pk, mx)
     _block_exp_sum(pk, nbk, mx, s, ties)
+    row, first, span = oo.strides[0], i0 * oo.itemsize, nbk * oo.itemsize
     if log:
         for i in range(nbk):
             fin[i] = math.log1p(s[i])
         for k in range(zo.shape[0]):
+            for b in range(0, span, 64):  # the strided output rows, fetched for writing
+                _prefetch_write(oo, (k + _PREFETCH) * row + first + b)
             zr, orow = zo[k, i0 : i0 + nbk], oo[k, i0 : i0 + nbk]
             for i in range(nbk):
                 orow[i] = (zr[i] - mx[i]) - fin[i]
@@ -507,6 +510,8 @@ def _softmax_block(zo, oo, i0, nbk, pk, m, s, ties, log):  # pragma: no cover - 
         for i in range(nbk):
             fin[i] = 1.0 / (1.0 + s[i])
         for k in range(zo.shape[0]):
+            for b in range(0, span, 64):
+                _prefetch_write(oo, (k + _PREFETCH) * row + first + b)
             pr, orow = pk[k, :nbk], oo[k, i0 : i0 + nbk]
             for i in range(nbk):
                 orow[i] = pr[i] * fin[i]
