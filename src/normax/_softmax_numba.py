@@ -14,8 +14,11 @@ The exponential of the max-shifted logits is the C kernel's: a branch-free range
 float64, about 1 ulp), because libm's ``exp`` is a call per element that no loop vectorizes.
 Sums, the maximum's ties and everything after them follow the C kernels: ``s`` sums
 ``exp(z - max)`` in float64 over every entry but one maximum, so a class that dominates by 100
-keeps its exp(-100). Only the reduction helpers are compiled with ``fastmath={"reassoc"}``; the
-exponential keeps strict IEEE order (its rounding trick depends on it) and NaN propagates.
+keeps its exp(-100). Only the reduction helpers are compiled with ``fastmath={"reassoc"}``, and
+the loops around the exponential with ``"contract"`` (FMA, as the C kernel's AVX2 and AVX-512
+builds); no flag that assumes finite values or ignores signed zeros, so NaN propagates and the
+exponential's rounding trick holds. Float32 partial sums run in float32 over short chunks and are
+added in float64, as in the C kernel.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ _notice = CompileNotice("softmax", __name__)
 
 _OPTS = {"parallel": True, "cache": True, "nogil": True}
 _REASSOC = {"reassoc"}
-# Loops around the exponential may contract a * b + c to one FMA (as the C kernel's AVX2 and
-# AVX-512 builds do); no reassociation there, which the exponential's rounding trick forbids.
+# Loops with the exponential may contract a * b + c to one FMA, as the C kernel's AVX2 and
+# AVX-512 builds do. The row sums are also reassociated into vector lanes; the exponential's
+# rounding trick (x + S) - S survives that, since folding it would also need "nsz".
 _CONTRACT = {"contract"}
-_FAST_EXP = {"reassoc", "contract"}  # the row sums: also reassociated into vector lanes
+_FAST_EXP = {"reassoc", "contract"}
 
 # ---- exp: the C kernel's polynomial, vectorizable -------------------------------------------
 
@@ -493,10 +497,13 @@ def _softmax_block(zo, oo, i0, nbk, pk, m, s, ties, log):  # pragma: no cover - 
     mx, fin = m[0, :nbk], m[1, :nbk]
     _block_max(zo, i0, nbk, pk, mx)
     _block_exp_sum(pk, nbk, mx, s, ties)
+    row, first, span = oo.strides[0], i0 * oo.itemsize, nbk * oo.itemsize
     if log:
         for i in range(nbk):
             fin[i] = math.log1p(s[i])
         for k in range(zo.shape[0]):
+            for b in range(0, span, 64):  # the strided output rows, fetched for writing
+                _prefetch_write(oo, (k + _PREFETCH) * row + first + b)
             zr, orow = zo[k, i0 : i0 + nbk], oo[k, i0 : i0 + nbk]
             for i in range(nbk):
                 orow[i] = (zr[i] - mx[i]) - fin[i]
@@ -504,6 +511,8 @@ def _softmax_block(zo, oo, i0, nbk, pk, m, s, ties, log):  # pragma: no cover - 
         for i in range(nbk):
             fin[i] = 1.0 / (1.0 + s[i])
         for k in range(zo.shape[0]):
+            for b in range(0, span, 64):
+                _prefetch_write(oo, (k + _PREFETCH) * row + first + b)
             pr, orow = pk[k, :nbk], oo[k, i0 : i0 + nbk]
             for i in range(nbk):
                 orow[i] = pr[i] * fin[i]
