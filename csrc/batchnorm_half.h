@@ -69,15 +69,13 @@ static void bn_sums_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
             nmx_index r2 = nmx_min(hi, r1 + rows); /* the next block, prefetched */
             for (nmx_index a = 0; a < C; a += w) {
                 nmx_index wa = nmx_min(w, C - a);
-                for (nmx_index r = r1; r < r2; r++) {
-                    bn_prefetch_h(x + r * C + a, wa);
-                    if (dy) bn_prefetch_h(dy + r * C + a, wa);
-                }
+                for (nmx_index r = r1; r < r2; r++) bn_prefetch_h(x + r * C + a, wa);
                 bn_load_rows_h(kind, x, C, r0, r1, a, wa, xt);
                 if (!dy) {
                     stats_rows_f32(xt, r1 - r0, wa, piv + a, s1 + a, s2 + a);
                     continue;
                 }
+                for (nmx_index r = r1; r < r2; r++) bn_prefetch_h(dy + r * C + a, wa);
                 bn_load_rows_h(kind, dy, C, r0, r1, a, wa, gt);
                 grad_rows_f32(gt, xt, r1 - r0, wa, k + a, k + C + a, mean + a, s1 + a, s2 + a);
             }
@@ -91,9 +89,11 @@ static void bn_sums_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
             nmx_index len = nmx_min(w, inner - a), cnt = (u1 - u0) * len;
             nmx_index next = u0 * inner + a + cnt, ahead = nmx_min(cnt, hi * inner - next);
             bn_prefetch_h(x + next, ahead);
-            if (dy) bn_prefetch_h(dy + next, ahead);
             nmx_half_to_float(kind, x + u0 * inner + a, xt, cnt);
-            if (dy) nmx_half_to_float(kind, dy + u0 * inner + a, gt, cnt);
+            if (dy) {
+                bn_prefetch_h(dy + next, ahead);
+                nmx_half_to_float(kind, dy + u0 * inner + a, gt, cnt);
+            }
             for (nmx_index u = u0; u < u1; u++) {
                 nmx_index c = u % C, q = (u - u0) * len;
                 if (dy)
@@ -128,14 +128,19 @@ static void bn_gather_h(int kind, nmx_index c0, nmx_index c1, double *acc, int t
 }
 
 /* y (dy NULL) or dx of units [u0, u1), elements [a, a + w) of each (a contiguous piece of at
- * most NMX_HALF_TILE elements), computed in float32 and rounded once into o. */
+ * most NMX_HALF_TILE elements), computed in float32 and rounded once into o; the `ahead`
+ * elements that follow the piece are prefetched, one input before each conversion. */
 static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *o, nmx_index C,
                        nmx_index inner, nmx_index u0, nmx_index u1, nmx_index a, nmx_index w,
-                       const float *k) {
+                       const float *k, nmx_index ahead) {
     float xt[NMX_HALF_TILE], gt[NMX_HALF_TILE], ot[NMX_HALF_TILE];
     nmx_index off = u0 * (inner == 1 ? C : inner) + a, cnt = (u1 - u0) * w;
+    bn_prefetch_h(x + off + cnt, ahead);
     nmx_half_to_float(kind, x + off, xt, cnt);
-    if (dy) nmx_half_to_float(kind, dy + off, gt, cnt);
+    if (dy) {
+        bn_prefetch_h(dy + off + cnt, ahead);
+        nmx_half_to_float(kind, dy + off, gt, cnt);
+    }
     if (inner == 1) {
         if (dy)
             dx_rows_f32(gt, xt, w, ot, w, u1 - u0, w, k + a, C);
@@ -171,9 +176,8 @@ static void bn_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *
             for (nmx_index a = 0; a < len; a += w) {
                 nmx_index wa = nmx_min(w, len - a), off = u0 * len + a, cnt = (u1 - u0) * wa;
                 nmx_index ahead = nmx_min(cnt, end * len - (off + cnt));
-                bn_prefetch_h(x + off + cnt, ahead);
-                if (dy) bn_prefetch_h(dy + off + cnt, ahead);
-                bn_piece_h(kind, dy, x, stream ? ht : out + off, C, inner, u0, u1, a, wa, k);
+                bn_piece_h(kind, dy, x, stream ? ht : out + off, C, inner, u0, u1, a, wa, k,
+                           ahead);
                 if (stream) nmx_stream(out + off, ht, sizeof(uint16_t) * (size_t)cnt);
             }
         }
