@@ -26,6 +26,14 @@ static inline float nmx_half_value(int kind, uint16_t h) {
 
 static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b; }
 
+/* Ask for [p, p + n) ahead of its conversion (into the L2 cache, a line per 32 halves). The
+ * passes alternate between converting a tile, which reads memory, and float32 arithmetic on it,
+ * which reads none: the hardware prefetcher follows demand loads, so without this the memory
+ * would sit idle during the arithmetic, and the two would add up instead of overlapping. */
+static inline void bn_prefetch_h(const uint16_t *p, nmx_index n) {
+    for (nmx_index i = 0; i < n; i += 32) __builtin_prefetch(p + i, 0, 2);
+}
+
 /* Rows [r0, r1) x channels [a, a + w) of an (rows, C) half array as a dense float32 tile: one
  * conversion when the slice is whole rows (contiguous), else one per row. */
 static void bn_load_rows_h(int kind, const uint16_t *x, nmx_index C, nmx_index r0, nmx_index r1,
@@ -58,13 +66,16 @@ static void bn_sums_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
         nmx_index w = nmx_min(C, NMX_HALF_COLS), rows = (NMX_HALF_TILE / w) & ~(nmx_index)3;
         for (nmx_index r0 = lo; r0 < hi; r0 += rows) {
             nmx_index r1 = nmx_min(hi, r0 + rows);
+            nmx_index r2 = nmx_min(hi, r1 + rows); /* the next block, prefetched */
             for (nmx_index a = 0; a < C; a += w) {
                 nmx_index wa = nmx_min(w, C - a);
+                for (nmx_index r = r1; r < r2; r++) bn_prefetch_h(x + r * C + a, wa);
                 bn_load_rows_h(kind, x, C, r0, r1, a, wa, xt);
                 if (!dy) {
                     stats_rows_f32(xt, r1 - r0, wa, piv + a, s1 + a, s2 + a);
                     continue;
                 }
+                for (nmx_index r = r1; r < r2; r++) bn_prefetch_h(dy + r * C + a, wa);
                 bn_load_rows_h(kind, dy, C, r0, r1, a, wa, gt);
                 grad_rows_f32(gt, xt, r1 - r0, wa, k + a, k + C + a, mean + a, s1 + a, s2 + a);
             }
@@ -76,8 +87,13 @@ static void bn_sums_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
         nmx_index u1 = nmx_min(hi, u0 + per);
         for (nmx_index a = 0; a < inner; a += w) {
             nmx_index len = nmx_min(w, inner - a), cnt = (u1 - u0) * len;
+            nmx_index next = u0 * inner + a + cnt, ahead = nmx_min(cnt, hi * inner - next);
+            bn_prefetch_h(x + next, ahead);
             nmx_half_to_float(kind, x + u0 * inner + a, xt, cnt);
-            if (dy) nmx_half_to_float(kind, dy + u0 * inner + a, gt, cnt);
+            if (dy) {
+                bn_prefetch_h(dy + next, ahead);
+                nmx_half_to_float(kind, dy + u0 * inner + a, gt, cnt);
+            }
             for (nmx_index u = u0; u < u1; u++) {
                 nmx_index c = u % C, q = (u - u0) * len;
                 if (dy)
@@ -112,14 +128,19 @@ static void bn_gather_h(int kind, nmx_index c0, nmx_index c1, double *acc, int t
 }
 
 /* y (dy NULL) or dx of units [u0, u1), elements [a, a + w) of each (a contiguous piece of at
- * most NMX_HALF_TILE elements), computed in float32 and rounded once into o. */
+ * most NMX_HALF_TILE elements), computed in float32 and rounded once into o; the `ahead`
+ * elements that follow the piece are prefetched, one input before each conversion. */
 static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *o, nmx_index C,
                        nmx_index inner, nmx_index u0, nmx_index u1, nmx_index a, nmx_index w,
-                       const float *k) {
+                       const float *k, nmx_index ahead) {
     float xt[NMX_HALF_TILE], gt[NMX_HALF_TILE], ot[NMX_HALF_TILE];
     nmx_index off = u0 * (inner == 1 ? C : inner) + a, cnt = (u1 - u0) * w;
+    bn_prefetch_h(x + off + cnt, ahead);
     nmx_half_to_float(kind, x + off, xt, cnt);
-    if (dy) nmx_half_to_float(kind, dy + off, gt, cnt);
+    if (dy) {
+        bn_prefetch_h(dy + off + cnt, ahead);
+        nmx_half_to_float(kind, dy + off, gt, cnt);
+    }
     if (inner == 1) {
         if (dy)
             dx_rows_f32(gt, xt, w, ot, w, u1 - u0, w, k + a, C);
@@ -153,10 +174,11 @@ static void bn_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *
         for (nmx_index u0 = start; u0 < end; u0 += per) {
             nmx_index u1 = nmx_min(end, u0 + per);
             for (nmx_index a = 0; a < len; a += w) {
-                nmx_index wa = nmx_min(w, len - a), off = u0 * len + a;
-                bn_piece_h(kind, dy, x, stream ? ht : out + off, C, inner, u0, u1, a, wa, k);
-                if (stream)
-                    nmx_stream(out + off, ht, sizeof(uint16_t) * (size_t)((u1 - u0) * wa));
+                nmx_index wa = nmx_min(w, len - a), off = u0 * len + a, cnt = (u1 - u0) * wa;
+                nmx_index ahead = nmx_min(cnt, end * len - (off + cnt));
+                bn_piece_h(kind, dy, x, stream ? ht : out + off, C, inner, u0, u1, a, wa, k,
+                           ahead);
+                if (stream) nmx_stream(out + off, ht, sizeof(uint16_t) * (size_t)cnt);
             }
         }
         end = start;
