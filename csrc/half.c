@@ -2,9 +2,11 @@
  *
  * float16 on x86-64: the F16C instructions (vcvtph2ps / vcvtps2ph, 8 lanes) or their AVX-512
  * forms (16 lanes) where the CPU has them; both are exact and round to nearest even, like the
- * portable loop. bfloat16: the portable integer loops of half.h, compiled per SIMD level
- * (NMX_CLONES_SIMD). AVX-512 BF16's vcvtneps2bf16 is deliberately not used: it flushes
- * subnormal inputs and results to zero, and normax keeps them.
+ * portable loop. bfloat16: widening is a shift (the portable loop, compiled per SIMD level by
+ * NMX_CLONES_SIMD); rounding uses AVX-512 BF16's vcvtneps2bf16 where the CPU has it, else the
+ * portable integer rounding. That instruction rounds to nearest even but flushes subnormal
+ * inputs to zero (whatever MXCSR says), so a vector holding a subnormal is redone by the
+ * portable code: the results are the same bits on every path.
  */
 #include "half.h"
 
@@ -78,6 +80,21 @@ __attribute__((target("avx512f"))) static void float_to_f16_avx512(const float *
                             _mm512_cvtps_ph(_mm512_loadu_ps(src + i), NMX_RNE));
     for (; i < n; i++) dst[i] = nmx_f32_to_f16(src[i]);
 }
+
+__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16"))) static void
+float_to_bf16_avx512(const float *src, uint16_t *dst, nmx_index n) {
+    nmx_index i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(src + i);
+        if (_mm512_fpclass_ps_mask(v, 0x20)) { /* a subnormal lane (class bit 5) */
+            for (int k = 0; k < 16; k++) dst[i + k] = nmx_f32_to_bf16(src[i + k]);
+            continue;
+        }
+        __m256bh h = _mm512_cvtneps_pbh(v);
+        memcpy(dst + i, &h, sizeof h);
+    }
+    for (; i < n; i++) dst[i] = nmx_f32_to_bf16(src[i]);
+}
 #endif
 
 /* ---- dispatch ---------------------------------------------------------------------------- */
@@ -90,6 +107,11 @@ typedef struct {
     nmx_down_fn f16_down;
     const char *isa;
 } nmx_f16_path;
+
+typedef struct {
+    nmx_down_fn bf16_down;
+    const char *isa;
+} nmx_bf16_path;
 
 /* Chosen on first use. Concurrent first calls (the GIL is released) each compute the same
  * choice, so a plain racy-but-atomic store of the index is enough. */
@@ -111,6 +133,33 @@ static int nmx_cpu_f16c(void) {
     return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
 }
 #endif
+
+static int nmx_bf16_choice = -1;
+
+static const nmx_bf16_path nmx_bf16_paths[] = {
+    {float_to_bf16, "integer rounding"},
+#if NMX_HAVE_F16C
+    {float_to_bf16_avx512, "AVX-512 BF16"},
+#endif
+};
+
+static const nmx_bf16_path *nmx_bf16(void) {
+    int k = __atomic_load_n(&nmx_bf16_choice, __ATOMIC_RELAXED);
+    if (k < 0) {
+        k = 0;
+#if NMX_HAVE_F16C
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+            k = 1;
+#endif
+#ifdef NMX_HALF_PATH /* tests: 0 forces the portable rounding */
+        k = NMX_HALF_PATH < k ? NMX_HALF_PATH : k;
+#endif
+        __atomic_store_n(&nmx_bf16_choice, k, __ATOMIC_RELAXED);
+    }
+    return &nmx_bf16_paths[k];
+}
 
 static const nmx_f16_path *nmx_f16(void) {
     int k = __atomic_load_n(&nmx_f16_choice, __ATOMIC_RELAXED);
@@ -140,9 +189,11 @@ void nmx_half_to_float(int kind, const uint16_t *src, float *dst, nmx_index n) {
 
 void nmx_float_to_half(int kind, const float *src, uint16_t *dst, nmx_index n) {
     if (kind == NMX_BF16)
-        float_to_bf16(src, dst, n);
+        nmx_bf16()->bf16_down(src, dst, n);
     else
         nmx_f16()->f16_down(src, dst, n);
 }
 
-const char *nmx_half_isa(void) { return nmx_f16()->isa; }
+const char *nmx_half_isa(int kind) {
+    return kind == NMX_BF16 ? nmx_bf16()->isa : nmx_f16()->isa;
+}

@@ -28,8 +28,9 @@ enum { NMX_F16 = 1, NMX_BF16 = 2 };
 void nmx_half_to_float(int kind, const uint16_t *src, float *dst, nmx_index n);
 /* dst[i] = src[i] rounded to the nearest half (ties to even), for i < n. */
 void nmx_float_to_half(int kind, const float *src, uint16_t *dst, nmx_index n);
-/* The conversion path in use, e.g. "F16C" or "portable"; for show_config. */
-const char *nmx_half_isa(void);
+/* The float32 -> half conversion path in use for `kind`, e.g. "F16C" or "AVX-512 BF16"; for
+ * show_config. */
+const char *nmx_half_isa(int kind);
 
 /* ---- scalar conversions (branch-free: loops over them vectorize) -------------------------- */
 

@@ -64,3 +64,4 @@ def test_show_config_names_the_conversion_path():
     if not info["loaded"]:
         pytest.skip("no compiled extension")
     assert info["float16"] in ("portable", "F16C", "AVX-512F")
+    assert info["bfloat16"] in ("integer rounding", "AVX-512 BF16")

@@ -122,7 +122,7 @@ def _lines(c: dict[str, Any]) -> list[str]:
         rows += [
             f"  C extension       loaded from {os.path.dirname(ext['path'])}",
             f"  SIMD              {ext['simd']}",
-            f"  half precision    float16 via {ext['float16']}; bfloat16 via integer rounding "
+            f"  half precision    float16 via {ext['float16']}; bfloat16 via {ext['bfloat16']} "
             f"({'ml_dtypes ' + _ml_dtypes_version() if _ml_dtypes_version() else 'no ml_dtypes'})",
             f"  OpenMP            {_openmp_line(ext)}",
         ]

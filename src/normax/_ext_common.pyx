@@ -26,7 +26,7 @@ cdef extern from "normax.h":
     long nmx_llc_cap() noexcept nogil
 
 cdef extern from "half.h":
-    const char *nmx_half_isa() noexcept nogil
+    const char *nmx_half_isa(int kind) noexcept nogil
 
 cdef threads_setter _setters[16]
 cdef int _count = 0
@@ -67,7 +67,8 @@ def build_info():
         "openmp": nmx_openmp_version(),
         "openmp_library": nmx_openmp_library().decode("utf-8", "replace"),
         "simd": nmx_simd_target().decode("ascii"),
-        "float16": nmx_half_isa().decode("ascii"),
+        "float16": nmx_half_isa(1).decode("ascii"),
+        "bfloat16": nmx_half_isa(2).decode("ascii"),
         "llc_cap_bytes": nmx_llc_cap(),
     }
 
