@@ -46,17 +46,21 @@ def test_usable_cache_is_the_reported_one_capped(reports, reported, usable):
 
 @pytest.mark.parametrize(
     ("reported", "probe"),
-    [(480 * MIB, 128 * MIB), (32 * MIB, 128 * MIB), (8 * MIB, 64 * MIB), (0, 128 * MIB)],
+    [(480 * MIB, 480 * MIB), (32 * MIB, 128 * MIB), (8 * MIB, 64 * MIB), (0, 128 * MIB)],
     ids=["socket-of-a-vm", "at-cap", "small-cache-floor", "unknown"],
 )
-def test_probe_is_four_usable_caches_at_least_64_mib(reports, reported, probe):
+def test_probe_is_four_usable_caches_at_least_64_mib_and_the_reported_cache(
+    reports, reported, probe
+):
     reports(reported)
     assert harness.default_probe_bytes() == probe
 
 
 def test_probe_size_follows_the_cache_it_is_given():
-    assert harness.default_probe_bytes(24 * MIB) == 96 * MIB
-    assert harness.default_probe_bytes(1 * MIB) == 64 * MIB
+    assert harness.default_probe_bytes(24 * MIB, 24 * MIB) == 96 * MIB
+    assert harness.default_probe_bytes(1 * MIB, 1 * MIB) == 64 * MIB
+    # past the reported cache, where the copy uses the kernels' non-temporal stores
+    assert harness.default_probe_bytes(32 * MIB, 480 * MIB) == 480 * MIB
 
 
 @pytest.mark.parametrize(

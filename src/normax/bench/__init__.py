@@ -114,7 +114,8 @@ OPTIONS = {
                    "help": "seconds of samples per contender (default 0.05 quick, 0.3 full)"},
     "--probe-mib": {"type": int, "metavar": "MIB",
                     "help": "bandwidth probe array size (default: 4 x the usable last-level "
-                            "cache, at most 32 MiB of it, and at least 64 MiB)"},
+                            "cache, at most 32 MiB of it, at least 64 MiB and at least the "
+                            "reported cache)"},
     "--no-progress": {**_FLAG, "help": "no progress bar (each case's line is still printed)"},
     "--isolate": {"choices": ["sample", "all", "none"], "default": "sample",
                   "help": "cases also timed with each contender alone in a fresh process: a "

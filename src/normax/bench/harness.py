@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import normax
 
-from . import cases_batchnorm, cases_optim, cases_softmax, cases_tune, isolate
+from . import cases_batchnorm, cases_optim, cases_softmax, cases_tune, isolate, machine
 from .cases import (
     DTYPES,
     SIZES,
@@ -68,7 +68,7 @@ class Config:
     backends: tuple[str, ...] | None = None
     use_torch: bool = True
     policy: TimingPolicy | None = None
-    probe_bytes: int | None = None  # default: 4 x the usable (capped) LLC, at least 64 MiB
+    probe_bytes: int | None = None  # default: default_probe_bytes()
     progress: bool | None = None  # None: a bar when standard error is a terminal
     seed: int = 0
     command: list[str] = field(default_factory=list)
@@ -195,12 +195,22 @@ def _run_cases(cases, config: Config, run: dict, tmpdir: str, records: list[dict
     return False
 
 
-def default_probe_bytes(llc: int | None = None) -> int:
+def default_probe_bytes(llc: int | None = None, reported: int | None = None) -> int:
     """Bandwidth probe array size: four times the usable last-level cache ``llc`` (by default
     :func:`last_level_cache_bytes`, capped as the kernels cap it), at least 64 MiB, so that the
-    copy streams from memory without taking minutes where the system reports a huge cache."""
+    copy streams from memory; and at least the cache the system reports (``reported``, by
+    default :func:`machine.reported_cache_bytes`).
+
+    The last rule keeps the copy's method that of the kernels: glibc's memcpy (behind
+    ``np.copyto``) switches to non-temporal stores, as the large batch-norm outputs use, only
+    past three quarters of the reported cache. Where a virtual machine reports its socket's
+    480 MiB, a 128 MiB or 256 MiB probe copied with ordinary stores, paying a read for
+    ownership of the destination, and read 25-27 GB/s where 512 MiB and 1 GiB read 43-46 GB/s
+    (three interleaved rounds, one process): every roofline came out about 1.7x too high.
+    """
     llc = last_level_cache_bytes() if llc is None else llc
-    return max(4 * llc, 64 << 20)
+    reported = machine.reported_cache_bytes() if reported is None else reported
+    return max(4 * llc, 64 << 20, reported)
 
 
 def _progress(cases: Sequence[Case], enabled: bool | None) -> Iterable[Case]:
