@@ -351,6 +351,7 @@ def batch_norm_train(x, gamma, beta, running_mean=None, running_var=None, *, axi
     cdef int t = _typenum(x, &kind)
     cdef int p = cnp.NPY_FLOAT32 if kind else t  # the dtype of the per-channel arrays
     cdef Py_ssize_t v[4]
+    v[0] = v[1] = v[2] = v[3] = 0  # set by view3; zeroed so no path reads garbage
     cdef double m, e
     if (t < 0 or not view3(<cnp.ndarray>x, axis, 2, v) or v[0] * v[2] < 2
             or not exact_float(momentum, &m) or not exact_float(eps, &e)
@@ -425,6 +426,7 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1
     cdef int t = _typenum(x, &kind)
     cdef int p = cnp.NPY_FLOAT32 if kind else t
     cdef Py_ssize_t v[4]
+    v[0] = v[1] = v[2] = v[3] = 0  # set by view3; zeroed so no path reads garbage
     cdef double e
     if (t < 0 or not view3(<cnp.ndarray>x, axis, 2, v)
             or not exact_float(eps, &e) or not (e >= 0.0 and isfinite(e))
@@ -484,6 +486,7 @@ def batch_norm_backward(dy, cache, *, out=None):
     """
     cdef int t = -1, p, kind = 0, dy_kind
     cdef Py_ssize_t v[4]
+    v[0] = v[1] = v[2] = v[3] = 0  # set by view3; zeroed so no path reads garbage
     if type(cache) is _Cache:
         x, mean, invstd, gamma, axis = <tuple>cache
         t = _typenum(x, &kind)

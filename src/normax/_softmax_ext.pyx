@@ -254,6 +254,7 @@ def xent(z, outer, classes, inner, target, weight, ignore, double eps, double sc
 cdef object _softmax_door(object z, object axis, object out, bint log):
     cdef int t = float_typenum(z)
     cdef Py_ssize_t v[4]
+    v[0] = v[1] = v[2] = v[3] = 0  # set by view3; zeroed so no path reads garbage
     if (t < 0 or not view3(<cnp.ndarray>z, axis, 1, v)
             or (out is not None and (not is_out(out, <cnp.ndarray>z) or overlaps(out, z)))):
         return _check.forward(z, axis, out, log)
@@ -269,6 +270,7 @@ cdef object _softmax_door(object z, object axis, object out, bint log):
 cdef object _backward_door(object g, object y, object axis, object out, bint log, tuple names):
     cdef int t = float_typenum(y)
     cdef Py_ssize_t v[4]
+    v[0] = v[1] = v[2] = v[3] = 0  # set by view3; zeroed so no path reads garbage
     if (t < 0 or float_typenum(g) != t or not same_shape(<cnp.ndarray>g, <cnp.ndarray>y)
             or not view3(<cnp.ndarray>y, axis, 1, v)
             or (out is not None and (not is_out(out, <cnp.ndarray>y) or overlaps(out, g)
@@ -431,6 +433,7 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
     """
     cdef int t = float_typenum(z)
     cdef Py_ssize_t v[4]
+    v[0] = v[1] = v[2] = v[3] = 0  # set by view3; zeroed so no path reads garbage
     cdef nmx_xent_args a
     cdef double wsum = 0.0, total
     cdef nmx_index bad
