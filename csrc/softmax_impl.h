@@ -440,6 +440,23 @@ static inline __attribute__((always_inline)) double NM(xent_small_rows)(const T 
     return total;
 }
 
+/* Softmax / log-softmax of a group of up to NMX_GROUP rows with few classes, transposed the same
+ * way: the block kernel's vectors then run across 16 rows at once instead of along one 10-class
+ * row. Padding rows are zeros, computed and dropped. */
+static inline __attribute__((always_inline)) void NM(softmax_small_rows)(const T *z, T *out,
+                                                                         nmx_index n,
+                                                                         nmx_index r0,
+                                                                         nmx_index nr, int log_) {
+    T zt[NMX_SMALL_C * NMX_GROUP], ot[NMX_SMALL_C * NMX_GROUP];
+    if (n < 1) return; /* never (the driver skips empty views); tells the compiler zt is set */
+    for (nmx_index c = 0; c < n; c++)
+        for (nmx_index r = 0; r < NMX_GROUP; r++)
+            zt[c * NMX_GROUP + r] = r < nr ? z[(r0 + r) * n + c] : 0;
+    NM(softmax_block)(zt, ot, NULL, n, NMX_GROUP, NMX_GROUP, log_);
+    for (nmx_index r = 0; r < nr; r++)
+        for (nmx_index c = 0; c < n; c++) out[(r0 + r) * n + c] = ot[c * NMX_GROUP + r];
+}
+
 /* ------------------------------------------------------------------ drivers */
 
 typedef struct {
@@ -462,6 +479,13 @@ NMX_CLONES static double NM(run_tasks)(const NM(job) * jb, nmx_index t0, nmx_ind
     if (jb->kind == NMX_XENT && inner == 1 && n <= NMX_SMALL_C && a->labels) {
         for (nmx_index r = t0; r < t1; r += NMX_GROUP)
             total += NM(xent_small_rows)(jb->x, jb->out, a, r, t1 - r < NMX_GROUP ? t1 - r : NMX_GROUP);
+        return total;
+    }
+    if ((jb->kind == NMX_SOFTMAX || jb->kind == NMX_LOG_SOFTMAX) && inner == 1 &&
+        n <= NMX_SMALL_C) {
+        for (nmx_index r = t0; r < t1; r += NMX_GROUP)
+            NM(softmax_small_rows)(jb->x, jb->out, n, r, t1 - r < NMX_GROUP ? t1 - r : NMX_GROUP,
+                                   jb->kind == NMX_LOG_SOFTMAX);
         return total;
     }
     /* Task t is block t % nblk of example row t / nblk; step through them without dividing per
