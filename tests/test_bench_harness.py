@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -134,6 +135,23 @@ def test_quick_plan_covers_every_kernel_and_layout():
     assert {c.family for c in quick} == set(harness.FAMILIES)
     assert {c.dtype for c in quick} == {"float32", "float64", "bfloat16"}
     assert {"tiny", "large"} <= {c.size for c in quick}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (dict(dtypes=("float16",), sizes=("tiny",)),
+         "no case matches --size tiny --dtype float16 (float16 cases exist for the medium and "
+         "large sizes)"),
+        (dict(families=("softmax",), dtypes=("float16",)),
+         "no case matches --family softmax --dtype float16 in the --quick selection; add --full"),
+        (dict(families=("tune",), dtypes=("float16",)),
+         "no case matches --family tune --dtype float16"),
+    ],
+)  # fmt: skip
+def test_plan_refuses_an_empty_selection(config, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        harness.plan(harness.Config(**config))
 
 
 def test_plan_rejects_unknown_names():

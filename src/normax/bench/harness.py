@@ -15,6 +15,8 @@ import normax
 from . import cases_batchnorm, cases_optim, cases_softmax, cases_tune, isolate, machine
 from .cases import (
     DTYPES,
+    HALF_DTYPES,
+    HALF_SIZES,
     SIZES,
     BuildContext,
     Case,
@@ -95,6 +97,13 @@ def plan(config: Config) -> list[Case]:
         bad = sorted(set(allowed or ()) - set(known))
         if bad:
             raise ValueError(f"unknown {name} {bad[0]!r}; choose from {', '.join(known)}")
+    selected = _select(config, quick_only=not (config.full or config.sizes))
+    if not selected:
+        raise ValueError(_nothing_selected(config))
+    return selected
+
+
+def _select(config: Config, quick_only: bool) -> list[Case]:
     selected = []
     for family, make_cases in FAMILIES.items():
         if config.families and family not in config.families:
@@ -104,9 +113,22 @@ def plan(config: Config) -> list[Case]:
                 continue
             if config.dtypes and case.dtype not in config.dtypes:
                 continue
-            if config.full or config.sizes or case.quick:
+            if case.quick or not quick_only:
                 selected.append(case)
     return selected
+
+
+def _nothing_selected(config: Config) -> str:
+    """Why a selection is empty, in words: every filter given, and the likely cause."""
+    filters = (("family", config.families), ("size", config.sizes), ("dtype", config.dtypes))
+    given = [" ".join(f"--{name} {v}" for v in values) for name, values in filters if values]
+    text = f"no case matches {' '.join(given) or 'this selection'}"
+    half = set(config.dtypes or ()) & set(HALF_DTYPES)
+    if half and config.sizes and not set(config.sizes) & set(HALF_SIZES):
+        text += f" ({', '.join(sorted(half))} cases exist for the {' and '.join(HALF_SIZES)} sizes)"
+    elif not (config.full or config.sizes) and _select(config, quick_only=False):
+        text += " in the --quick selection; add --full or --size"
+    return text
 
 
 def comparison_cases() -> list[Case]:
