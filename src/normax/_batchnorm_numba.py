@@ -24,6 +24,7 @@ from numba import boolean, float32, float64, intp, prange, void
 from . import _dtypes
 from ._batchnorm_numpy import _quiet
 from ._checks import writeable
+from ._half_numba import round_into
 from ._numba_notice import CompileNotice
 
 _notice = CompileNotice("batch-norm")
@@ -342,7 +343,7 @@ def train(x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, 
         yf = np.empty(x.shape, np.float32)
         train(xf, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, yf,
               mean, invstd)
-        y[...] = yf
+        round_into(y, yf)
         return
     x, gamma, beta = writeable(x), writeable(gamma), writeable(beta)
     x3, y3, dtype = x.reshape(outer, c, inner), y.reshape(outer, c, inner), x.dtype
@@ -374,7 +375,7 @@ def infer(x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y):
         (xf,) = _upcast(x)
         yf = np.empty(x.shape, np.float32)
         infer(xf, outer, c, inner, gamma, beta, running_mean, running_var, eps, yf)
-        y[...] = yf
+        round_into(y, yf)
         return
     x3 = writeable(x).reshape(outer, c, inner)
     k = np.zeros((4, c), x.dtype)
@@ -394,7 +395,7 @@ def backward(dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta):
         dyf, xf = _upcast(dy, x)
         dxf = np.empty(x.shape, np.float32)
         backward(dyf, xf, outer, c, inner, mean, invstd, gamma, dxf, dgamma, dbeta)
-        dx[...] = dxf
+        round_into(dx, dxf)
         return
     dy, x, gamma = writeable(dy), writeable(x), writeable(gamma)
     mean, invstd = writeable(mean), writeable(invstd)

@@ -34,6 +34,7 @@ from numba.extending import intrinsic, overload
 
 from ._checks import writeable
 from ._dtypes import is_half
+from ._half_numba import round_into
 from ._numba_notice import CompileNotice
 from ._softmax_numpy import finish
 
@@ -825,8 +826,8 @@ def _f32(a):
 
 
 def _round_into(out, res):
-    with np.errstate(over="ignore"):  # beyond the half range is inf, as the C kernels give
-        out[...] = res
+    # to nearest even, beyond the half range inf, as the C kernels give; fast on subnormals
+    round_into(out, res)
 
 
 def _forward_half(z, out, outer, c, inner, log):
