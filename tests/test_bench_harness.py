@@ -785,3 +785,46 @@ def test_half_table_compares_each_half_case_with_its_float32_twin():
     assert row.split()[-2:] == ["2.00x", "5.00x"]  # float32 4.0 / 2.0; torch bf16 10.0 / 2.0
     assert not any("float16" in line.split() for line in lines)  # the skipped case: no row
     assert report.half_table({"backends": ["c"], "cases": [doc["cases"][0]]}) == []
+
+
+def test_plot_legend_names_only_contenders_with_bars():
+    def record(*names):
+        return {"contenders": [{"name": n, "median_s": 1e-3} for n in names]}
+
+    with_c = [record("numpy", "c")]
+    grid = [[("vs NumPy", "numpy", with_c, True)]]
+    assert report._legend_names(grid) == ["c"]  # no Numba or PyTorch bar was drawn
+    everyone = [record("numpy", "c", "numba", "torch")]
+    grid = [[("vs NumPy", "numpy", everyone, True), ("vs PyTorch", "torch", everyone, True)]]
+    assert report._legend_names(grid) == ["c", "numba", "torch"]
+
+
+def test_from_json_draws_the_saved_run_with_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_run([_synthetic()])))
+    png = tmp_path / "saved.png"
+    assert bench.main(["--from-json", str(path), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"plot: {png}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra", "option"),
+    [
+        ("--from-json", ["--family", "softmax"], "--family"),
+        ("--from-json", ["--json", "again.json"], "--json"),
+        ("--from-json", ["--full"], "--full"),
+        ("--check", ["--plot", "x.png"], "--plot"),
+        ("--check", ["--threads", "1"], "--threads"),
+    ],
+)
+def test_modes_that_run_nothing_refuse_options_they_would_ignore(
+    tmp_path, capsys, mode, extra, option
+):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_run([_synthetic()])))
+    assert bench.main([mode, str(path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"{option} does not apply to {mode}" in err
+    assert not (tmp_path / "again.json").exists() and not (tmp_path / "x.png").exists()

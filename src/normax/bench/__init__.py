@@ -102,7 +102,8 @@ OPTIONS = {
     "--markdown": {**_FLAG, "help": "print Markdown tables"},
     "--compact": {**_FLAG, "help": "one line per case (every median, then the C backend's)"},
     "--from-json": {"metavar": "FILE",
-                    "help": "do not run: print the tables of a results file"},
+                    "help": "do not run: print the tables of a results file (and its plot, "
+                            "with --plot)"},
     "--family": {**_EACH, "choices": list(FAMILIES), "help": "only this family (repeatable)"},
     "--size": {**_EACH, "choices": list(SIZES),
                "help": "only this size class, quick or not (repeatable)"},
@@ -215,13 +216,13 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     written).
     """
     if args.check:
-        return _check_file(args.check, args.allow_skipped)
+        return _not_for("--check", args, {"check", "allow_skipped"}) or _check_file(
+            args.check, args.allow_skipped
+        )
     if args.from_json:
-        doc = _load(args.from_json)
-        if doc is None:
-            return 1
-        print(render(doc, markdown=args.markdown, compact=args.compact))
-        return 0
+        return _not_for("--from-json", args, {"from_json", "markdown", "compact", "plot"}) or (
+            _show_file(args)
+        )
     try:
         base = _compare_base(args)
         if base is not None and len(args.compare) == 2:
@@ -240,6 +241,43 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # while writing: _write_json leaves no half-written file
         print("\nnormax bench: interrupted while writing the results", file=sys.stderr)
         return 130
+
+
+def _not_for(mode: str, args: argparse.Namespace, allowed: set[str]) -> int:
+    """2 with a message naming the first option given that ``mode`` (which runs nothing) would
+    otherwise ignore, else 0."""
+    for option, keywords in {"--quick": _FLAG, "--full": _FLAG, **OPTIONS}.items():
+        dest = option[2:].replace("-", "_")
+        default = keywords.get("default", False if keywords.get("action") == "store_true" else None)
+        if dest not in allowed and getattr(args, dest) != default:
+            print(
+                f"normax bench: {option} does not apply to {mode}, which runs nothing",
+                file=sys.stderr,
+            )
+            return 2
+    return 0
+
+
+def _show_file(args: argparse.Namespace) -> int:
+    """--from-json: the tables of a saved run, and its plot with --plot."""
+    try:
+        _check_outputs(args)
+    except ValueError as exc:
+        print(f"normax bench: {exc}", file=sys.stderr)
+        return 2
+    doc = _load(args.from_json)
+    if doc is None:
+        return 1
+    print(render(doc, markdown=args.markdown, compact=args.compact))
+    if args.plot:
+        try:
+            written = plot(doc, args.plot)
+        except ValueError as exc:  # a file with no kernel case to draw
+            print(f"normax bench: --plot: {exc}", file=sys.stderr)
+            return 1
+        for path in written:
+            print(f"plot: {path}")
+    return 0
 
 
 def _write_json(doc: dict, path: str) -> None:

@@ -453,14 +453,14 @@ def _draw(doc: dict, grid: list[list[tuple]], path: str, subject: str) -> None:
     for row, ax_row in zip(grid, axes, strict=True):
         for (title, baseline, records, with_kernel), ax in zip(row, ax_row, strict=True):
             _panel(ax, title, baseline, records, with_kernel)
-    names = [n for n in COLORS if any(n in VERSUS[b] for row in grid for _, b, _, _ in row)]
+    names = _legend_names(grid)
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[n]) for n in names]
     labels = [LABELS.get(n, n) for n in names]
     m, h = doc["machine"], fig.get_figheight()
     fig.suptitle(
         f"normax speed-up{': ' + subject if subject else ''} ({doc['mode']} run, {m['cpu']}, "
         f"{_threads(doc['threads'])})\nbars start at 1x: right of it is faster than the "
-        "baseline, left of it slower; error bars span the interquartile ranges of both",
+        "baseline, left of it slower;\nerror bars span the interquartile ranges of both",
         fontsize=10,
         y=1 - 0.08 / h,
         va="top",
@@ -477,6 +477,24 @@ LABELS = {
     "numpy": "NumPy reference",
     "torch": "PyTorch CPU",
 }
+
+
+def _legend_names(grid: list[list[tuple]]) -> list[str]:
+    """The contenders that have a bar somewhere in ``grid``, in legend order.
+
+    A run with ``--backend c`` or ``--no-torch`` draws no Numba or PyTorch bars, and its legend
+    must not promise them.
+    """
+    return [
+        name
+        for name in COLORS
+        if any(
+            name in VERSUS[baseline] and _speedup_range(r, name, baseline) is not None
+            for row in grid
+            for _, baseline, records, _ in row
+            for r in records
+        )
+    ]
 
 
 def _panel(ax, title: str, baseline: str, records: list[dict], with_kernel: bool) -> None:
