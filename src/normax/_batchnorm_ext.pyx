@@ -22,8 +22,6 @@ cimport numpy as cnp
 from libc.math cimport isfinite
 from libc.stdint cimport uint16_t
 
-import sys
-
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_SET_ITEM
 
@@ -31,6 +29,7 @@ from normax._ext_common cimport (
     NOGIL_MIN_ELEMENTS,
     c_active,
     checked_array,
+    checked_record_typenum,
     checked_view,
     data_or_null,
     empty_like,
@@ -38,6 +37,7 @@ from normax._ext_common cimport (
     exact_float,
     exact_int,
     float_typenum,
+    half_kind,
     is_out,
     is_vector,
     nmx_index,
@@ -49,7 +49,7 @@ from normax._ext_common cimport (
     view3,
 )
 
-from normax import _backend, _dtypes
+from normax import _backend
 from normax import _batchnorm_check as _check
 
 cnp.import_array()
@@ -123,32 +123,13 @@ cdef object _new_cache(object x, object mean, object invstd, object gamma, Py_ss
 
 # ---- half precision: which arrays the fast path takes ------------------------------------------
 
-cdef int _bf16_num = -1  # bfloat16's type number, chosen when ml_dtypes registers it
-
-
-cdef int _half_kind(object a) except -1:
-    """KIND_F16 or KIND_BF16 if ``a`` is an exact ndarray of that dtype that a kernel may read as
-    a plain C array (C-contiguous, aligned, native byte order), else 0."""
-    global _bf16_num
-    if not cnp.PyArray_CheckExact(a) or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a):
-        return 0
-    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
-    if t == cnp.NPY_FLOAT16:
-        return _dtypes.KIND_F16
-    if _bf16_num < 0 and cnp.PyTypeNum_ISUSERDEF(t):
-        ml_dtypes = sys.modules.get("ml_dtypes")  # no bfloat16 array exists before it is loaded
-        if ml_dtypes is not None:
-            _bf16_num = cnp.dtype(ml_dtypes.bfloat16).num
-    return _dtypes.KIND_BF16 if t == _bf16_num else 0
-
-
 cdef inline int _typenum(object a, int *kind) except -2:
     """The type number of an array the fast path takes as x or dy (float32 or float64, or half
     precision with its kind in ``kind``; as float_typenum), else -1."""
     cdef int t = float_typenum(a)
     kind[0] = 0
-    if t < 0:
-        kind[0] = _half_kind(a)
+    if t < 0 and cnp.PyArray_CheckExact(a) and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a):
+        kind[0] = half_kind(cnp.PyArray_TYPE(<cnp.ndarray>a))
         if kind[0]:
             t = cnp.PyArray_TYPE(<cnp.ndarray>a)
     return t
@@ -281,27 +262,11 @@ cdef int _backward(int t, int kind, object dy, object x, nmx_index outer, nmx_in
 
 # ---- the "c" column of the backend table: the record, checked against any direct call ---------
 
-cdef int record_typenum(object x, int *kind) except -1:
-    """The type number of the record's ``x`` (float32, float64, float16 or bfloat16; TypeError
-    otherwise) and in ``kind`` its half-precision kind (0 for float32 / float64)."""
-    if not isinstance(x, cnp.ndarray):
-        raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
-    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    kind[0] = 0
-    if t == cnp.NPY_FLOAT16:
-        kind[0] = _dtypes.KIND_F16
-    elif t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
-        kind[0] = _dtypes.half_kind(x.dtype)  # bfloat16 has a type number chosen at run time
-        if kind[0] == 0:
-            raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    return t
-
-
 def train(x, outer, channels, inner, gamma, beta, running_mean, running_var, double momentum,
           double eps, y, mean, invstd):
     """C kernel of the training forward on the canonical record (see _batchnorm_check)."""
     cdef int kind
-    cdef int t = record_typenum(x, &kind)
+    cdef int t = checked_record_typenum(x, "x", &kind)
     cdef int p = cnp.NPY_FLOAT32 if kind else t  # the per-channel arrays
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels
@@ -322,7 +287,7 @@ def train(x, outer, channels, inner, gamma, beta, running_mean, running_var, dou
 def infer(x, outer, channels, inner, gamma, beta, running_mean, running_var, double eps, y):
     """C kernel of inference on the canonical record (see _batchnorm_check)."""
     cdef int kind
-    cdef int t = record_typenum(x, &kind)
+    cdef int t = checked_record_typenum(x, "x", &kind)
     cdef int p = cnp.NPY_FLOAT32 if kind else t
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels
@@ -338,7 +303,7 @@ def infer(x, outer, channels, inner, gamma, beta, running_mean, running_var, dou
 def backward(dy, x, outer, channels, inner, mean, invstd, gamma, dx, dgamma, dbeta):
     """C kernel of the backward pass on the canonical record (see _batchnorm_check)."""
     cdef int kind
-    cdef int t = record_typenum(x, &kind)
+    cdef int t = checked_record_typenum(x, "x", &kind)
     cdef int p = cnp.NPY_FLOAT32 if kind else t
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels

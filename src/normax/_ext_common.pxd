@@ -21,6 +21,10 @@ cdef extern from "normax.h":
 cdef extern from "outbuf.h":
     size_t NMX_BUF_MIN_BYTES
 
+cdef extern from "half.h":
+    enum: NMX_F16   # the kernels' `kind` of float16 storage
+    enum: NMX_BF16  # and of bfloat16 (ml_dtypes)
+
 ctypedef void (*threads_setter)(int) noexcept nogil
 
 # Kernels on fewer elements than this run with the GIL held. Releasing and re-taking it costs
@@ -32,6 +36,11 @@ cdef enum:
 # Every module links its own copy of csrc/threads.c (csrc/ is a static library), so each one
 # registers its setter here at import; normax.set_num_threads then reaches all of them.
 cdef int register_threads(threads_setter setter) except -1
+
+# NMX_F16 or NMX_BF16 for arrays of type number ``typenum`` (any byte order), else 0. bfloat16
+# is ml_dtypes' user-defined dtype: its type number is chosen when ml_dtypes registers it, and
+# looked up once after that.
+cdef int half_kind(int typenum) noexcept
 
 # A new C-contiguous array whose memory comes from the one output pool (csrc/outbuf.c) when it
 # holds NMX_BUF_MIN_BYTES or more; the pool lives in _ext_common, whichever module allocates.
@@ -209,6 +218,22 @@ cdef inline int checked_typenum(object a, str name) except -1:
     cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
         raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    return t
+
+
+cdef inline int checked_record_typenum(object a, str name, int *kind) except -1:
+    """The type number of a record's float array ``a`` (float32, float64, float16 or bfloat16;
+    TypeError for anything else) and in kind[0] its half-precision kind (0 for float32 /
+    float64)."""
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    kind[0] = 0
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        kind[0] = half_kind(t)
+        if kind[0] == 0:
+            raise TypeError(
+                f"{name} must be float16, bfloat16, float32 or float64, got {a.dtype}")
     return t
 
 

@@ -24,6 +24,7 @@ from normax._ext_common cimport (
     NOGIL_MIN_ELEMENTS,
     c_active,
     checked_array,
+    checked_record_typenum,
     checked_view,
     data_or_null,
     empty_like,
@@ -41,7 +42,7 @@ from normax._ext_common cimport (
     view3,
 )
 
-from normax import _backend, _dtypes
+from normax import _backend
 from normax import _softmax_check as _check
 
 cnp.import_array()
@@ -200,22 +201,6 @@ cdef double _xent_h(int kind, object z, object dz, nmx_xent_args *a) except? -1.
     return total
 
 
-cdef int _record_type(object a, str name, int *kind) except -1:
-    """The type number of the record's float array ``a``; kind[0] receives 0 for float32 /
-    float64, else the half-precision kind of the C kernels (1 float16, 2 bfloat16: bfloat16 is
-    a user-defined dtype whose type number is only known at run time)."""
-    if not isinstance(a, cnp.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
-    kind[0] = 0
-    if t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64:
-        return t
-    kind[0] = _dtypes.half_kind(a.dtype)
-    if kind[0] == 0:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {a.dtype}")
-    return t
-
-
 cdef int _reduction(object reduction) noexcept:
     """0 "mean", 1 "sum", 2 "none", else -1 (the checker says why)."""
     if type(reduction) is not str:
@@ -235,7 +220,7 @@ cdef int _label_bytes(object target) noexcept:
 def forward(z, out, outer, classes, inner, log):
     """C kernel of (log-)softmax on the canonical record (see _softmax_check)."""
     cdef int kind
-    cdef int t = _record_type(z, "z", &kind)
+    cdef int t = checked_record_typenum(z, "z", &kind)
     cdef nmx_index n = checked_view(outer, classes, inner, True)
     checked_array(z, "z", t, n, False)
     checked_array(out, "out", t, n, True)
@@ -248,7 +233,7 @@ def forward(z, out, outer, classes, inner, log):
 def backward(g, y, out, outer, classes, inner, log):
     """C kernel of the (log-)softmax gradient on the canonical record (see _softmax_check)."""
     cdef int kind
-    cdef int t = _record_type(g, "g", &kind)
+    cdef int t = checked_record_typenum(g, "g", &kind)
     cdef nmx_index n = checked_view(outer, classes, inner, True)
     checked_array(g, "g", t, n, False)
     checked_array(y, "y", t, n, False)
@@ -263,7 +248,7 @@ def xent(z, outer, classes, inner, target, weight, ignore, double eps, double sc
     """C kernel of the fused cross-entropy on the canonical record (see _softmax_check);
     returns the summed loss."""
     cdef int kind
-    cdef int t = _record_type(z, "z", &kind)
+    cdef int t = checked_record_typenum(z, "z", &kind)
     cdef nmx_index n = checked_view(outer, classes, inner, True)
     cdef nmx_xent_args a
     cdef double wsum
