@@ -16,6 +16,7 @@ direct call can crash the process. They also take float16 / bfloat16 records (ha
 storage, float32 arithmetic on converted tiles), which the front doors leave to the checker.
 """
 
+cimport cython
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint16_t
 from libc.math cimport isfinite
@@ -149,6 +150,7 @@ cdef double _xent(int t, object z, object dz, nmx_xent_args *a) noexcept:
     return total
 
 
+@cython.cdivision(True)  # wsum > 0 is tested; no Python ZeroDivisionError check in nogil code
 cdef double _labels_then_xent(int t, const void *z, void *dz, nmx_xent_args *a, int red,
                               bint run, nmx_index *bad) noexcept nogil:
     """The fast path's label check, then the scale of the mean and, with ``run``, the C kernel.
