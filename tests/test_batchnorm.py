@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import pickle
+import sys
+
 import numpy as np
 import pytest
 
@@ -330,3 +334,21 @@ def test_outputs_larger_than_the_cache(case, rng):
     assert_close(y, y_ref, np.float32)
     assert_close(yi, y_ref, np.float32, scale=5)
     assert_close(dx, dx_ref, np.float32)
+
+
+@pytest.mark.parametrize("shape, axis", [((32, 64), 1), ((4, 3, 5), -1), ((2, 3, 4, 4), 1)])
+def test_fast_path_cache_is_a_plain_named_tuple(backend, shape, axis, rng):
+    """The front door fills the cache in place: it must be indistinguishable from one built by
+    the named tuple's constructor, and hold (not leak) exactly one reference to each input."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    gamma = np.ones(x.shape[axis], np.float32)
+    before = sys.getrefcount(x), sys.getrefcount(gamma)
+    _, cache = normax.batch_norm_train(x, gamma, None, axis=axis)
+    assert type(cache) is BatchNormCache and len(cache) == 5
+    assert cache == BatchNormCache(*cache) and pickle.loads(pickle.dumps(cache))._fields
+    assert cache.x is x and cache.gamma is gamma
+    assert type(cache.axis) is int and cache.axis == axis % x.ndim
+    assert gc.is_tracked(cache)
+    assert (sys.getrefcount(x), sys.getrefcount(gamma)) == (before[0] + 1, before[1] + 1)
+    del cache
+    assert (sys.getrefcount(x), sys.getrefcount(gamma)) == before

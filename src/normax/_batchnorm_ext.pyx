@@ -22,10 +22,14 @@ cimport numpy as cnp
 from libc.math cimport isfinite
 from libc.stdint cimport uint16_t
 
-import sys
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_SET_ITEM
 
 from normax._ext_common cimport (
+    NOGIL_MIN_ELEMENTS,
+    c_active,
     checked_array,
+    checked_record_typenum,
     checked_view,
     data_or_null,
     empty_like,
@@ -33,6 +37,7 @@ from normax._ext_common cimport (
     exact_float,
     exact_int,
     float_typenum,
+    half_kind,
     is_out,
     is_vector,
     nmx_index,
@@ -44,7 +49,7 @@ from normax._ext_common cimport (
     view3,
 )
 
-from normax import _backend, _dtypes
+from normax import _backend
 from normax import _batchnorm_check as _check
 
 cnp.import_array()
@@ -85,43 +90,46 @@ cdef extern from "batchnorm.h":
                           const double *invstd, const float *gamma, uint16_t *dx,
                           float *dgamma, float *dbeta) nogil
 
+cdef extern from *:
+    """
+    static PyObject *nmx_alloc_tuple(PyObject *type, Py_ssize_t n) {
+        return ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, n);
+    }
+    """
+    object _alloc_tuple "nmx_alloc_tuple"(object type, Py_ssize_t n)
+
 cdef object _Cache = _check.BatchNormCache
 cdef object _KERNELS = _check.KERNELS
-cdef object _new = tuple.__new__
+cdef dict _BACKEND = _backend.__dict__
 
 
-cdef inline bint _c_active():
-    return _backend._active == "c"
+cdef inline void _put(object tup, Py_ssize_t k, object item) noexcept:
+    Py_INCREF(item)  # PyTuple_SET_ITEM steals a reference
+    PyTuple_SET_ITEM(tup, k, item)
+
+
+cdef object _new_cache(object x, object mean, object invstd, object gamma, Py_ssize_t axis):
+    """``BatchNormCache(x, mean, invstd, gamma, axis)``, filled in place as the tuple it is:
+    the named tuple's ``__new__`` (or ``tuple.__new__`` called from here) builds and copies an
+    argument tuple first, which costs about as much as allocating one more output array."""
+    cdef object cache = _alloc_tuple(_Cache, 5)
+    _put(cache, 0, x)
+    _put(cache, 1, mean)
+    _put(cache, 2, invstd)
+    _put(cache, 3, gamma)
+    _put(cache, 4, axis)
+    return cache
 
 
 # ---- half precision: which arrays the fast path takes ------------------------------------------
-
-cdef int _bf16_num = -1  # bfloat16's type number, chosen when ml_dtypes registers it
-
-
-cdef int _half_kind(object a) except -1:
-    """KIND_F16 or KIND_BF16 if ``a`` is an exact ndarray of that dtype that a kernel may read as
-    a plain C array (C-contiguous, aligned, native byte order), else 0."""
-    global _bf16_num
-    if not cnp.PyArray_CheckExact(a) or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a):
-        return 0
-    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
-    if t == cnp.NPY_FLOAT16:
-        return _dtypes.KIND_F16
-    if _bf16_num < 0 and cnp.PyTypeNum_ISUSERDEF(t):
-        ml_dtypes = sys.modules.get("ml_dtypes")  # no bfloat16 array exists before it is loaded
-        if ml_dtypes is not None:
-            _bf16_num = cnp.dtype(ml_dtypes.bfloat16).num
-    return _dtypes.KIND_BF16 if t == _bf16_num else 0
-
 
 cdef inline int _typenum(object a, int *kind) except -2:
     """The type number of an array the fast path takes as x or dy (float32 or float64, or half
     precision with its kind in ``kind``; as float_typenum), else -1."""
     cdef int t = float_typenum(a)
     kind[0] = 0
-    if t < 0:
-        kind[0] = _half_kind(a)
+    if t < 0 and cnp.PyArray_CheckExact(a) and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a):
+        kind[0] = half_kind(cnp.PyArray_TYPE(<cnp.ndarray>a))
         if kind[0]:
             t = cnp.PyArray_TYPE(<cnp.ndarray>a)
     return t
@@ -139,6 +147,24 @@ cdef inline bint _is_out(object out, cnp.ndarray like, int kind) noexcept:
 
 
 # ---- the canonical record -> C kernels ---------------------------------------------------------
+# Each kernel runs through a nogil dispatcher, with the GIL released only for views of
+# NOGIL_MIN_ELEMENTS or more (see _ext_common.pxd).
+
+cdef inline int _train_run(int t, int kind, void *x, nmx_index outer, nmx_index c,
+                           nmx_index inner, void *gamma, void *beta, void *rm, void *rv,
+                           double momentum, double eps, void *y, double *mean,
+                           double *invstd) noexcept nogil:
+    if kind:
+        return nmx_bn_train_h(kind, <uint16_t *>x, outer, c, inner, <float *>gamma,
+                              <float *>beta, <uint16_t *>y, mean, invstd, <float *>rm,
+                              <float *>rv, momentum, eps)
+    if t == cnp.NPY_FLOAT32:
+        return nmx_bn_train_f32(<float *>x, outer, c, inner, <float *>gamma, <float *>beta,
+                                <float *>y, mean, invstd, <float *>rm, <float *>rv, momentum,
+                                eps)
+    return nmx_bn_train_f64(<double *>x, outer, c, inner, <double *>gamma, <double *>beta,
+                            <double *>y, mean, invstd, <double *>rm, <double *>rv, momentum, eps)
+
 
 cdef int _train(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_index inner,
                 object gamma, object beta, object rm, object rv, double momentum, double eps,
@@ -152,21 +178,29 @@ cdef int _train(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_ind
     cdef double *pm = <double *>data_or_null(mean)
     cdef double *pi = <double *>data_or_null(invstd)
     cdef int rc
-    with nogil:
-        if kind:
-            rc = nmx_bn_train_h(kind, <uint16_t *>px, outer, c, inner, <float *>pg,
-                                <float *>pb, <uint16_t *>py, pm, pi, <float *>prm, <float *>prv,
-                                momentum, eps)
-        elif t == cnp.NPY_FLOAT32:
-            rc = nmx_bn_train_f32(<float *>px, outer, c, inner, <float *>pg, <float *>pb,
-                                  <float *>py, pm, pi, <float *>prm, <float *>prv, momentum, eps)
-        else:
-            rc = nmx_bn_train_f64(<double *>px, outer, c, inner, <double *>pg, <double *>pb,
-                                  <double *>py, pm, pi, <double *>prm, <double *>prv, momentum,
-                                  eps)
+    if outer * c * inner < NOGIL_MIN_ELEMENTS:
+        rc = _train_run(t, kind, px, outer, c, inner, pg, pb, prm, prv, momentum, eps, py, pm,
+                        pi)
+    else:
+        with nogil:
+            rc = _train_run(t, kind, px, outer, c, inner, pg, pb, prm, prv, momentum, eps, py,
+                            pm, pi)
     if rc < 0:
         raise MemoryError()
     return 0
+
+
+cdef inline int _infer_run(int t, int kind, void *x, nmx_index outer, nmx_index c,
+                           nmx_index inner, void *gamma, void *beta, void *rm, void *rv,
+                           double eps, void *y) noexcept nogil:
+    if kind:
+        return nmx_bn_infer_h(kind, <uint16_t *>x, outer, c, inner, <float *>gamma,
+                              <float *>beta, <float *>rm, <float *>rv, eps, <uint16_t *>y)
+    if t == cnp.NPY_FLOAT32:
+        return nmx_bn_infer_f32(<float *>x, outer, c, inner, <float *>gamma, <float *>beta,
+                                <float *>rm, <float *>rv, eps, <float *>y)
+    return nmx_bn_infer_f64(<double *>x, outer, c, inner, <double *>gamma, <double *>beta,
+                            <double *>rm, <double *>rv, eps, <double *>y)
 
 
 cdef int _infer(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_index inner,
@@ -178,19 +212,30 @@ cdef int _infer(int t, int kind, object x, nmx_index outer, nmx_index c, nmx_ind
     cdef void *prv = data_or_null(rv)
     cdef void *py = data_or_null(y)
     cdef int rc
-    with nogil:
-        if kind:
-            rc = nmx_bn_infer_h(kind, <uint16_t *>px, outer, c, inner, <float *>pg,
-                                <float *>pb, <float *>prm, <float *>prv, eps, <uint16_t *>py)
-        elif t == cnp.NPY_FLOAT32:
-            rc = nmx_bn_infer_f32(<float *>px, outer, c, inner, <float *>pg, <float *>pb,
-                                  <float *>prm, <float *>prv, eps, <float *>py)
-        else:
-            rc = nmx_bn_infer_f64(<double *>px, outer, c, inner, <double *>pg, <double *>pb,
-                                  <double *>prm, <double *>prv, eps, <double *>py)
+    if outer * c * inner < NOGIL_MIN_ELEMENTS:
+        rc = _infer_run(t, kind, px, outer, c, inner, pg, pb, prm, prv, eps, py)
+    else:
+        with nogil:
+            rc = _infer_run(t, kind, px, outer, c, inner, pg, pb, prm, prv, eps, py)
     if rc < 0:
         raise MemoryError()
     return 0
+
+
+cdef inline int _backward_run(int t, int kind, void *dy, void *x, nmx_index outer, nmx_index c,
+                              nmx_index inner, double *mean, double *invstd, void *gamma,
+                              void *dx, void *dgamma, void *dbeta) noexcept nogil:
+    if kind:
+        return nmx_bn_backward_h(kind, <uint16_t *>dy, <uint16_t *>x, outer, c, inner, mean,
+                                 invstd, <float *>gamma, <uint16_t *>dx, <float *>dgamma,
+                                 <float *>dbeta)
+    if t == cnp.NPY_FLOAT32:
+        return nmx_bn_backward_f32(<float *>dy, <float *>x, outer, c, inner, mean, invstd,
+                                   <float *>gamma, <float *>dx, <float *>dgamma,
+                                   <float *>dbeta)
+    return nmx_bn_backward_f64(<double *>dy, <double *>x, outer, c, inner, mean, invstd,
+                               <double *>gamma, <double *>dx, <double *>dgamma,
+                               <double *>dbeta)
 
 
 cdef int _backward(int t, int kind, object dy, object x, nmx_index outer, nmx_index c,
@@ -205,17 +250,11 @@ cdef int _backward(int t, int kind, object dy, object x, nmx_index outer, nmx_in
     cdef void *pdg = data_or_null(dgamma)
     cdef void *pdb = data_or_null(dbeta)
     cdef int rc
-    with nogil:
-        if kind:
-            rc = nmx_bn_backward_h(kind, <uint16_t *>pdy, <uint16_t *>px, outer, c, inner,
-                                   pm, pi, <float *>pg, <uint16_t *>pdx, <float *>pdg,
-                                   <float *>pdb)
-        elif t == cnp.NPY_FLOAT32:
-            rc = nmx_bn_backward_f32(<float *>pdy, <float *>px, outer, c, inner, pm, pi,
-                                     <float *>pg, <float *>pdx, <float *>pdg, <float *>pdb)
-        else:
-            rc = nmx_bn_backward_f64(<double *>pdy, <double *>px, outer, c, inner, pm, pi,
-                                     <double *>pg, <double *>pdx, <double *>pdg, <double *>pdb)
+    if outer * c * inner < NOGIL_MIN_ELEMENTS:
+        rc = _backward_run(t, kind, pdy, px, outer, c, inner, pm, pi, pg, pdx, pdg, pdb)
+    else:
+        with nogil:
+            rc = _backward_run(t, kind, pdy, px, outer, c, inner, pm, pi, pg, pdx, pdg, pdb)
     if rc < 0:
         raise MemoryError()
     return 0
@@ -223,27 +262,11 @@ cdef int _backward(int t, int kind, object dy, object x, nmx_index outer, nmx_in
 
 # ---- the "c" column of the backend table: the record, checked against any direct call ---------
 
-cdef int record_typenum(object x, int *kind) except -1:
-    """The type number of the record's ``x`` (float32, float64, float16 or bfloat16; TypeError
-    otherwise) and in ``kind`` its half-precision kind (0 for float32 / float64)."""
-    if not isinstance(x, cnp.ndarray):
-        raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
-    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    kind[0] = 0
-    if t == cnp.NPY_FLOAT16:
-        kind[0] = _dtypes.KIND_F16
-    elif t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
-        kind[0] = _dtypes.half_kind(x.dtype)  # bfloat16 has a type number chosen at run time
-        if kind[0] == 0:
-            raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    return t
-
-
 def train(x, outer, channels, inner, gamma, beta, running_mean, running_var, double momentum,
           double eps, y, mean, invstd):
     """C kernel of the training forward on the canonical record (see _batchnorm_check)."""
     cdef int kind
-    cdef int t = record_typenum(x, &kind)
+    cdef int t = checked_record_typenum(x, "x", &kind)
     cdef int p = cnp.NPY_FLOAT32 if kind else t  # the per-channel arrays
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels
@@ -264,7 +287,7 @@ def train(x, outer, channels, inner, gamma, beta, running_mean, running_var, dou
 def infer(x, outer, channels, inner, gamma, beta, running_mean, running_var, double eps, y):
     """C kernel of inference on the canonical record (see _batchnorm_check)."""
     cdef int kind
-    cdef int t = record_typenum(x, &kind)
+    cdef int t = checked_record_typenum(x, "x", &kind)
     cdef int p = cnp.NPY_FLOAT32 if kind else t
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels
@@ -280,7 +303,7 @@ def infer(x, outer, channels, inner, gamma, beta, running_mean, running_var, dou
 def backward(dy, x, outer, channels, inner, mean, invstd, gamma, dx, dgamma, dbeta):
     """C kernel of the backward pass on the canonical record (see _batchnorm_check)."""
     cdef int kind
-    cdef int t = record_typenum(x, &kind)
+    cdef int t = checked_record_typenum(x, "x", &kind)
     cdef int p = cnp.NPY_FLOAT32 if kind else t
     cdef nmx_index n = checked_view(outer, channels, inner, True)
     cdef nmx_index c = channels
@@ -377,13 +400,13 @@ def batch_norm_train(x, gamma, beta, running_mean=None, running_var=None, *, axi
     y = empty_like(<cnp.ndarray>x) if out is None else out
     mean = empty_vector(v[1], cnp.NPY_FLOAT64)
     invstd = empty_vector(v[1], cnp.NPY_FLOAT64)
-    if _c_active():
+    if c_active(_BACKEND):
         _train(t, kind, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, m, e, y, mean,
                invstd)
     else:
         _KERNELS.active().train(x, v[0], v[1], v[2], gamma, beta, running_mean, running_var,
                                 m, e, y, mean, invstd)
-    return y, _new(_Cache, (x, mean, invstd, gamma, v[3]))
+    return y, _new_cache(x, mean, invstd, gamma, v[3])
 
 
 def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1e-5, out=None):
@@ -441,7 +464,7 @@ def batch_norm_infer(x, gamma, beta, running_mean, running_var, *, axis=1, eps=1
         return _check.batch_norm_infer(x, gamma, beta, running_mean, running_var, axis=axis,
                                        eps=eps, out=out)
     y = empty_like(<cnp.ndarray>x) if out is None else out
-    if _c_active():
+    if c_active(_BACKEND):
         _infer(t, kind, x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, e, y)
     else:
         _KERNELS.active().infer(x, v[0], v[1], v[2], gamma, beta, running_mean, running_var, e,
@@ -507,7 +530,7 @@ def batch_norm_backward(dy, cache, *, out=None):
     if gamma is not None:
         dgamma = empty_vector(v[1], p)
         dbeta = empty_vector(v[1], p)
-    if _c_active():
+    if c_active(_BACKEND):
         _backward(t, kind, dy, x, v[0], v[1], v[2], mean, invstd, gamma, dx, dgamma, dbeta)
     else:
         _KERNELS.active().backward(dy, x, v[0], v[1], v[2], mean, invstd, gamma, dx, dgamma,

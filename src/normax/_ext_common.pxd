@@ -8,7 +8,9 @@ thread count, the pool of large outputs) live in ``_ext_common`` alone.
 """
 
 cimport numpy as cnp
+from cpython.dict cimport PyDict_GetItem
 from cpython.long cimport PyLong_AsLongAndOverflow
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 
 cdef extern from "normax.h":
@@ -19,15 +21,37 @@ cdef extern from "normax.h":
 cdef extern from "outbuf.h":
     size_t NMX_BUF_MIN_BYTES
 
+cdef extern from "half.h":
+    enum: NMX_F16   # the kernels' `kind` of float16 storage
+    enum: NMX_BF16  # and of bfloat16 (ml_dtypes)
+
 ctypedef void (*threads_setter)(int) noexcept nogil
+
+# Kernels on fewer elements than this run with the GIL held. Releasing and re-taking it costs
+# about 50 ns, a tenth of a whole (32, 64) batch-norm call, while a kernel this small finishes
+# within a few microseconds: other Python threads lose nothing they would notice.
+cdef enum:
+    NOGIL_MIN_ELEMENTS = 16384
 
 # Every module links its own copy of csrc/threads.c (csrc/ is a static library), so each one
 # registers its setter here at import; normax.set_num_threads then reaches all of them.
 cdef int register_threads(threads_setter setter) except -1
 
+# NMX_F16 or NMX_BF16 for arrays of type number ``typenum`` (any byte order), else 0. bfloat16
+# is ml_dtypes' user-defined dtype: its type number is chosen when ml_dtypes registers it, and
+# looked up once after that.
+cdef int half_kind(int typenum) noexcept
+
 # A new C-contiguous array whose memory comes from the one output pool (csrc/outbuf.c) when it
 # holds NMX_BUF_MIN_BYTES or more; the pool lives in _ext_common, whichever module allocates.
 cdef cnp.ndarray pooled_empty(int nd, cnp.npy_intp *dims, int typenum)
+
+
+cdef inline bint c_active(dict backend_globals) noexcept:
+    """Whether the C backend runs (``normax._backend._active == "c"``), read from the globals of
+    ``normax._backend``: a module attribute lookup would cost as much again."""
+    cdef PyObject *name = PyDict_GetItem(backend_globals, "_active")
+    return name != NULL and <object>name == "c"
 
 
 cdef inline int float_typenum(object a) noexcept:
@@ -116,8 +140,18 @@ cdef inline bint overlaps(object a, object b) noexcept:
     cdef cnp.ndarray y = <cnp.ndarray>b
     cdef char *px = cnp.PyArray_BYTES(x)
     cdef char *py = cnp.PyArray_BYTES(y)
-    cdef cnp.npy_intp nx = cnp.PyArray_NBYTES(x), ny = cnp.PyArray_NBYTES(y)
+    cdef cnp.npy_intp nx = nbytes(x), ny = nbytes(y)
     return nx > 0 and ny > 0 and px < py + ny and py < px + nx
+
+
+cdef inline cnp.npy_intp nbytes(cnp.ndarray a) noexcept:
+    """``a.nbytes``, inline: PyArray_NBYTES calls into NumPy for the element count, and the
+    training front door asks for ten overlaps."""
+    cdef cnp.npy_intp n = cnp.PyArray_ITEMSIZE(a)
+    cdef int k
+    for k in range(cnp.PyArray_NDIM(a)):
+        n *= cnp.PyArray_DIMS(a)[k]
+    return n
 
 
 cdef inline bint exact_float(object v, double *out) noexcept:
@@ -184,6 +218,22 @@ cdef inline int checked_typenum(object a, str name) except -1:
     cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
         raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    return t
+
+
+cdef inline int checked_record_typenum(object a, str name, int *kind) except -1:
+    """The type number of a record's float array ``a`` (float32, float64, float16 or bfloat16;
+    TypeError for anything else) and in kind[0] its half-precision kind (0 for float32 /
+    float64)."""
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    kind[0] = 0
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        kind[0] = half_kind(t)
+        if kind[0] == 0:
+            raise TypeError(
+                f"{name} must be float16, bfloat16, float32 or float64, got {a.dtype}")
     return t
 
 

@@ -3,6 +3,7 @@
 pool of large outputs."""
 
 import math
+import sys
 
 import numpy as np
 
@@ -11,13 +12,20 @@ from cpython.pycapsule cimport PyCapsule_New
 from libc.string cimport strncpy
 
 from normax._ext_common cimport (
+    NMX_BF16,
     NMX_BUF_MIN_BYTES,
+    NMX_F16,
     nmx_get_num_threads,
     nmx_set_num_threads,
     threads_setter,
 )
 
+from normax import _dtypes
+
 cnp.import_array()
+
+if (NMX_F16, NMX_BF16) != (_dtypes.KIND_F16, _dtypes.KIND_BF16):
+    raise ImportError("normax._dtypes half kinds do not match csrc/half.h; rebuild the extension")
 
 cdef extern from "normax.h":
     int nmx_openmp_version() noexcept nogil
@@ -74,6 +82,25 @@ def build_info():
 
 
 register_threads(nmx_set_num_threads)
+
+
+# ---- half precision -----------------------------------------------------------------------------
+
+cdef int _bf16_num = -1  # bfloat16's type number, once ml_dtypes has registered it
+
+
+cdef int half_kind(int typenum) noexcept:
+    global _bf16_num
+    if typenum == cnp.NPY_FLOAT16:
+        return NMX_F16
+    if _bf16_num < 0 and cnp.PyTypeNum_ISUSERDEF(typenum):
+        ml_dtypes = sys.modules.get("ml_dtypes")  # no bfloat16 array exists before it is loaded
+        if ml_dtypes is not None:
+            try:
+                _bf16_num = cnp.dtype(ml_dtypes.bfloat16).num
+            except Exception:  # a broken ml_dtypes: no array here is bfloat16 then
+                return 0
+    return NMX_BF16 if _bf16_num >= 0 and typenum == _bf16_num else 0
 
 
 # ---- the output pool (csrc/outbuf.c) --------------------------------------------------------

@@ -25,15 +25,22 @@ from libc.stdint cimport uint16_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcmp, memcpy, memset
 
-from normax._ext_common cimport exact_int, nmx_index, nmx_set_num_threads, register_threads
+from normax._ext_common cimport (
+    c_active,
+    exact_int,
+    half_kind,
+    nmx_index,
+    nmx_set_num_threads,
+    register_threads,
+)
 
-import sys
-
-from normax import _backend, _dtypes
+from normax import _backend
 from normax.optim import _check, _kinds
 
 cnp.import_array()
 register_threads(nmx_set_num_threads)
+
+cdef dict _BACKEND = _backend.__dict__
 
 cdef extern from "Python.h":
     PyObject **PySequence_Fast_ITEMS(object o)
@@ -70,17 +77,11 @@ cdef extern from "optim.h":
     void nmx_optim_step_f64(const nmx_optim_call *c) nogil
     void nmx_optim_step_half(const nmx_optim_half_call *hc) nogil
 
-cdef extern from "half.h":
-    enum: NMX_F16
-    enum: NMX_BF16
-
 SGD, MOMENTUM, RMSPROP, ADAM = NMX_OPT_SGD, NMX_OPT_MOMENTUM, NMX_OPT_RMSPROP, NMX_OPT_ADAM
 NESTEROV, FIRST = NMX_OPT_NESTEROV, NMX_OPT_FIRST
 CENTERED, AMSGRAD = NMX_OPT_CENTERED, NMX_OPT_AMSGRAD
 NHYPER = NMX_OPT_NHYPER
 
-if (NMX_F16, NMX_BF16) != (_dtypes.KIND_F16, _dtypes.KIND_BF16):
-    raise ImportError("normax._dtypes half kinds do not match csrc/half.h; rebuild the extension")
 _kinds.verify({"SGD": SGD, "MOMENTUM": MOMENTUM, "RMSPROP": RMSPROP, "ADAM": ADAM,
                "NESTEROV": NESTEROV, "FIRST": FIRST, "CENTERED": CENTERED, "AMSGRAD": AMSGRAD})
 
@@ -300,26 +301,6 @@ cdef bint _separate(_Tables *t) noexcept:
     return True
 
 
-# ---- half precision: float16 is NPY_FLOAT16; bfloat16 is ml_dtypes' user-defined type, whose type
-# number is fixed once the module is loaded (no array can be bfloat16 before that)
-
-cdef int _bf16_num = -1
-
-
-cdef int _half_kind(int typenum) noexcept:
-    """1 (float16), 2 (bfloat16) or 0 for the arrays of type number ``typenum``."""
-    global _bf16_num
-    if typenum == cnp.NPY_FLOAT16:
-        return NMX_F16
-    if _bf16_num < 0:
-        try:
-            if "ml_dtypes" in sys.modules:
-                _bf16_num = _dtypes.bfloat16().num
-        except Exception:  # a broken ml_dtypes: no array here is bfloat16 then
-            return 0
-    return NMX_BF16 if typenum == _bf16_num and _bf16_num >= 0 else 0
-
-
 cdef inline int _list_type(PyObject *lst, Py_ssize_t n) noexcept:
     """The type number of the first array of a list of ``n`` items, or -1."""
     if n == 0:
@@ -374,12 +355,12 @@ cdef bint _accept(nmx_optim_half_call *hc, _Tables *t, Py_ssize_t n, int *typenu
     types[0] = types[1] = types[2] = types[3] = typenum[0]
     if n > 0 and _list_type(lists[0], n) != typenum[0]:
         types[0] = _list_type(lists[0], n)
-        gkind = _half_kind(types[0]) if typenum[0] == cnp.NPY_FLOAT32 else 0
+        gkind = half_kind(types[0]) if typenum[0] == cnp.NPY_FLOAT32 else 0
         if gkind == 0:
             return False
     types[4] = _list_type(lists[4], n) if half is not None else -1
     if half is not None and n > 0:
-        hkind = _half_kind(types[4]) if typenum[0] == cnp.NPY_FLOAT32 else 0
+        hkind = half_kind(types[4]) if typenum[0] == cnp.NPY_FLOAT32 else 0
         if hkind == 0:
             return False
     for j in range(5):
@@ -474,7 +455,7 @@ cdef bint _try_run(object kind, object flags, object hyper, object params, objec
 cdef int _step(object kind, object flags, object hyper, object params, object grads, object s0,
                object s1, object s2, object half, bint c_only) except -1:
     """Run the call as it is if it is canonical, else as the checker normalizes it (or raise)."""
-    cdef bint run_c = c_only or _backend._active == "c"
+    cdef bint run_c = c_only or c_active(_BACKEND)
     if _try_run(kind, flags, hyper, params, grads, s0, s1, s2, half, run_c):
         return 0
     kind, flags, hyper, params, grads, s0, s1, s2, half = _check.normalize(

@@ -16,12 +16,16 @@ direct call can crash the process. They also take float16 / bfloat16 records (ha
 storage, float32 arithmetic on converted tiles), which the front doors leave to the checker.
 """
 
+cimport cython
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint16_t
 from libc.math cimport isfinite
 
 from normax._ext_common cimport (
+    NOGIL_MIN_ELEMENTS,
+    c_active,
     checked_array,
+    checked_record_typenum,
     checked_view,
     data_or_null,
     empty_like,
@@ -39,7 +43,7 @@ from normax._ext_common cimport (
     view3,
 )
 
-from normax import _backend, _dtypes
+from normax import _backend
 from normax import _softmax_check as _check
 
 cnp.import_array()
@@ -80,25 +84,41 @@ cdef extern from "softmax.h":
                                int log_) nogil
 
 cdef object _KERNELS = _check.KERNELS
-cdef object _reduce = _check.reduce
 cdef dict _REDUCTIONS = _check.REDUCTIONS
-
-
-cdef inline bint _c_active():
-    return _backend._active == "c"
+cdef dict _BACKEND = _backend.__dict__
+cdef str _MEAN = "mean"  # the default: the same object as a literal "mean" in the caller's code
 
 
 # ---- the canonical record -> C kernels ---------------------------------------------------------
+# The GIL is released only around kernels on NOGIL_MIN_ELEMENTS or more (see _ext_common.pxd).
+
+cdef inline void _forward_run(int t, const void *z, void *out, nmx_index outer, nmx_index c,
+                              nmx_index inner, int log) noexcept nogil:
+    if t == cnp.NPY_FLOAT32:
+        nmx_softmax_f32(<const float *>z, <float *>out, outer, c, inner, log)
+    else:
+        nmx_softmax_f64(<const double *>z, <double *>out, outer, c, inner, log)
+
 
 cdef void _forward(int t, object z, object out, nmx_index outer, nmx_index c, nmx_index inner,
                    int log) noexcept:
     cdef void *pz = data_or_null(z)
     cdef void *po = data_or_null(out)
-    with nogil:
-        if t == cnp.NPY_FLOAT32:
-            nmx_softmax_f32(<float *>pz, <float *>po, outer, c, inner, log)
-        else:
-            nmx_softmax_f64(<double *>pz, <double *>po, outer, c, inner, log)
+    if outer * c * inner < NOGIL_MIN_ELEMENTS:
+        _forward_run(t, pz, po, outer, c, inner, log)
+    else:
+        with nogil:
+            _forward_run(t, pz, po, outer, c, inner, log)
+
+
+cdef inline void _backward_run(int t, const void *g, const void *y, void *out, nmx_index outer,
+                               nmx_index c, nmx_index inner, int log) noexcept nogil:
+    if t == cnp.NPY_FLOAT32:
+        nmx_softmax_backward_f32(<const float *>g, <const float *>y, <float *>out, outer, c,
+                                 inner, log)
+    else:
+        nmx_softmax_backward_f64(<const double *>g, <const double *>y, <double *>out, outer, c,
+                                 inner, log)
 
 
 cdef void _backward(int t, object g, object y, object out, nmx_index outer, nmx_index c,
@@ -106,24 +126,43 @@ cdef void _backward(int t, object g, object y, object out, nmx_index outer, nmx_
     cdef void *pg = data_or_null(g)
     cdef void *py = data_or_null(y)
     cdef void *po = data_or_null(out)
-    with nogil:
-        if t == cnp.NPY_FLOAT32:
-            nmx_softmax_backward_f32(<float *>pg, <float *>py, <float *>po, outer, c, inner, log)
-        else:
-            nmx_softmax_backward_f64(<double *>pg, <double *>py, <double *>po, outer, c, inner,
-                                     log)
+    if outer * c * inner < NOGIL_MIN_ELEMENTS:
+        _backward_run(t, pg, py, po, outer, c, inner, log)
+    else:
+        with nogil:
+            _backward_run(t, pg, py, po, outer, c, inner, log)
+
+
+cdef inline double _xent_run(int t, const void *z, void *dz, const nmx_xent_args *a) noexcept nogil:
+    if t == cnp.NPY_FLOAT32:
+        return nmx_xent_f32(<const float *>z, <float *>dz, a)
+    return nmx_xent_f64(<const double *>z, <double *>dz, a)
 
 
 cdef double _xent(int t, object z, object dz, nmx_xent_args *a) noexcept:
     cdef void *pz = data_or_null(z)
     cdef void *pdz = data_or_null(dz)
     cdef double total
+    if a.outer * a.classes * a.inner < NOGIL_MIN_ELEMENTS:
+        return _xent_run(t, pz, pdz, a)
     with nogil:
-        if t == cnp.NPY_FLOAT32:
-            total = nmx_xent_f32(<float *>pz, <float *>pdz, a)
-        else:
-            total = nmx_xent_f64(<double *>pz, <double *>pdz, a)
+        total = _xent_run(t, pz, pdz, a)
     return total
+
+
+@cython.cdivision(True)  # wsum > 0 is tested; no Python ZeroDivisionError check in nogil code
+cdef double _labels_then_xent(int t, const void *z, void *dz, nmx_xent_args *a, int red,
+                              bint run, nmx_index *bad) noexcept nogil:
+    """The fast path's label check, then the scale of the mean and, with ``run``, the C kernel.
+    bad[0] receives the index of the first label out of range (the kernel does not run), or -1.
+    """
+    cdef double wsum = 0.0
+    bad[0] = nmx_xent_check_labels(a.labels, a.label_bytes, a.outer * a.inner, a.classes,
+                                   a.has_ignore, a.ignore, NULL, &wsum)
+    if bad[0] >= 0:
+        return 0.0
+    a.scale = 1.0 if red != 0 else (1.0 / wsum if wsum > 0.0 else 0.0)
+    return _xent_run(t, z, dz, a) if run else 0.0
 
 
 cdef int _half_done(int rc) except -1:
@@ -164,20 +203,12 @@ cdef double _xent_h(int kind, object z, object dz, nmx_xent_args *a) except? -1.
     return total
 
 
-cdef int _record_type(object a, str name, int *kind) except -1:
-    """The type number of the record's float array ``a``; kind[0] receives 0 for float32 /
-    float64, else the half-precision kind of the C kernels (1 float16, 2 bfloat16: bfloat16 is
-    a user-defined dtype whose type number is only known at run time)."""
-    if not isinstance(a, cnp.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
-    kind[0] = 0
-    if t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64:
-        return t
-    kind[0] = _dtypes.half_kind(a.dtype)
-    if kind[0] == 0:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {a.dtype}")
-    return t
+cdef int _reduction(object reduction) noexcept:
+    """0 "mean", 1 "sum", 2 "none", else -1 (the checker says why)."""
+    if type(reduction) is not str:
+        return -1
+    cdef object red = _REDUCTIONS.get(reduction)
+    return -1 if red is None else <int>red
 
 
 cdef int _label_bytes(object target) noexcept:
@@ -191,7 +222,7 @@ cdef int _label_bytes(object target) noexcept:
 def forward(z, out, outer, classes, inner, log):
     """C kernel of (log-)softmax on the canonical record (see _softmax_check)."""
     cdef int kind
-    cdef int t = _record_type(z, "z", &kind)
+    cdef int t = checked_record_typenum(z, "z", &kind)
     cdef nmx_index n = checked_view(outer, classes, inner, True)
     checked_array(z, "z", t, n, False)
     checked_array(out, "out", t, n, True)
@@ -204,7 +235,7 @@ def forward(z, out, outer, classes, inner, log):
 def backward(g, y, out, outer, classes, inner, log):
     """C kernel of the (log-)softmax gradient on the canonical record (see _softmax_check)."""
     cdef int kind
-    cdef int t = _record_type(g, "g", &kind)
+    cdef int t = checked_record_typenum(g, "g", &kind)
     cdef nmx_index n = checked_view(outer, classes, inner, True)
     checked_array(g, "g", t, n, False)
     checked_array(y, "y", t, n, False)
@@ -219,7 +250,7 @@ def xent(z, outer, classes, inner, target, weight, ignore, double eps, double sc
     """C kernel of the fused cross-entropy on the canonical record (see _softmax_check);
     returns the summed loss."""
     cdef int kind
-    cdef int t = _record_type(z, "z", &kind)
+    cdef int t = checked_record_typenum(z, "z", &kind)
     cdef nmx_index n = checked_view(outer, classes, inner, True)
     cdef nmx_xent_args a
     cdef double wsum
@@ -260,7 +291,7 @@ cdef object _softmax_door(object z, object axis, object out, bint log):
         return _check.forward(z, axis, out, log)
     if out is None:
         out = empty_like(<cnp.ndarray>z)
-    if _c_active():
+    if c_active(_BACKEND):
         _forward(t, z, out, v[0], v[1], v[2], log)
     else:
         _KERNELS.active().forward(z, out, v[0], v[1], v[2], log)
@@ -278,7 +309,7 @@ cdef object _backward_door(object g, object y, object axis, object out, bint log
         return _check.backward(g, y, axis, out, log, names)
     if out is None:
         out = empty_like(<cnp.ndarray>y)
-    if _c_active():
+    if c_active(_BACKEND):
         _backward(t, g, y, out, v[0], v[1], v[2], log)
     else:
         _KERNELS.active().backward(g, y, out, v[0], v[1], v[2], log)
@@ -435,11 +466,14 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
     cdef Py_ssize_t v[4]
     v[0] = v[1] = v[2] = v[3] = 0  # set by view3; zeroed so no path reads garbage
     cdef nmx_xent_args a
-    cdef double wsum = 0.0, total
-    cdef nmx_index bad
+    cdef double total
+    cdef nmx_index bad = -1
     cdef long ign = 0
-    cdef object red = _REDUCTIONS.get(reduction) if type(reduction) is str else None
-    if (t < 0 or red is None or weight is not None or not view3(<cnp.ndarray>z, axis, 1, v)
+    cdef int red = 0 if reduction is _MEAN else _reduction(reduction)
+    cdef bint run_c
+    cdef void *pz
+    cdef void *pdz
+    if (t < 0 or red < 0 or weight is not None or not view3(<cnp.ndarray>z, axis, 1, v)
             or not _labels_for(<cnp.ndarray>z, target, v)
             or not exact_float(label_smoothing, &a.eps) or not (0.0 <= a.eps <= 1.0)
             or (ignore_index is not None and not exact_int(ignore_index, &ign))
@@ -452,23 +486,28 @@ def softmax_cross_entropy(z, target, *, axis=-1, reduction="mean", weight=None,
     a.labels, a.label_bytes = data_or_null(target), _label_bytes(target)
     a.probs, a.weight = NULL, NULL
     a.has_ignore, a.ignore, a.loss = ignore_index is not None, ign, NULL
-    with nogil:
-        bad = nmx_xent_check_labels(a.labels, a.label_bytes, a.outer * a.inner, a.classes,
-                                    a.has_ignore, a.ignore, NULL, &wsum)
-    if bad >= 0:  # the checker finds it again and says where
-        return _check.softmax_cross_entropy(
-            z, target, axis=axis, reduction=reduction, ignore_index=ignore_index,
-            label_smoothing=label_smoothing, out=out)
-    a.scale = 1.0 if red != 0 else (1.0 / wsum if wsum > 0.0 else 0.0)
     loss = None
     if red == 2:
         loss = new_output(cnp.PyArray_NDIM(<cnp.ndarray>target),
                           cnp.PyArray_DIMS(<cnp.ndarray>target), t)
         a.loss = data_or_null(loss)
     dz = empty_like(<cnp.ndarray>z) if out is None else out
-    if _c_active():
-        total = _xent(t, z, dz, &a)
+    # One pass over the labels, then the kernel; a label out of range stops before the kernel.
+    run_c = c_active(_BACKEND)
+    pz, pdz = data_or_null(z), data_or_null(dz)
+    if a.outer * a.classes * a.inner < NOGIL_MIN_ELEMENTS:
+        total = _labels_then_xent(t, pz, pdz, &a, red, run_c, &bad)
     else:
+        with nogil:
+            total = _labels_then_xent(t, pz, pdz, &a, red, run_c, &bad)
+    if bad >= 0:  # the checker finds it again and says where
+        return _check.softmax_cross_entropy(
+            z, target, axis=axis, reduction=reduction, ignore_index=ignore_index,
+            label_smoothing=label_smoothing, out=out)
+    if not run_c:
         total = _KERNELS.active().xent(z, a.outer, a.classes, a.inner, target, None,
                                        ignore_index, a.eps, a.scale, dz, loss)
-    return _reduce(total, a.scale, red, loss), dz
+    # As _softmax_check.reduce, without a Python call.
+    if red == 2:
+        return loss, dz
+    return (total if red == 1 else (total * a.scale if a.scale != 0.0 else 0.0)), dz

@@ -816,30 +816,26 @@ def xent(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
 
 # ---- half precision ---------------------------------------------------------------------------
 # Numba cannot type bfloat16 arrays, so a float16 / bfloat16 record runs the float32 kernels on
-# float32 copies of its inputs and rounds the float32 results once into the half outputs
-# (NumPy and ml_dtypes round to nearest even). Correct and simple, at the cost of an extra
-# float32 copy of every array; the C backend converts tile by tile instead.
+# float32 copies of its inputs and rounds the float32 results once into the half outputs with
+# round_into (to nearest even, inf beyond the half range, as the C kernels give; fast on
+# subnormals). Correct and simple, at the cost of an extra float32 copy of every array; the C
+# backend converts tile by tile instead.
 
 
 def _f32(a):
     return a.astype(np.float32)
 
 
-def _round_into(out, res):
-    # to nearest even, beyond the half range inf, as the C kernels give; fast on subnormals
-    round_into(out, res)
-
-
 def _forward_half(z, out, outer, c, inner, log):
     res = np.empty(out.shape, np.float32)
     forward(_f32(z), res, outer, c, inner, log)
-    _round_into(out, res)
+    round_into(out, res)
 
 
 def _backward_half(g, y, out, outer, c, inner, log):
     res = np.empty(out.shape, np.float32)
     backward(_f32(g), _f32(y), res, outer, c, inner, log)
-    _round_into(out, res)
+    round_into(out, res)
 
 
 def _xent_half(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
@@ -848,7 +844,7 @@ def _xent_half(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss)
         target = _f32(target)
     per = None if loss is None else np.empty(loss.shape, np.float64)
     total = xent(_f32(z), outer, c, inner, target, weight, ignore, eps, scale, grad, per)
-    _round_into(dz, grad)
+    round_into(dz, grad)
     if loss is not None:
-        _round_into(loss, per)
+        round_into(loss, per)
     return total
