@@ -93,7 +93,13 @@ cdef extern from "batchnorm.h":
 cdef extern from *:
     """
     static PyObject *nmx_alloc_tuple(PyObject *type, Py_ssize_t n) {
-        return ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, n);
+        PyObject *t = ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, n);
+    #if PY_VERSION_HEX >= 0x030E0000
+        /* 3.14 caches a tuple's hash, with -1 for "not computed"; tp_alloc zeroes it, which
+           would read as a cached hash of 0 (and hash() of a cache holding arrays must raise). */
+        if (t) ((PyTupleObject *)t)->ob_hash = -1;
+    #endif
+        return t;
     }
     """
     object _alloc_tuple "nmx_alloc_tuple"(object type, Py_ssize_t n)
