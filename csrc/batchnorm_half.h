@@ -74,13 +74,13 @@ static void bn_load_rows_h(int kind, const uint16_t *x, nmx_index C, nmx_index r
     for (nmx_index r = r0; r < r1; r++) nmx_half_to_float(kind, x + r * C + a, t + (r - r0) * w, w);
 }
 
-/* bn_sums_h through float32 tiles (float16, see bn_piece_tiles_h): the float32 leaf loops on
- * tiles converted with nmx_half_to_float. Rows are taken in
- * blocks of a multiple of four, sliced into at most NMX_HALF_COLS channels when C is wider;
- * runs are grouped whole into a tile when they fit, else sliced. */
+/* bn_sums_h through float32 tiles: the float32 leaf loops on tiles converted with
+ * nmx_half_to_float. Rows are taken in blocks of a multiple of four, sliced into at most
+ * NMX_HALF_COLS channels when C is wider; runs are grouped whole into a tile when they fit,
+ * else sliced. */
 static void bn_sums_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index C,
-                      nmx_index inner, nmx_index lo, nmx_index hi, const float *piv,
-                      const float *k, const double *mean, double *s1, double *s2) {
+                            nmx_index inner, nmx_index lo, nmx_index hi, const float *piv,
+                            const float *k, const double *mean, double *s1, double *s2) {
     float xt[NMX_HALF_TILE], gt[NMX_HALF_TILE];
     if (inner == 1) {
         nmx_index w = nmx_min(C, NMX_HALF_COLS), rows = (NMX_HALF_TILE / w) & ~(nmx_index)3;
@@ -126,11 +126,11 @@ static void bn_sums_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, nmx
 }
 
 /* bn_piece_h through float32 tiles: x (and dy) widened into buffers by nmx_half_to_float, the
- * float32 leaf loop, the result rounded once by nmx_float_to_half; the `ahead`
- * elements that follow the piece are prefetched, one input before each conversion. */
-static void bn_piece_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *o, nmx_index C,
-                       nmx_index inner, nmx_index u0, nmx_index u1, nmx_index a, nmx_index w,
-                       const float *k, nmx_index ahead) {
+ * float32 leaf loop, the result rounded once by nmx_float_to_half; the `ahead` elements that
+ * follow the piece are prefetched, one input before each conversion. */
+static void bn_piece_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *o,
+                             nmx_index C, nmx_index inner, nmx_index u0, nmx_index u1,
+                             nmx_index a, nmx_index w, const float *k, nmx_index ahead) {
     float xt[NMX_HALF_TILE], gt[NMX_HALF_TILE], ot[NMX_HALF_TILE];
     nmx_index off = u0 * (inner == 1 ? C : inner) + a, cnt = (u1 - u0) * w;
     bn_prefetch_h(x + off + cnt, ahead);
