@@ -85,6 +85,40 @@ static void nmx_stream_fence(void) {
 /* Independent accumulators per run reduction: four AVX-512 registers of doubles. */
 #define NMX_LANES 32
 
+/* The run reductions of the leaf loops (batchnorm_impl.h, batchnorm_half_leaf.h): the sums of
+ * BODY's two terms over one run. Independent lane accumulators let the loop vectorize and hide
+ * add latency without reassociation flags: NMX_LANES of them for long runs, eight for short ones
+ * (7x7 maps), none below eight, so short runs pay no set-up. */
+#define NMX_LANE_LOOP(L, BODY)                                                      \
+    do {                                                                           \
+        double a_[L] = {0}, b_[L] = {0};                                           \
+        for (; i + (L) <= n; i += (L))                                             \
+            for (int j = 0; j < (L); j++) {                                        \
+                double u_, v_;                                                     \
+                BODY(i + j, u_, v_);                                               \
+                a_[j] += u_;                                                       \
+                b_[j] += v_;                                                       \
+            }                                                                      \
+        for (int j = 0; j < (L); j++) {                                            \
+            sa += a_[j];                                                           \
+            sb += b_[j];                                                           \
+        }                                                                          \
+    } while (0)
+
+#define NMX_RUN_SUMS(BODY)                                                         \
+    do {                                                                           \
+        if (n >= 4 * NMX_LANES)                                                    \
+            NMX_LANE_LOOP(NMX_LANES, BODY);                                        \
+        else if (n >= 8)                                                           \
+            NMX_LANE_LOOP(8, BODY);                                                \
+        for (; i < n; i++) {                                                       \
+            double u_, v_;                                                         \
+            BODY(i, u_, v_);                                                       \
+            sa += u_;                                                              \
+            sb += v_;                                                              \
+        }                                                                          \
+    } while (0)
+
 /* Scratch of a call: 2 * C partial sums per thread (double) and `per` per-channel constants of
  * the element type (at most 8 bytes each). Small channel counts use the stack: a (32, 64) batch
  * then calls no allocator. On allocation failure the kernel returns -1 before writing. */

@@ -1,21 +1,30 @@
 /* Half-precision batch norm (float16 and bfloat16 storage, float32 arithmetic), included by
- * batchnorm.c after the float32 instance of batchnorm_impl.h, whose leaf loops and finishing
- * steps it runs unchanged on float32 tiles:
- *   - each pass converts a tile of at most NMX_HALF_TILE elements with nmx_half_to_float into a
- *     buffer on the stack and hands it to the float32 leaf loop (stats_rows / stats_run,
- *     grad_rows / grad_run, affine_* / dx_*), so no hot loop converts element by element;
- *   - the output pass computes a float32 tile and rounds it once with nmx_float_to_half, into
- *     the output or, for outputs larger than the cache, into a small buffer streamed out with
- *     non-temporal stores in the float32 kernel's block order;
+ * batchnorm.c after the float32 instance of batchnorm_impl.h, whose finishing steps it runs
+ * unchanged:
+ *   - bfloat16: the leaf loops are the float32 ones with the conversions fused into their
+ *     loads and stores (batchnorm_half_leaf.h): the same float32 expressions on the exactly
+ *     widened input, each result rounded once, and no pass stages float32 copies of its inputs
+ *     or outputs (widening is a shift, rounding a few integer instructions per vector);
+ *   - float16: each pass converts tiles of at most NMX_HALF_TILE elements with
+ *     nmx_half_to_float into stack buffers and runs the float32 leaf loops on them (F16C);
+ *   - the output pass computes pieces of at most NMX_HALF_TILE elements, written into the output
+ *     or, for outputs larger than the cache, into a small buffer streamed out with non-temporal
+ *     stores in the float32 kernel's block order;
  *   - sums and statistics are the float32 kernel's (double accumulation, shifted by a pivot);
  *     gamma, beta, the running statistics, dgamma and dbeta are float32 (PyTorch's mixed rule);
  *   - threads split the work exactly as in the float32 kernel, and the scratch memory is the
  *     same (the per-channel pivots live beside the constants k).
  */
 
-/* A tile row of the rows path (inner == 1) holds at most this many channels, so a tile takes
- * four rows or more and stats_rows / grad_rows keep summing blocks of four rows. */
-#define NMX_HALF_COLS (NMX_HALF_TILE / 4)
+/* The leaf loops on bfloat16 storage. */
+#define HSUF bf16
+#define HLD(h) nmx_bf16_to_f32(h)
+#define HST(f) nmx_f32_to_bf16(f)
+#include "batchnorm_half_leaf.h"
+#undef HSUF
+#undef HLD
+#undef HST
+
 /* Output elements per streamed block: the float32 kernel's block (NMX_PIECES_PER_BLOCK pieces
  * of NMX_PIECE elements). */
 #define NMX_HALF_BLOCK ((nmx_index)NMX_PIECE * NMX_PIECES_PER_BLOCK)
@@ -26,6 +35,26 @@ static inline float nmx_half_value(int kind, uint16_t h) {
 
 static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b; }
 
+/* The pivot of each channel (its first value, as in the float32 kernel) in float32. */
+static void bn_pivots_h(int kind, const uint16_t *x, nmx_index C, nmx_index inner, float *piv) {
+    if (inner == 1) {
+        nmx_half_to_float(kind, x, piv, C);
+        return;
+    }
+    for (nmx_index c = 0; c < C; c++) piv[c] = nmx_half_value(kind, x[c * inner]);
+}
+
+/* ---- float16: float32 tiles ------------------------------------------------------------
+ * float16 runs the float32 leaf loops on tiles of at most NMX_HALF_TILE elements widened by
+ * nmx_half_to_float (F16C / AVX-512 where the CPU has them) and rounds the output tiles with
+ * nmx_float_to_half. The branch-free float16 conversions of half.h, fused into the leaf loops,
+ * ran several times slower than the F16C tiles (the compiler does not turn them into vcvtph2ps),
+ * and the float32 loops' two-product expressions (dx) may contract into an FMA differently once
+ * the longer widening is fused in, moving the last bit of a dx that cancels. */
+
+/* A tile row of the rows path (inner == 1) holds at most this many channels, so a tile takes
+ * four rows or more and stats_rows / grad_rows keep summing blocks of four rows. */
+#define NMX_HALF_COLS (NMX_HALF_TILE / 4)
 /* Ask for [p, p + n) ahead of its conversion (into the L2 cache, a line per 32 halves). The
  * passes alternate between converting a tile, which reads memory, and float32 arithmetic on it,
  * which reads none: the hardware prefetcher follows demand loads, so without this the memory
@@ -45,22 +74,13 @@ static void bn_load_rows_h(int kind, const uint16_t *x, nmx_index C, nmx_index r
     for (nmx_index r = r0; r < r1; r++) nmx_half_to_float(kind, x + r * C + a, t + (r - r0) * w, w);
 }
 
-/* The pivot of each channel (its first value, as in the float32 kernel) in float32. */
-static void bn_pivots_h(int kind, const uint16_t *x, nmx_index C, nmx_index inner, float *piv) {
-    if (inner == 1) {
-        nmx_half_to_float(kind, x, piv, C);
-        return;
-    }
-    for (nmx_index c = 0; c < C; c++) piv[c] = nmx_half_value(kind, x[c * inner]);
-}
-
-/* Pass 1 over units [lo, hi) (rows when inner == 1, else runs): the sums of the statistics
- * (dy NULL: x - pivot) or of the gradient (dy * (x - mean)), tile by tile. Rows are taken in
- * blocks of a multiple of four, sliced into at most NMX_HALF_COLS channels when C is wider;
- * runs are grouped whole into a tile when they fit, else sliced. */
-static void bn_sums_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index C,
-                      nmx_index inner, nmx_index lo, nmx_index hi, const float *piv,
-                      const float *k, const double *mean, double *s1, double *s2) {
+/* bn_sums_h through float32 tiles: the float32 leaf loops on tiles converted with
+ * nmx_half_to_float. Rows are taken in blocks of a multiple of four, sliced into at most
+ * NMX_HALF_COLS channels when C is wider; runs are grouped whole into a tile when they fit,
+ * else sliced. */
+static void bn_sums_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index C,
+                            nmx_index inner, nmx_index lo, nmx_index hi, const float *piv,
+                            const float *k, const double *mean, double *s1, double *s2) {
     float xt[NMX_HALF_TILE], gt[NMX_HALF_TILE];
     if (inner == 1) {
         nmx_index w = nmx_min(C, NMX_HALF_COLS), rows = (NMX_HALF_TILE / w) & ~(nmx_index)3;
@@ -105,34 +125,12 @@ static void bn_sums_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
     }
 }
 
-/* Fold the team's sums of channels [c0, c1) and redo in double, element by element, any
- * rows-path channel whose blocked float32 sums overflowed (bfloat16 reaches 3e38) or met Inf or
- * NaN, as gather_stats / gather_grad do for float32. */
-static void bn_gather_h(int kind, nmx_index c0, nmx_index c1, double *acc, int team, nmx_index C,
-                        const uint16_t *dy, const uint16_t *x, const double *mean,
-                        nmx_index outer, nmx_index inner) {
-    fold_parts_f32(c0, c1, acc, team, C);
-    if (inner != 1) return;
-    for (nmx_index c = c0; c < c1; c++) {
-        if (isfinite(acc[c]) && isfinite(acc[C + c])) continue;
-        double p = dy ? mean[c] : (double)nmx_half_value(kind, x[c]), a = 0, b = 0;
-        for (nmx_index r = 0; r < outer; r++) {
-            double d = (double)nmx_half_value(kind, x[r * C + c]) - p;
-            double g = dy ? (double)nmx_half_value(kind, dy[r * C + c]) : d;
-            a += g;
-            b += g * d;
-        }
-        acc[c] = a;
-        acc[C + c] = b;
-    }
-}
-
-/* y (dy NULL) or dx of units [u0, u1), elements [a, a + w) of each (a contiguous piece of at
- * most NMX_HALF_TILE elements), computed in float32 and rounded once into o; the `ahead`
- * elements that follow the piece are prefetched, one input before each conversion. */
-static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *o, nmx_index C,
-                       nmx_index inner, nmx_index u0, nmx_index u1, nmx_index a, nmx_index w,
-                       const float *k, nmx_index ahead) {
+/* bn_piece_h through float32 tiles: x (and dy) widened into buffers by nmx_half_to_float, the
+ * float32 leaf loop, the result rounded once by nmx_float_to_half; the `ahead` elements that
+ * follow the piece are prefetched, one input before each conversion. */
+static void bn_piece_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *o,
+                             nmx_index C, nmx_index inner, nmx_index u0, nmx_index u1,
+                             nmx_index a, nmx_index w, const float *k, nmx_index ahead) {
     float xt[NMX_HALF_TILE], gt[NMX_HALF_TILE], ot[NMX_HALF_TILE];
     nmx_index off = u0 * (inner == 1 ? C : inner) + a, cnt = (u1 - u0) * w;
     bn_prefetch_h(x + off + cnt, ahead);
@@ -158,6 +156,92 @@ static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t
         }
     }
     nmx_float_to_half(kind, ot, o, cnt);
+}
+
+/* ---- bfloat16 fused, and the shared drivers -------------------------------------------- */
+
+/* Pass 1 over units [lo, hi) (rows when inner == 1, else runs): the sums of the statistics
+ * (dy NULL: x - pivot) or of the gradient (dy * (x - mean)). Rows are summed in blocks of four
+ * from lo, as the float32 kernel does; runs longer than NMX_HALF_TILE are summed in slices of
+ * that length, each slice's lanes added to the channel's sums in turn (the order the tiled
+ * conversion of earlier versions gave, kept so every result stays the same bits). */
+static void bn_sums_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index C,
+                      nmx_index inner, nmx_index lo, nmx_index hi, const float *piv,
+                      const float *k, const double *mean, double *s1, double *s2) {
+    if (kind == NMX_F16) {
+        bn_sums_tiles_h(kind, dy, x, C, inner, lo, hi, piv, k, mean, s1, s2);
+        return;
+    }
+    if (inner == 1) {
+        if (dy)
+            grad_rows_bf16(dy + lo * C, x + lo * C, C, hi - lo, C, k, k + C, mean, s1, s2);
+        else
+            stats_rows_bf16(x + lo * C, C, hi - lo, C, piv, s1, s2);
+        return;
+    }
+    nmx_index w = nmx_min(inner, NMX_HALF_TILE);
+    for (nmx_index u = lo; u < hi; u++) {
+        nmx_index c = u % C;
+        for (nmx_index a = 0; a < inner; a += w) {
+            nmx_index len = nmx_min(w, inner - a), o = u * inner + a;
+            if (dy)
+                grad_run_bf16(dy + o, x + o, len, mean[c], s1 + c, s2 + c);
+            else
+                stats_run_bf16(x + o, len, (double)piv[c], s1 + c, s2 + c);
+        }
+    }
+}
+
+/* Fold the team's sums of channels [c0, c1) and redo in double, element by element, any
+ * rows-path channel whose blocked float32 sums overflowed (bfloat16 reaches 3e38) or met Inf or
+ * NaN, as gather_stats / gather_grad do for float32. */
+static void bn_gather_h(int kind, nmx_index c0, nmx_index c1, double *acc, int team, nmx_index C,
+                        const uint16_t *dy, const uint16_t *x, const double *mean,
+                        nmx_index outer, nmx_index inner) {
+    fold_parts_f32(c0, c1, acc, team, C);
+    if (inner != 1) return;
+    for (nmx_index c = c0; c < c1; c++) {
+        if (isfinite(acc[c]) && isfinite(acc[C + c])) continue;
+        double p = dy ? mean[c] : (double)nmx_half_value(kind, x[c]), a = 0, b = 0;
+        for (nmx_index r = 0; r < outer; r++) {
+            double d = (double)nmx_half_value(kind, x[r * C + c]) - p;
+            double g = dy ? (double)nmx_half_value(kind, dy[r * C + c]) : d;
+            a += g;
+            b += g * d;
+        }
+        acc[c] = a;
+        acc[C + c] = b;
+    }
+}
+
+/* y (dy NULL) or dx of units [u0, u1), elements [a, a + w) of each (a contiguous piece of the
+ * output: whole units, or a slice of one), computed in float32 and rounded once into o; for
+ * float16, `ahead` elements after the piece are prefetched (bn_piece_tiles_h). */
+static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *o, nmx_index C,
+                       nmx_index inner, nmx_index u0, nmx_index u1, nmx_index a, nmx_index w,
+                       const float *k, nmx_index ahead) {
+    if (kind == NMX_F16) {
+        bn_piece_tiles_h(kind, dy, x, o, C, inner, u0, u1, a, w, k, ahead);
+        return;
+    }
+    if (inner == 1) {
+        nmx_index off = u0 * C + a;
+        if (dy)
+            dx_rows_bf16(dy + off, x + off, C, o, w, u1 - u0, w, k + a, C);
+        else
+            affine_rows_bf16(x + off, C, o, w, u1 - u0, w, k + a, k + C + a,
+                                    k + 2 * C + a, k + 3 * C + a);
+        return;
+    }
+    for (nmx_index u = u0; u < u1; u++) {
+        nmx_index c = u % C, off = u * inner + a;
+        uint16_t *ou = o + (u - u0) * w;
+        if (dy)
+            dx_run_bf16(dy + off, x + off, ou, w, k[c], k[C + c], k[2 * C + c],
+                               k[3 * C + c], k[4 * C + c]);
+        else
+            affine_run_bf16(x + off, ou, w, k[c], k[C + c], k[2 * C + c], k[3 * C + c]);
+    }
 }
 
 /* Pass 2 over units [lo, hi), piece by piece: whole units grouped up to a tile, or tile-sized

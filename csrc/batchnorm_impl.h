@@ -61,39 +61,6 @@ static void FN(stats_repair)(const T *x, nmx_index rows, nmx_index C, nmx_index 
     *s2 = b;
 }
 
-/* Sum and sum of squares of x[i] - p over one run. Independent lane accumulators let the loop
- * vectorize and hide add latency without reassociation flags: NMX_LANES of them for long runs,
- * eight for short ones (7x7 maps), none below eight, so short runs pay no set-up. */
-#define NMX_LANE_LOOP(L, BODY)                                                      \
-    do {                                                                           \
-        double a_[L] = {0}, b_[L] = {0};                                           \
-        for (; i + (L) <= n; i += (L))                                             \
-            for (int j = 0; j < (L); j++) {                                        \
-                double u_, v_;                                                     \
-                BODY(i + j, u_, v_);                                               \
-                a_[j] += u_;                                                       \
-                b_[j] += v_;                                                       \
-            }                                                                      \
-        for (int j = 0; j < (L); j++) {                                            \
-            sa += a_[j];                                                           \
-            sb += b_[j];                                                           \
-        }                                                                          \
-    } while (0)
-
-#define NMX_RUN_SUMS(BODY)                                                         \
-    do {                                                                           \
-        if (n >= 4 * NMX_LANES)                                                    \
-            NMX_LANE_LOOP(NMX_LANES, BODY);                                        \
-        else if (n >= 8)                                                           \
-            NMX_LANE_LOOP(8, BODY);                                                \
-        for (; i < n; i++) {                                                       \
-            double u_, v_;                                                         \
-            BODY(i, u_, v_);                                                       \
-            sa += u_;                                                              \
-            sb += v_;                                                              \
-        }                                                                          \
-    } while (0)
-
 NMX_CLONES static void FN(stats_run)(const T *restrict x, nmx_index n, double p,
                                      double *restrict s1, double *restrict s2) {
     double sa = 0, sb = 0;
@@ -504,5 +471,3 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
 #undef FN
 #undef NMX_CAT
 #undef NMX_CAT2
-#undef NMX_LANE_LOOP
-#undef NMX_RUN_SUMS

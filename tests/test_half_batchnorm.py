@@ -442,3 +442,103 @@ def test_outputs_larger_than_the_cache(case, rng):
     assert y is out
     assert_half_close(y, y32.astype(np.float64), dtype, "y")
     assert_half_close(dx, dx32.astype(np.float64), dtype, "dx")
+
+
+# (shape, axis) for the C kernels' bit-for-bit contract below: rows of 1 to 2049 channels
+# (around the fused loops' vector widths and the float16 tiles' 256-channel slices), batches
+# of 2 to 131 rows (blocks of four rows and their leftovers), runs of 2 to 1024 values (around
+# the tile length), and the parallel path (more than 2**15 elements) for rows and runs.
+EXACT_CASES = [
+    ((2, 1), 1),
+    ((5, 3), 1),
+    ((8, 17), 1),
+    ((131, 255), 1),
+    ((7, 256), 1),
+    ((6, 257), 1),
+    ((9, 1025), 1),
+    ((3, 2049), 1),
+    ((4100, 17), 1),
+    ((70, 1001), 1),
+    ((3, 5, 2), 1),
+    ((4, 3, 49), 1),
+    ((2, 7, 1023), 1),
+    ((3, 2, 1024), 1),
+    ((5, 9, 1000), 1),
+    ((6, 4, 7, 3), -1),
+    ((5, 1000), 0),
+]
+
+
+def _half_bits(a, dtype):
+    """Bit patterns of a half array, every NaN made the same (the payload is not the contract)."""
+    bits = a.astype(dtype).view(np.uint16).copy()
+    bits[np.isnan(a.astype(np.float64))] = 0x7FFF
+    return bits
+
+
+def _with_specials(x, dtype, rng):
+    """x with NaN, +-Inf, subnormals and the largest finite value in separate channels."""
+    info = _finfo(dtype)
+    f = x.reshape(-1)
+    picks = rng.choice(f.size, size=min(f.size, 6), replace=False)
+    values = [
+        np.nan,
+        np.inf,
+        -np.inf,
+        float(info.smallest_subnormal) * 3,
+        float(info.smallest_normal) / 2,
+        float(info.max),
+    ]
+    for p, v in zip(picks, values[: picks.size], strict=True):
+        f[p] = v
+    return x
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
+@pytest.mark.parametrize("specials", [False, True])
+@pytest.mark.parametrize("case", EXACT_CASES, ids=str)
+@pytest.mark.parametrize("dtype", HALF)
+def test_c_kernels_are_the_float32_kernels_rounded_once(case, dtype, specials, rng):
+    """Half storage, float32 arithmetic, bit for bit: on runs of at most a tile, y, dx, the
+    statistics and the running buffers equal the float32 kernels' on the widened input, and
+    each half output is their float32 result rounded once (NaN as NaN: the payload is free).
+    This holds the fused bfloat16 loops and the float16 tiles to the float32 loops."""
+    shape, axis = case
+    x = (rng.standard_normal(shape) * 3.0 + 5.0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    if specials:
+        x = _with_specials(x, dtype, rng)
+        dy = _with_specials(dy, dtype, rng)
+    c = shape[axis]
+    gamma = rng.standard_normal(c).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
+    previous = normax.get_backend()
+    try:
+        normax.set_backend("c")
+        got, want = [], []
+        for xs, dys, sink in ((x, dy, got), (x32, dy32, want)):
+            rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+            with np.errstate(invalid="ignore", over="ignore"):
+                y, cache = normax.batch_norm_train(xs, gamma, beta, rm, rv, axis=axis)
+                yi = normax.batch_norm_infer(xs, gamma, beta, rm, rv, axis=axis)
+                dx, dgamma, dbeta = normax.batch_norm_backward(dys, cache)
+            sink.append((y, yi, dx, dgamma, dbeta, rm, rv, cache.mean, cache.invstd))
+    finally:
+        normax.set_backend(previous)
+    names = (
+        "y",
+        "infer y",
+        "dx",
+        "dgamma",
+        "dbeta",
+        "running_mean",
+        "running_var",
+        "mean",
+        "invstd",
+    )
+    for name, h, f in zip(names, got[0], want[0], strict=True):
+        if h.dtype == dtype:
+            np.testing.assert_array_equal(_half_bits(h, dtype), _half_bits(f, dtype), name)
+        else:
+            np.testing.assert_array_equal(h, f, name)
