@@ -34,7 +34,7 @@ from numba.extending import intrinsic, overload
 
 from ._checks import writeable
 from ._dtypes import is_half
-from ._half_numba import round_into
+from ._half_numba import round_into, widen
 from ._numba_notice import CompileNotice
 from ._softmax_numpy import finish
 
@@ -822,7 +822,7 @@ def xent(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
 
 
 def _f32(a):
-    return a.astype(np.float32)
+    return widen(a)  # exact, parallel (NumPy's astype is one thread)
 
 
 def _round_into(out, res):
