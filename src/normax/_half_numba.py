@@ -44,10 +44,12 @@ def _k(value):
     return ir.Constant(_I32, value)
 
 
-def _f16_to_f32_ir(b, h):
+def _f16_to_f32_ir(b, h, f16c):
     """float32 of the float16 bits ``h`` (i16), exactly: zero and subnormals through the exact
     product m * 2**-24, Inf and NaN (payload kept) by setting the float32 exponent, normals by
-    rebiasing it."""
+    rebiasing it. With F16C, LLVM's own conversion (one instruction per vector)."""
+    if f16c:
+        return b.fpext(b.bitcast(h, ir.HalfType()), _F32)
     u = b.zext(h, _I32)
     sign = b.shl(b.and_(u, _k(0x8000)), _k(16))
     a = b.and_(u, _k(0x7FFF))
@@ -61,11 +63,14 @@ def _f16_to_f32_ir(b, h):
     return b.bitcast(b.or_(bits, sign), _F32)
 
 
-def _f32_to_f16_ir(b, v):
+def _f32_to_f16_ir(b, v, f16c):
     """float16 bits (i16) of the float32 ``v`` rounded to nearest even: NaN quieted with its
     upper payload bits, infinity from the midpoint of 65504 and 2**16 on, subnormals by the
     float32 addition |v| + 0.5 (its last place is 2**-24, float16's subnormal step, so the sum
-    rounds |v| to a whole number of steps, ties to even, and its low bits count them)."""
+    rounds |v| to a whole number of steps, ties to even, and its low bits count them). With
+    F16C, LLVM's own conversion, which rounds and quiets NaN the same way."""
+    if f16c:
+        return b.bitcast(b.fptrunc(v, ir.HalfType()), _I16)
     u = b.bitcast(v, _I32)
     a = b.and_(u, _k(0x7FFFFFFF))
     sign = b.and_(b.lshr(u, _k(16)), _k(0x8000))
@@ -80,12 +85,12 @@ def _f32_to_f16_ir(b, v):
     return b.trunc(b.or_(sign, h), _I16)
 
 
-def _bf16_to_f32_ir(b, h):
+def _bf16_to_f32_ir(b, h, f16c):
     """float32 of the bfloat16 bits ``h`` (i16): its upper half, exactly."""
     return b.bitcast(b.shl(b.zext(h, _I32), _k(16)), _F32)
 
 
-def _f32_to_bf16_ir(b, v):
+def _f32_to_bf16_ir(b, v, f16c):
     """bfloat16 bits (i16) of ``v``: 16 bits dropped, ties to even (the carry rounds the largest
     values to infinity); NaN quieted."""
     u = b.bitcast(v, _I32)
@@ -96,14 +101,20 @@ def _f32_to_bf16_ir(b, v):
     return b.trunc(b.select(is_nan, quiet, rounded), _I16)
 
 
-def _converter(arg_type, result_type, build, doc):
+def _has_f16c(context) -> bool:
+    """Whether the code is compiled for a CPU with the F16C conversions. Numba's on-disk cache
+    is keyed by the CPU and its features, so code built with them never loads elsewhere."""
+    return "+f16c" in getattr(context.codegen(), "_tm_features", "")
+
+
+def _converter(arg_type, result_type, build, doc, hardware=True):
     @intrinsic
     def convert(typingctx, x):
         if x != arg_type:
             return None
 
         def codegen(context, builder, sig, args):
-            return build(builder, args[0])
+            return build(builder, args[0], hardware and _has_f16c(context))
 
         return result_type(x), codegen
 
@@ -112,6 +123,11 @@ def _converter(arg_type, result_type, build, doc):
 
 
 f16_to_f32 = _converter(uint16, float32, _f16_to_f32_ir, "float32 of float16 bits (exact).")
+# The F16C widening quiets a signaling NaN (as any arithmetic on it would): the kernels do
+# arithmetic on every value they load, but a bulk copy must keep the bits NumPy's cast keeps.
+_f16_to_f32_bits = _converter(
+    uint16, float32, _f16_to_f32_ir, "float32 of float16 bits, sNaN kept.", hardware=False
+)
 bf16_to_f32 = _converter(int16, float32, _bf16_to_f32_ir, "float32 of bfloat16 bits (exact).")
 f32_to_f16 = _converter(float32, uint16, _f32_to_f16_ir, "float32 to float16 bits, RNE.")
 f32_to_bf16 = _converter(float32, int16, _f32_to_bf16_ir, "float32 to bfloat16 bits, RNE.")
@@ -153,13 +169,27 @@ def _store_impl(arr, v):
     return None
 
 
+def _widen_bits(h):
+    """float32 of a half element, every bit kept (NaN payloads, signaling NaNs)."""
+    raise NotImplementedError  # pragma: no cover
+
+
+@overload(_widen_bits)
+def _widen_bits_impl(h):
+    if h == uint16:
+        return lambda h: _f16_to_f32_bits(h)
+    if h == int16:
+        return lambda h: bf16_to_f32(h)
+    return None
+
+
 _OPTS = {"parallel": True, "cache": True, "nogil": True}
 
 
 @numba.njit(["void(uint16[::1], float32[::1])", "void(int16[::1], float32[::1])"], **_OPTS)
 def _widen(src, out):  # pragma: no cover - compiled
     for i in numba.prange(src.size):
-        out[i] = load(src[i])
+        out[i] = _widen_bits(src[i])
 
 
 @numba.njit(["void(float32[::1], uint16[::1])", "void(float32[::1], int16[::1])"], **_OPTS)
