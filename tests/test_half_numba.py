@@ -136,3 +136,63 @@ def test_batchnorm_half_is_the_float32_kernel_rounded_once(record, dtype, affine
         assert _same_bits(got[name], _rounded(want[name], dtype)), name
     for name in ("mean", "invstd", "rm", "rv") + (("dg", "db") if affine else ()):
         assert _same_bits(got[name], want[name]), name
+
+
+# ---- softmax family: float32 tiles of the 16-bit data, bit for bit the float32 kernels' -------
+
+# Rows (inner == 1) and column blocks (inner > 1, one partial block), some split into chunks.
+_SOFTMAX_RECORDS = [(7, 13, 1), (200, 180, 1), (3, 17, 40), (2, 40, 700)]
+
+
+def _logits(record, dtype, rng) -> np.ndarray:
+    """Random logits with a third of them arbitrary 16-bit patterns (NaN payloads, signaling
+    NaNs, infinities, subnormals, the largest values)."""
+    z = (rng.standard_normal(record) * 4).astype(dtype)
+    flat = z.reshape(-1)
+    n = flat.size // 3
+    flat[:n] = _all_patterns(dtype)[rng.integers(0, 65536, n)]
+    return z
+
+
+@pytest.mark.parametrize("record", _SOFTMAX_RECORDS, ids=str)
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_half_is_the_float32_kernel_rounded_once(record, dtype, log):
+    sm = pytest.importorskip("normax._softmax_numba")
+    outer, c, inner = record
+    rng = np.random.default_rng(sum(record) + log)
+    z, g = _logits(record, dtype, rng), _logits(record, dtype, rng)
+    out, ref = np.empty(record, dtype), np.empty(record, np.float32)
+    sm.forward(z, out, outer, c, inner, log)
+    sm.forward(widen(z), ref, outer, c, inner, log)
+    assert _same_bits(out, _rounded(ref, dtype))
+    dz, ref = np.empty(record, dtype), np.empty(record, np.float32)
+    sm.backward(g, out, dz, outer, c, inner, log)
+    sm.backward(widen(g), widen(out), ref, outer, c, inner, log)
+    assert _same_bits(dz, _rounded(ref, dtype))
+
+
+@pytest.mark.parametrize("record", _SOFTMAX_RECORDS, ids=str)
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("probs", [False, True], ids=["labels", "probabilities"])
+def test_cross_entropy_half_is_the_float32_kernel_rounded_once(record, dtype, probs):
+    """The gradient and the per-example losses, with class weights, label smoothing and an
+    ignored label."""
+    sm = pytest.importorskip("normax._softmax_numba")
+    outer, c, inner = record
+    rng = np.random.default_rng(sum(record) + probs)
+    z = _logits(record, dtype, rng)
+    weight = rng.random(c) + 0.5
+    if probs:
+        target, target32, ignore = rng.random(record).astype(dtype), None, None
+        target32 = widen(target)
+    else:
+        target = rng.integers(0, c, (outer, inner))
+        target32, ignore = target, int(target[0, 0])
+    dz, loss = np.empty(record, dtype), np.empty((outer, inner), dtype)
+    grad, per = np.empty(record, np.float32), np.empty((outer, inner))
+    total = sm.xent(z, outer, c, inner, target, weight, ignore, 0.1, 0.5, dz, loss)
+    want = sm.xent(widen(z), outer, c, inner, target32, weight, ignore, 0.1, 0.5, grad, per)
+    assert _same_bits(dz, _rounded(grad, dtype))
+    assert _same_bits(loss, _rounded(per, dtype))
+    assert np.array_equal(total, want, equal_nan=True)
