@@ -308,8 +308,8 @@ def _dx_chunk(dy, x, k, dx, lo, hi):  # pragma: no cover - compiled
             o, c = b // C, b % C
             mh, ml, gm, ga, gb = k[0, c], k[1, c], k[2, c], k[3, c], k[4, c]
             for i in range(inner):
-                xc = (load(x[o, c, i]) - mh) - ml
-                dx[o, c, i] = store(dx, (load(dy[o, c, i]) - gm) * ga + xc * gb)
+                v = (load(dy[o, c, i]) - gm) * ga + ((load(x[o, c, i]) - mh) - ml) * gb
+                dx[o, c, i] = store(dx, v)
 
 
 @nb.njit(
