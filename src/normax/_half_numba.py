@@ -1,13 +1,13 @@
 """float16 / bfloat16 <-> float32 conversions for the Numba backend, exact and vectorizable.
 
 Numba cannot type float16 or bfloat16 arrays, so the Numba kernels see half-precision data as
-16-bit integer views of the same memory: float16 as ``uint16``, bfloat16 as ``int16`` (two
-distinct types, so one compiled kernel per format and no run-time test of the format in the hot
-loops). :func:`load` widens one element of such a view to float32 and :func:`store` rounds a
-float32 result into one, with the identity for float32 / float64 arrays, so a kernel written
-with them compiles to the same machine code as before for those dtypes.
+16-bit integer views of the same memory (:func:`view`): float16 as ``uint16``, bfloat16 as
+``int16`` (two distinct types, so one compiled kernel per format and no run-time test of the
+format in the hot loops). :func:`load` widens one element of such a view to float32 and
+:func:`store` rounds a float32 result into one, with the identity for float32 / float64 arrays,
+so a kernel written with them compiles to the same machine code as before for those dtypes.
 
-The conversions are integer bit manipulation written as selects, which LLVM vectorizes:
+The conversions are emitted as LLVM IR on 32-bit integers, which LLVM vectorizes:
 
 * widening is exact: bfloat16 is the upper half of a float32; a float16 is rebiased, its
   subnormals (``m * 2**-24``) converted through an exact float32 product, Inf and NaN (payload
@@ -16,9 +16,12 @@ The conversions are integer bit manipulation written as selects, which LLVM vect
   past the half range become infinite, float16 subnormals are rounded by the float32 addition
   ``|v| + 0.5`` (whose unit in the last place is float16's 2**-24), bit for bit NumPy's result.
 
-NumPy's float32 -> float16 cast is a scalar loop that raises the underflow flag value by value on
-subnormal results (a softmax over 32000 classes spent 0.97 of its 1.2 s there); these loops run
-at memory speed.
+Where the CPU has F16C, the kernels' float16 loads and stores are LLVM's own conversions
+(vcvtph2ps / vcvtps2ph), with the same results except that a signaling NaN is quieted when
+loaded, as the arithmetic that follows would do anyway. The bulk :func:`widen` and
+:func:`round_into` always use the integer code. NumPy's float32 -> float16 cast is a scalar
+loop that raises the underflow flag value by value on subnormal results (a softmax over 32000
+classes spent 0.97 of its 1.2 s there); these loops run at memory speed.
 """
 
 from __future__ import annotations
@@ -125,8 +128,13 @@ def _converter(arg_type, result_type, build, doc, hardware=True):
 f16_to_f32 = _converter(uint16, float32, _f16_to_f32_ir, "float32 of float16 bits (exact).")
 # The F16C widening quiets a signaling NaN (as any arithmetic on it would): the kernels do
 # arithmetic on every value they load, but a bulk copy must keep the bits NumPy's cast keeps.
+# The bulk loops use the integer code everywhere, so that it is tested on every CPU, and the
+# tests compare the kernels' F16C conversions with it.
 _f16_to_f32_bits = _converter(
     uint16, float32, _f16_to_f32_ir, "float32 of float16 bits, sNaN kept.", hardware=False
+)
+_f32_to_f16_bits = _converter(
+    float32, uint16, _f32_to_f16_ir, "float32 to float16 bits, RNE (integer code).", hardware=False
 )
 bf16_to_f32 = _converter(int16, float32, _bf16_to_f32_ir, "float32 of bfloat16 bits (exact).")
 f32_to_f16 = _converter(float32, uint16, _f32_to_f16_ir, "float32 to float16 bits, RNE.")
@@ -183,6 +191,20 @@ def _widen_bits_impl(h):
     return None
 
 
+def _narrow_bits(arr, v):
+    """``store`` with the integer code for float16."""
+    raise NotImplementedError  # pragma: no cover
+
+
+@overload(_narrow_bits)
+def _narrow_bits_impl(arr, v):
+    if arr.dtype == uint16:
+        return lambda arr, v: _f32_to_f16_bits(v)
+    if arr.dtype == int16:
+        return lambda arr, v: f32_to_bf16(v)
+    return None
+
+
 _OPTS = {"parallel": True, "cache": True, "nogil": True}
 
 
@@ -195,7 +217,7 @@ def _widen(src, out):  # pragma: no cover - compiled
 @numba.njit(["void(float32[::1], uint16[::1])", "void(float32[::1], int16[::1])"], **_OPTS)
 def _narrow(values, out):  # pragma: no cover - compiled
     for i in numba.prange(values.size):
-        out[i] = store(out, values[i])
+        out[i] = _narrow_bits(out, values[i])
 
 
 _notice.close()
