@@ -4,7 +4,7 @@ NumPy (float16) and ml_dtypes (bfloat16) give, for every kind of value."""
 import numpy as np
 import pytest
 
-from normax._half_numba import round_into
+from normax._half_numba import round_into, widen
 
 from .conftest import half_dtypes
 
@@ -41,3 +41,158 @@ def test_round_into_float64_results_round_once(dtype):
     round_into(got, res)
     with np.errstate(all="ignore"):
         assert np.array_equal(got.view(np.uint16), res.astype(dtype).view(np.uint16))
+
+
+def _all_patterns(dtype) -> np.ndarray:
+    return np.arange(65536, dtype=np.uint16).view(dtype)
+
+
+@pytest.mark.parametrize("dtype", half_dtypes())
+def test_widen_matches_numpy_bit_for_bit(dtype):
+    """Every 16-bit pattern, NaN payloads and signaling NaNs included, widens as NumPy's and
+    ml_dtypes' casts do."""
+    halves = _all_patterns(dtype)
+    got = widen(halves.reshape(256, 256))
+    assert got.dtype == np.float32 and got.shape == (256, 256)
+    want = halves.astype(np.float32)
+    assert np.array_equal(got.reshape(-1).view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("dtype", half_dtypes())
+def test_round_into_nan_is_quiet_with_its_payload(dtype):
+    rng = np.random.default_rng(7)
+    mant = rng.integers(1, 2**23, 10_000, dtype=np.uint32)
+    sign = rng.integers(0, 2, 10_000, dtype=np.uint32) << np.uint32(31)
+    bits = sign | np.uint32(0x7F800000) | mant
+    got = np.empty(bits.size, dtype)
+    round_into(got, bits.view(np.float32))
+    if dtype == np.float16:
+        want = (sign >> 16) | 0x7E00 | ((mant >> 13) & 0x3FF)
+    else:
+        want = (bits >> 16) | 0x40
+    assert np.array_equal(got.view(np.uint16), want.astype(np.uint16))
+
+
+# ---- batch norm: the kernels on 16-bit views give the float32 kernels' results, rounded once --
+
+# (outer, C, inner) records: rows (inner == 1) and runs (inner > 1), odd sizes, and some above the
+# parallel threshold so that the work is split into chunks.
+_RECORDS = [(37, 5, 1), (3, 7, 9), (1, 6, 33), (2000, 24, 1), (40, 33, 50), (1, 3, 4097)]
+
+
+def _edge_input(shape, dtype, rng) -> np.ndarray:
+    """Random values with edge channels: channel 0 every finite half value (subnormals, the
+    largest values, both zeros) in turn, channel 1 a NaN, channel 2 an infinity."""
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    halves = _all_patterns(dtype)
+    finite = halves[np.isfinite(halves.astype(np.float32))]
+    ch0 = x[:, 0, :].reshape(-1)
+    ch0[...] = finite[rng.integers(0, finite.size, ch0.size)]
+    x[:, 0, :] = ch0.reshape(x[:, 0, :].shape)
+    x[0, 1, 0] = np.nan
+    x[-1, 2, -1] = np.inf
+    return x
+
+
+def _rounded(res32: np.ndarray, dtype) -> np.ndarray:
+    out = np.empty(res32.shape, dtype)
+    round_into(out, res32)
+    return out
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+@pytest.mark.parametrize("record", _RECORDS, ids=str)
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("affine", [False, True], ids=["no-gamma", "gamma"])
+def test_batchnorm_half_is_the_float32_kernel_rounded_once(record, dtype, affine):
+    """Train (y, statistics, running buffers), infer and backward (dx, dgamma, dbeta) on a half
+    input give, bit for bit, the float32 kernels on the upcast input with each half output
+    rounded once; tiny gammas put outputs in the float16 subnormal range."""
+    bn = pytest.importorskip("normax._batchnorm_numba")
+    outer, c, inner = record
+    rng = np.random.default_rng(sum(record))
+    x = _edge_input(record, dtype, rng)
+    dy = _edge_input(record, dtype, rng)
+    gamma = (rng.standard_normal(c) * 10.0 ** rng.integers(-6, 1, c)).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    gamma, beta = (gamma, beta) if affine else (None, None)
+    got, want = {}, {}
+    for run, (xs, dys) in ((got, (x, dy)), (want, (widen(x), widen(dy)))):
+        y = np.empty(record, xs.dtype)
+        mean, invstd = np.empty(c), np.empty(c)
+        rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+        with np.errstate(all="ignore"):
+            bn.train(xs, outer, c, inner, gamma, beta, rm, rv, 0.1, 1e-5, y, mean, invstd)
+        yi = np.empty(record, xs.dtype)
+        bn.infer(xs, outer, c, inner, gamma, beta, rm, rv, 1e-5, yi)
+        dx = np.empty(record, xs.dtype)
+        dg, db = (np.zeros(c, np.float32), np.zeros(c, np.float32)) if affine else (None, None)
+        bn.backward(dys, xs, outer, c, inner, mean, invstd, gamma, dx, dg, db)
+        run.update(y=y, yi=yi, dx=dx, mean=mean, invstd=invstd, rm=rm, rv=rv, dg=dg, db=db)
+    for name in ("y", "yi", "dx"):
+        assert _same_bits(got[name], _rounded(want[name], dtype)), name
+    for name in ("mean", "invstd", "rm", "rv") + (("dg", "db") if affine else ()):
+        assert _same_bits(got[name], want[name]), name
+
+
+# ---- softmax family: float32 tiles of the 16-bit data, bit for bit the float32 kernels' -------
+
+# Rows (inner == 1) and column blocks (inner > 1, one partial block), some split into chunks.
+_SOFTMAX_RECORDS = [(7, 13, 1), (200, 180, 1), (3, 17, 40), (2, 40, 700)]
+
+
+def _logits(record, dtype, rng) -> np.ndarray:
+    """Random logits with a third of them arbitrary 16-bit patterns (NaN payloads, signaling
+    NaNs, infinities, subnormals, the largest values)."""
+    z = (rng.standard_normal(record) * 4).astype(dtype)
+    flat = z.reshape(-1)
+    n = flat.size // 3
+    flat[:n] = _all_patterns(dtype)[rng.integers(0, 65536, n)]
+    return z
+
+
+@pytest.mark.parametrize("record", _SOFTMAX_RECORDS, ids=str)
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_half_is_the_float32_kernel_rounded_once(record, dtype, log):
+    sm = pytest.importorskip("normax._softmax_numba")
+    outer, c, inner = record
+    rng = np.random.default_rng(sum(record) + log)
+    z, g = _logits(record, dtype, rng), _logits(record, dtype, rng)
+    out, ref = np.empty(record, dtype), np.empty(record, np.float32)
+    sm.forward(z, out, outer, c, inner, log)
+    sm.forward(widen(z), ref, outer, c, inner, log)
+    assert _same_bits(out, _rounded(ref, dtype))
+    dz, ref = np.empty(record, dtype), np.empty(record, np.float32)
+    sm.backward(g, out, dz, outer, c, inner, log)
+    sm.backward(widen(g), widen(out), ref, outer, c, inner, log)
+    assert _same_bits(dz, _rounded(ref, dtype))
+
+
+@pytest.mark.parametrize("record", _SOFTMAX_RECORDS, ids=str)
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("probs", [False, True], ids=["labels", "probabilities"])
+def test_cross_entropy_half_is_the_float32_kernel_rounded_once(record, dtype, probs):
+    """The gradient and the per-example losses, with class weights, label smoothing and an
+    ignored label."""
+    sm = pytest.importorskip("normax._softmax_numba")
+    outer, c, inner = record
+    rng = np.random.default_rng(sum(record) + probs)
+    z = _logits(record, dtype, rng)
+    weight = rng.random(c) + 0.5
+    if probs:
+        target, target32, ignore = rng.random(record).astype(dtype), None, None
+        target32 = widen(target)
+    else:
+        target = rng.integers(0, c, (outer, inner))
+        target32, ignore = target, int(target[0, 0])
+    dz, loss = np.empty(record, dtype), np.empty((outer, inner), dtype)
+    grad, per = np.empty(record, np.float32), np.empty((outer, inner))
+    total = sm.xent(z, outer, c, inner, target, weight, ignore, 0.1, 0.5, dz, loss)
+    want = sm.xent(widen(z), outer, c, inner, target32, weight, ignore, 0.1, 0.5, grad, per)
+    assert _same_bits(dz, _rounded(grad, dtype))
+    assert _same_bits(loss, _rounded(per, dtype))
+    assert np.array_equal(total, want, equal_nan=True)

@@ -6,9 +6,12 @@ accumulated in float64, per-chunk partial sums added in chunk order, and element
 the input dtype with the mean split into a head and a tail. Work is split into as many chunks as
 Numba has threads: rows when inner == 1, (outer, channel) runs otherwise.
 
-Half-precision inputs (float16, bfloat16) run the float32 kernels on a float32 copy (Numba
-cannot type bfloat16 arrays) and round the float32 results once into the half outputs: correct
-and simple, at the cost of that extra float32 copy of every input and output.
+Half-precision inputs (float16, bfloat16) run the same kernels on 16-bit integer views of their
+data (Numba cannot type float16 or bfloat16 arrays; see _half_numba): each element is widened
+to float32 where it is read, the arithmetic is the float32 kernel's, and each output element is
+rounded once to nearest even where it is written. So a half call moves half the bytes of a
+float32 call, with results bit for bit those of the float32 kernel on an upcast copy. The
+per-channel arrays (gamma, beta, running statistics, dgamma, dbeta) are float32 then.
 
 Only the reduction kernels use ``fastmath={"reassoc"}``, so their sums vectorize; NaN and Inf
 keep their IEEE meaning everywhere (no ``nnan``/``ninf``), and the element-wise kernels keep the
@@ -19,12 +22,12 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from numba import boolean, float32, float64, intp, prange, void
+from numba import boolean, float32, float64, int16, intp, prange, uint16, void
 
 from . import _dtypes
 from ._batchnorm_numpy import _quiet
 from ._checks import writeable
-from ._half_numba import round_into
+from ._half_numba import load, store, view
 from ._numba_notice import CompileNotice
 
 _notice = CompileNotice("batch-norm")
@@ -33,8 +36,13 @@ _PARALLEL_MIN_WORK = 1 << 15  # same threshold as the C kernels (csrc/normax.h)
 _REASSOC = {"reassoc", "contract"}
 
 
+# (storage, compute) types: float32 and float64 compute in their own type; the 16-bit views of
+# float16 (uint16) and bfloat16 (int16) data are widened to float32 element by element.
+_TYPES = ((float32, float32), (float64, float64), (uint16, float32), (int16, float32))
+
+
 def _sigs(make):
-    return [make(t) for t in (float32, float64)]
+    return [make(t, f) for t, f in _TYPES]
 
 
 # Each pass is a serial chunk kernel plus a driver that runs it once per chunk with prange. For a
@@ -44,7 +52,7 @@ _CHUNK = (intp, intp)  # lo, hi: a range of rows (inner == 1) or of (outer, C) r
 
 
 @nb.njit(
-    _sigs(lambda t: void(t[:, ::1], float64[:, ::1], intp, *_CHUNK)),
+    _sigs(lambda t, f: void(t[:, ::1], float64[:, ::1], intp, *_CHUNK)),
     cache=True,
     fastmath=_REASSOC,
 )
@@ -55,32 +63,33 @@ def _stats_rows(x, acc, k, lo, hi):  # pragma: no cover - compiled
     r = lo
     while r + 4 <= hi:
         for c in range(C):
-            p = x[0, c]
-            d0, d1, d2, d3 = x[r, c] - p, x[r + 1, c] - p, x[r + 2, c] - p, x[r + 3, c] - p
+            p = load(x[0, c])
+            d0, d1 = load(x[r, c]) - p, load(x[r + 1, c]) - p
+            d2, d3 = load(x[r + 2, c]) - p, load(x[r + 3, c]) - p
             acc[k, c] += np.float64((d0 + d1) + (d2 + d3))
             acc[k, C + c] += np.float64((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
         r += 4
     for rr in range(r, hi):
         for c in range(C):
-            d = np.float64(x[rr, c]) - np.float64(x[0, c])
+            d = np.float64(load(x[rr, c])) - np.float64(load(x[0, c]))
             acc[k, c] += d
             acc[k, C + c] += d * d
 
 
-@nb.njit(_sigs(lambda t: void(t[:, ::1], intp, float64[::1])), cache=True)
+@nb.njit(_sigs(lambda t, f: void(t[:, ::1], intp, float64[::1])), cache=True)
 def _stats_repair(x, c, out):  # pragma: no cover - compiled
     """Channel c of an (outer, C) view summed in float64, element by element."""
-    p = np.float64(x[0, c])
+    p = np.float64(load(x[0, c]))
     out[0] = 0.0
     out[1] = 0.0
     for r in range(x.shape[0]):
-        d = np.float64(x[r, c]) - p
+        d = np.float64(load(x[r, c])) - p
         out[0] += d
         out[1] += d * d
 
 
 @nb.njit(
-    _sigs(lambda t: void(t[:, :, ::1], float64[:, ::1], intp, *_CHUNK)),
+    _sigs(lambda t, f: void(t[:, :, ::1], float64[:, ::1], intp, *_CHUNK)),
     cache=True,
     fastmath=_REASSOC,
 )
@@ -91,18 +100,18 @@ def _stats_chunk(x, acc, k, lo, hi):  # pragma: no cover - compiled
     else:
         for b in range(lo, hi):
             o, c = b // C, b % C
-            p = np.float64(x[0, c, 0])
+            p = np.float64(load(x[0, c, 0]))
             s1 = 0.0
             s2 = 0.0
             for i in range(inner):
-                d = np.float64(x[o, c, i]) - p
+                d = np.float64(load(x[o, c, i])) - p
                 s1 += d
                 s2 += d * d
             acc[k, c] += s1
             acc[k, C + c] += s2
 
 
-@nb.njit(_sigs(lambda t: void(t[:, :, ::1], float64[:, ::1])), parallel=True, cache=True)
+@nb.njit(_sigs(lambda t, f: void(t[:, :, ::1], float64[:, ::1])), parallel=True, cache=True)
 def _stats(x, acc):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     parts = acc.shape[0]
@@ -116,19 +125,19 @@ def _stats(x, acc):  # pragma: no cover - compiled
 
 @nb.njit(
     _sigs(
-        lambda t: void(
+        lambda t, f: void(
             t[:, :, ::1],
             float64[:, ::1],
-            t[::1],
-            t[::1],
-            t[::1],
-            t[::1],
+            f[::1],
+            f[::1],
+            f[::1],
+            f[::1],
             boolean,
             float64,
             float64,
             float64[::1],
             float64[::1],
-            t[:, ::1],
+            f[:, ::1],
         )
     ),
     cache=True,
@@ -155,7 +164,7 @@ def _train_finish(
         var = np.inf if s2 == np.inf and np.isfinite(s1) else (s2 - s1 * dm) / n
         if var < 0.0:  # rounding only; NaN stays NaN
             var = 0.0
-        m = np.float64(x[0, c, 0]) + dm
+        m = np.float64(load(x[0, c, 0])) + dm
         inv = 1.0 / np.sqrt(var + eps)
         mean[c] = m
         invstd[c] = inv
@@ -168,24 +177,27 @@ def _train_finish(
         k[3, c] = beta[c]
 
 
-@nb.njit(_sigs(lambda t: void(t[:, :, ::1], t[:, ::1], t[:, :, ::1], *_CHUNK)), cache=True)
+@nb.njit(_sigs(lambda t, f: void(t[:, :, ::1], f[:, ::1], t[:, :, ::1], *_CHUNK)), cache=True)
 def _affine_chunk(x, k, y, lo, hi):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     if inner == 1:
         x2, y2 = x.reshape((outer, C)), y.reshape((outer, C))
         for r in range(lo, hi):
             for c in range(C):
-                y2[r, c] = ((x2[r, c] - k[0, c]) - k[1, c]) * k[2, c] + k[3, c]
+                v = ((load(x2[r, c]) - k[0, c]) - k[1, c]) * k[2, c] + k[3, c]
+                y2[r, c] = store(y2, v)
     else:
         for b in range(lo, hi):
             o, c = b // C, b % C
             mh, ml, sc, sh = k[0, c], k[1, c], k[2, c], k[3, c]
             for i in range(inner):
-                y[o, c, i] = ((x[o, c, i] - mh) - ml) * sc + sh
+                y[o, c, i] = store(y, ((load(x[o, c, i]) - mh) - ml) * sc + sh)
 
 
 @nb.njit(
-    _sigs(lambda t: void(t[:, :, ::1], t[:, ::1], t[:, :, ::1], intp)), parallel=True, cache=True
+    _sigs(lambda t, f: void(t[:, :, ::1], f[:, ::1], t[:, :, ::1], intp)),
+    parallel=True,
+    cache=True,
 )
 def _affine(x, k, y, parts):  # pragma: no cover - compiled
     outer, C, inner = x.shape
@@ -198,7 +210,7 @@ def _affine(x, k, y, parts):  # pragma: no cover - compiled
 
 
 @nb.njit(
-    _sigs(lambda t: void(t[:, ::1], t[:, ::1], float64[::1], float64[:, ::1], intp, *_CHUNK)),
+    _sigs(lambda t, f: void(t[:, ::1], t[:, ::1], float64[::1], float64[:, ::1], intp, *_CHUNK)),
     cache=True,
     fastmath=_REASSOC,
 )
@@ -207,13 +219,15 @@ def _grad_rows(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
     C = x.shape[1]
     for r in range(lo, hi):
         for c in range(C):
-            g = np.float64(dy[r, c])
+            g = np.float64(load(dy[r, c]))
             acc[k, c] += g
-            acc[k, C + c] += g * (np.float64(x[r, c]) - mean[c])
+            acc[k, C + c] += g * (np.float64(load(x[r, c])) - mean[c])
 
 
 @nb.njit(
-    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1], intp, *_CHUNK)),
+    _sigs(
+        lambda t, f: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1], intp, *_CHUNK)
+    ),
     cache=True,
     fastmath=_REASSOC,
 )
@@ -228,15 +242,15 @@ def _grad_chunk(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
             s1 = 0.0
             s2 = 0.0
             for i in range(inner):
-                g = np.float64(dy[o, c, i])
+                g = np.float64(load(dy[o, c, i]))
                 s1 += g
-                s2 += g * (np.float64(x[o, c, i]) - m)
+                s2 += g * (np.float64(load(x[o, c, i])) - m)
             acc[k, c] += s1
             acc[k, C + c] += s2
 
 
 @nb.njit(
-    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1])),
+    _sigs(lambda t, f: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1])),
     parallel=True,
     cache=True,
 )
@@ -253,8 +267,8 @@ def _grad(dy, x, mean, acc):  # pragma: no cover - compiled
 
 @nb.njit(
     _sigs(
-        lambda t: void(
-            t[:, :, ::1], float64[:, ::1], float64[::1], t[::1], t[::1], t[::1], t[:, ::1]
+        lambda t, f: void(
+            t[:, :, ::1], float64[:, ::1], float64[::1], f[::1], f[::1], f[::1], f[:, ::1]
         )
     ),
     cache=True,
@@ -278,7 +292,8 @@ def _grad_finish(x, acc, invstd, gamma, dgamma, dbeta, k):  # pragma: no cover
 
 
 @nb.njit(
-    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], t[:, ::1], t[:, :, ::1], *_CHUNK)), cache=True
+    _sigs(lambda t, f: void(t[:, :, ::1], t[:, :, ::1], f[:, ::1], t[:, :, ::1], *_CHUNK)),
+    cache=True,
 )
 def _dx_chunk(dy, x, k, dx, lo, hi):  # pragma: no cover - compiled
     outer, C, inner = x.shape
@@ -286,18 +301,19 @@ def _dx_chunk(dy, x, k, dx, lo, hi):  # pragma: no cover - compiled
         g2, x2, o2 = dy.reshape((outer, C)), x.reshape((outer, C)), dx.reshape((outer, C))
         for r in range(lo, hi):
             for c in range(C):
-                xc = (x2[r, c] - k[0, c]) - k[1, c]
-                o2[r, c] = (g2[r, c] - k[2, c]) * k[3, c] + xc * k[4, c]
+                xc = (load(x2[r, c]) - k[0, c]) - k[1, c]
+                o2[r, c] = store(o2, (load(g2[r, c]) - k[2, c]) * k[3, c] + xc * k[4, c])
     else:
         for b in range(lo, hi):
             o, c = b // C, b % C
             mh, ml, gm, ga, gb = k[0, c], k[1, c], k[2, c], k[3, c], k[4, c]
             for i in range(inner):
-                dx[o, c, i] = (dy[o, c, i] - gm) * ga + ((x[o, c, i] - mh) - ml) * gb
+                v = (load(dy[o, c, i]) - gm) * ga + ((load(x[o, c, i]) - mh) - ml) * gb
+                dx[o, c, i] = store(dx, v)
 
 
 @nb.njit(
-    _sigs(lambda t: void(t[:, :, ::1], t[:, :, ::1], t[:, ::1], t[:, :, ::1], intp)),
+    _sigs(lambda t, f: void(t[:, :, ::1], t[:, :, ::1], f[:, ::1], t[:, :, ::1], intp)),
     parallel=True,
     cache=True,
 )
@@ -330,23 +346,12 @@ def _or(p, fill: float, channels: int, dtype) -> np.ndarray:
     return np.full(channels, fill, dtype) if p is None else p
 
 
-def _upcast(*arrays):
-    """The half-precision arrays of a record as float32 copies (exact; None passes)."""
-    return [None if a is None else a.astype(np.float32) for a in arrays]
-
-
 def train(x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, y, mean,
           invstd):
     """Training forward: writes ``y`` and the float64 batch statistics ``mean``, ``invstd``."""
-    if _dtypes.is_half(x.dtype):  # float32 kernel on a copy; y rounded once from float32
-        (xf,) = _upcast(x)
-        yf = np.empty(x.shape, np.float32)
-        train(xf, outer, c, inner, gamma, beta, running_mean, running_var, momentum, eps, yf,
-              mean, invstd)
-        round_into(y, yf)
-        return
     x, gamma, beta = writeable(x), writeable(gamma), writeable(beta)
-    x3, y3, dtype = x.reshape(outer, c, inner), y.reshape(outer, c, inner), x.dtype
+    x3, y3 = view(x).reshape(outer, c, inner), view(y).reshape(outer, c, inner)
+    dtype = _dtypes.compute_dtype(x.dtype)
     acc = np.zeros((_parts(x3), 2 * c))
     _stats(x3, acc)
     k = np.empty((4, c), dtype)
@@ -371,35 +376,24 @@ def train(x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, 
 @_quiet  # per-channel NumPy arithmetic on NaN/Inf statistics: NaN out, as in the C kernels
 def infer(x, outer, c, inner, gamma, beta, running_mean, running_var, eps, y):
     """Inference with running statistics: writes ``y``."""
-    if _dtypes.is_half(x.dtype):
-        (xf,) = _upcast(x)
-        yf = np.empty(x.shape, np.float32)
-        infer(xf, outer, c, inner, gamma, beta, running_mean, running_var, eps, yf)
-        round_into(y, yf)
-        return
-    x3 = writeable(x).reshape(outer, c, inner)
-    k = np.zeros((4, c), x.dtype)
+    x3 = view(writeable(x)).reshape(outer, c, inner)
+    k = np.zeros((4, c), _dtypes.compute_dtype(x.dtype))
     k[0] = running_mean
     scale = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
     k[2] = scale if gamma is None else gamma * scale
     if beta is not None:
         k[3] = beta
-    _affine(x3, k, y.reshape(x3.shape), _parts(x3))
+    _affine(x3, k, view(y).reshape(x3.shape), _parts(x3))
 
 
 @_quiet
 def backward(dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta):
     """Gradient of :func:`train`: writes ``dx`` (and ``dgamma``, ``dbeta`` when ``gamma`` is
     given)."""
-    if _dtypes.is_half(x.dtype):
-        dyf, xf = _upcast(dy, x)
-        dxf = np.empty(x.shape, np.float32)
-        backward(dyf, xf, outer, c, inner, mean, invstd, gamma, dxf, dgamma, dbeta)
-        round_into(dx, dxf)
-        return
-    dy, x, gamma = writeable(dy), writeable(x), writeable(gamma)
+    dy, x, gamma = view(writeable(dy)), writeable(x), writeable(gamma)
     mean, invstd = writeable(mean), writeable(invstd)
-    x3, dtype = x.reshape(outer, c, inner), x.dtype
+    x3, dtype = view(x).reshape(outer, c, inner), _dtypes.compute_dtype(x.dtype)
+    dx = view(dx)
     acc = np.zeros((_parts(x3), 2 * c))
     k = np.empty((5, c), dtype)
     k[0] = mean  # the mean as a head and a tail in the input dtype

@@ -34,7 +34,7 @@ from numba.extending import intrinsic, overload
 
 from ._checks import writeable
 from ._dtypes import is_half
-from ._half_numba import round_into
+from ._half_numba import load, round_into, store, view
 from ._numba_notice import CompileNotice
 from ._softmax_numpy import finish
 
@@ -815,36 +815,223 @@ def xent(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
 
 
 # ---- half precision ---------------------------------------------------------------------------
-# Numba cannot type bfloat16 arrays, so a float16 / bfloat16 record runs the float32 kernels on
-# float32 copies of its inputs and rounds the float32 results once into the half outputs with
-# round_into (to nearest even, inf beyond the half range, as the C kernels give; fast on
-# subnormals). Correct and simple, at the cost of an extra float32 copy of every array; the C
-# backend converts tile by tile instead.
+# Numba cannot type float16 / bfloat16 arrays: the kernels see them as 16-bit integer views
+# (_half_numba.view). As the C kernels do, the half drivers work on tiles: a row (inner == 1) or
+# a column block of the (classes, inner) slab is widened into a float32 scratch that stays in
+# the L2 cache, the float32 row / block kernel runs on it, and its results are rounded once into
+# the half output. So a half call reads and writes half the bytes of a float32 call, and its
+# results are bit for bit the float32 kernels' on an upcast copy, rounded once.
 
 
-def _f32(a):
-    return a.astype(np.float32)
+@nb.njit(cache=True)
+def _widen_row(src, dst):  # pragma: no cover - compiled
+    for j in range(src.size):
+        dst[j] = load(src[j])
+
+
+@nb.njit(cache=True)
+def _narrow_row(src, dst):  # pragma: no cover - compiled
+    for j in range(src.size):
+        dst[j] = store(dst, src[j])
+
+
+@nb.njit(cache=True)
+def _widen_cols(zo, i0, nbk, zb):  # pragma: no cover - compiled
+    """zb[k, :nbk] = columns [i0, i0 + nbk) of class row k of the half slab zo, in float32."""
+    row, first, span = zo.strides[0], i0 * zo.itemsize, nbk * zo.itemsize
+    for k in range(zo.shape[0]):
+        for b in range(0, span, 64):  # the strided class rows, fetched ahead (see _block_max)
+            _prefetch_read(zo, (k + _PREFETCH) * row + first + b)
+        zr, br = zo[k, i0 : i0 + nbk], zb[k, :nbk]
+        for i in range(nbk):
+            br[i] = load(zr[i])
+
+
+@nb.njit(cache=True)
+def _narrow_cols(zb, oo, i0, nbk):  # pragma: no cover - compiled
+    """Columns [i0, i0 + nbk) of the half slab oo = zb[:, :nbk] rounded once."""
+    row, first, span = oo.strides[0], i0 * oo.itemsize, nbk * oo.itemsize
+    for k in range(oo.shape[0]):
+        for b in range(0, span, 64):
+            _prefetch_write(oo, (k + _PREFETCH) * row + first + b)
+        br, orow = zb[k, :nbk], oo[k, i0 : i0 + nbk]
+        for i in range(nbk):
+            orow[i] = store(orow, br[i])
+
+
+@nb.njit(**_OPTS)
+def _forward_h(z, out, log, chunks):  # pragma: no cover - compiled
+    """_forward for 16-bit views, through float32 tiles (the float32 path's block width)."""
+    outer, c, inner = z.shape
+    cols, nblk, chunks = _tasks(outer, c, inner, 4, chunks)
+    ntasks = outer * nblk
+    for ch in prange(chunks):
+        t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
+        if inner == 1:
+            z2, o2 = z.reshape((outer, c)), out.reshape((outer, c))
+            zf = np.empty(c, np.float32)
+            of = np.empty(c, np.float32)  # not zf: the log pass rereads z after the exps
+            for o in range(t0, t1):
+                _widen_row(z2[o], zf)
+                _softmax_row(zf, of, log)
+                _narrow_row(of, o2[o])
+        else:
+            zb = np.empty((c, cols), np.float32)
+            ob = np.empty((c, cols), np.float32)  # not zb: see _backward_h
+            pk = np.empty((c, cols), np.float32)
+            m = np.empty((2, cols), np.float32)
+            s = np.empty(cols)
+            ties = np.empty(cols, np.int64)
+            for t in range(t0, t1):
+                o, i0 = t // nblk, (t % nblk) * cols
+                nbk = min(cols, inner - i0)
+                _widen_cols(z[o], i0, nbk, zb)
+                _softmax_block(zb, ob, 0, nbk, pk, m, s, ties, log)
+                _narrow_cols(ob, out[o], i0, nbk)
+
+
+@nb.njit(**_OPTS)
+def _backward_h(g, y, out, log, chunks):  # pragma: no cover - compiled
+    """_backward for 16-bit views, through float32 tiles. The output tile is not an input tile:
+    overlapping arrays send the kernels' loops down their scalar fallbacks, which are slower and
+    may pick a different NaN's payload when two NaNs meet."""
+    outer, c, inner = g.shape
+    cols, nblk, chunks = _tasks(outer, c, inner, 4, chunks)
+    ntasks = outer * nblk
+    for ch in prange(chunks):
+        t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
+        if inner == 1:
+            g2, y2, o2 = g.reshape((outer, c)), y.reshape((outer, c)), out.reshape((outer, c))
+            gf = np.empty(c, np.float32)
+            yf = np.empty(c, np.float32)
+            of = np.empty(c, np.float32)
+            for o in range(t0, t1):
+                _widen_row(g2[o], gf)
+                _widen_row(y2[o], yf)
+                _backward_row(gf, yf, of, log)
+                _narrow_row(of, o2[o])
+        else:
+            gb = np.empty((c, cols), np.float32)
+            yb = np.empty((c, cols), np.float32)
+            ob = np.empty((c, cols), np.float32)
+            d = np.empty(cols)
+            for t in range(t0, t1):
+                o, i0 = t // nblk, (t % nblk) * cols
+                nbk = min(cols, inner - i0)
+                _widen_cols(g[o], i0, nbk, gb)
+                _widen_cols(y[o], i0, nbk, yb)
+                _backward_block(gb, yb, ob, 0, nbk, d, log)
+                _narrow_cols(ob, out[o], i0, nbk)
 
 
 def _forward_half(z, out, outer, c, inner, log):
-    res = np.empty(out.shape, np.float32)
-    forward(_f32(z), res, outer, c, inner, log)
-    round_into(out, res)
+    zv = _v3(view(writeable(z)), outer, c, inner)
+    _run(_forward_h, z.size, zv, _v3(view(out), outer, c, inner), bool(log))
 
 
 def _backward_half(g, y, out, outer, c, inner, log):
-    res = np.empty(out.shape, np.float32)
-    backward(_f32(g), _f32(y), res, outer, c, inner, log)
-    round_into(out, res)
+    v = (outer, c, inner)
+    gv, yv = _v3(view(writeable(g)), *v), _v3(view(writeable(y)), *v)
+    _run(_backward_h, g.size, gv, yv, _v3(view(out), *v), bool(log))
+
+
+@nb.njit(cache=True)
+def _xent_rows_h(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1):
+    """_xent_rows for 16-bit views: each row widened into float32 scratch, its gradient
+    rounded once into dz."""  # pragma: no cover
+    outer, c = z.shape[0], z.shape[1]
+    z2, d2 = z.reshape((outer, c)), dz.reshape((outer, c))
+    probs = y.shape[0] == 0
+    q2 = q.reshape((outer, c)) if probs else z2
+    zf = np.empty(c, np.float32)
+    qf = np.empty(c if probs else 0, np.float32)
+    df = np.empty(c, np.float32)  # not zf: the loss rereads z after the exps
+    for o in range(t0, t1):
+        if probs:
+            _widen_row(z2[o], zf)
+            _widen_row(q2[o], qf)
+            loss[o, 0] = _xent_prob_row(zf, qf, df, w, eps, scale)
+            _narrow_row(df, d2[o])
+            continue
+        lab = y[o, 0]
+        if (has_ign and lab == ign) or lab < 0 or lab >= c:
+            d2[o] = 0  # +0.0 in both half formats
+        else:
+            _widen_row(z2[o], zf)
+            loss[o, 0] = _xent_label_row(zf, df, lab, w, wall, eps, scale)
+            _narrow_row(df, d2[o])
+
+
+@nb.njit(cache=True)
+def _xent_blocks_h(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1, cols, nblk):
+    """_xent_blocks for 16-bit views, through float32 tiles of the column blocks."""
+    c, inner = z.shape[1], z.shape[2]  # pragma: no cover
+    probs = y.shape[0] == 0
+    zb = np.empty((c, cols), np.float32)
+    qb = np.empty((c if probs else 0, cols), np.float32)
+    db = np.empty((c, cols), np.float32)
+    pk = np.empty((c, cols), np.float32)
+    m = np.empty(cols, np.float32)
+    s = np.empty(cols)
+    ties = np.empty(cols, np.int64)
+    acc = np.empty((3, cols))
+    lab2 = np.empty((0 if probs else 2, cols), np.int64)
+    for t in range(t0, t1):
+        o, i0 = t // nblk, (t % nblk) * cols
+        nbk = min(cols, inner - i0)
+        if not probs:  # as _xent_blocks, for the tile's columns
+            for i in range(nbk):
+                lab = y[o, i0 + i]
+                bad = (has_ign and lab == ign) or lab < 0 or lab >= c
+                lab2[0, i] = 0 if bad else lab
+                lab2[1, i] = -1 if bad else lab
+        _widen_cols(z[o], i0, nbk, zb)
+        if probs:
+            _widen_cols(q[o], i0, nbk, qb)
+        work = (pk, m, s, ties, acc)
+        lo = loss[o, i0 : i0 + nbk]
+        _xent_block(zb, qb if probs else zb, lab2, w, wall, eps, scale, db, 0, nbk, work, lo)
+        _narrow_cols(db, dz[o], i0, nbk)
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _xent_run_h(z, q, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no cover
+    """_xent_run for 16-bit views (the float32 path's block width)."""
+    outer, c, inner = z.shape
+    loss, wall = _xent_setup(outer, inner, w)
+    cols, nblk, chunks = _tasks(outer, c, inner, 4, chunks)
+    ntasks = outer * nblk
+    for ch in prange(chunks):
+        t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
+        if inner == 1:
+            _xent_rows_h(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1)
+        else:
+            _xent_blocks_h(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1, cols, nblk)
+    return loss
+
+
+@nb.njit(cache=True, nogil=True)
+def _xent_labels_h(z, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no cover
+    return _xent_run_h(z, z[:0], y, w, has_ign, ign, eps, scale, dz, chunks)
+
+
+@nb.njit(cache=True, nogil=True)
+def _xent_probs_h(z, q, w, eps, scale, dz, chunks):  # pragma: no cover - compiled
+    return _xent_run_h(z, q, np.empty((0, 1), np.int64), w, False, 0, eps, scale, dz, chunks)
 
 
 def _xent_half(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
-    grad = np.empty(dz.shape, np.float32)
-    if target.dtype.kind not in "iu":  # probabilities in z's dtype
-        target = _f32(target)
-    per = None if loss is None else np.empty(loss.shape, np.float64)
-    total = xent(_f32(z), outer, c, inner, target, weight, ignore, eps, scale, grad, per)
-    round_into(dz, grad)
-    if loss is not None:
-        round_into(loss, per)
-    return total
+    v = (outer, c, inner)
+    z3, dz3 = _v3(view(writeable(z)), *v), _v3(view(dz), *v)
+    w = np.ones(c) if weight is None else writeable(weight)
+    if target.dtype.kind not in "iu":  # probabilities, in z's dtype
+        q3 = _v3(view(writeable(target)), *v)
+        per = _run(_xent_probs_h, z.size, z3, q3, w, eps, scale, dz3)
+    else:
+        labels = writeable(target.reshape(outer, inner).astype(np.int64, copy=False))
+        has_ign = ignore is not None
+        per = _run(_xent_labels_h, z.size, z3, labels, w, has_ign, ignore if has_ign else 0, eps,
+                   scale, dz3)
+    if loss is not None:  # rounded once from float64, by NumPy (see round_into)
+        round_into(loss, per.reshape(loss.shape))
+    return finish(per, None)
