@@ -166,7 +166,7 @@ static double nmx_half_range(const nmx_hjob *h, nmx_index t0, nmx_index t1, floa
     float *buf = h->per_thread <= NMX_HSTACK ? stack : heap;
     double total = 0.0;
     if (h->direct)
-        return h->kind == NMX_BF16 ? nmx_hrows_bf16(h, t0, t1, buf) : nmx_hrows_f16(h, t0, t1, buf);
+        return nmx_hrows_run(h, t0, t1, buf);
     for (nmx_index t = t0; t < t1; t++) {
         if (h->f.inner == 1) {
             nmx_index r0 = t * h->rows, nr = h->outer - r0;

@@ -9,10 +9,12 @@
  * operation (same exp, same chunked sums, same order), so every result is bit for bit the float32
  * kernel's on the upcast row, rounded once.
  *
- * The conversions are half.h's exact scalar ones written on whole vectors (GNU vector
- * extensions), so each SIMD clone of the row runner vectorizes them: bfloat16 widens with a shift
- * and rounds with integer arithmetic; float16 rebiases the exponent, with subnormals through an
- * int -> float conversion. Both round to nearest even and keep NaN, infinities and subnormals.
+ * The conversions are exact and round to nearest even, keeping NaN, infinities and subnormals.
+ * bfloat16 uses half.h's scalar code written on whole vectors (GNU vector extensions): a shift to
+ * widen, integer rounding to narrow, vectorized by each SIMD clone of the row runner. float16
+ * uses the F16C instructions (AVX2 or AVX-512 forms, picked once on the CPU, as half.c does),
+ * else the same vector rewrite of half.h's scalar code. The row code is instantiated once per
+ * conversion set from softmax_hrow_impl.h.
  */
 
 typedef uint16_t nmx_vu16 __attribute__((vector_size(32)));
@@ -33,73 +35,49 @@ NMX_HAI uint16_t nmx_f2h(int kind, float f) {
     return kind == NMX_BF16 ? nmx_f32_to_bf16(f) : nmx_f32_to_f16(f);
 }
 
-/* 16 halves at p, widened exactly (half.h's nmx_bf16_to_f32 / nmx_f16_to_f32 per lane). */
-NMX_HAI nmx_vf32 nmx_hload(int kind, const uint16_t *p) {
+/* 16 bfloat16 at p, widened into *v. Vectors go in and out through pointers: clang rejects a
+ * 64-byte vector passed by value in the AVX2 functions (it would change their ABI). */
+NMX_HAI void nmx_bf16_vload(const uint16_t *p, nmx_vf32 *v) {
+    nmx_vu16 h;
+    memcpy(&h, p, sizeof h);
+    *v = (nmx_vf32)(__builtin_convertvector(h, nmx_vu32) << 16);
+}
+
+/* *v rounded to 16 bfloat16 at p (nmx_f32_to_bf16 per lane). */
+NMX_HAI void nmx_bf16_vstore(uint16_t *p, const nmx_vf32 *v) {
+    nmx_vu32 u = (nmx_vu32)*v;
+    nmx_vu32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, (u & 0x7fffffffu) > 0x7f800000u,
+                             (u >> 16) | 0x0040u, rounded);
+    nmx_vu16 h = __builtin_convertvector(bits, nmx_vu16);
+    memcpy(p, &h, sizeof h);
+}
+
+/* 16 float16 at p, widened into *v without F16C (nmx_f16_to_f32 per lane). */
+NMX_HAI void nmx_f16_vload(const uint16_t *p, nmx_vf32 *v) {
     nmx_vu16 h;
     memcpy(&h, p, sizeof h);
     nmx_vu32 u = __builtin_convertvector(h, nmx_vu32);
-    if (kind == NMX_BF16) return (nmx_vf32)(u << 16);
     nmx_vu32 sign = (u & 0x8000u) << 16, mag = u & 0x7fffu, shifted = mag << 13;
     nmx_vu32 normal = shifted + (112u << 23);
     nmx_vu32 special = (shifted + (224u << 23)) | ((nmx_vu32)(mag > 0x7c00u) & 0x00400000u);
     nmx_vu32 sub = (nmx_vu32)(__builtin_convertvector((nmx_vi32)mag, nmx_vf32) * 0x1p-24f);
     nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, mag >= 0x0400u, normal, sub);
     bits = NMX_VSEL(nmx_vu32, nmx_vi32, mag >= 0x7c00u, special, bits);
-    return (nmx_vf32)(sign | bits);
+    *v = (nmx_vf32)(sign | bits);
 }
 
-/* Round 16 floats to halves at p, ties to even (half.h's nmx_f32_to_bf16 / nmx_f32_to_f16). */
-NMX_HAI void nmx_hstore(int kind, uint16_t *p, nmx_vf32 v) {
+/* *v rounded to 16 float16 at p without F16C (nmx_f32_to_f16 per lane). */
+NMX_HAI void nmx_f16_vstore(uint16_t *p, const nmx_vf32 *v) {
     const nmx_vu32 zero = {0};
-    nmx_vu32 u = (nmx_vu32)v, a = u & 0x7fffffffu, bits;
-    nmx_vi32 nan = a > 0x7f800000u;
-    if (kind == NMX_BF16) {
-        nmx_vu32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-        bits = NMX_VSEL(nmx_vu32, nmx_vi32, nan, (u >> 16) | 0x0040u, rounded);
-    } else {
-        nmx_vu32 r = a - (112u << 23);
-        nmx_vu32 normal = (r + 0x0fffu + ((r >> 13) & 1u)) >> 13;
-        nmx_vu32 sub = (nmx_vu32)((nmx_vf32)a + 0.5f) - nmx_f32_bits(0.5f);
-        bits = NMX_VSEL(nmx_vu32, nmx_vi32, a >= 0x38800000u, normal, sub);
-        bits = NMX_VSEL(nmx_vu32, nmx_vi32, a >= 0x477ff000u, zero + 0x7c00u, bits);
-        bits = NMX_VSEL(nmx_vu32, nmx_vi32, nan, 0x7e00u | ((a >> 13) & 0x03ffu), bits);
-        bits |= (u >> 16) & 0x8000u;
-    }
-    nmx_vu16 h = __builtin_convertvector(bits, nmx_vu16);
+    nmx_vu32 u = (nmx_vu32)*v, a = u & 0x7fffffffu, r = a - (112u << 23);
+    nmx_vu32 normal = (r + 0x0fffu + ((r >> 13) & 1u)) >> 13;
+    nmx_vu32 sub = (nmx_vu32)((nmx_vf32)a + 0.5f) - nmx_f32_bits(0.5f);
+    nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, a >= 0x38800000u, normal, sub);
+    bits = NMX_VSEL(nmx_vu32, nmx_vi32, a >= 0x477ff000u, zero + 0x7c00u, bits);
+    bits = NMX_VSEL(nmx_vu32, nmx_vi32, a > 0x7f800000u, 0x7e00u | ((a >> 13) & 0x03ffu), bits);
+    nmx_vu16 h = __builtin_convertvector(bits | ((u >> 16) & 0x8000u), nmx_vu16);
     memcpy(p, &h, sizeof h);
-}
-
-/* row_max_f32 on a half row: the same comparisons in the same order. */
-NMX_HAI float nmx_hrow_max(int kind, const uint16_t *z, nmx_index n) {
-    float m = nmx_h2f(kind, z[0]);
-    if (n < 16) {
-        for (nmx_index j = 1; j < n; j++) {
-            float v = nmx_h2f(kind, z[j]);
-            m = v > m ? v : m;
-        }
-        return m;
-    }
-    nmx_vf32 m0 = nmx_hload(kind, z), m1 = m0, m2 = m0, m3 = m0;
-    nmx_index j = 16;
-    for (; j + 64 <= n; j += 64) {
-        nmx_vf32 v0 = nmx_hload(kind, z + j), v1 = nmx_hload(kind, z + j + 16);
-        nmx_vf32 v2 = nmx_hload(kind, z + j + 32), v3 = nmx_hload(kind, z + j + 48);
-        m0 = NMX_VSEL(nmx_vf32, nmx_vi32, v0 > m0, v0, m0);
-        m1 = NMX_VSEL(nmx_vf32, nmx_vi32, v1 > m1, v1, m1);
-        m2 = NMX_VSEL(nmx_vf32, nmx_vi32, v2 > m2, v2, m2);
-        m3 = NMX_VSEL(nmx_vf32, nmx_vi32, v3 > m3, v3, m3);
-    }
-    for (; j + 16 <= n; j += 16) {
-        nmx_vf32 v = nmx_hload(kind, z + j);
-        m0 = NMX_VSEL(nmx_vf32, nmx_vi32, v > m0, v, m0);
-    }
-    nmx_vf32 v = nmx_hload(kind, z + n - 16);
-    m0 = NMX_VSEL(nmx_vf32, nmx_vi32, v > m0, v, m0);
-    m1 = NMX_VSEL(nmx_vf32, nmx_vi32, m2 > m1, m2, m1);
-    m0 = NMX_VSEL(nmx_vf32, nmx_vi32, m3 > m0, m3, m0);
-    m0 = NMX_VSEL(nmx_vf32, nmx_vi32, m1 > m0, m1, m0);
-    for (int k = 0; k < 16; k++) m = m0[k] > m ? m0[k] : m;
-    return m;
 }
 
 /* exp_step_f32 on a widened vector v: t = v - m. Vectors are passed by pointer, as in the
@@ -120,79 +98,18 @@ NMX_HAI void nmx_hexp_step(const nmx_vf32 *v, const nmx_vf32 *m, float *e, nmx_v
  * comparisons. Cloned like the row runners, so its exp contracts to the same FMAs. */
 NMX_CLONES static void nmx_hexp_tail(const float *zb, const nmx_vf32 *m, float *eb, nmx_vf32 *part,
                                      nmx_vi32 *cnt) {
-    nmx_vf32 v = vload_f32(zb);
+    nmx_vf32 v;
+    memcpy(&v, zb, sizeof v);
     nmx_hexp_step(&v, m, eb, part, cnt, 1);
 }
 
-/* row_sum_f32 on a half row: s, with exp(z - m) stored in the float32 e if `store` (a constant
- * at each call: GCC scalarizes the tie comparison of a loop that tests a pointer instead). */
-NMX_HAI double nmx_hrow_sum(int kind, const uint16_t *z, nmx_index n, float m, float *e,
-                            int store) {
-    nmx_vf64 acc[2] = {{0}, {0}};
-    nmx_vi32 cnt = {0};
-    const nmx_vf32 mv = (nmx_vf32){0} + m;
-    nmx_index j = 0;
-    while (j + 16 <= n) {
-        nmx_vf32 part = {0};
-        nmx_index stop = n - j > NMX_CHUNK * 16 ? j + NMX_CHUNK * 16 : n;
-        for (; j + 16 <= stop; j += 16) {
-            nmx_vf32 v = nmx_hload(kind, z + j);
-            nmx_hexp_step(&v, &mv, store ? e + j : NULL, &part, &cnt, store);
-        }
-        nmx_vacc_f32(acc, &part);
-    }
-    if (j < n) {
-        float zb[16], eb[16];
-        nmx_vf32 part = {0};
-        for (nmx_index k = 0; k < 16; k++) zb[k] = j + k < n ? nmx_h2f(kind, z[j + k]) : -INFINITY;
-        nmx_hexp_tail(zb, &mv, eb, &part, &cnt);
-        nmx_vacc_f32(acc, &part);
-        if (store)
-            for (nmx_index k = 0; k < n - j; k++) e[j + k] = eb[k];
-    }
-    return hsum_f32(acc, &cnt);
-}
-
-/* out = round(e * c) over a row, e in float32. */
-NMX_HAI void nmx_hscale(int kind, const float *e, float c, uint16_t *out, nmx_index n) {
-    nmx_index j = 0;
-    for (; j + 16 <= n; j += 16) nmx_hstore(kind, out + j, vload_f32(e + j) * c);
-    for (; j < n; j++) out[j] = nmx_f2h(kind, e[j] * c);
-}
-
-/* softmax_row_f32 with z and out in half storage; e is float32 scratch of n elements.
- * log-softmax needs no exponentials kept (its last pass reads z again) but stores them anyway,
- * as the float32 kernel does: without the store GCC merges the two selects of each step and
- * then scalarizes every comparison, which costs four times the row. */
-NMX_HAI void nmx_hrow_softmax(int kind, const uint16_t *z, uint16_t *out, float *e, nmx_index n,
-                              int log_) {
-    float m = nmx_hrow_max(kind, z, n);
-    if (!log_) {
-        float inv = (float)(1.0 / (1.0 + nmx_hrow_sum(kind, z, n, m, e, 1)));
-        nmx_hscale(kind, e, inv, out, n);
-        return;
-    }
-    float lse = (float)NMX_LOG1P(nmx_hrow_sum(kind, z, n, m, e, 1));
-    nmx_index j = 0;
-    for (; j + 16 <= n; j += 16) nmx_hstore(kind, out + j, (nmx_hload(kind, z + j) - m) - lse);
-    for (; j < n; j++) out[j] = nmx_f2h(kind, (nmx_h2f(kind, z[j]) - m) - lse);
-}
-
-/* xent_label_row_f32 without label smoothing (eps == 0), z and dz in half storage. */
-NMX_HAI double nmx_hrow_xent(int kind, const uint16_t *z, uint16_t *dz, float *e, int64_t y,
-                             const nmx_xent_args *a) {
-    nmx_index n = a->classes;
-    if (ignored_f32(a, y)) {
-        memset(dz, 0, (size_t)n * sizeof *dz); /* +0 in both formats */
-        return 0.0;
-    }
-    float m = nmx_hrow_max(kind, z, n), zy = nmx_h2f(kind, z[y]);
-    double s = nmx_hrow_sum(kind, z, n, m, e, 1), lse = NMX_LOG1P(s);
-    double wy = a->weight ? a->weight[y] : 1.0, ty = (double)zy - (double)m, sc = a->scale;
-    nmx_hscale(kind, e, (float)(sc * wy / (1.0 + s)), dz, n);
-    dz[y] = nmx_f2h(kind, (float)(sc * wy * p_minus_one_f32(zy - m, s)));
-    return wy * (lse - ty);
-}
+/* The next row's input and output, fetched (for writing, the output) during the sum pass: that
+ * pass is bound by the exponentials, the first pass by reading the row and the last by writing
+ * it; one row ahead overlaps the memory traffic with that arithmetic. */
+typedef struct {
+    const uint16_t *z;
+    uint16_t *out;
+} nmx_hnext;
 
 /* Whether a half job runs on the rows directly: rows long enough, and a kernel written above. */
 static int nmx_hrow_direct(const nmx_hjob *h) {
@@ -205,30 +122,109 @@ static int nmx_hrow_direct(const nmx_hjob *h) {
 /* float32 scratch per thread of the direct path: the exponentials of one row. */
 static nmx_index nmx_hrow_scratch(const nmx_hjob *h) { return h->f.n; }
 
-/* Rows [r0, r1) of a direct job; e is the thread's scratch. */
-NMX_HAI double nmx_hrows(int kind, const nmx_hjob *h, nmx_index r0, nmx_index r1, float *e) {
-    nmx_index n = h->f.n;
-    const nmx_xent_args *a = h->f.a;
-    double total = 0.0;
-    for (nmx_index r = r0; r < r1; r++) {
-        const uint16_t *z = h->x + r * n;
-        uint16_t *out = h->out + r * n;
-        if (h->f.kind != NMX_XENT) {
-            nmx_hrow_softmax(kind, z, out, e, n, h->f.kind == NMX_LOG_SOFTMAX);
-            continue;
-        }
-        double loss = nmx_hrow_xent(kind, z, out, e, nmx_label_at(a->labels, a->label_bytes, r), a);
-        if (a->loss) ((uint16_t *)a->loss)[r] = nmx_f2h(kind, (float)loss);
-        total += loss;
+#if defined(__x86_64__) && !defined(NMX_SANITIZED) && defined(NMX_HAVE_CLONES) && NMX_HAVE_CLONES
+#include <cpuid.h>
+#include <immintrin.h>
+#define NMX_HROW_F16C 1
+/* F16C conversions of 16 lanes, exact, rounding to nearest even (as half.c's F16C paths). */
+#define NMX_HROW_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"
+#define NMX_HROW_AVX2 "avx2,fma,f16c"
+
+static inline __attribute__((always_inline, target(NMX_HROW_AVX512))) void
+nmx_f16_vload_avx512(const uint16_t *p, nmx_vf32 *v) {
+    __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    memcpy(v, &w, sizeof w);
+}
+
+static inline __attribute__((always_inline, target(NMX_HROW_AVX512))) void
+nmx_f16_vstore_avx512(uint16_t *p, const nmx_vf32 *v) {
+    __m512 w;
+    memcpy(&w, v, sizeof w);
+    _mm256_storeu_si256((__m256i *)p,
+                        _mm512_cvtps_ph(w, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+static inline __attribute__((always_inline, target(NMX_HROW_AVX2))) void
+nmx_f16_vload_avx2(const uint16_t *p, nmx_vf32 *v) {
+    __m256 w[2] = {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
+                   _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)))};
+    memcpy(v, w, sizeof w);
+}
+
+static inline __attribute__((always_inline, target(NMX_HROW_AVX2))) void
+nmx_f16_vstore_avx2(uint16_t *p, const nmx_vf32 *v) {
+    __m256 w[2];
+    memcpy(w, v, sizeof w);
+    _mm_storeu_si128((__m128i *)p,
+                     _mm256_cvtps_ph(w[0], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm_storeu_si128((__m128i *)(p + 8),
+                     _mm256_cvtps_ph(w[1], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#else
+#define NMX_HROW_F16C 0
+#endif
+
+/* Portable conversions, every SIMD clone; the float16 runner is used without F16C only. */
+#define HSFX p
+#define HAI NMX_HAI
+#define HRUN NMX_CLONES
+#define HF16_LOAD nmx_f16_vload
+#define HF16_STORE nmx_f16_vstore
+#define HBF16 1
+#include "softmax_hrow_impl.h"
+
+#if NMX_HROW_F16C
+#define HSFX avx512
+#define HAI static inline __attribute__((always_inline, target(NMX_HROW_AVX512)))
+#define HRUN __attribute__((target(NMX_HROW_AVX512)))
+#define HF16_LOAD nmx_f16_vload_avx512
+#define HF16_STORE nmx_f16_vstore_avx512
+#define HBF16 0
+#include "softmax_hrow_impl.h"
+
+#define HSFX avx2
+#define HAI static inline __attribute__((always_inline, target(NMX_HROW_AVX2)))
+#define HRUN __attribute__((target(NMX_HROW_AVX2)))
+#define HF16_LOAD nmx_f16_vload_avx2
+#define HF16_STORE nmx_f16_vstore_avx2
+#define HBF16 0
+#include "softmax_hrow_impl.h"
+
+/* CPUID leaf 1, ECX bit 29: F16C (not every compiler's __builtin_cpu_supports knows it). */
+static int nmx_hrow_cpu_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+#endif
+
+typedef double (*nmx_hrows_fn)(const nmx_hjob *, nmx_index, nmx_index, float *);
+
+/* The float16 row runner for this CPU, chosen on first use (a racy but atomic store of the same
+ * value, as half.c does). */
+static nmx_hrows_fn nmx_hrows_f16(void) {
+    static int level = -1;
+    int k = __atomic_load_n(&level, __ATOMIC_RELAXED);
+    if (k < 0) {
+        k = 0;
+#if NMX_HROW_F16C
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && nmx_hrow_cpu_f16c())
+            k = 1;
+        if (k && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+            k = 2;
+#endif
+        __atomic_store_n(&level, k, __ATOMIC_RELAXED);
     }
-    return total;
+#if NMX_HROW_F16C
+    if (k == 2) return nmx_hrows_f16_avx512;
+    if (k == 1) return nmx_hrows_f16_avx2;
+#endif
+    return nmx_hrows_f16_p;
 }
 
-/* One SIMD clone set per storage format, so that `kind` is a constant inside the loops. */
-NMX_CLONES static double nmx_hrows_f16(const nmx_hjob *h, nmx_index r0, nmx_index r1, float *e) {
-    return nmx_hrows(NMX_F16, h, r0, r1, e);
-}
-
-NMX_CLONES static double nmx_hrows_bf16(const nmx_hjob *h, nmx_index r0, nmx_index r1, float *e) {
-    return nmx_hrows(NMX_BF16, h, r0, r1, e);
+/* Rows [r0, r1) of a direct job; buf is the thread's float32 scratch. */
+static double nmx_hrows_run(const nmx_hjob *h, nmx_index r0, nmx_index r1, float *buf) {
+    return h->kind == NMX_BF16 ? nmx_hrows_bf16_p(h, r0, r1, buf)
+                               : nmx_hrows_f16()(h, r0, r1, buf);
 }
