@@ -129,6 +129,7 @@ static nmx_index nmx_hrow_scratch(const nmx_hjob *h) { return h->f.n; }
 /* F16C conversions of 16 lanes, exact, rounding to nearest even (as half.c's F16C paths). */
 #define NMX_HROW_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"
 #define NMX_HROW_AVX2 "avx2,fma,f16c"
+#define NMX_HROW_AVX512BF16 NMX_HROW_AVX512 ",avx512bf16"
 
 static inline __attribute__((always_inline, target(NMX_HROW_AVX512))) void
 nmx_f16_vload_avx512(const uint16_t *p, nmx_vf32 *v) {
@@ -160,6 +161,27 @@ nmx_f16_vstore_avx2(uint16_t *p, const nmx_vf32 *v) {
     _mm_storeu_si128((__m128i *)(p + 8),
                      _mm256_cvtps_ph(w[1], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
+/* 16 bfloat16 at p, widened in one vpmovzxwd (GCC splits the generic 32 -> 64-byte conversion
+ * into halves and shuffles). */
+static inline __attribute__((always_inline, target(NMX_HROW_AVX512))) void
+nmx_bf16_vload_avx512(const uint16_t *p, nmx_vf32 *v) {
+    __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+    memcpy(v, &w, sizeof w);
+}
+
+/* vcvtneps2bf16 rounds to nearest even but flushes subnormal inputs to zero: a vector holding a
+ * subnormal takes the integer rounding instead (as half.c does), so the bits never differ. */
+static inline __attribute__((always_inline, target(NMX_HROW_AVX512BF16))) void
+nmx_bf16_vstore_avx512bf16(uint16_t *p, const nmx_vf32 *v) {
+    __m512 w;
+    memcpy(&w, v, sizeof w);
+    if (_mm512_fpclass_ps_mask(w, 0x20)) { /* class bit 5: subnormal */
+        nmx_bf16_vstore(p, v);
+        return;
+    }
+    __m256bh h = _mm512_cvtneps_pbh(w);
+    memcpy(p, &h, sizeof h);
+}
 #else
 #define NMX_HROW_F16C 0
 #endif
@@ -170,6 +192,9 @@ nmx_f16_vstore_avx2(uint16_t *p, const nmx_vf32 *v) {
 #define HRUN NMX_CLONES
 #define HF16_LOAD nmx_f16_vload
 #define HF16_STORE nmx_f16_vstore
+#define HBF16_LOAD nmx_bf16_vload
+#define HBF16_STORE nmx_bf16_vstore
+#define HF16 1
 #define HBF16 1
 #include "softmax_hrow_impl.h"
 
@@ -179,6 +204,9 @@ nmx_f16_vstore_avx2(uint16_t *p, const nmx_vf32 *v) {
 #define HRUN __attribute__((target(NMX_HROW_AVX512)))
 #define HF16_LOAD nmx_f16_vload_avx512
 #define HF16_STORE nmx_f16_vstore_avx512
+#define HBF16_LOAD nmx_bf16_vload
+#define HBF16_STORE nmx_bf16_vstore
+#define HF16 1
 #define HBF16 0
 #include "softmax_hrow_impl.h"
 
@@ -187,7 +215,22 @@ nmx_f16_vstore_avx2(uint16_t *p, const nmx_vf32 *v) {
 #define HRUN __attribute__((target(NMX_HROW_AVX2)))
 #define HF16_LOAD nmx_f16_vload_avx2
 #define HF16_STORE nmx_f16_vstore_avx2
+#define HBF16_LOAD nmx_bf16_vload
+#define HBF16_STORE nmx_bf16_vstore
+#define HF16 1
 #define HBF16 0
+#include "softmax_hrow_impl.h"
+
+/* bfloat16 rounding with AVX-512 BF16 (vcvtneps2bf16), for CPUs that have it. */
+#define HSFX avx512bf16
+#define HAI static inline __attribute__((always_inline, target(NMX_HROW_AVX512BF16)))
+#define HRUN __attribute__((target(NMX_HROW_AVX512BF16)))
+#define HF16_LOAD nmx_f16_vload_avx512
+#define HF16_STORE nmx_f16_vstore_avx512
+#define HBF16_LOAD nmx_bf16_vload_avx512
+#define HBF16_STORE nmx_bf16_vstore_avx512bf16
+#define HF16 0
+#define HBF16 1
 #include "softmax_hrow_impl.h"
 
 /* CPUID leaf 1, ECX bit 29: F16C (not every compiler's __builtin_cpu_supports knows it). */
@@ -223,8 +266,29 @@ static nmx_hrows_fn nmx_hrows_f16(void) {
     return nmx_hrows_f16_p;
 }
 
+/* The bfloat16 row runner for this CPU, chosen on first use. */
+static nmx_hrows_fn nmx_hrows_bf16(void) {
+    static int level = -1;
+    int k = __atomic_load_n(&level, __ATOMIC_RELAXED);
+    if (k < 0) {
+        k = 0;
+#if NMX_HROW_F16C
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            nmx_hrow_cpu_f16c() && __builtin_cpu_supports("avx512f") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16"))
+            k = 1;
+#endif
+        __atomic_store_n(&level, k, __ATOMIC_RELAXED);
+    }
+#if NMX_HROW_F16C
+    if (k == 1) return nmx_hrows_bf16_avx512bf16;
+#endif
+    return nmx_hrows_bf16_p;
+}
+
 /* Rows [r0, r1) of a direct job; buf is the thread's float32 scratch. */
 static double nmx_hrows_run(const nmx_hjob *h, nmx_index r0, nmx_index r1, float *buf) {
-    return h->kind == NMX_BF16 ? nmx_hrows_bf16_p(h, r0, r1, buf)
-                               : nmx_hrows_f16()(h, r0, r1, buf);
+    return (h->kind == NMX_BF16 ? nmx_hrows_bf16() : nmx_hrows_f16())(h, r0, r1, buf);
 }

@@ -1,6 +1,7 @@
 /* Half-precision row kernels for one set of conversions; included by softmax_hrow.h with
  * HSFX (name suffix), HAI (attributes of the inlined helpers), HRUN (of the runners),
- * HF16_LOAD / HF16_STORE (16-lane float16 conversions) and HBF16 (1: a bfloat16 runner too).
+ * HF16_LOAD / HF16_STORE and HBF16_LOAD / HBF16_STORE (16-lane conversions), and HF16 / HBF16 (1: define
+ * the float16 / bfloat16 runner).
  * Same arithmetic as the float32 row kernels of softmax_impl.h, operation for operation.
  */
 #define HN(x) NMX_CAT(x, HSFX)
@@ -8,7 +9,7 @@
 /* 16 halves at p, widened into *v. */
 HAI void HN(hload)(int kind, const uint16_t *p, nmx_vf32 *v) {
     if (kind == NMX_BF16)
-        nmx_bf16_vload(p, v);
+        HBF16_LOAD(p, v);
     else
         HF16_LOAD(p, v);
 }
@@ -16,7 +17,7 @@ HAI void HN(hload)(int kind, const uint16_t *p, nmx_vf32 *v) {
 /* *v rounded to 16 halves at p. */
 HAI void HN(hstore)(int kind, uint16_t *p, const nmx_vf32 *v) {
     if (kind == NMX_BF16)
-        nmx_bf16_vstore(p, v);
+        HBF16_STORE(p, v);
     else
         HF16_STORE(p, v);
 }
@@ -85,9 +86,11 @@ HAI double HN(hrow_sum)(int kind, const uint16_t *z, nmx_index n, float m, float
     if (j < n) {
         float zb[16], eb[16];
         nmx_vf32 part = {0};
+        nmx_vi32 tail = {0}; /* cnt's address stays private: the loop keeps it in a register */
         for (nmx_index k = 0; k < 16; k++) zb[k] = j + k < n ? nmx_h2f(kind, z[j + k]) : -INFINITY;
-        nmx_hexp_tail(zb, &mv, eb, &part, &cnt);
+        nmx_hexp_tail(zb, &mv, eb, &part, &tail);
         nmx_vacc_f32(acc, &part);
+        cnt += tail;
         for (nmx_index k = 0; k < n - j; k++) e[j + k] = eb[k];
     }
     return hsum_f32(acc, &cnt);
@@ -165,9 +168,11 @@ HAI double HN(hrows)(int kind, const nmx_hjob *h, nmx_index r0, nmx_index r1, fl
 }
 
 /* One runner per storage format, so that `kind` is a constant inside the loops. */
+#if HF16
 HRUN static double HN(nmx_hrows_f16)(const nmx_hjob *h, nmx_index r0, nmx_index r1, float *e) {
     return HN(hrows)(NMX_F16, h, r0, r1, e);
 }
+#endif
 
 #if HBF16
 HRUN static double HN(nmx_hrows_bf16)(const nmx_hjob *h, nmx_index r0, nmx_index r1, float *e) {
@@ -181,4 +186,7 @@ HRUN static double HN(nmx_hrows_bf16)(const nmx_hjob *h, nmx_index r0, nmx_index
 #undef HRUN
 #undef HF16_LOAD
 #undef HF16_STORE
+#undef HBF16_LOAD
+#undef HBF16_STORE
+#undef HF16
 #undef HBF16
