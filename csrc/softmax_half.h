@@ -1,7 +1,9 @@
 /* Half-precision storage (float16 / bfloat16) for the softmax kernels; included by softmax.c
  * after the float32 kernels, whose arithmetic it reuses unchanged.
  *
- * A task converts a tile of its input into float32 buffers with nmx_half_to_float, runs the
+ * Rows of at least NMX_HROW_MIN classes (softmax, log-softmax, integer-label cross-entropy
+ * without smoothing) are read and written in half storage directly (softmax_hrow.h). Otherwise
+ * a task converts a tile of its input into float32 buffers with nmx_half_to_float, runs the
  * float32 task runner on them and rounds the results back once with nmx_float_to_half:
  *   inner == 1: a tile is R whole rows (contiguous), R * classes <= NMX_HALF_TILE when a row
  *     fits, so few-class rows are still grouped as in float32; longer rows are one row a tile.

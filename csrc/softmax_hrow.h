@@ -10,11 +10,13 @@
  * kernel's on the upcast row, rounded once.
  *
  * The conversions are exact and round to nearest even, keeping NaN, infinities and subnormals.
- * bfloat16 uses half.h's scalar code written on whole vectors (GNU vector extensions): a shift to
- * widen, integer rounding to narrow, vectorized by each SIMD clone of the row runner. float16
- * uses the F16C instructions (AVX2 or AVX-512 forms, picked once on the CPU, as half.c does),
- * else the same vector rewrite of half.h's scalar code. The row code is instantiated once per
- * conversion set from softmax_hrow_impl.h.
+ * The portable set is half.h's scalar code written on whole vectors (GNU vector extensions: a
+ * shift to widen bfloat16, integer rounding to narrow it, the exponent rebias for float16),
+ * vectorized by each SIMD clone of the row runner. On x86-64, picked once on the CPU as half.c
+ * does: float16 uses F16C (vcvtph2ps / vcvtps2ph, AVX2 or AVX-512 forms) and bfloat16 rounds
+ * with AVX-512 BF16's vcvtneps2bf16. The row code is instantiated once per conversion set from
+ * softmax_hrow_impl.h; each instance has the float32 kernel's FMA contractions (FMA in the
+ * AVX2 / AVX-512 sets as in the float32 kernel's x86-64-v3 / v4 clones), hence its bits.
  */
 
 typedef uint16_t nmx_vu16 __attribute__((vector_size(32)));
@@ -165,7 +167,8 @@ nmx_f16_vstore_avx2(uint16_t *p, const nmx_vf32 *v) {
  * into halves and shuffles). */
 static inline __attribute__((always_inline, target(NMX_HROW_AVX512))) void
 nmx_bf16_vload_avx512(const uint16_t *p, nmx_vf32 *v) {
-    __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    w = _mm512_slli_epi32(w, 16);
     memcpy(v, &w, sizeof w);
 }
 

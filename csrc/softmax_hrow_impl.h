@@ -1,8 +1,8 @@
 /* Half-precision row kernels for one set of conversions; included by softmax_hrow.h with
  * HSFX (name suffix), HAI (attributes of the inlined helpers), HRUN (of the runners),
- * HF16_LOAD / HF16_STORE and HBF16_LOAD / HBF16_STORE (16-lane conversions), and HF16 / HBF16 (1: define
- * the float16 / bfloat16 runner).
- * Same arithmetic as the float32 row kernels of softmax_impl.h, operation for operation.
+ * HF16_LOAD / HF16_STORE and HBF16_LOAD / HBF16_STORE (16-lane conversions), and HF16 / HBF16
+ * (1: define the float16 / bfloat16 runner). Same arithmetic as the float32 row kernels of
+ * softmax_impl.h, operation for operation.
  */
 #define HN(x) NMX_CAT(x, HSFX)
 
