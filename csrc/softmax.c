@@ -4,7 +4,8 @@
  * a Taylor polynomial (degree 7 in float32, 13 in float64: truncation error below 0.1 ulp, about
  * 1 ulp with rounding) so that GCC vectorizes the hot loops; libm's exp does not vectorize
  * without -ffast-math. The per-type kernels live in softmax_impl.h, included once per dtype;
- * float16 / bfloat16 run the float32 kernels on converted tiles (softmax_half.h).
+ * float16 / bfloat16 run the float32 arithmetic on half rows directly (softmax_hrow.h) or on
+ * converted tiles (softmax_half.h).
  */
 #include "softmax.h"
 

@@ -1,7 +1,9 @@
 /* Half-precision storage (float16 / bfloat16) for the softmax kernels; included by softmax.c
  * after the float32 kernels, whose arithmetic it reuses unchanged.
  *
- * A task converts a tile of its input into float32 buffers with nmx_half_to_float, runs the
+ * Rows of at least NMX_HROW_MIN classes (softmax, log-softmax, integer-label cross-entropy
+ * without smoothing) are read and written in half storage directly (softmax_hrow.h). Otherwise
+ * a task converts a tile of its input into float32 buffers with nmx_half_to_float, runs the
  * float32 task runner on them and rounds the results back once with nmx_float_to_half:
  *   inner == 1: a tile is R whole rows (contiguous), R * classes <= NMX_HALF_TILE when a row
  *     fits, so few-class rows are still grouped as in float32; longer rows are one row a tile.
@@ -37,7 +39,10 @@ typedef struct {
     nmx_index outer;
     nmx_index rows; /* rows per tile (inner == 1) */
     nmx_index per_thread; /* float32 elements of scratch per thread */
+    int direct; /* rows read and written in half storage (softmax_hrow.h), one task a row */
 } nmx_hjob;
+
+#include "softmax_hrow.h"
 
 /* The half input read beside z: probability targets or the backward's y, else NULL. */
 static const uint16_t *nmx_half_second(const nmx_hjob *h) {
@@ -162,6 +167,8 @@ static double nmx_half_range(const nmx_hjob *h, nmx_index t0, nmx_index t1, floa
     float stack[NMX_HSTACK];
     float *buf = h->per_thread <= NMX_HSTACK ? stack : heap;
     double total = 0.0;
+    if (h->direct)
+        return nmx_hrows_run(h, t0, t1, buf);
     for (nmx_index t = t0; t < t1; t++) {
         if (h->f.inner == 1) {
             nmx_index r0 = t * h->rows, nr = h->outer - r0;
@@ -180,7 +187,10 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
     nmx_index n = h->f.n, inner = h->f.inner;
     if (total_out) *total_out = 0.0;
     if (h->outer <= 0 || n <= 0 || inner <= 0) return 0; /* empty: nothing to compute */
-    if (inner == 1) {
+    h->direct = nmx_hrow_direct(h);
+    if (h->direct) {
+        h->rows = h->f.cols = h->f.nblk = 1;
+    } else if (inner == 1) {
         /* Whole rows per tile; a multiple of NMX_GROUP so few-class rows group as in float32. */
         h->rows = n >= NMX_HALF_TILE ? 1 : NMX_HALF_TILE / n;
         if (h->rows > NMX_GROUP) h->rows -= h->rows % NMX_GROUP;
@@ -190,7 +200,7 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
         h->f.nblk = (inner + h->f.cols - 1) / h->f.cols;
     }
     nmx_index ntasks = inner == 1 ? (h->outer + h->rows - 1) / h->rows : h->outer * h->f.nblk;
-    h->per_thread = nmx_half_scratch(h);
+    h->per_thread = h->direct ? nmx_hrow_scratch(h) : nmx_half_scratch(h);
     int nt = nmx_threads_for(h->outer * n * inner);
     if (ntasks < 2) nt = 1;
     float *heap = NULL;
@@ -225,7 +235,7 @@ int nmx_xent_h(int kind, const uint16_t *z, uint16_t *dz, const nmx_xent_args *a
         for (nmx_index c = 0; c < a->classes; c++) wall += a->weight[c];
     }
     nmx_hjob h = {kind, {NMX_XENT, NULL, NULL, NULL, a, a->classes, a->inner, 0, 0, wall},
-                  z, NULL, dz, a->outer, 0, 0};
+                  z, NULL, dz, a->outer, 0, 0, 0};
     return nmx_half_run(&h, total);
 }
 
@@ -234,7 +244,7 @@ int nmx_softmax_h(int kind, const uint16_t *z, uint16_t *out, nmx_index outer, n
     nmx_hjob h = {kind,
                   {log_ ? NMX_LOG_SOFTMAX : NMX_SOFTMAX, NULL, NULL, NULL, NULL, classes, inner,
                    0, 0, 0.0},
-                  z, NULL, out, outer, 0, 0};
+                  z, NULL, out, outer, 0, 0, 0};
     return nmx_half_run(&h, NULL);
 }
 
@@ -243,6 +253,6 @@ int nmx_softmax_backward_h(int kind, const uint16_t *g, const uint16_t *y, uint1
     nmx_hjob h = {kind,
                   {log_ ? NMX_BWD_LOG : NMX_BWD, NULL, NULL, NULL, NULL, classes, inner, 0, 0,
                    0.0},
-                  g, y, dz, outer, 0, 0};
+                  g, y, dz, outer, 0, 0, 0};
     return nmx_half_run(&h, NULL);
 }

@@ -296,6 +296,73 @@ static void test_softmax_half(int kind, const char *name, nmx_index outer, nmx_i
     free(p), free(lp), free(dz), free(bwd), free(loss), free(labels);
 }
 
+/* Half-precision rows against the float32 kernels on the upcast input, rounded once: the half
+ * kernels do the float32 arithmetic, so the bits must agree exactly (NaN, infinities, subnormals,
+ * ties with the maximum and ignored or out-of-range rows included). Row lengths straddle the
+ * direct path's threshold, the vector width and the stack scratch. Counts mismatching elements. */
+static nmx_index half_bits_diff(const uint16_t *a, const uint16_t *b, nmx_index n) {
+    nmx_index bad = 0;
+    for (nmx_index i = 0; i < n; i++) bad += a[i] != b[i];
+    return bad;
+}
+
+static void test_softmax_half_bits(int kind, const char *name, nmx_index rows, nmx_index K) {
+    nmx_index n = rows * K;
+    uint16_t *zh = malloc(sizeof(uint16_t) * n), *got = malloc(sizeof(uint16_t) * n);
+    uint16_t *want = malloc(sizeof(uint16_t) * n), *lg = malloc(sizeof(uint16_t) * rows);
+    uint16_t *lw = malloc(sizeof(uint16_t) * rows);
+    float *zf = malloc(sizeof(float) * n), *of = malloc(sizeof(float) * n);
+    float *lf = malloc(sizeof(float) * rows);
+    int64_t *labels = malloc(sizeof(int64_t) * rows);
+    double *weight = malloc(sizeof(double) * K);
+    unsigned s = 5;
+    float tiny = kind == NMX_F16 ? 0x1p-20f : 0x1p-130f, big = kind == NMX_F16 ? 6e4f : 3e38f;
+    for (nmx_index i = 0; i < n; ++i) zf[i] = (float)uniform(&s, 0.0, 8.0);
+    for (nmx_index r = 0; r < rows; ++r) { /* a special value per row, in turn */
+        float *z = zf + r * K;
+        nmx_index j = (r * 7919) % K;
+        switch (r % 8) {
+        case 1: z[j] = NAN; break;
+        case 2: z[j] = INFINITY; break;
+        case 3: z[j] = -INFINITY; break;
+        case 4: for (nmx_index k = 0; k < K; ++k) z[k] = tiny * (float)(k % 5); break;
+        case 5: z[j] = big, z[K - 1] = big; break; /* two tied maxima */
+        case 6: for (nmx_index k = 0; k < K; ++k) z[k] = -big; break;
+        default: break;
+        }
+        labels[r] = r % 8 == 7 ? -100 : r % 3 == 0 ? j : (r * 31) % K;
+    }
+    for (nmx_index k = 0; k < K; ++k) weight[k] = 0.5 + (double)(k % 3);
+    nmx_float_to_half(kind, zf, zh, n);
+    nmx_half_to_float(kind, zh, zf, n);
+    nmx_index bad = 0;
+    for (int log_ = 0; log_ <= 1; ++log_) {
+        bad += nmx_softmax_h(kind, zh, got, rows, K, 1, log_) != 0;
+        nmx_softmax_f32(zf, of, rows, K, 1, log_);
+        nmx_float_to_half(kind, of, want, n);
+        bad += half_bits_diff(got, want, n);
+    }
+    for (int weighted = 0; weighted <= 1; ++weighted) {
+        nmx_xent_args ah = {rows, K, 1, labels, 8, NULL, weighted ? weight : NULL, 1, -100,
+                            0.0, 0.25, lg};
+        nmx_xent_args af = ah;
+        af.loss = lf;
+        double th = 0.0, tf;
+        bad += nmx_xent_h(kind, zh, got, &ah, &th) != 0;
+        tf = nmx_xent_f32(zf, of, &af);
+        nmx_float_to_half(kind, of, want, n);
+        nmx_float_to_half(kind, lf, lw, rows);
+        bad += half_bits_diff(got, want, n) + half_bits_diff(lg, lw, rows);
+        bad += th != tf && !(th != th && tf != tf); /* summation order may differ by threads */
+    }
+    char what[64];
+    snprintf(what, sizeof what, "softmax family %s bits (%lld, %lld)", name, (long long)rows,
+             (long long)K);
+    check(what, (double)bad, 0.0);
+    free(zh), free(got), free(want), free(lg), free(lw), free(zf), free(of), free(lf);
+    free(labels), free(weight);
+}
+
 static void test_sgd(nmx_index size) {
     double *p = malloc(sizeof(double) * size), *g = malloc(sizeof(double) * size);
     double *p0 = malloc(sizeof(double) * size);
@@ -418,6 +485,9 @@ int main(void) {
         test_softmax_half(kind, name, 3, 1500, 1);
         test_softmax_half(kind, name, 4, 20, 500);
         test_softmax_half(kind, name, 2, 1200, 40);
+        const nmx_index lens[] = {17, 127, 128, 129, 1000, 1023, 1024, 1025, 4096, 4097, 32000};
+        for (size_t i = 0; i < sizeof lens / sizeof lens[0]; ++i)
+            test_softmax_half_bits(kind, name, lens[i] > 2000 ? 24 : 40, lens[i]);
     }
     printf(failures ? "%d check(s) FAILED\n" : "all checks passed\n", failures);
     return failures != 0;

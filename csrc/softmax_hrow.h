@@ -1,0 +1,297 @@
+/* Half-precision rows (inner == 1) read and written in place; included by softmax_half.h.
+ *
+ * Softmax, log-softmax and the integer-label cross-entropy without smoothing make their passes
+ * over the float16 / bfloat16 row itself: every vector is widened to float32 as it is loaded,
+ * and the last pass rounds each result once into the half output. Converting a long row into a
+ * float32 buffer first, as the tile path does, adds two passes over twice the bytes (the float32
+ * copy and the float32 result) and the conversion calls, which cost more than the halved memory
+ * traffic saves. The float32 arithmetic is that of the float32 row kernels, operation for
+ * operation (same exp, same chunked sums, same order), so every result is bit for bit the float32
+ * kernel's on the upcast row, rounded once.
+ *
+ * The conversions are exact and round to nearest even, keeping NaN, infinities and subnormals.
+ * The portable set is half.h's scalar code written on whole vectors (GNU vector extensions: a
+ * shift to widen bfloat16, integer rounding to narrow it, the exponent rebias for float16),
+ * vectorized by each SIMD clone of the row runner. On x86-64, picked once on the CPU as half.c
+ * does: float16 uses F16C (vcvtph2ps / vcvtps2ph, AVX2 or AVX-512 forms) and bfloat16 rounds
+ * with AVX-512 BF16's vcvtneps2bf16. The row code is instantiated once per conversion set from
+ * softmax_hrow_impl.h; each instance has the float32 kernel's FMA contractions (FMA in the
+ * AVX2 / AVX-512 sets as in the float32 kernel's x86-64-v3 / v4 clones), hence its bits.
+ */
+
+typedef uint16_t nmx_vu16 __attribute__((vector_size(32)));
+
+#define NMX_HAI static inline __attribute__((always_inline))
+
+/* Rows with at least this many classes take the direct path; shorter ones are grouped into
+ * conversion tiles (several rows per bulk conversion beats per-row vector tails). */
+#ifndef NMX_HROW_MIN
+#define NMX_HROW_MIN 128
+#endif
+
+NMX_HAI float nmx_h2f(int kind, uint16_t h) {
+    return kind == NMX_BF16 ? nmx_bf16_to_f32(h) : nmx_f16_to_f32(h);
+}
+
+NMX_HAI uint16_t nmx_f2h(int kind, float f) {
+    return kind == NMX_BF16 ? nmx_f32_to_bf16(f) : nmx_f32_to_f16(f);
+}
+
+/* 16 bfloat16 at p, widened into *v. Vectors go in and out through pointers: clang rejects a
+ * 64-byte vector passed by value in the AVX2 functions (it would change their ABI). */
+NMX_HAI void nmx_bf16_vload(const uint16_t *p, nmx_vf32 *v) {
+    nmx_vu16 h;
+    memcpy(&h, p, sizeof h);
+    *v = (nmx_vf32)(__builtin_convertvector(h, nmx_vu32) << 16);
+}
+
+/* *v rounded to 16 bfloat16 at p (nmx_f32_to_bf16 per lane). */
+NMX_HAI void nmx_bf16_vstore(uint16_t *p, const nmx_vf32 *v) {
+    nmx_vu32 u = (nmx_vu32)*v;
+    nmx_vu32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, (u & 0x7fffffffu) > 0x7f800000u,
+                             (u >> 16) | 0x0040u, rounded);
+    nmx_vu16 h = __builtin_convertvector(bits, nmx_vu16);
+    memcpy(p, &h, sizeof h);
+}
+
+/* 16 float16 at p, widened into *v without F16C (nmx_f16_to_f32 per lane). */
+NMX_HAI void nmx_f16_vload(const uint16_t *p, nmx_vf32 *v) {
+    nmx_vu16 h;
+    memcpy(&h, p, sizeof h);
+    nmx_vu32 u = __builtin_convertvector(h, nmx_vu32);
+    nmx_vu32 sign = (u & 0x8000u) << 16, mag = u & 0x7fffu, shifted = mag << 13;
+    nmx_vu32 normal = shifted + (112u << 23);
+    nmx_vu32 special = (shifted + (224u << 23)) | ((nmx_vu32)(mag > 0x7c00u) & 0x00400000u);
+    nmx_vu32 sub = (nmx_vu32)(__builtin_convertvector((nmx_vi32)mag, nmx_vf32) * 0x1p-24f);
+    nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, mag >= 0x0400u, normal, sub);
+    bits = NMX_VSEL(nmx_vu32, nmx_vi32, mag >= 0x7c00u, special, bits);
+    *v = (nmx_vf32)(sign | bits);
+}
+
+/* *v rounded to 16 float16 at p without F16C (nmx_f32_to_f16 per lane). */
+NMX_HAI void nmx_f16_vstore(uint16_t *p, const nmx_vf32 *v) {
+    const nmx_vu32 zero = {0};
+    nmx_vu32 u = (nmx_vu32)*v, a = u & 0x7fffffffu, r = a - (112u << 23);
+    nmx_vu32 normal = (r + 0x0fffu + ((r >> 13) & 1u)) >> 13;
+    nmx_vu32 sub = (nmx_vu32)((nmx_vf32)a + 0.5f) - nmx_f32_bits(0.5f);
+    nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, a >= 0x38800000u, normal, sub);
+    bits = NMX_VSEL(nmx_vu32, nmx_vi32, a >= 0x477ff000u, zero + 0x7c00u, bits);
+    bits = NMX_VSEL(nmx_vu32, nmx_vi32, a > 0x7f800000u, 0x7e00u | ((a >> 13) & 0x03ffu), bits);
+    nmx_vu16 h = __builtin_convertvector(bits | ((u >> 16) & 0x8000u), nmx_vu16);
+    memcpy(p, &h, sizeof h);
+}
+
+/* exp_step_f32 on a widened vector v: t = v - m. Vectors are passed by pointer, as in the
+ * float32 kernels (GCC scalarizes the comparison of a 64-byte vector passed by value). */
+NMX_HAI void nmx_hexp_step(const nmx_vf32 *v, const nmx_vf32 *m, float *e, nmx_vf32 *part,
+                           nmx_vi32 *cnt, int store) {
+    const nmx_vf32 zero = {0};
+    nmx_vf32 t = *v - *m;
+    nmx_vf32 ev = nmx_vexp_f32(&t);
+    if (store) memcpy(e, &ev, sizeof ev);
+    nmx_vi32 tie = t == zero;
+    *part += NMX_VSEL(nmx_vf32, nmx_vi32, tie, zero, ev);
+    *cnt -= tie;
+}
+
+/* The padded last vector of a row (zb: float32, -inf past the row's end). Kept out of line:
+ * inlined, GCC merges it with the main loop's identical step and then scalarizes the merged
+ * comparisons. Cloned like the row runners, so its exp contracts to the same FMAs. */
+NMX_CLONES static void nmx_hexp_tail(const float *zb, const nmx_vf32 *m, float *eb, nmx_vf32 *part,
+                                     nmx_vi32 *cnt) {
+    nmx_vf32 v;
+    memcpy(&v, zb, sizeof v);
+    nmx_hexp_step(&v, m, eb, part, cnt, 1);
+}
+
+/* The next row's input and output, fetched (for writing, the output) during the sum pass: that
+ * pass is bound by the exponentials, the first pass by reading the row and the last by writing
+ * it; one row ahead overlaps the memory traffic with that arithmetic. */
+typedef struct {
+    const uint16_t *z;
+    uint16_t *out;
+} nmx_hnext;
+
+/* Whether a half job runs on the rows directly: rows long enough, and a kernel written above. */
+static int nmx_hrow_direct(const nmx_hjob *h) {
+    const nmx_xent_args *a = h->f.a;
+    if (h->f.inner != 1 || h->f.n < NMX_HROW_MIN) return 0;
+    if (h->f.kind == NMX_SOFTMAX || h->f.kind == NMX_LOG_SOFTMAX) return 1;
+    return h->f.kind == NMX_XENT && a->labels && a->eps == 0.0;
+}
+
+/* float32 scratch per thread of the direct path: the exponentials of one row. */
+static nmx_index nmx_hrow_scratch(const nmx_hjob *h) { return h->f.n; }
+
+#if defined(__x86_64__) && !defined(NMX_SANITIZED) && defined(NMX_HAVE_CLONES) && NMX_HAVE_CLONES
+#include <cpuid.h>
+#include <immintrin.h>
+#define NMX_HROW_F16C 1
+/* F16C conversions of 16 lanes, exact, rounding to nearest even (as half.c's F16C paths). */
+#define NMX_HROW_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"
+#define NMX_HROW_AVX2 "avx2,fma,f16c"
+#define NMX_HROW_AVX512BF16 NMX_HROW_AVX512 ",avx512bf16"
+
+static inline __attribute__((always_inline, target(NMX_HROW_AVX512))) void
+nmx_f16_vload_avx512(const uint16_t *p, nmx_vf32 *v) {
+    __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    memcpy(v, &w, sizeof w);
+}
+
+static inline __attribute__((always_inline, target(NMX_HROW_AVX512))) void
+nmx_f16_vstore_avx512(uint16_t *p, const nmx_vf32 *v) {
+    __m512 w;
+    memcpy(&w, v, sizeof w);
+    _mm256_storeu_si256((__m256i *)p,
+                        _mm512_cvtps_ph(w, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+static inline __attribute__((always_inline, target(NMX_HROW_AVX2))) void
+nmx_f16_vload_avx2(const uint16_t *p, nmx_vf32 *v) {
+    __m256 w[2] = {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
+                   _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)))};
+    memcpy(v, w, sizeof w);
+}
+
+static inline __attribute__((always_inline, target(NMX_HROW_AVX2))) void
+nmx_f16_vstore_avx2(uint16_t *p, const nmx_vf32 *v) {
+    __m256 w[2];
+    memcpy(w, v, sizeof w);
+    _mm_storeu_si128((__m128i *)p,
+                     _mm256_cvtps_ph(w[0], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm_storeu_si128((__m128i *)(p + 8),
+                     _mm256_cvtps_ph(w[1], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+/* 16 bfloat16 at p, widened in one vpmovzxwd (GCC splits the generic 32 -> 64-byte conversion
+ * into halves and shuffles). */
+static inline __attribute__((always_inline, target(NMX_HROW_AVX512))) void
+nmx_bf16_vload_avx512(const uint16_t *p, nmx_vf32 *v) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    w = _mm512_slli_epi32(w, 16);
+    memcpy(v, &w, sizeof w);
+}
+
+/* vcvtneps2bf16 rounds to nearest even but flushes subnormal inputs to zero: a vector holding a
+ * subnormal takes the integer rounding instead (as half.c does), so the bits never differ. */
+static inline __attribute__((always_inline, target(NMX_HROW_AVX512BF16))) void
+nmx_bf16_vstore_avx512bf16(uint16_t *p, const nmx_vf32 *v) {
+    __m512 w;
+    memcpy(&w, v, sizeof w);
+    if (_mm512_fpclass_ps_mask(w, 0x20)) { /* class bit 5: subnormal */
+        nmx_bf16_vstore(p, v);
+        return;
+    }
+    __m256bh h = _mm512_cvtneps_pbh(w);
+    memcpy(p, &h, sizeof h);
+}
+#else
+#define NMX_HROW_F16C 0
+#endif
+
+/* Portable conversions, every SIMD clone; the float16 runner is used without F16C only. */
+#define HSFX p
+#define HAI NMX_HAI
+#define HRUN NMX_CLONES
+#define HF16_LOAD nmx_f16_vload
+#define HF16_STORE nmx_f16_vstore
+#define HBF16_LOAD nmx_bf16_vload
+#define HBF16_STORE nmx_bf16_vstore
+#define HF16 1
+#define HBF16 1
+#include "softmax_hrow_impl.h"
+
+#if NMX_HROW_F16C
+#define HSFX avx512
+#define HAI static inline __attribute__((always_inline, target(NMX_HROW_AVX512)))
+#define HRUN __attribute__((target(NMX_HROW_AVX512)))
+#define HF16_LOAD nmx_f16_vload_avx512
+#define HF16_STORE nmx_f16_vstore_avx512
+#define HBF16_LOAD nmx_bf16_vload
+#define HBF16_STORE nmx_bf16_vstore
+#define HF16 1
+#define HBF16 0
+#include "softmax_hrow_impl.h"
+
+#define HSFX avx2
+#define HAI static inline __attribute__((always_inline, target(NMX_HROW_AVX2)))
+#define HRUN __attribute__((target(NMX_HROW_AVX2)))
+#define HF16_LOAD nmx_f16_vload_avx2
+#define HF16_STORE nmx_f16_vstore_avx2
+#define HBF16_LOAD nmx_bf16_vload
+#define HBF16_STORE nmx_bf16_vstore
+#define HF16 1
+#define HBF16 0
+#include "softmax_hrow_impl.h"
+
+/* bfloat16 rounding with AVX-512 BF16 (vcvtneps2bf16), for CPUs that have it. */
+#define HSFX avx512bf16
+#define HAI static inline __attribute__((always_inline, target(NMX_HROW_AVX512BF16)))
+#define HRUN __attribute__((target(NMX_HROW_AVX512BF16)))
+#define HF16_LOAD nmx_f16_vload_avx512
+#define HF16_STORE nmx_f16_vstore_avx512
+#define HBF16_LOAD nmx_bf16_vload_avx512
+#define HBF16_STORE nmx_bf16_vstore_avx512bf16
+#define HF16 0
+#define HBF16 1
+#include "softmax_hrow_impl.h"
+
+/* CPUID leaf 1, ECX bit 29: F16C (not every compiler's __builtin_cpu_supports knows it). */
+static int nmx_hrow_cpu_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+#endif
+
+typedef double (*nmx_hrows_fn)(const nmx_hjob *, nmx_index, nmx_index, float *);
+
+/* The float16 row runner for this CPU, chosen on first use (a racy but atomic store of the same
+ * value, as half.c does). */
+static nmx_hrows_fn nmx_hrows_f16(void) {
+    static int level = -1;
+    int k = __atomic_load_n(&level, __ATOMIC_RELAXED);
+    if (k < 0) {
+        k = 0;
+#if NMX_HROW_F16C
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && nmx_hrow_cpu_f16c())
+            k = 1;
+        if (k && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+            k = 2;
+#endif
+        __atomic_store_n(&level, k, __ATOMIC_RELAXED);
+    }
+#if NMX_HROW_F16C
+    if (k == 2) return nmx_hrows_f16_avx512;
+    if (k == 1) return nmx_hrows_f16_avx2;
+#endif
+    return nmx_hrows_f16_p;
+}
+
+/* The bfloat16 row runner for this CPU, chosen on first use. */
+static nmx_hrows_fn nmx_hrows_bf16(void) {
+    static int level = -1;
+    int k = __atomic_load_n(&level, __ATOMIC_RELAXED);
+    if (k < 0) {
+        k = 0;
+#if NMX_HROW_F16C
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            nmx_hrow_cpu_f16c() && __builtin_cpu_supports("avx512f") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16"))
+            k = 1;
+#endif
+        __atomic_store_n(&level, k, __ATOMIC_RELAXED);
+    }
+#if NMX_HROW_F16C
+    if (k == 1) return nmx_hrows_bf16_avx512bf16;
+#endif
+    return nmx_hrows_bf16_p;
+}
+
+/* Rows [r0, r1) of a direct job; buf is the thread's float32 scratch. */
+static double nmx_hrows_run(const nmx_hjob *h, nmx_index r0, nmx_index r1, float *buf) {
+    return (h->kind == NMX_BF16 ? nmx_hrows_bf16() : nmx_hrows_f16())(h, r0, r1, buf);
+}

@@ -1,0 +1,192 @@
+/* Half-precision row kernels for one set of conversions; included by softmax_hrow.h with
+ * HSFX (name suffix), HAI (attributes of the inlined helpers), HRUN (of the runners),
+ * HF16_LOAD / HF16_STORE and HBF16_LOAD / HBF16_STORE (16-lane conversions), and HF16 / HBF16
+ * (1: define the float16 / bfloat16 runner). Same arithmetic as the float32 row kernels of
+ * softmax_impl.h, operation for operation.
+ */
+#define HN(x) NMX_CAT(x, HSFX)
+
+/* 16 halves at p, widened into *v. */
+HAI void HN(hload)(int kind, const uint16_t *p, nmx_vf32 *v) {
+    if (kind == NMX_BF16)
+        HBF16_LOAD(p, v);
+    else
+        HF16_LOAD(p, v);
+}
+
+/* *v rounded to 16 halves at p. */
+HAI void HN(hstore)(int kind, uint16_t *p, const nmx_vf32 *v) {
+    if (kind == NMX_BF16)
+        HBF16_STORE(p, v);
+    else
+        HF16_STORE(p, v);
+}
+
+/* row_max_f32 on a half row: the same comparisons in the same order. */
+HAI float HN(hrow_max)(int kind, const uint16_t *z, nmx_index n) {
+    float m = nmx_h2f(kind, z[0]);
+    if (n < 16) {
+        for (nmx_index j = 1; j < n; j++) {
+            float v = nmx_h2f(kind, z[j]);
+            m = v > m ? v : m;
+        }
+        return m;
+    }
+    nmx_vf32 m0, m1, m2, m3, v0, v1, v2, v3, v;
+    HN(hload)(kind, z, &m0);
+    m1 = m2 = m3 = m0;
+    nmx_index j = 16;
+    for (; j + 64 <= n; j += 64) {
+        HN(hload)(kind, z + j, &v0);
+        HN(hload)(kind, z + j + 16, &v1);
+        HN(hload)(kind, z + j + 32, &v2);
+        HN(hload)(kind, z + j + 48, &v3);
+        m0 = NMX_VSEL(nmx_vf32, nmx_vi32, v0 > m0, v0, m0);
+        m1 = NMX_VSEL(nmx_vf32, nmx_vi32, v1 > m1, v1, m1);
+        m2 = NMX_VSEL(nmx_vf32, nmx_vi32, v2 > m2, v2, m2);
+        m3 = NMX_VSEL(nmx_vf32, nmx_vi32, v3 > m3, v3, m3);
+    }
+    for (; j + 16 <= n; j += 16) {
+        HN(hload)(kind, z + j, &v);
+        m0 = NMX_VSEL(nmx_vf32, nmx_vi32, v > m0, v, m0);
+    }
+    HN(hload)(kind, z + n - 16, &v);
+    m0 = NMX_VSEL(nmx_vf32, nmx_vi32, v > m0, v, m0);
+    m1 = NMX_VSEL(nmx_vf32, nmx_vi32, m2 > m1, m2, m1);
+    m0 = NMX_VSEL(nmx_vf32, nmx_vi32, m3 > m0, m3, m0);
+    m0 = NMX_VSEL(nmx_vf32, nmx_vi32, m1 > m0, m1, m0);
+    for (int k = 0; k < 16; k++) m = m0[k] > m ? m0[k] : m;
+    return m;
+}
+
+/* row_sum_f32 on a half row: s, with exp(z - m) stored in the float32 e. The store is kept
+ * even where the exponentials are not needed (log-softmax), as in the float32 kernel: without it
+ * GCC merges the two selects of each step and scalarizes their comparisons (4x slower). */
+HAI double HN(hrow_sum)(int kind, const uint16_t *z, nmx_index n, float m, float *e,
+                        const nmx_hnext *next) {
+    nmx_vf64 acc[2] = {{0}, {0}};
+    nmx_vi32 cnt = {0};
+    const nmx_vf32 mv = (nmx_vf32){0} + m;
+    nmx_index j = 0;
+    while (j + 16 <= n) {
+        nmx_vf32 part = {0};
+        nmx_index stop = n - j > NMX_CHUNK * 16 ? j + NMX_CHUNK * 16 : n;
+        if (next->z)
+            for (nmx_index k = j; k < stop; k += 32) {
+                __builtin_prefetch(next->z + k);
+                __builtin_prefetch(next->out + k, 1);
+            }
+        for (; j + 16 <= stop; j += 16) {
+            nmx_vf32 v;
+            HN(hload)(kind, z + j, &v);
+            nmx_hexp_step(&v, &mv, e + j, &part, &cnt, 1);
+        }
+        nmx_vacc_f32(acc, &part);
+    }
+    if (j < n) {
+        float zb[16], eb[16];
+        nmx_vf32 part = {0};
+        nmx_vi32 tail = {0}; /* cnt's address stays private: the loop keeps it in a register */
+        for (nmx_index k = 0; k < 16; k++) zb[k] = j + k < n ? nmx_h2f(kind, z[j + k]) : -INFINITY;
+        nmx_hexp_tail(zb, &mv, eb, &part, &tail);
+        nmx_vacc_f32(acc, &part);
+        cnt += tail;
+        for (nmx_index k = 0; k < n - j; k++) e[j + k] = eb[k];
+    }
+    return hsum_f32(acc, &cnt);
+}
+
+/* out = round(e * c) over a row, e in float32. */
+HAI void HN(hscale)(int kind, const float *e, float c, uint16_t *out, nmx_index n) {
+    nmx_index j = 0;
+    for (; j + 16 <= n; j += 16) {
+        nmx_vf32 v;
+        memcpy(&v, e + j, sizeof v);
+        v *= c;
+        HN(hstore)(kind, out + j, &v);
+    }
+    for (; j < n; j++) out[j] = nmx_f2h(kind, e[j] * c);
+}
+
+/* softmax_row_f32 with z and out in half storage; e is float32 scratch of n elements (written
+ * by log-softmax too, whose last pass reads z again). */
+HAI void HN(hrow_softmax)(int kind, const uint16_t *z, uint16_t *out, float *e, nmx_index n,
+                              int log_, const nmx_hnext *next) {
+    float m = HN(hrow_max)(kind, z, n);
+    if (!log_) {
+        float inv = (float)(1.0 / (1.0 + HN(hrow_sum)(kind, z, n, m, e, next)));
+        HN(hscale)(kind, e, inv, out, n);
+        return;
+    }
+    float lse = (float)NMX_LOG1P(HN(hrow_sum)(kind, z, n, m, e, next));
+    nmx_index j = 0;
+    for (; j + 16 <= n; j += 16) {
+        nmx_vf32 v;
+        HN(hload)(kind, z + j, &v);
+        v = (v - m) - lse;
+        HN(hstore)(kind, out + j, &v);
+    }
+    for (; j < n; j++) out[j] = nmx_f2h(kind, (nmx_h2f(kind, z[j]) - m) - lse);
+}
+
+/* xent_label_row_f32 without label smoothing (eps == 0), z and dz in half storage. */
+HAI double HN(hrow_xent)(int kind, const uint16_t *z, uint16_t *dz, float *e, int64_t y,
+                             const nmx_xent_args *a, const nmx_hnext *next) {
+    nmx_index n = a->classes;
+    if (ignored_f32(a, y)) {
+        memset(dz, 0, (size_t)n * sizeof *dz); /* +0 in both formats */
+        return 0.0;
+    }
+    float m = HN(hrow_max)(kind, z, n), zy = nmx_h2f(kind, z[y]);
+    double s = HN(hrow_sum)(kind, z, n, m, e, next), lse = NMX_LOG1P(s);
+    double wy = a->weight ? a->weight[y] : 1.0, ty = (double)zy - (double)m, sc = a->scale;
+    HN(hscale)(kind, e, (float)(sc * wy / (1.0 + s)), dz, n);
+    dz[y] = nmx_f2h(kind, (float)(sc * wy * p_minus_one_f32(zy - m, s)));
+    return wy * (lse - ty);
+}
+
+/* Rows [r0, r1) of a direct job; e is the thread's scratch. */
+HAI double HN(hrows)(int kind, const nmx_hjob *h, nmx_index r0, nmx_index r1, float *e) {
+    nmx_index n = h->f.n;
+    const nmx_xent_args *a = h->f.a;
+    double total = 0.0;
+    for (nmx_index r = r0; r < r1; r++) {
+        const uint16_t *z = h->x + r * n;
+        uint16_t *out = h->out + r * n;
+        nmx_hnext next = {NULL, NULL};
+        if (r + 1 < h->outer) next = (nmx_hnext){z + n, out + n};
+        if (h->f.kind != NMX_XENT) {
+            HN(hrow_softmax)(kind, z, out, e, n, h->f.kind == NMX_LOG_SOFTMAX, &next);
+            continue;
+        }
+        int64_t y = nmx_label_at(a->labels, a->label_bytes, r);
+        double loss = HN(hrow_xent)(kind, z, out, e, y, a, &next);
+        if (a->loss) ((uint16_t *)a->loss)[r] = nmx_f2h(kind, (float)loss);
+        total += loss;
+    }
+    return total;
+}
+
+/* One runner per storage format, so that `kind` is a constant inside the loops. */
+#if HF16
+HRUN static double HN(nmx_hrows_f16)(const nmx_hjob *h, nmx_index r0, nmx_index r1, float *e) {
+    return HN(hrows)(NMX_F16, h, r0, r1, e);
+}
+#endif
+
+#if HBF16
+HRUN static double HN(nmx_hrows_bf16)(const nmx_hjob *h, nmx_index r0, nmx_index r1, float *e) {
+    return HN(hrows)(NMX_BF16, h, r0, r1, e);
+}
+#endif
+
+#undef HN
+#undef HSFX
+#undef HAI
+#undef HRUN
+#undef HF16_LOAD
+#undef HF16_STORE
+#undef HBF16_LOAD
+#undef HBF16_STORE
+#undef HF16
+#undef HBF16
