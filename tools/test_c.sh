@@ -2,8 +2,10 @@
 # Build csrc/ and the C test driver (tests/c/test_kernels.c) with every compiler given, and run
 # it; cross-compiled aarch64 builds run under qemu-user.
 #
-#   tools/test_c.sh                 gcc, clang, gcc without OpenMP, aarch64-linux-gnu-gcc, and
-#                                   clang for aarch64 without OpenMP (no aarch64 libomp on Debian)
+#   tools/test_c.sh                 gcc, clang, gcc without OpenMP, gcc run on an emulated
+#                                   Haswell (AVX2 + F16C, no AVX-512) and on the SSE2-only qemu64
+#                                   CPU, aarch64-linux-gnu-gcc, and clang for aarch64 without
+#                                   OpenMP (no aarch64 libomp on Debian)
 #   tools/test_c.sh gcc clang ...   only these (a name containing "aarch64" runs under qemu)
 #
 # Debian packages: gcc, clang, libomp-dev (clang's OpenMP), gcc-aarch64-linux-gnu, qemu-user.
@@ -21,15 +23,22 @@ run() {  # run <label> <compiler> <extra flags...>
   "$cc" "${flags[@]}" "$@" csrc/*.c tests/c/test_kernels.c -o "$out/$label" -lm -ldl
   case $label in
     *aarch64*) OMP_NUM_THREADS=2 qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/$label" ;;
+    # Older x86-64 CPUs, emulated: the run-time dispatch then takes the AVX2/F16C code
+    # (Haswell) or the SSE2 baseline (qemu64), which this machine's own CPU never runs.
+    # qemu's notes on CPU features it does not emulate (TSX, x2APIC, ...) are dropped.
+    *-haswell) OMP_NUM_THREADS=2 qemu-x86_64 -cpu Haswell "$out/$label" 2> >(grep -v "TCG doesn't support" >&2) ;;
+    *-sse2) OMP_NUM_THREADS=2 qemu-x86_64 -cpu qemu64 "$out/$label" 2> >(grep -v "TCG doesn't support" >&2) ;;
     *) OMP_NUM_THREADS=2 "$out/$label" ;;
   esac
 }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(gcc clang gcc-serial aarch64-linux-gnu-gcc clang-aarch64-serial)
+[ ${#targets[@]} -gt 0 ] || targets=(gcc clang gcc-serial gcc-haswell gcc-sse2 aarch64-linux-gnu-gcc
+  clang-aarch64-serial)
 for t in "${targets[@]}"; do
   case $t in
     gcc-serial) run gcc-serial gcc -Wno-unknown-pragmas ;;
+    gcc-haswell | gcc-sse2) run "$t" gcc -fopenmp ;;
     clang-aarch64-serial) run "$t" clang --target=aarch64-linux-gnu -Wno-unknown-pragmas ;;
     clang*) run "$t" "$t" -fopenmp=libomp ;;
     *) run "$t" "$t" -fopenmp ;;
