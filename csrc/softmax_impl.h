@@ -341,42 +341,113 @@ static inline int NM(ignored)(const nmx_xent_args *a, int64_t y) {
     return (a->has_ignore && y == a->ignore) || y < 0 || y >= a->classes;
 }
 
+/* lse_i = log1p(s_i) of a block's columns, as NMX_LOG1P: the libm log in a loop of its own, so
+ * that the divisions and selects around it run as vectors. */
+static inline __attribute__((always_inline)) void NM(block_log1p)(const double *s, double *lse,
+                                                                  nmx_index nb) {
+    double lg[NMX_BLOCK_MAX];
+    for (nmx_index i = 0; i < nb; i++) lg[i] = log(1.0 + s[i]);
+    for (nmx_index i = 0; i < nb; i++) {
+        double u = 1.0 + s[i];
+        lse[i] = u == 1.0 ? s[i] : lg[i] * (s[i] / (u - 1.0));
+    }
+}
+
+/* Labels of a block's columns, read once: yv (-1 for an ignored column), the label's weight wy
+ * and its shifted logit ty = z_y - m (0 when ignored). */
+static inline __attribute__((always_inline)) void NM(block_labels)(const T *wz, nmx_index ws,
+                                                                   const T *m,
+                                                                   const nmx_xent_args *a,
+                                                                   nmx_index col0, nmx_index nb,
+                                                                   int64_t *yv, double *wy, T *ty) {
+    for (nmx_index i = 0; i < nb; i++) {
+        int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
+        int ign = NM(ignored)(a, y);
+        yv[i] = ign ? -1 : y;
+        wy[i] = ign ? 0.0 : a->weight ? a->weight[y] : 1.0;
+        ty[i] = ign ? 0 : wz[y * ws + i] - m[i];
+    }
+}
+
+/* Loss and gradient factor alpha of each column; with labels, ignored columns get 0 for both.
+ * Branch-free over the columns, so the float64 divisions run as vectors (correctly rounded
+ * either way: the results are those of the scalar expressions). */
+static inline __attribute__((always_inline)) void NM(block_losses)(const double *s,
+                                                                   const double *lse,
+                                                                   const double *big_a,
+                                                                   const double *at,
+                                                                   const int64_t *yv,
+                                                                   const double *wy, const T *ty,
+                                                                   double keep, double sc,
+                                                                   nmx_index nb, double *loss,
+                                                                   T *alpha) {
+    if (!yv) {
+        for (nmx_index i = 0; i < nb; i++) {
+            loss[i] = big_a[i] * lse[i] - at[i];
+            alpha[i] = (T)(sc * big_a[i] / (1.0 + s[i]));
+        }
+        return;
+    }
+    for (nmx_index i = 0; i < nb; i++) {
+        double ba = big_a[i] + keep * wy[i];
+        double li = ba * lse[i] - at[i] - keep * wy[i] * (double)ty[i];
+        T al = (T)(sc * ba / (1.0 + s[i]));
+        loss[i] = yv[i] >= 0 ? li : 0.0;
+        alpha[i] = yv[i] >= 0 ? al : 0;
+    }
+}
+
+/* The label entries of dz: without smoothing, scale * w_y * (p_y - 1) as NM(p_minus_one), with
+ * ey = exp(ty) as block_sum stored it (vector and scalar exp agree down to ty = -87.3 in float32;
+ * below, p_y / (1 + s) < 2^-126 and p_y - 1 rounds to -1 either way); with smoothing, the label
+ * term subtracted. Ignored columns are zeroed. */
+static inline __attribute__((always_inline)) void NM(block_label_grad)(
+    T *db, nmx_index n, nmx_index inner, nmx_index nb, const int64_t *yv, const double *wy,
+    const T *ty, const T *ey, const double *s, const nmx_xent_args *a) {
+    double keep = 1.0 - a->eps, sc = a->scale, pm[NMX_BLOCK_MAX];
+    if (a->eps == 0.0)
+        for (nmx_index i = 0; i < nb; i++) {
+            double d = 1.0 + s[i];
+            pm[i] = ty[i] == 0 ? -s[i] / d : (double)ey[i] / d - 1.0;
+        }
+    for (nmx_index i = 0; i < nb; i++) {
+        if (yv[i] < 0) {
+            NM(zero_column)(db, n, inner, i);
+            continue;
+        }
+        T *dy = db + yv[i] * inner + i;
+        if (a->eps == 0.0)
+            *dy = (T)(sc * wy[i] * pm[i]);
+        else
+            *dy -= (T)(sc * keep * wy[i]);
+    }
+}
+
 static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, T *db, T *pk,
                                                                    const nmx_xent_args *a,
                                                                    nmx_index o, nmx_index i0,
                                                                    nmx_index nb) {
     nmx_index n = a->classes, inner = a->inner, col0 = o * inner + i0;
-    T m[NMX_BLOCK_MAX], alpha[NMX_BLOCK_MAX], ty[NMX_BLOCK_MAX];
-    double s[NMX_BLOCK_MAX], big_a[NMX_BLOCK_MAX], at[NMX_BLOCK_MAX];
+    T m[NMX_BLOCK_MAX], alpha[NMX_BLOCK_MAX], ty[NMX_BLOCK_MAX], ey[NMX_BLOCK_MAX];
+    double s[NMX_BLOCK_MAX], big_a[NMX_BLOCK_MAX], at[NMX_BLOCK_MAX], lse[NMX_BLOCK_MAX];
+    double wy[NMX_BLOCK_MAX], loss[NMX_BLOCK_MAX];
+    int64_t yv[NMX_BLOCK_MAX];
     const T *qb = a->probs ? (const T *)a->probs + o * n * inner + i0 : NULL;
     NM(block_max)(zb, n, inner, nb, m, pk);
     const T *wz = pk ? pk : zb; /* z values, class rows ws apart */
     nmx_index ws = pk ? nb : inner;
     T *we = pk ? pk : db; /* exp(z - m), same layout as wz (overwrites the packed copy) */
     NM(block_coeffs)(wz, ws, qb, inner, nb, m, a, big_a, at);
-    for (nmx_index i = 0; i < nb && !qb; i++) {
-        int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
-        ty[i] = NM(ignored)(a, y) ? 0 : wz[y * ws + i] - m[i];
-    }
+    if (!qb) NM(block_labels)(wz, ws, m, a, col0, nb, yv, wy, ty);
     NM(block_sum)(wz, we, n, ws, nb, m, s);
+    if (!qb) /* exp(ty), before the gradient overwrites we */
+        for (nmx_index i = 0; i < nb; i++) ey[i] = yv[i] >= 0 ? we[yv[i] * ws + i] : 1;
     double keep = 1.0 - a->eps, sc = a->scale, ec = a->eps / (double)n, total = 0.0;
+    NM(block_log1p)(s, lse, nb);
+    NM(block_losses)(s, lse, big_a, at, qb ? NULL : yv, wy, ty, keep, sc, nb, loss, alpha);
     for (nmx_index i = 0; i < nb; i++) {
-        double lse = NMX_LOG1P(s[i]), loss = 0.0;
-        alpha[i] = 0;
-        if (!qb) {
-            int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
-            if (!NM(ignored)(a, y)) {
-                double wy = a->weight ? a->weight[y] : 1.0;
-                big_a[i] += keep * wy;
-                loss = big_a[i] * lse - at[i] - keep * wy * (double)ty[i];
-                alpha[i] = (T)(sc * big_a[i] / (1.0 + s[i]));
-            }
-        } else {
-            loss = big_a[i] * lse - at[i];
-            alpha[i] = (T)(sc * big_a[i] / (1.0 + s[i]));
-        }
-        if (a->loss) ((T *)a->loss)[col0 + i] = (T)loss;
-        total += loss;
+        if (a->loss) ((T *)a->loss)[col0 + i] = (T)loss[i];
+        total += loss[i];
     }
     for (nmx_index c = 0; c < n; c++) {
         double wc = a->weight ? a->weight[c] : 1.0;
@@ -393,19 +464,7 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
             for (nmx_index i = 0; i < nb; i += 64 / (nmx_index)sizeof(T))
                 __builtin_prefetch(dr + NMX_PREFETCH * inner + i, 1);
     }
-    for (nmx_index i = 0; i < nb && !qb; i++) {
-        int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
-        if (NM(ignored)(a, y)) {
-            NM(zero_column)(db, n, inner, i);
-            continue;
-        }
-        double wy = a->weight ? a->weight[y] : 1.0;
-        T *dy = db + y * inner + i;
-        if (a->eps == 0.0)
-            *dy = (T)(sc * wy * NM(p_minus_one)(ty[i], s[i]));
-        else
-            *dy -= (T)(sc * keep * wy);
-    }
+    if (!qb) NM(block_label_grad)(db, n, inner, nb, yv, wy, ty, ey, s, a);
     return total;
 }
 
