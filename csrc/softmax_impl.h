@@ -219,13 +219,24 @@ static inline __attribute__((always_inline)) double NM(xent_prob_row)(const T *z
 static inline __attribute__((always_inline)) void NM(block_max)(const T *zb, nmx_index n,
                                                                 nmx_index inner, nmx_index nb,
                                                                 T *m, T *pk) {
-    for (nmx_index i = 0; i < nb; i++) m[i] = zb[i];
-    for (nmx_index c = 0; c < n; c++) {
+    /* Full vectors of columns as vectors (the compiler leaves this loop scalar), the rest as
+     * scalars; the same comparison either way, so NaN handling is unchanged. */
+    nmx_index nvl = pk ? 0 : nb / LANES * LANES;
+    for (nmx_index i = 0; i < nvl; i += LANES) {
+        VT mv = NM(vload)(zb + i);
+        for (nmx_index c = 1; c < n; c++) {
+            VT v = NM(vload)(zb + c * inner + i);
+            mv = NMX_VSEL(VT, VI, v > mv, v, mv);
+        }
+        memcpy(m + i, &mv, sizeof mv);
+    }
+    for (nmx_index i = nvl; i < nb; i++) m[i] = zb[i];
+    for (nmx_index c = 0; c < n && (pk || nvl < nb); c++) {
         const T *zr = zb + c * inner;
         if (c + NMX_PREFETCH < n)
             for (nmx_index i = 0; i < nb; i += 64 / (nmx_index)sizeof(T))
                 __builtin_prefetch(zr + NMX_PREFETCH * inner + i);
-        for (nmx_index i = 0; i < nb; i++) m[i] = zr[i] > m[i] ? zr[i] : m[i];
+        for (nmx_index i = nvl; i < nb; i++) m[i] = zr[i] > m[i] ? zr[i] : m[i];
         if (pk) memcpy(pk + c * nb, zr, (size_t)nb * sizeof(T));
     }
 }
@@ -468,11 +479,56 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
     return total;
 }
 
+/* Transposes of a group of nr <= NMX_GROUP rows of n <= NMX_SMALL_C classes: zt[c * G + r] =
+ * z[r * n + c] (rows past nr are zeros), and back. float32 transposes in registers through a
+ * padded copy (the 16-wide row loads overlap and may run past the group); float64 and compilers
+ * without the shuffle builtin move scalars. */
+#define NMX_GROUP 16
+static inline __attribute__((always_inline)) void NM(group_in)(const T *z, T *zt, nmx_index n,
+                                                               nmx_index nr) {
+#if defined(NMX_HAVE_TR16) && LANES == 16
+    nmx_vf32 v[16];
+    for (nmx_index r = 0; r < 16; r++) {
+        if ((r + 1) * n + LANES <= nr * n + n) { /* the 16-wide load stays inside the group */
+            v[r] = NM(vload)(z + r * n);
+            continue;
+        }
+        T t[LANES] = {0};
+        for (nmx_index c = 0; c < n && r < nr; c++) t[c] = z[r * n + c];
+        v[r] = NM(vload)(t);
+    }
+    nmx_transpose16_f32(v);
+    for (nmx_index c = 0; c < n; c++) memcpy(zt + c * NMX_GROUP, &v[c], sizeof v[c]);
+#else
+    for (nmx_index c = 0; c < n; c++)
+        for (nmx_index r = 0; r < NMX_GROUP; r++) zt[c * NMX_GROUP + r] = r < nr ? z[r * n + c] : 0;
+#endif
+}
+
+static inline __attribute__((always_inline)) void NM(group_out)(const T *dt, T *dz, nmx_index n,
+                                                                nmx_index nr) {
+#if defined(NMX_HAVE_TR16) && LANES == 16
+    nmx_vf32 v[16];
+    for (nmx_index c = 0; c < 16; c++) v[c] = c < n ? NM(vload)(dt + c * NMX_GROUP) : (VT){0};
+    nmx_transpose16_f32(v);
+    /* Rows in order: a 16-wide store's tail is overwritten by the next row; the last rows, whose
+     * store would leave the group, are copied element by element. */
+    for (nmx_index r = 0; r < nr; r++) {
+        if ((r + 1) * n + LANES <= nr * n + n)
+            memcpy(dz + r * n, &v[r], sizeof v[r]);
+        else
+            for (nmx_index c = 0; c < n; c++) dz[r * n + c] = v[r][c];
+    }
+#else
+    for (nmx_index r = 0; r < nr; r++)
+        for (nmx_index c = 0; c < n; c++) dz[r * n + c] = dt[c * NMX_GROUP + r];
+#endif
+}
+
 /* A group of up to NMX_GROUP rows with few classes (n <= NMX_SMALL_C), transposed so that the
  * column-block kernel runs across the rows: a 10-class row is too short for the row kernel's
  * vectors, and one row at a time leaves the per-row latency chain exposed. Padding rows get the
  * label -1, which the block kernel treats as ignored (zero loss, not returned). */
-#define NMX_GROUP 16
 static inline __attribute__((always_inline)) double NM(xent_small_rows)(const T *z, T *dz,
                                                                         const nmx_xent_args *a,
                                                                         nmx_index r0,
@@ -480,9 +536,7 @@ static inline __attribute__((always_inline)) double NM(xent_small_rows)(const T 
     nmx_index n = a->classes;
     T zt[NMX_SMALL_C * NMX_GROUP], dt[NMX_SMALL_C * NMX_GROUP], lt[NMX_GROUP];
     int64_t yl[NMX_GROUP];
-    for (nmx_index c = 0; c < n; c++)
-        for (nmx_index r = 0; r < NMX_GROUP; r++)
-            zt[c * NMX_GROUP + r] = r < nr ? z[(r0 + r) * n + c] : 0;
+    NM(group_in)(z + r0 * n, zt, n, nr);
     for (nmx_index r = 0; r < NMX_GROUP; r++)
         yl[r] = r < nr ? nmx_label_at(a->labels, a->label_bytes, r0 + r) : -1;
     nmx_xent_args b = *a;
@@ -492,8 +546,7 @@ static inline __attribute__((always_inline)) double NM(xent_small_rows)(const T 
     b.label_bytes = 8;
     b.loss = a->loss ? lt : NULL;
     double total = NM(xent_block)(zt, dt, NULL, &b, 0, 0, NMX_GROUP);
-    for (nmx_index r = 0; r < nr; r++)
-        for (nmx_index c = 0; c < n; c++) dz[(r0 + r) * n + c] = dt[c * NMX_GROUP + r];
+    NM(group_out)(dt, dz + r0 * n, n, nr);
     if (a->loss)
         for (nmx_index r = 0; r < nr; r++) ((T *)a->loss)[r0 + r] = lt[r];
     return total;
