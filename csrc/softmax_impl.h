@@ -408,26 +408,33 @@ static inline __attribute__((always_inline)) void NM(block_losses)(const double 
     }
 }
 
-/* The label entries of dz: without smoothing, scale * w_y * (p_y - 1) as NM(p_minus_one), with
- * ey = exp(ty) as block_sum stored it (vector and scalar exp agree down to ty = -87.3 in float32;
- * below, p_y / (1 + s) < 2^-126 and p_y - 1 rounds to -1 either way); with smoothing, the label
- * term subtracted. Ignored columns are zeroed. */
+/* p_y - 1 of each labelled column, as NM(p_minus_one), with exp(ty) as block_sum stored it in we
+ * (vector and scalar exp agree down to ty = -87.3 in float32; below, p_y / (1 + s) < 2^-126 and
+ * p_y - 1 rounds to -1 either way). Read before the gradient overwrites we. */
+static inline __attribute__((always_inline)) void NM(block_pm1)(const T *we, nmx_index ws,
+                                                                const int64_t *yv, const T *ty,
+                                                                const double *s, nmx_index nb,
+                                                                double *pm) {
+    for (nmx_index i = 0; i < nb; i++) {
+        double d = 1.0 + s[i];
+        T e = yv[i] >= 0 ? we[yv[i] * ws + i] : 1;
+        pm[i] = ty[i] == 0 ? -s[i] / d : (double)e / d - 1.0;
+    }
+}
+
+/* The label entries of dz: scale * w_y * (p_y - 1) without smoothing (pm from block_pm1), the
+ * label term subtracted with it; ignored columns are zeroed. */
 static inline __attribute__((always_inline)) void NM(block_label_grad)(
     T *db, nmx_index n, nmx_index inner, nmx_index nb, const int64_t *yv, const double *wy,
-    const T *ty, const T *ey, const double *s, const nmx_xent_args *a) {
-    double keep = 1.0 - a->eps, sc = a->scale, pm[NMX_BLOCK_MAX];
-    if (a->eps == 0.0)
-        for (nmx_index i = 0; i < nb; i++) {
-            double d = 1.0 + s[i];
-            pm[i] = ty[i] == 0 ? -s[i] / d : (double)ey[i] / d - 1.0;
-        }
+    const double *pm, const nmx_xent_args *a) {
+    double keep = 1.0 - a->eps, sc = a->scale;
     for (nmx_index i = 0; i < nb; i++) {
         if (yv[i] < 0) {
             NM(zero_column)(db, n, inner, i);
             continue;
         }
         T *dy = db + yv[i] * inner + i;
-        if (a->eps == 0.0)
+        if (pm)
             *dy = (T)(sc * wy[i] * pm[i]);
         else
             *dy -= (T)(sc * keep * wy[i]);
@@ -439,9 +446,9 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
                                                                    nmx_index o, nmx_index i0,
                                                                    nmx_index nb) {
     nmx_index n = a->classes, inner = a->inner, col0 = o * inner + i0;
-    T m[NMX_BLOCK_MAX], alpha[NMX_BLOCK_MAX], ty[NMX_BLOCK_MAX], ey[NMX_BLOCK_MAX];
+    T m[NMX_BLOCK_MAX], alpha[NMX_BLOCK_MAX], ty[NMX_BLOCK_MAX];
     double s[NMX_BLOCK_MAX], big_a[NMX_BLOCK_MAX], at[NMX_BLOCK_MAX], lse[NMX_BLOCK_MAX];
-    double wy[NMX_BLOCK_MAX], loss[NMX_BLOCK_MAX];
+    double wy[NMX_BLOCK_MAX], loss[NMX_BLOCK_MAX], pm[NMX_BLOCK_MAX];
     int64_t yv[NMX_BLOCK_MAX];
     const T *qb = a->probs ? (const T *)a->probs + o * n * inner + i0 : NULL;
     NM(block_max)(zb, n, inner, nb, m, pk);
@@ -451,8 +458,8 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
     NM(block_coeffs)(wz, ws, qb, inner, nb, m, a, big_a, at);
     if (!qb) NM(block_labels)(wz, ws, m, a, col0, nb, yv, wy, ty);
     NM(block_sum)(wz, we, n, ws, nb, m, s);
-    if (!qb) /* exp(ty), before the gradient overwrites we */
-        for (nmx_index i = 0; i < nb; i++) ey[i] = yv[i] >= 0 ? we[yv[i] * ws + i] : 1;
+    int label_pm1 = !qb && a->eps == 0.0;
+    if (label_pm1) NM(block_pm1)(we, ws, yv, ty, s, nb, pm);
     double keep = 1.0 - a->eps, sc = a->scale, ec = a->eps / (double)n, total = 0.0;
     NM(block_log1p)(s, lse, nb);
     NM(block_losses)(s, lse, big_a, at, qb ? NULL : yv, wy, ty, keep, sc, nb, loss, alpha);
@@ -475,7 +482,7 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
             for (nmx_index i = 0; i < nb; i += 64 / (nmx_index)sizeof(T))
                 __builtin_prefetch(dr + NMX_PREFETCH * inner + i, 1);
     }
-    if (!qb) NM(block_label_grad)(db, n, inner, nb, yv, wy, ty, ey, s, a);
+    if (!qb) NM(block_label_grad)(db, n, inner, nb, yv, wy, label_pm1 ? pm : NULL, a);
     return total;
 }
 
