@@ -157,6 +157,36 @@ static inline __attribute__((always_inline)) void nmx_vacc_f64(nmx_vf64 *acc, co
     acc[0] += *e;
 }
 
+/* In-place transpose of a 16 x 16 float32 matrix held as 16 vectors, for the few-class row
+ * groups: four butterfly stages, stage b swapping element (i, j) with (i ^ b, j ^ b) where bit b
+ * of i and j differ; 64 two-vector shuffles instead of 256 scalar moves. Compilers without
+ * __builtin_shufflevector (GCC < 12) keep the scalar transposes (NMX_HAVE_TR16 unset). */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define NMX_HAVE_TR16 1
+#endif
+#endif
+#ifdef NMX_HAVE_TR16
+#define NMX_TR_LO(b, j) (((j) & (b)) ? 16 + (j) - (b) : (j))
+#define NMX_TR_HI(b, j) (((j) & (b)) ? 16 + (j) : (j) + (b))
+#define NMX_TR_IDX(F, b)                                                                       \
+    F(b, 0), F(b, 1), F(b, 2), F(b, 3), F(b, 4), F(b, 5), F(b, 6), F(b, 7), F(b, 8), F(b, 9),  \
+        F(b, 10), F(b, 11), F(b, 12), F(b, 13), F(b, 14), F(b, 15)
+#define NMX_TR_STAGE(v, b)                                                                     \
+    for (int i = 0; i < 16; i++)                                                               \
+        if (!(i & (b))) {                                                                      \
+            nmx_vf32 lo = v[i], hi = v[i ^ (b)];                                               \
+            v[i] = __builtin_shufflevector(lo, hi, NMX_TR_IDX(NMX_TR_LO, b));                  \
+            v[i ^ (b)] = __builtin_shufflevector(lo, hi, NMX_TR_IDX(NMX_TR_HI, b));            \
+        }
+static inline __attribute__((always_inline)) void nmx_transpose16_f32(nmx_vf32 *v) {
+    NMX_TR_STAGE(v, 8)
+    NMX_TR_STAGE(v, 4)
+    NMX_TR_STAGE(v, 2)
+    NMX_TR_STAGE(v, 1)
+}
+#endif
+
 /* log1p(s) for the s >= 0 of a softmax row: glibc's log1p is several times slower than its log,
  * and small batches compute one per row. With u = 1 + s rounded, log(u) * s / (u - 1) corrects
  * the rounding of u (Goldberg), within a few ulp; u == 1 means s is below half an ulp of 1 and

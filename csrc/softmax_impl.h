@@ -219,13 +219,24 @@ static inline __attribute__((always_inline)) double NM(xent_prob_row)(const T *z
 static inline __attribute__((always_inline)) void NM(block_max)(const T *zb, nmx_index n,
                                                                 nmx_index inner, nmx_index nb,
                                                                 T *m, T *pk) {
-    for (nmx_index i = 0; i < nb; i++) m[i] = zb[i];
-    for (nmx_index c = 0; c < n; c++) {
+    /* Full vectors of columns as vectors (the compiler leaves this loop scalar), the rest as
+     * scalars; the same comparison either way, so NaN handling is unchanged. */
+    nmx_index nvl = pk ? 0 : nb / LANES * LANES;
+    for (nmx_index i = 0; i < nvl; i += LANES) {
+        VT mv = NM(vload)(zb + i);
+        for (nmx_index c = 1; c < n; c++) {
+            VT v = NM(vload)(zb + c * inner + i);
+            mv = NMX_VSEL(VT, VI, v > mv, v, mv);
+        }
+        memcpy(m + i, &mv, sizeof mv);
+    }
+    for (nmx_index i = nvl; i < nb; i++) m[i] = zb[i];
+    for (nmx_index c = 0; c < n && (pk || nvl < nb); c++) {
         const T *zr = zb + c * inner;
         if (c + NMX_PREFETCH < n)
             for (nmx_index i = 0; i < nb; i += 64 / (nmx_index)sizeof(T))
                 __builtin_prefetch(zr + NMX_PREFETCH * inner + i);
-        for (nmx_index i = 0; i < nb; i++) m[i] = zr[i] > m[i] ? zr[i] : m[i];
+        for (nmx_index i = nvl; i < nb; i++) m[i] = zr[i] > m[i] ? zr[i] : m[i];
         if (pk) memcpy(pk + c * nb, zr, (size_t)nb * sizeof(T));
     }
 }
@@ -341,42 +352,120 @@ static inline int NM(ignored)(const nmx_xent_args *a, int64_t y) {
     return (a->has_ignore && y == a->ignore) || y < 0 || y >= a->classes;
 }
 
+/* lse_i = log1p(s_i) of a block's columns, as NMX_LOG1P: the libm log in a loop of its own, so
+ * that the divisions and selects around it run as vectors. */
+static inline __attribute__((always_inline)) void NM(block_log1p)(const double *s, double *lse,
+                                                                  nmx_index nb) {
+    double lg[NMX_BLOCK_MAX];
+    for (nmx_index i = 0; i < nb; i++) lg[i] = log(1.0 + s[i]);
+    for (nmx_index i = 0; i < nb; i++) {
+        double u = 1.0 + s[i];
+        lse[i] = u == 1.0 ? s[i] : lg[i] * (s[i] / (u - 1.0));
+    }
+}
+
+/* Labels of a block's columns, read once: yv (-1 for an ignored column), the label's weight wy
+ * and its shifted logit ty = z_y - m (0 when ignored). */
+static inline __attribute__((always_inline)) void NM(block_labels)(const T *wz, nmx_index ws,
+                                                                   const T *m,
+                                                                   const nmx_xent_args *a,
+                                                                   nmx_index col0, nmx_index nb,
+                                                                   int64_t *yv, double *wy, T *ty) {
+    for (nmx_index i = 0; i < nb; i++) {
+        int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
+        int ign = NM(ignored)(a, y);
+        yv[i] = ign ? -1 : y;
+        wy[i] = ign ? 0.0 : a->weight ? a->weight[y] : 1.0;
+        ty[i] = ign ? 0 : wz[y * ws + i] - m[i];
+    }
+}
+
+/* Loss and gradient factor alpha of each column; with labels, ignored columns get 0 for both.
+ * Branch-free over the columns, so the float64 divisions run as vectors (correctly rounded
+ * either way: the results are those of the scalar expressions). */
+static inline __attribute__((always_inline)) void NM(block_losses)(const double *s,
+                                                                   const double *lse,
+                                                                   const double *big_a,
+                                                                   const double *at,
+                                                                   const int64_t *yv,
+                                                                   const double *wy, const T *ty,
+                                                                   double keep, double sc,
+                                                                   nmx_index nb, double *loss,
+                                                                   T *alpha) {
+    if (!yv) {
+        for (nmx_index i = 0; i < nb; i++) {
+            loss[i] = big_a[i] * lse[i] - at[i];
+            alpha[i] = (T)(sc * big_a[i] / (1.0 + s[i]));
+        }
+        return;
+    }
+    for (nmx_index i = 0; i < nb; i++) {
+        double ba = big_a[i] + keep * wy[i];
+        double li = ba * lse[i] - at[i] - keep * wy[i] * (double)ty[i];
+        T al = (T)(sc * ba / (1.0 + s[i]));
+        loss[i] = yv[i] >= 0 ? li : 0.0;
+        alpha[i] = yv[i] >= 0 ? al : 0;
+    }
+}
+
+/* p_y - 1 of each labelled column, as NM(p_minus_one), with exp(ty) as block_sum stored it in we
+ * (vector and scalar exp agree down to ty = -87.3 in float32; below, p_y / (1 + s) < 2^-126 and
+ * p_y - 1 rounds to -1 either way). Read before the gradient overwrites we. */
+static inline __attribute__((always_inline)) void NM(block_pm1)(const T *we, nmx_index ws,
+                                                                const int64_t *yv, const T *ty,
+                                                                const double *s, nmx_index nb,
+                                                                double *pm) {
+    for (nmx_index i = 0; i < nb; i++) {
+        double d = 1.0 + s[i];
+        T e = yv[i] >= 0 ? we[yv[i] * ws + i] : 1;
+        pm[i] = ty[i] == 0 ? -s[i] / d : (double)e / d - 1.0;
+    }
+}
+
+/* The label entries of dz: scale * w_y * (p_y - 1) without smoothing (pm from block_pm1), the
+ * label term subtracted with it; ignored columns are zeroed. */
+static inline __attribute__((always_inline)) void NM(block_label_grad)(
+    T *db, nmx_index n, nmx_index inner, nmx_index nb, const int64_t *yv, const double *wy,
+    const double *pm, const nmx_xent_args *a) {
+    double keep = 1.0 - a->eps, sc = a->scale;
+    for (nmx_index i = 0; i < nb; i++) {
+        if (yv[i] < 0) {
+            NM(zero_column)(db, n, inner, i);
+            continue;
+        }
+        T *dy = db + yv[i] * inner + i;
+        if (pm)
+            *dy = (T)(sc * wy[i] * pm[i]);
+        else
+            *dy -= (T)(sc * keep * wy[i]);
+    }
+}
+
 static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, T *db, T *pk,
                                                                    const nmx_xent_args *a,
                                                                    nmx_index o, nmx_index i0,
                                                                    nmx_index nb) {
     nmx_index n = a->classes, inner = a->inner, col0 = o * inner + i0;
     T m[NMX_BLOCK_MAX], alpha[NMX_BLOCK_MAX], ty[NMX_BLOCK_MAX];
-    double s[NMX_BLOCK_MAX], big_a[NMX_BLOCK_MAX], at[NMX_BLOCK_MAX];
+    double s[NMX_BLOCK_MAX], big_a[NMX_BLOCK_MAX], at[NMX_BLOCK_MAX], lse[NMX_BLOCK_MAX];
+    double wy[NMX_BLOCK_MAX], loss[NMX_BLOCK_MAX], pm[NMX_BLOCK_MAX];
+    int64_t yv[NMX_BLOCK_MAX];
     const T *qb = a->probs ? (const T *)a->probs + o * n * inner + i0 : NULL;
     NM(block_max)(zb, n, inner, nb, m, pk);
     const T *wz = pk ? pk : zb; /* z values, class rows ws apart */
     nmx_index ws = pk ? nb : inner;
     T *we = pk ? pk : db; /* exp(z - m), same layout as wz (overwrites the packed copy) */
     NM(block_coeffs)(wz, ws, qb, inner, nb, m, a, big_a, at);
-    for (nmx_index i = 0; i < nb && !qb; i++) {
-        int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
-        ty[i] = NM(ignored)(a, y) ? 0 : wz[y * ws + i] - m[i];
-    }
+    if (!qb) NM(block_labels)(wz, ws, m, a, col0, nb, yv, wy, ty);
     NM(block_sum)(wz, we, n, ws, nb, m, s);
+    int label_pm1 = !qb && a->eps == 0.0;
+    if (label_pm1) NM(block_pm1)(we, ws, yv, ty, s, nb, pm);
     double keep = 1.0 - a->eps, sc = a->scale, ec = a->eps / (double)n, total = 0.0;
+    NM(block_log1p)(s, lse, nb);
+    NM(block_losses)(s, lse, big_a, at, qb ? NULL : yv, wy, ty, keep, sc, nb, loss, alpha);
     for (nmx_index i = 0; i < nb; i++) {
-        double lse = NMX_LOG1P(s[i]), loss = 0.0;
-        alpha[i] = 0;
-        if (!qb) {
-            int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
-            if (!NM(ignored)(a, y)) {
-                double wy = a->weight ? a->weight[y] : 1.0;
-                big_a[i] += keep * wy;
-                loss = big_a[i] * lse - at[i] - keep * wy * (double)ty[i];
-                alpha[i] = (T)(sc * big_a[i] / (1.0 + s[i]));
-            }
-        } else {
-            loss = big_a[i] * lse - at[i];
-            alpha[i] = (T)(sc * big_a[i] / (1.0 + s[i]));
-        }
-        if (a->loss) ((T *)a->loss)[col0 + i] = (T)loss;
-        total += loss;
+        if (a->loss) ((T *)a->loss)[col0 + i] = (T)loss[i];
+        total += loss[i];
     }
     for (nmx_index c = 0; c < n; c++) {
         double wc = a->weight ? a->weight[c] : 1.0;
@@ -393,27 +482,60 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
             for (nmx_index i = 0; i < nb; i += 64 / (nmx_index)sizeof(T))
                 __builtin_prefetch(dr + NMX_PREFETCH * inner + i, 1);
     }
-    for (nmx_index i = 0; i < nb && !qb; i++) {
-        int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
-        if (NM(ignored)(a, y)) {
-            NM(zero_column)(db, n, inner, i);
+    if (!qb) NM(block_label_grad)(db, n, inner, nb, yv, wy, label_pm1 ? pm : NULL, a);
+    return total;
+}
+
+/* Transposes of a group of nr <= NMX_GROUP rows of n <= NMX_SMALL_C classes: zt[c * G + r] =
+ * z[r * n + c] (rows past nr are zeros), and back. float32 transposes in registers through a
+ * padded copy (the 16-wide row loads overlap and may run past the group); float64 and compilers
+ * without the shuffle builtin move scalars. */
+#define NMX_GROUP 16
+static inline __attribute__((always_inline)) void NM(group_in)(const T *z, T *zt, nmx_index n,
+                                                               nmx_index nr) {
+#if defined(NMX_HAVE_TR16) && LANES == 16
+    nmx_vf32 v[16];
+    for (nmx_index r = 0; r < 16; r++) {
+        if ((r + 1) * n + LANES <= nr * n + n) { /* the 16-wide load stays inside the group */
+            v[r] = NM(vload)(z + r * n);
             continue;
         }
-        double wy = a->weight ? a->weight[y] : 1.0;
-        T *dy = db + y * inner + i;
-        if (a->eps == 0.0)
-            *dy = (T)(sc * wy * NM(p_minus_one)(ty[i], s[i]));
-        else
-            *dy -= (T)(sc * keep * wy);
+        T t[LANES] = {0};
+        for (nmx_index c = 0; c < n && r < nr; c++) t[c] = z[r * n + c];
+        v[r] = NM(vload)(t);
     }
-    return total;
+    nmx_transpose16_f32(v);
+    for (nmx_index c = 0; c < n; c++) memcpy(zt + c * NMX_GROUP, &v[c], sizeof v[c]);
+#else
+    for (nmx_index c = 0; c < n; c++)
+        for (nmx_index r = 0; r < NMX_GROUP; r++) zt[c * NMX_GROUP + r] = r < nr ? z[r * n + c] : 0;
+#endif
+}
+
+static inline __attribute__((always_inline)) void NM(group_out)(const T *dt, T *dz, nmx_index n,
+                                                                nmx_index nr) {
+#if defined(NMX_HAVE_TR16) && LANES == 16
+    nmx_vf32 v[16];
+    for (nmx_index c = 0; c < 16; c++) v[c] = c < n ? NM(vload)(dt + c * NMX_GROUP) : (VT){0};
+    nmx_transpose16_f32(v);
+    /* Rows in order: a 16-wide store's tail is overwritten by the next row; the last rows, whose
+     * store would leave the group, are copied element by element. */
+    for (nmx_index r = 0; r < nr; r++) {
+        if ((r + 1) * n + LANES <= nr * n + n)
+            memcpy(dz + r * n, &v[r], sizeof v[r]);
+        else
+            for (nmx_index c = 0; c < n; c++) dz[r * n + c] = v[r][c];
+    }
+#else
+    for (nmx_index r = 0; r < nr; r++)
+        for (nmx_index c = 0; c < n; c++) dz[r * n + c] = dt[c * NMX_GROUP + r];
+#endif
 }
 
 /* A group of up to NMX_GROUP rows with few classes (n <= NMX_SMALL_C), transposed so that the
  * column-block kernel runs across the rows: a 10-class row is too short for the row kernel's
  * vectors, and one row at a time leaves the per-row latency chain exposed. Padding rows get the
  * label -1, which the block kernel treats as ignored (zero loss, not returned). */
-#define NMX_GROUP 16
 static inline __attribute__((always_inline)) double NM(xent_small_rows)(const T *z, T *dz,
                                                                         const nmx_xent_args *a,
                                                                         nmx_index r0,
@@ -421,9 +543,7 @@ static inline __attribute__((always_inline)) double NM(xent_small_rows)(const T 
     nmx_index n = a->classes;
     T zt[NMX_SMALL_C * NMX_GROUP], dt[NMX_SMALL_C * NMX_GROUP], lt[NMX_GROUP];
     int64_t yl[NMX_GROUP];
-    for (nmx_index c = 0; c < n; c++)
-        for (nmx_index r = 0; r < NMX_GROUP; r++)
-            zt[c * NMX_GROUP + r] = r < nr ? z[(r0 + r) * n + c] : 0;
+    NM(group_in)(z + r0 * n, zt, n, nr);
     for (nmx_index r = 0; r < NMX_GROUP; r++)
         yl[r] = r < nr ? nmx_label_at(a->labels, a->label_bytes, r0 + r) : -1;
     nmx_xent_args b = *a;
@@ -433,8 +553,7 @@ static inline __attribute__((always_inline)) double NM(xent_small_rows)(const T 
     b.label_bytes = 8;
     b.loss = a->loss ? lt : NULL;
     double total = NM(xent_block)(zt, dt, NULL, &b, 0, 0, NMX_GROUP);
-    for (nmx_index r = 0; r < nr; r++)
-        for (nmx_index c = 0; c < n; c++) dz[(r0 + r) * n + c] = dt[c * NMX_GROUP + r];
+    NM(group_out)(dt, dz + r0 * n, n, nr);
     if (a->loss)
         for (nmx_index r = 0; r < nr; r++) ((T *)a->loss)[r0 + r] = lt[r];
     return total;

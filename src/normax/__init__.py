@@ -1,8 +1,8 @@
 """normax: fast, exact deep-learning kernels for NumPy users.
 
-Batch normalization and numerically stable softmax / softmax cross-entropy as C kernels (OpenMP,
-GIL released) with Numba fallbacks and a pure-NumPy reference, fused optimizers, a small network
-layer and hyperparameter-tuning tools built on top.
+Batch normalization and numerically stable softmax / softmax cross-entropy as C kernels (OpenMP;
+the GIL is released for kernels of 16384 elements or more) with Numba fallbacks and a pure-NumPy
+reference, fused optimizers, a small network layer and hyperparameter-tuning tools built on top.
 """
 
 from ._backend import (
