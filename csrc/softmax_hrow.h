@@ -241,6 +241,18 @@ static int nmx_hrow_cpu_f16c(void) {
     unsigned a, b, c, d;
     return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
 }
+
+/* What the AVX2 row kernels need (AVX2, FMA, F16C), and what the AVX-512 ones add to it. */
+static int nmx_hrow_cpu_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && nmx_hrow_cpu_f16c();
+}
+
+static int nmx_hrow_cpu_avx512(void) {
+    return nmx_hrow_cpu_avx2() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl");
+}
 #endif
 
 typedef double (*nmx_hrows_fn)(const nmx_hjob *, nmx_index, nmx_index, float *);
@@ -253,12 +265,7 @@ static nmx_hrows_fn nmx_hrows_f16(void) {
     if (k < 0) {
         k = 0;
 #if NMX_HROW_F16C
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && nmx_hrow_cpu_f16c())
-            k = 1;
-        if (k && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-            k = 2;
+        k = nmx_hrow_cpu_avx512() ? 2 : nmx_hrow_cpu_avx2();
 #endif
         __atomic_store_n(&level, k, __ATOMIC_RELAXED);
     }
@@ -276,12 +283,7 @@ static nmx_hrows_fn nmx_hrows_bf16(void) {
     if (k < 0) {
         k = 0;
 #if NMX_HROW_F16C
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            nmx_hrow_cpu_f16c() && __builtin_cpu_supports("avx512f") &&
-            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16"))
-            k = 1;
+        k = nmx_hrow_cpu_avx512() && __builtin_cpu_supports("avx512bf16");
 #endif
         __atomic_store_n(&level, k, __ATOMIC_RELAXED);
     }
