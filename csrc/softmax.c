@@ -234,6 +234,40 @@ static nmx_index nmx_block_cols(nmx_index classes, nmx_index inner, nmx_index el
     return b < inner ? b : inner;
 }
 
+/* The tasks of a call (rows, column blocks or half tiles) are dealt out to the threads in chunks
+ * of neighbouring tasks. The chunks depend on the call's size only, never on the thread count:
+ * each chunk sums its examples' losses in task order into a slot of its own and the slots are
+ * added in chunk order, so the reduced loss has the same bits whatever the number of threads and
+ * whichever thread finishes first. At most NMX_RUN_CHUNKS chunks (8 per thread on 8 threads, for
+ * dynamic scheduling on a shared machine), each at least NMX_RUN_CHUNK_WORK elements so that
+ * handing one out (well under a microsecond) stays far below its work. */
+#define NMX_RUN_CHUNKS 64
+#ifndef NMX_RUN_CHUNK_WORK
+#define NMX_RUN_CHUNK_WORK ((nmx_index)1 << 14)
+#endif
+
+/* Tasks per chunk for ntasks tasks of `work` elements in all (ntasks >= 1), a multiple of
+ * `align`: ceil(ntasks / chunk) <= NMX_RUN_CHUNKS. */
+static nmx_index nmx_run_chunk(nmx_index ntasks, nmx_index work, nmx_index align) {
+    nmx_index per_task = work / ntasks > 0 ? work / ntasks : 1;
+    nmx_index chunk = (ntasks + NMX_RUN_CHUNKS - 1) / NMX_RUN_CHUNKS;
+    nmx_index least = (NMX_RUN_CHUNK_WORK + per_task - 1) / per_task;
+    if (chunk < least) chunk = least;
+    return (chunk + align - 1) / align * align;
+}
+
+/* The end of chunk k. */
+static inline nmx_index nmx_chunk_end(nmx_index k, nmx_index chunk, nmx_index ntasks) {
+    return (k + 1) * chunk < ntasks ? (k + 1) * chunk : ntasks;
+}
+
+/* The chunks' partial sums, added in chunk order. */
+static double nmx_sum_parts(const double *part, nmx_index nchunks) {
+    double total = 0.0;
+    for (nmx_index k = 0; k < nchunks; k++) total += part[k];
+    return total;
+}
+
 #define NMX_CAT2(a, b) a##_##b
 #define NMX_CAT(a, b) NMX_CAT2(a, b)
 
