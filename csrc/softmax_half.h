@@ -181,8 +181,8 @@ static double nmx_half_range(const nmx_hjob *h, nmx_index t0, nmx_index t1, floa
 }
 
 /* Run the job: tiles of rows or column blocks, split across threads like the float32 kernels
- * (chunks that depend on the size only, see nmx_run_chunk). Returns -1 without writing anything when the scratch
- * cannot be allocated. */
+ * (chunks that depend on the size only, see nmx_run_chunk). Returns -1 without writing
+ * anything when the scratch cannot be allocated. */
 static int nmx_half_run(nmx_hjob *h, double *total_out) {
     nmx_index n = h->f.n, inner = h->f.inner;
     if (total_out) *total_out = 0.0;
