@@ -181,8 +181,8 @@ static double nmx_half_range(const nmx_hjob *h, nmx_index t0, nmx_index t1, floa
 }
 
 /* Run the job: tiles of rows or column blocks, split across threads like the float32 kernels
- * (dynamic chunks, about 8 per thread). Returns -1 without writing anything when the scratch
- * cannot be allocated. */
+ * (chunks that depend on the size only, see nmx_run_chunk). Returns -1 without writing
+ * anything when the scratch cannot be allocated. */
 static int nmx_half_run(nmx_hjob *h, double *total_out) {
     nmx_index n = h->f.n, inner = h->f.inner;
     if (total_out) *total_out = 0.0;
@@ -200,27 +200,30 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
         h->f.nblk = (inner + h->f.cols - 1) / h->f.cols;
     }
     nmx_index ntasks = inner == 1 ? (h->outer + h->rows - 1) / h->rows : h->outer * h->f.nblk;
+    nmx_index work = h->outer * n * inner, chunk = nmx_run_chunk(ntasks, work, 1);
+    nmx_index nchunks = (ntasks + chunk - 1) / chunk;
     h->per_thread = h->direct ? nmx_hrow_scratch(h) : nmx_half_scratch(h);
-    int nt = nmx_threads_for(h->outer * n * inner);
-    if (ntasks < 2) nt = 1;
+    int nt = nchunks > 1 ? nmx_threads_for(work) : 1;
     float *heap = NULL;
     if (h->per_thread > NMX_HSTACK) {
         heap = malloc((size_t)nt * (size_t)h->per_thread * sizeof(float));
         if (!heap) return -1;
     }
-    double total = 0.0;
-    if (nt <= 1) {
+    /* One slot per chunk, added in chunk order: the float32 kernels' deterministic sum. */
+    double total = 0.0, part[NMX_RUN_CHUNKS];
+    if (nchunks <= 1) {
         total = nmx_half_range(h, 0, ntasks, heap);
+    } else if (nt <= 1) {
+        for (nmx_index k = 0; k < nchunks; k++)
+            part[k] = nmx_half_range(h, k * chunk, nmx_chunk_end(k, chunk, ntasks), heap);
+        total = nmx_sum_parts(part, nchunks);
     } else {
-        nmx_index chunk = ntasks / (8 * (nmx_index)nt);
-        if (chunk < 1) chunk = 1;
-        nmx_index nchunks = (ntasks + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(+ : total)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (nmx_index k = 0; k < nchunks; k++) {
-            nmx_index t1 = (k + 1) * chunk < ntasks ? (k + 1) * chunk : ntasks;
             float *mine = heap ? heap + (nmx_index)omp_get_thread_num() * h->per_thread : NULL;
-            total += nmx_half_range(h, k * chunk, t1, mine);
+            part[k] = nmx_half_range(h, k * chunk, nmx_chunk_end(k, chunk, ntasks), mine);
         }
+        total = nmx_sum_parts(part, nchunks);
     }
     free(heap);
     if (total_out) *total_out = total;

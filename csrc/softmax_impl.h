@@ -58,7 +58,7 @@ static inline __attribute__((always_inline)) void NM(exp_step)(const T *z, const
     VT t = NM(vload)(z) - *m;
     VT ev = NMX_CAT(nmx_vexp, SFX)(&t);
     if (store) memcpy(e, &ev, sizeof ev);
-    VI tie = t == 0;
+    VI tie = NMX_CAT(nmx_vzero, SFX)(&t); /* t == 0, without a per-lane compare */
     *part += NMX_VSEL(VT, VI, tie, zero, ev);
     *cnt -= tie; /* a true comparison is -1 */
 }
@@ -660,21 +660,25 @@ static double NM(run)(NM(job) * jb, nmx_index outer) {
     if (outer <= 0 || jb->n <= 0 || jb->inner <= 0) return 0.0;
     jb->cols = jb->inner == 1 ? 1 : nmx_block_cols(jb->n, jb->inner, (nmx_index)sizeof(T));
     jb->nblk = (jb->inner + jb->cols - 1) / jb->cols;
-    nmx_index ntasks = outer * jb->nblk;
-    int nt = nmx_threads_for(outer * jb->n * jb->inner);
-    if (nt <= 1 || ntasks < 2) return NM(run_range)(jb, 0, ntasks);
-    /* Dynamic chunks (about 8 per thread): on a shared machine a descheduled thread no longer
-     * holds up the call; the others take its remaining chunks. */
-    nmx_index chunk = ntasks / (8 * (nmx_index)nt);
-    if (chunk < 1) chunk = 1;
+    nmx_index ntasks = outer * jb->nblk, work = outer * jb->n * jb->inner;
+    /* Chunks of whole row groups, so that few-class rows group as they would on one thread. */
+    nmx_index chunk = nmx_run_chunk(ntasks, work, jb->inner == 1 ? NMX_GROUP : 1);
     nmx_index nchunks = (ntasks + chunk - 1) / chunk;
-    double total = 0.0;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(+ : total)
-    for (nmx_index k = 0; k < nchunks; k++) {
-        nmx_index t1 = (k + 1) * chunk < ntasks ? (k + 1) * chunk : ntasks;
-        total += NM(run_range)(jb, k * chunk, t1);
+    if (nchunks <= 1) return NM(run_range)(jb, 0, ntasks);
+    /* One slot per chunk (see nmx_run_chunk): the same sum on any number of threads. Dynamic
+     * scheduling: on a shared machine a descheduled thread no longer holds up the call; the
+     * others take its remaining chunks. */
+    double part[NMX_RUN_CHUNKS];
+    int nt = nmx_threads_for(work);
+    if (nt <= 1) {
+        for (nmx_index k = 0; k < nchunks; k++)
+            part[k] = NM(run_range)(jb, k * chunk, nmx_chunk_end(k, chunk, ntasks));
+    } else {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (nmx_index k = 0; k < nchunks; k++)
+            part[k] = NM(run_range)(jb, k * chunk, nmx_chunk_end(k, chunk, ntasks));
     }
-    return total;
+    return nmx_sum_parts(part, nchunks);
 }
 
 double NMX_CAT(nmx_xent, SFX)(const T *z, T *dz, const nmx_xent_args *a) {

@@ -22,6 +22,8 @@ import pytest
 
 import normax
 
+from .conftest import half_dtypes
+
 _spec = importlib.util.spec_from_file_location(
     "normax_hardening_cases", Path(__file__).with_name("hardening_cases.py"))
 cases = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
@@ -100,6 +102,39 @@ def test_thread_counts_agree(build):
         normax.set_num_threads(0)
     for n, got in results:
         assert_same(got, expected, np.float64, f"set_num_threads({n})")
+
+
+# ---- the reduced loss: the same bits every time, on any number of threads ---------------------
+
+# Rows and classes-first, each many chunks of work for the kernels' threads (and one shape with
+# few-class rows, which the C kernels process in groups).
+XENT_SHAPES = [((2048, 300), 1), ((6000, 10), -1), ((16, 100, 384), 1)]
+
+
+def _xent_sum_bits(z, labels, axis, threads, repeats):
+    """The bits of the summed loss of ``repeats`` calls on ``threads`` threads."""
+    normax.set_num_threads(threads)
+    try:
+        return {np.float64(normax.softmax_cross_entropy(z, labels, axis=axis,
+                                                        reduction="sum")[0]).hex()
+                for _ in range(repeats)}
+    finally:
+        normax.set_num_threads(0)
+
+
+@pytest.mark.parametrize(("shape", "axis"), XENT_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, *half_dtypes()])
+def test_xent_reduced_loss_is_deterministic(backend, shape, axis, dtype):
+    """The summed cross-entropy does not depend on which thread finishes first, nor on how many
+    threads there are: the per-chunk partial sums are added in a fixed order."""
+    if backend == "numpy":
+        pytest.skip("the NumPy reference runs on one thread")
+    rng = np.random.default_rng(10)
+    z = (rng.standard_normal(shape) * 4).astype(dtype)
+    labels = rng.integers(0, shape[axis], size=np.delete(shape, axis % len(shape)))
+    seen = {n: _xent_sum_bits(z, labels, axis, n, 40 if n == 2 else 3) for n in (1, 2, 3, 8)}
+    assert len(seen[2]) == 1, f"2 threads, 40 calls: {sorted(seen[2])}"
+    assert len(set().union(*seen.values())) == 1, seen
 
 
 # ---- fork ------------------------------------------------------------------------------------

@@ -222,6 +222,51 @@ static void test_softmax(nmx_index outer, nmx_index K, nmx_index inner) {
     free(z), free(p), free(lp), free(dz), free(loss), free(zf), free(pf), free(labels);
 }
 
+/* The summed cross-entropy of one dtype (0: float32, 1: float64, else a half kind) on
+ * `threads` threads: z holds float32 logits, zh their half encoding. */
+static double xent_total(int dtype, const float *z, const double *zd, const uint16_t *zh,
+                         void *dz, nmx_xent_args *a, int threads) {
+    double total = 0.0;
+    nmx_set_num_threads(threads);
+    if (dtype == 0)
+        total = nmx_xent_f32(z, dz, a);
+    else if (dtype == 1)
+        total = nmx_xent_f64(zd, dz, a);
+    else if (nmx_xent_h(dtype == 2 ? NMX_F16 : NMX_BF16, zh, dz, a, &total) != 0)
+        total = NAN;
+    nmx_set_num_threads(0);
+    return total;
+}
+
+/* The reduced loss has the same bits on 1, 2 and 3 threads and on every repetition (the chunks
+ * of work and the order their sums are added in do not depend on the threads). Counts the
+ * repetitions whose bits differ from the first one-thread result, over the four dtypes. */
+static void test_xent_total_bits(nmx_index outer, nmx_index K, nmx_index inner) {
+    nmx_index n = outer * K * inner, rows = outer * inner;
+    float *z = malloc(sizeof(float) * n);
+    double *zd = malloc(sizeof(double) * n), *dz = malloc(sizeof(double) * n);
+    uint16_t *zh = malloc(sizeof(uint16_t) * n);
+    int64_t *labels = malloc(sizeof(int64_t) * rows);
+    unsigned s = 11;
+    for (nmx_index i = 0; i < n; ++i) zd[i] = z[i] = (float)uniform(&s, 0.0, 8.0);
+    for (nmx_index r = 0; r < rows; ++r) labels[r] = (r * 7 + 3) % K;
+    nmx_index bad = 0;
+    for (int dtype = 0; dtype < 4; ++dtype) {
+        if (dtype >= 2) nmx_float_to_half(dtype == 2 ? NMX_F16 : NMX_BF16, z, zh, n);
+        nmx_xent_args a = {outer, K, inner, labels, 8, NULL, NULL, 0, 0, 0.0, 1.0, NULL};
+        double first = xent_total(dtype, z, zd, zh, dz, &a, 1);
+        for (int rep = 0; rep < 12; ++rep) {
+            double t = xent_total(dtype, z, zd, zh, dz, &a, 1 + rep % 3);
+            bad += memcmp(&t, &first, sizeof t) != 0;
+        }
+    }
+    char what[64];
+    snprintf(what, sizeof what, "xent total bits, threads (%lld, %lld, %lld)", (long long)outer,
+             (long long)K, (long long)inner);
+    check(what, (double)bad, 0.0);
+    free(z), free(zd), free(dz), free(zh), free(labels);
+}
+
 /* Half-precision softmax kernels against double loops on the upcast input: every result within
  * one half ulp relative plus one ulp of 1 absolute (the tolerance the Python tests state), NaN
  * where the reference is NaN. Covers grouped few-class rows, rows longer than a conversion
@@ -474,6 +519,9 @@ int main(void) {
     test_softmax(100, 10, 1);
     test_softmax(600, 100, 1);
     test_softmax(4, 20, 500);
+    test_xent_total_bits(1000, 300, 1);
+    test_xent_total_bits(8000, 10, 1);
+    test_xent_total_bits(8, 100, 300);
     test_sgd(100000);
     for (int kind = NMX_F16; kind <= NMX_BF16; kind++)
         for (nmx_index n = 1; n <= 70001; n = n * 37 + 7) test_adam_half(kind, n);
