@@ -65,9 +65,12 @@ static const nmx_bn_hleaves nmx_bn_leaves_bf16 = {
 #include <immintrin.h>
 #define NMX_BN_F16C 1
 
-typedef float nmx_hvf __attribute__((vector_size(64)));  /* 16 float32 lanes */
-typedef float nmx_hvf8 __attribute__((vector_size(32))); /* 8 float32 lanes */
-typedef double nmx_hvd __attribute__((vector_size(64))); /* 8 double lanes */
+/* One register of float32 lanes and one of double lanes: AVX-512 and AVX (GCC splits wider
+ * generic vectors through the stack when only AVX is enabled). */
+typedef float nmx_hv16f __attribute__((vector_size(64)));
+typedef double nmx_hv8d __attribute__((vector_size(64)));
+typedef float nmx_hv8f __attribute__((vector_size(32)));
+typedef double nmx_hv4d __attribute__((vector_size(32)));
 
 /* The conversions, exact one way and rounding to nearest even the other; NaN (quieted, payload
  * kept), infinities and subnormals as half.h's scalar conversions (and half.c's F16C paths). */
@@ -75,64 +78,90 @@ typedef double nmx_hvd __attribute__((vector_size(64))); /* 8 double lanes */
 #define NMX_BN_AVX2 "avx2,fma,f16c"
 #define NMX_BN_AVX "avx,f16c"
 #define NMX_BN_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define NMX_BN_512 static inline __attribute__((always_inline, target(NMX_BN_AVX512)))
+#define NMX_BN_256 static inline __attribute__((always_inline, target(NMX_BN_AVX)))
 
-static inline __attribute__((always_inline, target(NMX_BN_AVX512))) void
-nmx_bn_f16_load_512(const uint16_t *p, nmx_hvf *v) {
-    __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-    memcpy(v, &w, sizeof w);
+NMX_BN_512 void nmx_bn_load_512(const uint16_t *p, nmx_hv16f *v) {
+    *v = (nmx_hv16f)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
 
-static inline __attribute__((always_inline, target(NMX_BN_AVX512))) void
-nmx_bn_f16_store_512(uint16_t *p, const nmx_hvf *v) {
-    __m512 w;
-    memcpy(&w, v, sizeof w);
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(w, NMX_BN_RNE));
+NMX_BN_512 void nmx_bn_store_512(uint16_t *p, const nmx_hv16f *v) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph((__m512)*v, NMX_BN_RNE));
 }
 
-static inline __attribute__((always_inline, target(NMX_BN_AVX))) void
-nmx_bn_f16_load_256(const uint16_t *p, nmx_hvf *v) {
-    __m256 w[2] = {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
-                   _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)))};
-    memcpy(v, w, sizeof w);
+NMX_BN_512 void nmx_bn_loadd_512(const uint16_t *p, nmx_hv8d *d) {
+    *d = (nmx_hv8d)_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)));
 }
 
-static inline __attribute__((always_inline, target(NMX_BN_AVX))) void
-nmx_bn_f16_store_256(uint16_t *p, const nmx_hvf *v) {
-    __m256 w[2];
-    memcpy(w, v, sizeof w);
-    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(w[0], NMX_BN_RNE));
-    _mm_storeu_si128((__m128i *)(p + 8), _mm256_cvtps_ph(w[1], NMX_BN_RNE));
+NMX_BN_512 void nmx_bn_wide_512(const nmx_hv16f *v, nmx_hv8d *d) {
+    __m512d w = _mm512_castps_pd((__m512)*v);
+    d[0] = (nmx_hv8d)_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_castpd512_pd256(w)));
+    d[1] = (nmx_hv8d)_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(w, 1)));
+}
+
+NMX_BN_256 void nmx_bn_load_256(const uint16_t *p, nmx_hv8f *v) {
+    *v = (nmx_hv8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+NMX_BN_256 void nmx_bn_store_256(uint16_t *p, const nmx_hv8f *v) {
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph((__m256)*v, NMX_BN_RNE));
+}
+
+NMX_BN_256 void nmx_bn_loadd_256(const uint16_t *p, nmx_hv4d *d) {
+    *d = (nmx_hv4d)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+NMX_BN_256 void nmx_bn_wide_256(const nmx_hv8f *v, nmx_hv4d *d) {
+    __m256 w = (__m256)*v;
+    d[0] = (nmx_hv4d)_mm256_cvtps_pd(_mm256_castps256_ps128(w));
+    d[1] = (nmx_hv4d)_mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
 }
 
 #define HVSUF f16v4
 #define HVT NMX_BN_AVX512
-#define HV_LOAD16 nmx_bn_f16_load_512
-#define HV_STORE16 nmx_bn_f16_store_512
+#define HVW 16
+#define HVF nmx_hv16f
+#define HVD nmx_hv8d
+#define HV_LOAD nmx_bn_load_512
+#define HV_STORE nmx_bn_store_512
+#define HV_LOADD nmx_bn_loadd_512
+#define HV_WIDE nmx_bn_wide_512
 #include "batchnorm_half_vec.h"
 #undef HVSUF
 #undef HVT
-#undef HV_LOAD16
-#undef HV_STORE16
 
 #define HVSUF f16v3
 #define HVT NMX_BN_AVX2
-#define HV_LOAD16 nmx_bn_f16_load_256
-#define HV_STORE16 nmx_bn_f16_store_256
+#undef HVW
+#define HVW 8
+#undef HVF
+#define HVF nmx_hv8f
+#undef HVD
+#define HVD nmx_hv4d
+#undef HV_LOAD
+#define HV_LOAD nmx_bn_load_256
+#undef HV_STORE
+#define HV_STORE nmx_bn_store_256
+#undef HV_LOADD
+#define HV_LOADD nmx_bn_loadd_256
+#undef HV_WIDE
+#define HV_WIDE nmx_bn_wide_256
 #include "batchnorm_half_vec.h"
 #undef HVSUF
 #undef HVT
-#undef HV_LOAD16
-#undef HV_STORE16
 
-#define HVSUF f16avx
+#define HVSUF f16avx /* the AVX2 instance's vectors, no FMA */
 #define HVT NMX_BN_AVX
-#define HV_LOAD16 nmx_bn_f16_load_256
-#define HV_STORE16 nmx_bn_f16_store_256
 #include "batchnorm_half_vec.h"
 #undef HVSUF
 #undef HVT
-#undef HV_LOAD16
-#undef HV_STORE16
+#undef HVW
+#undef HVF
+#undef HVD
+#undef HV_LOAD
+#undef HV_STORE
+#undef HV_LOADD
+#undef HV_WIDE
 
 /* Whether the float32 leaf loops, in the clone this CPU runs, fuse a product and a sum into one
  * FMA: ((x - 0) - 0) * x + -1 with x = 1 + 2^-12 is 2^-11 + 2^-24 rounded once, 2^-11 rounded
