@@ -1,12 +1,16 @@
 /* Half-precision batch norm (float16 and bfloat16 storage, float32 arithmetic), included by
  * batchnorm.c after the float32 instance of batchnorm_impl.h, whose finishing steps it runs
  * unchanged:
- *   - bfloat16: the leaf loops are the float32 ones with the conversions fused into their
- *     loads and stores (batchnorm_half_leaf.h): the same float32 expressions on the exactly
- *     widened input, each result rounded once, and no pass stages float32 copies of its inputs
- *     or outputs (widening is a shift, rounding a few integer instructions per vector);
- *   - float16: each pass converts tiles of at most NMX_HALF_TILE elements with
- *     nmx_half_to_float into stack buffers and runs the float32 leaf loops on them (F16C);
+ *   - the leaf loops are the float32 ones with the conversions fused into their loads and
+ *     stores: the same float32 expressions on the exactly widened input, each result rounded
+ *     once, and no pass stages float32 copies of its inputs or outputs. bfloat16: widening is a
+ *     shift and rounding a few integer instructions per vector (batchnorm_half_leaf.h, in every
+ *     SIMD clone). float16: the loops are written on vectors with the F16C conversions
+ *     (batchnorm_half_vec.h), in the instance whose FMA contractions are those of the float32
+ *     loops as they run on this CPU;
+ *   - float16 without F16C: each pass converts tiles of at most
+ *     NMX_HALF_TILE elements with nmx_half_to_float into stack buffers and runs the float32 leaf
+ *     loops on them;
  *   - the output pass computes pieces of at most NMX_HALF_TILE elements, written into the output
  *     or, for outputs larger than the cache, into a small buffer streamed out with non-temporal
  *     stores in the float32 kernel's block order;
@@ -16,6 +20,24 @@
  *     same (the per-channel pivots live beside the constants k).
  */
 
+/* The eight fused leaf loops of one storage format and instruction set (signatures as in
+ * batchnorm_half_leaf.h), for the drivers below. */
+typedef struct {
+    void (*stats_rows)(const uint16_t *, nmx_index, nmx_index, nmx_index, const float *,
+                       double *, double *);
+    void (*stats_run)(const uint16_t *, nmx_index, double, double *, double *);
+    void (*affine_rows)(const uint16_t *, nmx_index, uint16_t *, nmx_index, nmx_index, nmx_index,
+                        const float *, const float *, const float *, const float *);
+    void (*affine_run)(const uint16_t *, uint16_t *, nmx_index, float, float, float, float);
+    void (*grad_rows)(const uint16_t *, const uint16_t *, nmx_index, nmx_index, nmx_index,
+                      const float *, const float *, const double *, double *, double *);
+    void (*grad_run)(const uint16_t *, const uint16_t *, nmx_index, double, double *, double *);
+    void (*dx_rows)(const uint16_t *, const uint16_t *, nmx_index, uint16_t *, nmx_index,
+                    nmx_index, nmx_index, const float *, nmx_index);
+    void (*dx_run)(const uint16_t *, const uint16_t *, uint16_t *, nmx_index, float, float, float,
+                   float, float);
+} nmx_bn_hleaves;
+
 /* The leaf loops on bfloat16 storage. */
 #define HSUF bf16
 #define HLD(h) nmx_bf16_to_f32(h)
@@ -24,6 +46,175 @@
 #undef HSUF
 #undef HLD
 #undef HST
+
+static const nmx_bn_hleaves nmx_bn_leaves_bf16 = {
+    stats_rows_bf16, stats_run_bf16, affine_rows_bf16, affine_run_bf16,
+    grad_rows_bf16,  grad_run_bf16,  dx_rows_bf16,     dx_run_bf16,
+};
+
+/* ---- float16 with F16C ------------------------------------------------------------------
+ * The fused float16 loops must fuse the same products into FMAs as the float32 loops they stand
+ * for, as those run on this CPU: which clone of them the loader picked, and whether that clone
+ * contracts at all, depends on the CPU and on the compiler (Clang 14's resolver of the
+ * x86-64-v4 / v3 clones picks the SSE2 one on every Intel and AMD CPU). So the float32 loop is
+ * asked (nmx_bn_f32_fma) and the matching instance is run: AVX-512 or AVX2 with FMA, or AVX
+ * without FMA (the SSE2 clone's arithmetic, on wider vectors); float16 takes the tiles on CPUs
+ * without F16C. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NMX_SANITIZED)
+#include <cpuid.h>
+#include <immintrin.h>
+#define NMX_BN_F16C 1
+
+/* One register of float32 lanes and one of double lanes: AVX-512 and AVX (GCC splits wider
+ * generic vectors through the stack when only AVX is enabled). */
+typedef float nmx_hv16f __attribute__((vector_size(64)));
+typedef double nmx_hv8d __attribute__((vector_size(64)));
+typedef float nmx_hv8f __attribute__((vector_size(32)));
+typedef double nmx_hv4d __attribute__((vector_size(32)));
+
+/* The conversions, exact one way and rounding to nearest even the other; NaN (quieted, payload
+ * kept), infinities and subnormals as half.h's scalar conversions (and half.c's F16C paths). */
+#define NMX_BN_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"
+#define NMX_BN_AVX2 "avx2,fma,f16c"
+#define NMX_BN_AVX "avx,f16c"
+#define NMX_BN_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define NMX_BN_512 static inline __attribute__((always_inline, target(NMX_BN_AVX512)))
+#define NMX_BN_256 static inline __attribute__((always_inline, target(NMX_BN_AVX)))
+
+NMX_BN_512 void nmx_bn_load_512(const uint16_t *p, nmx_hv16f *v) {
+    *v = (nmx_hv16f)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+NMX_BN_512 void nmx_bn_store_512(uint16_t *p, const nmx_hv16f *v) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph((__m512)*v, NMX_BN_RNE));
+}
+
+NMX_BN_512 void nmx_bn_loadd_512(const uint16_t *p, nmx_hv8d *d) {
+    *d = (nmx_hv8d)_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)));
+}
+
+NMX_BN_512 void nmx_bn_wide_512(const nmx_hv16f *v, nmx_hv8d *d) {
+    __m512d w = _mm512_castps_pd((__m512)*v);
+    d[0] = (nmx_hv8d)_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_castpd512_pd256(w)));
+    d[1] = (nmx_hv8d)_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(w, 1)));
+}
+
+NMX_BN_256 void nmx_bn_load_256(const uint16_t *p, nmx_hv8f *v) {
+    *v = (nmx_hv8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+NMX_BN_256 void nmx_bn_store_256(uint16_t *p, const nmx_hv8f *v) {
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph((__m256)*v, NMX_BN_RNE));
+}
+
+NMX_BN_256 void nmx_bn_loadd_256(const uint16_t *p, nmx_hv4d *d) {
+    *d = (nmx_hv4d)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+NMX_BN_256 void nmx_bn_wide_256(const nmx_hv8f *v, nmx_hv4d *d) {
+    __m256 w = (__m256)*v;
+    d[0] = (nmx_hv4d)_mm256_cvtps_pd(_mm256_castps256_ps128(w));
+    d[1] = (nmx_hv4d)_mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
+}
+
+#define HVSUF f16v4
+#define HVT NMX_BN_AVX512
+#define HVW 16
+#define HVF nmx_hv16f
+#define HVD nmx_hv8d
+#define HV_LOAD nmx_bn_load_512
+#define HV_STORE nmx_bn_store_512
+#define HV_LOADD nmx_bn_loadd_512
+#define HV_WIDE nmx_bn_wide_512
+#include "batchnorm_half_vec.h"
+#undef HVSUF
+#undef HVT
+
+#define HVSUF f16v3
+#define HVT NMX_BN_AVX2
+#undef HVW
+#define HVW 8
+#undef HVF
+#define HVF nmx_hv8f
+#undef HVD
+#define HVD nmx_hv4d
+#undef HV_LOAD
+#define HV_LOAD nmx_bn_load_256
+#undef HV_STORE
+#define HV_STORE nmx_bn_store_256
+#undef HV_LOADD
+#define HV_LOADD nmx_bn_loadd_256
+#undef HV_WIDE
+#define HV_WIDE nmx_bn_wide_256
+#include "batchnorm_half_vec.h"
+#undef HVSUF
+#undef HVT
+
+#define HVSUF f16avx /* the AVX2 instance's vectors, no FMA */
+#define HVT NMX_BN_AVX
+#include "batchnorm_half_vec.h"
+#undef HVSUF
+#undef HVT
+#undef HVW
+#undef HVF
+#undef HVD
+#undef HV_LOAD
+#undef HV_STORE
+#undef HV_LOADD
+#undef HV_WIDE
+
+/* Whether the float32 leaf loops, in the clone this CPU runs, fuse a product and a sum into one
+ * FMA: ((x - 0) - 0) * x + -1 with x = 1 + 2^-12 is 2^-11 + 2^-24 rounded once, 2^-11 rounded
+ * twice. 1: every element fused, 0: none, -1: some (then no fused float16 instance matches). The
+ * 41 elements take the vector loop and its scalar end. */
+static int nmx_bn_f32_fma(void) {
+    volatile float one = 1.0f;
+    float x[41], y[41];
+    int fused = 0;
+    for (int i = 0; i < 41; i++) x[i] = one + 0x1p-12f;
+    affine_run_f32(x, y, 41, 0.0f, 0.0f, x[0], -one);
+    for (int i = 0; i < 41; i++) fused += y[i] != 0x1p-11f;
+    return fused == 41 ? 1 : fused == 0 ? 0 : -1;
+}
+
+/* The fused float16 instance for this CPU and this build: 3 AVX-512, 2 AVX2, 1 AVX without FMA,
+ * 0 none. F16C is CPUID leaf 1, ECX bit 29 (not every compiler's builtin knows it); the "avx"
+ * test beside it covers the OS saving the YMM registers. */
+static int nmx_bn_f16_level(void) {
+    unsigned a, b, c, d;
+    int fma = nmx_bn_f32_fma();
+    __builtin_cpu_init();
+    if (!(__get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) && __builtin_cpu_supports("avx")))
+        return 0;
+    if (fma <= 0) return fma == 0;
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return 0;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")
+               ? 3
+               : 2;
+}
+#else
+#define NMX_BN_F16C 0
+#endif
+
+/* The fused leaf loops for `kind` on this CPU, or NULL: float16 then runs through tiles. Chosen
+ * on first use (concurrent first calls store the same value, atomically, as half.c does). */
+static const nmx_bn_hleaves *nmx_bn_leaves(int kind) {
+    if (kind == NMX_BF16) return &nmx_bn_leaves_bf16;
+#if NMX_BN_F16C
+    static const nmx_bn_hleaves *const f16[] = {NULL, &nmx_bn_leaves_f16avx, &nmx_bn_leaves_f16v3,
+                                                &nmx_bn_leaves_f16v4};
+    static int level = -1;
+    int k = __atomic_load_n(&level, __ATOMIC_RELAXED);
+    if (k < 0) {
+        k = nmx_bn_f16_level();
+        __atomic_store_n(&level, k, __ATOMIC_RELAXED);
+    }
+    return f16[k];
+#else
+    return NULL;
+#endif
+}
 
 /* Output elements per streamed block: the float32 kernel's block (NMX_PIECES_PER_BLOCK pieces
  * of NMX_PIECE elements). */
@@ -44,13 +235,13 @@ static void bn_pivots_h(int kind, const uint16_t *x, nmx_index C, nmx_index inne
     for (nmx_index c = 0; c < C; c++) piv[c] = nmx_half_value(kind, x[c * inner]);
 }
 
-/* ---- float16: float32 tiles ------------------------------------------------------------
+/* ---- float16 without the F16C loops: float32 tiles ------------------------------------
  * float16 runs the float32 leaf loops on tiles of at most NMX_HALF_TILE elements widened by
- * nmx_half_to_float (F16C / AVX-512 where the CPU has them) and rounds the output tiles with
- * nmx_float_to_half. The branch-free float16 conversions of half.h, fused into the leaf loops,
- * ran several times slower than the F16C tiles (the compiler does not turn them into vcvtph2ps),
- * and the float32 loops' two-product expressions (dx) may contract into an FMA differently once
- * the longer widening is fused in, moving the last bit of a dx that cancels. */
+ * nmx_half_to_float and rounds the output tiles with nmx_float_to_half. The branch-free float16
+ * conversions of half.h, fused into the scalar leaf loops, ran several times slower than these
+ * tiles (the compiler does not turn them into vcvtph2ps), and the float32 loops' two-product
+ * expressions (dx) may contract into an FMA differently once the longer widening is fused in,
+ * moving the last bit of a dx that cancels. */
 
 /* A tile row of the rows path (inner == 1) holds at most this many channels, so a tile takes
  * four rows or more and stats_rows / grad_rows keep summing blocks of four rows. */
@@ -158,25 +349,26 @@ static void bn_piece_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, ui
     nmx_float_to_half(kind, ot, o, cnt);
 }
 
-/* ---- bfloat16 fused, and the shared drivers -------------------------------------------- */
+/* ---- the fused loops, and the shared drivers ------------------------------------------- */
 
 /* Pass 1 over units [lo, hi) (rows when inner == 1, else runs): the sums of the statistics
  * (dy NULL: x - pivot) or of the gradient (dy * (x - mean)). Rows are summed in blocks of four
  * from lo, as the float32 kernel does; runs longer than NMX_HALF_TILE are summed in slices of
- * that length, each slice's lanes added to the channel's sums in turn (the order the tiled
- * conversion of earlier versions gave, kept so every result stays the same bits). */
+ * that length, each slice's lanes added to the channel's sums in turn (the order the float16
+ * tiles give, so every path gives the same bits). */
 static void bn_sums_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index C,
                       nmx_index inner, nmx_index lo, nmx_index hi, const float *piv,
                       const float *k, const double *mean, double *s1, double *s2) {
-    if (kind == NMX_F16) {
+    const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
+    if (!L) {
         bn_sums_tiles_h(kind, dy, x, C, inner, lo, hi, piv, k, mean, s1, s2);
         return;
     }
     if (inner == 1) {
         if (dy)
-            grad_rows_bf16(dy + lo * C, x + lo * C, C, hi - lo, C, k, k + C, mean, s1, s2);
+            L->grad_rows(dy + lo * C, x + lo * C, C, hi - lo, C, k, k + C, mean, s1, s2);
         else
-            stats_rows_bf16(x + lo * C, C, hi - lo, C, piv, s1, s2);
+            L->stats_rows(x + lo * C, C, hi - lo, C, piv, s1, s2);
         return;
     }
     nmx_index w = nmx_min(inner, NMX_HALF_TILE);
@@ -185,9 +377,9 @@ static void bn_sums_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
         for (nmx_index a = 0; a < inner; a += w) {
             nmx_index len = nmx_min(w, inner - a), o = u * inner + a;
             if (dy)
-                grad_run_bf16(dy + o, x + o, len, mean[c], s1 + c, s2 + c);
+                L->grad_run(dy + o, x + o, len, mean[c], s1 + c, s2 + c);
             else
-                stats_run_bf16(x + o, len, (double)piv[c], s1 + c, s2 + c);
+                L->stats_run(x + o, len, (double)piv[c], s1 + c, s2 + c);
         }
     }
 }
@@ -216,31 +408,32 @@ static void bn_gather_h(int kind, nmx_index c0, nmx_index c1, double *acc, int t
 
 /* y (dy NULL) or dx of units [u0, u1), elements [a, a + w) of each (a contiguous piece of the
  * output: whole units, or a slice of one), computed in float32 and rounded once into o; for
- * float16, `ahead` elements after the piece are prefetched (bn_piece_tiles_h). */
+ * the float16 tiles, `ahead` elements after the piece are prefetched (bn_piece_tiles_h). */
 static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *o, nmx_index C,
                        nmx_index inner, nmx_index u0, nmx_index u1, nmx_index a, nmx_index w,
                        const float *k, nmx_index ahead) {
-    if (kind == NMX_F16) {
+    const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
+    if (!L) {
         bn_piece_tiles_h(kind, dy, x, o, C, inner, u0, u1, a, w, k, ahead);
         return;
     }
     if (inner == 1) {
         nmx_index off = u0 * C + a;
         if (dy)
-            dx_rows_bf16(dy + off, x + off, C, o, w, u1 - u0, w, k + a, C);
+            L->dx_rows(dy + off, x + off, C, o, w, u1 - u0, w, k + a, C);
         else
-            affine_rows_bf16(x + off, C, o, w, u1 - u0, w, k + a, k + C + a,
-                                    k + 2 * C + a, k + 3 * C + a);
+            L->affine_rows(x + off, C, o, w, u1 - u0, w, k + a, k + C + a, k + 2 * C + a,
+                           k + 3 * C + a);
         return;
     }
     for (nmx_index u = u0; u < u1; u++) {
         nmx_index c = u % C, off = u * inner + a;
         uint16_t *ou = o + (u - u0) * w;
         if (dy)
-            dx_run_bf16(dy + off, x + off, ou, w, k[c], k[C + c], k[2 * C + c],
-                               k[3 * C + c], k[4 * C + c]);
+            L->dx_run(dy + off, x + off, ou, w, k[c], k[C + c], k[2 * C + c], k[3 * C + c],
+                      k[4 * C + c]);
         else
-            affine_run_bf16(x + off, ou, w, k[c], k[C + c], k[2 * C + c], k[3 * C + c]);
+            L->affine_run(x + off, ou, w, k[c], k[C + c], k[2 * C + c], k[3 * C + c]);
     }
 }
 

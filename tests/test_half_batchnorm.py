@@ -445,12 +445,16 @@ def test_outputs_larger_than_the_cache(case, rng):
 
 
 # (shape, axis) for the C kernels' bit-for-bit contract below: rows of 1 to 2049 channels
-# (around the fused loops' vector widths and the float16 tiles' 256-channel slices), batches
-# of 2 to 131 rows (blocks of four rows and their leftovers), runs of 2 to 1024 values (around
-# the tile length), and the parallel path (more than 2**15 elements) for rows and runs.
+# (around the fused loops' vector widths, 8 and 16 lanes, and the float16 tiles' 256-channel
+# slices), batches of 2 to 131 rows (blocks of four rows and their leftovers), runs of 2 to 1024
+# values (around the run sums' 8 and 32 lanes and the tile length), and the parallel path (more
+# than 2**15 elements) for rows and runs.
 EXACT_CASES = [
     ((2, 1), 1),
     ((5, 3), 1),
+    ((9, 8), 1),
+    ((6, 15), 1),
+    ((7, 16), 1),
     ((8, 17), 1),
     ((131, 255), 1),
     ((7, 256), 1),
@@ -460,6 +464,11 @@ EXACT_CASES = [
     ((4100, 17), 1),
     ((70, 1001), 1),
     ((3, 5, 2), 1),
+    ((3, 4, 7), 1),
+    ((3, 4, 8), 1),
+    ((2, 3, 127), 1),
+    ((2, 3, 128), 1),
+    ((2, 3, 129), 1),
     ((4, 3, 49), 1),
     ((2, 7, 1023), 1),
     ((3, 2, 1024), 1),
@@ -542,3 +551,46 @@ def test_c_kernels_are_the_float32_kernels_rounded_once(case, dtype, specials, r
             np.testing.assert_array_equal(_half_bits(h, dtype), _half_bits(f, dtype), name)
         else:
             np.testing.assert_array_equal(h, f, name)
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
+@pytest.mark.parametrize("case", [((9, 37), 1), ((3, 37, 150), 1)], ids=str)
+def test_c_float16_nan_payloads_are_the_float32_kernels(case, rng):
+    """With one NaN payload per channel (signaling or quiet, either sign), every NaN that comes
+    out carries that payload, quieted, exactly as the float32 kernels give it: the half kernels
+    widen and round NaN as the hardware conversions do. (Where two different NaNs meet in one
+    operation, which one x86 returns depends on the compiler's choice of operand order, so the
+    payload is not part of the contract there.)"""
+    shape, axis = case
+    dtype = np.dtype(np.float16)
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    payloads = np.array([0x7D55, 0xFE00, 0x7E01, 0xFC01], np.uint16).view(dtype)
+    for a, salt in ((x, 0), (dy, 1)):
+        am = np.moveaxis(a, axis, 0)
+        for c in range(0, shape[axis], 3):  # every third channel, its own payload
+            flat = am[c].reshape(-1).copy()
+            flat[(c + salt) % flat.size :: 7] = payloads[(c // 3) % payloads.size]
+            am[c] = flat.reshape(am[c].shape)
+    c = shape[axis]
+    gamma = rng.standard_normal(c).astype(np.float32)
+    previous = normax.get_backend()
+    try:
+        normax.set_backend("c")
+        got, want = [], []
+        for xs, dys, sink in ((x, dy, got), (x.astype(np.float32), dy.astype(np.float32), want)):
+            with np.errstate(invalid="ignore"):
+                y, cache = normax.batch_norm_train(xs, gamma, None, axis=axis)
+                dx, dgamma, dbeta = normax.batch_norm_backward(dys, cache)
+            sink.append((y, dx, dgamma, dbeta, cache.mean, cache.invstd))
+    finally:
+        normax.set_backend(previous)
+    names = ("y", "dx", "dgamma", "dbeta", "mean", "invstd")
+    for name, h, f in zip(names, got[0], want[0], strict=True):
+        if h.dtype == dtype:
+            with np.errstate(invalid="ignore", over="ignore"):
+                f = f.astype(dtype)
+            np.testing.assert_array_equal(h.view(np.uint16), f.view(np.uint16), name)
+        else:
+            np.testing.assert_array_equal(h.view(np.uint8), f.view(np.uint8), name)
+    assert np.isnan(got[0][0].astype(np.float64)).any()

@@ -408,6 +408,93 @@ static void test_softmax_half_bits(int kind, const char *name, nmx_index rows, n
     free(labels), free(weight);
 }
 
+/* Half-precision batch norm against the float32 kernels on the upcast input, rounded once, bit
+ * for bit: y (train and infer), dx, the statistics, the running buffers, dgamma and dbeta. Each
+ * channel holds at most one kind of special value (c % 6: none, one NaN payload in x and dy,
+ * infinities, subnormals, the largest finite values, -0), so where a NaN comes out, only one
+ * payload can reach it and its bits are fixed too. Shapes straddle the vector width (16), the
+ * blocks of four rows and the run lanes (8, 32), and take the parallel path.
+ * Counts mismatching elements. */
+static nmx_index bn_half_bits_diff(const uint16_t *got, const float *f, uint16_t *tmp, int kind,
+                                   nmx_index n) {
+    nmx_float_to_half(kind, f, tmp, n);
+    return half_bits_diff(got, tmp, n);
+}
+
+static nmx_index bits_diff(const void *a, const void *b, size_t bytes) {
+    return memcmp(a, b, bytes) != 0;
+}
+
+static void bn_half_specials(int kind, uint16_t *h, nmx_index outer, nmx_index C,
+                             nmx_index inner, int salt) {
+    /* NaN payloads (signaling, negative, quiet), infinity, a subnormal, the largest finite */
+    const uint16_t f16[] = {0x7d55, 0xfe00, 0x7e01, 0x7c00, 0x0003, 0x7bff};
+    const uint16_t bf16[] = {0x7fa5, 0xffc0, 0x7fc1, 0x7f80, 0x0003, 0x7f7f};
+    const uint16_t *v = kind == NMX_F16 ? f16 : bf16;
+    nmx_index m = outer * inner;
+    for (nmx_index c = 0; c < C; c++) {
+        int what = (int)(c % 6);
+        if (what == 0) continue;
+        nmx_index step = what <= 2 ? 3 + m / 4 : 2; /* a few NaN or Inf, many of the others */
+        for (nmx_index j = (c * 7 + salt) % m; j < m; j += step) {
+            uint16_t sign = (uint16_t)(((j + (nmx_index)salt) & 1) << 15);
+            uint16_t *e = h + (j / inner * C + c) * inner + j % inner;
+            *e = what == 1   ? v[(c / 6) % 3]
+                 : what == 5 ? 0x8000 /* -0 */
+                             : (uint16_t)(v[what + 1] | sign);
+        }
+    }
+}
+
+static void test_batchnorm_half_bits(int kind, const char *name, nmx_index outer, nmx_index C,
+                                     nmx_index inner) {
+    nmx_index n = outer * C * inner;
+    uint16_t *x = malloc(2 * n), *dy = malloc(2 * n), *y = malloc(2 * n), *dx = malloc(2 * n);
+    uint16_t *yi = malloc(2 * n), *tmp = malloc(2 * n);
+    float *xf = malloc(sizeof(float) * n), *dyf = malloc(sizeof(float) * n);
+    float *yf = malloc(sizeof(float) * n), *yif = malloc(sizeof(float) * n);
+    float *dxf = malloc(sizeof(float) * n);
+    float *par = malloc(sizeof(float) * 12 * C), *g = par, *b = par + C;
+    float *rm = par + 2 * C, *rv = par + 3 * C, *dg = par + 4 * C, *db = par + 5 * C;
+    float *rmf = par + 6 * C, *rvf = par + 7 * C, *dgf = par + 8 * C, *dbf = par + 9 * C;
+    double *st = malloc(sizeof(double) * 4 * C);
+    unsigned s = 17;
+    for (nmx_index c = 0; c < C; ++c) {
+        g[c] = (float)uniform(&s, 1.0, 0.5);
+        b[c] = c % 7 == 3 ? -0.0f : (float)uniform(&s, 0.0, 1.0);
+        rm[c] = rmf[c] = 0.0f;
+        rv[c] = rvf[c] = 1.0f;
+    }
+    for (nmx_index i = 0; i < n; ++i) {
+        xf[i] = (float)uniform(&s, 5.0, 3.0);
+        dyf[i] = (float)uniform(&s, 0.0, 1.0);
+    }
+    nmx_float_to_half(kind, xf, x, n);
+    nmx_float_to_half(kind, dyf, dy, n);
+    bn_half_specials(kind, x, outer, C, inner, 0);
+    bn_half_specials(kind, dy, outer, C, inner, 1);
+    nmx_half_to_float(kind, x, xf, n);
+    nmx_half_to_float(kind, dy, dyf, n);
+    double *mean = st, *invstd = st + C, *meanf = st + 2 * C, *invstdf = st + 3 * C;
+    nmx_index bad = 0;
+    bad += nmx_bn_train_h(kind, x, outer, C, inner, g, b, y, mean, invstd, rm, rv, 0.1, 1e-5);
+    bad += nmx_bn_train_f32(xf, outer, C, inner, g, b, yf, meanf, invstdf, rmf, rvf, 0.1, 1e-5);
+    bad += nmx_bn_infer_h(kind, x, outer, C, inner, g, b, rm, rv, 1e-5, yi);
+    bad += nmx_bn_infer_f32(xf, outer, C, inner, g, b, rmf, rvf, 1e-5, yif);
+    bad += nmx_bn_backward_h(kind, dy, x, outer, C, inner, mean, invstd, g, dx, dg, db);
+    bad += nmx_bn_backward_f32(dyf, xf, outer, C, inner, meanf, invstdf, g, dxf, dgf, dbf);
+    bad += bn_half_bits_diff(y, yf, tmp, kind, n) + bn_half_bits_diff(yi, yif, tmp, kind, n);
+    bad += bn_half_bits_diff(dx, dxf, tmp, kind, n);
+    bad += bits_diff(st, st + 2 * C, sizeof(double) * 2 * C);
+    bad += bits_diff(rm, rmf, sizeof(float) * 2 * C) + bits_diff(dg, dgf, sizeof(float) * 2 * C);
+    char what[64];
+    snprintf(what, sizeof what, "bn half %s bits (%lld, %lld, %lld)", name, (long long)outer,
+             (long long)C, (long long)inner);
+    check(what, (double)bad, 0.0);
+    free(x), free(dy), free(y), free(dx), free(yi), free(tmp), free(xf), free(dyf), free(yf);
+    free(yif), free(dxf), free(par), free(st);
+}
+
 static void test_sgd(nmx_index size) {
     double *p = malloc(sizeof(double) * size), *g = malloc(sizeof(double) * size);
     double *p0 = malloc(sizeof(double) * size);
@@ -515,6 +602,18 @@ int main(void) {
         test_batchnorm_half(kind, 96, 600, 1); /* wide rows, parallel */
         test_batchnorm_half(kind, 8, 6, 1500); /* runs longer than a tile, parallel */
         test_batchnorm_half(kind, 16, 48, 49);
+        const char *name = kind == NMX_F16 ? "float16" : "bfloat16";
+        const nmx_index cols[] = {1, 7, 16, 17, 33, 257, 1025, 2049};
+        for (size_t i = 0; i < sizeof cols / sizeof cols[0]; ++i)
+            for (nmx_index rows = 5; rows <= 13; rows += 4) /* 1 leftover row, 4-row blocks */
+                test_batchnorm_half_bits(kind, name, rows, cols[i], 1);
+        /* runs of at most a tile (longer ones are summed tile by tile, not as one run) */
+        const nmx_index runs[] = {2, 7, 8, 9, 31, 33, 127, 128, 129, 1023, 1024};
+        for (size_t i = 0; i < sizeof runs / sizeof runs[0]; ++i)
+            test_batchnorm_half_bits(kind, name, 3, 5, runs[i]);
+        test_batchnorm_half_bits(kind, name, 4100, 17, 1); /* the parallel path: rows */
+        test_batchnorm_half_bits(kind, name, 12, 4, 1000); /* and runs */
+        test_batchnorm_half_bits(kind, name, 16, 48, 49);
     }
     test_softmax(100, 10, 1);
     test_softmax(600, 100, 1);

@@ -1,0 +1,424 @@
+/* The leaf loops of batchnorm_half_leaf.h for float16 storage, written on vectors with the F16C
+ * conversions, included by batchnorm_half.h once per instruction set with
+ *   HVSUF        the name suffix (f16v4: AVX-512, f16v3: AVX2, f16avx: AVX without FMA)
+ *   HVT          the target attribute string
+ *   HVW          float32 lanes per vector (one register: 16, or 8 for AVX); doubles are HVW / 2
+ *   HVF, HVD     the GNU vector types of HVW floats and of HVW / 2 doubles
+ *   HV_LOAD      HV_LOAD(p, v): HVW float16 at p, widened exactly into *v
+ *   HV_STORE     HV_STORE(p, v): *v rounded to HVW float16 at p (nearest even)
+ *   HV_LOADD     HV_LOADD(p, d): HVW / 2 float16 at p, widened exactly into the doubles *d
+ *   HV_WIDE      HV_WIDE(v, d): the lanes of *v widened into the doubles d[0] (low), d[1]
+ *
+ * Compilers do not vectorize a scalar float16 conversion, so these loops are written on GNU
+ * vectors, lane by lane the float32 loops of batchnorm_impl.h: the same expressions, term for
+ * term, in the same order and in the same statements (so GCC's and Clang's FMA contraction,
+ * which follows the statements, fuses the same products as in the float32 clone the dispatch
+ * pairs these loops with; the AVX instance, like the SSE2 clone, fuses none), and every lane's
+ * sums in the same sequence. The results
+ * are therefore the bits of the float32 loops run on the widened input. A slice of fewer than HVW
+ * channels is computed on a zero-padded vector and only its own lanes are kept; the few values a
+ * run sums after its lane accumulators are widened one at a time (vcvtph2ps on one lane).
+ */
+#define HVCAT2(a, b) a##_##b
+#define HVCAT(a, b) HVCAT2(a, b)
+#define HV(name) HVCAT(name, HVSUF)
+#define HVI static inline __attribute__((always_inline, target(HVT)))
+#define HVF_FN static __attribute__((target(HVT)))
+
+/* ---- lanes: HVW values in and out, m < HVW of them through a zero-padded copy ------------ */
+
+HVI void HV(ld)(const uint16_t *p, int m, HVF *v) {
+    if (m == HVW) {
+        HV_LOAD(p, v);
+        return;
+    }
+    uint16_t b[HVW] = {0};
+    memcpy(b, p, sizeof(uint16_t) * (size_t)m);
+    HV_LOAD(b, v);
+}
+
+HVI void HV(st)(uint16_t *p, int m, const HVF *v) {
+    if (m == HVW) {
+        HV_STORE(p, v);
+        return;
+    }
+    uint16_t b[HVW];
+    HV_STORE(b, v);
+    memcpy(p, b, sizeof(uint16_t) * (size_t)m);
+}
+
+HVI void HV(lf)(const float *p, int m, HVF *v) {
+    if (m == HVW) {
+        memcpy(v, p, sizeof *v);
+        return;
+    }
+    float b[HVW] = {0};
+    memcpy(b, p, sizeof(float) * (size_t)m);
+    memcpy(v, b, sizeof b);
+}
+
+/* f in every lane (an exact broadcast: 0 + f would turn -0 into +0). */
+HVI HVF HV(splat)(float f) {
+    HVF v;
+    for (int j = 0; j < HVW; j++) v[j] = f;
+    return v;
+}
+
+HVI HVD HV(splatd)(double f) {
+    HVD v;
+    for (int j = 0; j < HVW / 2; j++) v[j] = f;
+    return v;
+}
+
+/* HVW / 2 doubles at p, in and out (one vector at a time: GCC keeps arrays of vectors that
+ * are copied whole in memory). */
+HVI HVD HV(ldd)(const double *p) {
+    HVD d;
+    memcpy(&d, p, sizeof d);
+    return d;
+}
+
+HVI void HV(std)(double *p, HVD d) { memcpy(p, &d, sizeof d); }
+
+/* s[j] += (double)v[j] for the first m lanes. */
+HVI void HV(addd)(double *s, int m, const HVF *v) {
+    HVD d[2];
+    HV_WIDE(v, d);
+    if (m == HVW) {
+        HV(std)(s, HV(ldd)(s) + d[0]);
+        HV(std)(s + HVW / 2, HV(ldd)(s + HVW / 2) + d[1]);
+        return;
+    }
+    double w[HVW];
+    memcpy(w, d, sizeof w);
+    for (int j = 0; j < m; j++) s[j] += w[j];
+}
+
+/* One float16 widened (exactly, as the vector conversions). */
+HVI double HV(ld1d)(uint16_t h) { return (double)_cvtsh_ss(h); }
+
+/* ---- statistics ------------------------------------------------------------------------- */
+
+/* stats_rows on HVW channels (m of them real) of four rows xs apart. */
+HVI void HV(stats4)(const uint16_t *x0, nmx_index xs, int m, const float *pv, double *s1,
+                    double *s2) {
+    HVF p, d0, d1, d2, d3;
+    HV(lf)(pv, m, &p);
+    HV(ld)(x0, m, &d0);
+    HV(ld)(x0 + xs, m, &d1);
+    HV(ld)(x0 + 2 * xs, m, &d2);
+    HV(ld)(x0 + 3 * xs, m, &d3);
+    d0 = d0 - p, d1 = d1 - p, d2 = d2 - p, d3 = d3 - p;
+    HVF a = (d0 + d1) + (d2 + d3);
+    HVF b = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    HV(addd)(s1, m, &a);
+    HV(addd)(s2, m, &b);
+}
+
+/* stats_rows' leftover rows, in double, on HVW channels (m of them real) of one row. */
+HVI void HV(stats1)(const uint16_t *x0, int m, const float *pv, double *s1, double *s2) {
+    HVF xv, p;
+    HVD xd[2], pd[2];
+    HV(lf)(pv, m, &p);
+    HV(ld)(x0, m, &xv);
+    HV_WIDE(&xv, xd);
+    HV_WIDE(&p, pd);
+    if (m == HVW) {
+        for (int h = 0; h < 2; h++) {
+            nmx_index o = h * (HVW / 2);
+            HVD d = xd[h] - pd[h], a = HV(ldd)(s1 + o), b = HV(ldd)(s2 + o);
+            a += d;
+            b += d * d;
+            HV(std)(s1 + o, a);
+            HV(std)(s2 + o, b);
+        }
+        return;
+    }
+    double xw[HVW], pw[HVW];
+    memcpy(xw, xd, sizeof xw);
+    memcpy(pw, pd, sizeof pw);
+    for (int j = 0; j < m; j++) {
+        double d = xw[j] - pw[j];
+        s1[j] += d;
+        s2[j] += d * d;
+    }
+}
+
+HVF_FN void HV(stats_rows)(const uint16_t *restrict x, nmx_index xs, nmx_index rows,
+                           nmx_index n, const float *restrict pv, double *restrict s1,
+                           double *restrict s2) {
+    nmx_index r = 0, nv = n - n % HVW;
+    int m = (int)(n - nv);
+    for (; r + 4 <= rows; r += 4) {
+        const uint16_t *x0 = x + r * xs;
+        for (nmx_index c = 0; c < nv; c += HVW)
+            HV(stats4)(x0 + c, xs, HVW, pv + c, s1 + c, s2 + c);
+        if (m) HV(stats4)(x0 + nv, xs, m, pv + nv, s1 + nv, s2 + nv);
+    }
+    for (; r < rows; r++) {
+        const uint16_t *x0 = x + r * xs;
+        for (nmx_index c = 0; c < nv; c += HVW) HV(stats1)(x0 + c, HVW, pv + c, s1 + c, s2 + c);
+        if (m) HV(stats1)(x0 + nv, m, pv + nv, s1 + nv, s2 + nv);
+    }
+}
+
+/* The run sums of NMX_RUN_SUMS: L = 32 or 8 double lanes, lane j summing the values i with
+ * i % L == j of the whole blocks of L, then the lanes in order and the rest one by one. LOADS
+ * widens the block at i into u_ (and g_); TERM(u, v, g) makes the two terms u and v of a
+ * vector of lanes. */
+#define HV_RUN_LANES(L, LOADS, TERM)                                                      \
+    do {                                                                                  \
+        enum { K_ = (L) / (HVW / 2) };                                                    \
+        HVD a_[K_], b_[K_];                                                               \
+        for (int j = 0; j < K_; j++) a_[j] = b_[j] = HV(splatd)(0.0);                     \
+        for (; i + (L) <= n; i += (L)) {                                                  \
+            HVD u_[K_], g_[K_];                                                           \
+            for (int j = 0; j < K_; j++) {                                                \
+                LOADS;                                                                    \
+            }                                                                             \
+            for (int j = 0; j < K_; j++) {                                                \
+                HVD v_;                                                                   \
+                TERM(u_[j], v_, g_[j]);                                                   \
+                a_[j] += u_[j];                                                           \
+                b_[j] += v_;                                                              \
+            }                                                                             \
+        }                                                                                 \
+        double aw_[L], bw_[L];                                                            \
+        memcpy(aw_, a_, sizeof aw_);                                                      \
+        memcpy(bw_, b_, sizeof bw_);                                                      \
+        for (int j = 0; j < (L); j++) {                                                   \
+            sa += aw_[j];                                                                 \
+            sb += bw_[j];                                                                 \
+        }                                                                                 \
+    } while (0)
+
+HVF_FN void HV(stats_run)(const uint16_t *restrict x, nmx_index n, double p,
+                          double *restrict s1, double *restrict s2) {
+    double sa = 0, sb = 0;
+    nmx_index i = 0;
+    const HVD pv = HV(splatd)(p);
+#define HV_STATS_LOAD HV_LOADD(x + i + j * (HVW / 2), &u_[j]), (void)g_
+#define HV_STATS_TERM(u, v, g) (u = u - pv, v = u * u)
+    if (n >= 4 * NMX_LANES)
+        HV_RUN_LANES(NMX_LANES, HV_STATS_LOAD, HV_STATS_TERM);
+    else if (n >= 8)
+        HV_RUN_LANES(8, HV_STATS_LOAD, HV_STATS_TERM);
+#undef HV_STATS_LOAD
+#undef HV_STATS_TERM
+    for (; i < n; i++) {
+        double u = HV(ld1d)(x[i]) - p, v = u * u;
+        sa += u;
+        sb += v;
+    }
+    *s1 += sa;
+    *s2 += sb;
+}
+
+/* ---- y = ((x - mh) - ml) * sc + sh -------------------------------------------------------- */
+
+HVI void HV(affine)(const uint16_t *x, uint16_t *y, int m, const float *mh, const float *ml,
+                    const float *sc, const float *sh) {
+    HVF xv, h, l, s, t;
+    HV(ld)(x, m, &xv);
+    HV(lf)(mh, m, &h);
+    HV(lf)(ml, m, &l);
+    HV(lf)(sc, m, &s);
+    HV(lf)(sh, m, &t);
+    HVF v = ((xv - h) - l) * s + t;
+    HV(st)(y, m, &v);
+}
+
+HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *restrict y,
+                            nmx_index ys, nmx_index rows, nmx_index n, const float *restrict mh,
+                            const float *restrict ml, const float *restrict sc,
+                            const float *restrict sh) {
+    nmx_index nv = n - n % HVW;
+    int m = (int)(n - nv);
+    for (nmx_index r = 0; r < rows; r++) {
+        const uint16_t *xr = x + r * xs;
+        uint16_t *yr = y + r * ys;
+        for (nmx_index c = 0; c < nv; c += HVW)
+            HV(affine)(xr + c, yr + c, HVW, mh + c, ml + c, sc + c, sh + c);
+        if (m) HV(affine)(xr + nv, yr + nv, m, mh + nv, ml + nv, sc + nv, sh + nv);
+    }
+}
+
+HVF_FN void HV(affine_run)(const uint16_t *restrict x, uint16_t *restrict y, nmx_index n,
+                           float mh, float ml, float sc, float sh) {
+    const HVF h = HV(splat)(mh), l = HV(splat)(ml), s = HV(splat)(sc), t = HV(splat)(sh);
+    nmx_index i = 0;
+    for (; i + HVW <= n; i += HVW) {
+        HVF xv;
+        HV_LOAD(x + i, &xv);
+        HVF v = ((xv - h) - l) * s + t;
+        HV_STORE(y + i, &v);
+    }
+    if (i < n) {
+        HVF xv;
+        HV(ld)(x + i, (int)(n - i), &xv);
+        HVF v = ((xv - h) - l) * s + t;
+        HV(st)(y + i, (int)(n - i), &v);
+    }
+}
+
+/* ---- gradient sums ------------------------------------------------------------------------ */
+
+/* grad_rows on HVW channels (m of them real) of four rows xs apart. */
+HVI void HV(grad4)(const uint16_t *g, const uint16_t *x0, nmx_index xs, int m, const float *mh,
+                   const float *ml, double *sdy, double *sdx) {
+    HVF h, l, g0, g1, g2, g3, e0, e1, e2, e3;
+    HV(lf)(mh, m, &h);
+    HV(lf)(ml, m, &l);
+    HV(ld)(g, m, &g0);
+    HV(ld)(g + xs, m, &g1);
+    HV(ld)(g + 2 * xs, m, &g2);
+    HV(ld)(g + 3 * xs, m, &g3);
+    HV(ld)(x0, m, &e0);
+    HV(ld)(x0 + xs, m, &e1);
+    HV(ld)(x0 + 2 * xs, m, &e2);
+    HV(ld)(x0 + 3 * xs, m, &e3);
+    e0 = (e0 - h) - l, e1 = (e1 - h) - l;
+    e2 = (e2 - h) - l, e3 = (e3 - h) - l;
+    HVF a = (g0 + g1) + (g2 + g3);
+    HVF b = (g0 * e0 + g1 * e1) + (g2 * e2 + g3 * e3);
+    HV(addd)(sdy, m, &a);
+    HV(addd)(sdx, m, &b);
+}
+
+/* grad_rows' leftover rows, in double, on HVW channels (m of them real) of one row. */
+HVI void HV(grad1)(const uint16_t *g, const uint16_t *x0, int m, const double *mean, double *sdy,
+                   double *sdx) {
+    HVF gv, xv;
+    HVD gd[2], xd[2];
+    HV(ld)(g, m, &gv);
+    HV(ld)(x0, m, &xv);
+    HV_WIDE(&gv, gd);
+    HV_WIDE(&xv, xd);
+    if (m == HVW) {
+        for (int k = 0; k < 2; k++) {
+            nmx_index o = k * (HVW / 2);
+            HVD a0 = gd[k], a = HV(ldd)(sdy + o), b = HV(ldd)(sdx + o);
+            a += a0;
+            b += a0 * (xd[k] - HV(ldd)(mean + o));
+            HV(std)(sdy + o, a);
+            HV(std)(sdx + o, b);
+        }
+        return;
+    }
+    double gw[HVW], xw[HVW];
+    memcpy(gw, gd, sizeof gw);
+    memcpy(xw, xd, sizeof xw);
+    for (int j = 0; j < m; j++) {
+        double a0 = gw[j];
+        sdy[j] += a0;
+        sdx[j] += a0 * (xw[j] - mean[j]);
+    }
+}
+
+HVF_FN void HV(grad_rows)(const uint16_t *restrict dy, const uint16_t *restrict x, nmx_index xs,
+                          nmx_index rows, nmx_index n, const float *restrict mh,
+                          const float *restrict ml, const double *restrict m,
+                          double *restrict sdy, double *restrict sdx) {
+    nmx_index r = 0, nv = n - n % HVW;
+    int t = (int)(n - nv);
+    for (; r + 4 <= rows; r += 4) {
+        const uint16_t *g = dy + r * xs, *x0 = x + r * xs;
+        for (nmx_index c = 0; c < nv; c += HVW)
+            HV(grad4)(g + c, x0 + c, xs, HVW, mh + c, ml + c, sdy + c, sdx + c);
+        if (t) HV(grad4)(g + nv, x0 + nv, xs, t, mh + nv, ml + nv, sdy + nv, sdx + nv);
+    }
+    for (; r < rows; r++) {
+        const uint16_t *g = dy + r * xs, *x0 = x + r * xs;
+        for (nmx_index c = 0; c < nv; c += HVW)
+            HV(grad1)(g + c, x0 + c, HVW, m + c, sdy + c, sdx + c);
+        if (t) HV(grad1)(g + nv, x0 + nv, t, m + nv, sdy + nv, sdx + nv);
+    }
+}
+
+HVF_FN void HV(grad_run)(const uint16_t *restrict dy, const uint16_t *restrict x, nmx_index n,
+                         double m, double *restrict sdy, double *restrict sdx) {
+    double sa = 0, sb = 0;
+    nmx_index i = 0;
+    const HVD mv = HV(splatd)(m);
+    /* u is dy and g is x: v = dy * (x - m) */
+#define HV_GRAD_LOAD                                                                      \
+    HV_LOADD(dy + i + j * (HVW / 2), &u_[j]), HV_LOADD(x + i + j * (HVW / 2), &g_[j])
+#define HV_GRAD_TERM(u, v, g) (v = u * (g - mv))
+    if (n >= 4 * NMX_LANES)
+        HV_RUN_LANES(NMX_LANES, HV_GRAD_LOAD, HV_GRAD_TERM);
+    else if (n >= 8)
+        HV_RUN_LANES(8, HV_GRAD_LOAD, HV_GRAD_TERM);
+#undef HV_GRAD_LOAD
+#undef HV_GRAD_TERM
+    for (; i < n; i++) {
+        double u = HV(ld1d)(dy[i]), v = u * (HV(ld1d)(x[i]) - m);
+        sa += u;
+        sb += v;
+    }
+    *sdy += sa;
+    *sdx += sb;
+}
+
+/* ---- dx = (dy - gm) * ga + ((x - mh) - ml) * gb ------------------------------------------- */
+
+HVI void HV(dx)(const uint16_t *g, const uint16_t *x, uint16_t *o, int m, const float *k,
+                nmx_index C) {
+    HVF gv, xv, mh, ml, gm, ga, gb;
+    HV(ld)(g, m, &gv);
+    HV(ld)(x, m, &xv);
+    HV(lf)(k, m, &mh);
+    HV(lf)(k + C, m, &ml);
+    HV(lf)(k + 2 * C, m, &gm);
+    HV(lf)(k + 3 * C, m, &ga);
+    HV(lf)(k + 4 * C, m, &gb);
+    HVF v = (gv - gm) * ga + ((xv - mh) - ml) * gb;
+    HV(st)(o, m, &v);
+}
+
+HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x, nmx_index xs,
+                        uint16_t *restrict dx, nmx_index ys, nmx_index rows, nmx_index n,
+                        const float *restrict k, nmx_index C) {
+    nmx_index nv = n - n % HVW;
+    int m = (int)(n - nv);
+    for (nmx_index r = 0; r < rows; r++) {
+        const uint16_t *g = dy + r * xs, *xr = x + r * xs;
+        uint16_t *o = dx + r * ys;
+        for (nmx_index c = 0; c < nv; c += HVW) HV(dx)(g + c, xr + c, o + c, HVW, k + c, C);
+        if (m) HV(dx)(g + nv, xr + nv, o + nv, m, k + nv, C);
+    }
+}
+
+HVF_FN void HV(dx_run)(const uint16_t *restrict dy, const uint16_t *restrict x,
+                       uint16_t *restrict dx, nmx_index n, float mh, float ml, float gm, float ga,
+                       float gb) {
+    const HVF h = HV(splat)(mh), l = HV(splat)(ml), gmv = HV(splat)(gm), gav = HV(splat)(ga);
+    const HVF gbv = HV(splat)(gb);
+    nmx_index i = 0;
+    for (; i + HVW <= n; i += HVW) {
+        HVF gv, xv;
+        HV_LOAD(dy + i, &gv);
+        HV_LOAD(x + i, &xv);
+        HVF v = (gv - gmv) * gav + ((xv - h) - l) * gbv;
+        HV_STORE(dx + i, &v);
+    }
+    if (i < n) {
+        HVF gv, xv;
+        HV(ld)(dy + i, (int)(n - i), &gv);
+        HV(ld)(x + i, (int)(n - i), &xv);
+        HVF v = (gv - gmv) * gav + ((xv - h) - l) * gbv;
+        HV(st)(dx + i, (int)(n - i), &v);
+    }
+}
+
+/* The eight loops, for the drivers of batchnorm_half.h. */
+static const nmx_bn_hleaves HV(nmx_bn_leaves) = {
+    HV(stats_rows), HV(stats_run), HV(affine_rows), HV(affine_run),
+    HV(grad_rows),  HV(grad_run),  HV(dx_rows),     HV(dx_run),
+};
+
+#undef HV_RUN_LANES
+#undef HVF_FN
+#undef HVI
+#undef HV
+#undef HVCAT
+#undef HVCAT2
