@@ -2,6 +2,7 @@
  * half-precision kernels built on the float32 one (batchnorm_half.h). */
 #include "batchnorm.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
