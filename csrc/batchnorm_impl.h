@@ -15,6 +15,8 @@
 #define NMX_CAT2(a, b) a##_##b
 #define NMX_CAT(a, b) NMX_CAT2(a, b)
 #define FN(name) NMX_CAT(name, SUF)
+/* Channels per strip (see NMX_STRIP_BYTES in batchnorm.c): one 64-byte vector. */
+#define NMX_STRIP (64 / (nmx_index)sizeof(T))
 
 /* ---- leaf loops (compiled once per SIMD level, see NMX_CLONES) ---------------------------- */
 
@@ -90,15 +92,8 @@ NMX_CLONES static void FN(affine_run)(const T *restrict x, T *restrict y, nmx_in
     for (nmx_index i = 0; i < n; i++) y[i] = ((x[i] - mh) - ml) * sc + sh;
 }
 
-/* sdy[c] += sum_r dy[r,c]; sdx[c] += sum_r dy[r,c] * (x[r,c] - mean[c]), with x - mean as
- * (x - mh) - ml in T and blocks of four rows summed in T as in stats_rows; the leftover rows in
- * double with m = mean. Overflow is caught by grad_repair. */
-NMX_CLONES static void FN(grad_rows)(const T *restrict dy, const T *restrict x, nmx_index rows,
-                                     nmx_index C, const T *restrict mh, const T *restrict ml,
-                                     const double *restrict m, double *restrict sdy,
-                                     double *restrict sdx) {
-    nmx_index r = 0;
-    /* The sums of dy and dy * (x - mean) over the four rows from g[i], x0[i] into u, v. */
+/* The sums of dy and dy * (x - mean) over four rows C apart from g[i], x0[i] into u, v, with
+ * x - mean as (x - h) - l in T. */
 #define NMX_GRAD_BLOCK(i, u, v)                                                         \
     do {                                                                               \
         T g0 = g[i], g1 = g[C + i], g2 = g[2 * C + i], g3 = g[3 * C + i];              \
@@ -107,28 +102,56 @@ NMX_CLONES static void FN(grad_rows)(const T *restrict dy, const T *restrict x, 
         u = (g0 + g1) + (g2 + g3);                                                     \
         v = (g0 * e0 + g1 * e1) + (g2 * e2 + g3 * e3);                                 \
     } while (0)
-    /* Two blocks per pass: the double sums are read and written once per eight rows, with the
-     * same additions in the same order as one block at a time. */
-    for (; r + 8 <= rows; r += 8) {
+
+/* grad_rows' blocks of four rows over rows [r0, r1) (a multiple of four) and channels [c0, C). */
+static inline void FN(grad_blocks)(const T *restrict dy, const T *restrict x, nmx_index r0,
+                                   nmx_index r1, nmx_index c0, nmx_index C,
+                                   const T *restrict mh, const T *restrict ml,
+                                   double *restrict sdy, double *restrict sdx) {
+    for (nmx_index r = r0; r < r1; r += 4) {
         const T *g = dy + r * C, *x0 = x + r * C;
-        for (nmx_index c = 0; c < C; c++) {
-            T h = mh[c], l = ml[c], u0, v0, u1, v1;
-            NMX_GRAD_BLOCK(c, u0, v0);
-            NMX_GRAD_BLOCK(4 * C + c, u1, v1);
-            sdy[c] = (sdy[c] + (double)u0) + (double)u1;
-            sdx[c] = (sdx[c] + (double)v0) + (double)v1;
+        for (nmx_index c = c0; c < C; c++) {
+            T h = mh[c], l = ml[c], u, v;
+            NMX_GRAD_BLOCK(c, u, v);
+            sdy[c] += (double)u;
+            sdx[c] += (double)v;
         }
     }
-    for (; r + 4 <= rows; r += 4) {
-        const T *g = dy + r * C, *x0 = x + r * C;
-        for (nmx_index c = 0; c < C; c++) {
-            T h = mh[c], l = ml[c], u0, v0;
-            NMX_GRAD_BLOCK(c, u0, v0);
-            sdy[c] += (double)u0;
-            sdx[c] += (double)v0;
+}
+
+/* grad_blocks over rows [0, rows) (a multiple of four) of a small batch (nmx_strips), by strips
+ * of NMX_STRIP channels down all rows, the strip's sums kept in registers: the same additions in
+ * the same order as row by row, without reading and writing the double sums for every block.
+ * Inlined into each clone of grad_rows. */
+static inline void FN(grad_strips)(const T *restrict dy, const T *restrict x, nmx_index rows,
+                                   nmx_index C, const T *restrict mh, const T *restrict ml,
+                                   double *restrict sdy, double *restrict sdx) {
+    nmx_index c0 = 0;
+    for (; c0 + NMX_STRIP <= C; c0 += NMX_STRIP)
+        for (nmx_index r = 0; r < rows; r += 4) {
+            const T *g = dy + r * C + c0, *x0 = x + r * C + c0;
+            for (nmx_index j = 0; j < NMX_STRIP; j++) {
+                T h = mh[c0 + j], l = ml[c0 + j], u, v;
+                NMX_GRAD_BLOCK(j, u, v);
+                sdy[c0 + j] += (double)u;
+                sdx[c0 + j] += (double)v;
+            }
         }
-    }
-#undef NMX_GRAD_BLOCK
+    FN(grad_blocks)(dy, x, 0, rows, c0, C, mh, ml, sdy, sdx);
+}
+
+/* sdy[c] += sum_r dy[r,c]; sdx[c] += sum_r dy[r,c] * (x[r,c] - mean[c]), with x - mean as
+ * (x - mh) - ml in T and blocks of four rows summed in T as in stats_rows; the leftover rows in
+ * double with m = mean. Overflow is caught by grad_repair. */
+NMX_CLONES static void FN(grad_rows)(const T *restrict dy, const T *restrict x, nmx_index rows,
+                                     nmx_index C, const T *restrict mh, const T *restrict ml,
+                                     const double *restrict m, double *restrict sdy,
+                                     double *restrict sdx) {
+    nmx_index r = rows - rows % 4;
+    if (nmx_strips(r, C, sizeof(T)))
+        FN(grad_strips)(dy, x, r, C, mh, ml, sdy, sdx);
+    else
+        FN(grad_blocks)(dy, x, 0, r, 0, C, mh, ml, sdy, sdx);
     for (; r < rows; r++) {
         const T *g0 = dy + r * C, *x0 = x + r * C;
         for (nmx_index c = 0; c < C; c++) {
@@ -138,6 +161,7 @@ NMX_CLONES static void FN(grad_rows)(const T *restrict dy, const T *restrict x, 
         }
     }
 }
+#undef NMX_GRAD_BLOCK
 
 /* grad_rows for one channel in double, for the rare channel whose blocked sums overflowed. */
 static void FN(grad_repair)(const T *dy, const T *x, nmx_index rows, nmx_index C, nmx_index c,
@@ -164,37 +188,60 @@ NMX_CLONES static void FN(grad_run)(const T *restrict dy, const T *restrict x, n
     *sdx += sb;
 }
 
-/* dx = (dy - gm) * ga + ((x - mh) - ml) * gb: the mean of dy is subtracted before scaling so a
- * constant dy cancels exactly, as in the float64 formula. Rows as in affine_rows; k points at
- * the first channel of the slice in five arrays C apart (mh, ml, gm, ga, gb). */
+/* dx = (dy - gm) * ga + ((x - mh) - ml) * gb of row g, xr at i, with the channel's constants
+ * in h, l, a, b, e: the mean of dy is subtracted before scaling so a constant dy cancels
+ * exactly, as in the float64 formula. */
+#define NMX_DX(i) (g[i] - a) * b + ((xr[i] - h) - l) * e
+
+/* dx over rows [r0, r1) and channels [c0, n) in row order; k as in dx_rows. */
+static inline void FN(dx_plain)(const T *restrict dy, const T *restrict x, nmx_index xs,
+                                T *restrict dx, nmx_index ys, nmx_index r0, nmx_index r1,
+                                nmx_index c0, nmx_index n, const T *restrict k, nmx_index C) {
+    const T *restrict mh = k, *restrict ml = k + C, *restrict gm = k + 2 * C;
+    const T *restrict ga = k + 3 * C, *restrict gb = k + 4 * C;
+    for (nmx_index r = r0; r < r1; r++) {
+        const T *g = dy + r * xs, *xr = x + r * xs;
+        T *o = dx + r * ys;
+        for (nmx_index c = c0; c < n; c++) {
+            T h = mh[c], l = ml[c], a = gm[c], b = ga[c], e = gb[c];
+            o[c] = NMX_DX(c);
+        }
+    }
+}
+
+/* dx of a small batch (nmx_strips) by strips of NMX_STRIP channels down all rows, the strip's
+ * five constants held in registers: row by row, reloading them for every row bounds the loop,
+ * not the arithmetic. Inlined into each clone of dx_rows. */
+static inline void FN(dx_strips)(const T *restrict dy, const T *restrict x, nmx_index xs,
+                                 T *restrict dx, nmx_index ys, nmx_index rows, nmx_index n,
+                                 const T *restrict k, nmx_index C) {
+    const T *restrict mh = k, *restrict ml = k + C, *restrict gm = k + 2 * C;
+    const T *restrict ga = k + 3 * C, *restrict gb = k + 4 * C;
+    nmx_index c0 = 0;
+    for (; c0 + NMX_STRIP <= n; c0 += NMX_STRIP)
+        for (nmx_index r = 0; r < rows; r++) {
+            const T *g = dy + r * xs + c0, *xr = x + r * xs + c0;
+            T *o = dx + r * ys + c0;
+            for (nmx_index j = 0; j < NMX_STRIP; j++) {
+                nmx_index c = c0 + j;
+                T h = mh[c], l = ml[c], a = gm[c], b = ga[c], e = gb[c];
+                o[j] = NMX_DX(j);
+            }
+        }
+    FN(dx_plain)(dy, x, xs, dx, ys, 0, rows, c0, n, k, C);
+}
+
+/* dx over `rows` rows of n channels, rows as in affine_rows; k points at the first channel of
+ * the slice in five arrays C apart (mh, ml, gm, ga, gb). */
 NMX_CLONES static void FN(dx_rows)(const T *restrict dy, const T *restrict x, nmx_index xs,
                                    T *restrict dx, nmx_index ys, nmx_index rows, nmx_index n,
                                    const T *restrict k, nmx_index C) {
-    const T *restrict mh = k, *restrict ml = k + C, *restrict gm = k + 2 * C;
-    const T *restrict ga = k + 3 * C, *restrict gb = k + 4 * C;
-    nmx_index r = 0;
-#define NMX_DX(i) (g[i] - a) * b + ((xr[i] - h) - l) * e
-    for (; r + 4 <= rows; r += 4) {
-        const T *g = dy + r * xs, *xr = x + r * xs;
-        T *o = dx + r * ys;
-        for (nmx_index c = 0; c < n; c++) {
-            T h = mh[c], l = ml[c], a = gm[c], b = ga[c], e = gb[c];
-            o[c] = NMX_DX(c);
-            o[ys + c] = NMX_DX(xs + c);
-            o[2 * ys + c] = NMX_DX(2 * xs + c);
-            o[3 * ys + c] = NMX_DX(3 * xs + c);
-        }
-    }
-    for (; r < rows; r++) {
-        const T *g = dy + r * xs, *xr = x + r * xs;
-        T *o = dx + r * ys;
-        for (nmx_index c = 0; c < n; c++) {
-            T h = mh[c], l = ml[c], a = gm[c], b = ga[c], e = gb[c];
-            o[c] = NMX_DX(c);
-        }
-    }
-#undef NMX_DX
+    if (nmx_strips(rows, n, sizeof(T)))
+        FN(dx_strips)(dy, x, xs, dx, ys, rows, n, k, C);
+    else
+        FN(dx_plain)(dy, x, xs, dx, ys, 0, rows, 0, n, k, C);
 }
+#undef NMX_DX
 
 NMX_CLONES static void FN(dx_run)(const T *restrict dy, const T *restrict x, T *restrict dx,
                                   nmx_index n, T mh, T ml, T gm, T ga, T gb) {
@@ -523,6 +570,7 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
     return 0;
 }
 
+#undef NMX_STRIP
 #undef FN
 #undef NMX_CAT
 #undef NMX_CAT2
