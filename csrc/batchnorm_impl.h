@@ -28,16 +28,26 @@
 NMX_CLONES static void FN(stats_rows)(const T *restrict x, nmx_index rows, nmx_index C,
                                       const T *restrict pv, double *restrict s1,
                                       double *restrict s2) {
-    nmx_index r = 0;
-    for (; r + 4 <= rows; r += 4) {
+#define NMX_STATS_BLOCK(i, c)                                                                   \
+    do {                                                                                       \
+        T p = pv[c];                                                                           \
+        T d0 = x0[i] - p, d1 = x0[C + i] - p, d2 = x0[2 * C + i] - p, d3 = x0[3 * C + i] - p;  \
+        s1[c] += (double)((d0 + d1) + (d2 + d3));                                              \
+        s2[c] += (double)((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));                          \
+    } while (0)
+    nmx_index full = rows - rows % 4, c0 = 0, r;
+    /* A small batch by strips, as the backward's grad_strips: same sums, same order. */
+    if (nmx_strips(full, C, sizeof(T)))
+        for (; c0 + NMX_STRIP <= C; c0 += NMX_STRIP)
+            for (r = 0; r < full; r += 4) {
+                const T *x0 = x + r * C + c0;
+                for (nmx_index j = 0; j < NMX_STRIP; j++) NMX_STATS_BLOCK(j, c0 + j);
+            }
+    for (r = 0; r < full; r += 4) {
         const T *x0 = x + r * C;
-        for (nmx_index c = 0; c < C; c++) {
-            T p = pv[c];
-            T d0 = x0[c] - p, d1 = x0[C + c] - p, d2 = x0[2 * C + c] - p, d3 = x0[3 * C + c] - p;
-            s1[c] += (double)((d0 + d1) + (d2 + d3));
-            s2[c] += (double)((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));
-        }
+        for (nmx_index c = c0; c < C; c++) NMX_STATS_BLOCK(c, c);
     }
+#undef NMX_STATS_BLOCK
     for (; r < rows; r++) {
         const T *x0 = x + r * C;
         for (nmx_index c = 0; c < C; c++) {
@@ -80,10 +90,20 @@ NMX_CLONES static void FN(affine_rows)(const T *restrict x, nmx_index xs, T *res
                                        nmx_index ys, nmx_index rows, nmx_index n,
                                        const T *restrict mh, const T *restrict ml,
                                        const T *restrict sc, const T *restrict sh) {
+    nmx_index c0 = 0;
+    /* A small batch by strips, the strip's four constants in registers (see dx_strips). */
+    if (nmx_strips(rows, n, sizeof(T)))
+        for (; c0 + NMX_STRIP <= n; c0 += NMX_STRIP)
+            for (nmx_index r = 0; r < rows; r++) {
+                const T *xr = x + r * xs;
+                T *yr = y + r * ys;
+                for (nmx_index c = c0; c < c0 + NMX_STRIP; c++)
+                    yr[c] = ((xr[c] - mh[c]) - ml[c]) * sc[c] + sh[c];
+            }
     for (nmx_index r = 0; r < rows; r++) {
         const T *xr = x + r * xs;
         T *yr = y + r * ys;
-        for (nmx_index c = 0; c < n; c++) yr[c] = ((xr[c] - mh[c]) - ml[c]) * sc[c] + sh[c];
+        for (nmx_index c = c0; c < n; c++) yr[c] = ((xr[c] - mh[c]) - ml[c]) * sc[c] + sh[c];
     }
 }
 
