@@ -124,10 +124,10 @@ NMX_CLONES static void FN(affine_run)(const T *restrict x, T *restrict y, nmx_in
     } while (0)
 
 /* grad_rows' blocks of four rows over rows [r0, r1) (a multiple of four) and channels [c0, C). */
-static inline void FN(grad_blocks)(const T *restrict dy, const T *restrict x, nmx_index r0,
-                                   nmx_index r1, nmx_index c0, nmx_index C,
-                                   const T *restrict mh, const T *restrict ml,
-                                   double *restrict sdy, double *restrict sdx) {
+NMX_LEAF_INLINE void FN(grad_blocks)(const T *restrict dy, const T *restrict x, nmx_index r0,
+                                     nmx_index r1, nmx_index c0, nmx_index C,
+                                     const T *restrict mh, const T *restrict ml,
+                                     double *restrict sdy, double *restrict sdx) {
     for (nmx_index r = r0; r < r1; r += 4) {
         const T *g = dy + r * C, *x0 = x + r * C;
         for (nmx_index c = c0; c < C; c++) {
@@ -142,10 +142,11 @@ static inline void FN(grad_blocks)(const T *restrict dy, const T *restrict x, nm
 /* grad_blocks over rows [0, rows) (a multiple of four) of a small batch (nmx_strips), by strips
  * of NMX_STRIP channels down all rows, the strip's sums kept in registers: the same additions in
  * the same order as row by row, without reading and writing the double sums for every block.
- * Inlined into each clone of grad_rows. */
-static inline void FN(grad_strips)(const T *restrict dy, const T *restrict x, nmx_index rows,
-                                   nmx_index C, const T *restrict mh, const T *restrict ml,
-                                   double *restrict sdy, double *restrict sdx) {
+ * Inlined into each clone of grad_rows (NMX_LEAF_INLINE). */
+NMX_LEAF_INLINE void FN(grad_strips)(const T *restrict dy, const T *restrict x,
+                                     nmx_index rows, nmx_index C, const T *restrict mh,
+                                     const T *restrict ml, double *restrict sdy,
+                                     double *restrict sdx) {
     nmx_index c0 = 0;
     for (; c0 + NMX_STRIP <= C; c0 += NMX_STRIP)
         for (nmx_index r = 0; r < rows; r += 4) {
@@ -214,9 +215,9 @@ NMX_CLONES static void FN(grad_run)(const T *restrict dy, const T *restrict x, n
 #define NMX_DX(i) (g[i] - a) * b + ((xr[i] - h) - l) * e
 
 /* dx over rows [r0, r1) and channels [c0, n) in row order; k as in dx_rows. */
-static inline void FN(dx_plain)(const T *restrict dy, const T *restrict x, nmx_index xs,
-                                T *restrict dx, nmx_index ys, nmx_index r0, nmx_index r1,
-                                nmx_index c0, nmx_index n, const T *restrict k, nmx_index C) {
+NMX_LEAF_INLINE void FN(dx_plain)(const T *restrict dy, const T *restrict x, nmx_index xs,
+                                  T *restrict dx, nmx_index ys, nmx_index r0, nmx_index r1,
+                                  nmx_index c0, nmx_index n, const T *restrict k, nmx_index C) {
     const T *restrict mh = k, *restrict ml = k + C, *restrict gm = k + 2 * C;
     const T *restrict ga = k + 3 * C, *restrict gb = k + 4 * C;
     for (nmx_index r = r0; r < r1; r++) {
@@ -231,10 +232,10 @@ static inline void FN(dx_plain)(const T *restrict dy, const T *restrict x, nmx_i
 
 /* dx of a small batch (nmx_strips) by strips of NMX_STRIP channels down all rows, the strip's
  * five constants held in registers: row by row, reloading them for every row bounds the loop,
- * not the arithmetic. Inlined into each clone of dx_rows. */
-static inline void FN(dx_strips)(const T *restrict dy, const T *restrict x, nmx_index xs,
-                                 T *restrict dx, nmx_index ys, nmx_index rows, nmx_index n,
-                                 const T *restrict k, nmx_index C) {
+ * not the arithmetic. Inlined into each clone of dx_rows (NMX_LEAF_INLINE). */
+NMX_LEAF_INLINE void FN(dx_strips)(const T *restrict dy, const T *restrict x, nmx_index xs,
+                                   T *restrict dx, nmx_index ys, nmx_index rows, nmx_index n,
+                                   const T *restrict k, nmx_index C) {
     const T *restrict mh = k, *restrict ml = k + C, *restrict gm = k + 2 * C;
     const T *restrict ga = k + 3 * C, *restrict gb = k + 4 * C;
     nmx_index c0 = 0;
