@@ -2,6 +2,7 @@
  * half-precision kernels built on the float32 one (batchnorm_half.h). */
 #include "batchnorm.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,24 @@ static void nmx_stream_fence(void) {
     _mm_sfence();
 #endif
 }
+
+/* Small batches (at most NMX_STRIP_BYTES in all) go by strips in the row loops of
+ * batchnorm_impl.h: one vector of channels down all rows, then the next, with that vector's
+ * per-channel constants and sums in registers instead of reloaded for every row. Such a batch
+ * stays in the L1 cache while the strips pass over it; larger batches keep row order, which
+ * streams better (strips of tiles of rows ran a (4096, 100) float32 backward a quarter slower
+ * than row order). */
+#define NMX_STRIP_BYTES 16384
+
+/* Whether `rows` rows of n elements of `size` bytes go by strips (a division: no product of
+ * sizes can overflow). */
+static inline int nmx_strips(nmx_index rows, nmx_index n, size_t size) {
+    return n > 0 && rows <= NMX_STRIP_BYTES / ((nmx_index)size * n);
+}
+
+/* Helpers of the cloned leaf loops: always inlined, so each clone runs them compiled for its own
+ * SIMD level (and with its own FMA contractions, which the results' bits depend on). */
+#define NMX_LEAF_INLINE static inline __attribute__((always_inline))
 
 /* Independent accumulators per run reduction: four AVX-512 registers of doubles. */
 #define NMX_LANES 32
