@@ -324,6 +324,8 @@ static inline __attribute__((always_inline)) void NM(backward_block)(const T *g,
         }
 }
 
+#include "softmax_stream.h"
+
 /* Zero column i of a block (an ignored example). */
 static inline void NM(zero_column)(T *db, nmx_index n, nmx_index inner, nmx_index i) {
     for (nmx_index c = 0; c < n; c++) db[c * inner + i] = 0;
@@ -422,6 +424,20 @@ static inline __attribute__((always_inline)) void NM(block_pm1)(const T *we, nmx
     }
 }
 
+/* block_pm1 for a streamed block: exp(ty) recomputed as block_sum / stream_sum computed it for
+ * the label's entry (the vector exp on full vectors of columns, the scalar one on the rest). */
+static inline __attribute__((always_inline)) void NM(stream_pm1)(const int64_t *yv, const T *ty,
+                                                                 const double *s, nmx_index nb,
+                                                                 double *pm) {
+    T e[NMX_BLOCK_MAX], zero[NMX_BLOCK_MAX] = {0};
+    NM(stream_exp)(ty, zero, nb, e);
+    for (nmx_index i = 0; i < nb; i++) {
+        double d = 1.0 + s[i];
+        T ey = yv[i] >= 0 ? e[i] : 1;
+        pm[i] = ty[i] == 0 ? -s[i] / d : (double)ey / d - 1.0;
+    }
+}
+
 /* The label entries of dz: scale * w_y * (p_y - 1) without smoothing (pm from block_pm1), the
  * label term subtracted with it; ignored columns are zeroed. */
 static inline __attribute__((always_inline)) void NM(block_label_grad)(
@@ -441,7 +457,10 @@ static inline __attribute__((always_inline)) void NM(block_label_grad)(
     }
 }
 
+/* Cross-entropy of a column block: packed into pk (when not NULL), in place on the strided
+ * block, or streamed (see softmax_stream.h). */
 static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, T *db, T *pk,
+                                                                   int stream,
                                                                    const nmx_xent_args *a,
                                                                    nmx_index o, nmx_index i0,
                                                                    nmx_index nb) {
@@ -451,15 +470,26 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
     double wy[NMX_BLOCK_MAX], loss[NMX_BLOCK_MAX], pm[NMX_BLOCK_MAX];
     int64_t yv[NMX_BLOCK_MAX];
     const T *qb = a->probs ? (const T *)a->probs + o * n * inner + i0 : NULL;
-    NM(block_max)(zb, n, inner, nb, m, pk);
+    NM(sblk) sb = {.z = zb, .o = db, .n = n, .inner = inner, .nb = nb};
+    T erow[NMX_BLOCK_MAX];
+    if (stream)
+        NM(stream_max)(&sb, m, erow);
+    else
+        NM(block_max)(zb, n, inner, nb, m, pk);
     const T *wz = pk ? pk : zb; /* z values, class rows ws apart */
     nmx_index ws = pk ? nb : inner;
     T *we = pk ? pk : db; /* exp(z - m), same layout as wz (overwrites the packed copy) */
     NM(block_coeffs)(wz, ws, qb, inner, nb, m, a, big_a, at);
     if (!qb) NM(block_labels)(wz, ws, m, a, col0, nb, yv, wy, ty);
-    NM(block_sum)(wz, we, n, ws, nb, m, s);
+    if (stream)
+        NM(stream_sum)(&sb, m, s, erow);
+    else
+        NM(block_sum)(wz, we, n, ws, nb, m, s);
     int label_pm1 = !qb && a->eps == 0.0;
-    if (label_pm1) NM(block_pm1)(we, ws, yv, ty, s, nb, pm);
+    if (label_pm1 && stream)
+        NM(stream_pm1)(yv, ty, s, nb, pm);
+    else if (label_pm1)
+        NM(block_pm1)(we, ws, yv, ty, s, nb, pm);
     double keep = 1.0 - a->eps, sc = a->scale, ec = a->eps / (double)n, total = 0.0;
     NM(block_log1p)(s, lse, nb);
     NM(block_losses)(s, lse, big_a, at, qb ? NULL : yv, wy, ty, keep, sc, nb, loss, alpha);
@@ -471,6 +501,10 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
         double wc = a->weight ? a->weight[c] : 1.0;
         T *dr = db + c * inner;
         const T *er = we + c * ws;
+        if (stream) {
+            NM(stream_exp)(zb + c * inner, m, nb, erow);
+            er = erow;
+        }
         if (qb)
             for (nmx_index i = 0; i < nb; i++)
                 dr[i] = alpha[i] * er[i] - (T)(sc * wc * (keep * (double)qb[c * inner + i] + ec));
@@ -552,7 +586,7 @@ static inline __attribute__((always_inline)) double NM(xent_small_rows)(const T 
     b.labels = yl;
     b.label_bytes = 8;
     b.loss = a->loss ? lt : NULL;
-    double total = NM(xent_block)(zt, dt, NULL, &b, 0, 0, NMX_GROUP);
+    double total = NM(xent_block)(zt, dt, NULL, 0, &b, 0, 0, NMX_GROUP);
     NM(group_out)(dt, dz + r0 * n, n, nr);
     if (a->loss)
         for (nmx_index r = 0; r < nr; r++) ((T *)a->loss)[r0 + r] = lt[r];
@@ -585,6 +619,7 @@ typedef struct {
     const nmx_xent_args *a;
     nmx_index n, inner, cols, nblk;
     double wall;
+    int stream; /* column blocks streamed from the input (softmax_stream.h), not packed */
 } NM(job);
 
 /* Run tasks [t0, t1): rows when inner == 1, else blocks of `cols` columns, with pk (NULL or
@@ -628,7 +663,7 @@ NMX_CLONES static double NM(run_tasks)(const NM(job) * jb, nmx_index t0, nmx_ind
             if (a->loss) ((T *)a->loss)[o] = (T)loss;
             total += loss;
         } else if (jb->kind == NMX_XENT) {
-            total += NM(xent_block)(x, out, pk, a, o, i0, nb);
+            total += NM(xent_block)(x, out, pk, jb->stream, a, o, i0, nb);
         } else if (jb->kind == NMX_BWD || jb->kind == NMX_BWD_LOG) {
             int lg = jb->kind == NMX_BWD_LOG;
             if (inner == 1)
@@ -637,6 +672,9 @@ NMX_CLONES static double NM(run_tasks)(const NM(job) * jb, nmx_index t0, nmx_ind
                 NM(backward_block)(x, jb->y + off, out, n, inner, nb, lg);
         } else if (inner == 1) {
             NM(softmax_row)(x, out, n, jb->kind == NMX_LOG_SOFTMAX);
+        } else if (jb->stream) {
+            NM(sblk) sb = {.z = x, .o = out, .n = n, .inner = inner, .nb = nb};
+            NM(stream_softmax)(&sb, jb->kind == NMX_LOG_SOFTMAX);
         } else {
             NM(softmax_block)(x, out, pk, n, inner, nb, jb->kind == NMX_LOG_SOFTMAX);
         }
@@ -648,7 +686,7 @@ static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
     /* Packed copy of one column block (forward kernels with inner > 1); without memory the
      * kernels work in place on the strided block, slower but identical. */
     T *pk = NULL;
-    if (jb->inner > 1 && jb->kind != NMX_BWD && jb->kind != NMX_BWD_LOG && t1 > t0)
+    if (jb->inner > 1 && jb->kind != NMX_BWD && jb->kind != NMX_BWD_LOG && !jb->stream && t1 > t0)
         pk = malloc((size_t)(jb->n * jb->cols) * sizeof(T));
     double total = NM(run_tasks)(jb, t0, t1, pk);
     free(pk);
@@ -658,7 +696,11 @@ static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
 static double NM(run)(NM(job) * jb, nmx_index outer) {
     /* An empty view has nothing to compute (and no column block to size: no division by 0). */
     if (outer <= 0 || jb->n <= 0 || jb->inner <= 0) return 0.0;
-    jb->cols = jb->inner == 1 ? 1 : nmx_block_cols(jb->n, jb->inner, (nmx_index)sizeof(T));
+    jb->stream = jb->inner > 1 && jb->kind != NMX_BWD && jb->kind != NMX_BWD_LOG &&
+                 nmx_block_streams(jb->n, (nmx_index)sizeof(T));
+    jb->cols = jb->inner == 1 ? 1
+               : jb->stream   ? nmx_stream_cols(jb->inner)
+                              : nmx_block_cols(jb->n, jb->inner, (nmx_index)sizeof(T));
     jb->nblk = (jb->inner + jb->cols - 1) / jb->cols;
     nmx_index ntasks = outer * jb->nblk;
     int nt = nmx_threads_for(outer * jb->n * jb->inner);
@@ -683,20 +725,20 @@ double NMX_CAT(nmx_xent, SFX)(const T *z, T *dz, const nmx_xent_args *a) {
         wall = 0.0;
         for (nmx_index c = 0; c < a->classes; c++) wall += a->weight[c];
     }
-    NM(job) jb = {NMX_XENT, z, NULL, dz, a, a->classes, a->inner, 0, 0, wall};
+    NM(job) jb = {NMX_XENT, z, NULL, dz, a, a->classes, a->inner, 0, 0, wall, 0};
     return NM(run)(&jb, a->outer);
 }
 
 void NMX_CAT(nmx_softmax, SFX)(const T *z, T *out, nmx_index outer, nmx_index classes,
                                nmx_index inner, int log_) {
     NM(job) jb = {log_ ? NMX_LOG_SOFTMAX : NMX_SOFTMAX, z, NULL, out, NULL, classes, inner,
-                  0, 0, 0.0};
+                  0, 0, 0.0, 0};
     NM(run)(&jb, outer);
 }
 
 void NMX_CAT(nmx_softmax_backward, SFX)(const T *g, const T *y, T *dz, nmx_index outer,
                                         nmx_index classes, nmx_index inner, int log_) {
-    NM(job) jb = {log_ ? NMX_BWD_LOG : NMX_BWD, g, y, dz, NULL, classes, inner, 0, 0, 0.0};
+    NM(job) jb = {log_ ? NMX_BWD_LOG : NMX_BWD, g, y, dz, NULL, classes, inner, 0, 0, 0.0, 0};
     NM(run)(&jb, outer);
 }
 
