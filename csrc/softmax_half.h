@@ -163,12 +163,31 @@ static double nmx_half_block(const nmx_hjob *h, nmx_index t, float *buf) {
     return total;
 }
 
+/* Column block t of a streamed softmax / log-softmax (softmax_stream.h): the float32 kernel
+ * widens one half class row at a time into an L1 buffer and rounds each output row once, so
+ * no block is gathered: the array is read three times and written once in half storage. */
+static void nmx_half_stream(const nmx_hjob *h, nmx_index t) {
+    nmx_index n = h->f.n, inner = h->f.inner, cols = h->f.cols;
+    nmx_index o = t / h->f.nblk, i0 = (t % h->f.nblk) * cols, off = o * n * inner + i0;
+    sblk_f32 b = {.n = n,
+                  .inner = inner,
+                  .nb = inner - i0 < cols ? inner - i0 : cols,
+                  .h = h->x + off,
+                  .ho = h->out + off,
+                  .kind = h->kind};
+    stream_softmax_f32(&b, h->f.kind == NMX_LOG_SOFTMAX);
+}
+
 static double nmx_half_range(const nmx_hjob *h, nmx_index t0, nmx_index t1, float *heap) {
     float stack[NMX_HSTACK];
     float *buf = h->per_thread <= NMX_HSTACK ? stack : heap;
     double total = 0.0;
     if (h->direct)
         return nmx_hrows_run(h, t0, t1, buf);
+    if (h->f.stream) {
+        for (nmx_index t = t0; t < t1; t++) nmx_half_stream(h, t);
+        return 0.0;
+    }
     for (nmx_index t = t0; t < t1; t++) {
         if (h->f.inner == 1) {
             nmx_index r0 = t * h->rows, nr = h->outer - r0;
@@ -196,11 +215,15 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
         if (h->rows > NMX_GROUP) h->rows -= h->rows % NMX_GROUP;
         h->f.cols = h->f.nblk = 1;
     } else {
-        h->f.cols = nmx_block_cols(n, inner, NMX_HCOL_BYTES);
+        /* Softmax and log-softmax stream blocks too large for L2 (as float32 does); the
+         * cross-entropy and backward kernels keep the gathered tiles. */
+        h->f.stream = (h->f.kind == NMX_SOFTMAX || h->f.kind == NMX_LOG_SOFTMAX) &&
+                      nmx_block_streams(n, NMX_HCOL_BYTES);
+        h->f.cols = h->f.stream ? nmx_stream_cols(inner) : nmx_block_cols(n, inner, NMX_HCOL_BYTES);
         h->f.nblk = (inner + h->f.cols - 1) / h->f.cols;
     }
     nmx_index ntasks = inner == 1 ? (h->outer + h->rows - 1) / h->rows : h->outer * h->f.nblk;
-    h->per_thread = h->direct ? nmx_hrow_scratch(h) : nmx_half_scratch(h);
+    h->per_thread = h->direct ? nmx_hrow_scratch(h) : h->f.stream ? 0 : nmx_half_scratch(h);
     int nt = nmx_threads_for(h->outer * n * inner);
     if (ntasks < 2) nt = 1;
     float *heap = NULL;

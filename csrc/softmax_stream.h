@@ -51,6 +51,7 @@ static inline __attribute__((always_inline)) const T *NM(srow)(const NM(sblk) * 
         return buf;
     }
 #endif
+    (void)buf;
     if (ahead < b->n)
         for (nmx_index i = 0; i < b->nb; i += 64 / esz) __builtin_prefetch(b->z + ahead * b->inner + i);
     return b->z + c * b->inner;
