@@ -9,7 +9,9 @@
  *     fits, so few-class rows are still grouped as in float32; longer rows are one row a tile.
  *   inner > 1: a tile is a block of columns, gathered class by class into a contiguous
  *     (classes, nb) float32 block (this replaces the float32 kernel's packed copy) that the
- *     float32 block kernel runs on as a problem of inner = nb, then scattered back.
+ *     float32 block kernel runs on as a problem of inner = nb, then scattered back. Softmax
+ *     and log-softmax blocks too large for L2 are streamed instead (softmax_stream.h): one
+ *     class row at a time is widened into an L1 buffer, so no block is gathered.
  * Losses are summed in float64 as in float32; the per-example losses are rounded to half from
  * the float32 kernel's value. Tiles that do not fit the stack buffer come from one allocation
  * per call, made before any output is written.

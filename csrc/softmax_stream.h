@@ -42,19 +42,19 @@ typedef struct {
  * row NMX_SPREFETCH classes ahead is fetched meanwhile. */
 static inline __attribute__((always_inline)) const T *NM(srow)(const NM(sblk) * b, nmx_index c,
                                                                T *buf) {
-    nmx_index esz = (nmx_index)sizeof(T), ahead = c + NMX_SPREFETCH;
+    nmx_index line = 64 / (nmx_index)sizeof(T), ahead = c + NMX_SPREFETCH, inner = b->inner;
 #if LANES == 16
     if (b->h) {
         if (ahead < b->n)
-            for (nmx_index i = 0; i < b->nb; i += 32) __builtin_prefetch(b->h + ahead * b->inner + i);
-        nmx_half_to_float(b->kind, b->h + c * b->inner, buf, b->nb);
+            for (nmx_index i = 0; i < b->nb; i += 32) __builtin_prefetch(b->h + ahead * inner + i);
+        nmx_half_to_float(b->kind, b->h + c * inner, buf, b->nb);
         return buf;
     }
 #endif
     (void)buf;
     if (ahead < b->n)
-        for (nmx_index i = 0; i < b->nb; i += 64 / esz) __builtin_prefetch(b->z + ahead * b->inner + i);
-    return b->z + c * b->inner;
+        for (nmx_index i = 0; i < b->nb; i += line) __builtin_prefetch(b->z + ahead * inner + i);
+    return b->z + c * inner;
 }
 
 /* Column maxima, as block_max: the same comparison, classes in order. */

@@ -120,7 +120,7 @@ def test_threads_give_the_same_bits(c_backend, rng, dtype, inner):
             results.append([a.view(np.uint8) for a in (p, lp, dz)])
     finally:
         normax.set_num_threads(previous)
-    for one, two in zip(*results):
+    for one, two in zip(*results, strict=True):
         np.testing.assert_array_equal(one, two)
 
 
