@@ -520,6 +520,109 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
     return total;
 }
 
+#if LANES == 16
+/* Row c of a streamed block's half targets q (class rows `inner` apart), widened into qb; the
+ * row NMX_SPREFETCH classes ahead is fetched meanwhile, as NM(srow) does for the input. */
+static inline __attribute__((always_inline)) void NM(sqrow)(const NM(sblk) * b, const uint16_t *q,
+                                                            nmx_index c, T *qb) {
+    if (c + NMX_SPREFETCH < b->n)
+        for (nmx_index i = 0; i < b->nb; i += 32)
+            __builtin_prefetch(q + (c + NMX_SPREFETCH) * b->inner + i);
+    nmx_half_to_float(b->kind, q + c * b->inner, qb, b->nb);
+}
+
+/* Cross-entropy of a streamed column block in half storage (b->h, b->ho; q: half probability
+ * targets or NULL), as xent_block computes it on the widened block, operation for operation:
+ * block_coeffs' pass and the label entries read widened rows or elements, and each dz class
+ * row is finished in an L1 buffer (label entries and ignored columns included, as
+ * block_label_grad sets them) before it is rounded once. The block's losses are added to
+ * *total in groups of `group` columns, each summed from 0 in column order: the sums the
+ * gathered tiles of that width produced. Cloned like run_tasks, for the same contractions. */
+NMX_CLONES static void NM(stream_xent_h)(const NM(sblk) * b, const uint16_t *q,
+                                         const nmx_xent_args *a, nmx_index col0, nmx_index group,
+                                         double *total) {
+    nmx_index n = b->n, nb = b->nb, nl = 0, ni = 0;
+    T m[NMX_BLOCK_MAX], alpha[NMX_BLOCK_MAX], ty[NMX_BLOCK_MAX], buf[NMX_BLOCK_MAX];
+    T qb[NMX_BLOCK_MAX], dr[NMX_BLOCK_MAX], e[NMX_BLOCK_MAX], lf[NMX_BLOCK_MAX];
+    double s[NMX_BLOCK_MAX], big_a[NMX_BLOCK_MAX], at[NMX_BLOCK_MAX], lse[NMX_BLOCK_MAX];
+    double wy[NMX_BLOCK_MAX], loss[NMX_BLOCK_MAX], pm[NMX_BLOCK_MAX];
+    int64_t yv[NMX_BLOCK_MAX];
+    nmx_index lcol[NMX_BLOCK_MAX], icol[NMX_BLOCK_MAX]; /* labelled (by label), ignored */
+    double keep = 1.0 - a->eps, sc = a->scale, ec = a->eps / (double)n;
+    NM(stream_max)(b, m, buf);
+    for (nmx_index i = 0; i < nb; i++) big_a[i] = at[i] = 0.0;
+    if (q || a->eps != 0.0)
+        for (nmx_index c = 0; c < n; c++) { /* block_coeffs */
+            const T *r = NM(srow)(b, c, buf);
+            double wc = a->weight ? a->weight[c] : 1.0;
+            if (q) NM(sqrow)(b, q, c, qb);
+            for (nmx_index i = 0; i < nb; i++) {
+                double ac = wc * (q ? keep * (double)qb[i] + ec : ec);
+                big_a[i] += ac;
+                at[i] += ac * ((double)r[i] - (double)m[i]);
+            }
+        }
+    if (!q)
+        for (nmx_index i = 0; i < nb; i++) { /* block_labels, one widened element a column */
+            int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
+            int ign = NM(ignored)(a, y);
+            T zy = 0;
+            if (!ign) nmx_half_to_float(b->kind, b->h + y * b->inner + i, &zy, 1);
+            yv[i] = ign ? -1 : y;
+            wy[i] = ign ? 0.0 : a->weight ? a->weight[y] : 1.0;
+            ty[i] = ign ? 0 : zy - m[i];
+            if (ign) {
+                icol[ni++] = i;
+                continue;
+            }
+            nmx_index k = nl++; /* insertion by label: the dz rows are visited in class order */
+            for (; k > 0 && yv[lcol[k - 1]] > y; k--) lcol[k] = lcol[k - 1];
+            lcol[k] = i;
+        }
+    NM(stream_sum)(b, m, s, buf);
+    int label_pm1 = !q && a->eps == 0.0;
+    if (label_pm1) NM(stream_pm1)(yv, ty, s, nb, pm);
+    NM(block_log1p)(s, lse, nb);
+    NM(block_losses)(s, lse, big_a, at, q ? NULL : yv, wy, ty, keep, sc, nb, loss, alpha);
+    for (nmx_index g = 0; g < nb; g += group) {
+        double t = 0.0;
+        for (nmx_index i = g; i < nb && i < g + group; i++) t += loss[i];
+        *total += t;
+    }
+    if (a->loss) {
+        for (nmx_index i = 0; i < nb; i++) lf[i] = (T)loss[i];
+        nmx_float_to_half(b->kind, lf, (uint16_t *)a->loss + col0, nb);
+    }
+    for (nmx_index c = 0, k = 0; c < n; c++) {
+        double wc = a->weight ? a->weight[c] : 1.0;
+        const T *r = NM(srow)(b, c, buf);
+        NM(stream_exp)(r, m, nb, e);
+        if (q) {
+            NM(sqrow)(b, q, c, qb);
+            for (nmx_index i = 0; i < nb; i++)
+                dr[i] = alpha[i] * e[i] - (T)(sc * wc * (keep * (double)qb[i] + ec));
+        } else if (a->eps != 0.0) {
+            for (nmx_index i = 0; i < nb; i++) dr[i] = alpha[i] * e[i] - (T)(sc * wc * ec);
+        } else {
+            for (nmx_index i = 0; i < nb; i++) dr[i] = alpha[i] * e[i];
+        }
+        for (; k < nl && yv[lcol[k]] == c; k++) { /* block_label_grad */
+            nmx_index i = lcol[k];
+            if (label_pm1)
+                dr[i] = (T)(sc * wy[i] * pm[i]);
+            else
+                dr[i] -= (T)(sc * keep * wy[i]);
+        }
+        for (nmx_index j = 0; j < ni; j++) dr[icol[j]] = 0;
+        uint16_t *ho = b->ho + c * b->inner;
+        if (c + NMX_SPREFETCH < n) /* the strided dz rows: fetch for writing ahead of time */
+            for (nmx_index i = 0; i < nb; i += 32)
+                __builtin_prefetch(ho + NMX_SPREFETCH * b->inner + i, 1);
+        nmx_float_to_half(b->kind, dr, ho, nb);
+    }
+}
+#endif
+
 /* Transposes of a group of nr <= NMX_GROUP rows of n <= NMX_SMALL_C classes: zt[c * G + r] =
  * z[r * n + c] (rows past nr are zeros), and back. float32 transposes in registers through a
  * padded copy (the 16-wide row loads overlap and may run past the group); float64 and compilers

@@ -19,6 +19,7 @@
  * float16 / bfloat16 blocks (float32 instance only) are read through a one-row float32 buffer:
  * each class row of the block is widened just before it is used (nmx_half_to_float, exact) and
  * each output row rounded once, so the buffers stay in L1 instead of gathering whole blocks.
+ * Cross-entropy in half storage streams likewise (stream_xent_h in softmax_impl.h).
  */
 
 /* A streamed block: input class rows `inner` apart starting at z (or h, half storage), output

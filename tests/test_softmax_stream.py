@@ -141,3 +141,52 @@ def test_half_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, log):
     with np.errstate(invalid="ignore", over="ignore"):
         want = fn(z.astype(np.float32), axis=0).astype(dtype)
     _assert_same_bits(fn(z, axis=0), want, f"{c}x{inner}")
+
+
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("c", [8192, 8193])
+@pytest.mark.parametrize("inner", [7, 17, 33, 257])
+@pytest.mark.parametrize("option", XENT_OPTIONS)
+def test_half_xent_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, option):
+    """Half cross-entropy: dz and per-example losses are the float32 kernel's rounded once.
+
+    With inner % 16 == 1 the last column of each example is computed alone, as a row.
+    """
+    opts = XENT_OPTIONS[option]
+    z = np.stack([_special_columns(rng, c, inner, dtype)] * 2)
+    if opts.get("probs"):
+        q = rng.random(z.shape) + 0.05
+        target = (q / q.sum(axis=1, keepdims=True)).astype(dtype)
+        wide_target = target.astype(np.float32)
+    else:
+        target = rng.integers(0, c, size=(2, inner))
+        target[:, ::3] = opts.get("ignore_index", 0)
+        wide_target = target
+    kw = {k: v for k, v in opts.items() if k in ("ignore_index", "label_smoothing")}
+    if opts.get("weight"):
+        kw["weight"] = rng.random(c) + 0.25
+    wide = z.astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        loss, dz = normax.softmax_cross_entropy(z, target, axis=1, reduction="none", **kw)
+        want_loss, want_dz = normax.softmax_cross_entropy(
+            wide, wide_target, axis=1, reduction="none", **kw
+        )
+        if inner % 16 == 1:  # the lone last column: the float32 kernel on it alone (a row)
+            want_loss[:, -1:], want_dz[..., -1:] = normax.softmax_cross_entropy(
+                wide[..., -1:], wide_target[..., -1:], axis=1, reduction="none", **kw
+            )
+        want_loss, want_dz = want_loss.astype(dtype), want_dz.astype(dtype)
+    _assert_same_bits(loss, want_loss, f"loss {c}x{inner}")
+    _assert_same_bits(dz, want_dz, f"dz {c}x{inner}")
+
+
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("inner", [17, 300])
+def test_half_xent_reduced_loss(c_backend, rng, dtype, inner):
+    """The reduced half loss sums the float32 kernel's float64 losses: equal up to their order."""
+    c = CLASSES[np.float32][1]
+    z = (rng.standard_normal((c, inner)) * 3.0).astype(dtype)
+    y = rng.integers(0, c, size=inner)
+    got, _ = normax.softmax_cross_entropy(z, y, axis=0)
+    want, _ = normax.softmax_cross_entropy(z.astype(np.float32), y, axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
