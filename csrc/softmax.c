@@ -305,6 +305,22 @@ static double nmx_sum_parts(const double *part, nmx_index nchunks) {
     return total;
 }
 
+/* Whether column blocks of `classes` elements of `elem` bytes are streamed (softmax_stream.h)
+ * rather than packed: when even the 16-column minimum block would overflow the packing budget,
+ * the packed copy can no longer stay in L2 between the passes. */
+#ifndef NMX_STREAM_MIN
+#define NMX_STREAM_MIN 16
+#endif
+static int nmx_block_streams(nmx_index classes, nmx_index elem) {
+    return NMX_BLOCK_BYTES / (classes * elem) < NMX_STREAM_MIN;
+}
+
+/* Streamed blocks are as wide as the kernels allow: long contiguous runs per class row. A
+ * multiple of 16 (as nmx_block_cols' blocks), so the scalar columns are the same ones. */
+static nmx_index nmx_stream_cols(nmx_index inner) {
+    return inner < NMX_BLOCK_MAX ? inner : NMX_BLOCK_MAX;
+}
+
 #define NMX_CAT2(a, b) a##_##b
 #define NMX_CAT(a, b) NMX_CAT2(a, b)
 

@@ -9,7 +9,10 @@
  *     fits, so few-class rows are still grouped as in float32; longer rows are one row a tile.
  *   inner > 1: a tile is a block of columns, gathered class by class into a contiguous
  *     (classes, nb) float32 block (this replaces the float32 kernel's packed copy) that the
- *     float32 block kernel runs on as a problem of inner = nb, then scattered back.
+ *     float32 block kernel runs on as a problem of inner = nb, then scattered back. Softmax,
+ *     log-softmax and cross-entropy blocks too large for L2 are streamed instead
+ *     (softmax_stream.h, stream_xent_h): one class row at a time is widened into an L1 buffer,
+ *     so no block is gathered.
  * Losses are summed in float64 as in float32; the per-example losses are rounded to half from
  * the float32 kernel's value. Tiles that do not fit the stack buffer come from one allocation
  * per call, made before any output is written.
@@ -135,13 +138,12 @@ static void nmx_half_scatter(int kind, const float *src, uint16_t *dst, nmx_inde
     }
 }
 
-/* Column block t (example row t / nblk) of an inner > 1 problem. */
-static double nmx_half_block(const nmx_hjob *h, nmx_index t, float *buf) {
-    nmx_index n = h->f.n, inner = h->f.inner, cols = h->f.cols;
-    nmx_index o = t / h->f.nblk, i0 = (t % h->f.nblk) * cols;
-    nmx_index nb = inner - i0 < cols ? inner - i0 : cols, tile = nmx_half_tile(h);
-    nmx_index off = o * n * inner + i0;
-    float *zf = buf, *of = buf + tile, *lf = buf + 2 * tile, *qf = lf + nmx_half_examples(h);
+/* Columns [i0, i0 + nb) of example row o of an inner > 1 problem, through float32 tiles in buf
+ * (2 * classes * nb + nb floats, and classes * nb more for a second input). */
+static double nmx_half_cols(const nmx_hjob *h, nmx_index o, nmx_index i0, nmx_index nb,
+                            float *buf) {
+    nmx_index n = h->f.n, inner = h->f.inner, tile = n * nb, off = o * n * inner + i0;
+    float *zf = buf, *of = buf + tile, *lf = buf + 2 * tile, *qf = lf + nb;
     const nmx_xent_args *a = h->f.a;
     const uint16_t *q = nmx_half_second(h);
     nmx_half_gather(h->kind, h->x + off, zf, n, inner, nb);
@@ -153,6 +155,7 @@ static double nmx_half_block(const nmx_hjob *h, nmx_index t, float *buf) {
     f.out = of;
     f.inner = f.cols = nb;
     f.nblk = 1;
+    f.stream = 0;
     if (a) {
         nmx_half_args(h, &b, o * inner + i0, nb, qf, lf);
         f.a = &b;
@@ -163,12 +166,75 @@ static double nmx_half_block(const nmx_hjob *h, nmx_index t, float *buf) {
     return total;
 }
 
+/* Column block t (example row t / nblk) of an inner > 1 problem. */
+static double nmx_half_block(const nmx_hjob *h, nmx_index t, float *buf) {
+    nmx_index inner = h->f.inner, cols = h->f.cols;
+    nmx_index o = t / h->f.nblk, i0 = (t % h->f.nblk) * cols;
+    return nmx_half_cols(h, o, i0, inner - i0 < cols ? inner - i0 : cols, buf);
+}
+
+/* Column block t of a streamed softmax / log-softmax (softmax_stream.h): the float32 kernel
+ * widens one half class row at a time into an L1 buffer and rounds each output row once, so
+ * no block is gathered: the array is read three times and written once in half storage. */
+static void nmx_half_stream(const nmx_hjob *h, nmx_index t) {
+    nmx_index n = h->f.n, inner = h->f.inner, cols = h->f.cols;
+    nmx_index o = t / h->f.nblk, i0 = (t % h->f.nblk) * cols, off = o * n * inner + i0;
+    sblk_f32 b = {.n = n,
+                  .inner = inner,
+                  .nb = inner - i0 < cols ? inner - i0 : cols,
+                  .h = h->x + off,
+                  .ho = h->out + off,
+                  .kind = h->kind};
+    stream_softmax_f32(&b, h->f.kind == NMX_LOG_SOFTMAX);
+}
+
+/* The width of the gathered column tiles a streamed cross-entropy sums its losses by. */
+static nmx_index nmx_half_group(const nmx_hjob *h) {
+    return nmx_block_cols(h->f.n, h->f.inner, NMX_HCOL_BYTES);
+}
+
+/* Whether the last column of each example row is a tile of its own: the float32 kernel ran it
+ * as a row (inner == 1), whose loss agrees with the block's once rounded but not in float64. */
+static int nmx_half_lone_col(const nmx_hjob *h) {
+    nmx_index g = nmx_half_group(h);
+    return g > 1 && h->f.inner % g == 1;
+}
+
+/* Column block t of a streamed cross-entropy: as nmx_half_stream, with the losses added to
+ * *total in groups of the gathered tiles' width (see stream_xent_h), so that a range of blocks
+ * sums them exactly as the tiles did; a lone last column still goes through a tile (buf). */
+static void nmx_half_xent_stream(const nmx_hjob *h, nmx_index t, double *total, float *buf) {
+    nmx_index n = h->f.n, inner = h->f.inner, cols = h->f.cols;
+    nmx_index o = t / h->f.nblk, i0 = (t % h->f.nblk) * cols, off = o * n * inner + i0;
+    nmx_index nb = inner - i0 < cols ? inner - i0 : cols;
+    int lone = i0 + nb == inner && nmx_half_lone_col(h);
+    const nmx_xent_args *a = h->f.a;
+    sblk_f32 b = {.n = n,
+                  .inner = inner,
+                  .nb = nb - lone,
+                  .h = h->x + off,
+                  .ho = h->out + off,
+                  .kind = h->kind};
+    const uint16_t *q = a->probs ? (const uint16_t *)a->probs + off : NULL;
+    if (b.nb > 0) stream_xent_h_f32(&b, q, a, o * inner + i0, nmx_half_group(h), total);
+    if (lone) *total += nmx_half_cols(h, o, inner - 1, 1, buf);
+}
+
 static double nmx_half_range(const nmx_hjob *h, nmx_index t0, nmx_index t1, float *heap) {
     float stack[NMX_HSTACK];
     float *buf = h->per_thread <= NMX_HSTACK ? stack : heap;
     double total = 0.0;
     if (h->direct)
         return nmx_hrows_run(h, t0, t1, buf);
+    if (h->f.stream) {
+        for (nmx_index t = t0; t < t1; t++) {
+            if (h->f.kind == NMX_XENT)
+                nmx_half_xent_stream(h, t, &total, buf);
+            else
+                nmx_half_stream(h, t);
+        }
+        return total;
+    }
     for (nmx_index t = t0; t < t1; t++) {
         if (h->f.inner == 1) {
             nmx_index r0 = t * h->rows, nr = h->outer - r0;
@@ -196,13 +262,19 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
         if (h->rows > NMX_GROUP) h->rows -= h->rows % NMX_GROUP;
         h->f.cols = h->f.nblk = 1;
     } else {
-        h->f.cols = nmx_block_cols(n, inner, NMX_HCOL_BYTES);
+        /* Softmax, log-softmax and cross-entropy stream blocks too large for L2 (as float32
+         * does); the backward kernels keep the gathered tiles. */
+        h->f.stream = h->f.kind != NMX_BWD && h->f.kind != NMX_BWD_LOG &&
+                      nmx_block_streams(n, NMX_HCOL_BYTES);
+        h->f.cols = h->f.stream ? nmx_stream_cols(inner) : nmx_block_cols(n, inner, NMX_HCOL_BYTES);
         h->f.nblk = (inner + h->f.cols - 1) / h->f.cols;
     }
     nmx_index ntasks = inner == 1 ? (h->outer + h->rows - 1) / h->rows : h->outer * h->f.nblk;
     nmx_index work = h->outer * n * inner, chunk = nmx_run_chunk(ntasks, work, 1);
     nmx_index nchunks = (ntasks + chunk - 1) / chunk;
-    h->per_thread = h->direct ? nmx_hrow_scratch(h) : nmx_half_scratch(h);
+    h->per_thread = h->direct ? nmx_hrow_scratch(h) : h->f.stream ? 0 : nmx_half_scratch(h);
+    if (h->f.stream && h->f.kind == NMX_XENT && nmx_half_lone_col(h))
+        h->per_thread = (nmx_half_second(h) ? 3 : 2) * n + 1; /* nmx_half_cols, one column */
     int nt = nchunks > 1 ? nmx_threads_for(work) : 1;
     float *heap = NULL;
     if (h->per_thread > NMX_HSTACK) {
@@ -237,7 +309,7 @@ int nmx_xent_h(int kind, const uint16_t *z, uint16_t *dz, const nmx_xent_args *a
         wall = 0.0;
         for (nmx_index c = 0; c < a->classes; c++) wall += a->weight[c];
     }
-    nmx_hjob h = {kind, {NMX_XENT, NULL, NULL, NULL, a, a->classes, a->inner, 0, 0, wall},
+    nmx_hjob h = {kind, {NMX_XENT, NULL, NULL, NULL, a, a->classes, a->inner, 0, 0, wall, 0},
                   z, NULL, dz, a->outer, 0, 0, 0};
     return nmx_half_run(&h, total);
 }
@@ -246,7 +318,7 @@ int nmx_softmax_h(int kind, const uint16_t *z, uint16_t *out, nmx_index outer, n
                   nmx_index inner, int log_) {
     nmx_hjob h = {kind,
                   {log_ ? NMX_LOG_SOFTMAX : NMX_SOFTMAX, NULL, NULL, NULL, NULL, classes, inner,
-                   0, 0, 0.0},
+                   0, 0, 0.0, 0},
                   z, NULL, out, outer, 0, 0, 0};
     return nmx_half_run(&h, NULL);
 }
@@ -255,7 +327,7 @@ int nmx_softmax_backward_h(int kind, const uint16_t *g, const uint16_t *y, uint1
                            nmx_index outer, nmx_index classes, nmx_index inner, int log_) {
     nmx_hjob h = {kind,
                   {log_ ? NMX_BWD_LOG : NMX_BWD, NULL, NULL, NULL, NULL, classes, inner, 0, 0,
-                   0.0},
+                   0.0, 0},
                   g, y, dz, outer, 0, 0, 0};
     return nmx_half_run(&h, NULL);
 }

@@ -324,6 +324,8 @@ static inline __attribute__((always_inline)) void NM(backward_block)(const T *g,
         }
 }
 
+#include "softmax_stream.h"
+
 /* Zero column i of a block (an ignored example). */
 static inline void NM(zero_column)(T *db, nmx_index n, nmx_index inner, nmx_index i) {
     for (nmx_index c = 0; c < n; c++) db[c * inner + i] = 0;
@@ -422,6 +424,20 @@ static inline __attribute__((always_inline)) void NM(block_pm1)(const T *we, nmx
     }
 }
 
+/* block_pm1 for a streamed block: exp(ty) recomputed as block_sum / stream_sum computed it for
+ * the label's entry (the vector exp on full vectors of columns, the scalar one on the rest). */
+static inline __attribute__((always_inline)) void NM(stream_pm1)(const int64_t *yv, const T *ty,
+                                                                 const double *s, nmx_index nb,
+                                                                 double *pm) {
+    T e[NMX_BLOCK_MAX], zero[NMX_BLOCK_MAX] = {0};
+    NM(stream_exp)(ty, zero, nb, e);
+    for (nmx_index i = 0; i < nb; i++) {
+        double d = 1.0 + s[i];
+        T ey = yv[i] >= 0 ? e[i] : 1;
+        pm[i] = ty[i] == 0 ? -s[i] / d : (double)ey / d - 1.0;
+    }
+}
+
 /* The label entries of dz: scale * w_y * (p_y - 1) without smoothing (pm from block_pm1), the
  * label term subtracted with it; ignored columns are zeroed. */
 static inline __attribute__((always_inline)) void NM(block_label_grad)(
@@ -441,7 +457,10 @@ static inline __attribute__((always_inline)) void NM(block_label_grad)(
     }
 }
 
+/* Cross-entropy of a column block: packed into pk (when not NULL), in place on the strided
+ * block, or streamed (see softmax_stream.h). */
 static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, T *db, T *pk,
+                                                                   int stream,
                                                                    const nmx_xent_args *a,
                                                                    nmx_index o, nmx_index i0,
                                                                    nmx_index nb) {
@@ -451,15 +470,26 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
     double wy[NMX_BLOCK_MAX], loss[NMX_BLOCK_MAX], pm[NMX_BLOCK_MAX];
     int64_t yv[NMX_BLOCK_MAX];
     const T *qb = a->probs ? (const T *)a->probs + o * n * inner + i0 : NULL;
-    NM(block_max)(zb, n, inner, nb, m, pk);
+    NM(sblk) sb = {.z = zb, .o = db, .n = n, .inner = inner, .nb = nb};
+    T erow[NMX_BLOCK_MAX];
+    if (stream)
+        NM(stream_max)(&sb, m, erow);
+    else
+        NM(block_max)(zb, n, inner, nb, m, pk);
     const T *wz = pk ? pk : zb; /* z values, class rows ws apart */
     nmx_index ws = pk ? nb : inner;
     T *we = pk ? pk : db; /* exp(z - m), same layout as wz (overwrites the packed copy) */
     NM(block_coeffs)(wz, ws, qb, inner, nb, m, a, big_a, at);
     if (!qb) NM(block_labels)(wz, ws, m, a, col0, nb, yv, wy, ty);
-    NM(block_sum)(wz, we, n, ws, nb, m, s);
+    if (stream)
+        NM(stream_sum)(&sb, m, s, erow);
+    else
+        NM(block_sum)(wz, we, n, ws, nb, m, s);
     int label_pm1 = !qb && a->eps == 0.0;
-    if (label_pm1) NM(block_pm1)(we, ws, yv, ty, s, nb, pm);
+    if (label_pm1 && stream)
+        NM(stream_pm1)(yv, ty, s, nb, pm);
+    else if (label_pm1)
+        NM(block_pm1)(we, ws, yv, ty, s, nb, pm);
     double keep = 1.0 - a->eps, sc = a->scale, ec = a->eps / (double)n, total = 0.0;
     NM(block_log1p)(s, lse, nb);
     NM(block_losses)(s, lse, big_a, at, qb ? NULL : yv, wy, ty, keep, sc, nb, loss, alpha);
@@ -471,6 +501,10 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
         double wc = a->weight ? a->weight[c] : 1.0;
         T *dr = db + c * inner;
         const T *er = we + c * ws;
+        if (stream) {
+            NM(stream_exp)(zb + c * inner, m, nb, erow);
+            er = erow;
+        }
         if (qb)
             for (nmx_index i = 0; i < nb; i++)
                 dr[i] = alpha[i] * er[i] - (T)(sc * wc * (keep * (double)qb[c * inner + i] + ec));
@@ -485,6 +519,109 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
     if (!qb) NM(block_label_grad)(db, n, inner, nb, yv, wy, label_pm1 ? pm : NULL, a);
     return total;
 }
+
+#if LANES == 16
+/* Row c of a streamed block's half targets q (class rows `inner` apart), widened into qb; the
+ * row NMX_SPREFETCH classes ahead is fetched meanwhile, as NM(srow) does for the input. */
+static inline __attribute__((always_inline)) void NM(sqrow)(const NM(sblk) * b, const uint16_t *q,
+                                                            nmx_index c, T *qb) {
+    if (c + NMX_SPREFETCH < b->n)
+        for (nmx_index i = 0; i < b->nb; i += 32)
+            __builtin_prefetch(q + (c + NMX_SPREFETCH) * b->inner + i);
+    nmx_half_to_float(b->kind, q + c * b->inner, qb, b->nb);
+}
+
+/* Cross-entropy of a streamed column block in half storage (b->h, b->ho; q: half probability
+ * targets or NULL), as xent_block computes it on the widened block, operation for operation:
+ * block_coeffs' pass and the label entries read widened rows or elements, and each dz class
+ * row is finished in an L1 buffer (label entries and ignored columns included, as
+ * block_label_grad sets them) before it is rounded once. The block's losses are added to
+ * *total in groups of `group` columns, each summed from 0 in column order: the sums the
+ * gathered tiles of that width produced. Cloned like run_tasks, for the same contractions. */
+NMX_CLONES static void NM(stream_xent_h)(const NM(sblk) * b, const uint16_t *q,
+                                         const nmx_xent_args *a, nmx_index col0, nmx_index group,
+                                         double *total) {
+    nmx_index n = b->n, nb = b->nb, nl = 0, ni = 0;
+    T m[NMX_BLOCK_MAX], alpha[NMX_BLOCK_MAX], ty[NMX_BLOCK_MAX], buf[NMX_BLOCK_MAX];
+    T qb[NMX_BLOCK_MAX], dr[NMX_BLOCK_MAX], e[NMX_BLOCK_MAX], lf[NMX_BLOCK_MAX];
+    double s[NMX_BLOCK_MAX], big_a[NMX_BLOCK_MAX], at[NMX_BLOCK_MAX], lse[NMX_BLOCK_MAX];
+    double wy[NMX_BLOCK_MAX], loss[NMX_BLOCK_MAX], pm[NMX_BLOCK_MAX];
+    int64_t yv[NMX_BLOCK_MAX];
+    nmx_index lcol[NMX_BLOCK_MAX], icol[NMX_BLOCK_MAX]; /* labelled (by label), ignored */
+    double keep = 1.0 - a->eps, sc = a->scale, ec = a->eps / (double)n;
+    NM(stream_max)(b, m, buf);
+    for (nmx_index i = 0; i < nb; i++) big_a[i] = at[i] = 0.0;
+    if (q || a->eps != 0.0)
+        for (nmx_index c = 0; c < n; c++) { /* block_coeffs */
+            const T *r = NM(srow)(b, c, buf);
+            double wc = a->weight ? a->weight[c] : 1.0;
+            if (q) NM(sqrow)(b, q, c, qb);
+            for (nmx_index i = 0; i < nb; i++) {
+                double ac = wc * (q ? keep * (double)qb[i] + ec : ec);
+                big_a[i] += ac;
+                at[i] += ac * ((double)r[i] - (double)m[i]);
+            }
+        }
+    if (!q)
+        for (nmx_index i = 0; i < nb; i++) { /* block_labels, one widened element a column */
+            int64_t y = nmx_label_at(a->labels, a->label_bytes, col0 + i);
+            int ign = NM(ignored)(a, y);
+            T zy = 0;
+            if (!ign) nmx_half_to_float(b->kind, b->h + y * b->inner + i, &zy, 1);
+            yv[i] = ign ? -1 : y;
+            wy[i] = ign ? 0.0 : a->weight ? a->weight[y] : 1.0;
+            ty[i] = ign ? 0 : zy - m[i];
+            if (ign) {
+                icol[ni++] = i;
+                continue;
+            }
+            nmx_index k = nl++; /* insertion by label: the dz rows are visited in class order */
+            for (; k > 0 && yv[lcol[k - 1]] > y; k--) lcol[k] = lcol[k - 1];
+            lcol[k] = i;
+        }
+    NM(stream_sum)(b, m, s, buf);
+    int label_pm1 = !q && a->eps == 0.0;
+    if (label_pm1) NM(stream_pm1)(yv, ty, s, nb, pm);
+    NM(block_log1p)(s, lse, nb);
+    NM(block_losses)(s, lse, big_a, at, q ? NULL : yv, wy, ty, keep, sc, nb, loss, alpha);
+    for (nmx_index g = 0; g < nb; g += group) {
+        double t = 0.0;
+        for (nmx_index i = g; i < nb && i < g + group; i++) t += loss[i];
+        *total += t;
+    }
+    if (a->loss) {
+        for (nmx_index i = 0; i < nb; i++) lf[i] = (T)loss[i];
+        nmx_float_to_half(b->kind, lf, (uint16_t *)a->loss + col0, nb);
+    }
+    for (nmx_index c = 0, k = 0; c < n; c++) {
+        double wc = a->weight ? a->weight[c] : 1.0;
+        const T *r = NM(srow)(b, c, buf);
+        NM(stream_exp)(r, m, nb, e);
+        if (q) {
+            NM(sqrow)(b, q, c, qb);
+            for (nmx_index i = 0; i < nb; i++)
+                dr[i] = alpha[i] * e[i] - (T)(sc * wc * (keep * (double)qb[i] + ec));
+        } else if (a->eps != 0.0) {
+            for (nmx_index i = 0; i < nb; i++) dr[i] = alpha[i] * e[i] - (T)(sc * wc * ec);
+        } else {
+            for (nmx_index i = 0; i < nb; i++) dr[i] = alpha[i] * e[i];
+        }
+        for (; k < nl && yv[lcol[k]] == c; k++) { /* block_label_grad */
+            nmx_index i = lcol[k];
+            if (label_pm1)
+                dr[i] = (T)(sc * wy[i] * pm[i]);
+            else
+                dr[i] -= (T)(sc * keep * wy[i]);
+        }
+        for (nmx_index j = 0; j < ni; j++) dr[icol[j]] = 0;
+        uint16_t *ho = b->ho + c * b->inner;
+        if (c + NMX_SPREFETCH < n) /* the strided dz rows: fetch for writing ahead of time */
+            for (nmx_index i = 0; i < nb; i += 32)
+                __builtin_prefetch(ho + NMX_SPREFETCH * b->inner + i, 1);
+        nmx_float_to_half(b->kind, dr, ho, nb);
+    }
+}
+#endif
 
 /* Transposes of a group of nr <= NMX_GROUP rows of n <= NMX_SMALL_C classes: zt[c * G + r] =
  * z[r * n + c] (rows past nr are zeros), and back. float32 transposes in registers through a
@@ -552,7 +689,7 @@ static inline __attribute__((always_inline)) double NM(xent_small_rows)(const T 
     b.labels = yl;
     b.label_bytes = 8;
     b.loss = a->loss ? lt : NULL;
-    double total = NM(xent_block)(zt, dt, NULL, &b, 0, 0, NMX_GROUP);
+    double total = NM(xent_block)(zt, dt, NULL, 0, &b, 0, 0, NMX_GROUP);
     NM(group_out)(dt, dz + r0 * n, n, nr);
     if (a->loss)
         for (nmx_index r = 0; r < nr; r++) ((T *)a->loss)[r0 + r] = lt[r];
@@ -585,6 +722,7 @@ typedef struct {
     const nmx_xent_args *a;
     nmx_index n, inner, cols, nblk;
     double wall;
+    int stream; /* column blocks streamed from the input (softmax_stream.h), not packed */
 } NM(job);
 
 /* Run tasks [t0, t1): rows when inner == 1, else blocks of `cols` columns, with pk (NULL or
@@ -628,7 +766,7 @@ NMX_CLONES static double NM(run_tasks)(const NM(job) * jb, nmx_index t0, nmx_ind
             if (a->loss) ((T *)a->loss)[o] = (T)loss;
             total += loss;
         } else if (jb->kind == NMX_XENT) {
-            total += NM(xent_block)(x, out, pk, a, o, i0, nb);
+            total += NM(xent_block)(x, out, pk, jb->stream, a, o, i0, nb);
         } else if (jb->kind == NMX_BWD || jb->kind == NMX_BWD_LOG) {
             int lg = jb->kind == NMX_BWD_LOG;
             if (inner == 1)
@@ -637,6 +775,9 @@ NMX_CLONES static double NM(run_tasks)(const NM(job) * jb, nmx_index t0, nmx_ind
                 NM(backward_block)(x, jb->y + off, out, n, inner, nb, lg);
         } else if (inner == 1) {
             NM(softmax_row)(x, out, n, jb->kind == NMX_LOG_SOFTMAX);
+        } else if (jb->stream) {
+            NM(sblk) sb = {.z = x, .o = out, .n = n, .inner = inner, .nb = nb};
+            NM(stream_softmax)(&sb, jb->kind == NMX_LOG_SOFTMAX);
         } else {
             NM(softmax_block)(x, out, pk, n, inner, nb, jb->kind == NMX_LOG_SOFTMAX);
         }
@@ -648,7 +789,7 @@ static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
     /* Packed copy of one column block (forward kernels with inner > 1); without memory the
      * kernels work in place on the strided block, slower but identical. */
     T *pk = NULL;
-    if (jb->inner > 1 && jb->kind != NMX_BWD && jb->kind != NMX_BWD_LOG && t1 > t0)
+    if (jb->inner > 1 && jb->kind != NMX_BWD && jb->kind != NMX_BWD_LOG && !jb->stream && t1 > t0)
         pk = malloc((size_t)(jb->n * jb->cols) * sizeof(T));
     double total = NM(run_tasks)(jb, t0, t1, pk);
     free(pk);
@@ -658,7 +799,11 @@ static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
 static double NM(run)(NM(job) * jb, nmx_index outer) {
     /* An empty view has nothing to compute (and no column block to size: no division by 0). */
     if (outer <= 0 || jb->n <= 0 || jb->inner <= 0) return 0.0;
-    jb->cols = jb->inner == 1 ? 1 : nmx_block_cols(jb->n, jb->inner, (nmx_index)sizeof(T));
+    jb->stream = jb->inner > 1 && jb->kind != NMX_BWD && jb->kind != NMX_BWD_LOG &&
+                 nmx_block_streams(jb->n, (nmx_index)sizeof(T));
+    jb->cols = jb->inner == 1 ? 1
+               : jb->stream   ? nmx_stream_cols(jb->inner)
+                              : nmx_block_cols(jb->n, jb->inner, (nmx_index)sizeof(T));
     jb->nblk = (jb->inner + jb->cols - 1) / jb->cols;
     nmx_index ntasks = outer * jb->nblk, work = outer * jb->n * jb->inner;
     /* Chunks of whole row groups, so that few-class rows group as they would on one thread. */
@@ -687,20 +832,20 @@ double NMX_CAT(nmx_xent, SFX)(const T *z, T *dz, const nmx_xent_args *a) {
         wall = 0.0;
         for (nmx_index c = 0; c < a->classes; c++) wall += a->weight[c];
     }
-    NM(job) jb = {NMX_XENT, z, NULL, dz, a, a->classes, a->inner, 0, 0, wall};
+    NM(job) jb = {NMX_XENT, z, NULL, dz, a, a->classes, a->inner, 0, 0, wall, 0};
     return NM(run)(&jb, a->outer);
 }
 
 void NMX_CAT(nmx_softmax, SFX)(const T *z, T *out, nmx_index outer, nmx_index classes,
                                nmx_index inner, int log_) {
     NM(job) jb = {log_ ? NMX_LOG_SOFTMAX : NMX_SOFTMAX, z, NULL, out, NULL, classes, inner,
-                  0, 0, 0.0};
+                  0, 0, 0.0, 0};
     NM(run)(&jb, outer);
 }
 
 void NMX_CAT(nmx_softmax_backward, SFX)(const T *g, const T *y, T *dz, nmx_index outer,
                                         nmx_index classes, nmx_index inner, int log_) {
-    NM(job) jb = {log_ ? NMX_BWD_LOG : NMX_BWD, g, y, dz, NULL, classes, inner, 0, 0, 0.0};
+    NM(job) jb = {log_ ? NMX_BWD_LOG : NMX_BWD, g, y, dz, NULL, classes, inner, 0, 0, 0.0, 0};
     NM(run)(&jb, outer);
 }
 

@@ -591,6 +591,37 @@ static void test_half(int kind, const char *name) {
     check(what, (double)bad, 0.0);
 }
 
+/* Classes-first half softmax with enough classes that the column blocks are streamed (more than
+ * 8192): bit for bit the float32 kernel on the widened input, rounded once (NaN payloads aside). */
+static void test_softmax_half_stream_bits(int kind, const char *name, nmx_index K, nmx_index inner) {
+    nmx_index n = K * inner, bad = 0;
+    uint16_t *zh = malloc(sizeof(uint16_t) * n), *got = malloc(sizeof(uint16_t) * n);
+    uint16_t *want = malloc(sizeof(uint16_t) * n);
+    float *zf = malloc(sizeof(float) * n), *of = malloc(sizeof(float) * n);
+    unsigned s = 11;
+    for (nmx_index i = 0; i < n; ++i) zf[i] = (float)uniform(&s, 0.0, 8.0);
+    zf[(K / 2) * inner] = NAN;        /* column 0: a NaN */
+    zf[inner + 1 % inner] = INFINITY; /* column 1: +inf */
+    for (nmx_index c = 0; c < K; ++c) zf[c * inner + 2 % inner] = -INFINITY;
+    nmx_float_to_half(kind, zf, zh, n);
+    nmx_half_to_float(kind, zh, zf, n);
+    for (int log_ = 0; log_ <= 1; ++log_) {
+        bad += nmx_softmax_h(kind, zh, got, 1, K, inner, log_) != 0;
+        nmx_softmax_f32(zf, of, 1, K, inner, log_);
+        nmx_float_to_half(kind, of, want, n);
+        for (nmx_index i = 0; i < n; ++i) {
+            int nan_got = (got[i] & 0x7fff) > (kind == NMX_F16 ? 0x7c00 : 0x7f80);
+            int nan_want = (want[i] & 0x7fff) > (kind == NMX_F16 ? 0x7c00 : 0x7f80);
+            bad += nan_got != nan_want || (!nan_want && got[i] != want[i]);
+        }
+    }
+    char what[64];
+    snprintf(what, sizeof what, "softmax %s streamed bits (1, %lld, %lld)", name, (long long)K,
+             (long long)inner);
+    check(what, (double)bad, 0.0);
+    free(zh), free(got), free(want), free(zf), free(of);
+}
+
 int main(void) {
     printf("normax kernels: %s, OpenMP %d (%s), %d threads\n", nmx_simd_target(),
            nmx_openmp_version(), nmx_openmp_library(), nmx_get_num_threads());
@@ -621,6 +652,7 @@ int main(void) {
     test_xent_total_bits(1000, 300, 1);
     test_xent_total_bits(8000, 10, 1);
     test_xent_total_bits(8, 100, 300);
+    test_softmax(1, 9000, 40); /* streamed column blocks (float32 and float64) */
     test_sgd(100000);
     for (int kind = NMX_F16; kind <= NMX_BF16; kind++)
         for (nmx_index n = 1; n <= 70001; n = n * 37 + 7) test_adam_half(kind, n);
@@ -632,6 +664,8 @@ int main(void) {
         test_softmax_half(kind, name, 3, 1500, 1);
         test_softmax_half(kind, name, 4, 20, 500);
         test_softmax_half(kind, name, 2, 1200, 40);
+        test_softmax_half(kind, name, 1, 9000, 20); /* streamed softmax, gathered tiles else */
+        test_softmax_half_stream_bits(kind, name, 8193, 37);
         const nmx_index lens[] = {17, 127, 128, 129, 1000, 1023, 1024, 1025, 4096, 4097, 32000};
         for (size_t i = 0; i < sizeof lens / sizeof lens[0]; ++i)
             test_softmax_half_bits(kind, name, lens[i] > 2000 ? 24 : 40, lens[i]);

@@ -1,0 +1,192 @@
+"""Classes-first blocks with many classes (inner > 1): streamed, with the packed path's results.
+
+When even a 16-column block of the class axis would overflow the kernels' packing budget
+(512 KiB: more than 8192 float32 or 4096 float64 classes), the C kernels stream every pass from
+the input over wide column blocks instead of packing. The arithmetic per column is unchanged, so
+results must match the NumPy reference with the usual tolerances, agree across thread counts,
+and, for float16 / bfloat16 storage, equal the float32 kernel's results on the widened input
+rounded once. The shapes straddle the threshold, the 16-lane vectors and the 256-column block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normax
+
+from .conftest import BACKENDS, half_dtypes
+
+pytestmark = pytest.mark.skipif("c" not in BACKENDS, reason="needs the C extension")
+
+TOL = {
+    np.dtype(np.float32): {"rtol": 2e-5, "atol": 2e-5},
+    np.dtype(np.float64): {"rtol": 1e-11, "atol": 1e-12},
+}
+# Classes on each side of the streaming threshold, per dtype.
+CLASSES = {np.float32: [8192, 8193], np.float64: [4096, 4097]}
+INNERS = [7, 16, 33, 257]
+XENT_OPTIONS = {
+    "plain": {},
+    "weight": {"weight": True},
+    "ignore": {"ignore_index": -100},
+    "smooth": {"label_smoothing": 0.1},
+    "probs-weight-smooth": {"probs": True, "weight": True, "label_smoothing": 0.3},
+}
+
+
+@pytest.fixture
+def c_backend():
+    previous = normax.get_backend()
+    normax.set_backend("c")
+    yield
+    normax.set_backend(previous)
+
+
+def _cases():
+    return [(d, c, i) for d, cs in CLASSES.items() for c in cs for i in INNERS]
+
+
+def _reference(fn, *arrays, **kw):
+    """``fn`` on the NumPy backend with float arrays promoted to float64."""
+    previous = normax.get_backend()
+    normax.set_backend("numpy")
+    try:
+        args = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in arrays]
+        return fn(*args, **kw)
+    finally:
+        normax.set_backend(previous)
+
+
+def _close(actual, expected, dtype):
+    np.testing.assert_allclose(actual, expected, **TOL[np.dtype(dtype)])
+
+
+@pytest.mark.parametrize(("dtype", "c", "inner"), _cases())
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_forward_matches_reference(c_backend, rng, dtype, c, inner, log):
+    z = (rng.standard_normal((c, inner)) * 3.0).astype(dtype)
+    fn = normax.log_softmax if log else normax.softmax
+    _close(fn(z, axis=0), _reference(fn, z, axis=0), dtype)
+
+
+@pytest.mark.parametrize(("dtype", "c", "inner"), _cases())
+@pytest.mark.parametrize("option", XENT_OPTIONS)
+def test_xent_matches_reference(c_backend, rng, dtype, c, inner, option):
+    opts = XENT_OPTIONS[option]
+    z = (rng.standard_normal((2, c, inner)) * 3.0).astype(dtype)
+    if opts.get("probs"):
+        q = rng.random(z.shape) + 0.05
+        target = (q / q.sum(axis=1, keepdims=True)).astype(dtype)
+    else:
+        target = rng.integers(0, c, size=(2, inner))
+        target[:, ::3] = opts.get("ignore_index", 0)
+    kw = {k: v for k, v in opts.items() if k in ("ignore_index", "label_smoothing")}
+    if opts.get("weight"):
+        kw["weight"] = rng.random(c) + 0.25
+    loss, dz = normax.softmax_cross_entropy(z, target, axis=1, reduction="none", **kw)
+    want_loss, want_dz = _reference(
+        normax.softmax_cross_entropy, z, target, axis=1, reduction="none", **kw
+    )
+    _close(loss, want_loss, dtype)
+    _close(dz, want_dz, dtype)
+
+
+def _special_columns(rng, c, inner, dtype):
+    """Logits whose columns 0-4 hold a NaN, +inf, only -inf, a tie everywhere and a huge max."""
+    z = rng.standard_normal((c, inner)) * 3.0
+    z[c // 2, 0] = np.nan
+    z[1, 1 % inner] = np.inf
+    z[:, 2 % inner] = -np.inf
+    z[:, 3 % inner] = z[0, 3 % inner]
+    z[0, 4 % inner] = 6e4
+    return z.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("inner", [17, 300])
+def test_threads_give_the_same_bits(c_backend, rng, dtype, inner):
+    c = CLASSES[dtype][1]
+    z = _special_columns(rng, c, inner, dtype)
+    y = rng.integers(0, c, size=inner)
+    previous = normax.get_num_threads()
+    results = []
+    try:
+        for nt in (1, 2):
+            normax.set_num_threads(nt)
+            with np.errstate(invalid="ignore"):
+                p, lp = normax.softmax(z, axis=0), normax.log_softmax(z, axis=0)
+                _, dz = normax.softmax_cross_entropy(z, y, axis=0)
+            results.append([a.view(np.uint8) for a in (p, lp, dz)])
+    finally:
+        normax.set_num_threads(previous)
+    for one, two in zip(*results, strict=True):
+        np.testing.assert_array_equal(one, two)
+
+
+def _assert_same_bits(got, want, what):
+    """Equal bit patterns, NaN where the reference is NaN (its payload aside)."""
+    nan = np.isnan(want.astype(np.float32))
+    np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), nan, err_msg=what)
+    np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan], what)
+
+
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("c", [8192, 8193])
+@pytest.mark.parametrize("inner", [7, 33, 257])
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_half_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, log):
+    z = _special_columns(rng, c, inner, dtype)
+    fn = normax.log_softmax if log else normax.softmax
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = fn(z.astype(np.float32), axis=0).astype(dtype)
+    _assert_same_bits(fn(z, axis=0), want, f"{c}x{inner}")
+
+
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("c", [8192, 8193])
+@pytest.mark.parametrize("inner", [7, 17, 33, 257])
+@pytest.mark.parametrize("option", XENT_OPTIONS)
+def test_half_xent_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, option):
+    """Half cross-entropy: dz and per-example losses are the float32 kernel's rounded once.
+
+    With inner % 16 == 1 the last column of each example is computed alone, as a row.
+    """
+    opts = XENT_OPTIONS[option]
+    z = np.stack([_special_columns(rng, c, inner, dtype)] * 2)
+    if opts.get("probs"):
+        q = rng.random(z.shape) + 0.05
+        target = (q / q.sum(axis=1, keepdims=True)).astype(dtype)
+        wide_target = target.astype(np.float32)
+    else:
+        target = rng.integers(0, c, size=(2, inner))
+        target[:, ::3] = opts.get("ignore_index", 0)
+        wide_target = target
+    kw = {k: v for k, v in opts.items() if k in ("ignore_index", "label_smoothing")}
+    if opts.get("weight"):
+        kw["weight"] = rng.random(c) + 0.25
+    wide = z.astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        loss, dz = normax.softmax_cross_entropy(z, target, axis=1, reduction="none", **kw)
+        want_loss, want_dz = normax.softmax_cross_entropy(
+            wide, wide_target, axis=1, reduction="none", **kw
+        )
+        if inner % 16 == 1:  # the lone last column: the float32 kernel on it alone (a row)
+            want_loss[:, -1:], want_dz[..., -1:] = normax.softmax_cross_entropy(
+                wide[..., -1:], wide_target[..., -1:], axis=1, reduction="none", **kw
+            )
+        want_loss, want_dz = want_loss.astype(dtype), want_dz.astype(dtype)
+    _assert_same_bits(loss, want_loss, f"loss {c}x{inner}")
+    _assert_same_bits(dz, want_dz, f"dz {c}x{inner}")
+
+
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("inner", [17, 300])
+def test_half_xent_reduced_loss(c_backend, rng, dtype, inner):
+    """The reduced half loss sums the float32 kernel's float64 losses: equal up to their order."""
+    c = CLASSES[np.float32][1]
+    z = (rng.standard_normal((c, inner)) * 3.0).astype(dtype)
+    y = rng.integers(0, c, size=inner)
+    got, _ = normax.softmax_cross_entropy(z, y, axis=0)
+    want, _ = normax.softmax_cross_entropy(z.astype(np.float32), y, axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
