@@ -55,5 +55,25 @@ def backend(request):
 
 
 @pytest.fixture
+def c_backend():
+    """Run the test on the C backend and restore the previous backend after."""
+    previous = normax.get_backend()
+    normax.set_backend("c")
+    yield
+    normax.set_backend(previous)
+
+
+def float64_reference(fn, *arrays, **kw):
+    """``fn`` on the NumPy backend with float arrays promoted to float64."""
+    previous = normax.get_backend()
+    normax.set_backend("numpy")
+    try:
+        args = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in arrays]
+        return fn(*args, **kw)
+    finally:
+        normax.set_backend(previous)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(20261126)

@@ -23,14 +23,6 @@ HALF = half_dtypes()
 LENGTHS = [17, 127, 128, 129, 1000, 1023, 1024, 1025, 4096, 4097]
 
 
-@pytest.fixture
-def c_backend():
-    previous = normax.get_backend()
-    normax.set_backend("c")
-    yield
-    normax.set_backend(previous)
-
-
 def _rows(rng, n, dtype):
     """12 rows of n logits; rows 1-6 each hold one kind of special value."""
     # bfloat16 params exist only when ml_dtypes is installed (half_dtypes skips them otherwise)

@@ -408,6 +408,7 @@ static void test_softmax_half_bits(int kind, const char *name, nmx_index rows, n
     free(labels), free(weight);
 }
 
+#if defined(__x86_64__)
 /* Half-precision batch norm against the float32 kernels on the upcast input, rounded once, bit
  * for bit: y (train and infer), dx, the statistics, the running buffers, dgamma and dbeta. Each
  * channel holds at most one kind of special value (c % 6: none, one NaN payload in x and dy,
@@ -494,6 +495,8 @@ static void test_batchnorm_half_bits(int kind, const char *name, nmx_index outer
     free(x), free(dy), free(y), free(dx), free(yi), free(tmp), free(xf), free(dyf), free(yf);
     free(yif), free(dxf), free(par), free(st);
 }
+
+#endif /* __x86_64__ */
 
 static void test_sgd(nmx_index size) {
     double *p = malloc(sizeof(double) * size), *g = malloc(sizeof(double) * size);
@@ -634,6 +637,10 @@ int main(void) {
         test_batchnorm_half(kind, 8, 6, 1500); /* runs longer than a tile, parallel */
         test_batchnorm_half(kind, 16, 48, 49);
         const char *name = kind == NMX_F16 ? "float16" : "bfloat16";
+#if defined(__x86_64__)
+        /* Bit identity with the float32 kernel holds where the build pairs the half loops with
+         * the float32 clone's FMA contraction (x86-64). Elsewhere (aarch64) the compiler
+         * contracts each loop on its own, and the checks above bound the error instead. */
         const nmx_index cols[] = {1, 7, 16, 17, 33, 257, 1025, 2049};
         for (size_t i = 0; i < sizeof cols / sizeof cols[0]; ++i)
             for (nmx_index rows = 5; rows <= 13; rows += 4) /* 1 leftover row, 4-row blocks */
@@ -645,6 +652,9 @@ int main(void) {
         test_batchnorm_half_bits(kind, name, 4100, 17, 1); /* the parallel path: rows */
         test_batchnorm_half_bits(kind, name, 12, 4, 1000); /* and runs */
         test_batchnorm_half_bits(kind, name, 16, 48, 49);
+#else
+        (void)name;
+#endif
     }
     test_softmax(100, 10, 1);
     test_softmax(600, 100, 1);
