@@ -95,49 +95,12 @@ typedef uint64_t nmx_vu64 __attribute__((vector_size(64)));
 
 #define NMX_VSEL(vt, it, mask, a, b) ((vt)(((mask) & (it)(a)) | (~(mask) & (it)(b))))
 
-/* Lane masks (-1 where true, else 0) of the exponential loops, computed with integer arithmetic
- * on the bits instead of a float comparison. GCC 12 lowers a comparison of 64-byte vectors that
- * the target cannot compare whole (the AVX2 and SSE2 clones) to one scalar compare and set per
- * lane, 16 of them per float32 vector, whereas it splits integer arithmetic into the target's
- * 32- or 16-byte registers. Each mask equals the IEEE comparison it replaces on every input,
- * NaN and infinities included, so the results do not change. Arithmetic on unsigned lanes
- * (no overflow); the final arithmetic shift copies the sign bit into the lane. */
-
-/* x == 0 (either sign): the bits without the sign are 0, i.e. u = 2 * bits is 0, the only
- * value for which u | -u has a clear top bit. */
-static inline __attribute__((always_inline)) nmx_vi32 nmx_vzero_f32(const nmx_vf32 *x) {
-    nmx_vu32 u = (nmx_vu32)*x << 1;
-    return ~((nmx_vi32)(u | (0u - u)) >> 31);
-}
-
-static inline __attribute__((always_inline)) nmx_vi64 nmx_vzero_f64(const nmx_vf64 *x) {
-    nmx_vu64 u = (nmx_vu64)*x << 1;
-    return ~((nmx_vi64)(u | (0u - u)) >> 63);
-}
-
-/* x < -c for a constant c > 0: x is negative (sign bit), its magnitude bits a exceed c's bits cb
- * (cb - a < 0) and it is not NaN (a - (inf + 1) < 0). */
-static inline __attribute__((always_inline)) nmx_vi32 nmx_vbelow_f32(const nmx_vf32 *x, float c) {
-    uint32_t cb;
-    memcpy(&cb, &c, sizeof cb);
-    nmx_vu32 b = (nmx_vu32)*x, a = b & 0x7fffffffu;
-    return (nmx_vi32)(b & (cb - a) & (a - 0x7f800001u)) >> 31;
-}
-
-static inline __attribute__((always_inline)) nmx_vi64 nmx_vbelow_f64(const nmx_vf64 *x, double c) {
-    uint64_t cb;
-    memcpy(&cb, &c, sizeof cb);
-    nmx_vu64 b = (nmx_vu64)*x, a = b & 0x7fffffffffffffffull;
-    return (nmx_vi64)(b & (cb - a) & (a - 0x7ff0000000000001ull)) >> 63;
-}
-
 /* Vector exp for the max-shifted row loops, where x = z - max is <= 0 or NaN. Same reduction and
  * polynomial as the scalar versions; results below the smallest normal number (x < -87.3 in
  * float32, -708.3 in float64) are flushed to 0 by one final select instead of clamping and
  * scaling twice, which saves a quarter of the instructions. Such terms are below 1e-38 of the
  * maximum's exp(0) = 1. Out-of-range x only produce garbage lanes that the select discards (the
- * integer arithmetic is unsigned, so it wraps without UB); NaN is not below the threshold (as it
- * fails the comparison x < -87.33f) and stays NaN. */
+ * integer arithmetic is unsigned, so it wraps without UB); NaN fails the comparison and stays NaN. */
 static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_f32(const nmx_vf32 *xp) {
     const nmx_vf32 zero = {0}, x = *xp;
     nmx_vf32 kf = x * 1.44269504088896341f + 0x1.8p23f;
@@ -154,7 +117,7 @@ static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_f32(const nmx_vf3
     p = p * r + 1.0f;
     /* kf's low bits hold k + 2^22 + 2^23; 127 - (2^22 + 2^23) re-biases it to the exponent. */
     nmx_vf32 scale = (nmx_vf32)(((nmx_vu32)kf + (127u - 0x4B400000u)) << 23);
-    return NMX_VSEL(nmx_vf32, nmx_vi32, nmx_vbelow_f32(&x, 87.33f), zero, p * scale);
+    return NMX_VSEL(nmx_vf32, nmx_vi32, x < -87.33f, zero, p * scale);
 }
 
 static inline __attribute__((always_inline)) nmx_vf64 nmx_vexp_f64(const nmx_vf64 *xp) {
@@ -178,7 +141,7 @@ static inline __attribute__((always_inline)) nmx_vf64 nmx_vexp_f64(const nmx_vf6
     p = p * r + 1.0;
     p = p * r + 1.0;
     nmx_vf64 scale = (nmx_vf64)(((nmx_vu64)kf + (1023ull - 0x4338000000000000ull)) << 52);
-    return NMX_VSEL(nmx_vf64, nmx_vi64, nmx_vbelow_f64(&x, 708.39), zero, p * scale);
+    return NMX_VSEL(nmx_vf64, nmx_vi64, x < -708.39, zero, p * scale);
 }
 
 /* Add a vector of exponentials to float64 accumulators (float32: two halves widened). */

@@ -90,7 +90,7 @@ NMX_HAI void nmx_hexp_step(const nmx_vf32 *v, const nmx_vf32 *m, float *e, nmx_v
     nmx_vf32 t = *v - *m;
     nmx_vf32 ev = nmx_vexp_f32(&t);
     if (store) memcpy(e, &ev, sizeof ev);
-    nmx_vi32 tie = nmx_vzero_f32(&t);
+    nmx_vi32 tie = t == zero;
     *part += NMX_VSEL(nmx_vf32, nmx_vi32, tie, zero, ev);
     *cnt -= tie;
 }

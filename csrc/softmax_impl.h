@@ -58,7 +58,7 @@ static inline __attribute__((always_inline)) void NM(exp_step)(const T *z, const
     VT t = NM(vload)(z) - *m;
     VT ev = NMX_CAT(nmx_vexp, SFX)(&t);
     if (store) memcpy(e, &ev, sizeof ev);
-    VI tie = NMX_CAT(nmx_vzero, SFX)(&t); /* t == 0, without a per-lane compare */
+    VI tie = t == 0;
     *part += NMX_VSEL(VT, VI, tie, zero, ev);
     *cnt -= tie; /* a true comparison is -1 */
 }
