@@ -806,6 +806,9 @@ static double NM(run)(NM(job) * jb, nmx_index outer) {
                               : nmx_block_cols(jb->n, jb->inner, (nmx_index)sizeof(T));
     jb->nblk = (jb->inner + jb->cols - 1) / jb->cols;
     nmx_index ntasks = outer * jb->nblk, work = outer * jb->n * jb->inner;
+    /* At most one chunk's work is one chunk (nmx_run_chunk's least size): small calls skip the
+     * divisions that size the chunks. */
+    if (work <= NMX_RUN_CHUNK_WORK) return NM(run_range)(jb, 0, ntasks);
     /* Chunks of whole row groups, so that few-class rows group as they would on one thread. */
     nmx_index chunk = nmx_run_chunk(ntasks, work, jb->inner == 1 ? NMX_GROUP : 1);
     nmx_index nchunks = (ntasks + chunk - 1) / chunk;
