@@ -498,7 +498,11 @@ def test_ctrl_c_in_a_real_run_exits_130_without_traceback(tmp_path):
     cmd = [sys.executable, "-m", "normax.bench", "--family", "batch_norm", "--size", "tiny",
            "--no-torch", "--backend", "numpy", "--isolate", "none", "--json", str(path),
            *FAST_ARGS]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The default disposition for the child: a test run started in the background of a
+    # non-interactive shell inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt (the run would finish with status 0, as `nohup normax bench &` should).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stdout.readline()  # the first case's line: one case has finished
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
