@@ -3,11 +3,11 @@
  * unchanged:
  *   - the leaf loops are the float32 ones with the conversions fused into their loads and
  *     stores: the same float32 expressions on the exactly widened input, each result rounded
- *     once, and no pass stages float32 copies of its inputs or outputs. bfloat16: widening is a
- *     shift and rounding a few integer instructions per vector (batchnorm_half_leaf.h, in every
- *     SIMD clone). float16: the loops are written on vectors with the F16C conversions
- *     (batchnorm_half_vec.h), in the instance whose FMA contractions are those of the float32
- *     loops as they run on this CPU;
+ *     once, and no pass stages float32 copies of its inputs or outputs. On x86-64 with F16C
+ *     the loops are written on vectors (batchnorm_half_vec.h), in the instance whose FMA
+ *     contractions are those of the float32 loops as they run on this CPU: float16 converts
+ *     with F16C, bfloat16 with a shift and a few integer instructions per vector. Elsewhere
+ *     bfloat16 runs the scalar loops of batchnorm_half_leaf.h, in every SIMD clone;
  *   - float16 without F16C: each pass converts tiles of at most
  *     NMX_HALF_TILE elements with nmx_half_to_float into stack buffers and runs the float32 leaf
  *     loops on them;
@@ -52,18 +52,18 @@ static const nmx_bn_hleaves nmx_bn_leaves_bf16 = {
     grad_rows_bf16,  grad_run_bf16,  dx_rows_bf16,     dx_run_bf16,
 };
 
-/* ---- float16 with F16C ------------------------------------------------------------------
- * The fused float16 loops must fuse the same products into FMAs as the float32 loops they stand
+/* ---- vector loops: float16 with F16C, bfloat16 with integer lanes -------------------------
+ * The fused vector loops must fuse the same products into FMAs as the float32 loops they stand
  * for, as those run on this CPU: which clone of them the loader picked, and whether that clone
  * contracts at all, depends on the CPU and on the compiler (Clang 14's resolver of the
  * x86-64-v4 / v3 clones picks the SSE2 one on every Intel and AMD CPU). So the float32 loop is
  * asked (nmx_bn_f32_fma) and the matching instance is run: AVX-512 or AVX2 with FMA, or AVX
- * without FMA (the SSE2 clone's arithmetic, on wider vectors); float16 takes the tiles on CPUs
- * without F16C. */
+ * without FMA (the SSE2 clone's arithmetic, on wider vectors); float16 takes the tiles and
+ * bfloat16 the scalar loops above on CPUs without F16C (every AVX2 CPU has it). */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NMX_SANITIZED)
 #include <cpuid.h>
 #include <immintrin.h>
-#define NMX_BN_F16C 1
+#define NMX_BN_VEC 1
 
 /* One register of float32 lanes and one of double lanes: AVX-512 and AVX (GCC splits wider
  * generic vectors through the stack when only AVX is enabled). */
@@ -81,15 +81,18 @@ typedef double nmx_hv4d __attribute__((vector_size(32)));
 #define NMX_BN_512 static inline __attribute__((always_inline, target(NMX_BN_AVX512)))
 #define NMX_BN_256 static inline __attribute__((always_inline, target(NMX_BN_AVX)))
 
-NMX_BN_512 void nmx_bn_load_512(const uint16_t *p, nmx_hv16f *v) {
+NMX_BN_256 float nmx_bn_ld1_f16(uint16_t h) { return _cvtsh_ss(h); }
+#define nmx_bn_ld1_bf16 nmx_bf16_to_f32
+
+NMX_BN_512 void nmx_bn_load_f16_512(const uint16_t *p, nmx_hv16f *v) {
     *v = (nmx_hv16f)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
 
-NMX_BN_512 void nmx_bn_store_512(uint16_t *p, const nmx_hv16f *v) {
+NMX_BN_512 void nmx_bn_store_f16_512(uint16_t *p, const nmx_hv16f *v) {
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph((__m512)*v, NMX_BN_RNE));
 }
 
-NMX_BN_512 void nmx_bn_loadd_512(const uint16_t *p, nmx_hv8d *d) {
+NMX_BN_512 void nmx_bn_loadd_f16_512(const uint16_t *p, nmx_hv8d *d) {
     *d = (nmx_hv8d)_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)));
 }
 
@@ -99,15 +102,38 @@ NMX_BN_512 void nmx_bn_wide_512(const nmx_hv16f *v, nmx_hv8d *d) {
     d[1] = (nmx_hv8d)_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(w, 1)));
 }
 
-NMX_BN_256 void nmx_bn_load_256(const uint16_t *p, nmx_hv8f *v) {
+/* bfloat16 on AVX-512: widening shifts each zero-extended lane up by 16 bits; rounding is
+ * nmx_f32_to_bf16 on every lane (add 0x7fff plus the kept lowest bit, shift down; a NaN lane
+ * takes its upper half with the quiet bit set) and vpmovdw keeps the low halves. */
+NMX_BN_512 void nmx_bn_load_bf16_512(const uint16_t *p, nmx_hv16f *v) {
+    __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    *v = (nmx_hv16f)_mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+
+NMX_BN_512 void nmx_bn_store_bf16_512(uint16_t *p, const nmx_hv16f *v) {
+    __m512i u = _mm512_castps_si512((__m512)*v), hi = _mm512_srli_epi32(u, 16);
+    __m512i odd = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                            _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_or_epi32(_mm512_srli_epi32(r, 16), nan, hi, _mm512_set1_epi32(0x0040));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
+}
+
+NMX_BN_512 void nmx_bn_loadd_bf16_512(const uint16_t *p, nmx_hv8d *d) {
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    *d = (nmx_hv8d)_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(u, 16)));
+}
+
+NMX_BN_256 void nmx_bn_load_f16_256(const uint16_t *p, nmx_hv8f *v) {
     *v = (nmx_hv8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
-NMX_BN_256 void nmx_bn_store_256(uint16_t *p, const nmx_hv8f *v) {
+NMX_BN_256 void nmx_bn_store_f16_256(uint16_t *p, const nmx_hv8f *v) {
     _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph((__m256)*v, NMX_BN_RNE));
 }
 
-NMX_BN_256 void nmx_bn_loadd_256(const uint16_t *p, nmx_hv4d *d) {
+NMX_BN_256 void nmx_bn_loadd_f16_256(const uint16_t *p, nmx_hv4d *d) {
     *d = (nmx_hv4d)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p)));
 }
 
@@ -117,55 +143,112 @@ NMX_BN_256 void nmx_bn_wide_256(const nmx_hv8f *v, nmx_hv4d *d) {
     d[1] = (nmx_hv4d)_mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
 }
 
-#define HVSUF f16v4
-#define HVT NMX_BN_AVX512
+/* bfloat16 on AVX: the integer lanes in two 128-bit halves (AVX has no 256-bit integer
+ * arithmetic; the AVX2 instance shares these). Interleaving zeros below each half widens it. */
+NMX_BN_256 void nmx_bn_load_bf16_256(const uint16_t *p, nmx_hv8f *v) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p), z = _mm_setzero_si128();
+    __m256 lo = _mm256_castps128_ps256(_mm_castsi128_ps(_mm_unpacklo_epi16(z, h)));
+    *v = (nmx_hv8f)_mm256_insertf128_ps(lo, _mm_castsi128_ps(_mm_unpackhi_epi16(z, h)), 1);
+}
+
+/* nmx_f32_to_bf16 on four lanes, each result in the low half of its lane. */
+NMX_BN_256 __m128i nmx_bn_round_bf16_128(__m128i u) {
+    __m128i hi = _mm_srli_epi32(u, 16), odd = _mm_and_si128(hi, _mm_set1_epi32(1));
+    __m128i r = _mm_add_epi32(u, _mm_add_epi32(odd, _mm_set1_epi32(0x7fff)));
+    /* both sides are below 2^31, so the signed comparison is the unsigned one */
+    __m128i nan = _mm_cmpgt_epi32(_mm_and_si128(u, _mm_set1_epi32(0x7fffffff)),
+                                  _mm_set1_epi32(0x7f800000));
+    __m128i quiet = _mm_or_si128(hi, _mm_set1_epi32(0x0040));
+    return _mm_blendv_epi8(_mm_srli_epi32(r, 16), quiet, nan);
+}
+
+NMX_BN_256 void nmx_bn_store_bf16_256(uint16_t *p, const nmx_hv8f *v) {
+    __m256i u = _mm256_castps_si256((__m256)*v);
+    __m128i lo = nmx_bn_round_bf16_128(_mm256_castsi256_si128(u));
+    __m128i hi = nmx_bn_round_bf16_128(_mm256_extractf128_si256(u, 1));
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(lo, hi)); /* lanes are below 2^16 */
+}
+
+NMX_BN_256 void nmx_bn_loadd_bf16_256(const uint16_t *p, nmx_hv4d *d) {
+    __m128i h = _mm_loadl_epi64((const __m128i *)p);
+    *d = (nmx_hv4d)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
+}
+
+/* The six instances: HVH names the storage format, HVB the register width of the conversions. */
+#define HV_CONV(op) HVCATX(HVCATX(nmx_bn_##op, HVH), HVB)
+#define HVCATX(a, b) HVCATY(a, b)
+#define HVCATY(a, b) a##_##b
+#define HV_LOAD HV_CONV(load)
+#define HV_STORE HV_CONV(store)
+#define HV_LOADD HV_CONV(loadd)
+#define HV_LD1 HVCATX(nmx_bn_ld1, HVH)
+#define HV_WIDE HVCATX(nmx_bn_wide, HVB)
+
+#define HVB 512
 #define HVW 16
 #define HVF nmx_hv16f
 #define HVD nmx_hv8d
-#define HV_LOAD nmx_bn_load_512
-#define HV_STORE nmx_bn_store_512
-#define HV_LOADD nmx_bn_loadd_512
-#define HV_WIDE nmx_bn_wide_512
+#define HVT NMX_BN_AVX512
+#define HVH f16
+#define HVSUF f16v4
 #include "batchnorm_half_vec.h"
+#undef HVH
 #undef HVSUF
-#undef HVT
-
-#define HVSUF f16v3
-#define HVT NMX_BN_AVX2
+#define HVH bf16
+#define HVSUF bf16v4
+#include "batchnorm_half_vec.h"
+#undef HVH
+#undef HVSUF
+#undef HVB
 #undef HVW
-#define HVW 8
 #undef HVF
-#define HVF nmx_hv8f
 #undef HVD
-#define HVD nmx_hv4d
-#undef HV_LOAD
-#define HV_LOAD nmx_bn_load_256
-#undef HV_STORE
-#define HV_STORE nmx_bn_store_256
-#undef HV_LOADD
-#define HV_LOADD nmx_bn_loadd_256
-#undef HV_WIDE
-#define HV_WIDE nmx_bn_wide_256
-#include "batchnorm_half_vec.h"
-#undef HVSUF
 #undef HVT
 
+#define HVB 256
+#define HVW 8
+#define HVF nmx_hv8f
+#define HVD nmx_hv4d
+#define HVT NMX_BN_AVX2
+#define HVH f16
+#define HVSUF f16v3
+#include "batchnorm_half_vec.h"
+#undef HVSUF
 #define HVSUF f16avx /* the AVX2 instance's vectors, no FMA */
+#undef HVT
 #define HVT NMX_BN_AVX
 #include "batchnorm_half_vec.h"
+#undef HVH
 #undef HVSUF
 #undef HVT
+#define HVH bf16
+#define HVT NMX_BN_AVX2
+#define HVSUF bf16v3
+#include "batchnorm_half_vec.h"
+#undef HVSUF
+#define HVSUF bf16avx
+#undef HVT
+#define HVT NMX_BN_AVX
+#include "batchnorm_half_vec.h"
+#undef HVH
+#undef HVSUF
+#undef HVT
+#undef HVB
 #undef HVW
 #undef HVF
 #undef HVD
 #undef HV_LOAD
 #undef HV_STORE
 #undef HV_LOADD
+#undef HV_LD1
 #undef HV_WIDE
+#undef HV_CONV
+#undef HVCATX
+#undef HVCATY
 
 /* Whether the float32 leaf loops, in the clone this CPU runs, fuse a product and a sum into one
  * FMA: ((x - 0) - 0) * x + -1 with x = 1 + 2^-12 is 2^-11 + 2^-24 rounded once, 2^-11 rounded
- * twice. 1: every element fused, 0: none, -1: some (then no fused float16 instance matches). The
+ * twice. 1: every element fused, 0: none, -1: some (then no fused vector instance matches). The
  * 41 elements take the vector loop and its scalar end. */
 static int nmx_bn_f32_fma(void) {
     volatile float one = 1.0f;
@@ -177,10 +260,10 @@ static int nmx_bn_f32_fma(void) {
     return fused == 41 ? 1 : fused == 0 ? 0 : -1;
 }
 
-/* The fused float16 instance for this CPU and this build: 3 AVX-512, 2 AVX2, 1 AVX without FMA,
+/* The vector instance for this CPU and this build: 3 AVX-512, 2 AVX2, 1 AVX without FMA,
  * 0 none. F16C is CPUID leaf 1, ECX bit 29 (not every compiler's builtin knows it); the "avx"
  * test beside it covers the OS saving the YMM registers. */
-static int nmx_bn_f16_level(void) {
+static int nmx_bn_vec_level(void) {
     unsigned a, b, c, d;
     int fma = nmx_bn_f32_fma();
     __builtin_cpu_init();
@@ -194,25 +277,27 @@ static int nmx_bn_f16_level(void) {
                : 2;
 }
 #else
-#define NMX_BN_F16C 0
+#define NMX_BN_VEC 0
 #endif
 
 /* The fused leaf loops for `kind` on this CPU, or NULL: float16 then runs through tiles. Chosen
  * on first use (concurrent first calls store the same value, atomically, as half.c does). */
 static const nmx_bn_hleaves *nmx_bn_leaves(int kind) {
-    if (kind == NMX_BF16) return &nmx_bn_leaves_bf16;
-#if NMX_BN_F16C
-    static const nmx_bn_hleaves *const f16[] = {NULL, &nmx_bn_leaves_f16avx, &nmx_bn_leaves_f16v3,
-                                                &nmx_bn_leaves_f16v4};
+#if NMX_BN_VEC
+    static const nmx_bn_hleaves *const vec[2][4] = {
+        {NULL, &nmx_bn_leaves_f16avx, &nmx_bn_leaves_f16v3, &nmx_bn_leaves_f16v4},
+        {&nmx_bn_leaves_bf16, &nmx_bn_leaves_bf16avx, &nmx_bn_leaves_bf16v3,
+         &nmx_bn_leaves_bf16v4},
+    };
     static int level = -1;
     int k = __atomic_load_n(&level, __ATOMIC_RELAXED);
     if (k < 0) {
-        k = nmx_bn_f16_level();
+        k = nmx_bn_vec_level();
         __atomic_store_n(&level, k, __ATOMIC_RELAXED);
     }
-    return f16[k];
+    return vec[kind == NMX_BF16][k];
 #else
-    return NULL;
+    return kind == NMX_BF16 ? &nmx_bn_leaves_bf16 : NULL;
 #endif
 }
 

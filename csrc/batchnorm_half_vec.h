@@ -1,23 +1,27 @@
-/* The leaf loops of batchnorm_half_leaf.h for float16 storage, written on vectors with the F16C
- * conversions, included by batchnorm_half.h once per instruction set with
- *   HVSUF        the name suffix (f16v4: AVX-512, f16v3: AVX2, f16avx: AVX without FMA)
+/* The leaf loops of batchnorm_half_leaf.h for float16 and bfloat16 storage, written on vectors,
+ * included by batchnorm_half.h once per storage format and instruction set with
+ *   HVSUF        the name suffix (f16v4 / bf16v4: AVX-512, f16v3 / bf16v3: AVX2, f16avx /
+ *                bf16avx: AVX without FMA)
  *   HVT          the target attribute string
  *   HVW          float32 lanes per vector (one register: 16, or 8 for AVX); doubles are HVW / 2
  *   HVF, HVD     the GNU vector types of HVW floats and of HVW / 2 doubles
- *   HV_LOAD      HV_LOAD(p, v): HVW float16 at p, widened exactly into *v
- *   HV_STORE     HV_STORE(p, v): *v rounded to HVW float16 at p (nearest even)
- *   HV_LOADD     HV_LOADD(p, d): HVW / 2 float16 at p, widened exactly into the doubles *d
+ *   HV_LOAD      HV_LOAD(p, v): HVW halves at p, widened exactly into *v
+ *   HV_STORE     HV_STORE(p, v): *v rounded to HVW halves at p (nearest even)
+ *   HV_LOADD     HV_LOADD(p, d): HVW / 2 halves at p, widened exactly into the doubles *d
+ *   HV_LD1       HV_LD1(h): one half, widened exactly to float
  *   HV_WIDE      HV_WIDE(v, d): the lanes of *v widened into the doubles d[0] (low), d[1]
  *
- * Compilers do not vectorize a scalar float16 conversion, so these loops are written on GNU
- * vectors, lane by lane the float32 loops of batchnorm_impl.h: the same expressions, term for
- * term, in the same order and in the same statements (so GCC's and Clang's FMA contraction,
- * which follows the statements, fuses the same products as in the float32 clone the dispatch
- * pairs these loops with; the AVX instance, like the SSE2 clone, fuses none), and every lane's
- * sums in the same sequence. The results
- * are therefore the bits of the float32 loops run on the widened input. A slice of fewer than HVW
- * channels is computed on a zero-padded vector and only its own lanes are kept; the few values a
- * run sums after its lane accumulators are widened one at a time (vcvtph2ps on one lane).
+ * Compilers do not vectorize a scalar float16 conversion, nor turn the float32 loops with
+ * bfloat16's integer conversions fused in into code as lean as these, so these loops are
+ * written on GNU vectors, lane by lane the float32 loops of batchnorm_impl.h: the same
+ * expressions, term for term, in the same order and in the same statements (so GCC's and
+ * Clang's FMA contraction, which follows the statements, fuses the same products as in the
+ * float32 clone the dispatch pairs these loops with; the AVX instance, like the SSE2 clone,
+ * fuses none), and every lane's sums in the same sequence. The results are therefore the bits
+ * of the float32 loops run on the widened input, whatever the storage format: only the
+ * conversions differ. A slice of fewer than HVW channels is computed on a zero-padded vector
+ * and only its own lanes are kept; the few values a run sums after its lane accumulators are
+ * widened one at a time (HV_LD1).
  */
 #define HVCAT2(a, b) a##_##b
 #define HVCAT(a, b) HVCAT2(a, b)
@@ -94,8 +98,8 @@ HVI void HV(addd)(double *s, int m, const HVF *v) {
     for (int j = 0; j < m; j++) s[j] += w[j];
 }
 
-/* One float16 widened (exactly, as the vector conversions). */
-HVI double HV(ld1d)(uint16_t h) { return (double)_cvtsh_ss(h); }
+/* One half widened (exactly, as the vector conversions). */
+HVI double HV(ld1d)(uint16_t h) { return (double)HV_LD1(h); }
 
 /* ---- statistics ------------------------------------------------------------------------- */
 

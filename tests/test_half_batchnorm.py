@@ -553,19 +553,41 @@ def test_c_kernels_are_the_float32_kernels_rounded_once(case, dtype, specials, r
             np.testing.assert_array_equal(h, f, name)
 
 
+def _round_keeping_nan(f, dtype):
+    """float32 rounded to the half dtype, every NaN quieted with its sign and upper payload bits
+    kept, as normax's conversions do (NumPy's float16 cast does so too; ml_dtypes' bfloat16 cast
+    returns one NaN for all)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        h = f.astype(dtype)
+    if dtype != np.float16:
+        bits = h.view(np.uint16)
+        nan = np.isnan(f)
+        bits[nan] = (f[nan].view(np.uint32) >> 16).astype(np.uint16) | 0x0040
+    return h
+
+
+# A NaN payload of each kind per dtype: signaling, negative quiet, quiet with a payload, and
+# negative signaling.
+NAN_PAYLOADS = {
+    "float16": [0x7D55, 0xFE00, 0x7E01, 0xFC01],
+    "bfloat16": [0x7FA5, 0xFFC0, 0x7FC1, 0xFF81],
+}
+
+
 @pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
 @pytest.mark.parametrize("case", [((9, 37), 1), ((3, 37, 150), 1)], ids=str)
-def test_c_float16_nan_payloads_are_the_float32_kernels(case, rng):
+@pytest.mark.parametrize("dtype", HALF)
+def test_c_nan_payloads_are_the_float32_kernels(case, dtype, rng):
     """With one NaN payload per channel (signaling or quiet, either sign), every NaN that comes
     out carries that payload, quieted, exactly as the float32 kernels give it: the half kernels
     widen and round NaN as the hardware conversions do. (Where two different NaNs meet in one
     operation, which one x86 returns depends on the compiler's choice of operand order, so the
     payload is not part of the contract there.)"""
     shape, axis = case
-    dtype = np.dtype(np.float16)
+    dtype = np.dtype(dtype)
     x = rng.standard_normal(shape).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    payloads = np.array([0x7D55, 0xFE00, 0x7E01, 0xFC01], np.uint16).view(dtype)
+    payloads = np.array(NAN_PAYLOADS[dtype.name], np.uint16).view(dtype)
     for a, salt in ((x, 0), (dy, 1)):
         am = np.moveaxis(a, axis, 0)
         for c in range(0, shape[axis], 3):  # every third channel, its own payload
@@ -588,9 +610,51 @@ def test_c_float16_nan_payloads_are_the_float32_kernels(case, rng):
     names = ("y", "dx", "dgamma", "dbeta", "mean", "invstd")
     for name, h, f in zip(names, got[0], want[0], strict=True):
         if h.dtype == dtype:
-            with np.errstate(invalid="ignore", over="ignore"):
-                f = f.astype(dtype)
+            f = _round_keeping_nan(f, dtype)
             np.testing.assert_array_equal(h.view(np.uint16), f.view(np.uint16), name)
         else:
             np.testing.assert_array_equal(h.view(np.uint8), f.view(np.uint8), name)
     assert np.isnan(got[0][0].astype(np.float64)).any()
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ("runs", (1, -1), 0),  # one run longer than a tile, ending in a partial vector
+        ("short runs", (-1, 3, 7), 1),  # runs shorter than one vector
+        ("one channel", (-1, 1), 1),  # rows of a single channel: only partial vectors
+        ("wide row", (1, -1), 1),  # one row of every value, ending in a partial vector
+        ("rows", (-1, 17), 1),  # a vector and a partial one per row
+    ],
+    ids=lambda layout: layout[0],
+)
+@pytest.mark.parametrize("dtype", HALF)
+def test_c_output_rounding_ties_to_even(layout, dtype):
+    """The rounding of the outputs, in every vector loop and its tails: every finite half value
+    times 1 + 2**-(p + 1) (p fraction bits) is exact in float32 and lands on hundreds of
+    midpoints between two halves; the half kernel must give the float32 kernel's result rounded
+    to nearest even, bit for bit (rounding half away from zero, or truncating, would differ)."""
+    dtype = np.dtype(dtype)
+    values = np.arange(1 << 16, dtype=np.uint16).view(dtype)
+    values = values[np.isfinite(values.astype(np.float32))]
+    _, shape, axis = layout
+    size = np.prod([d for d in shape if d > 0])
+    x = values[: values.size // size * size].reshape([d if d > 0 else -1 for d in shape])
+    c = x.shape[axis]
+    scale = np.full(c, 1 + 2.0 ** -(_finfo(dtype).nmant + 1), np.float32)
+    zeros, ones = np.zeros(c, np.float32), np.ones(c, np.float32)
+    previous = normax.get_backend()
+    try:
+        normax.set_backend("c")
+        with np.errstate(over="ignore"):
+            y = normax.batch_norm_infer(x, scale, zeros, zeros, ones, axis=axis, eps=0.0)
+            f = normax.batch_norm_infer(
+                x.astype(np.float32), scale, zeros, zeros, ones, axis=axis, eps=0.0
+            )
+            want = f.astype(dtype)
+    finally:
+        normax.set_backend(previous)
+    if dtype != np.float16:  # a bfloat16 midpoint: the dropped half of the float32 is 0x8000
+        assert ((f.view(np.uint32) & 0xFFFF) == 0x8000).sum() > 100
+    np.testing.assert_array_equal(y.view(np.uint16), want.view(np.uint16))
