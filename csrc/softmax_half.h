@@ -236,18 +236,16 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
     if (total_out) *total_out = 0.0;
     if (h->outer <= 0 || n <= 0 || inner <= 0) return 0; /* empty: nothing to compute */
     h->direct = nmx_hrow_direct(h);
-    if (h->direct) {
-        h->rows = 1;
-        h->f.cols = inner == 1 ? 1 : nmx_hcol_cols(n, inner);
-        h->f.nblk = (inner + h->f.cols - 1) / h->f.cols;
+    if (h->direct && inner == 1) {
+        h->rows = h->f.cols = h->f.nblk = 1;
     } else if (inner == 1) {
         /* Whole rows per tile; a multiple of NMX_GROUP so few-class rows group as in float32. */
         h->rows = n >= NMX_HALF_TILE ? 1 : NMX_HALF_TILE / n;
         if (h->rows > NMX_GROUP) h->rows -= h->rows % NMX_GROUP;
         h->f.cols = h->f.nblk = 1;
     } else {
-        /* Cross-entropy streams blocks too large for L2 (as float32 does); the backward
-         * kernels keep the gathered tiles. */
+        /* Softmax, log-softmax (softmax_hcol_impl.h) and cross-entropy stream blocks too
+         * large for L2 (as float32 does); the backward kernels keep the gathered tiles. */
         h->f.stream = h->f.kind != NMX_BWD && h->f.kind != NMX_BWD_LOG &&
                       nmx_block_streams(n, NMX_HCOL_BYTES);
         h->f.cols = h->f.stream ? nmx_stream_cols(inner) : nmx_block_cols(n, inner, NMX_HCOL_BYTES);

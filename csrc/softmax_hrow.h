@@ -95,13 +95,19 @@ NMX_HAI void nmx_hexp_step(const nmx_vf32 *v, const nmx_vf32 *m, float *e, nmx_v
     *cnt -= tie;
 }
 
-/* The output of softmax for one vector of a column block: exp(x - m) * inv. In a NaN column both
+/* *e = exp(*x - m) for the 16 columns at m, as stream_exp (here, not in the conversion-specific
+ * instances: clang refuses a call returning a 64-byte vector inside an AVX2 function). */
+NMX_HAI void nmx_hexp_sub(const nmx_vf32 *x, const float *m, nmx_vf32 *e) {
+    nmx_vf32 t;
+    memcpy(&t, m, sizeof t);
+    t = *x - t;
+    *e = nmx_vexp_f32(&t);
+}
+
+/* The output of softmax for one vector of a column block: e * inv. In a NaN column both
  * factors can be NaN; the select returns inv's, as stream_softmax and softmax_block do. */
-NMX_HAI void nmx_hsoftmax_out(const nmx_vf32 *x, const nmx_vf32 *m, const nmx_vf32 *inv,
-                              nmx_vf32 *o) {
-    nmx_vf32 t = *x - *m;
-    nmx_vf32 ev = nmx_vexp_f32(&t);
-    *o = NMX_VSEL(nmx_vf32, nmx_vi32, *inv != *inv, *inv, ev * *inv);
+NMX_HAI void nmx_hsoftmax_out(const nmx_vf32 *e, const nmx_vf32 *inv, nmx_vf32 *o) {
+    *o = NMX_VSEL(nmx_vf32, nmx_vi32, *inv != *inv, *inv, *e * *inv);
 }
 
 /* The output of log-softmax for one vector of a column block: (x - m) - lse in float64 (lse
@@ -121,10 +127,12 @@ NMX_HAI void nmx_hlog_out(const nmx_vf32 *x, const float *m, const double *lse, 
 }
 
 /* A column block of a half job (inner > 1): class rows `inner` apart from z (input) and out,
- * nb columns; the passes fetch the row `ahead` classes on (0: none). */
+ * nb columns, and NULL or float32 scratch pk for its packed copy (softmax_hcol_impl.h); the
+ * passes that read z fetch the row `ahead` classes on (0: none). */
 typedef struct {
     const uint16_t *z;
     uint16_t *out;
+    float *pk;
     nmx_index n, inner, nb, ahead;
 } nmx_hblk;
 
@@ -168,18 +176,11 @@ static int nmx_hrow_direct(const nmx_hjob *h) {
     return act || (h->f.kind == NMX_XENT && a->labels && a->eps == 0.0);
 }
 
-/* float32 scratch per thread of the direct path: the exponentials of one row (column blocks
- * keep theirs on the stack). */
-static nmx_index nmx_hrow_scratch(const nmx_hjob *h) { return h->f.inner == 1 ? h->f.n : 0; }
-
-/* Columns per block of a direct job with inner > 1. A block whose half class rows fit
- * NMX_BLOCK_BYTES, at least 32 columns (one 64-byte line per class row), stays in L2 between
- * its three passes, so the input comes from memory once; with more classes no useful block
- * fits, and the widest one streams from memory three times in long contiguous runs (as the
- * float32 kernels stream theirs, softmax_stream.h). */
-static nmx_index nmx_hcol_cols(nmx_index classes, nmx_index inner) {
-    if (NMX_BLOCK_BYTES / (classes * 2) < 32) return nmx_stream_cols(inner);
-    return nmx_block_cols(classes, inner, 2);
+/* float32 scratch per thread of the direct path: the exponentials of one row, or the packed
+ * copy of a column block that is not streamed. */
+static nmx_index nmx_hrow_scratch(const nmx_hjob *h) {
+    if (h->f.inner == 1) return h->f.n;
+    return h->f.stream ? 0 : h->f.n * h->f.cols;
 }
 
 #if defined(__x86_64__) && !defined(NMX_SANITIZED) && defined(NMX_HAVE_CLONES) && NMX_HAVE_CLONES
