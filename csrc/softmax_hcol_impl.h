@@ -18,8 +18,7 @@
 
 /* Fetch class row c + b->ahead of the block's input (in: reading it again from z) and of its
  * output (out: for writing; the output pass's strided stores would otherwise wait for each
- * line). A no-op for narrow blocks, whose rows lie within a few cache lines of each other and
- * which the hardware prefetcher follows. */
+ * line). A no-op when b->ahead is 0 (nmx_hblk_ahead). */
 HAI void HN(hblk_fetch)(const nmx_hblk *b, nmx_index c, int in, int out) {
     if (!b->ahead || c + b->ahead >= b->n) return;
     nmx_index off = (c + b->ahead) * b->inner;
@@ -180,7 +179,7 @@ HAI void HN(hcols)(int kind, const nmx_hjob *h, nmx_index t0, nmx_index t1, floa
         nmx_index o = t / h->f.nblk, i0 = (t % h->f.nblk) * cols, off = o * n * inner + i0;
         nmx_index nb = inner - i0 < cols ? inner - i0 : cols;
         nmx_hblk b = {h->x + off, h->out + off, h->f.stream ? NULL : e, n, inner, nb,
-                      nmx_hblk_ahead(nb)};
+                      nmx_hblk_ahead(nb, inner)};
         HN(hblk_softmax)(kind, &b, h->f.kind == NMX_LOG_SOFTMAX);
     }
 }

@@ -143,9 +143,10 @@ typedef struct {
 #define NMX_HAHEAD (NMX_SPREFETCH * NMX_BLOCK_MAX * 4)
 #endif
 
-/* Classes ahead for a block of nb columns: none below a cache line per class row. */
-static nmx_index nmx_hblk_ahead(nmx_index nb) {
-    return nb >= 32 ? NMX_HAHEAD / (2 * nb) : 0;
+/* Classes ahead for a block of nb columns with class rows `inner` apart (at least a cache line
+ * a row); none when the rows are contiguous lines, which the hardware prefetcher follows. */
+static nmx_index nmx_hblk_ahead(nmx_index nb, nmx_index inner) {
+    return inner >= 32 ? NMX_HAHEAD / (2 * (nb > 32 ? nb : 32)) : 0;
 }
 
 /* The padded last vector of a row (zb: float32, -inf past the row's end). Kept out of line:
