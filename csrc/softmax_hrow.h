@@ -353,7 +353,15 @@ static nmx_hrows_fn nmx_hrows_bf16(void) {
     return nmx_hrows_bf16_p;
 }
 
-/* Rows [r0, r1) of a direct job; buf is the thread's float32 scratch. */
+/* Rows (or column blocks) [r0, r1) of a direct job; buf is the thread's float32 scratch.
+ * Built with clang, the column blocks take the portable conversions, whose runner is cloned
+ * exactly as the float32 kernels are: clang contracts the column sums of the target-attribute
+ * instances differently from the float32 kernel's x86-64-v4 clone (1-ulp differences seen in
+ * the C driver's streamed bits check), while GCC compiles both alike. */
 static double nmx_hrows_run(const nmx_hjob *h, nmx_index r0, nmx_index r1, float *buf) {
+#if defined(__clang__)
+    if (h->f.inner > 1)
+        return (h->kind == NMX_BF16 ? nmx_hrows_bf16_p : nmx_hrows_f16_p)(h, r0, r1, buf);
+#endif
     return (h->kind == NMX_BF16 ? nmx_hrows_bf16() : nmx_hrows_f16())(h, r0, r1, buf);
 }
