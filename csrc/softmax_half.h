@@ -1,18 +1,20 @@
 /* Half-precision storage (float16 / bfloat16) for the softmax kernels; included by softmax.c
  * after the float32 kernels, whose arithmetic it reuses unchanged.
  *
- * Rows of at least NMX_HROW_MIN classes (softmax, log-softmax, integer-label cross-entropy
- * without smoothing) are read and written in half storage directly (softmax_hrow.h). Otherwise
- * a task converts a tile of its input into float32 buffers with nmx_half_to_float, runs the
- * float32 task runner on them and rounds the results back once with nmx_float_to_half:
+ * Softmax and log-softmax with inner > 1 (column blocks, softmax_hcol_impl.h) and rows of at
+ * least NMX_HROW_MIN classes (softmax, log-softmax, integer-label cross-entropy without
+ * smoothing) are read and written in half storage directly, widened in the vector loads and
+ * rounded in the stores (softmax_hrow.h). Otherwise a task converts a tile of its input into
+ * float32 buffers with nmx_half_to_float, runs the float32 task runner on them and rounds the
+ * results back once with nmx_float_to_half:
  *   inner == 1: a tile is R whole rows (contiguous), R * classes <= NMX_HALF_TILE when a row
  *     fits, so few-class rows are still grouped as in float32; longer rows are one row a tile.
  *   inner > 1: a tile is a block of columns, gathered class by class into a contiguous
  *     (classes, nb) float32 block (this replaces the float32 kernel's packed copy) that the
- *     float32 block kernel runs on as a problem of inner = nb, then scattered back. Softmax,
- *     log-softmax and cross-entropy blocks too large for L2 are streamed instead
- *     (softmax_stream.h, stream_xent_h): one class row at a time is widened into an L1 buffer,
- *     so no block is gathered.
+ *     float32 block kernel runs on as a problem of inner = nb, then scattered back.
+ *     Cross-entropy blocks too large for L2 are streamed instead (softmax_stream.h,
+ *     stream_xent_h): one class row at a time is widened into an L1 buffer, so no block is
+ *     gathered.
  * Losses are summed in float64 as in float32; the per-example losses are rounded to half from
  * the float32 kernel's value. Tiles that do not fit the stack buffer come from one allocation
  * per call, made before any output is written.
@@ -173,21 +175,6 @@ static double nmx_half_block(const nmx_hjob *h, nmx_index t, float *buf) {
     return nmx_half_cols(h, o, i0, inner - i0 < cols ? inner - i0 : cols, buf);
 }
 
-/* Column block t of a streamed softmax / log-softmax (softmax_stream.h): the float32 kernel
- * widens one half class row at a time into an L1 buffer and rounds each output row once, so
- * no block is gathered: the array is read three times and written once in half storage. */
-static void nmx_half_stream(const nmx_hjob *h, nmx_index t) {
-    nmx_index n = h->f.n, inner = h->f.inner, cols = h->f.cols;
-    nmx_index o = t / h->f.nblk, i0 = (t % h->f.nblk) * cols, off = o * n * inner + i0;
-    sblk_f32 b = {.n = n,
-                  .inner = inner,
-                  .nb = inner - i0 < cols ? inner - i0 : cols,
-                  .h = h->x + off,
-                  .ho = h->out + off,
-                  .kind = h->kind};
-    stream_softmax_f32(&b, h->f.kind == NMX_LOG_SOFTMAX);
-}
-
 /* The width of the gathered column tiles a streamed cross-entropy sums its losses by. */
 static nmx_index nmx_half_group(const nmx_hjob *h) {
     return nmx_block_cols(h->f.n, h->f.inner, NMX_HCOL_BYTES);
@@ -200,7 +187,7 @@ static int nmx_half_lone_col(const nmx_hjob *h) {
     return g > 1 && h->f.inner % g == 1;
 }
 
-/* Column block t of a streamed cross-entropy: as nmx_half_stream, with the losses added to
+/* Column block t of a streamed cross-entropy (stream_xent_h), with the losses added to
  * *total in groups of the gathered tiles' width (see stream_xent_h), so that a range of blocks
  * sums them exactly as the tiles did; a lone last column still goes through a tile (buf). */
 static void nmx_half_xent_stream(const nmx_hjob *h, nmx_index t, double *total, float *buf) {
@@ -227,12 +214,7 @@ static double nmx_half_range(const nmx_hjob *h, nmx_index t0, nmx_index t1, floa
     if (h->direct)
         return nmx_hrows_run(h, t0, t1, buf);
     if (h->f.stream) {
-        for (nmx_index t = t0; t < t1; t++) {
-            if (h->f.kind == NMX_XENT)
-                nmx_half_xent_stream(h, t, &total, buf);
-            else
-                nmx_half_stream(h, t);
-        }
+        for (nmx_index t = t0; t < t1; t++) nmx_half_xent_stream(h, t, &total, buf);
         return total;
     }
     for (nmx_index t = t0; t < t1; t++) {
@@ -254,7 +236,7 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
     if (total_out) *total_out = 0.0;
     if (h->outer <= 0 || n <= 0 || inner <= 0) return 0; /* empty: nothing to compute */
     h->direct = nmx_hrow_direct(h);
-    if (h->direct) {
+    if (h->direct && inner == 1) {
         h->rows = h->f.cols = h->f.nblk = 1;
     } else if (inner == 1) {
         /* Whole rows per tile; a multiple of NMX_GROUP so few-class rows group as in float32. */
@@ -262,8 +244,8 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
         if (h->rows > NMX_GROUP) h->rows -= h->rows % NMX_GROUP;
         h->f.cols = h->f.nblk = 1;
     } else {
-        /* Softmax, log-softmax and cross-entropy stream blocks too large for L2 (as float32
-         * does); the backward kernels keep the gathered tiles. */
+        /* Softmax, log-softmax (softmax_hcol_impl.h) and cross-entropy stream blocks too
+         * large for L2 (as float32 does); the backward kernels keep the gathered tiles. */
         h->f.stream = h->f.kind != NMX_BWD && h->f.kind != NMX_BWD_LOG &&
                       nmx_block_streams(n, NMX_HCOL_BYTES);
         h->f.cols = h->f.stream ? nmx_stream_cols(inner) : nmx_block_cols(n, inner, NMX_HCOL_BYTES);

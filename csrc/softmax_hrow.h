@@ -95,6 +95,60 @@ NMX_HAI void nmx_hexp_step(const nmx_vf32 *v, const nmx_vf32 *m, float *e, nmx_v
     *cnt -= tie;
 }
 
+/* *e = exp(*x - m) for the 16 columns at m, as stream_exp (here, not in the conversion-specific
+ * instances: clang refuses a call returning a 64-byte vector inside an AVX2 function). */
+NMX_HAI void nmx_hexp_sub(const nmx_vf32 *x, const float *m, nmx_vf32 *e) {
+    nmx_vf32 t;
+    memcpy(&t, m, sizeof t);
+    t = *x - t;
+    *e = nmx_vexp_f32(&t);
+}
+
+/* The output of softmax for one vector of a column block: e * inv. In a NaN column both
+ * factors can be NaN; the select returns inv's, as stream_softmax and softmax_block do. */
+NMX_HAI void nmx_hsoftmax_out(const nmx_vf32 *e, const nmx_vf32 *inv, nmx_vf32 *o) {
+    *o = NMX_VSEL(nmx_vf32, nmx_vi32, *inv != *inv, *inv, *e * *inv);
+}
+
+/* The output of log-softmax for one vector of a column block: (x - m) - lse in float64 (lse
+ * is float64; z - m is exact in float64, so only the last subtraction and the cast round, as in
+ * the float32 kernels' scalar expression). */
+typedef double nmx_vf64x2 __attribute__((vector_size(128)));
+NMX_HAI void nmx_hlog_out(const nmx_vf32 *x, const float *m, const double *lse, nmx_vf32 *o) {
+    /* One 16-lane float64 vector (two registers): assembling the result from two halves in
+     * memory would stall every store forwarding. */
+    nmx_vf32 mv;
+    nmx_vf64x2 l;
+    memcpy(&mv, m, sizeof mv);
+    memcpy(&l, lse, sizeof l);
+    nmx_vf64x2 d =
+        __builtin_convertvector(*x, nmx_vf64x2) - __builtin_convertvector(mv, nmx_vf64x2);
+    *o = __builtin_convertvector(d - l, nmx_vf32);
+}
+
+/* A column block of a half job (inner > 1): class rows `inner` apart from z (input) and out,
+ * nb columns, and NULL or float32 scratch pk for its packed copy (softmax_hcol_impl.h); the
+ * passes that read z fetch the row `ahead` classes on (0: none). */
+typedef struct {
+    const uint16_t *z;
+    uint16_t *out;
+    float *pk;
+    nmx_index n, inner, nb, ahead;
+} nmx_hblk;
+
+/* Bytes of half input a block's passes keep in flight: as many as the float32 streamed
+ * kernel's NMX_SPREFETCH rows of NMX_BLOCK_MAX columns, so that a half block, with half the
+ * bytes per row, still covers the memory latency. */
+#ifndef NMX_HAHEAD
+#define NMX_HAHEAD (NMX_SPREFETCH * NMX_BLOCK_MAX * 4)
+#endif
+
+/* Classes ahead for a block of nb columns with class rows `inner` apart (at least a cache line
+ * a row); none when the rows are contiguous lines, which the hardware prefetcher follows. */
+static nmx_index nmx_hblk_ahead(nmx_index nb, nmx_index inner) {
+    return inner >= 32 ? NMX_HAHEAD / (2 * (nb > 32 ? nb : 32)) : 0;
+}
+
 /* The padded last vector of a row (zb: float32, -inf past the row's end). Kept out of line:
  * inlined, GCC merges it with the main loop's identical step and then scalarizes the merged
  * comparisons. Cloned like the row runners, so its exp contracts to the same FMAs. */
@@ -113,16 +167,22 @@ typedef struct {
     uint16_t *out;
 } nmx_hnext;
 
-/* Whether a half job runs on the rows directly: rows long enough, and a kernel written above. */
+/* Whether a half job runs on the half data directly: softmax and log-softmax with inner > 1
+ * (column blocks, softmax_hcol_impl.h), or rows long enough for a kernel written above. */
 static int nmx_hrow_direct(const nmx_hjob *h) {
     const nmx_xent_args *a = h->f.a;
-    if (h->f.inner != 1 || h->f.n < NMX_HROW_MIN) return 0;
-    if (h->f.kind == NMX_SOFTMAX || h->f.kind == NMX_LOG_SOFTMAX) return 1;
-    return h->f.kind == NMX_XENT && a->labels && a->eps == 0.0;
+    int act = h->f.kind == NMX_SOFTMAX || h->f.kind == NMX_LOG_SOFTMAX;
+    if (h->f.inner > 1) return act;
+    if (h->f.n < NMX_HROW_MIN) return 0;
+    return act || (h->f.kind == NMX_XENT && a->labels && a->eps == 0.0);
 }
 
-/* float32 scratch per thread of the direct path: the exponentials of one row. */
-static nmx_index nmx_hrow_scratch(const nmx_hjob *h) { return h->f.n; }
+/* float32 scratch per thread of the direct path: the exponentials of one row, or the packed
+ * copy of a column block that is not streamed. */
+static nmx_index nmx_hrow_scratch(const nmx_hjob *h) {
+    if (h->f.inner == 1) return h->f.n;
+    return h->f.stream ? 0 : h->f.n * h->f.cols;
+}
 
 #if defined(__x86_64__) && !defined(NMX_SANITIZED) && defined(NMX_HAVE_CLONES) && NMX_HAVE_CLONES
 #include <cpuid.h>
@@ -293,7 +353,15 @@ static nmx_hrows_fn nmx_hrows_bf16(void) {
     return nmx_hrows_bf16_p;
 }
 
-/* Rows [r0, r1) of a direct job; buf is the thread's float32 scratch. */
+/* Rows (or column blocks) [r0, r1) of a direct job; buf is the thread's float32 scratch.
+ * Built with clang, the column blocks take the portable conversions, whose runner is cloned
+ * exactly as the float32 kernels are: clang contracts the column sums of the target-attribute
+ * instances differently from the float32 kernel's x86-64-v4 clone (1-ulp differences seen in
+ * the C driver's streamed bits check), while GCC compiles both alike. */
 static double nmx_hrows_run(const nmx_hjob *h, nmx_index r0, nmx_index r1, float *buf) {
+#if defined(__clang__)
+    if (h->f.inner > 1)
+        return (h->kind == NMX_BF16 ? nmx_hrows_bf16_p : nmx_hrows_f16_p)(h, r0, r1, buf);
+#endif
     return (h->kind == NMX_BF16 ? nmx_hrows_bf16() : nmx_hrows_f16())(h, r0, r1, buf);
 }

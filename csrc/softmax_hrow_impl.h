@@ -145,8 +145,14 @@ HAI double HN(hrow_xent)(int kind, const uint16_t *z, uint16_t *dz, float *e, in
     return wy * (lse - ty);
 }
 
-/* Rows [r0, r1) of a direct job; e is the thread's scratch. */
+#include "softmax_hcol_impl.h"
+
+/* Rows (or column blocks, inner > 1) [r0, r1) of a direct job; e is the thread's scratch. */
 HAI double HN(hrows)(int kind, const nmx_hjob *h, nmx_index r0, nmx_index r1, float *e) {
+    if (h->f.inner > 1) {
+        HN(hcols)(kind, h, r0, r1, e);
+        return 0.0;
+    }
     nmx_index n = h->f.n;
     const nmx_xent_args *a = h->f.a;
     double total = 0.0;

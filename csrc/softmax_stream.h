@@ -16,10 +16,10 @@
  * columns (a block width that is a multiple of LANES puts the same columns there), the same
  * final scaling. The results are therefore bit for bit those of the packed path.
  *
- * float16 / bfloat16 blocks (float32 instance only) are read through a one-row float32 buffer:
- * each class row of the block is widened just before it is used (nmx_half_to_float, exact) and
- * each output row rounded once, so the buffers stay in L1 instead of gathering whole blocks.
- * Cross-entropy in half storage streams likewise (stream_xent_h in softmax_impl.h).
+ * Cross-entropy in half storage (float32 instance only, stream_xent_h in softmax_impl.h) reads
+ * its blocks through a one-row float32 buffer: each class row of the block is widened just
+ * before it is used (nmx_half_to_float, exact). Half softmax and log-softmax widen inside their
+ * vector loads instead (softmax_hcol_impl.h).
  */
 
 /* A streamed block: input class rows `inner` apart starting at z (or h, half storage), output
@@ -133,28 +133,10 @@ static inline __attribute__((always_inline)) void NM(stream_exp)(const T *r, con
     }
 }
 
-/* Output row c of the block: T storage is written in place (returned), half storage through
- * obuf, rounded by NM(sput). */
-static inline __attribute__((always_inline)) T *NM(sout)(const NM(sblk) * b, nmx_index c, T *obuf) {
-#if LANES == 16
-    if (b->ho) return obuf;
-#endif
-    (void)obuf;
-    return b->o + c * b->inner;
-}
-
-static inline __attribute__((always_inline)) void NM(sput)(const NM(sblk) * b, nmx_index c,
-                                                           const T *obuf) {
-#if LANES == 16
-    if (b->ho) nmx_float_to_half(b->kind, obuf, b->ho + c * b->inner, b->nb);
-#endif
-    (void)b, (void)c, (void)obuf;
-}
-
-/* Softmax or log-softmax of a streamed block, as softmax_block. Cloned like run_tasks (and
- * called from it), so its exponentials contract to the same FMAs; the half kernels call it too. */
+/* Softmax or log-softmax of a streamed block (T storage), as softmax_block. Cloned like
+ * run_tasks (and called from it), so its exponentials contract to the same FMAs. */
 NMX_CLONES static void NM(stream_softmax)(const NM(sblk) * b, int log_) {
-    T m[NMX_BLOCK_MAX], buf[NMX_BLOCK_MAX], ob[NMX_BLOCK_MAX], e[NMX_BLOCK_MAX];
+    T m[NMX_BLOCK_MAX], buf[NMX_BLOCK_MAX], e[NMX_BLOCK_MAX];
     double s[NMX_BLOCK_MAX];
     nmx_index n = b->n, nb = b->nb;
     NM(stream_max)(b, m, buf);
@@ -163,9 +145,8 @@ NMX_CLONES static void NM(stream_softmax)(const NM(sblk) * b, int log_) {
         for (nmx_index i = 0; i < nb; i++) s[i] = NMX_LOG1P(s[i]);
         for (nmx_index c = 0; c < n; c++) {
             const T *r = NM(srow)(b, c, buf);
-            T *o = NM(sout)(b, c, ob);
+            T *o = b->o + c * b->inner;
             for (nmx_index i = 0; i < nb; i++) o[i] = (T)(((double)r[i] - (double)m[i]) - s[i]);
-            NM(sput)(b, c, o);
         }
         return;
     }
@@ -173,12 +154,11 @@ NMX_CLONES static void NM(stream_softmax)(const NM(sblk) * b, int log_) {
     for (nmx_index i = 0; i < nb; i++) inv[i] = (T)(1.0 / (1.0 + s[i]));
     for (nmx_index c = 0; c < n; c++) {
         const T *r = NM(srow)(b, c, buf);
-        T *o = NM(sout)(b, c, ob);
+        T *o = b->o + c * b->inner;
         NM(stream_exp)(r, m, nb, e);
         /* In a NaN column both factors can be NaN, and the product is then the NaN of
          * whichever operand the compiler put first (their signs may differ). The select pins
          * the one softmax_block's loop returns: the factor's. */
         for (nmx_index i = 0; i < nb; i++) o[i] = inv[i] != inv[i] ? inv[i] : e[i] * inv[i];
-        NM(sput)(b, c, o);
     }
 }

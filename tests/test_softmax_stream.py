@@ -112,8 +112,10 @@ def _assert_same_bits(got, want, what):
     np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan], what)
 
 
+# 1000 classes: packed half blocks of 128 columns, prefetched; 8192: 16-column packed blocks;
+# 8193: streamed.
 @pytest.mark.parametrize("dtype", half_dtypes())
-@pytest.mark.parametrize("c", [8192, 8193])
+@pytest.mark.parametrize("c", [1000, 8192, 8193])
 @pytest.mark.parametrize("inner", [7, 33, 257])
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_half_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, log):
