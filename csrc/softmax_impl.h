@@ -417,10 +417,14 @@ static inline __attribute__((always_inline)) void NM(block_pm1)(const T *we, nmx
                                                                 const int64_t *yv, const T *ty,
                                                                 const double *s, nmx_index nb,
                                                                 double *pm) {
+    /* Branch-free, so that the loop runs as vectors: an ignored column (yv < 0) reads class 0
+     * of its own column, a valid entry, and discards it. */
     for (nmx_index i = 0; i < nb; i++) {
         double d = 1.0 + s[i];
-        T e = yv[i] >= 0 ? we[yv[i] * ws + i] : 1;
-        pm[i] = ty[i] == 0 ? -s[i] / d : (double)e / d - 1.0;
+        T e = we[(yv[i] >= 0 ? yv[i] : 0) * ws + i];
+        e = yv[i] >= 0 ? e : 1;
+        double neg = -s[i] / d, other = (double)e / d - 1.0;
+        pm[i] = ty[i] == 0 ? neg : other;
     }
 }
 
@@ -642,7 +646,9 @@ static inline __attribute__((always_inline)) void NM(group_in)(const T *z, T *zt
         v[r] = NM(vload)(t);
     }
     nmx_transpose16_f32(v);
-    for (nmx_index c = 0; c < n; c++) memcpy(zt + c * NMX_GROUP, &v[c], sizeof v[c]);
+    /* All 16 class rows, a fixed-size copy: the rows c >= n are never read, and a copy of n rows
+     * becomes a call to memcpy. */
+    memcpy(zt, v, sizeof v);
 #else
     for (nmx_index c = 0; c < n; c++)
         for (nmx_index r = 0; r < NMX_GROUP; r++) zt[c * NMX_GROUP + r] = r < nr ? z[r * n + c] : 0;
@@ -669,6 +675,79 @@ static inline __attribute__((always_inline)) void NM(group_out)(const T *dt, T *
 #endif
 }
 
+#if defined(NMX_HAVE_TR16) && LANES == 16
+/* Lanes [8h, 8h + 8) of a float32 vector, widened to float64. */
+static inline __attribute__((always_inline)) nmx_vf64 NM(wide)(const VT *v, int h) {
+    nmx_vf32h x;
+    memcpy(&x, (const char *)v + h * sizeof x, sizeof x);
+    return __builtin_convertvector(x, nmx_vf64);
+}
+
+/* xent_block on a transposed group (inner == nb == NMX_GROUP == LANES) in the common case:
+ * integer labels yl, no class weights, no smoothing. Every column is one vector lane, so the
+ * per-column values stay in registers, where the general kernel keeps arrays of NMX_BLOCK_MAX
+ * in memory; that costs a 32-row call more than its arithmetic. The operations are the general
+ * kernel's with its constants in place (big_a = at = 0, keep = w_y = 1, so A = 1 and the loss is
+ * lse - ty exactly, contracted or not): the same bits. lt (or NULL) receives the 16 losses. */
+static inline __attribute__((always_inline)) double NM(xent_group_plain)(const T *zt, T *dt,
+                                                                         const int64_t *yl,
+                                                                         const nmx_xent_args *a,
+                                                                         T *lt) {
+    typedef int32_t vi32h __attribute__((vector_size(32)));
+    nmx_index n = a->classes;
+    double sc = a->scale, total = 0.0, loss[NMX_GROUP], pm[NMX_GROUP], lg[8];
+    VT m = NM(vload)(zt), part = {0}, ty = {0}, ey = {0}, alpha = {0};
+    VI cnt = {0}, ok = {0};
+    for (nmx_index c = 1; c < n; c++) { /* block_max */
+        VT v = NM(vload)(zt + c * NMX_GROUP);
+        m = NMX_VSEL(VT, VI, v > m, v, m);
+    }
+    for (nmx_index c = 0; c < n; c++) /* block_sum: one chunk, n <= NMX_CHUNK */
+        NM(exp_step)(zt + c * NMX_GROUP, &m, dt + c * NMX_GROUP, &part, &cnt, 1);
+    for (int i = 0; i < NMX_GROUP; i++) { /* block_labels; an ignored column reads class 0 */
+        int64_t y = yl[i];
+        int use = !NM(ignored)(a, y);
+        nmx_index k = (use ? y : 0) * NMX_GROUP + i;
+        ok[i] = -use;
+        ty[i] = use ? zt[k] - m[i] : 0;
+        ey[i] = use ? dt[k] : 1;
+    }
+    nmx_vf64 acc[2] = {{0}, {0}};
+    NMX_CAT(nmx_vacc, SFX)(acc, &part);
+    VI cm1 = cnt - 1;
+    for (int h = 0; h < 2; h++) {
+        vi32h ch;
+        memcpy(&ch, (const char *)&cm1 + h * sizeof ch, sizeof ch);
+        nmx_vf64 s = acc[h] + __builtin_convertvector(ch, nmx_vf64), u = 1.0 + s;
+        nmx_vf64 t = NM(wide)(&ty, h), e = NM(wide)(&ey, h), neg = -s / u, oth = e / u - 1.0;
+        nmx_vf64 p = NMX_VSEL(nmx_vf64, nmx_vi64, t == 0, neg, oth); /* block_pm1 */
+        nmx_vf64 lgv;
+        for (int k = 0; k < 8; k++) lg[k] = log(u[k]); /* block_log1p */
+        memcpy(&lgv, lg, sizeof lgv);
+        nmx_vf64 lse = NMX_VSEL(nmx_vf64, nmx_vi64, u == 1.0, s, lgv * (s / (u - 1.0)));
+        nmx_vf64 li = lse - t, al = sc / u; /* block_losses */
+        for (int k = 0; k < 8; k++) {
+            int use = ok[8 * h + k] != 0;
+            loss[8 * h + k] = use ? li[k] : 0.0;
+            alpha[8 * h + k] = use ? (T)al[k] : 0;
+            pm[8 * h + k] = p[k];
+        }
+    }
+    for (int i = 0; i < NMX_GROUP; i++) {
+        if (lt) lt[i] = (T)loss[i];
+        total += loss[i];
+    }
+    for (nmx_index c = 0; c < n; c++) { /* the gradient, then block_label_grad */
+        VT e = NM(vload)(dt + c * NMX_GROUP), d = alpha * e;
+        d = NMX_VSEL(VT, VI, ok, d, (VT){0});
+        memcpy(dt + c * NMX_GROUP, &d, sizeof d);
+    }
+    for (int i = 0; i < NMX_GROUP; i++)
+        if (ok[i]) dt[yl[i] * NMX_GROUP + i] = (T)(sc * pm[i]);
+    return total;
+}
+#endif
+
 /* A group of up to NMX_GROUP rows with few classes (n <= NMX_SMALL_C), transposed so that the
  * column-block kernel runs across the rows: a 10-class row is too short for the row kernel's
  * vectors, and one row at a time leaves the per-row latency chain exposed. Padding rows get the
@@ -689,7 +768,13 @@ static inline __attribute__((always_inline)) double NM(xent_small_rows)(const T 
     b.labels = yl;
     b.label_bytes = 8;
     b.loss = a->loss ? lt : NULL;
+#if defined(NMX_HAVE_TR16) && LANES == 16
+    double total = !a->weight && a->eps == 0.0
+                       ? NM(xent_group_plain)(zt, dt, yl, a, b.loss)
+                       : NM(xent_block)(zt, dt, NULL, 0, &b, 0, 0, NMX_GROUP);
+#else
     double total = NM(xent_block)(zt, dt, NULL, 0, &b, 0, 0, NMX_GROUP);
+#endif
     NM(group_out)(dt, dz + r0 * n, n, nr);
     if (a->loss)
         for (nmx_index r = 0; r < nr; r++) ((T *)a->loss)[r0 + r] = lt[r];
@@ -705,12 +790,9 @@ static inline __attribute__((always_inline)) void NM(softmax_small_rows)(const T
                                                                          nmx_index nr, int log_) {
     T zt[NMX_SMALL_C * NMX_GROUP], ot[NMX_SMALL_C * NMX_GROUP];
     if (n < 1) return; /* never (the driver skips empty views); tells the compiler zt is set */
-    for (nmx_index c = 0; c < n; c++)
-        for (nmx_index r = 0; r < NMX_GROUP; r++)
-            zt[c * NMX_GROUP + r] = r < nr ? z[(r0 + r) * n + c] : 0;
+    NM(group_in)(z + r0 * n, zt, n, nr);
     NM(softmax_block)(zt, ot, NULL, n, NMX_GROUP, NMX_GROUP, log_);
-    for (nmx_index r = 0; r < nr; r++)
-        for (nmx_index c = 0; c < n; c++) out[(r0 + r) * n + c] = ot[c * NMX_GROUP + r];
+    NM(group_out)(ot, out + r0 * n, n, nr);
 }
 
 /* ------------------------------------------------------------------ drivers */
@@ -725,6 +807,34 @@ typedef struct {
     int stream; /* column blocks streamed from the input (softmax_stream.h), not packed */
 } NM(job);
 
+/* Rows [t0, t1) with few classes, in groups (see xent_small_rows and softmax_small_rows). A
+ * function of its own: inlined into run_tasks, the group kernels share that function's frame and
+ * registers with every other kernel and spill most of their per-column values, which costs a
+ * small call more than the arithmetic. */
+NMX_CLONES static __attribute__((noinline)) double NM(run_small_rows)(const NM(job) * jb,
+                                                                       nmx_index t0,
+                                                                       nmx_index t1) {
+    double total = 0.0;
+    if (jb->kind == NMX_XENT) {
+        for (nmx_index r = t0; r < t1; r += NMX_GROUP)
+            total += NM(xent_small_rows)(jb->x, jb->out, jb->a, r,
+                                         t1 - r < NMX_GROUP ? t1 - r : NMX_GROUP);
+        return total;
+    }
+    for (nmx_index r = t0; r < t1; r += NMX_GROUP)
+        NM(softmax_small_rows)(jb->x, jb->out, jb->n, r, t1 - r < NMX_GROUP ? t1 - r : NMX_GROUP,
+                               jb->kind == NMX_LOG_SOFTMAX);
+    return total;
+}
+
+/* Whether run_small_rows takes the tasks of jb: rows of at most NMX_SMALL_C classes, of softmax,
+ * log-softmax, or cross-entropy with integer labels. */
+static inline int NM(small_rows)(const NM(job) * jb) {
+    if (jb->inner != 1 || jb->n > NMX_SMALL_C) return 0;
+    return jb->kind == NMX_SOFTMAX || jb->kind == NMX_LOG_SOFTMAX ||
+           (jb->kind == NMX_XENT && jb->a->labels);
+}
+
 /* Run tasks [t0, t1): rows when inner == 1, else blocks of `cols` columns, with pk (NULL or
  * jb->n * jb->cols elements) for the packed copy of a block. The target clones give AVX-512 /
  * AVX2+FMA code on CPUs that have it without -march=native. The half-precision kernels call
@@ -733,18 +843,7 @@ NMX_CLONES static double NM(run_tasks)(const NM(job) * jb, nmx_index t0, nmx_ind
     double total = 0.0;
     nmx_index n = jb->n, inner = jb->inner;
     const nmx_xent_args *a = jb->a;
-    if (jb->kind == NMX_XENT && inner == 1 && n <= NMX_SMALL_C && a->labels) {
-        for (nmx_index r = t0; r < t1; r += NMX_GROUP)
-            total += NM(xent_small_rows)(jb->x, jb->out, a, r, t1 - r < NMX_GROUP ? t1 - r : NMX_GROUP);
-        return total;
-    }
-    if ((jb->kind == NMX_SOFTMAX || jb->kind == NMX_LOG_SOFTMAX) && inner == 1 &&
-        n <= NMX_SMALL_C) {
-        for (nmx_index r = t0; r < t1; r += NMX_GROUP)
-            NM(softmax_small_rows)(jb->x, jb->out, n, r, t1 - r < NMX_GROUP ? t1 - r : NMX_GROUP,
-                                   jb->kind == NMX_LOG_SOFTMAX);
-        return total;
-    }
+    if (NM(small_rows)(jb)) return NM(run_small_rows)(jb, t0, t1);
     /* Task t is block t % nblk of example row t / nblk; step through them without dividing per
      * task (a division costs more than a 10-class row). */
     nmx_index o = t0 / jb->nblk, ib = t0 % jb->nblk;

@@ -192,3 +192,25 @@ def test_softmax_properties(z, data):
             lp[finite], np.log(p[finite]), rtol=tol * 10, atol=tol * 10, err_msg=name
         )
         assert (lp <= 0).all(), name
+
+
+@pytest.mark.parametrize("c", [1, 2, 7, 10, 16])
+@pytest.mark.parametrize("n", [1, 15, 16, 33])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_plain_small_rows_equal_unit_weights_bit_for_bit(c_backend, rng, c, n, ignore):
+    """Few-class float32 rows with plain integer labels run a group kernel of their own; with
+    weights of exactly 1 the general kernel runs the same arithmetic, so both give the same bits
+    (ties, a dominating class and huge logits included)."""
+    z = (rng.standard_normal((n, c)) * 30).astype(np.float32)
+    z[0] = 3e29  # a row of ties near the float32 maximum
+    if c > 1:
+        z[n // 2, 0] = 200.0  # a dominating class
+    y = rng.integers(0, c, n)
+    kw = {"reduction": "sum", "ignore_index": int(y[-1])} if ignore else {"reduction": "sum"}
+    loss, dz = XENT(z, y, **kw)
+    loss_w, dz_w = XENT(z, y, weight=np.ones(c), **kw)
+    np.testing.assert_array_equal(dz, dz_w)
+    assert loss == loss_w
+    per, _ = XENT(z, y, **{**kw, "reduction": "none"})
+    per_w, _ = XENT(z, y, weight=np.ones(c), **{**kw, "reduction": "none"})
+    np.testing.assert_array_equal(per, per_w)
