@@ -67,4 +67,13 @@ static inline int omp_get_thread_num(void) { return 0; }
 #define NMX_CLONES_AVX2
 #endif
 
+/* For a cloned function that must keep a frame of its own rather than be inlined into a caller
+ * of the same target (GCC does that). clang never inlines a multiversioned function, and
+ * refuses noinline beside target_clones. */
+#if defined(__clang__) && NMX_HAVE_CLONES
+#define NMX_NOINLINE_CLONED
+#else
+#define NMX_NOINLINE_CLONED __attribute__((noinline))
+#endif
+
 #endif

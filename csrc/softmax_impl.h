@@ -647,7 +647,8 @@ static inline __attribute__((always_inline)) void NM(group_in)(const T *z, T *zt
     }
     nmx_transpose16_f32(v);
     /* All 16 class rows, a fixed-size copy: the rows c >= n are never read, and a copy of n rows
-     * becomes a call to memcpy. */
+     * becomes a call to memcpy. The callers' buffers hold NMX_SMALL_C rows. */
+    _Static_assert(NMX_SMALL_C >= 16, "group buffers hold 16 class rows");
     memcpy(zt, v, sizeof v);
 #else
     for (nmx_index c = 0; c < n; c++)
@@ -811,9 +812,8 @@ typedef struct {
  * function of its own: inlined into run_tasks, the group kernels share that function's frame and
  * registers with every other kernel and spill most of their per-column values, which costs a
  * small call more than the arithmetic. */
-NMX_CLONES static __attribute__((noinline)) double NM(run_small_rows)(const NM(job) * jb,
-                                                                       nmx_index t0,
-                                                                       nmx_index t1) {
+NMX_CLONES static NMX_NOINLINE_CLONED double NM(run_small_rows)(const NM(job) * jb,
+                                                                nmx_index t0, nmx_index t1) {
     double total = 0.0;
     if (jb->kind == NMX_XENT) {
         for (nmx_index r = t0; r < t1; r += NMX_GROUP)
