@@ -53,6 +53,31 @@ static int nmx_should_stream(size_t bytes) {
 #endif
 }
 
+static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b; }
+
+/* The per-core cache that keeps a channel group between its two passes (batchnorm_impl.h,
+ * resident groups): the L2 size the system reports, within [256 KiB, 2 MiB] (256 KiB when it
+ * reports none). */
+#define NMX_L2_MIN ((long)256 << 10)
+#define NMX_L2_MAX ((long)2 << 20)
+static long nmx_l2_bytes(void) {
+    static long cached = 0; /* as in nmx_llc_bytes */
+    long l2 = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (l2 == 0) {
+        l2 = -1;
+#if NMX_HAVE_POSIX && defined(_SC_LEVEL2_CACHE_SIZE)
+        l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        l2 = l2 <= 0 ? NMX_L2_MIN : l2 < NMX_L2_MIN ? NMX_L2_MIN : l2 > NMX_L2_MAX ? NMX_L2_MAX : l2;
+        __atomic_store_n(&cached, l2, __ATOMIC_RELAXED);
+    }
+    return l2;
+}
+
+/* The inputs of one resident group may fill half of it: the other half holds the output
+ * pieces, the constants and the group of a second hardware thread on the same core. */
+static size_t nmx_group_budget(void) { return (size_t)nmx_l2_bytes() / 2; }
+
 /* memcpy with 16-byte non-temporal stores (SSE2, baseline x86-64) for the aligned middle. */
 static void nmx_stream(void *dst, const void *src, size_t n) {
 #if NMX_HAVE_STREAM

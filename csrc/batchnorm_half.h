@@ -309,8 +309,6 @@ static inline float nmx_half_value(int kind, uint16_t h) {
     return kind == NMX_BF16 ? nmx_bf16_to_f32(h) : nmx_f16_to_f32(h);
 }
 
-static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b; }
-
 /* The pivot of each channel (its first value, as in the float32 kernel) in float32. */
 static void bn_pivots_h(int kind, const uint16_t *x, nmx_index C, nmx_index inner, float *piv) {
     if (inner == 1) {

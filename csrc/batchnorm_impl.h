@@ -460,6 +460,61 @@ NMX_CLONES static void FN(train_finish)(nmx_index c0, nmx_index c1, double *rest
         for (nmx_index c = c0; c < c1; c++) sh[c] = beta[c];
 }
 
+/* ---- cache-resident channel groups ------------------------------------------------------- */
+/* Past the cache, the two-pass drivers read every input twice from memory. When one channel's
+ * runs (inner > 1: NCHW, the (C, m) layout) fit the per-core cache a few channels at a time, the
+ * call runs group by group instead: pass 1 over a group's runs brings them into the cache and
+ * pass 2 reads them back from there, so memory sees each input once (a forward moves 2 x bytes
+ * instead of 3 x). One thread finishes a group, so the groups go to the threads as they come free
+ * (no barrier between the passes), and a channel's sums are those of the one-thread two-pass
+ * driver (its runs in batch order) whatever the thread count.
+ * Rows of C values (inner == 1) keep the two-pass drivers: a group of channels there is a few
+ * cache lines from every row, rows C apart, which the hardware prefetchers do not follow and which
+ * a power-of-two C maps onto a few cache sets; measured, packing them was slower than two passes. */
+
+/* Channels per resident group, or 0 when the call keeps the two-pass drivers: the group's runs of
+ * its `inputs` arrays (x; or dy and x) fit nmx_group_budget(), and there are about four groups
+ * per thread, for balance. */
+static nmx_index FN(group_width)(nmx_index outer, nmx_index C, nmx_index inner, int inputs,
+                                 int nt) {
+    if (inner == 1) return 0;
+    size_t per = (size_t)outer * (size_t)inner * sizeof(T) * (size_t)inputs;
+    nmx_index fit = (nmx_index)(nmx_group_budget() / per);
+    nmx_index spread = (C + 4 * (nmx_index)nt - 1) / (4 * (nmx_index)nt);
+    return fit < spread ? fit : spread;
+}
+
+/* Pass 2 of a group: y (dy NULL) or dx of channels [c0, c1), through out_part, streamed. */
+static void FN(group_out)(const T *dy, const T *x, T *out, nmx_index outer, nmx_index C,
+                          nmx_index inner, nmx_index c0, nmx_index c1, const T *k) {
+    T tmp[NMX_PIECE];
+    for (nmx_index c = c0; c < c1; c++)
+        for (nmx_index o = 0; o < outer; o++)
+            for (nmx_index a = 0, u = o * C + c; a < inner; a += NMX_PIECE) {
+                nmx_index b = nmx_min(inner, a + NMX_PIECE);
+                FN(out_part)(dy, x, tmp, C, inner, u, u + 1, a, b, k);
+                nmx_stream(out + u * inner + a, tmp, sizeof(T) * (size_t)(b - a));
+            }
+    nmx_stream_fence();
+}
+
+/* The training forward of channels [c0, c1) start to end; acc and k as in the two-pass driver
+ * with a team of one. */
+static void FN(train_group)(const T *x, nmx_index outer, nmx_index C, nmx_index inner,
+                            nmx_index c0, nmx_index c1, const T *gamma, const T *beta, T *y,
+                            double *mean, double *invstd, T *rmean, T *rvar, double momentum,
+                            double eps, double *acc, T *k) {
+    for (nmx_index c = c0; c < c1; c++) {
+        acc[c] = acc[C + c] = 0;
+        for (nmx_index o = 0; o < outer; o++)
+            FN(stats_run)(x + (o * C + c) * inner, inner, (double)x[c * inner], acc + c,
+                          acc + C + c);
+    }
+    FN(train_finish)(c0, c1, acc, outer * inner, x, C, inner, gamma, beta, mean, invstd, rmean,
+                     rvar, momentum, eps, k);
+    FN(group_out)(NULL, x, y, outer, C, inner, c0, c1, k);
+}
+
 int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, const T *gamma,
                      const T *beta, T *y, double *mean, double *invstd, T *rmean, T *rvar,
                      double momentum, double eps) {
@@ -469,6 +524,15 @@ int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
     NMX_SCRATCH(scratch, C, nt, 4);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
+    nmx_index g = stream ? FN(group_width)(outer, C, inner, 1, nt) : 0;
+    if (g) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+        for (nmx_index c0 = 0; c0 < C; c0 += g)
+            FN(train_group)(x, outer, C, inner, c0, nmx_min(C, c0 + g), gamma, beta, y,
+                            mean, invstd, rmean, rvar, momentum, eps, acc, k);
+        nmx_scratch_free(&scratch);
+        return 0;
+    }
     if (nt == 1) { /* no OpenMP runtime calls at all: they dominate a (32, 64) batch */
         memset(acc, 0, sizeof(double) * 2 * (size_t)C);
         FN(pass_stats)(x, C, inner, 0, units, acc, acc + C);
@@ -554,6 +618,22 @@ NMX_CLONES static void FN(grad_finish)(nmx_index c0, nmx_index c1, double *restr
     }
 }
 
+/* The backward of channels [c0, c1) start to end, as train_group; k holds the split means. */
+static void FN(back_group)(const T *dy, const T *x, nmx_index outer, nmx_index C,
+                           nmx_index inner, nmx_index c0, nmx_index c1, const double *mean,
+                           const double *invstd, const T *gamma, T *dx, T *dgamma, T *dbeta,
+                           double *acc, T *k) {
+    for (nmx_index c = c0; c < c1; c++) {
+        acc[c] = acc[C + c] = 0;
+        for (nmx_index o = 0; o < outer; o++) {
+            nmx_index u = (o * C + c) * inner;
+            FN(grad_run)(dy + u, x + u, inner, mean[c], acc + c, acc + C + c);
+        }
+    }
+    FN(grad_finish)(c0, c1, acc, outer * inner, C, invstd, gamma, dgamma, dbeta, k);
+    FN(group_out)(dy, x, dx, outer, C, inner, c0, c1, k);
+}
+
 int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, nmx_index inner,
                         const double *mean, const double *invstd, const T *gamma, T *dx,
                         T *dgamma, T *dbeta) {
@@ -564,6 +644,15 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
     FN(split_means)(mean, C, k);
+    nmx_index g = stream ? FN(group_width)(outer, C, inner, 2, nt) : 0;
+    if (g) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+        for (nmx_index c0 = 0; c0 < C; c0 += g)
+            FN(back_group)(dy, x, outer, C, inner, c0, nmx_min(C, c0 + g), mean, invstd,
+                           gamma, dx, dgamma, dbeta, acc, k);
+        nmx_scratch_free(&scratch);
+        return 0;
+    }
     if (nt == 1) {
         memset(acc, 0, sizeof(double) * 2 * (size_t)C);
         FN(pass_grad)(dy, x, C, inner, 0, units, mean, k, acc, acc + C);

@@ -336,6 +336,65 @@ def test_outputs_larger_than_the_cache(case, rng):
     assert_close(dx, dx_ref, np.float32)
 
 
+@pytest.mark.parametrize(
+    "shape, axis, dtype",
+    [
+        ((3, 37, 40000), 1, np.float32),  # NCHW-like runs, 17.8 MB
+        ((37, 120001), 0, np.float32),  # the (C, m) layout, odd run length
+        ((3, 37, 20000), 1, np.float64),
+    ],
+)
+def test_large_runs_give_the_same_bits_on_any_thread_count(shape, axis, dtype, rng):
+    """Past the cache, channels whose runs fit the per-core cache a few at a time are finished
+    group by group, each group by one thread: every output, statistic and gradient must be the
+    same bits with one thread and with two, and right. One channel holds a NaN and one huge
+    values, so the groups' non-finite and far-from-zero sums are covered too."""
+    if "c" not in normax.available_backends():
+        pytest.skip("C backend not built")
+    x = (rng.standard_normal(shape) * 3 + 5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    index = [slice(None)] * x.ndim
+    index[axis] = 4
+    x[tuple(index)] *= 1e20
+    index[axis] = 35
+    x[tuple(index)][..., 7] = np.nan
+    c = shape[axis]
+    gamma = rng.standard_normal(c).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    results = []
+    previous = normax.get_backend(), normax.get_num_threads()
+    try:
+        normax.set_backend("c")
+        for threads in (1, 2):
+            normax.set_num_threads(threads)
+            rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+            y, cache = normax.batch_norm_train(x, gamma, beta, rm, rv, axis=axis)
+            grads = normax.batch_norm_backward(dy, cache)
+            results.append((y, cache.mean, cache.invstd, rm, rv, *grads))
+    finally:
+        normax.set_backend(previous[0])
+        normax.set_num_threads(previous[1])
+    for one, two in zip(*results):
+        assert one.tobytes() == two.tobytes()
+    y, mean, invstd, rm, rv, dx, dgamma, dbeta = results[0]
+    finite = np.ones(c, bool)
+    finite[35] = False
+    assert np.isnan(y.take(35, axis)).all() and np.isnan(mean[35]) and np.isnan(rm[35])
+    y_ref, mean_ref, invstd_ref = ref.train_by_axis(
+        x, axis, gamma, beta, None, None, 0.1, 1e-5, None
+    )
+    keep = np.flatnonzero(finite)
+    assert_close(y.take(keep, axis), y_ref.take(keep, axis), dtype)
+    np.testing.assert_allclose(mean[finite], mean_ref[finite], rtol=1e-12)
+    np.testing.assert_allclose(invstd[finite], invstd_ref[finite], rtol=1e-10)
+    dx_ref, dg_ref, db_ref = ref.backward_by_axis(dy, x, axis, mean, invstd, gamma, None)
+    assert_close(dx.take(keep, axis), dx_ref.take(keep, axis), dtype)
+    np.testing.assert_allclose(dbeta, db_ref, rtol=1e-4 if dtype == np.float32 else 1e-10)
+    np.testing.assert_allclose(
+        dgamma[finite], dg_ref[finite], rtol=1e-4 if dtype == np.float32 else 1e-10
+    )
+
+
 @pytest.mark.parametrize("shape, axis", [((32, 64), 1), ((4, 3, 5), -1), ((2, 3, 4, 4), 1)])
 def test_fast_path_cache_is_a_plain_named_tuple(backend, shape, axis, rng):
     """The front door fills the cache in place: it must be indistinguishable from one built by
