@@ -78,6 +78,17 @@ static long nmx_l2_bytes(void) {
  * pieces, the constants and the group of a second hardware thread on the same core. */
 static size_t nmx_group_budget(void) { return (size_t)nmx_l2_bytes() / 2; }
 
+/* Channels per resident group of a call (batchnorm_impl.h), or 0 when it keeps the two-pass
+ * drivers: the group's runs, `bytes` per element over its inputs (x; or dy and x), fit
+ * nmx_group_budget(), and there are about four groups per thread, for balance. */
+static nmx_index nmx_group_width(nmx_index outer, nmx_index C, nmx_index inner, size_t bytes,
+                                 int nt) {
+    if (inner == 1) return 0;
+    nmx_index fit = (nmx_index)(nmx_group_budget() / ((size_t)outer * (size_t)inner * bytes));
+    nmx_index spread = (C + 4 * (nmx_index)nt - 1) / (4 * (nmx_index)nt);
+    return fit < spread ? fit : spread;
+}
+
 /* memcpy with 16-byte non-temporal stores (SSE2, baseline x86-64) for the aligned middle. */
 static void nmx_stream(void *dst, const void *src, size_t n) {
 #if NMX_HAVE_STREAM

@@ -546,6 +546,34 @@ static void bn_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *
     if (stream) nmx_stream_fence();
 }
 
+/* Resident groups (see batchnorm_impl.h): the sums of channels [c0, c1) run by run, in the order
+ * of the one-thread driver, into acc[c] and acc[C + c]. */
+static void bn_group_sums_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index outer,
+                            nmx_index C, nmx_index inner, nmx_index c0, nmx_index c1,
+                            const float *piv, const float *k, const double *mean, double *acc) {
+    for (nmx_index c = c0; c < c1; c++) {
+        acc[c] = acc[C + c] = 0;
+        for (nmx_index u = c; u < outer * C; u += C)
+            bn_sums_h(kind, dy, x, C, inner, u, u + 1, piv, k, mean, acc, acc + C);
+    }
+}
+
+/* y (dy NULL) or dx of channels [c0, c1), run by run from the cache, streamed. */
+static void bn_group_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *out,
+                           nmx_index outer, nmx_index C, nmx_index inner, nmx_index c0,
+                           nmx_index c1, const float *k) {
+    nmx_index w = nmx_min(inner, NMX_HALF_TILE);
+    uint16_t ht[NMX_HALF_TILE];
+    for (nmx_index c = c0; c < c1; c++)
+        for (nmx_index u = c; u < outer * C; u += C)
+            for (nmx_index a = 0; a < inner; a += w) {
+                nmx_index wa = nmx_min(w, inner - a);
+                bn_piece_h(kind, dy, x, ht, C, inner, u, u + 1, a, wa, k, 0);
+                nmx_stream(out + u * inner + a, ht, sizeof(uint16_t) * (size_t)wa);
+            }
+    nmx_stream_fence();
+}
+
 int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nmx_index inner,
                    const float *gamma, const float *beta, uint16_t *y, double *mean,
                    double *invstd, float *rmean, float *rvar, double momentum, double eps) {
@@ -557,6 +585,19 @@ int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nm
     float *k = (float *)scratch.k, *piv = k + 4 * C;
     bn_pivots_h(kind, x, C, inner, piv);
     /* train_finish reads the pivot of channel c as x[c * inner]: the pivots with inner 1 */
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(uint16_t), nt) : 0;
+    if (g) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+        for (nmx_index c0 = 0; c0 < C; c0 += g) {
+            nmx_index c1 = nmx_min(C, c0 + g);
+            bn_group_sums_h(kind, NULL, x, outer, C, inner, c0, c1, piv, NULL, NULL, acc);
+            train_finish_f32(c0, c1, acc, n, piv, C, 1, gamma, beta, mean, invstd, rmean, rvar,
+                             momentum, eps, k);
+            bn_group_out_h(kind, NULL, x, y, outer, C, inner, c0, c1, k);
+        }
+        nmx_scratch_free(&scratch);
+        return 0;
+    }
     if (nt == 1) {
         memset(acc, 0, sizeof(double) * 2 * (size_t)C);
         bn_sums_h(kind, NULL, x, C, inner, 0, units, piv, NULL, NULL, acc, acc + C);
@@ -624,6 +665,18 @@ int nmx_bn_backward_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
     double *acc = scratch.acc;
     float *k = (float *)scratch.k;
     for (nmx_index c = 0; c < C; c++) split_mean_f32(mean[c], k + c, k + C + c);
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, 2 * sizeof(uint16_t), nt) : 0;
+    if (g) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+        for (nmx_index c0 = 0; c0 < C; c0 += g) {
+            nmx_index c1 = nmx_min(C, c0 + g);
+            bn_group_sums_h(kind, dy, x, outer, C, inner, c0, c1, NULL, k, mean, acc);
+            grad_finish_f32(c0, c1, acc, n, C, invstd, gamma, dgamma, dbeta, k);
+            bn_group_out_h(kind, dy, x, dx, outer, C, inner, c0, c1, k);
+        }
+        nmx_scratch_free(&scratch);
+        return 0;
+    }
     if (nt == 1) {
         memset(acc, 0, sizeof(double) * 2 * (size_t)C);
         bn_sums_h(kind, dy, x, C, inner, 0, units, NULL, k, mean, acc, acc + C);

@@ -472,18 +472,6 @@ NMX_CLONES static void FN(train_finish)(nmx_index c0, nmx_index c1, double *rest
  * cache lines from every row, rows C apart, which the hardware prefetchers do not follow and which
  * a power-of-two C maps onto a few cache sets; measured, packing them was slower than two passes. */
 
-/* Channels per resident group, or 0 when the call keeps the two-pass drivers: the group's runs of
- * its `inputs` arrays (x; or dy and x) fit nmx_group_budget(), and there are about four groups
- * per thread, for balance. */
-static nmx_index FN(group_width)(nmx_index outer, nmx_index C, nmx_index inner, int inputs,
-                                 int nt) {
-    if (inner == 1) return 0;
-    size_t per = (size_t)outer * (size_t)inner * sizeof(T) * (size_t)inputs;
-    nmx_index fit = (nmx_index)(nmx_group_budget() / per);
-    nmx_index spread = (C + 4 * (nmx_index)nt - 1) / (4 * (nmx_index)nt);
-    return fit < spread ? fit : spread;
-}
-
 /* Pass 2 of a group: y (dy NULL) or dx of channels [c0, c1), through out_part, streamed. */
 static void FN(group_out)(const T *dy, const T *x, T *out, nmx_index outer, nmx_index C,
                           nmx_index inner, nmx_index c0, nmx_index c1, const T *k) {
@@ -524,7 +512,7 @@ int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
     NMX_SCRATCH(scratch, C, nt, 4);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
-    nmx_index g = stream ? FN(group_width)(outer, C, inner, 1, nt) : 0;
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(T), nt) : 0;
     if (g) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
         for (nmx_index c0 = 0; c0 < C; c0 += g)
@@ -644,7 +632,7 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
     FN(split_means)(mean, C, k);
-    nmx_index g = stream ? FN(group_width)(outer, C, inner, 2, nt) : 0;
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, 2 * sizeof(T), nt) : 0;
     if (g) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
         for (nmx_index c0 = 0; c0 < C; c0 += g)
