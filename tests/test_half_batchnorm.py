@@ -121,6 +121,39 @@ def test_backward_matches_float64(backend, layout, dtype, affine, rng):
     np.testing.assert_allclose(dbeta, db64, rtol=1e-5, atol=1e-6 * n)
 
 
+@pytest.mark.parametrize("case", [((3, 37, 80000), 1), ((37, 240001), 0)], ids=["NCHW", "C,m"])
+@pytest.mark.parametrize("dtype", HALF)
+def test_large_runs_give_the_same_bits_on_any_thread_count(case, dtype, rng):
+    """Half runs past the cache go group by group (as float32 does): one thread and two give the
+    same bits, and the right values."""
+    if "c" not in normax.available_backends():
+        pytest.skip("C backend not built")
+    shape, axis = case
+    x, gamma, beta = _make(shape, axis, dtype, rng)
+    dy = rng.standard_normal(shape).astype(dtype)
+    results = []
+    previous = normax.get_backend(), normax.get_num_threads()
+    try:
+        normax.set_backend("c")
+        for threads in (1, 2):
+            normax.set_num_threads(threads)
+            y, cache = normax.batch_norm_train(x, gamma, beta, axis=axis)
+            results.append((y, cache.mean, cache.invstd, *normax.batch_norm_backward(dy, cache)))
+    finally:
+        normax.set_backend(previous[0])
+        normax.set_num_threads(previous[1])
+    for one, two in zip(*results):
+        assert one.tobytes() == two.tobytes()
+    y, mean, invstd, dx, dgamma, _ = results[0]
+    y64, mean64, invstd64, _, _ = _ref_train(x, axis, gamma, beta)
+    assert_half_close(y, y64, dtype, "y")
+    np.testing.assert_allclose(mean, mean64, **F32)
+    dx64, dg64, _ = ref.backward_by_axis(*_f64(dy, x), axis % x.ndim, mean64, invstd64,
+                                         *_f64(gamma))
+    assert_half_close(dx, dx64, dtype, "dx")
+    np.testing.assert_allclose(dgamma, dg64, rtol=1e-5, atol=1e-6 * (x.size // x.shape[axis]))
+
+
 @pytest.mark.parametrize("dtype", HALF)
 def test_out_and_noncontiguous_input(backend, dtype, rng):
     x, gamma, beta = _make((40, 12, 6), 1, dtype, rng)
