@@ -55,6 +55,10 @@ static int nmx_should_stream(size_t bytes) {
 
 static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b; }
 
+/* Rows of more bytes than this go by tiles in the row passes (wide_rows in batchnorm_impl.h):
+ * four such per-channel arrays fill a third of a 48 KiB L1. */
+#define NMX_WIDE_ROW_BYTES 4096
+
 /* The per-core cache that keeps a channel group between its two passes (batchnorm_impl.h,
  * resident groups): the L2 size the system reports, within [256 KiB, 2 MiB] (256 KiB when it
  * reports none). */

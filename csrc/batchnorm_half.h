@@ -366,12 +366,13 @@ static void bn_sums_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, nmx
                 for (nmx_index r = r1; r < r2; r++) bn_prefetch_h(x + r * C + a, wa);
                 bn_load_rows_h(kind, x, C, r0, r1, a, wa, xt);
                 if (!dy) {
-                    stats_rows_f32(xt, r1 - r0, wa, piv + a, s1 + a, s2 + a);
+                    stats_rows_f32(xt, r1 - r0, wa, wa, piv + a, s1 + a, s2 + a);
                     continue;
                 }
                 for (nmx_index r = r1; r < r2; r++) bn_prefetch_h(dy + r * C + a, wa);
                 bn_load_rows_h(kind, dy, C, r0, r1, a, wa, gt);
-                grad_rows_f32(gt, xt, r1 - r0, wa, k + a, k + C + a, mean + a, s1 + a, s2 + a);
+                grad_rows_f32(gt, xt, r1 - r0, wa, wa, k + a, k + C + a, mean + a, s1 + a,
+                              s2 + a);
             }
         }
         return;

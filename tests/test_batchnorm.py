@@ -23,7 +23,8 @@ TOL = {
 }
 
 # (shape, axis): odd sizes, N=2, C=1, a large C (heap scratch), the four named layouts, a middle
-# axis, and shapes above the parallel threshold for both inner loops (rows, long and short runs).
+# axis, and shapes above the parallel threshold for both inner loops (rows, wide rows, long and
+# short runs).
 LAYOUTS = {
     "NC-odd": ((7, 5), 1),
     "N=2": ((2, 3), 1),
@@ -34,6 +35,7 @@ LAYOUTS = {
     "C,m": ((6, 11), 0),
     "middle": ((3, 4, 5, 2), 2),
     "rows-parallel": ((97, 400), 1),
+    "wide-rows-parallel": ((37, 1300), 1),  # rows past NMX_WIDE_ROW_BYTES go by tiles
     "runs-parallel": ((5, 16, 500), 1),
     "short-runs-parallel": ((16, 48, 7, 7), 1),
 }
