@@ -24,22 +24,41 @@
 #define NMX_PIECE 2048
 #define NMX_PIECES_PER_BLOCK 64
 
+/* A cache size the system reports (sysconf `name`, or -1 where there is no such name), `dflt`
+ * when it reports none, clamped to [lo, hi]; read once into *cached. Callers may race here (the
+ * GIL is released): every one stores the same value, atomically. */
+static long nmx_cache_size(long *cached, int name, long dflt, long lo, long hi) {
+    long size = __atomic_load_n(cached, __ATOMIC_RELAXED);
+    if (size == 0) {
+        size = -1;
+#if NMX_HAVE_POSIX
+        if (name >= 0) size = sysconf(name);
+#else
+        (void)name;
+#endif
+        size = size <= 0 ? dflt : size < lo ? lo : size > hi ? hi : size;
+        __atomic_store_n(cached, size, __ATOMIC_RELAXED);
+    }
+    return size;
+}
+
+#if NMX_HAVE_POSIX && defined(_SC_LEVEL3_CACHE_SIZE)
+#define NMX_SC_L3 _SC_LEVEL3_CACHE_SIZE
+#else
+#define NMX_SC_L3 (-1)
+#endif
+#if NMX_HAVE_POSIX && defined(_SC_LEVEL2_CACHE_SIZE)
+#define NMX_SC_L2 _SC_LEVEL2_CACHE_SIZE
+#else
+#define NMX_SC_L2 (-1)
+#endif
+
 /* The last-level cache a call can count on: what the system reports, at most NMX_LLC_CAP
  * (platform.h, where the reason is given). */
 #if NMX_HAVE_STREAM /* only streaming needs the cache size */
 static long nmx_llc_bytes(void) {
-    static long cached = 0; /* callers may race here (the GIL is released): every one stores the
-                               same value, atomically */
-    long llc = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (llc == 0) {
-        llc = -1;
-#if NMX_HAVE_POSIX && defined(_SC_LEVEL3_CACHE_SIZE)
-        llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-        llc = llc <= 0 || llc > NMX_LLC_CAP ? NMX_LLC_CAP : llc;
-        __atomic_store_n(&cached, llc, __ATOMIC_RELAXED);
-    }
-    return llc;
+    static long cached = 0;
+    return nmx_cache_size(&cached, NMX_SC_L3, NMX_LLC_CAP, 1, NMX_LLC_CAP);
 }
 #endif
 
@@ -65,17 +84,8 @@ static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b
 #define NMX_L2_MIN ((long)256 << 10)
 #define NMX_L2_MAX ((long)2 << 20)
 static long nmx_l2_bytes(void) {
-    static long cached = 0; /* as in nmx_llc_bytes */
-    long l2 = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (l2 == 0) {
-        l2 = -1;
-#if NMX_HAVE_POSIX && defined(_SC_LEVEL2_CACHE_SIZE)
-        l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-        l2 = l2 <= 0 ? NMX_L2_MIN : l2 < NMX_L2_MIN ? NMX_L2_MIN : l2 > NMX_L2_MAX ? NMX_L2_MAX : l2;
-        __atomic_store_n(&cached, l2, __ATOMIC_RELAXED);
-    }
-    return l2;
+    static long cached = 0;
+    return nmx_cache_size(&cached, NMX_SC_L2, NMX_L2_MIN, NMX_L2_MIN, NMX_L2_MAX);
 }
 
 /* The inputs of one resident group may fill half of it: the other half holds the output
