@@ -295,7 +295,7 @@ def test_thread_count_does_not_change_the_answer_much(backend, threads, rng):
     assert np.abs(dx).max() < 1e-9
 
 
-@pytest.mark.parametrize("layout", ["NC-odd", "rows-parallel", "NHWC"])
+@pytest.mark.parametrize("layout", ["NC-odd", "rows-parallel", "wide-rows-parallel", "NHWC"])
 def test_float32_sums_do_not_overflow(backend, layout, rng):
     """float32 values near 1e20 square past float32's range; the sums must still be right."""
     shape, axis = LAYOUTS[layout]
