@@ -614,7 +614,7 @@ int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nm
     float *k = (float *)scratch.k, *piv = k + 4 * C;
     bn_pivots_h(kind, x, C, inner, piv);
     /* train_finish reads the pivot of channel c as x[c * inner]: the pivots with inner 1 */
-    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(uint16_t), nt) : 0;
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(uint16_t), 1, nt) : 0;
     if (g) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
         for (nmx_index c0 = 0; c0 < C; c0 += g) {
@@ -694,7 +694,7 @@ int nmx_bn_backward_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
     double *acc = scratch.acc;
     float *k = (float *)scratch.k;
     for (nmx_index c = 0; c < C; c++) split_mean_f32(mean[c], k + c, k + C + c);
-    nmx_index g = stream ? nmx_group_width(outer, C, inner, 2 * sizeof(uint16_t), nt) : 0;
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(uint16_t), 2, nt) : 0;
     if (g) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
         for (nmx_index c0 = 0; c0 < C; c0 += g) {

@@ -572,7 +572,7 @@ int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
     NMX_SCRATCH(scratch, C, nt, 4);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
-    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(T), nt) : 0;
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(T), 1, nt) : 0;
     if (g) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
         for (nmx_index c0 = 0; c0 < C; c0 += g)
@@ -701,7 +701,7 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
     FN(split_means)(mean, C, k);
-    nmx_index g = stream ? nmx_group_width(outer, C, inner, 2 * sizeof(T), nt) : 0;
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(T), 2, nt) : 0;
     if (g) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
         for (nmx_index c0 = 0; c0 < C; c0 += g)
