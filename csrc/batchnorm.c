@@ -24,22 +24,41 @@
 #define NMX_PIECE 2048
 #define NMX_PIECES_PER_BLOCK 64
 
+/* A cache size the system reports (sysconf `name`, or -1 where there is no such name), `dflt`
+ * when it reports none, clamped to [lo, hi]; read once into *cached. Callers may race here (the
+ * GIL is released): every one stores the same value, atomically. */
+static long nmx_cache_size(long *cached, int name, long dflt, long lo, long hi) {
+    long size = __atomic_load_n(cached, __ATOMIC_RELAXED);
+    if (size == 0) {
+        size = -1;
+#if NMX_HAVE_POSIX
+        if (name >= 0) size = sysconf(name);
+#else
+        (void)name;
+#endif
+        size = size <= 0 ? dflt : size < lo ? lo : size > hi ? hi : size;
+        __atomic_store_n(cached, size, __ATOMIC_RELAXED);
+    }
+    return size;
+}
+
+#if NMX_HAVE_POSIX && defined(_SC_LEVEL3_CACHE_SIZE)
+#define NMX_SC_L3 _SC_LEVEL3_CACHE_SIZE
+#else
+#define NMX_SC_L3 (-1)
+#endif
+#if NMX_HAVE_POSIX && defined(_SC_LEVEL2_CACHE_SIZE)
+#define NMX_SC_L2 _SC_LEVEL2_CACHE_SIZE
+#else
+#define NMX_SC_L2 (-1)
+#endif
+
 /* The last-level cache a call can count on: what the system reports, at most NMX_LLC_CAP
  * (platform.h, where the reason is given). */
 #if NMX_HAVE_STREAM /* only streaming needs the cache size */
 static long nmx_llc_bytes(void) {
-    static long cached = 0; /* callers may race here (the GIL is released): every one stores the
-                               same value, atomically */
-    long llc = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (llc == 0) {
-        llc = -1;
-#if NMX_HAVE_POSIX && defined(_SC_LEVEL3_CACHE_SIZE)
-        llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-        llc = llc <= 0 || llc > NMX_LLC_CAP ? NMX_LLC_CAP : llc;
-        __atomic_store_n(&cached, llc, __ATOMIC_RELAXED);
-    }
-    return llc;
+    static long cached = 0;
+    return nmx_cache_size(&cached, NMX_SC_L3, NMX_LLC_CAP, 1, NMX_LLC_CAP);
 }
 #endif
 
@@ -51,6 +70,45 @@ static int nmx_should_stream(size_t bytes) {
     (void)bytes;
     return 0;
 #endif
+}
+
+static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b; }
+
+/* Rows of more bytes than this go by tiles in the row passes (wide_rows in batchnorm_impl.h):
+ * four such per-channel arrays fill a third of a 48 KiB L1. */
+#define NMX_WIDE_ROW_BYTES 4096
+
+/* The per-core cache that keeps a channel group between its two passes (batchnorm_impl.h,
+ * resident groups): the L2 size the system reports, within [256 KiB, 2 MiB] (256 KiB when it
+ * reports none). */
+#define NMX_L2_MIN ((long)256 << 10)
+#define NMX_L2_MAX ((long)2 << 20)
+static long nmx_l2_bytes(void) {
+    static long cached = 0;
+    return nmx_cache_size(&cached, NMX_SC_L2, NMX_L2_MIN, NMX_L2_MIN, NMX_L2_MAX);
+}
+
+/* The inputs of one resident group may fill half of it: the other half holds the output
+ * pieces, the constants and the group of a second hardware thread on the same core. */
+static size_t nmx_group_budget(void) { return (size_t)nmx_l2_bytes() / 2; }
+
+/* Runs shorter than this keep the two-pass drivers: read channel by channel, each run is a jump
+ * of C runs from the last, and runs of a page or two end before the hardware prefetchers ramp
+ * up (measured: float16 NCHW 56 x 56, 6 KiB runs, 8-15% slower by groups; float32, 12 KiB,
+ * faster). */
+#define NMX_GROUP_MIN_RUN_BYTES 8192
+
+/* Channels per resident group of a call (batchnorm_impl.h), or 0 when it keeps the two-pass
+ * drivers: runs of at least NMX_GROUP_MIN_RUN_BYTES, the group's runs of its `inputs` arrays
+ * (x; or dy and x) of `size`-byte elements fit nmx_group_budget(), and there are about four
+ * groups per thread, for balance. */
+static nmx_index nmx_group_width(nmx_index outer, nmx_index C, nmx_index inner, size_t size,
+                                 int inputs, int nt) {
+    size_t run = (size_t)inner * size;
+    if (inner == 1 || run < NMX_GROUP_MIN_RUN_BYTES) return 0;
+    nmx_index fit = (nmx_index)(nmx_group_budget() / ((size_t)outer * run * (size_t)inputs));
+    nmx_index spread = (C + 4 * (nmx_index)nt - 1) / (4 * (nmx_index)nt);
+    return fit < spread ? fit : spread;
 }
 
 /* memcpy with 16-byte non-temporal stores (SSE2, baseline x86-64) for the aligned middle. */

@@ -52,14 +52,16 @@ static const nmx_bn_hleaves nmx_bn_leaves_bf16 = {
     grad_rows_bf16,  grad_run_bf16,  dx_rows_bf16,     dx_run_bf16,
 };
 
-/* ---- vector loops: float16 with F16C, bfloat16 with integer lanes -------------------------
+/* ---- vector loops: float16 with F16C, bfloat16 with integer lanes or AVX-512 BF16 ---------
  * The fused vector loops must fuse the same products into FMAs as the float32 loops they stand
  * for, as those run on this CPU: which clone of them the loader picked, and whether that clone
  * contracts at all, depends on the CPU and on the compiler (Clang 14's resolver of the
  * x86-64-v4 / v3 clones picks the SSE2 one on every Intel and AMD CPU). So the float32 loop is
  * asked (nmx_bn_f32_fma) and the matching instance is run: AVX-512 or AVX2 with FMA, or AVX
- * without FMA (the SSE2 clone's arithmetic, on wider vectors); float16 takes the tiles and
- * bfloat16 the scalar loops above on CPUs without F16C (every AVX2 CPU has it). */
+ * without FMA (the SSE2 clone's arithmetic, on wider vectors), bfloat16 on AVX-512 rounding with
+ * vcvtneps2bf16 where the CPU has AVX-512 BF16 (the same arithmetic: only the store differs);
+ * float16 takes the tiles and bfloat16 the scalar loops above on CPUs without F16C (every AVX2
+ * CPU has it). */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NMX_SANITIZED)
 #include <cpuid.h>
 #include <immintrin.h>
@@ -118,6 +120,21 @@ NMX_BN_512 void nmx_bn_store_bf16_512(uint16_t *p, const nmx_hv16f *v) {
                                             _mm512_set1_epi32(0x7f800000));
     r = _mm512_mask_or_epi32(_mm512_srli_epi32(r, 16), nan, hi, _mm512_set1_epi32(0x0040));
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
+}
+
+/* bfloat16 rounding on CPUs with AVX-512 BF16: vcvtneps2bf16 rounds to nearest even and
+ * quiets a NaN the way nmx_f32_to_bf16 does, but flushes subnormal inputs to zero; a vector
+ * with a subnormal lane (fpclass bit 5, rare) takes the integer rule above. */
+#define NMX_BN_AVX512_BF16 NMX_BN_AVX512 ",avx512bf16"
+static inline __attribute__((always_inline, target(NMX_BN_AVX512_BF16))) void
+nmx_bn_store_bf16_512b(uint16_t *p, const nmx_hv16f *v) {
+    __m512 f = (__m512)*v;
+    if (_mm512_fpclass_ps_mask(f, 0x20)) {
+        nmx_bn_store_bf16_512(p, v);
+        return;
+    }
+    __m256bh h = _mm512_cvtneps_pbh(f);
+    memcpy(p, &h, sizeof h);
 }
 
 NMX_BN_512 void nmx_bn_loadd_bf16_512(const uint16_t *p, nmx_hv8d *d) {
@@ -197,6 +214,15 @@ NMX_BN_256 void nmx_bn_loadd_bf16_256(const uint16_t *p, nmx_hv4d *d) {
 #define HVH bf16
 #define HVSUF bf16v4
 #include "batchnorm_half_vec.h"
+#undef HVSUF
+#undef HVT
+#undef HV_STORE
+#define HVSUF bf16v4b /* the AVX-512 instance, rounding with AVX-512 BF16 */
+#define HVT NMX_BN_AVX512_BF16
+#define HV_STORE nmx_bn_store_bf16_512b
+#include "batchnorm_half_vec.h"
+#undef HV_STORE
+#define HV_STORE HV_CONV(store)
 #undef HVH
 #undef HVSUF
 #undef HVB
@@ -260,9 +286,10 @@ static int nmx_bn_f32_fma(void) {
     return fused == 41 ? 1 : fused == 0 ? 0 : -1;
 }
 
-/* The vector instance for this CPU and this build: 3 AVX-512, 2 AVX2, 1 AVX without FMA,
- * 0 none. F16C is CPUID leaf 1, ECX bit 29 (not every compiler's builtin knows it); the "avx"
- * test beside it covers the OS saving the YMM registers. */
+/* The vector instance for this CPU and this build: 4 AVX-512 with BF16 (bfloat16 rounds with
+ * it; float16 takes the AVX-512 instance), 3 AVX-512, 2 AVX2, 1 AVX without FMA, 0 none. F16C
+ * is CPUID leaf 1, ECX bit 29 (not every compiler's builtin knows it); the "avx" test beside it
+ * covers the OS saving the YMM registers. */
 static int nmx_bn_vec_level(void) {
     unsigned a, b, c, d;
     int fma = nmx_bn_f32_fma();
@@ -271,10 +298,10 @@ static int nmx_bn_vec_level(void) {
         return 0;
     if (fma <= 0) return fma == 0;
     if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return 0;
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                   __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")
-               ? 3
-               : 2;
+    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")))
+        return 2;
+    return __builtin_cpu_supports("avx512bf16") ? 4 : 3;
 }
 #else
 #define NMX_BN_VEC 0
@@ -284,10 +311,11 @@ static int nmx_bn_vec_level(void) {
  * on first use (concurrent first calls store the same value, atomically, as half.c does). */
 static const nmx_bn_hleaves *nmx_bn_leaves(int kind) {
 #if NMX_BN_VEC
-    static const nmx_bn_hleaves *const vec[2][4] = {
-        {NULL, &nmx_bn_leaves_f16avx, &nmx_bn_leaves_f16v3, &nmx_bn_leaves_f16v4},
+    static const nmx_bn_hleaves *const vec[2][5] = {
+        {NULL, &nmx_bn_leaves_f16avx, &nmx_bn_leaves_f16v3, &nmx_bn_leaves_f16v4,
+         &nmx_bn_leaves_f16v4},
         {&nmx_bn_leaves_bf16, &nmx_bn_leaves_bf16avx, &nmx_bn_leaves_bf16v3,
-         &nmx_bn_leaves_bf16v4},
+         &nmx_bn_leaves_bf16v4, &nmx_bn_leaves_bf16v4b},
     };
     static int level = -1;
     int k = __atomic_load_n(&level, __ATOMIC_RELAXED);
@@ -308,8 +336,6 @@ static const nmx_bn_hleaves *nmx_bn_leaves(int kind) {
 static inline float nmx_half_value(int kind, uint16_t h) {
     return kind == NMX_BF16 ? nmx_bf16_to_f32(h) : nmx_f16_to_f32(h);
 }
-
-static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b; }
 
 /* The pivot of each channel (its first value, as in the float32 kernel) in float32. */
 static void bn_pivots_h(int kind, const uint16_t *x, nmx_index C, nmx_index inner, float *piv) {
@@ -368,12 +394,13 @@ static void bn_sums_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, nmx
                 for (nmx_index r = r1; r < r2; r++) bn_prefetch_h(x + r * C + a, wa);
                 bn_load_rows_h(kind, x, C, r0, r1, a, wa, xt);
                 if (!dy) {
-                    stats_rows_f32(xt, r1 - r0, wa, piv + a, s1 + a, s2 + a);
+                    stats_rows_f32(xt, r1 - r0, wa, wa, piv + a, s1 + a, s2 + a);
                     continue;
                 }
                 for (nmx_index r = r1; r < r2; r++) bn_prefetch_h(dy + r * C + a, wa);
                 bn_load_rows_h(kind, dy, C, r0, r1, a, wa, gt);
-                grad_rows_f32(gt, xt, r1 - r0, wa, k + a, k + C + a, mean + a, s1 + a, s2 + a);
+                grad_rows_f32(gt, xt, r1 - r0, wa, wa, k + a, k + C + a, mean + a, s1 + a,
+                              s2 + a);
             }
         }
         return;
@@ -548,6 +575,34 @@ static void bn_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *
     if (stream) nmx_stream_fence();
 }
 
+/* Resident groups (see batchnorm_impl.h): the sums of channels [c0, c1) run by run, in the order
+ * of the one-thread driver, into acc[c] and acc[C + c]. */
+static void bn_group_sums_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index outer,
+                            nmx_index C, nmx_index inner, nmx_index c0, nmx_index c1,
+                            const float *piv, const float *k, const double *mean, double *acc) {
+    for (nmx_index c = c0; c < c1; c++) {
+        acc[c] = acc[C + c] = 0;
+        for (nmx_index u = c; u < outer * C; u += C)
+            bn_sums_h(kind, dy, x, C, inner, u, u + 1, piv, k, mean, acc, acc + C);
+    }
+}
+
+/* y (dy NULL) or dx of channels [c0, c1), run by run from the cache, streamed. */
+static void bn_group_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *out,
+                           nmx_index outer, nmx_index C, nmx_index inner, nmx_index c0,
+                           nmx_index c1, const float *k) {
+    nmx_index w = nmx_min(inner, NMX_HALF_TILE);
+    uint16_t ht[NMX_HALF_TILE];
+    for (nmx_index c = c0; c < c1; c++)
+        for (nmx_index u = c; u < outer * C; u += C)
+            for (nmx_index a = 0; a < inner; a += w) {
+                nmx_index wa = nmx_min(w, inner - a);
+                bn_piece_h(kind, dy, x, ht, C, inner, u, u + 1, a, wa, k, 0);
+                nmx_stream(out + u * inner + a, ht, sizeof(uint16_t) * (size_t)wa);
+            }
+    nmx_stream_fence();
+}
+
 int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nmx_index inner,
                    const float *gamma, const float *beta, uint16_t *y, double *mean,
                    double *invstd, float *rmean, float *rvar, double momentum, double eps) {
@@ -559,6 +614,19 @@ int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nm
     float *k = (float *)scratch.k, *piv = k + 4 * C;
     bn_pivots_h(kind, x, C, inner, piv);
     /* train_finish reads the pivot of channel c as x[c * inner]: the pivots with inner 1 */
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(uint16_t), 1, nt) : 0;
+    if (g) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+        for (nmx_index c0 = 0; c0 < C; c0 += g) {
+            nmx_index c1 = nmx_min(C, c0 + g);
+            bn_group_sums_h(kind, NULL, x, outer, C, inner, c0, c1, piv, NULL, NULL, acc);
+            train_finish_f32(c0, c1, acc, n, piv, C, 1, gamma, beta, mean, invstd, rmean, rvar,
+                             momentum, eps, k);
+            bn_group_out_h(kind, NULL, x, y, outer, C, inner, c0, c1, k);
+        }
+        nmx_scratch_free(&scratch);
+        return 0;
+    }
     if (nt == 1) {
         memset(acc, 0, sizeof(double) * 2 * (size_t)C);
         bn_sums_h(kind, NULL, x, C, inner, 0, units, piv, NULL, NULL, acc, acc + C);
@@ -626,6 +694,18 @@ int nmx_bn_backward_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
     double *acc = scratch.acc;
     float *k = (float *)scratch.k;
     for (nmx_index c = 0; c < C; c++) split_mean_f32(mean[c], k + c, k + C + c);
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(uint16_t), 2, nt) : 0;
+    if (g) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+        for (nmx_index c0 = 0; c0 < C; c0 += g) {
+            nmx_index c1 = nmx_min(C, c0 + g);
+            bn_group_sums_h(kind, dy, x, outer, C, inner, c0, c1, NULL, k, mean, acc);
+            grad_finish_f32(c0, c1, acc, n, C, invstd, gamma, dgamma, dbeta, k);
+            bn_group_out_h(kind, dy, x, dx, outer, C, inner, c0, c1, k);
+        }
+        nmx_scratch_free(&scratch);
+        return 0;
+    }
     if (nt == 1) {
         memset(acc, 0, sizeof(double) * 2 * (size_t)C);
         bn_sums_h(kind, dy, x, C, inner, 0, units, NULL, k, mean, acc, acc + C);

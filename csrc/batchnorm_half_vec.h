@@ -1,7 +1,7 @@
 /* The leaf loops of batchnorm_half_leaf.h for float16 and bfloat16 storage, written on vectors,
  * included by batchnorm_half.h once per storage format and instruction set with
- *   HVSUF        the name suffix (f16v4 / bf16v4: AVX-512, f16v3 / bf16v3: AVX2, f16avx /
- *                bf16avx: AVX without FMA)
+ *   HVSUF        the name suffix (f16v4 / bf16v4: AVX-512, bf16v4b: AVX-512 rounding with
+ *                AVX-512 BF16, f16v3 / bf16v3: AVX2, f16avx / bf16avx: AVX without FMA)
  *   HVT          the target attribute string
  *   HVW          float32 lanes per vector (one register: 16, or 8 for AVX); doubles are HVW / 2
  *   HVF, HVD     the GNU vector types of HVW floats and of HVW / 2 doubles

@@ -20,37 +20,40 @@
 
 /* ---- leaf loops (compiled once per SIMD level, see NMX_CLONES) ---------------------------- */
 
-/* s1[c] += sum_r (x[r,c] - pv[c]); s2[c] += sum_r (x[r,c] - pv[c])^2 over rows of C values.
- * Blocks of four rows are summed in T (a tree of four terms) and the block sums added in
- * double: for float32 about half the vector work of converting every element, and the variance
- * still carries only a few float32 ulps of rounding whatever the batch size. A block sum that
- * overflows T is caught by stats_repair. */
-NMX_CLONES static void FN(stats_rows)(const T *restrict x, nmx_index rows, nmx_index C,
-                                      const T *restrict pv, double *restrict s1,
+/* s1[c] += sum_r (x[r,c] - pv[c]); s2[c] += sum_r (x[r,c] - pv[c])^2 over `rows` rows of n
+ * channels, rows xs elements apart (xs == n: whole rows; xs > n: a strip of them). Blocks of four
+ * rows are summed in T (a tree of four terms) and the block sums added in double: for float32
+ * about half the vector work of converting every element, and the variance still carries only a
+ * few float32 ulps of rounding whatever the batch size. A block sum that overflows T is caught by
+ * stats_repair. A channel's sums depend only on its own column, in row order: calls over
+ * consecutive blocks of rows (multiples of four but the last) give the bits of one call. */
+NMX_CLONES static void FN(stats_rows)(const T *restrict x, nmx_index rows, nmx_index xs,
+                                      nmx_index n, const T *restrict pv, double *restrict s1,
                                       double *restrict s2) {
 #define NMX_STATS_BLOCK(i, c)                                                                   \
     do {                                                                                       \
         T p = pv[c];                                                                           \
-        T d0 = x0[i] - p, d1 = x0[C + i] - p, d2 = x0[2 * C + i] - p, d3 = x0[3 * C + i] - p;  \
+        T d0 = x0[i] - p, d1 = x0[xs + i] - p, d2 = x0[2 * xs + i] - p;                        \
+        T d3 = x0[3 * xs + i] - p;                                                             \
         s1[c] += (double)((d0 + d1) + (d2 + d3));                                              \
         s2[c] += (double)((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));                          \
     } while (0)
     nmx_index full = rows - rows % 4, c0 = 0, r;
     /* A small batch by strips, as the backward's grad_strips: same sums, same order. */
-    if (nmx_strips(full, C, sizeof(T)))
-        for (; c0 + NMX_STRIP <= C; c0 += NMX_STRIP)
+    if (nmx_strips(full, n, sizeof(T)))
+        for (; c0 + NMX_STRIP <= n; c0 += NMX_STRIP)
             for (r = 0; r < full; r += 4) {
-                const T *x0 = x + r * C + c0;
+                const T *x0 = x + r * xs + c0;
                 for (nmx_index j = 0; j < NMX_STRIP; j++) NMX_STATS_BLOCK(j, c0 + j);
             }
     for (r = 0; r < full; r += 4) {
-        const T *x0 = x + r * C;
-        for (nmx_index c = c0; c < C; c++) NMX_STATS_BLOCK(c, c);
+        const T *x0 = x + r * xs;
+        for (nmx_index c = c0; c < n; c++) NMX_STATS_BLOCK(c, c);
     }
 #undef NMX_STATS_BLOCK
     for (; r < rows; r++) {
-        const T *x0 = x + r * C;
-        for (nmx_index c = 0; c < C; c++) {
+        const T *x0 = x + r * xs;
+        for (nmx_index c = 0; c < n; c++) {
             double d = (double)x0[c] - (double)pv[c];
             s1[c] += d;
             s2[c] += d * d;
@@ -112,25 +115,25 @@ NMX_CLONES static void FN(affine_run)(const T *restrict x, T *restrict y, nmx_in
     for (nmx_index i = 0; i < n; i++) y[i] = ((x[i] - mh) - ml) * sc + sh;
 }
 
-/* The sums of dy and dy * (x - mean) over four rows C apart from g[i], x0[i] into u, v, with
+/* The sums of dy and dy * (x - mean) over four rows xs apart from g[i], x0[i] into u, v, with
  * x - mean as (x - h) - l in T. */
 #define NMX_GRAD_BLOCK(i, u, v)                                                         \
     do {                                                                               \
-        T g0 = g[i], g1 = g[C + i], g2 = g[2 * C + i], g3 = g[3 * C + i];              \
-        T e0 = (x0[i] - h) - l, e1 = (x0[C + i] - h) - l;                              \
-        T e2 = (x0[2 * C + i] - h) - l, e3 = (x0[3 * C + i] - h) - l;                  \
+        T g0 = g[i], g1 = g[xs + i], g2 = g[2 * xs + i], g3 = g[3 * xs + i];           \
+        T e0 = (x0[i] - h) - l, e1 = (x0[xs + i] - h) - l;                             \
+        T e2 = (x0[2 * xs + i] - h) - l, e3 = (x0[3 * xs + i] - h) - l;                \
         u = (g0 + g1) + (g2 + g3);                                                     \
         v = (g0 * e0 + g1 * e1) + (g2 * e2 + g3 * e3);                                 \
     } while (0)
 
-/* grad_rows' blocks of four rows over rows [r0, r1) (a multiple of four) and channels [c0, C). */
+/* grad_rows' blocks of four rows over rows [r0, r1) (a multiple of four) and channels [c0, n). */
 NMX_LEAF_INLINE void FN(grad_blocks)(const T *restrict dy, const T *restrict x, nmx_index r0,
-                                     nmx_index r1, nmx_index c0, nmx_index C,
+                                     nmx_index r1, nmx_index xs, nmx_index c0, nmx_index n,
                                      const T *restrict mh, const T *restrict ml,
                                      double *restrict sdy, double *restrict sdx) {
     for (nmx_index r = r0; r < r1; r += 4) {
-        const T *g = dy + r * C, *x0 = x + r * C;
-        for (nmx_index c = c0; c < C; c++) {
+        const T *g = dy + r * xs, *x0 = x + r * xs;
+        for (nmx_index c = c0; c < n; c++) {
             T h = mh[c], l = ml[c], u, v;
             NMX_GRAD_BLOCK(c, u, v);
             sdy[c] += (double)u;
@@ -144,13 +147,13 @@ NMX_LEAF_INLINE void FN(grad_blocks)(const T *restrict dy, const T *restrict x, 
  * the same order as row by row, without reading and writing the double sums for every block.
  * Inlined into each clone of grad_rows (NMX_LEAF_INLINE). */
 NMX_LEAF_INLINE void FN(grad_strips)(const T *restrict dy, const T *restrict x,
-                                     nmx_index rows, nmx_index C, const T *restrict mh,
-                                     const T *restrict ml, double *restrict sdy,
-                                     double *restrict sdx) {
+                                     nmx_index rows, nmx_index xs, nmx_index n,
+                                     const T *restrict mh, const T *restrict ml,
+                                     double *restrict sdy, double *restrict sdx) {
     nmx_index c0 = 0;
-    for (; c0 + NMX_STRIP <= C; c0 += NMX_STRIP)
+    for (; c0 + NMX_STRIP <= n; c0 += NMX_STRIP)
         for (nmx_index r = 0; r < rows; r += 4) {
-            const T *g = dy + r * C + c0, *x0 = x + r * C + c0;
+            const T *g = dy + r * xs + c0, *x0 = x + r * xs + c0;
             for (nmx_index j = 0; j < NMX_STRIP; j++) {
                 T h = mh[c0 + j], l = ml[c0 + j], u, v;
                 NMX_GRAD_BLOCK(j, u, v);
@@ -158,24 +161,25 @@ NMX_LEAF_INLINE void FN(grad_strips)(const T *restrict dy, const T *restrict x,
                 sdx[c0 + j] += (double)v;
             }
         }
-    FN(grad_blocks)(dy, x, 0, rows, c0, C, mh, ml, sdy, sdx);
+    FN(grad_blocks)(dy, x, 0, rows, xs, c0, n, mh, ml, sdy, sdx);
 }
 
-/* sdy[c] += sum_r dy[r,c]; sdx[c] += sum_r dy[r,c] * (x[r,c] - mean[c]), with x - mean as
- * (x - mh) - ml in T and blocks of four rows summed in T as in stats_rows; the leftover rows in
- * double with m = mean. Overflow is caught by grad_repair. */
+/* sdy[c] += sum_r dy[r,c]; sdx[c] += sum_r dy[r,c] * (x[r,c] - mean[c]) over `rows` rows of n
+ * channels xs apart (as in stats_rows), with x - mean as (x - mh) - ml in T and blocks of four
+ * rows summed in T as in stats_rows; the leftover rows in double with m = mean. Overflow is
+ * caught by grad_repair. */
 NMX_CLONES static void FN(grad_rows)(const T *restrict dy, const T *restrict x, nmx_index rows,
-                                     nmx_index C, const T *restrict mh, const T *restrict ml,
-                                     const double *restrict m, double *restrict sdy,
-                                     double *restrict sdx) {
+                                     nmx_index xs, nmx_index n, const T *restrict mh,
+                                     const T *restrict ml, const double *restrict m,
+                                     double *restrict sdy, double *restrict sdx) {
     nmx_index r = rows - rows % 4;
-    if (nmx_strips(r, C, sizeof(T)))
-        FN(grad_strips)(dy, x, r, C, mh, ml, sdy, sdx);
+    if (nmx_strips(r, n, sizeof(T)))
+        FN(grad_strips)(dy, x, r, xs, n, mh, ml, sdy, sdx);
     else
-        FN(grad_blocks)(dy, x, 0, r, 0, C, mh, ml, sdy, sdx);
+        FN(grad_blocks)(dy, x, 0, r, xs, 0, n, mh, ml, sdy, sdx);
     for (; r < rows; r++) {
-        const T *g0 = dy + r * C, *x0 = x + r * C;
-        for (nmx_index c = 0; c < C; c++) {
+        const T *g0 = dy + r * xs, *x0 = x + r * xs;
+        for (nmx_index c = 0; c < n; c++) {
             double a0 = (double)g0[c];
             sdy[c] += a0;
             sdx[c] += a0 * ((double)x0[c] - m[c]);
@@ -287,11 +291,28 @@ NMX_CLONES static void FN(split_means)(const double *restrict mean, nmx_index C,
     }
 }
 
+/* Whether rows of C channels are wide: a row pass reads four or five per-channel arrays beside
+ * the data (constants, sums), and across a wide row they do not stay in L1 (64 KiB for a float64
+ * row of 2048 channels, where every element then waited on L2). Wide rows go by tiles of
+ * NMX_TILE_R rows and NMX_TILE_C channels, within which they do. */
+#define NMX_TILE_C 256
+#define NMX_TILE_R (NMX_PIECE / NMX_TILE_C) /* 8: whole blocks of four rows */
+static inline int FN(wide_rows)(nmx_index C) {
+    return C > NMX_TILE_C && C * (nmx_index)sizeof(T) > NMX_WIDE_ROW_BYTES;
+}
+
 /* Pass 1 over this thread's share: rows [lo, hi) when inner == 1, else blocks [lo, hi). */
 static void FN(pass_stats)(const T *x, nmx_index C, nmx_index inner, nmx_index lo, nmx_index hi,
                            double *s1, double *s2) {
-    if (inner == 1) {
-        FN(stats_rows)(x + lo * C, hi - lo, C, x, s1, s2);
+    if (inner == 1 && !FN(wide_rows)(C)) {
+        FN(stats_rows)(x + lo * C, hi - lo, C, C, x, s1, s2);
+        return;
+    }
+    if (inner == 1) { /* tile by tile: each channel's blocks still in row order */
+        for (nmx_index r0 = lo; r0 < hi; r0 += NMX_TILE_R)
+            for (nmx_index a = 0, r1 = nmx_min(hi, r0 + NMX_TILE_R); a < C; a += NMX_TILE_C)
+                FN(stats_rows)(x + r0 * C + a, r1 - r0, C, nmx_min(NMX_TILE_C, C - a), x + a,
+                               s1 + a, s2 + a);
         return;
     }
     for (nmx_index b = lo; b < hi; b++) {
@@ -300,13 +321,23 @@ static void FN(pass_stats)(const T *x, nmx_index C, nmx_index inner, nmx_index l
     }
 }
 
+/* y (dy NULL) or dx of rows [r0, r1) and channels [a, b) of rows of C, into o, rows ys apart. */
+static void FN(out_rows)(const T *dy, const T *x, T *o, nmx_index ys, nmx_index C, nmx_index r0,
+                         nmx_index r1, nmx_index a, nmx_index b, const T *k) {
+    nmx_index off = r0 * C + a;
+    if (dy)
+        FN(dx_rows)(dy + off, x + off, C, o, ys, r1 - r0, b - a, k + a, C);
+    else
+        FN(affine_rows)(x + off, C, o, ys, r1 - r0, b - a, k + a, k + C + a, k + 2 * C + a,
+                        k + 3 * C + a);
+}
+
 /* y over units [u0, u1) (rows when inner == 1, else runs of `inner`), each unit restricted to
  * its elements [a, b), written densely to out. */
 static void FN(affine_part)(const T *x, T *out, nmx_index C, nmx_index inner, nmx_index u0,
                             nmx_index u1, nmx_index a, nmx_index b, const T *k) {
     if (inner == 1) {
-        FN(affine_rows)(x + u0 * C + a, C, out, b - a, u1 - u0, b - a, k + a, k + C + a,
-                        k + 2 * C + a, k + 3 * C + a);
+        FN(out_rows)(NULL, x, out, b - a, C, u0, u1, a, b, k);
         return;
     }
     for (nmx_index u = u0; u < u1; u++) {
@@ -320,8 +351,7 @@ static void FN(affine_part)(const T *x, T *out, nmx_index C, nmx_index inner, nm
 static void FN(dx_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
                         nmx_index u0, nmx_index u1, nmx_index a, nmx_index b, const T *k) {
     if (inner == 1) {
-        nmx_index o = u0 * C + a;
-        FN(dx_rows)(dy + o, x + o, C, out, b - a, u1 - u0, b - a, k + a, C);
+        FN(out_rows)(dy, x, out, b - a, C, u0, u1, a, b, k);
         return;
     }
     for (nmx_index u = u0; u < u1; u++) {
@@ -344,9 +374,39 @@ static void FN(out_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index
         FN(affine_part)(x, out, C, inner, u0, u1, a, b, k);
 }
 
+/* pass_out over wide rows [lo, hi) (wide_rows), tile by tile, in pass_out's order: streamed
+ * blocks of rows from the last to the first, tiles ascending within a block. */
+static void FN(out_tiles)(const T *dy, const T *x, T *out, nmx_index C, nmx_index lo,
+                          nmx_index hi, const T *k, int stream) {
+    T tmp[NMX_PIECE];
+    nmx_index block = stream ? NMX_TILE_R * NMX_PIECES_PER_BLOCK : hi - lo;
+    for (nmx_index end = hi; end > lo;) {
+        nmx_index start = end - lo > block ? end - block : lo;
+        for (nmx_index r0 = start; r0 < end; r0 += NMX_TILE_R) {
+            nmx_index r1 = nmx_min(end, r0 + NMX_TILE_R);
+            for (nmx_index a = 0; a < C; a += NMX_TILE_C) {
+                nmx_index b = nmx_min(C, a + NMX_TILE_C), w = b - a;
+                if (!stream) {
+                    FN(out_rows)(dy, x, out + r0 * C + a, C, C, r0, r1, a, b, k);
+                    continue;
+                }
+                FN(out_rows)(dy, x, tmp, w, C, r0, r1, a, b, k);
+                for (nmx_index r = r0; r < r1; r++)
+                    nmx_stream(out + r * C + a, tmp + (r - r0) * w, sizeof(T) * (size_t)w);
+            }
+        }
+        end = start;
+    }
+    if (stream) nmx_stream_fence();
+}
+
 static void FN(pass_out)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
                          nmx_index lo, nmx_index hi, const T *k, int stream) {
     nmx_index len = inner == 1 ? C : inner;
+    if (inner == 1 && FN(wide_rows)(C)) {
+        FN(out_tiles)(dy, x, out, C, lo, hi, k, stream);
+        return;
+    }
     if (!stream) {
         FN(out_part)(dy, x, out + lo * len, C, inner, lo, hi, 0, len, k);
         return;
@@ -460,6 +520,49 @@ NMX_CLONES static void FN(train_finish)(nmx_index c0, nmx_index c1, double *rest
         for (nmx_index c = c0; c < c1; c++) sh[c] = beta[c];
 }
 
+/* ---- cache-resident channel groups ------------------------------------------------------- */
+/* Past the cache, the two-pass drivers read every input twice from memory. When one channel's
+ * runs (inner > 1: NCHW, the (C, m) layout) fit the per-core cache a few channels at a time, the
+ * call runs group by group instead: pass 1 over a group's runs brings them into the cache and
+ * pass 2 reads them back from there, so memory sees each input once (a forward moves 2 x bytes
+ * instead of 3 x). One thread finishes a group, so the groups go to the threads as they come free
+ * (no barrier between the passes), and a channel's sums are those of the one-thread two-pass
+ * driver (its runs in batch order) whatever the thread count.
+ * Rows of C values (inner == 1) keep the two-pass drivers: a group of channels there is a few
+ * cache lines from every row, rows C apart, which the hardware prefetchers do not follow and which
+ * a power-of-two C maps onto a few cache sets; measured, packing them was slower than two passes. */
+
+/* Pass 2 of a group: y (dy NULL) or dx of channels [c0, c1), through out_part, streamed. */
+static void FN(group_out)(const T *dy, const T *x, T *out, nmx_index outer, nmx_index C,
+                          nmx_index inner, nmx_index c0, nmx_index c1, const T *k) {
+    T tmp[NMX_PIECE];
+    for (nmx_index c = c0; c < c1; c++)
+        for (nmx_index o = 0; o < outer; o++)
+            for (nmx_index a = 0, u = o * C + c; a < inner; a += NMX_PIECE) {
+                nmx_index b = nmx_min(inner, a + NMX_PIECE);
+                FN(out_part)(dy, x, tmp, C, inner, u, u + 1, a, b, k);
+                nmx_stream(out + u * inner + a, tmp, sizeof(T) * (size_t)(b - a));
+            }
+    nmx_stream_fence();
+}
+
+/* The training forward of channels [c0, c1) start to end; acc and k as in the two-pass driver
+ * with a team of one. */
+static void FN(train_group)(const T *x, nmx_index outer, nmx_index C, nmx_index inner,
+                            nmx_index c0, nmx_index c1, const T *gamma, const T *beta, T *y,
+                            double *mean, double *invstd, T *rmean, T *rvar, double momentum,
+                            double eps, double *acc, T *k) {
+    for (nmx_index c = c0; c < c1; c++) {
+        acc[c] = acc[C + c] = 0;
+        for (nmx_index o = 0; o < outer; o++)
+            FN(stats_run)(x + (o * C + c) * inner, inner, (double)x[c * inner], acc + c,
+                          acc + C + c);
+    }
+    FN(train_finish)(c0, c1, acc, outer * inner, x, C, inner, gamma, beta, mean, invstd, rmean,
+                     rvar, momentum, eps, k);
+    FN(group_out)(NULL, x, y, outer, C, inner, c0, c1, k);
+}
+
 int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, const T *gamma,
                      const T *beta, T *y, double *mean, double *invstd, T *rmean, T *rvar,
                      double momentum, double eps) {
@@ -469,6 +572,15 @@ int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
     NMX_SCRATCH(scratch, C, nt, 4);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(T), 1, nt) : 0;
+    if (g) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+        for (nmx_index c0 = 0; c0 < C; c0 += g)
+            FN(train_group)(x, outer, C, inner, c0, nmx_min(C, c0 + g), gamma, beta, y,
+                            mean, invstd, rmean, rvar, momentum, eps, acc, k);
+        nmx_scratch_free(&scratch);
+        return 0;
+    }
     if (nt == 1) { /* no OpenMP runtime calls at all: they dominate a (32, 64) batch */
         memset(acc, 0, sizeof(double) * 2 * (size_t)C);
         FN(pass_stats)(x, C, inner, 0, units, acc, acc + C);
@@ -525,8 +637,17 @@ int FN(nmx_bn_infer)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
 
 static void FN(pass_grad)(const T *dy, const T *x, nmx_index C, nmx_index inner, nmx_index lo,
                           nmx_index hi, const double *mean, const T *k, double *s1, double *s2) {
-    if (inner == 1) {
-        FN(grad_rows)(dy + lo * C, x + lo * C, hi - lo, C, k, k + C, mean, s1, s2);
+    if (inner == 1 && !FN(wide_rows)(C)) {
+        FN(grad_rows)(dy + lo * C, x + lo * C, hi - lo, C, C, k, k + C, mean, s1, s2);
+        return;
+    }
+    if (inner == 1) { /* tile by tile, as pass_stats */
+        for (nmx_index r0 = lo; r0 < hi; r0 += NMX_TILE_R)
+            for (nmx_index a = 0, r1 = nmx_min(hi, r0 + NMX_TILE_R); a < C; a += NMX_TILE_C) {
+                nmx_index o = r0 * C + a;
+                FN(grad_rows)(dy + o, x + o, r1 - r0, C, nmx_min(NMX_TILE_C, C - a), k + a,
+                              k + C + a, mean + a, s1 + a, s2 + a);
+            }
         return;
     }
     for (nmx_index b = lo; b < hi; b++) {
@@ -554,6 +675,22 @@ NMX_CLONES static void FN(grad_finish)(nmx_index c0, nmx_index c1, double *restr
     }
 }
 
+/* The backward of channels [c0, c1) start to end, as train_group; k holds the split means. */
+static void FN(back_group)(const T *dy, const T *x, nmx_index outer, nmx_index C,
+                           nmx_index inner, nmx_index c0, nmx_index c1, const double *mean,
+                           const double *invstd, const T *gamma, T *dx, T *dgamma, T *dbeta,
+                           double *acc, T *k) {
+    for (nmx_index c = c0; c < c1; c++) {
+        acc[c] = acc[C + c] = 0;
+        for (nmx_index o = 0; o < outer; o++) {
+            nmx_index u = (o * C + c) * inner;
+            FN(grad_run)(dy + u, x + u, inner, mean[c], acc + c, acc + C + c);
+        }
+    }
+    FN(grad_finish)(c0, c1, acc, outer * inner, C, invstd, gamma, dgamma, dbeta, k);
+    FN(group_out)(dy, x, dx, outer, C, inner, c0, c1, k);
+}
+
 int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, nmx_index inner,
                         const double *mean, const double *invstd, const T *gamma, T *dx,
                         T *dgamma, T *dbeta) {
@@ -564,6 +701,15 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
     FN(split_means)(mean, C, k);
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(T), 2, nt) : 0;
+    if (g) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+        for (nmx_index c0 = 0; c0 < C; c0 += g)
+            FN(back_group)(dy, x, outer, C, inner, c0, nmx_min(C, c0 + g), mean, invstd,
+                           gamma, dx, dgamma, dbeta, acc, k);
+        nmx_scratch_free(&scratch);
+        return 0;
+    }
     if (nt == 1) {
         memset(acc, 0, sizeof(double) * 2 * (size_t)C);
         FN(pass_grad)(dy, x, C, inner, 0, units, mean, k, acc, acc + C);
@@ -592,6 +738,8 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
 }
 
 #undef NMX_STRIP
+#undef NMX_TILE_C
+#undef NMX_TILE_R
 #undef FN
 #undef NMX_CAT
 #undef NMX_CAT2

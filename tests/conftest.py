@@ -74,6 +74,27 @@ def float64_reference(fn, *arrays, **kw):
         normax.set_backend(previous)
 
 
+def same_bits_on_one_and_two_threads(call):
+    """``call()`` on the C backend with one thread and with two; asserts that every array it
+    returns is the same bits both times and returns the one-thread arrays. The backend in force
+    before and the default thread count are restored."""
+    if "c" not in normax.available_backends():
+        pytest.skip("C backend not built")
+    previous = normax.get_backend()
+    results = []
+    try:
+        normax.set_backend("c")
+        for threads in (1, 2):
+            normax.set_num_threads(threads)
+            results.append(call())
+    finally:
+        normax.set_backend(previous)
+        normax.set_num_threads(0)
+    for i, (one, two) in enumerate(zip(*results, strict=True)):
+        assert one.tobytes() == two.tobytes(), f"output {i} differs between 1 and 2 threads"
+    return results[0]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261126)

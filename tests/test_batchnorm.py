@@ -13,6 +13,8 @@ import normax
 from normax import _batchnorm_numpy as ref
 from normax.batchnorm import BatchNormCache
 
+from .conftest import same_bits_on_one_and_two_threads
+
 DTYPES = [np.float32, np.float64]
 
 # Per-dtype tolerances against the float64 reference (the values of conftest.TOL, which
@@ -23,7 +25,8 @@ TOL = {
 }
 
 # (shape, axis): odd sizes, N=2, C=1, a large C (heap scratch), the four named layouts, a middle
-# axis, and shapes above the parallel threshold for both inner loops (rows, long and short runs).
+# axis, and shapes above the parallel threshold for both inner loops (rows, wide rows, long and
+# short runs).
 LAYOUTS = {
     "NC-odd": ((7, 5), 1),
     "N=2": ((2, 3), 1),
@@ -34,6 +37,7 @@ LAYOUTS = {
     "C,m": ((6, 11), 0),
     "middle": ((3, 4, 5, 2), 2),
     "rows-parallel": ((97, 400), 1),
+    "wide-rows-parallel": ((37, 1300), 1),  # rows past NMX_WIDE_ROW_BYTES go by tiles
     "runs-parallel": ((5, 16, 500), 1),
     "short-runs-parallel": ((16, 48, 7, 7), 1),
 }
@@ -291,7 +295,7 @@ def test_thread_count_does_not_change_the_answer_much(backend, threads, rng):
     assert np.abs(dx).max() < 1e-9
 
 
-@pytest.mark.parametrize("layout", ["NC-odd", "rows-parallel", "NHWC"])
+@pytest.mark.parametrize("layout", ["NC-odd", "rows-parallel", "wide-rows-parallel", "NHWC"])
 def test_float32_sums_do_not_overflow(backend, layout, rng):
     """float32 values near 1e20 square past float32's range; the sums must still be right."""
     shape, axis = LAYOUTS[layout]
@@ -334,6 +338,54 @@ def test_outputs_larger_than_the_cache(case, rng):
     assert_close(y, y_ref, np.float32)
     assert_close(yi, y_ref, np.float32, scale=5)
     assert_close(dx, dx_ref, np.float32)
+
+
+@pytest.mark.parametrize(
+    "shape, axis, dtype",
+    [
+        ((3, 37, 40000), 1, np.float32),  # NCHW-like runs, 17.8 MB
+        ((37, 120001), 0, np.float32),  # the (C, m) layout, odd run length
+        ((3, 37, 20000), 1, np.float64),
+    ],
+)
+def test_large_runs_give_the_same_bits_on_any_thread_count(shape, axis, dtype, rng):
+    """Past the cache, channels whose runs fit the per-core cache a few at a time are finished
+    group by group, each group by one thread: every output, statistic and gradient must be the
+    same bits with one thread and with two, and right. One channel holds a NaN and one huge
+    values, so the groups' non-finite and far-from-zero sums are covered too."""
+    x = (rng.standard_normal(shape) * 3 + 5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    index = [slice(None)] * x.ndim
+    index[axis] = 4
+    x[tuple(index)] *= 1e20
+    index[axis] = 35
+    x[tuple(index)][..., 7] = np.nan
+    c = shape[axis]
+    gamma = rng.standard_normal(c).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+
+    def call():
+        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+        y, cache = normax.batch_norm_train(x, gamma, beta, rm, rv, axis=axis)
+        return (y, cache.mean, cache.invstd, rm, rv, *normax.batch_norm_backward(dy, cache))
+
+    y, mean, invstd, rm, _, dx, dgamma, dbeta = same_bits_on_one_and_two_threads(call)
+    finite = np.ones(c, bool)
+    finite[35] = False
+    assert np.isnan(y.take(35, axis)).all() and np.isnan(mean[35]) and np.isnan(rm[35])
+    y_ref, mean_ref, invstd_ref = ref.train_by_axis(
+        x, axis, gamma, beta, None, None, 0.1, 1e-5, None
+    )
+    keep = np.flatnonzero(finite)
+    assert_close(y.take(keep, axis), y_ref.take(keep, axis), dtype)
+    np.testing.assert_allclose(mean[finite], mean_ref[finite], rtol=1e-12)
+    np.testing.assert_allclose(invstd[finite], invstd_ref[finite], rtol=1e-10)
+    dx_ref, dg_ref, db_ref = ref.backward_by_axis(dy, x, axis, mean, invstd, gamma, None)
+    assert_close(dx.take(keep, axis), dx_ref.take(keep, axis), dtype)
+    np.testing.assert_allclose(dbeta, db_ref, rtol=1e-4 if dtype == np.float32 else 1e-10)
+    np.testing.assert_allclose(
+        dgamma[finite], dg_ref[finite], rtol=1e-4 if dtype == np.float32 else 1e-10
+    )
 
 
 @pytest.mark.parametrize("shape, axis", [((32, 64), 1), ((4, 3, 5), -1), ((2, 3, 4, 4), 1)])

@@ -14,7 +14,7 @@ import pytest
 import normax
 from normax import _batchnorm_numpy as ref
 
-from .conftest import BACKENDS, assert_half_close, half_dtypes
+from .conftest import BACKENDS, assert_half_close, half_dtypes, same_bits_on_one_and_two_threads
 
 HALF = half_dtypes()
 
@@ -119,6 +119,30 @@ def test_backward_matches_float64(backend, layout, dtype, affine, rng):
     n = x.size // x.shape[axis]
     np.testing.assert_allclose(dgamma, dg64, rtol=1e-5, atol=1e-6 * n)
     np.testing.assert_allclose(dbeta, db64, rtol=1e-5, atol=1e-6 * n)
+
+
+@pytest.mark.parametrize("case", [((3, 37, 80000), 1), ((37, 240001), 0)], ids=["NCHW", "C,m"])
+@pytest.mark.parametrize("dtype", HALF)
+def test_large_runs_give_the_same_bits_on_any_thread_count(case, dtype, rng):
+    """Half runs past the cache go group by group (as float32 does): one thread and two give the
+    same bits, and the right values."""
+    shape, axis = case
+    x, gamma, beta = _make(shape, axis, dtype, rng)
+    dy = rng.standard_normal(shape).astype(dtype)
+
+    def call():
+        y, cache = normax.batch_norm_train(x, gamma, beta, axis=axis)
+        return (y, cache.mean, cache.invstd, *normax.batch_norm_backward(dy, cache))
+
+    y, mean, _, dx, dgamma, _ = same_bits_on_one_and_two_threads(call)
+    y64, mean64, invstd64, _, _ = _ref_train(x, axis, gamma, beta)
+    assert_half_close(y, y64, dtype, "y")
+    np.testing.assert_allclose(mean, mean64, **F32)
+    dx64, dg64, _ = ref.backward_by_axis(
+        *_f64(dy, x), axis % x.ndim, mean64, invstd64, *_f64(gamma)
+    )
+    assert_half_close(dx, dx64, dtype, "dx")
+    np.testing.assert_allclose(dgamma, dg64, rtol=1e-5, atol=1e-6 * (x.size // x.shape[axis]))
 
 
 @pytest.mark.parametrize("dtype", HALF)

@@ -60,14 +60,16 @@ def _stats_rows(x, acc, k, lo, hi):  # pragma: no cover - compiled
     """Rows [lo, hi) of an (outer, C) view: blocks of four rows summed in the input dtype, the
     block sums added in float64 (as in the C kernel; _train_finish repairs an overflow)."""
     C = x.shape[1]
+    s1, s2, pv = acc[k, :C], acc[k, C:], x[0]
     r = lo
     while r + 4 <= hi:
+        x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
         for c in range(C):
-            p = load(x[0, c])
-            d0, d1 = load(x[r, c]) - p, load(x[r + 1, c]) - p
-            d2, d3 = load(x[r + 2, c]) - p, load(x[r + 3, c]) - p
-            acc[k, c] += np.float64((d0 + d1) + (d2 + d3))
-            acc[k, C + c] += np.float64((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+            p = load(pv[c])
+            d0, d1 = load(x0[c]) - p, load(x1[c]) - p
+            d2, d3 = load(x2[c]) - p, load(x3[c]) - p
+            s1[c] += np.float64((d0 + d1) + (d2 + d3))
+            s2[c] += np.float64((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
         r += 4
     for rr in range(r, hi):
         for c in range(C):
@@ -217,11 +219,13 @@ def _affine(x, k, y, parts):  # pragma: no cover - compiled
 def _grad_rows(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
     """Rows [lo, hi) of (outer, C) views, in float64 (here that is as fast as blocking)."""
     C = x.shape[1]
+    s1, s2 = acc[k, :C], acc[k, C:]
     for r in range(lo, hi):
+        gr, xr = dy[r], x[r]
         for c in range(C):
-            g = np.float64(load(dy[r, c]))
-            acc[k, c] += g
-            acc[k, C + c] += g * (np.float64(load(x[r, c])) - mean[c])
+            g = np.float64(load(gr[c]))
+            s1[c] += g
+            s2[c] += g * (np.float64(load(xr[c])) - mean[c])
 
 
 @nb.njit(
