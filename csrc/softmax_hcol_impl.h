@@ -215,13 +215,15 @@ HAI void HN(hblk_softmax)(int kind, const nmx_hblk *b, int log_) {
     HN(hblk_scale)(kind, b, m, inv, eb);
 }
 
-/* Column blocks [t0, t1) of a direct job with inner > 1 (block t: example row t / nblk); e is
- * the thread's scratch (nmx_hrow_scratch), the packed copy of a block that is not streamed. */
+/* Column blocks [t0, t1) of a direct job with inner > 1 (block t: example row t / nblk, its
+ * columns from nmx_hcol_start); e is the thread's scratch (nmx_hrow_scratch), the packed copy
+ * of a block that is not streamed. */
 HAI void HN(hcols)(int kind, const nmx_hjob *h, nmx_index t0, nmx_index t1, float *e) {
-    nmx_index n = h->f.n, inner = h->f.inner, cols = h->f.cols;
+    nmx_index n = h->f.n, inner = h->f.inner;
     for (nmx_index t = t0; t < t1; t++) {
-        nmx_index o = t / h->f.nblk, i0 = (t % h->f.nblk) * cols, off = o * n * inner + i0;
-        nmx_index nb = inner - i0 < cols ? inner - i0 : cols;
+        nmx_index o = t / h->f.nblk, k = t % h->f.nblk;
+        nmx_index i0 = nmx_hcol_start(h, k), nb = nmx_hcol_start(h, k + 1) - i0;
+        nmx_index off = o * n * inner + i0;
         nmx_hblk b = {h->x + off, h->out + off, h->f.stream ? NULL : e, n, inner, nb,
                       nmx_hblk_ahead(nb, inner), nmx_hblk_stride(nb)};
         HN(hblk_softmax)(kind, &b, h->f.kind == NMX_LOG_SOFTMAX);

@@ -180,6 +180,17 @@ static inline nmx_index nmx_hblk_stride(nmx_index nb) {
     return (nb + 15) & ~(nmx_index)15;
 }
 
+/* The first column of block k (0 <= k <= nblk) of an example row of a direct job with
+ * inner > 1. The row's vectors of 16 columns are dealt out evenly over its nblk blocks (at most
+ * cols wide): with the plain cuts of cols columns, 300 columns were blocks of 256 and 44, and
+ * one of two threads did 85% of the work. Every block starts on a vector, so the columns past
+ * the last full vector (computed with the scalar arithmetic) are the same as with any cut, and
+ * so are the results. */
+static inline nmx_index nmx_hcol_start(const nmx_hjob *h, nmx_index k) {
+    nmx_index units = (h->f.inner + 15) / 16, i = 16 * (k * units / h->f.nblk);
+    return i < h->f.inner ? i : h->f.inner;
+}
+
 /* Bytes of half input a block's passes keep in flight: as many as the float32 streamed
  * kernel's NMX_SPREFETCH rows of NMX_BLOCK_MAX columns, so that a half block, with half the
  * bytes per row, still covers the memory latency. */
