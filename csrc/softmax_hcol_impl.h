@@ -60,13 +60,18 @@ HAI void HN(htail_store)(int kind, uint16_t *p, nmx_index nt, const nmx_vf32 *x)
 #endif
 }
 
-/* 16 columns from i of class row c, as float32: from the packed copy, else widened (the last
- * columns, when i + 16 > nb, zero-padded). */
+/* 16 columns from i of class row c, as float32: from the packed copy, else widened. */
 HAI void HN(hblk_get)(int kind, const nmx_hblk *b, nmx_index c, nmx_index i, nmx_vf32 *x) {
     if (b->pk)
         memcpy(x, b->pk + c * b->ps + i, sizeof *x);
-    else if (i + 16 <= b->nb)
+    else
         HN(hload)(kind, b->z + c * b->inner + i, x);
+}
+
+/* The columns of class row c past the last full vector (from i = nb / 16 * 16), zero-padded. */
+HAI void HN(hblk_tail)(int kind, const nmx_hblk *b, nmx_index c, nmx_index i, nmx_vf32 *x) {
+    if (b->pk)
+        memcpy(x, b->pk + c * b->ps + i, sizeof *x);
     else
         HN(htail_load)(kind, b->z + c * b->inner + i, b->nb - i, x);
 }
@@ -82,16 +87,17 @@ HAI void HN(hblk_max)(int kind, const nmx_hblk *b, float *m) {
         const uint16_t *r = b->z + c * b->inner;
         float *p = b->pk ? b->pk + c * b->ps : NULL;
         HN(hblk_fetch)(b, c, 1, 0);
-        for (nmx_index v = 0; v <= nv; v++) {
+        for (nmx_index v = 0; v < nv; v++) {
             nmx_vf32 x;
-            if (v == nv) {
-                if (!nt) break;
-                HN(htail_load)(kind, r + nvl, nt, &x);
-            } else {
-                HN(hload)(kind, r + v * 16, &x);
-            }
+            HN(hload)(kind, r + v * 16, &x);
             if (p) memcpy(p + v * 16, &x, sizeof x);
             mv[v] = c == 0 ? x : NMX_VSEL(nmx_vf32, nmx_vi32, x > mv[v], x, mv[v]);
+        }
+        if (nt) { /* kept out of the loop above, whose code it would otherwise slow down */
+            nmx_vf32 x;
+            HN(htail_load)(kind, r + nvl, nt, &x);
+            if (p) memcpy(p + nvl, &x, sizeof x);
+            mv[nv] = c == 0 ? x : NMX_VSEL(nmx_vf32, nmx_vi32, x > mv[nv], x, mv[nv]);
         }
     }
     for (nmx_index v = 0; v < nv + (nt > 0); v++) memcpy(m + v * 16, &mv[v], sizeof mv[v]);
@@ -128,7 +134,7 @@ HAI void HN(hblk_sum)(int kind, const nmx_hblk *b, const float *m, double *s, fl
             }
             if (nvl < nb) {
                 nmx_vf32 x, t;
-                HN(hblk_get)(kind, b, c, nvl, &x);
+                HN(hblk_tail)(kind, b, c, nvl, &x);
                 t = x - mt;
                 nmx_hexp_scalar(&t, &x);
                 memcpy(er + nvl, &x, sizeof x);
@@ -154,28 +160,34 @@ HAI void HN(hblk_scale)(int kind, const nmx_hblk *b, const float *m, const float
     nmx_index nb = b->nb, nvl = nb / 16 * 16;
     for (nmx_index c = 0; c < b->n; c++) {
         const float *er = eb ? eb + c * b->ps : NULL;
+        const uint16_t *r = b->z + c * b->inner;
         uint16_t *o = b->out + c * b->inner;
         HN(hblk_fetch)(b, c, !er, 1);
-        for (nmx_index i = 0; i < nb; i += 16) {
+        for (nmx_index i = 0; i < nvl; i += 16) {
             nmx_vf32 x, iv;
             memcpy(&iv, inv + i, sizeof iv);
             if (er) {
                 memcpy(&x, er + i, sizeof x);
-            } else if (i < nvl) {
-                HN(hload)(kind, b->z + c * b->inner + i, &x);
-                nmx_hexp_sub(&x, m + i, &x);
             } else {
-                nmx_vf32 t;
-                memcpy(&t, m + i, sizeof t);
-                HN(htail_load)(kind, b->z + c * b->inner + i, nb - i, &x);
+                HN(hload)(kind, r + i, &x);
+                nmx_hexp_sub(&x, m + i, &x);
+            }
+            nmx_hsoftmax_out(&x, &iv, &x);
+            HN(hstore)(kind, o + i, &x);
+        }
+        if (nvl < nb) { /* the scalar columns' exp (see hblk_sum) */
+            nmx_vf32 x, iv, t;
+            memcpy(&iv, inv + nvl, sizeof iv);
+            if (er) {
+                memcpy(&x, er + nvl, sizeof x);
+            } else {
+                memcpy(&t, m + nvl, sizeof t);
+                HN(htail_load)(kind, r + nvl, nb - nvl, &x);
                 t = x - t;
                 nmx_hexp_scalar(&t, &x);
             }
             nmx_hsoftmax_out(&x, &iv, &x);
-            if (i < nvl)
-                HN(hstore)(kind, o + i, &x);
-            else
-                HN(htail_store)(kind, o + i, nb - i, &x);
+            HN(htail_store)(kind, o + nvl, nb - nvl, &x);
         }
     }
 }
@@ -186,14 +198,17 @@ HAI void HN(hblk_logout)(int kind, const nmx_hblk *b, const float *m, const doub
     for (nmx_index c = 0; c < b->n; c++) {
         uint16_t *o = b->out + c * b->inner;
         HN(hblk_fetch)(b, c, !b->pk, 1);
-        for (nmx_index i = 0; i < nb; i += 16) {
+        for (nmx_index i = 0; i < nvl; i += 16) {
             nmx_vf32 x;
             HN(hblk_get)(kind, b, c, i, &x);
             nmx_hlog_out(&x, m + i, lse + i, &x);
-            if (i < nvl)
-                HN(hstore)(kind, o + i, &x);
-            else
-                HN(htail_store)(kind, o + i, nb - i, &x);
+            HN(hstore)(kind, o + i, &x);
+        }
+        if (nvl < nb) {
+            nmx_vf32 x;
+            HN(hblk_tail)(kind, b, c, nvl, &x);
+            nmx_hlog_out(&x, m + nvl, lse + nvl, &x);
+            HN(htail_store)(kind, o + nvl, nb - nvl, &x);
         }
     }
 }
