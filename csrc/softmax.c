@@ -95,14 +95,11 @@ typedef uint64_t nmx_vu64 __attribute__((vector_size(64)));
 
 #define NMX_VSEL(vt, it, mask, a, b) ((vt)(((mask) & (it)(a)) | (~(mask) & (it)(b))))
 
-/* Vector exp for the max-shifted row loops, where x = z - max is <= 0 or NaN. Same reduction and
- * polynomial as the scalar versions; results below the smallest normal number (x < -87.3 in
- * float32, -708.3 in float64) are flushed to 0 by one final select instead of clamping and
- * scaling twice, which saves a quarter of the instructions. Such terms are below 1e-38 of the
- * maximum's exp(0) = 1. Out-of-range x only produce garbage lanes that the select discards (the
- * integer arithmetic is unsigned, so it wraps without UB); NaN fails the comparison and stays NaN. */
-static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_f32(const nmx_vf32 *xp) {
-    const nmx_vf32 zero = {0}, x = *xp;
+/* The reduction and polynomial of exp on 16 lanes, as in the scalar versions: x = k ln 2 + r
+ * (ln 2 in two parts), e^r by its degree-7 Taylor polynomial; kf holds k + 1.5 * 2^23, so k sits
+ * in its low bits. Each caller scales by 2^k its own way. */
+static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_poly(nmx_vf32 x, nmx_vf32 *kfp) {
+    const nmx_vf32 zero = {0};
     nmx_vf32 kf = x * 1.44269504088896341f + 0x1.8p23f;
     nmx_vf32 k = kf - 0x1.8p23f;
     nmx_vf32 r = x - k * 0.693145751953125f;
@@ -114,7 +111,19 @@ static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_f32(const nmx_vf3
     p = p * r + 1.0f / 6.0f;
     p = p * r + 0.5f;
     p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    *kfp = kf;
+    return p * r + 1.0f;
+}
+
+/* Vector exp for the max-shifted row loops, where x = z - max is <= 0 or NaN. Same reduction and
+ * polynomial as the scalar versions; results below the smallest normal number (x < -87.3 in
+ * float32, -708.3 in float64) are flushed to 0 by one final select instead of clamping and
+ * scaling twice, which saves a quarter of the instructions. Such terms are below 1e-38 of the
+ * maximum's exp(0) = 1. Out-of-range x only produce garbage lanes that the select discards (the
+ * integer arithmetic is unsigned, so it wraps without UB); NaN fails the comparison and stays NaN. */
+static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_f32(const nmx_vf32 *xp) {
+    const nmx_vf32 zero = {0}, x = *xp;
+    nmx_vf32 kf, p = nmx_vexp_poly(x, &kf);
     /* kf's low bits hold k + 2^22 + 2^23; 127 - (2^22 + 2^23) re-biases it to the exponent. */
     nmx_vf32 scale = (nmx_vf32)(((nmx_vu32)kf + (127u - 0x4B400000u)) << 23);
     return NMX_VSEL(nmx_vf32, nmx_vi32, x < -87.33f, zero, p * scale);

@@ -5,7 +5,7 @@
  * rows of the block in order, widening each vector of 16 columns as it is loaded; the output
  * pass rounds each result once as it stores it into the half output. A block too large for L2
  * is streamed: every pass reads the half rows again (b->pk NULL). A smaller block is packed
- * by its first pass into float32 scratch (b->pk, classes x nb) that the later passes read
+ * by its first pass into float32 scratch (b->pk, classes x ps) that the later passes read
  * from L2 (softmax keeps its exponentials there in place of z), as the float32 kernels' packed
  * blocks do: strided class rows, one page apart for a long inner, would miss in L1 and the TLB
  * on every pass. Nothing is converted in a pass of its own.
@@ -13,7 +13,12 @@
  * The arithmetic is softmax_stream.h's stream_softmax (and so block_max / block_sum /
  * softmax_block's), operation for operation: the same comparisons in class order, the same
  * vector exp on full vectors of columns (partial sums in float32 over NMX_CHUNK classes, then
- * float64), the scalar exp on the last nb % 16 columns, the same final scaling.
+ * float64), the scalar exp on the last nb % 16 columns, the same final scaling. Those last
+ * columns are not computed one by one, though: widening and rounding a half at a time, with a
+ * scalar exp each, cost five times a vector's work per column (a 44-column block took six times
+ * as long as a 48-column one). They are one more, zero-padded vector that runs the scalar
+ * arithmetic on 16 lanes (nmx_hexp_scalar, nmx_hsum_scalar), loaded and stored with masks
+ * where AVX-512 BW has them, so no element outside the block is read or written.
  */
 
 /* Fetch class row c + b->ahead of the block's input (in: reading it again from z) and of its
@@ -28,27 +33,59 @@ HAI void HN(hblk_fetch)(const nmx_hblk *b, nmx_index c, int in, int out) {
     }
 }
 
+/* The last nt < 16 halves of a class row at p, widened into *x; lanes past them are 0. Only
+ * the row's own elements are read: one masked load with AVX-512 BW, else a copy (element
+ * stores and a vector load wait for each other, but only once a class row per pass). */
+HAI void HN(htail_load)(int kind, const uint16_t *p, nmx_index nt, nmx_vf32 *x) {
+    uint16_t t[16] = {0};
+#if HMASK16
+    __m256i v = _mm256_maskz_loadu_epi16((__mmask16)((1u << nt) - 1), p);
+    memcpy(t, &v, sizeof t);
+#else
+    for (nmx_index i = 0; i < nt; i++) t[i] = p[i];
+#endif
+    HN(hload)(kind, t, x);
+}
+
+/* The first nt < 16 lanes of *x rounded into the halves at p; nothing else is written. */
+HAI void HN(htail_store)(int kind, uint16_t *p, nmx_index nt, const nmx_vf32 *x) {
+    uint16_t t[16];
+    HN(hstore)(kind, t, x);
+#if HMASK16
+    __m256i v;
+    memcpy(&v, t, sizeof v);
+    _mm256_mask_storeu_epi16(p, (__mmask16)((1u << nt) - 1), v);
+#else
+    for (nmx_index i = 0; i < nt; i++) p[i] = t[i];
+#endif
+}
+
 /* 16 columns from i of class row c, as float32: from the packed copy, else widened. */
 HAI void HN(hblk_get)(int kind, const nmx_hblk *b, nmx_index c, nmx_index i, nmx_vf32 *x) {
     if (b->pk)
-        memcpy(x, b->pk + c * b->nb + i, sizeof *x);
+        memcpy(x, b->pk + c * b->ps + i, sizeof *x);
     else
         HN(hload)(kind, b->z + c * b->inner + i, x);
 }
 
-HAI float HN(hblk_at)(int kind, const nmx_hblk *b, nmx_index c, nmx_index i) {
-    return b->pk ? b->pk[c * b->nb + i] : nmx_h2f(kind, b->z[c * b->inner + i]);
+/* The columns of class row c past the last full vector (from i = nb / 16 * 16), zero-padded. */
+HAI void HN(hblk_tail)(int kind, const nmx_hblk *b, nmx_index c, nmx_index i, nmx_vf32 *x) {
+    if (b->pk)
+        memcpy(x, b->pk + c * b->ps + i, sizeof *x);
+    else
+        HN(htail_load)(kind, b->z + c * b->inner + i, b->nb - i, x);
 }
 
 /* Column maxima, as stream_max: the same comparison, classes in order; the widened rows are
- * packed into b->pk when it is set. */
+ * packed into b->pk when it is set. The last nb % 16 columns (the float32 kernels' scalar
+ * ones: the same comparison) are one more, zero-padded vector. */
 HAI void HN(hblk_max)(int kind, const nmx_hblk *b, float *m) {
     enum { NV = NMX_BLOCK_MAX / 16 };
-    nmx_index nb = b->nb, nv = nb / 16, nvl = nv * 16;
+    nmx_index nb = b->nb, nv = nb / 16, nvl = nv * 16, nt = nb - nvl;
     nmx_vf32 mv[NV];
     for (nmx_index c = 0; c < b->n; c++) {
         const uint16_t *r = b->z + c * b->inner;
-        float *p = b->pk ? b->pk + c * nb : NULL;
+        float *p = b->pk ? b->pk + c * b->ps : NULL;
         HN(hblk_fetch)(b, c, 1, 0);
         for (nmx_index v = 0; v < nv; v++) {
             nmx_vf32 x;
@@ -56,48 +93,52 @@ HAI void HN(hblk_max)(int kind, const nmx_hblk *b, float *m) {
             if (p) memcpy(p + v * 16, &x, sizeof x);
             mv[v] = c == 0 ? x : NMX_VSEL(nmx_vf32, nmx_vi32, x > mv[v], x, mv[v]);
         }
-        for (nmx_index i = nvl; i < nb; i++) {
-            float x = nmx_h2f(kind, r[i]);
-            if (p) p[i] = x;
-            m[i] = c == 0 || x > m[i] ? x : m[i];
+        if (nt) { /* kept out of the loop above, whose code it would otherwise slow down */
+            nmx_vf32 x;
+            HN(htail_load)(kind, r + nvl, nt, &x);
+            if (p) memcpy(p + nvl, &x, sizeof x);
+            mv[nv] = c == 0 ? x : NMX_VSEL(nmx_vf32, nmx_vi32, x > mv[nv], x, mv[nv]);
         }
     }
-    for (nmx_index v = 0; v < nv; v++) memcpy(m + v * 16, &mv[v], sizeof mv[v]);
+    for (nmx_index v = 0; v < nv + (nt > 0); v++) memcpy(m + v * 16, &mv[v], sizeof mv[v]);
 }
 
-/* s per column, as stream_sum. The exponentials go to eb (classes x nb: the packed copy) when it
- * is not NULL, else to a one-row scratch in L1 (see nmx_hexp_step's store). */
+/* s per column, as stream_sum. The exponentials go to eb (classes x ps: the packed copy) when
+ * it is not NULL, else to a one-row scratch in L1 (see nmx_hexp_step's store). The last
+ * nb % 16 columns take the float32 kernels' scalar arithmetic (scalar exp, float64 sums per
+ * class), 16 lanes at a time (nmx_hexp_scalar, nmx_hsum_scalar). */
 HAI void HN(hblk_sum)(int kind, const nmx_hblk *b, const float *m, double *s, float *eb) {
     enum { NV = NMX_BLOCK_MAX / 16 };
     nmx_index n = b->n, nb = b->nb, nv = nb / 16, nvl = nv * 16;
     nmx_vf64 acc[2 * NV];
-    nmx_vf32 part[NV], mv[NV];
+    nmx_vf32 part[NV], mv[NV], mt;
     nmx_vi32 cnt[NV];
+    nmx_vf64x2 st = {0}, ct = {0};
     float e[NMX_BLOCK_MAX];
-    double cnts[16];
     for (nmx_index v = 0; v < nv; v++) {
         acc[2 * v] = acc[2 * v + 1] = (nmx_vf64){0};
         cnt[v] = (nmx_vi32){0};
         memcpy(&mv[v], m + v * 16, sizeof mv[v]);
     }
-    for (nmx_index i = nvl; i < nb; i++) s[i] = cnts[i - nvl] = 0.0;
+    memcpy(&mt, m + nvl, sizeof mt); /* the padded lanes of m (see hblk_max) */
     for (nmx_index c0 = 0; c0 < n; c0 += NMX_CHUNK) {
         nmx_index c1 = n - c0 > NMX_CHUNK ? c0 + NMX_CHUNK : n;
         for (nmx_index v = 0; v < nv; v++) part[v] = (nmx_vf32){0};
         for (nmx_index c = c0; c < c1; c++) {
-            float *er = eb ? eb + c * nb : e;
+            float *er = eb ? eb + c * b->ps : e;
             HN(hblk_fetch)(b, c, !b->pk, 0);
             for (nmx_index v = 0; v < nv; v++) {
                 nmx_vf32 x;
                 HN(hblk_get)(kind, b, c, v * 16, &x);
                 nmx_hexp_step(&x, &mv[v], er + v * 16, &part[v], &cnt[v], 1);
             }
-            for (nmx_index i = nvl; i < nb; i++) {
-                float t = HN(hblk_at)(kind, b, c, i) - m[i];
-                float x = nmx_exp_f32(t);
-                er[i] = x;
-                s[i] += t == 0 ? 0.0 : (double)x;
-                cnts[i - nvl] += t == 0 ? 1.0 : 0.0;
+            if (nvl < nb) {
+                nmx_vf32 x, t;
+                HN(hblk_tail)(kind, b, c, nvl, &x);
+                t = x - mt;
+                nmx_hexp_scalar(&t, &x);
+                memcpy(er + nvl, &x, sizeof x);
+                nmx_hsum_scalar(&t, &x, &st, &ct);
             }
         }
         for (nmx_index v = 0; v < nv; v++) nmx_vacc_f32(&acc[2 * v], &part[v]);
@@ -106,7 +147,10 @@ HAI void HN(hblk_sum)(int kind, const nmx_hblk *b, const float *m, double *s, fl
         for (int k = 0; k < 16; k++)
             s[v * 16 + k] =
                 (k < 8 ? acc[2 * v][k] : acc[2 * v + 1][k - 8]) + (double)(cnt[v][k] - 1);
-    for (nmx_index i = nvl; i < nb; i++) s[i] += cnts[i - nvl] - 1.0;
+    if (nvl < nb) {
+        st += ct - 1.0;
+        memcpy(s + nvl, &st, sizeof st);
+    }
 }
 
 /* The output pass of softmax: round(exp(z - m) * inv) per class row, as stream_softmax, with
@@ -115,7 +159,8 @@ HAI void HN(hblk_scale)(int kind, const nmx_hblk *b, const float *m, const float
                         const float *eb) {
     nmx_index nb = b->nb, nvl = nb / 16 * 16;
     for (nmx_index c = 0; c < b->n; c++) {
-        const float *er = eb ? eb + c * nb : NULL;
+        const float *er = eb ? eb + c * b->ps : NULL;
+        const uint16_t *r = b->z + c * b->inner;
         uint16_t *o = b->out + c * b->inner;
         HN(hblk_fetch)(b, c, !er, 1);
         for (nmx_index i = 0; i < nvl; i += 16) {
@@ -124,15 +169,25 @@ HAI void HN(hblk_scale)(int kind, const nmx_hblk *b, const float *m, const float
             if (er) {
                 memcpy(&x, er + i, sizeof x);
             } else {
-                HN(hload)(kind, b->z + c * b->inner + i, &x);
+                HN(hload)(kind, r + i, &x);
                 nmx_hexp_sub(&x, m + i, &x);
             }
             nmx_hsoftmax_out(&x, &iv, &x);
             HN(hstore)(kind, o + i, &x);
         }
-        for (nmx_index i = nvl; i < nb; i++) {
-            float e = er ? er[i] : nmx_exp_f32(HN(hblk_at)(kind, b, c, i) - m[i]);
-            o[i] = nmx_f2h(kind, inv[i] != inv[i] ? inv[i] : e * inv[i]);
+        if (nvl < nb) { /* the scalar columns' exp (see hblk_sum) */
+            nmx_vf32 x, iv, t;
+            memcpy(&iv, inv + nvl, sizeof iv);
+            if (er) {
+                memcpy(&x, er + nvl, sizeof x);
+            } else {
+                memcpy(&t, m + nvl, sizeof t);
+                HN(htail_load)(kind, r + nvl, nb - nvl, &x);
+                t = x - t;
+                nmx_hexp_scalar(&t, &x);
+            }
+            nmx_hsoftmax_out(&x, &iv, &x);
+            HN(htail_store)(kind, o + nvl, nb - nvl, &x);
         }
     }
 }
@@ -149,9 +204,12 @@ HAI void HN(hblk_logout)(int kind, const nmx_hblk *b, const float *m, const doub
             nmx_hlog_out(&x, m + i, lse + i, &x);
             HN(hstore)(kind, o + i, &x);
         }
-        for (nmx_index i = nvl; i < nb; i++)
-            o[i] = nmx_f2h(kind,
-                           (float)(((double)HN(hblk_at)(kind, b, c, i) - (double)m[i]) - lse[i]));
+        if (nvl < nb) {
+            nmx_vf32 x;
+            HN(hblk_tail)(kind, b, c, nvl, &x);
+            nmx_hlog_out(&x, m + nvl, lse + nvl, &x);
+            HN(htail_store)(kind, o + nvl, nb - nvl, &x);
+        }
     }
 }
 
@@ -160,26 +218,29 @@ HAI void HN(hblk_softmax)(int kind, const nmx_hblk *b, int log_) {
     float m[NMX_BLOCK_MAX], inv[NMX_BLOCK_MAX];
     double s[NMX_BLOCK_MAX];
     float *eb = log_ ? NULL : b->pk;
+    nmx_index nbp = nmx_hblk_stride(b->nb); /* the padded lanes of the last vector too */
     HN(hblk_max)(kind, b, m);
     HN(hblk_sum)(kind, b, m, s, eb);
     if (log_) {
-        for (nmx_index i = 0; i < b->nb; i++) s[i] = NMX_LOG1P(s[i]);
+        for (nmx_index i = 0; i < nbp; i++) s[i] = NMX_LOG1P(s[i]);
         HN(hblk_logout)(kind, b, m, s);
         return;
     }
-    for (nmx_index i = 0; i < b->nb; i++) inv[i] = (float)(1.0 / (1.0 + s[i]));
+    for (nmx_index i = 0; i < nbp; i++) inv[i] = (float)(1.0 / (1.0 + s[i]));
     HN(hblk_scale)(kind, b, m, inv, eb);
 }
 
-/* Column blocks [t0, t1) of a direct job with inner > 1 (block t: example row t / nblk); e is
- * the thread's scratch (nmx_hrow_scratch), the packed copy of a block that is not streamed. */
+/* Column blocks [t0, t1) of a direct job with inner > 1 (block t: example row t / nblk, its
+ * columns from nmx_hcol_start); e is the thread's scratch (nmx_hrow_scratch), the packed copy
+ * of a block that is not streamed. */
 HAI void HN(hcols)(int kind, const nmx_hjob *h, nmx_index t0, nmx_index t1, float *e) {
-    nmx_index n = h->f.n, inner = h->f.inner, cols = h->f.cols;
+    nmx_index n = h->f.n, inner = h->f.inner;
     for (nmx_index t = t0; t < t1; t++) {
-        nmx_index o = t / h->f.nblk, i0 = (t % h->f.nblk) * cols, off = o * n * inner + i0;
-        nmx_index nb = inner - i0 < cols ? inner - i0 : cols;
+        nmx_index o = t / h->f.nblk, k = t % h->f.nblk;
+        nmx_index i0 = nmx_hcol_start(h, k), nb = nmx_hcol_start(h, k + 1) - i0;
+        nmx_index off = o * n * inner + i0;
         nmx_hblk b = {h->x + off, h->out + off, h->f.stream ? NULL : e, n, inner, nb,
-                      nmx_hblk_ahead(nb, inner)};
+                      nmx_hblk_ahead(nb, inner), nmx_hblk_stride(nb)};
         HN(hblk_softmax)(kind, &b, h->f.kind == NMX_LOG_SOFTMAX);
     }
 }

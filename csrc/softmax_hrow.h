@@ -126,15 +126,59 @@ NMX_HAI void nmx_hlog_out(const nmx_vf32 *x, const float *m, const double *lse, 
     *o = __builtin_convertvector(d - l, nmx_vf32);
 }
 
+/* nmx_exp_f32 on 16 lanes, operation for operation (the same clamps, the same two-step
+ * scaling that keeps subnormal results): the float32 kernels' scalar exp of the columns past a
+ * block's last full vector, computed a vector at a time with the same bits. */
+typedef int64_t nmx_vi64x2 __attribute__((vector_size(128)));
+NMX_HAI void nmx_hexp_scalar(const nmx_vf32 *xp, nmx_vf32 *out) {
+    const nmx_vf32 zero = {0};
+    nmx_vf32 x = *xp;
+    x = NMX_VSEL(nmx_vf32, nmx_vi32, x < -104.0f, zero - 104.0f, x);
+    x = NMX_VSEL(nmx_vf32, nmx_vi32, x > 89.0f, zero + 89.0f, x);
+    nmx_vf32 kf, p = nmx_vexp_poly(x, &kf);
+    nmx_vi32 ki = (nmx_vi32)((nmx_vu32)kf - 0x4B400000u);
+    nmx_vi32 k1 = ki >> 1, k2 = ki - k1;
+    nmx_vf32 s1 = (nmx_vf32)((nmx_vu32)(k1 + 127) << 23);
+    nmx_vf32 s2 = (nmx_vf32)((nmx_vu32)(k2 + 127) << 23);
+    *out = p * s1 * s2;
+}
+
+/* One term of the scalar columns' sums (block_sum's scalar loop, 16 columns at a time):
+ * s += t == 0 ? 0 : e and cnt += t == 0 ? 1 : 0, in float64. */
+NMX_HAI void nmx_hsum_scalar(const nmx_vf32 *t, const nmx_vf32 *e, nmx_vf64x2 *s,
+                             nmx_vf64x2 *cnt) {
+    const nmx_vf64x2 zero = {0};
+    nmx_vi64x2 tie = __builtin_convertvector(*t == (nmx_vf32){0}, nmx_vi64x2);
+    *s += NMX_VSEL(nmx_vf64x2, nmx_vi64x2, tie, zero, __builtin_convertvector(*e, nmx_vf64x2));
+    *cnt += NMX_VSEL(nmx_vf64x2, nmx_vi64x2, tie, zero + 1.0, zero);
+}
+
 /* A column block of a half job (inner > 1): class rows `inner` apart from z (input) and out,
- * nb columns, and NULL or float32 scratch pk for its packed copy (softmax_hcol_impl.h); the
- * passes that read z fetch the row `ahead` classes on (0: none). */
+ * nb columns, and NULL or float32 scratch pk for its packed copy (softmax_hcol_impl.h), whose
+ * rows are ps = nb rounded up to 16 apart, so that the last columns are a whole vector too;
+ * the passes that read z fetch the row `ahead` classes on (0: none). */
 typedef struct {
     const uint16_t *z;
     uint16_t *out;
     float *pk;
-    nmx_index n, inner, nb, ahead;
+    nmx_index n, inner, nb, ahead, ps;
 } nmx_hblk;
+
+/* nb rounded up to a whole vector: a packed row's length (see nmx_hblk). */
+static inline nmx_index nmx_hblk_stride(nmx_index nb) {
+    return (nb + 15) & ~(nmx_index)15;
+}
+
+/* The first column of block k (0 <= k <= nblk) of an example row of a direct job with
+ * inner > 1. The row's vectors of 16 columns are dealt out evenly over its nblk blocks (at most
+ * cols wide): with the plain cuts of cols columns, 300 columns were blocks of 256 and 44, and
+ * one of two threads did 85% of the work. Every block starts on a vector, so the columns past
+ * the last full vector (computed with the scalar arithmetic) are the same as with any cut, and
+ * so are the results. */
+static inline nmx_index nmx_hcol_start(const nmx_hjob *h, nmx_index k) {
+    nmx_index units = (h->f.inner + 15) / 16, i = 16 * (k * units / h->f.nblk);
+    return i < h->f.inner ? i : h->f.inner;
+}
 
 /* Bytes of half input a block's passes keep in flight: as many as the float32 streamed
  * kernel's NMX_SPREFETCH rows of NMX_BLOCK_MAX columns, so that a half block, with half the
@@ -181,7 +225,7 @@ static int nmx_hrow_direct(const nmx_hjob *h) {
  * copy of a column block that is not streamed. */
 static nmx_index nmx_hrow_scratch(const nmx_hjob *h) {
     if (h->f.inner == 1) return h->f.n;
-    return h->f.stream ? 0 : h->f.n * h->f.cols;
+    return h->f.stream ? 0 : h->f.n * nmx_hblk_stride(h->f.cols);
 }
 
 #if defined(__x86_64__) && !defined(NMX_SANITIZED) && defined(NMX_HAVE_CLONES) && NMX_HAVE_CLONES
@@ -259,6 +303,7 @@ nmx_bf16_vstore_avx512bf16(uint16_t *p, const nmx_vf32 *v) {
 #define HBF16_STORE nmx_bf16_vstore
 #define HF16 1
 #define HBF16 1
+#define HMASK16 0
 #include "softmax_hrow_impl.h"
 
 #if NMX_HROW_F16C
@@ -271,6 +316,7 @@ nmx_bf16_vstore_avx512bf16(uint16_t *p, const nmx_vf32 *v) {
 #define HBF16_STORE nmx_bf16_vstore
 #define HF16 1
 #define HBF16 0
+#define HMASK16 1
 #include "softmax_hrow_impl.h"
 
 #define HSFX avx2
@@ -282,6 +328,7 @@ nmx_bf16_vstore_avx512bf16(uint16_t *p, const nmx_vf32 *v) {
 #define HBF16_STORE nmx_bf16_vstore
 #define HF16 1
 #define HBF16 0
+#define HMASK16 0
 #include "softmax_hrow_impl.h"
 
 /* bfloat16 rounding with AVX-512 BF16 (vcvtneps2bf16), for CPUs that have it. */
@@ -294,6 +341,7 @@ nmx_bf16_vstore_avx512bf16(uint16_t *p, const nmx_vf32 *v) {
 #define HBF16_STORE nmx_bf16_vstore_avx512bf16
 #define HF16 0
 #define HBF16 1
+#define HMASK16 1
 #include "softmax_hrow_impl.h"
 
 /* CPUID leaf 1, ECX bit 29: F16C (not every compiler's __builtin_cpu_supports knows it). */

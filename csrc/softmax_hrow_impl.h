@@ -1,8 +1,9 @@
 /* Half-precision row kernels for one set of conversions; included by softmax_hrow.h with
  * HSFX (name suffix), HAI (attributes of the inlined helpers), HRUN (of the runners),
  * HF16_LOAD / HF16_STORE and HBF16_LOAD / HBF16_STORE (16-lane conversions), and HF16 / HBF16
- * (1: define the float16 / bfloat16 runner). Same arithmetic as the float32 row kernels of
- * softmax_impl.h, operation for operation.
+ * (1: define the float16 / bfloat16 runner), and HMASK16 (1: AVX-512 BW masked loads and
+ * stores of 16 halves for the last columns of a column block). Same arithmetic as the float32
+ * row kernels of softmax_impl.h, operation for operation.
  */
 #define HN(x) NMX_CAT(x, HSFX)
 
@@ -196,3 +197,4 @@ HRUN static double HN(nmx_hrows_bf16)(const nmx_hjob *h, nmx_index r0, nmx_index
 #undef HBF16_STORE
 #undef HF16
 #undef HBF16
+#undef HMASK16

@@ -126,6 +126,41 @@ def test_half_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, log):
     _assert_same_bits(fn(z, axis=0), want, f"{c}x{inner}")
 
 
+def _special_last_columns(rng, c, inner, dtype):
+    """Logits whose last inner % 16 columns (the float32 kernels' scalar ones) hold a NaN,
+    +inf, only -inf, a tie everywhere, a huge max, and exponentials that are subnormal in float32
+    (every class but one 90 below the max: the scalar exp keeps them, the vector exp flushes)."""
+    z = rng.standard_normal((c, inner)) * 3.0
+    first = inner - inner % 16
+    col = [first + k % (inner - first) for k in range(6)]
+    z[c // 2, col[0]] = np.nan
+    z[1, col[1]] = np.inf
+    z[:, col[2]] = -np.inf
+    z[:, col[3]] = z[0, col[3]]
+    z[0, col[4]] = 6e4
+    z[:, col[5]] = -90.0
+    z[c // 3, col[5]] = 0.0
+    return z.astype(dtype)
+
+
+# 1000 classes: packed blocks of 128 columns (the last of 300 columns is 44 wide); 8193:
+# streamed blocks of up to 256 columns.
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("c", [1000, 8193])
+@pytest.mark.parametrize("inner", [7, 44, 300])
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_half_last_columns_equal_float32_rounded_once(c_backend, rng, dtype, c, inner, log):
+    """The columns past a half block's last full vector take the float32 kernels' scalar
+    arithmetic (computed 16 lanes at a time), so their results are those bits rounded once."""
+    z = _special_last_columns(rng, c, inner, dtype)
+    fn = normax.log_softmax if log else normax.softmax
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = fn(z.astype(np.float32), axis=0).astype(dtype)
+    _assert_same_bits(fn(z, axis=0), want, f"{c}x{inner}")
+    first = inner - inner % 16
+    assert np.isnan(want[:, first].astype(np.float32)).all()  # the specials reached the tail
+
+
 @pytest.mark.parametrize("dtype", half_dtypes())
 @pytest.mark.parametrize("c", [8192, 8193])
 @pytest.mark.parametrize("inner", [7, 17, 33, 257])

@@ -594,8 +594,8 @@ static void test_half(int kind, const char *name) {
     check(what, (double)bad, 0.0);
 }
 
-/* Classes-first half softmax with enough classes that the column blocks are streamed (more than
- * 8192): bit for bit the float32 kernel on the widened input, rounded once (NaN payloads aside). */
+/* Classes-first half softmax, column blocks streamed (more than 8192 classes) or packed: bit for
+ * bit the float32 kernel on the widened input, rounded once (NaN payloads aside). */
 static void test_softmax_half_stream_bits(int kind, const char *name, nmx_index K, nmx_index inner) {
     nmx_index n = K * inner, bad = 0;
     uint16_t *zh = malloc(sizeof(uint16_t) * n), *got = malloc(sizeof(uint16_t) * n);
@@ -619,7 +619,7 @@ static void test_softmax_half_stream_bits(int kind, const char *name, nmx_index 
         }
     }
     char what[64];
-    snprintf(what, sizeof what, "softmax %s streamed bits (1, %lld, %lld)", name, (long long)K,
+    snprintf(what, sizeof what, "softmax %s column bits (1, %lld, %lld)", name, (long long)K,
              (long long)inner);
     check(what, (double)bad, 0.0);
     free(zh), free(got), free(want), free(zf), free(of);
@@ -676,6 +676,9 @@ int main(void) {
         test_softmax_half(kind, name, 2, 1200, 40);
         test_softmax_half(kind, name, 1, 9000, 20); /* streamed softmax, gathered tiles else */
         test_softmax_half_stream_bits(kind, name, 8193, 37);
+        /* the last inner % 16 columns: packed blocks of 128 and 44 columns; streamed ones */
+        test_softmax_half_stream_bits(kind, name, 1000, 300);
+        test_softmax_half_stream_bits(kind, name, 8193, 300);
         const nmx_index lens[] = {17, 127, 128, 129, 1000, 1023, 1024, 1025, 4096, 4097, 32000};
         for (size_t i = 0; i < sizeof lens / sizeof lens[0]; ++i)
             test_softmax_half_bits(kind, name, lens[i] > 2000 ? 24 : 40, lens[i]);
