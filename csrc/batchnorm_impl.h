@@ -321,6 +321,27 @@ static void FN(pass_stats)(const T *x, nmx_index C, nmx_index inner, nmx_index l
     }
 }
 
+static void FN(pass_grad)(const T *dy, const T *x, nmx_index C, nmx_index inner, nmx_index lo,
+                          nmx_index hi, const double *mean, const T *k, double *s1, double *s2) {
+    if (inner == 1 && !FN(wide_rows)(C)) {
+        FN(grad_rows)(dy + lo * C, x + lo * C, hi - lo, C, C, k, k + C, mean, s1, s2);
+        return;
+    }
+    if (inner == 1) { /* tile by tile, as pass_stats */
+        for (nmx_index r0 = lo; r0 < hi; r0 += NMX_TILE_R)
+            for (nmx_index a = 0, r1 = nmx_min(hi, r0 + NMX_TILE_R); a < C; a += NMX_TILE_C) {
+                nmx_index o = r0 * C + a;
+                FN(grad_rows)(dy + o, x + o, r1 - r0, C, nmx_min(NMX_TILE_C, C - a), k + a,
+                              k + C + a, mean + a, s1 + a, s2 + a);
+            }
+        return;
+    }
+    for (nmx_index b = lo; b < hi; b++) {
+        nmx_index c = b % C;
+        FN(grad_run)(dy + b * inner, x + b * inner, inner, mean[c], s1 + c, s2 + c);
+    }
+}
+
 /* y (dy NULL) or dx of rows [r0, r1) and channels [a, b) of rows of C, into o, rows ys apart. */
 static void FN(out_rows)(const T *dy, const T *x, T *o, nmx_index ys, nmx_index C, nmx_index r0,
                          nmx_index r1, nmx_index a, nmx_index b, const T *k) {
@@ -546,18 +567,28 @@ static void FN(group_out)(const T *dy, const T *x, T *out, nmx_index outer, nmx_
     nmx_stream_fence();
 }
 
+/* Pass 1 of a group: the sums of channels [c0, c1) run by run through pass_stats (dy NULL) or
+ * pass_grad, in the one-thread driver's order, into acc[c] and acc[C + c]. */
+static void FN(group_sums)(const T *dy, const T *x, nmx_index outer, nmx_index C,
+                           nmx_index inner, nmx_index c0, nmx_index c1, const double *mean,
+                           const T *k, double *acc) {
+    for (nmx_index c = c0; c < c1; c++) {
+        acc[c] = acc[C + c] = 0;
+        for (nmx_index u = c; u < outer * C; u += C)
+            if (dy)
+                FN(pass_grad)(dy, x, C, inner, u, u + 1, mean, k, acc, acc + C);
+            else
+                FN(pass_stats)(x, C, inner, u, u + 1, acc, acc + C);
+    }
+}
+
 /* The training forward of channels [c0, c1) start to end; acc and k as in the two-pass driver
  * with a team of one. */
 static void FN(train_group)(const T *x, nmx_index outer, nmx_index C, nmx_index inner,
                             nmx_index c0, nmx_index c1, const T *gamma, const T *beta, T *y,
                             double *mean, double *invstd, T *rmean, T *rvar, double momentum,
                             double eps, double *acc, T *k) {
-    for (nmx_index c = c0; c < c1; c++) {
-        acc[c] = acc[C + c] = 0;
-        for (nmx_index o = 0; o < outer; o++)
-            FN(stats_run)(x + (o * C + c) * inner, inner, (double)x[c * inner], acc + c,
-                          acc + C + c);
-    }
+    FN(group_sums)(NULL, x, outer, C, inner, c0, c1, NULL, NULL, acc);
     FN(train_finish)(c0, c1, acc, outer * inner, x, C, inner, gamma, beta, mean, invstd, rmean,
                      rvar, momentum, eps, k);
     FN(group_out)(NULL, x, y, outer, C, inner, c0, c1, k);
@@ -635,27 +666,6 @@ int FN(nmx_bn_infer)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
     return 0;
 }
 
-static void FN(pass_grad)(const T *dy, const T *x, nmx_index C, nmx_index inner, nmx_index lo,
-                          nmx_index hi, const double *mean, const T *k, double *s1, double *s2) {
-    if (inner == 1 && !FN(wide_rows)(C)) {
-        FN(grad_rows)(dy + lo * C, x + lo * C, hi - lo, C, C, k, k + C, mean, s1, s2);
-        return;
-    }
-    if (inner == 1) { /* tile by tile, as pass_stats */
-        for (nmx_index r0 = lo; r0 < hi; r0 += NMX_TILE_R)
-            for (nmx_index a = 0, r1 = nmx_min(hi, r0 + NMX_TILE_R); a < C; a += NMX_TILE_C) {
-                nmx_index o = r0 * C + a;
-                FN(grad_rows)(dy + o, x + o, r1 - r0, C, nmx_min(NMX_TILE_C, C - a), k + a,
-                              k + C + a, mean + a, s1 + a, s2 + a);
-            }
-        return;
-    }
-    for (nmx_index b = lo; b < hi; b++) {
-        nmx_index c = b % C;
-        FN(grad_run)(dy + b * inner, x + b * inner, inner, mean[c], s1 + c, s2 + c);
-    }
-}
-
 /* Finish channels [c0, c1) of the backward: dgamma, dbeta and the constants of the dx pass in k
  * (gm = mean of dy, ga, gb after mh and ml; C each), branch-free as in train_finish. */
 NMX_CLONES static void FN(grad_finish)(nmx_index c0, nmx_index c1, double *restrict acc,
@@ -680,13 +690,7 @@ static void FN(back_group)(const T *dy, const T *x, nmx_index outer, nmx_index C
                            nmx_index inner, nmx_index c0, nmx_index c1, const double *mean,
                            const double *invstd, const T *gamma, T *dx, T *dgamma, T *dbeta,
                            double *acc, T *k) {
-    for (nmx_index c = c0; c < c1; c++) {
-        acc[c] = acc[C + c] = 0;
-        for (nmx_index o = 0; o < outer; o++) {
-            nmx_index u = (o * C + c) * inner;
-            FN(grad_run)(dy + u, x + u, inner, mean[c], acc + c, acc + C + c);
-        }
-    }
+    FN(group_sums)(dy, x, outer, C, inner, c0, c1, mean, k, acc);
     FN(grad_finish)(c0, c1, acc, outer * inner, C, invstd, gamma, dgamma, dbeta, k);
     FN(group_out)(dy, x, dx, outer, C, inner, c0, c1, k);
 }
