@@ -307,24 +307,54 @@ static inline __attribute__((always_inline)) void NM(softmax_block)(const T *zb,
     }
 }
 
+#include "softmax_stream.h"
+
+/* Fetch class row c + NMX_SPREFETCH of a block's nb columns of g and y (y may be NULL; rows
+ * `inner` apart) ahead of its use, for a streamed block (see softmax_stream.h). */
+static inline __attribute__((always_inline)) void NM(prefetch_rows2)(const T *g, const T *y,
+                                                                     nmx_index c, nmx_index n,
+                                                                     nmx_index inner,
+                                                                     nmx_index nb) {
+    nmx_index ahead = c + NMX_SPREFETCH, line = 64 / (nmx_index)sizeof(T);
+    if (ahead >= n) return;
+    for (nmx_index i = 0; i < nb; i += line) {
+        __builtin_prefetch(g + ahead * inner + i);
+        if (y) __builtin_prefetch(y + ahead * inner + i);
+    }
+}
+
+/* Backward of a block of nb columns: d_i = sum_c g_ci y_ci (or sum_c g_ci for log-softmax),
+ * exact products added in class order in float64, then dz = y (g - d) or g - exp(lp) d. A
+ * block sized by nmx_block_cols is read by the second pass from L2. A streamed block (`stream`,
+ * nmx_stream_cols wide; see softmax_stream.h) is read from memory in both passes, its class
+ * rows fetched NMX_SPREFETCH ahead. The log branch is taken once per block: inside the element
+ * loop it would be if-converted, computing exp for softmax elements too. */
 static inline __attribute__((always_inline)) void NM(backward_block)(const T *g, const T *y, T *dz,
                                                                      nmx_index n, nmx_index inner,
-                                                                     nmx_index nb, int log_) {
+                                                                     nmx_index nb, int log_,
+                                                                     int stream) {
     double acc[NMX_BLOCK_MAX];
     T d[NMX_BLOCK_MAX];
     for (nmx_index i = 0; i < nb; i++) acc[i] = 0.0;
-    for (nmx_index c = 0; c < n; c++)
-        for (nmx_index i = 0; i < nb; i++)
-            acc[i] += (double)g[c * inner + i] * (log_ ? 1.0 : (double)y[c * inner + i]);
+    for (nmx_index c = 0; c < n; c++) {
+        const T *gc = g + c * inner, *yc = y + c * inner;
+        if (stream) NM(prefetch_rows2)(g, log_ ? NULL : y, c, n, inner, nb);
+        if (log_)
+            for (nmx_index i = 0; i < nb; i++) acc[i] += (double)gc[i];
+        else
+            for (nmx_index i = 0; i < nb; i++) acc[i] += (double)gc[i] * (double)yc[i];
+    }
     for (nmx_index i = 0; i < nb; i++) d[i] = (T)acc[i];
-    for (nmx_index c = 0; c < n; c++)
-        for (nmx_index i = 0; i < nb; i++) {
-            nmx_index k = c * inner + i;
-            dz[k] = log_ ? g[k] - EXP(y[k]) * d[i] : y[k] * (g[k] - d[i]);
-        }
+    for (nmx_index c = 0; c < n; c++) {
+        const T *gc = g + c * inner, *yc = y + c * inner;
+        T *dc = dz + c * inner;
+        if (stream) NM(prefetch_rows2)(g, y, c, n, inner, nb);
+        if (log_)
+            for (nmx_index i = 0; i < nb; i++) dc[i] = gc[i] - EXP(yc[i]) * d[i];
+        else
+            for (nmx_index i = 0; i < nb; i++) dc[i] = yc[i] * (gc[i] - d[i]);
+    }
 }
-
-#include "softmax_stream.h"
 
 /* Zero column i of a block (an ignored example). */
 static inline void NM(zero_column)(T *db, nmx_index n, nmx_index inner, nmx_index i) {
@@ -871,7 +901,7 @@ NMX_CLONES static double NM(run_tasks)(const NM(job) * jb, nmx_index t0, nmx_ind
             if (inner == 1)
                 NM(backward_row)(x, jb->y + off, out, n, lg);
             else
-                NM(backward_block)(x, jb->y + off, out, n, inner, nb, lg);
+                NM(backward_block)(x, jb->y + off, out, n, inner, nb, lg, jb->stream);
         } else if (inner == 1) {
             NM(softmax_row)(x, out, n, jb->kind == NMX_LOG_SOFTMAX);
         } else if (jb->stream) {
@@ -898,8 +928,7 @@ static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
 static double NM(run)(NM(job) * jb, nmx_index outer) {
     /* An empty view has nothing to compute (and no column block to size: no division by 0). */
     if (outer <= 0 || jb->n <= 0 || jb->inner <= 0) return 0.0;
-    jb->stream = jb->inner > 1 && jb->kind != NMX_BWD && jb->kind != NMX_BWD_LOG &&
-                 nmx_block_streams(jb->n, (nmx_index)sizeof(T));
+    jb->stream = jb->inner > 1 && nmx_block_streams(jb->n, (nmx_index)sizeof(T));
     jb->cols = jb->inner == 1 ? 1
                : jb->stream   ? nmx_stream_cols(jb->inner)
                               : nmx_block_cols(jb->n, jb->inner, (nmx_index)sizeof(T));

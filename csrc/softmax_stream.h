@@ -16,6 +16,11 @@
  * columns (a block width that is a multiple of LANES puts the same columns there), the same
  * final scaling. The results are therefore bit for bit those of the packed path.
  *
+ * The backward (backward_block in softmax_impl.h) takes the same wide blocks: both its passes
+ * read g and y from memory, class rows fetched ahead, with the per-column sums in L1. Each
+ * column's sum is the same whatever the block width, so its results are those of 16-column
+ * blocks, which would read both passes from memory as 64-byte runs `inner` apart.
+ *
  * Cross-entropy in half storage (float32 instance only, stream_xent_h in softmax_impl.h) reads
  * its blocks through a one-row float32 buffer: each class row of the block is widened just
  * before it is used (nmx_half_to_float, exact). Half softmax and log-softmax widen inside their

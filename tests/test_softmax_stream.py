@@ -73,6 +73,40 @@ def test_xent_matchesfloat64_reference(c_backend, rng, dtype, c, inner, option):
     _close(dz, want_dz, dtype)
 
 
+@pytest.mark.parametrize(("dtype", "c", "inner"), _cases())
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_backward_matchesfloat64_reference(c_backend, rng, dtype, c, inner, log):
+    z = (rng.standard_normal((c, inner)) * 3.0).astype(dtype)
+    g = rng.standard_normal((c, inner)).astype(dtype)
+    fwd, bwd = (
+        (normax.log_softmax, normax.log_softmax_backward)
+        if log
+        else (normax.softmax, normax.softmax_backward)
+    )
+    p = fwd(z, axis=0)
+    _close(bwd(g, p, axis=0), float64_reference(bwd, g, p, axis=0), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_backward_columns_do_not_depend_on_the_block(c_backend, rng, dtype, log):
+    """Each column's sum is added in class order whatever block carries it: 300 streamed columns
+    (blocks of 256 + 44) give the bits of the same columns computed 16 and 44 at a time."""
+    c, inner = CLASSES[dtype][1], 300
+    z = (rng.standard_normal((c, inner)) * 3.0).astype(dtype)
+    g = rng.standard_normal((c, inner)).astype(dtype)
+    fwd, bwd = (
+        (normax.log_softmax, normax.log_softmax_backward)
+        if log
+        else (normax.softmax, normax.softmax_backward)
+    )
+    p = fwd(z, axis=0)
+    whole = bwd(g, p, axis=0)
+    for lo, hi in [(0, 16), (240, 256), (256, 300)]:
+        part = bwd(np.ascontiguousarray(g[:, lo:hi]), np.ascontiguousarray(p[:, lo:hi]), axis=0)
+        np.testing.assert_array_equal(part.view(np.uint8), whole[:, lo:hi].view(np.uint8))
+
+
 def _special_columns(rng, c, inner, dtype):
     """Logits whose columns 0-4 hold a NaN, +inf, only -inf, a tie everywhere and a huge max."""
     z = rng.standard_normal((c, inner)) * 3.0
@@ -98,7 +132,9 @@ def test_threads_give_the_same_bits(c_backend, rng, dtype, inner):
             with np.errstate(invalid="ignore"):
                 p, lp = normax.softmax(z, axis=0), normax.log_softmax(z, axis=0)
                 _, dz = normax.softmax_cross_entropy(z, y, axis=0)
-            results.append([a.view(np.uint8) for a in (p, lp, dz)])
+                dp = normax.softmax_backward(dz, p, axis=0)
+                dlp = normax.log_softmax_backward(dz, lp, axis=0)
+            results.append([a.view(np.uint8) for a in (p, lp, dz, dp, dlp)])
     finally:
         normax.set_num_threads(previous)
     for one, two in zip(*results, strict=True):
