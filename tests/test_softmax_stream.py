@@ -162,6 +162,30 @@ def test_half_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, log):
     _assert_same_bits(fn(z, axis=0), want, f"{c}x{inner}")
 
 
+# 1000 classes: blocks widened into float32 scratch; 8192: 16-column blocks; 8193: streamed
+# (both passes widen a class row at a time). 129 columns leave a last block of one column.
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("c", [1000, 8192, 8193])
+@pytest.mark.parametrize("inner", [7, 129, 257])
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_half_backward_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, log):
+    z = _special_columns(rng, c, inner, dtype)
+    g = rng.standard_normal((c, inner)).astype(dtype)
+    g[c // 3, 0] = np.nan
+    g[2, 1 % inner] = -np.inf
+    g[:, 5 % inner] = 6e-8  # subnormal in float16
+    fwd, bwd = (
+        (normax.log_softmax, normax.log_softmax_backward)
+        if log
+        else (normax.softmax, normax.softmax_backward)
+    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = fwd(z, axis=0)
+        want = bwd(g.astype(np.float32), p.astype(np.float32), axis=0).astype(dtype)
+        got = bwd(g, p, axis=0)
+    _assert_same_bits(got, want, f"{c}x{inner}")
+
+
 def _special_last_columns(rng, c, inner, dtype):
     """Logits whose last inner % 16 columns (the float32 kernels' scalar ones) hold a NaN,
     +inf, only -inf, a tie everywhere, a huge max, and exponentials that are subnormal in float32
