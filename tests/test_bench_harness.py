@@ -74,6 +74,8 @@ _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
         (cases_batchnorm, "backward", 5),
         (cases_softmax, "softmax", 2),
         (cases_softmax, "log_softmax", 2),
+        (cases_softmax, "softmax_backward", 3),
+        (cases_softmax, "log_softmax_backward", 3),
         (cases_softmax, "cross_entropy", 3),
         (cases_optim, "adam", 7),
         (cases_optim, "sgd_momentum", 5),

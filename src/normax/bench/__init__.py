@@ -44,15 +44,15 @@ A sample of cases (``--isolate``) is also timed with each contender alone in a f
 it and the isolated figure is kept. Every sample is written to the JSON, so that ``--compare``
 can judge a later run against this one with the noise of both (:mod:`normax.bench.compare`).
 
-Derived figures: speed-up = the baseline's median over this median (below 1 is shown with ▼ for
-a normax backend); effective GB/s = the kernel's minimum bytes moved (batch-norm forward
-3 x bytes(x), inference 2 x, backward 5 x; softmax and log-softmax 2 x; cross-entropy with its
-gradient 3 x bytes(logits); Adam 7 x bytes(params): read p, g, m, v and write p, m, v;
-SGD with momentum 5 x) over the median; roofline = that over the copy bandwidth measured in the
-same run by a parallel copy larger than the cache (:mod:`normax.bench.machine`). The cache counted
-on is what the system reports, at most the compiled kernels' cap (32 MiB): a virtual machine that
-reports its whole socket's cache shares it with every other core. A case whose data fits in that
-is marked (* in the tables): the memory roofline does not bind it.
+Derived figures: speed-up = the baseline's median over this median (below 1 is shown with ▼ for a
+normax backend); effective GB/s = the kernel's minimum bytes moved (batch-norm forward 3 x bytes(x),
+inference 2 x, backward 5 x; softmax and log-softmax 2 x, their backward 3 x (read g and p, write
+dz); cross-entropy with its gradient 3 x bytes(logits); Adam 7 x bytes(params): read p, g, m, v and
+write p, m, v; SGD with momentum 5 x) over the median; roofline = that over the copy bandwidth
+measured in the same run by a parallel copy larger than the cache (:mod:`normax.bench.machine`). The
+cache counted on is what the system reports, at most the compiled kernels' cap (32 MiB): a virtual
+machine that reports its whole socket's cache shares it with every other core. A case whose data
+fits in that is marked (* in the tables): the memory roofline does not bind it.
 
 Threads: ``--threads N`` (default: every usable core) holds normax, Numba, PyTorch and NumPy's
 BLAS/OpenMP pools (via threadpoolctl) to N threads for the whole run, or refuses (exit status 2)

@@ -1,9 +1,11 @@
-"""Softmax, log-softmax and fused softmax cross-entropy cases, class axis last and first.
+"""Softmax, log-softmax, their backward passes and fused softmax cross-entropy cases, class axis
+last and first.
 
-PyTorch runs ``torch.softmax`` / ``torch.log_softmax`` on the same memory, and the cross-entropy
-as a user would: ``log_softmax`` then ``nll_loss`` forward and the gradient with respect to the
-logits by ``torch.autograd.grad``. With classes first, (C, N) logits are handed to ``nll_loss``
-as the transposed (N, C) view.
+PyTorch runs ``torch.softmax`` / ``torch.log_softmax`` on the same memory, the backward passes with
+the kernels autograd calls (``torch._softmax_backward_data``, ``torch._log_softmax_backward_data``),
+and the cross-entropy as a user would: ``log_softmax`` then ``nll_loss`` forward and the gradient
+with respect to the logits by ``torch.autograd.grad``. With classes first, (C, N) logits are handed
+to ``nll_loss`` as the transposed (N, C) view.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ LAYOUTS = {
 KERNELS = {
     "softmax": ("softmax", 2, 2),  # read z, write p (the max and the sum stay in cache per row)
     "log_softmax": ("log_softmax", 2, 2),
+    "softmax_backward": ("softmax_backward", 3, 3),  # read g and p, write dz
+    "log_softmax_backward": ("log_softmax_backward", 3, 3),
     "cross_entropy": ("softmax_cross_entropy", 3, 2),  # read z twice, write dz
 }
 
@@ -100,6 +104,8 @@ def case(kernel: str, layout: str, shape, dtype: str, size: str, quick: bool = F
 def _builder(kernel, layout, shape, dtype):
     if kernel == "cross_entropy":
         return lambda ctx: _cross_entropy(ctx, layout, shape, dtype)
+    if kernel.endswith("_backward"):
+        return lambda ctx: _backward(ctx, kernel, layout, shape, dtype)
     return lambda ctx: _activation(ctx, kernel, layout, shape, dtype)
 
 
@@ -125,6 +131,32 @@ def _activation(ctx, kernel, layout, shape, dtype):
         def make_torch():
             f, zt = getattr(torch, kernel), torch_tensor(torch, z)
             return lambda: f(zt, axis)
+
+        contenders.append(Contender("torch", make_torch))
+    return contenders
+
+
+def _backward(ctx, kernel, layout, shape, dtype):
+    import normax
+
+    axis = LAYOUTS[layout][0]
+    forward = kernel.removesuffix("_backward")
+    rng, z = _logits(ctx, shape, dtype)
+    g = random_array(rng, shape, dtype)
+    y = getattr(normax, forward)(z, axis=axis)  # p or lp, the backward's second input
+
+    def make():
+        f = getattr(normax, kernel)
+        return lambda: f(g, y, axis=axis)
+
+    contenders = normax_contenders(ctx, make)
+    if ctx.torch is not None:
+        torch = ctx.torch
+
+        def make_torch():
+            f = getattr(torch, f"_{forward}_backward_data")
+            gt, yt = torch_tensor(torch, g), torch_tensor(torch, y)
+            return lambda: f(gt, yt, axis, yt.dtype)
 
         contenders.append(Contender("torch", make_torch))
     return contenders
