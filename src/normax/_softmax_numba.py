@@ -520,19 +520,58 @@ def _softmax_block(zo, oo, i0, nbk, pk, m, s, ties, log):  # pragma: no cover - 
 
 
 @nb.njit(cache=True)
-def _backward_block(go, yo, oo, i0, nbk, d, log):  # pragma: no cover - compiled
-    for i in range(nbk):
-        d[i] = 0.0
+def _backward_cols(c, inner, itemsize):  # pragma: no cover - compiled
+    """Columns per backward block: _block_cols', or, when even 16 columns of c classes overflow
+    the L2 budget (both passes then read the block from memory), the widest block, for long
+    contiguous runs per class row (the C kernel's streamed blocks)."""
+    if _BLOCK_BYTES // (c * itemsize) < 16:
+        return min(256, inner)
+    return _block_cols(c, inner, itemsize)
+
+
+@nb.njit(cache=True)
+def _fetch_rows(a, k, i0, nbk):  # pragma: no cover - compiled
+    """Fetch columns [i0, i0 + nbk) of class row k + _PREFETCH of the slab a."""
+    row, first = a.strides[0], i0 * a.itemsize
+    for b in range(0, nbk * a.itemsize, 64):
+        _prefetch_read(a, (k + _PREFETCH) * row + first + b)
+
+
+@nb.njit(cache=True)
+def _backward_sums(gr, yr, d, log):  # pragma: no cover - compiled
+    """d[i] += g[i] y[i] (g[i] for log-softmax) for one class row, in float64."""
+    for i in range(d.size):
+        d[i] += np.float64(gr[i]) * (1.0 if log else np.float64(yr[i]))
+
+
+@nb.njit(cache=True)
+def _backward_out(gr, yr, orow, d, log):  # pragma: no cover - compiled
+    """One class row of dz = y (g - d), or g - exp(lp) d, from the column sums d."""
+    for i in range(d.size):
+        gk, yk = np.float64(gr[i]), yr[i]
+        if log:
+            orow[i] = gk - np.float64(_exp_any(yk)) * d[i]
+        else:
+            orow[i] = np.float64(yk) * (gk - d[i])
+
+
+@nb.njit(cache=True)
+def _backward_block(go, yo, oo, i0, nbk, d, log, stream):  # pragma: no cover - compiled
+    """Backward of columns [i0, i0 + nbk) of the (classes, inner) slabs: the first pass reads
+    the class rows from memory, fetched ahead; the second reads them from L2, or, for a
+    streamed block (too large for L2), from memory again, fetched ahead too."""
+    dd = d[:nbk]
+    dd[:] = 0.0
     for k in range(go.shape[0]):
-        for i in range(nbk):
-            d[i] += np.float64(go[k, i0 + i]) * (1.0 if log else np.float64(yo[k, i0 + i]))
+        _fetch_rows(go, k, i0, nbk)
+        if not log:
+            _fetch_rows(yo, k, i0, nbk)
+        _backward_sums(go[k, i0 : i0 + nbk], yo[k, i0 : i0 + nbk], dd, log)
     for k in range(go.shape[0]):
-        for i in range(nbk):
-            gk, yk = np.float64(go[k, i0 + i]), yo[k, i0 + i]
-            if log:
-                oo[k, i0 + i] = gk - np.float64(_exp_any(yk)) * d[i]
-            else:
-                oo[k, i0 + i] = np.float64(yk) * (gk - d[i])
+        if stream:
+            _fetch_rows(go, k, i0, nbk)
+            _fetch_rows(yo, k, i0, nbk)
+        _backward_out(go[k, i0 : i0 + nbk], yo[k, i0 : i0 + nbk], oo[k, i0 : i0 + nbk], dd, log)
 
 
 @nb.njit(cache=True, fastmath=_CONTRACT)
@@ -662,10 +701,19 @@ def _forward(z, out, log, chunks):  # pragma: no cover - compiled
                 _softmax_block(z[o], out[o], i0, nbk, pk, m, s, ties, log)
 
 
+@nb.njit(cache=True)
+def _backward_tasks(outer, c, inner, itemsize, chunks):  # pragma: no cover - compiled
+    """_tasks with the backward's blocks (_backward_cols), and whether they are streamed."""
+    cols = 1 if inner == 1 else _backward_cols(c, inner, itemsize)
+    nblk = (inner + cols - 1) // cols
+    stream = inner > 1 and _BLOCK_BYTES // (c * itemsize) < 16
+    return cols, nblk, max(1, min(outer * nblk, chunks)), stream
+
+
 @nb.njit(**_OPTS)
 def _backward(g, y, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = g.shape
-    cols, nblk, chunks = _tasks(outer, c, inner, g.itemsize, chunks)
+    cols, nblk, chunks, stream = _backward_tasks(outer, c, inner, g.itemsize, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -677,7 +725,7 @@ def _backward(g, y, out, log, chunks):  # pragma: no cover - compiled
             d = np.empty(cols)
             for t in range(t0, t1):
                 o, i0 = t // nblk, (t % nblk) * cols
-                _backward_block(g[o], y[o], out[o], i0, min(cols, inner - i0), d, log)
+                _backward_block(g[o], y[o], out[o], i0, min(cols, inner - i0), d, log, stream)
 
 
 @nb.njit(cache=True)
@@ -890,13 +938,37 @@ def _forward_h(z, out, log, chunks):  # pragma: no cover - compiled
                 _narrow_cols(ob, out[o], i0, nbk)
 
 
+@nb.njit(cache=True)
+def _backward_stream_h(go, yo, oo, i0, nbk, d, log, gf, yf, of):  # pragma: no cover - compiled
+    """_backward_block of a streamed block of the half slabs: each class row is widened into the
+    float32 rows gf / yf as it is used (a float32 tile of the block would not fit L2), and each
+    row of dz is finished in of and rounded once. Same arithmetic as the tiles, same bits."""
+    dd, gr, yr, orow = d[:nbk], gf[:nbk], yf[:nbk], of[:nbk]
+    dd[:] = 0.0
+    for k in range(go.shape[0]):
+        _fetch_rows(go, k, i0, nbk)
+        _widen_row(go[k, i0 : i0 + nbk], gr)
+        if not log:
+            _fetch_rows(yo, k, i0, nbk)
+            _widen_row(yo[k, i0 : i0 + nbk], yr)
+        _backward_sums(gr, yr, dd, log)
+    for k in range(go.shape[0]):
+        _fetch_rows(go, k, i0, nbk)
+        _fetch_rows(yo, k, i0, nbk)
+        _widen_row(go[k, i0 : i0 + nbk], gr)
+        _widen_row(yo[k, i0 : i0 + nbk], yr)
+        _backward_out(gr, yr, orow, dd, log)
+        _narrow_row(orow, oo[k, i0 : i0 + nbk])
+
+
 @nb.njit(**_OPTS)
 def _backward_h(g, y, out, log, chunks):  # pragma: no cover - compiled
-    """_backward for 16-bit views, through float32 tiles. The output tile is not an input tile:
-    overlapping arrays send the kernels' loops down their scalar fallbacks, which are slower and
-    may pick a different NaN's payload when two NaNs meet."""
+    """_backward for 16-bit views, through float32 tiles, or float32 rows for streamed blocks.
+    The output tile is not an input tile: overlapping arrays send the kernels' loops down their
+    scalar fallbacks, which are slower and may pick a different NaN's payload when two NaNs
+    meet."""
     outer, c, inner = g.shape
-    cols, nblk, chunks = _tasks(outer, c, inner, 4, chunks)
+    cols, nblk, chunks, stream = _backward_tasks(outer, c, inner, 4, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -910,6 +982,15 @@ def _backward_h(g, y, out, log, chunks):  # pragma: no cover - compiled
                 _widen_row(y2[o], yf)
                 _backward_row(gf, yf, of, log)
                 _narrow_row(of, o2[o])
+        elif stream:
+            gf = np.empty(cols, np.float32)
+            yf = np.empty(cols, np.float32)
+            of = np.empty(cols, np.float32)
+            d = np.empty(cols)
+            for t in range(t0, t1):
+                o, i0 = t // nblk, (t % nblk) * cols
+                nbk = min(cols, inner - i0)
+                _backward_stream_h(g[o], y[o], out[o], i0, nbk, d, log, gf, yf, of)
         else:
             gb = np.empty((c, cols), np.float32)
             yb = np.empty((c, cols), np.float32)
@@ -920,7 +1001,7 @@ def _backward_h(g, y, out, log, chunks):  # pragma: no cover - compiled
                 nbk = min(cols, inner - i0)
                 _widen_cols(g[o], i0, nbk, gb)
                 _widen_cols(y[o], i0, nbk, yb)
-                _backward_block(gb, yb, ob, 0, nbk, d, log)
+                _backward_block(gb, yb, ob, 0, nbk, d, log, False)
                 _narrow_cols(ob, out[o], i0, nbk)
 
 
