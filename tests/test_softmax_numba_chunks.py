@@ -125,3 +125,22 @@ def test_backward_of_streamed_blocks_matches_the_reference(rng, dtype, c, log):
     if dtype == np.float16:  # the float32 kernel's results on the widened input, rounded once
         wide, _ = _both(lambda: bwd(g.astype(np.float32), p.astype(np.float32), axis=0))
         np.testing.assert_array_equal(got, wide.astype(dtype))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "c"),
+    [(np.float32, 8192), (np.float32, 8193), (np.float64, 4097), (np.float16, 8193)],
+)
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_streamed_blocks_match_the_reference(rng, dtype, c, log):
+    """The forward streams the same blocks; a tie in column 5 and a NaN in column 3."""
+    z = (rng.standard_normal((c, 300)) * 3.0).astype(dtype)
+    z[:, 5] = z[0, 5]
+    z[c // 2, 3] = np.nan
+    fn = normax.log_softmax if log else normax.softmax
+    got, want = _both(lambda: fn(z, axis=0))
+    tol = HALF_TOL["float16"] if dtype == np.float16 else TOL[np.dtype(dtype)]
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), **tol)
+    if dtype == np.float16:  # the float32 kernel's results on the widened input, rounded once
+        wide, _ = _both(lambda: fn(z.astype(np.float32), axis=0))
+        np.testing.assert_array_equal(got, wide.astype(dtype))

@@ -519,11 +519,64 @@ def _softmax_block(zo, oo, i0, nbk, pk, m, s, ties, log):  # pragma: no cover - 
                 orow[i] = pr[i] * fin[i]
 
 
+@nb.njit(cache=True, fastmath=_CONTRACT)
+def _stream_softmax(zo, oo, i0, nbk, m, s, ties, part, cnt, log):  # pragma: no cover - compiled
+    """_softmax_block for a block too large for L2 (see _stream_cols), without its packed
+    copy: each pass reads the class rows of zo again, fetched ahead, and the last recomputes
+    exp(z - max) instead of reading it back. zo / oo may be half-precision views (widened by
+    load(), rounded once by store()): no float32 tile of the block is made. The arithmetic per
+    column is _block_max / _block_exp_sum / _softmax_block's, in the same order, with the same
+    contractions as _block_exp_sum's exps, so the results are theirs bit for bit."""
+    mx, fin = m[0, :nbk], m[1, :nbk]
+    zero, one = _typed(mx[0], 0.0), _typed(mx[0], 1.0)
+    z0 = zo[0, i0 : i0 + nbk]
+    for i in range(nbk):
+        mx[i] = load(z0[i])
+    for k in range(zo.shape[0]):
+        _fetch_rows(zo, k, i0, nbk)
+        zr = zo[k, i0 : i0 + nbk]
+        for i in range(nbk):
+            v = load(zr[i])
+            mx[i] = v if v > mx[i] else mx[i]
+    ss, tt, pp, cc = s[:nbk], ties[:nbk], part[:nbk], cnt[:nbk]
+    ss[:] = 0.0
+    tt[:] = 0
+    c = zo.shape[0]
+    for k0 in range(0, c, _BLOCK_CHUNK):
+        pp[:] = zero
+        cc[:] = zero
+        for k in range(k0, min(k0 + _BLOCK_CHUNK, c)):
+            _fetch_rows(zo, k, i0, nbk)
+            zr = zo[k, i0 : i0 + nbk]
+            for i in range(nbk):
+                t = load(zr[i]) - mx[i]
+                e = _exp_neg(t)
+                tie = t == 0
+                pp[i] += zero if tie else e
+                cc[i] += one if tie else zero
+        for i in range(nbk):
+            ss[i] += np.float64(pp[i])
+            tt[i] += np.int64(cc[i])
+    for i in range(nbk):
+        ss[i] += tt[i] - 1
+    for i in range(nbk):
+        fin[i] = math.log1p(ss[i]) if log else 1.0 / (1.0 + ss[i])
+    for k in range(c):
+        _fetch_rows(zo, k, i0, nbk)
+        zr, orow = zo[k, i0 : i0 + nbk], oo[k, i0 : i0 + nbk]
+        if log:
+            for i in range(nbk):
+                orow[i] = store(orow, (load(zr[i]) - mx[i]) - fin[i])
+        else:
+            for i in range(nbk):
+                orow[i] = store(orow, _exp_neg(load(zr[i]) - mx[i]) * fin[i])
+
+
 @nb.njit(cache=True)
-def _backward_cols(c, inner, itemsize):  # pragma: no cover - compiled
-    """Columns per backward block: _block_cols', or, when even 16 columns of c classes overflow
-    the L2 budget (both passes then read the block from memory), the widest block, for long
-    contiguous runs per class row (the C kernel's streamed blocks)."""
+def _stream_cols(c, inner, itemsize):  # pragma: no cover - compiled
+    """Columns per block of the softmax and backward drivers: _block_cols', or, when even 16
+    columns of c classes overflow the L2 budget (every pass then reads the block from memory),
+    the widest block, for long contiguous runs per class row (the C kernel's streamed blocks)."""
     if _BLOCK_BYTES // (c * itemsize) < 16:
         return min(256, inner)
     return _block_cols(c, inner, itemsize)
@@ -679,10 +732,34 @@ def _tasks(outer, c, inner, itemsize, chunks):  # pragma: no cover - compiled
     return cols, nblk, max(1, min(outer * nblk, chunks))
 
 
+@nb.njit(cache=True)
+def _stream_tasks(outer, c, inner, itemsize, chunks):  # pragma: no cover - compiled
+    """_tasks with _stream_cols' blocks, and whether they are streamed."""
+    cols = 1 if inner == 1 else _stream_cols(c, inner, itemsize)
+    nblk = (inner + cols - 1) // cols
+    stream = inner > 1 and _BLOCK_BYTES // (c * itemsize) < 16
+    return cols, nblk, max(1, min(outer * nblk, chunks)), stream
+
+
+@nb.njit(cache=True)
+def _stream_blocks(z, out, log, cols, nblk, t0, t1, dt):  # pragma: no cover - compiled
+    """Streamed column blocks [t0, t1) of a softmax or log-softmax, computing in dtype dt."""
+    inner = z.shape[2]
+    m = np.empty((2, cols), dt)
+    s = np.empty(cols)
+    ties = np.empty(cols, np.int64)
+    part = np.empty(cols, dt)
+    cnt = np.empty(cols, dt)
+    for t in range(t0, t1):
+        o, i0 = t // nblk, (t % nblk) * cols
+        nbk = min(cols, inner - i0)
+        _stream_softmax(z[o], out[o], i0, nbk, m, s, ties, part, cnt, log)
+
+
 @nb.njit(**_OPTS)
 def _forward(z, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = z.shape
-    cols, nblk, chunks = _tasks(outer, c, inner, z.itemsize, chunks)
+    cols, nblk, chunks, stream = _stream_tasks(outer, c, inner, z.itemsize, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -690,6 +767,8 @@ def _forward(z, out, log, chunks):  # pragma: no cover - compiled
             z2, o2 = z.reshape((outer, c)), out.reshape((outer, c))
             for o in range(t0, t1):
                 _softmax_row(z2[o], o2[o], log)
+        elif stream:
+            _stream_blocks(z, out, log, cols, nblk, t0, t1, z.dtype)
         else:
             pk = np.empty((c, cols), z.dtype)
             m = np.empty((2, cols), z.dtype)
@@ -701,19 +780,10 @@ def _forward(z, out, log, chunks):  # pragma: no cover - compiled
                 _softmax_block(z[o], out[o], i0, nbk, pk, m, s, ties, log)
 
 
-@nb.njit(cache=True)
-def _backward_tasks(outer, c, inner, itemsize, chunks):  # pragma: no cover - compiled
-    """_tasks with the backward's blocks (_backward_cols), and whether they are streamed."""
-    cols = 1 if inner == 1 else _backward_cols(c, inner, itemsize)
-    nblk = (inner + cols - 1) // cols
-    stream = inner > 1 and _BLOCK_BYTES // (c * itemsize) < 16
-    return cols, nblk, max(1, min(outer * nblk, chunks)), stream
-
-
 @nb.njit(**_OPTS)
 def _backward(g, y, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = g.shape
-    cols, nblk, chunks, stream = _backward_tasks(outer, c, inner, g.itemsize, chunks)
+    cols, nblk, chunks, stream = _stream_tasks(outer, c, inner, g.itemsize, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -911,7 +981,7 @@ def _narrow_cols(zb, oo, i0, nbk):  # pragma: no cover - compiled
 def _forward_h(z, out, log, chunks):  # pragma: no cover - compiled
     """_forward for 16-bit views, through float32 tiles (the float32 path's block width)."""
     outer, c, inner = z.shape
-    cols, nblk, chunks = _tasks(outer, c, inner, 4, chunks)
+    cols, nblk, chunks, stream = _stream_tasks(outer, c, inner, 4, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -923,6 +993,8 @@ def _forward_h(z, out, log, chunks):  # pragma: no cover - compiled
                 _widen_row(z2[o], zf)
                 _softmax_row(zf, of, log)
                 _narrow_row(of, o2[o])
+        elif stream:  # no float32 tile: the half rows are widened as they are read
+            _stream_blocks(z, out, log, cols, nblk, t0, t1, np.float32)
         else:
             zb = np.empty((c, cols), np.float32)
             ob = np.empty((c, cols), np.float32)  # not zb: see _backward_h
@@ -968,7 +1040,7 @@ def _backward_h(g, y, out, log, chunks):  # pragma: no cover - compiled
     scalar fallbacks, which are slower and may pick a different NaN's payload when two NaNs
     meet."""
     outer, c, inner = g.shape
-    cols, nblk, chunks, stream = _backward_tasks(outer, c, inner, 4, chunks)
+    cols, nblk, chunks, stream = _stream_tasks(outer, c, inner, 4, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
