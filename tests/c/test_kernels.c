@@ -674,7 +674,7 @@ int main(void) {
         test_softmax_half(kind, name, 3, 1500, 1);
         test_softmax_half(kind, name, 4, 20, 500);
         test_softmax_half(kind, name, 2, 1200, 40);
-        test_softmax_half(kind, name, 1, 9000, 20); /* streamed softmax, gathered tiles else */
+        test_softmax_half(kind, name, 1, 9000, 20); /* streamed blocks, every kernel */
         test_softmax_half_stream_bits(kind, name, 8193, 37);
         /* the last inner % 16 columns: packed blocks of 128 and 44 columns; streamed ones */
         test_softmax_half_stream_bits(kind, name, 1000, 300);
