@@ -178,7 +178,8 @@ static inline void nmx_half_fetch_row(const uint16_t *p, nmx_index c, nmx_index 
 /* Softmax or log-softmax backward of nb columns in half storage (g, y and dz with class rows
  * `inner` apart), as backward_block_f32 computes it on the widened block, operation for
  * operation; each class row of dz is finished in float32 and rounded once into the output.
- * The results are the float32 kernel's on the widened input, rounded once.
+ * The results are the float32 kernel's on the widened input, rounded once: the rows go through
+ * the same backward_sums_f32 / backward_out_f32.
  *
  * The first pass widens each class row of g and y as it sums it, fetching rows ahead as the
  * gathers do. A block that fits L2 is widened into float32 scratch pk (2 n nb elements), which
@@ -201,15 +202,12 @@ NMX_CLONES static void nmx_half_backward_block(int kind, const uint16_t *g, cons
         nmx_half_fetch_row(g, c, n, inner, nb);
         nmx_half_to_float(kind, g + c * inner, gr, nb);
         if (log_ && !pk) {
-            for (nmx_index i = 0; i < nb; i++) acc[i] += (double)gr[i];
+            backward_sums_f32(gr, NULL, acc, nb, 1);
             continue;
         }
         nmx_half_fetch_row(y, c, n, inner, nb);
         nmx_half_to_float(kind, y + c * inner, yr, nb);
-        if (log_)
-            for (nmx_index i = 0; i < nb; i++) acc[i] += (double)gr[i];
-        else
-            for (nmx_index i = 0; i < nb; i++) acc[i] += (double)gr[i] * (double)yr[i];
+        backward_sums_f32(gr, yr, acc, nb, log_);
     }
     for (nmx_index i = 0; i < nb; i++) d[i] = (float)acc[i];
     for (nmx_index c = 0; c < n; c++) {
@@ -220,10 +218,7 @@ NMX_CLONES static void nmx_half_backward_block(int kind, const uint16_t *g, cons
             nmx_half_to_float(kind, g + c * inner, gr, nb);
             nmx_half_to_float(kind, y + c * inner, yr, nb);
         }
-        if (log_)
-            for (nmx_index i = 0; i < nb; i++) dr[i] = gr[i] - nmx_exp_f32(yr[i]) * d[i];
-        else
-            for (nmx_index i = 0; i < nb; i++) dr[i] = yr[i] * (gr[i] - d[i]);
+        backward_out_f32(gr, yr, d, dr, nb, log_);
         nmx_float_to_half(kind, dr, dz + c * inner, nb);
     }
 }

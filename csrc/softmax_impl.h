@@ -323,6 +323,27 @@ static inline __attribute__((always_inline)) void NM(prefetch_rows2)(const T *g,
     }
 }
 
+/* One class row of a backward block: acc[i] += g[i] y[i] (g[i] for log-softmax), the exact
+ * products added in float64; and the row of dz from the column sums d. The half-precision block
+ * (softmax_half.h) runs the same two on its widened rows. */
+static inline __attribute__((always_inline)) void NM(backward_sums)(const T *gc, const T *yc,
+                                                                    double *acc, nmx_index nb,
+                                                                    int log_) {
+    if (log_)
+        for (nmx_index i = 0; i < nb; i++) acc[i] += (double)gc[i];
+    else
+        for (nmx_index i = 0; i < nb; i++) acc[i] += (double)gc[i] * (double)yc[i];
+}
+
+static inline __attribute__((always_inline)) void NM(backward_out)(const T *gc, const T *yc,
+                                                                   const T *d, T *dc, nmx_index nb,
+                                                                   int log_) {
+    if (log_)
+        for (nmx_index i = 0; i < nb; i++) dc[i] = gc[i] - EXP(yc[i]) * d[i];
+    else
+        for (nmx_index i = 0; i < nb; i++) dc[i] = yc[i] * (gc[i] - d[i]);
+}
+
 /* Backward of a block of nb columns: d_i = sum_c g_ci y_ci (or sum_c g_ci for log-softmax),
  * exact products added in class order in float64, then dz = y (g - d) or g - exp(lp) d. A
  * block sized by nmx_block_cols is read by the second pass from L2. A streamed block (`stream`,
@@ -337,22 +358,13 @@ static inline __attribute__((always_inline)) void NM(backward_block)(const T *g,
     T d[NMX_BLOCK_MAX];
     for (nmx_index i = 0; i < nb; i++) acc[i] = 0.0;
     for (nmx_index c = 0; c < n; c++) {
-        const T *gc = g + c * inner, *yc = y + c * inner;
         if (stream) NM(prefetch_rows2)(g, log_ ? NULL : y, c, n, inner, nb);
-        if (log_)
-            for (nmx_index i = 0; i < nb; i++) acc[i] += (double)gc[i];
-        else
-            for (nmx_index i = 0; i < nb; i++) acc[i] += (double)gc[i] * (double)yc[i];
+        NM(backward_sums)(g + c * inner, y + c * inner, acc, nb, log_);
     }
     for (nmx_index i = 0; i < nb; i++) d[i] = (T)acc[i];
     for (nmx_index c = 0; c < n; c++) {
-        const T *gc = g + c * inner, *yc = y + c * inner;
-        T *dc = dz + c * inner;
         if (stream) NM(prefetch_rows2)(g, y, c, n, inner, nb);
-        if (log_)
-            for (nmx_index i = 0; i < nb; i++) dc[i] = gc[i] - EXP(yc[i]) * d[i];
-        else
-            for (nmx_index i = 0; i < nb; i++) dc[i] = yc[i] * (gc[i] - d[i]);
+        NM(backward_out)(g + c * inner, y + c * inner, d, dz + c * inner, nb, log_);
     }
 }
 

@@ -74,6 +74,13 @@ def float64_reference(fn, *arrays, **kw):
         normax.set_backend(previous)
 
 
+def softmax_pair(log):
+    """(forward, backward): log-softmax's with ``log``, else softmax's."""
+    if log:
+        return normax.log_softmax, normax.log_softmax_backward
+    return normax.softmax, normax.softmax_backward
+
+
 def same_bits_on_one_and_two_threads(call):
     """``call()`` on the C backend with one thread and with two; asserts that every array it
     returns is the same bits both times and returns the one-thread arrays. The backend in force

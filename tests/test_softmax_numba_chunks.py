@@ -9,7 +9,7 @@ import pytest
 
 import normax
 
-from .conftest import HALF_TOL, TOL
+from .conftest import HALF_TOL, TOL, softmax_pair
 
 pytestmark = pytest.mark.skipif(
     "numba" not in normax.available_backends(), reason="needs the Numba backend"
@@ -103,44 +103,37 @@ def test_ties_in_different_chunks_are_counted_exactly(dtype, axis):
 
 
 # Classes-first blocks of more classes than 16 columns fit the L2 budget (8192 float32 or 4096
-# float64 classes; float32 tiles for the half dtypes) are streamed by the backward: 256 columns
-# a block, every class row read from memory in both passes (300 columns: 256 + 44).
-@pytest.mark.parametrize(
-    ("dtype", "c"),
-    [(np.float32, 8192), (np.float32, 8193), (np.float64, 4097), (np.float16, 8193)],
-)
+# float64 classes; float32 tiles for the half dtypes) are streamed: 256 columns a block, every
+# class row read from memory in every pass (300 columns: 256 + 44).
+STREAMED = [(np.float32, 8192), (np.float32, 8193), (np.float64, 4097), (np.float16, 8193)]
+
+
+def _assert_streamed(fn, dtype, *arrays):
+    """fn(*arrays) on Numba against the reference; in float16, also bit for bit the float32
+    kernel's results on the widened arrays, rounded once."""
+    got, want = _both(lambda: fn(*arrays))
+    tol = HALF_TOL["float16"] if dtype == np.float16 else TOL[np.dtype(dtype)]
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), **tol)
+    if dtype == np.float16:
+        wide, _ = _both(lambda: fn(*(a.astype(np.float32) for a in arrays)))
+        np.testing.assert_array_equal(got, wide.astype(dtype))
+
+
+@pytest.mark.parametrize(("dtype", "c"), STREAMED)
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_streamed_blocks_match_the_reference(rng, dtype, c, log):
+    """A tie in column 5 and a NaN in column 3."""
+    z = (rng.standard_normal((c, 300)) * 3.0).astype(dtype)
+    z[:, 5] = z[0, 5]
+    z[c // 2, 3] = np.nan
+    fwd, _ = softmax_pair(log)
+    _assert_streamed(lambda x: fwd(x, axis=0), dtype, z)
+
+
+@pytest.mark.parametrize(("dtype", "c"), STREAMED)
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_backward_of_streamed_blocks_matches_the_reference(rng, dtype, c, log):
     z = (rng.standard_normal((c, 300)) * 3.0).astype(dtype)
     g = rng.standard_normal((c, 300)).astype(dtype)
-    fwd, bwd = (
-        (normax.log_softmax, normax.log_softmax_backward)
-        if log
-        else (normax.softmax, normax.softmax_backward)
-    )
-    p = fwd(z, axis=0)
-    got, want = _both(lambda: bwd(g, p, axis=0))
-    tol = HALF_TOL["float16"] if dtype == np.float16 else TOL[np.dtype(dtype)]
-    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), **tol)
-    if dtype == np.float16:  # the float32 kernel's results on the widened input, rounded once
-        wide, _ = _both(lambda: bwd(g.astype(np.float32), p.astype(np.float32), axis=0))
-        np.testing.assert_array_equal(got, wide.astype(dtype))
-
-
-@pytest.mark.parametrize(
-    ("dtype", "c"),
-    [(np.float32, 8192), (np.float32, 8193), (np.float64, 4097), (np.float16, 8193)],
-)
-@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
-def test_streamed_blocks_match_the_reference(rng, dtype, c, log):
-    """The forward streams the same blocks; a tie in column 5 and a NaN in column 3."""
-    z = (rng.standard_normal((c, 300)) * 3.0).astype(dtype)
-    z[:, 5] = z[0, 5]
-    z[c // 2, 3] = np.nan
-    fn = normax.log_softmax if log else normax.softmax
-    got, want = _both(lambda: fn(z, axis=0))
-    tol = HALF_TOL["float16"] if dtype == np.float16 else TOL[np.dtype(dtype)]
-    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), **tol)
-    if dtype == np.float16:  # the float32 kernel's results on the widened input, rounded once
-        wide, _ = _both(lambda: fn(z.astype(np.float32), axis=0))
-        np.testing.assert_array_equal(got, wide.astype(dtype))
+    fwd, bwd = softmax_pair(log)
+    _assert_streamed(lambda a, b: bwd(a, b, axis=0), dtype, g, fwd(z, axis=0))

@@ -15,7 +15,7 @@ import pytest
 
 import normax
 
-from .conftest import BACKENDS, float64_reference, half_dtypes
+from .conftest import BACKENDS, float64_reference, half_dtypes, softmax_pair
 
 pytestmark = pytest.mark.skipif("c" not in BACKENDS, reason="needs the C extension")
 
@@ -78,11 +78,7 @@ def test_xent_matchesfloat64_reference(c_backend, rng, dtype, c, inner, option):
 def test_backward_matchesfloat64_reference(c_backend, rng, dtype, c, inner, log):
     z = (rng.standard_normal((c, inner)) * 3.0).astype(dtype)
     g = rng.standard_normal((c, inner)).astype(dtype)
-    fwd, bwd = (
-        (normax.log_softmax, normax.log_softmax_backward)
-        if log
-        else (normax.softmax, normax.softmax_backward)
-    )
+    fwd, bwd = softmax_pair(log)
     p = fwd(z, axis=0)
     _close(bwd(g, p, axis=0), float64_reference(bwd, g, p, axis=0), dtype)
 
@@ -95,11 +91,7 @@ def test_backward_columns_do_not_depend_on_the_block(c_backend, rng, dtype, log)
     c, inner = CLASSES[dtype][1], 300
     z = (rng.standard_normal((c, inner)) * 3.0).astype(dtype)
     g = rng.standard_normal((c, inner)).astype(dtype)
-    fwd, bwd = (
-        (normax.log_softmax, normax.log_softmax_backward)
-        if log
-        else (normax.softmax, normax.softmax_backward)
-    )
+    fwd, bwd = softmax_pair(log)
     p = fwd(z, axis=0)
     whole = bwd(g, p, axis=0)
     for lo, hi in [(0, 16), (240, 256), (256, 300)]:
@@ -148,41 +140,29 @@ def _assert_same_bits(got, want, what):
     np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan], what)
 
 
-# 1000 classes: packed half blocks of 128 columns, prefetched; 8192: 16-column packed blocks;
-# 8193: streamed.
+# 1000 classes: packed half blocks of 128 columns (the backward's widened into float32 scratch),
+# prefetched; 8192: 16-column packed blocks; 8193: streamed (every pass widens a class row at a
+# time). 129 columns leave a last block of one column.
 @pytest.mark.parametrize("dtype", half_dtypes())
 @pytest.mark.parametrize("c", [1000, 8192, 8193])
-@pytest.mark.parametrize("inner", [7, 33, 257])
+@pytest.mark.parametrize("inner", [7, 33, 129, 257])
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
-def test_half_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, log):
-    z = _special_columns(rng, c, inner, dtype)
-    fn = normax.log_softmax if log else normax.softmax
-    with np.errstate(invalid="ignore", over="ignore"):
-        want = fn(z.astype(np.float32), axis=0).astype(dtype)
-    _assert_same_bits(fn(z, axis=0), want, f"{c}x{inner}")
-
-
-# 1000 classes: blocks widened into float32 scratch; 8192: 16-column blocks; 8193: streamed
-# (both passes widen a class row at a time). 129 columns leave a last block of one column.
-@pytest.mark.parametrize("dtype", half_dtypes())
-@pytest.mark.parametrize("c", [1000, 8192, 8193])
-@pytest.mark.parametrize("inner", [7, 129, 257])
-@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
-def test_half_backward_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, log):
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_half_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, log, backward):
     z = _special_columns(rng, c, inner, dtype)
     g = rng.standard_normal((c, inner)).astype(dtype)
     g[c // 3, 0] = np.nan
     g[2, 1 % inner] = -np.inf
     g[:, 5 % inner] = 6e-8  # subnormal in float16
-    fwd, bwd = (
-        (normax.log_softmax, normax.log_softmax_backward)
-        if log
-        else (normax.softmax, normax.softmax_backward)
-    )
+    fwd, bwd = softmax_pair(log)
     with np.errstate(invalid="ignore", over="ignore"):
-        p = fwd(z, axis=0)
-        want = bwd(g.astype(np.float32), p.astype(np.float32), axis=0).astype(dtype)
-        got = bwd(g, p, axis=0)
+        if backward:
+            p = fwd(z, axis=0)
+            want = bwd(g.astype(np.float32), p.astype(np.float32), axis=0).astype(dtype)
+            got = bwd(g, p, axis=0)
+        else:
+            want = fwd(z.astype(np.float32), axis=0).astype(dtype)
+            got = fwd(z, axis=0)
     _assert_same_bits(got, want, f"{c}x{inner}")
 
 
