@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from numba import boolean, float32, float64, int16, intp, prange, uint16, void
+from llvmlite import ir
+from numba import boolean, float32, float64, int16, intp, prange, types, uint16, void
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from . import _dtypes
 from ._batchnorm_numpy import _quiet
@@ -43,6 +46,46 @@ _TYPES = ((float32, float32), (float64, float64), (uint16, float32), (int16, flo
 
 def _sigs(make):
     return [make(t, f) for t, f in _TYPES]
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """Ask the CPU to bring the cache line holding ``arr.flat[i]`` into L2 (``prefetcht1``): a
+    hint with no effect on any value. ``arr`` must be C-contiguous and ``i`` within it."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), i8p)
+        # read, locality 2 (L2 and outward), data cache
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, intp), codegen
+
+
+@nb.njit(cache=True)
+def _prefetch_run(x, b):  # pragma: no cover - compiled
+    """Prefetch run ``b`` (channel ``b % C`` of slab ``b // C``) of an (outer, C, inner) view of
+    half-precision data, one hint per cache line; a no-op for other dtypes (a constant test).
+
+    The run loops stream each run once. On half data, two streams of 16-bit values were not
+    prefetched in time by the hardware (the gradient sums of (1, 2048, 8192) float16 read
+    2.5x slower than from cache, float32 twice the bytes faster); a hint per line of the next
+    run, issued before the current one is summed, brings them to cache speed. float32 and
+    float64 runs were as fast or faster without it."""
+    if x.itemsize != 2:
+        return
+    flat = x.reshape(-1)
+    inner = x.shape[2]
+    start = b * inner
+    for i in range(start, start + inner, 64 // x.itemsize):
+        _prefetch(flat, i)
 
 
 # Each pass is a serial chunk kernel plus a driver that runs it once per chunk with prange. For a
@@ -113,16 +156,28 @@ def _stats_chunk(x, acc, k, lo, hi):  # pragma: no cover - compiled
             acc[k, C + c] += s2
 
 
+@nb.njit(cache=True)
+def _stats_part(x, acc, k, lo, hi):  # pragma: no cover - compiled
+    """:func:`_stats_chunk` over [lo, hi); half-precision runs one by one, the next prefetched."""
+    if x.itemsize == 2 and x.shape[2] > 1:
+        for b in range(lo, hi):
+            if b + 1 < hi:
+                _prefetch_run(x, b + 1)
+            _stats_chunk(x, acc, k, b, b + 1)
+    else:
+        _stats_chunk(x, acc, k, lo, hi)
+
+
 @nb.njit(_sigs(lambda t, f: void(t[:, :, ::1], float64[:, ::1])), parallel=True, cache=True)
 def _stats(x, acc):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     parts = acc.shape[0]
     units = outer if inner == 1 else outer * C
     if parts == 1:
-        _stats_chunk(x, acc, 0, 0, units)
+        _stats_part(x, acc, 0, 0, units)
         return
     for k in prange(parts):
-        _stats_chunk(x, acc, k, units * k // parts, units * (k + 1) // parts)
+        _stats_part(x, acc, k, units * k // parts, units * (k + 1) // parts)
 
 
 @nb.njit(
@@ -253,6 +308,19 @@ def _grad_chunk(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
             acc[k, C + c] += s2
 
 
+@nb.njit(cache=True)
+def _grad_part(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
+    """:func:`_grad_chunk` over [lo, hi); half-precision runs one by one, the next prefetched."""
+    if x.itemsize == 2 and x.shape[2] > 1:
+        for b in range(lo, hi):
+            if b + 1 < hi:
+                _prefetch_run(dy, b + 1)
+                _prefetch_run(x, b + 1)
+            _grad_chunk(dy, x, mean, acc, k, b, b + 1)
+    else:
+        _grad_chunk(dy, x, mean, acc, k, lo, hi)
+
+
 @nb.njit(
     _sigs(lambda t, f: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1])),
     parallel=True,
@@ -263,10 +331,10 @@ def _grad(dy, x, mean, acc):  # pragma: no cover - compiled
     parts = acc.shape[0]
     units = outer if inner == 1 else outer * C
     if parts == 1:
-        _grad_chunk(dy, x, mean, acc, 0, 0, units)
+        _grad_part(dy, x, mean, acc, 0, 0, units)
         return
     for k in prange(parts):
-        _grad_chunk(dy, x, mean, acc, k, units * k // parts, units * (k + 1) // parts)
+        _grad_part(dy, x, mean, acc, k, units * k // parts, units * (k + 1) // parts)
 
 
 @nb.njit(
