@@ -76,8 +76,13 @@ def test_round_into_nan_is_quiet_with_its_payload(dtype):
 # ---- batch norm: the kernels on 16-bit views give the float32 kernels' results, rounded once --
 
 # (outer, C, inner) records: rows (inner == 1) and runs (inner > 1), odd sizes, and some above the
-# parallel threshold so that the work is split into chunks.
-_RECORDS = [(37, 5, 1), (3, 7, 9), (1, 6, 33), (2000, 24, 1), (40, 33, 50), (1, 3, 4097)]
+# parallel threshold so that the work is split into chunks. The half kernels prefetch short rows
+# in blocks of a multiple of four rows (64 rows of 64 channels, 40 of 96 here) and tile the
+# element-wise constants over spans of rows: odd chunk lengths put remainders after both.
+_RECORDS = [
+    (37, 5, 1), (3, 7, 9), (1, 6, 33), (2000, 24, 1), (40, 33, 50), (1, 3, 4097),
+    (1001, 64, 1), (999, 96, 1),
+]
 
 
 def _edge_input(shape, dtype, rng) -> np.ndarray:

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from numba import boolean, float32, float64, int16, intp, prange, uint16, void
+from llvmlite import ir
+from numba import boolean, float32, float64, int16, intp, prange, types, uint16, void
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from . import _dtypes
 from ._batchnorm_numpy import _quiet
@@ -43,6 +46,66 @@ _TYPES = ((float32, float32), (float64, float64), (uint16, float32), (int16, flo
 
 def _sigs(make):
     return [make(t, f) for t, f in _TYPES]
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """Ask the CPU to bring the cache line holding ``arr.flat[i]`` into L2 (``prefetcht1``): a
+    hint with no effect on any value. ``arr`` must be C-contiguous and ``i`` within it."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), i8p)
+        # read, locality 2 (L2 and outward), data cache
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, intp), codegen
+
+
+@nb.njit(cache=True)
+def _prefetch_run(x, b):  # pragma: no cover - compiled
+    """Prefetch run ``b`` (channel ``b % C`` of slab ``b // C``) of an (outer, C, inner) view of
+    half-precision data, one hint per cache line; a no-op for other dtypes (a constant test).
+
+    The run loops stream each run once. On half data, two streams of 16-bit values were not
+    prefetched in time by the hardware (the gradient sums of (1, 2048, 8192) float16 read
+    2.5x slower than from cache, float32 twice the bytes faster); a hint per line of the next
+    run, issued before the current one is summed, brings them to cache speed. float32 and
+    float64 runs were as fast or faster without it."""
+    inner = x.shape[2]
+    _prefetch_span(x, b * inner, (b + 1) * inner)
+
+
+@nb.njit(cache=True)
+def _prefetch_span(x, start, stop):  # pragma: no cover - compiled
+    """Prefetch elements [start, stop) of the flattened half-precision ``x``, one hint per cache
+    line; a no-op for other dtypes."""
+    if x.itemsize != 2:
+        return
+    flat = x.reshape(-1)
+    for i in range(start, min(stop, flat.size), 64 // x.itemsize):
+        _prefetch(flat, i)
+
+
+# Rows per prefetched block of the rows-path sums of half-precision data: a multiple of 4, so
+# that the blocks of four rows the statistics are summed in fall where they did, of about 4096
+# elements (8 KiB a stream). Only short rows are prefetched (at most _PREFETCH_MAX_C channels:
+# NHWC's 64 gradient sums took 0.9 ns per element, 0.6 with the hints); rows of 2048 channels
+# were slower with them, the hardware prefetcher following their four row streams well.
+_PREFETCH_ELEMS = 4096
+_PREFETCH_MAX_C = 256
+
+
+@nb.njit(cache=True)
+def _row_block(C):  # pragma: no cover - compiled
+    return max(4, _PREFETCH_ELEMS // max(C, 1) // 4 * 4)
 
 
 # Each pass is a serial chunk kernel plus a driver that runs it once per chunk with prange. For a
@@ -113,16 +176,36 @@ def _stats_chunk(x, acc, k, lo, hi):  # pragma: no cover - compiled
             acc[k, C + c] += s2
 
 
+@nb.njit(cache=True)
+def _stats_part(x, acc, k, lo, hi):  # pragma: no cover - compiled
+    """:func:`_stats_chunk` over [lo, hi); for half-precision data run by run (inner > 1) or in
+    blocks of :func:`_row_block` rows, the next run or block prefetched."""
+    C, inner = x.shape[1], x.shape[2]
+    if x.itemsize == 2 and inner > 1:
+        for b in range(lo, hi):
+            if b + 1 < hi:
+                _prefetch_run(x, b + 1)
+            _stats_chunk(x, acc, k, b, b + 1)
+    elif x.itemsize == 2 and C <= _PREFETCH_MAX_C:
+        rows = _row_block(C)
+        for r in range(lo, hi, rows):
+            e = min(r + rows, hi)
+            _prefetch_span(x, e * C, min(e + rows, hi) * C)
+            _stats_chunk(x, acc, k, r, e)
+    else:
+        _stats_chunk(x, acc, k, lo, hi)
+
+
 @nb.njit(_sigs(lambda t, f: void(t[:, :, ::1], float64[:, ::1])), parallel=True, cache=True)
 def _stats(x, acc):  # pragma: no cover - compiled
     outer, C, inner = x.shape
     parts = acc.shape[0]
     units = outer if inner == 1 else outer * C
     if parts == 1:
-        _stats_chunk(x, acc, 0, 0, units)
+        _stats_part(x, acc, 0, 0, units)
         return
     for k in prange(parts):
-        _stats_chunk(x, acc, k, units * k // parts, units * (k + 1) // parts)
+        _stats_part(x, acc, k, units * k // parts, units * (k + 1) // parts)
 
 
 @nb.njit(
@@ -179,15 +262,35 @@ def _train_finish(
         k[3, c] = beta[c]
 
 
+# The element-wise rows loops run over spans of whole rows, about this many elements, with the
+# per-channel constants tiled to the span's length: rows of 64 channels (NHWC) then pay the
+# loop's setup and its run-time overlap checks once per 1024 elements, not once per 64.
+_ROW_SPAN = 1024
+
+
+@nb.njit(cache=True)
+def _tiled(k, rows):  # pragma: no cover - compiled
+    """The (n, C) constants ``k`` repeated for ``rows`` consecutive rows: shape (n, rows * C)."""
+    n, C = k.shape
+    t = np.empty((n, rows * C), k.dtype)
+    for j in range(rows):
+        t[:, j * C:(j + 1) * C] = k
+    return t
+
+
 @nb.njit(_sigs(lambda t, f: void(t[:, :, ::1], f[:, ::1], t[:, :, ::1], *_CHUNK)), cache=True)
 def _affine_chunk(x, k, y, lo, hi):  # pragma: no cover - compiled
-    outer, C, inner = x.shape
+    _, C, inner = x.shape
     if inner == 1:
-        x2, y2 = x.reshape((outer, C)), y.reshape((outer, C))
-        for r in range(lo, hi):
-            for c in range(C):
-                v = ((load(x2[r, c]) - k[0, c]) - k[1, c]) * k[2, c] + k[3, c]
-                y2[r, c] = store(y2, v)
+        span = max(1, min(_ROW_SPAN // max(C, 1), hi - lo))
+        kt = _tiled(k, span)
+        k0, k1, k2, k3 = kt[0], kt[1], kt[2], kt[3]
+        x1, y1 = x.reshape(-1), y.reshape(-1)
+        for r in range(lo, hi, span):
+            a, e = r * C, min(r + span, hi) * C
+            xs, ys = x1[a:e], y1[a:e]
+            for j in range(e - a):
+                ys[j] = store(ys, ((load(xs[j]) - k0[j]) - k1[j]) * k2[j] + k3[j])
     else:
         for b in range(lo, hi):
             o, c = b // C, b % C
@@ -253,6 +356,27 @@ def _grad_chunk(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
             acc[k, C + c] += s2
 
 
+@nb.njit(cache=True)
+def _grad_part(dy, x, mean, acc, k, lo, hi):  # pragma: no cover - compiled
+    """:func:`_grad_chunk` over [lo, hi), prefetched as in :func:`_stats_part`."""
+    C, inner = x.shape[1], x.shape[2]
+    if x.itemsize == 2 and inner > 1:
+        for b in range(lo, hi):
+            if b + 1 < hi:
+                _prefetch_run(dy, b + 1)
+                _prefetch_run(x, b + 1)
+            _grad_chunk(dy, x, mean, acc, k, b, b + 1)
+    elif x.itemsize == 2 and C <= _PREFETCH_MAX_C:
+        rows = _row_block(C)
+        for r in range(lo, hi, rows):
+            e = min(r + rows, hi)
+            _prefetch_span(dy, e * C, min(e + rows, hi) * C)
+            _prefetch_span(x, e * C, min(e + rows, hi) * C)
+            _grad_chunk(dy, x, mean, acc, k, r, e)
+    else:
+        _grad_chunk(dy, x, mean, acc, k, lo, hi)
+
+
 @nb.njit(
     _sigs(lambda t, f: void(t[:, :, ::1], t[:, :, ::1], float64[::1], float64[:, ::1])),
     parallel=True,
@@ -263,10 +387,10 @@ def _grad(dy, x, mean, acc):  # pragma: no cover - compiled
     parts = acc.shape[0]
     units = outer if inner == 1 else outer * C
     if parts == 1:
-        _grad_chunk(dy, x, mean, acc, 0, 0, units)
+        _grad_part(dy, x, mean, acc, 0, 0, units)
         return
     for k in prange(parts):
-        _grad_chunk(dy, x, mean, acc, k, units * k // parts, units * (k + 1) // parts)
+        _grad_part(dy, x, mean, acc, k, units * k // parts, units * (k + 1) // parts)
 
 
 @nb.njit(
@@ -300,13 +424,18 @@ def _grad_finish(x, acc, invstd, gamma, dgamma, dbeta, k):  # pragma: no cover
     cache=True,
 )
 def _dx_chunk(dy, x, k, dx, lo, hi):  # pragma: no cover - compiled
-    outer, C, inner = x.shape
-    if inner == 1:
-        g2, x2, o2 = dy.reshape((outer, C)), x.reshape((outer, C)), dx.reshape((outer, C))
-        for r in range(lo, hi):
-            for c in range(C):
-                xc = (load(x2[r, c]) - k[0, c]) - k[1, c]
-                o2[r, c] = store(o2, (load(g2[r, c]) - k[2, c]) * k[3, c] + xc * k[4, c])
+    _, C, inner = x.shape
+    if inner == 1:  # spans of rows, as in _affine_chunk
+        span = max(1, min(_ROW_SPAN // max(C, 1), hi - lo))
+        kt = _tiled(k, span)
+        k0, k1, k2, k3, k4 = kt[0], kt[1], kt[2], kt[3], kt[4]
+        g1, x1, o1 = dy.reshape(-1), x.reshape(-1), dx.reshape(-1)
+        for r in range(lo, hi, span):
+            a, e = r * C, min(r + span, hi) * C
+            gs, xs, os = g1[a:e], x1[a:e], o1[a:e]
+            for j in range(e - a):
+                xc = (load(xs[j]) - k0[j]) - k1[j]
+                os[j] = store(os, (load(gs[j]) - k2[j]) * k3[j] + xc * k4[j])
     else:
         for b in range(lo, hi):
             o, c = b // C, b % C
