@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from llvmlite import ir
-from numba import boolean, float32, float64, int16, intp, prange, types, uint16, void
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import boolean, float32, float64, int16, intp, prange, uint16, void
 
 from . import _dtypes
 from ._batchnorm_numpy import _quiet
 from ._checks import writeable
 from ._half_numba import load, store, view
 from ._numba_notice import CompileNotice
+from ._numba_prefetch import prefetch_read_l2
 
 _notice = CompileNotice("batch-norm")
 
@@ -46,27 +44,6 @@ _TYPES = ((float32, float32), (float64, float64), (uint16, float32), (int16, flo
 
 def _sigs(make):
     return [make(t, f) for t, f in _TYPES]
-
-
-@intrinsic
-def _prefetch(typingctx, arr, i):
-    """Ask the CPU to bring the cache line holding ``arr.flat[i]`` into L2 (``prefetcht1``): a
-    hint with no effect on any value. ``arr`` must be C-contiguous and ``i`` within it."""
-    if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(i, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        ptr = builder.bitcast(builder.gep(data, [args[1]]), i8p)
-        # read, locality 2 (L2 and outward), data cache
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return types.void(arr, intp), codegen
 
 
 @nb.njit(cache=True)
@@ -91,7 +68,7 @@ def _prefetch_span(x, start, stop):  # pragma: no cover - compiled
         return
     flat = x.reshape(-1)
     for i in range(start, min(stop, flat.size), 64 // x.itemsize):
-        _prefetch(flat, i)
+        prefetch_read_l2(flat, i * x.itemsize)
 
 
 # Rows per prefetched block of the rows-path sums of half-precision data: a multiple of 4, so

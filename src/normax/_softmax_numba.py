@@ -29,13 +29,13 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import float32, float64, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._checks import writeable
 from ._dtypes import is_half
 from ._half_numba import load, round_into, store, view
 from ._numba_notice import CompileNotice
+from ._numba_prefetch import prefetch_read, prefetch_write
 from ._softmax_numpy import finish
 
 # The drivers compile lazily, for the dtypes and kernels a program uses (all of them up front
@@ -79,34 +79,6 @@ def _as_int(typingctx, x):
         return builder.bitcast(args[0], llty)
 
     return ty(x), codegen
-
-
-def _prefetcher(write):
-    """An intrinsic ``prefetch(arr, offset)``: fetch the cache line ``offset`` bytes into arr's
-    data ahead of its use, for reading or (``write``) for writing. A hint: an address past the
-    array does not fault, so callers need not test for the last rows."""
-
-    @intrinsic
-    def prefetch(typingctx, arr, offset):
-        if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
-            return None
-
-        def codegen(context, builder, sig, args):
-            data = context.make_array(sig.args[0])(context, builder, args[0]).data
-            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-            ptr = builder.gep(builder.bitcast(data, i8p), [args[1]])
-            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-            builder.call(fn, [ptr, i32(int(write)), i32(3), i32(1)])  # keep in all levels, data
-            return context.get_dummy_value()
-
-        return types.none(arr, offset), codegen
-
-    return prefetch
-
-
-_prefetch_read = _prefetcher(False)
-_prefetch_write = _prefetcher(True)
 
 
 # Constants as typed globals: a Python float literal would promote float32 arithmetic to float64.
@@ -448,7 +420,7 @@ def _block_max(zo, i0, nbk, pk, m):  # pragma: no cover - compiled
     row, first, span = zo.strides[0], i0 * zo.itemsize, nbk * zo.itemsize
     for k in range(zo.shape[0]):
         for b in range(0, span, 64):
-            _prefetch_read(zo, (k + _PREFETCH) * row + first + b)
+            prefetch_read(zo, (k + _PREFETCH) * row + first + b)
         zr = zo[k, i0 : i0 + nbk]
         pr = pk[k, :nbk]
         for i in range(nbk):
@@ -504,7 +476,7 @@ def _softmax_block(zo, oo, i0, nbk, pk, m, s, ties, log):  # pragma: no cover - 
             fin[i] = math.log1p(s[i])
         for k in range(zo.shape[0]):
             for b in range(0, span, 64):  # the strided output rows, fetched for writing
-                _prefetch_write(oo, (k + _PREFETCH) * row + first + b)
+                prefetch_write(oo, (k + _PREFETCH) * row + first + b)
             zr, orow = zo[k, i0 : i0 + nbk], oo[k, i0 : i0 + nbk]
             for i in range(nbk):
                 orow[i] = (zr[i] - mx[i]) - fin[i]
@@ -513,7 +485,7 @@ def _softmax_block(zo, oo, i0, nbk, pk, m, s, ties, log):  # pragma: no cover - 
             fin[i] = 1.0 / (1.0 + s[i])
         for k in range(zo.shape[0]):
             for b in range(0, span, 64):
-                _prefetch_write(oo, (k + _PREFETCH) * row + first + b)
+                prefetch_write(oo, (k + _PREFETCH) * row + first + b)
             pr, orow = pk[k, :nbk], oo[k, i0 : i0 + nbk]
             for i in range(nbk):
                 orow[i] = pr[i] * fin[i]
@@ -587,7 +559,7 @@ def _fetch_rows(a, k, i0, nbk):  # pragma: no cover - compiled
     """Fetch columns [i0, i0 + nbk) of class row k + _PREFETCH of the slab a."""
     row, first = a.strides[0], i0 * a.itemsize
     for b in range(0, nbk * a.itemsize, 64):
-        _prefetch_read(a, (k + _PREFETCH) * row + first + b)
+        prefetch_read(a, (k + _PREFETCH) * row + first + b)
 
 
 @nb.njit(cache=True)
@@ -641,7 +613,7 @@ def _block_grad(pk, qo, w, alpha, eps, scale, probs, do, i0, nbk):  # pragma: no
     row, first, span = do.strides[0], i0 * do.itemsize, nbk * do.itemsize
     for k in range(c):
         for b in range(0, span, 64):  # the strided dz rows: fetched for writing ahead of time
-            _prefetch_write(do, (k + _PREFETCH) * row + first + b)
+            prefetch_write(do, (k + _PREFETCH) * row + first + b)
         pr, dr = pk[k, :nbk], do[k, i0 : i0 + nbk]
         if probs:
             qr, wk = qo[k, i0 : i0 + nbk], scale * w[k]
@@ -959,7 +931,7 @@ def _widen_cols(zo, i0, nbk, zb):  # pragma: no cover - compiled
     row, first, span = zo.strides[0], i0 * zo.itemsize, nbk * zo.itemsize
     for k in range(zo.shape[0]):
         for b in range(0, span, 64):  # the strided class rows, fetched ahead (see _block_max)
-            _prefetch_read(zo, (k + _PREFETCH) * row + first + b)
+            prefetch_read(zo, (k + _PREFETCH) * row + first + b)
         zr, br = zo[k, i0 : i0 + nbk], zb[k, :nbk]
         for i in range(nbk):
             br[i] = load(zr[i])
@@ -971,7 +943,7 @@ def _narrow_cols(zb, oo, i0, nbk):  # pragma: no cover - compiled
     row, first, span = oo.strides[0], i0 * oo.itemsize, nbk * oo.itemsize
     for k in range(oo.shape[0]):
         for b in range(0, span, 64):
-            _prefetch_write(oo, (k + _PREFETCH) * row + first + b)
+            prefetch_write(oo, (k + _PREFETCH) * row + first + b)
         br, orow = zb[k, :nbk], oo[k, i0 : i0 + nbk]
         for i in range(nbk):
             orow[i] = store(orow, br[i])
