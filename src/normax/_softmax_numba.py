@@ -545,11 +545,18 @@ def _stream_softmax(zo, oo, i0, nbk, m, s, ties, part, cnt, log):  # pragma: no 
 
 
 @nb.njit(cache=True)
+def _streams(c, itemsize):  # pragma: no cover - compiled
+    """Whether blocks of c classes are streamed: even 16 columns overflow the L2 budget, so
+    every pass reads the block from memory (the C kernel's nmx_block_streams)."""
+    return _BLOCK_BYTES // (c * itemsize) < 16
+
+
+@nb.njit(cache=True)
 def _stream_cols(c, inner, itemsize):  # pragma: no cover - compiled
-    """Columns per block of the softmax and backward drivers: _block_cols', or, when even 16
-    columns of c classes overflow the L2 budget (every pass then reads the block from memory),
-    the widest block, for long contiguous runs per class row (the C kernel's streamed blocks)."""
-    if _BLOCK_BYTES // (c * itemsize) < 16:
+    """Columns per block of the softmax and backward drivers: _block_cols', or for streamed
+    blocks the widest, for long contiguous runs per class row (the C kernel's streamed
+    blocks)."""
+    if _streams(c, itemsize):
         return min(256, inner)
     return _block_cols(c, inner, itemsize)
 
@@ -709,7 +716,7 @@ def _stream_tasks(outer, c, inner, itemsize, chunks):  # pragma: no cover - comp
     """_tasks with _stream_cols' blocks, and whether they are streamed."""
     cols = 1 if inner == 1 else _stream_cols(c, inner, itemsize)
     nblk = (inner + cols - 1) // cols
-    stream = inner > 1 and _BLOCK_BYTES // (c * itemsize) < 16
+    stream = inner > 1 and _streams(c, itemsize)
     return cols, nblk, max(1, min(outer * nblk, chunks)), stream
 
 
