@@ -7,7 +7,10 @@ kernels so that LLVM vectorizes them:
   exponentials run along the row.
 * ``inner > 1``: a block of neighbouring columns is packed into a small (classes, B) buffer that
   stays in the L2 cache, and every pass walks the class axis with one running value per column,
-  so the loads are contiguous and vectorize across the columns.
+  so the loads are contiguous and vectorize across the columns. When even 16 columns would
+  overflow that budget (more than 8192 float32 classes), the blocks are 256 columns wide and
+  streamed: every pass reads the class rows from memory again, fetched ahead, and the last
+  recomputes the exponentials, with the packed blocks' arithmetic per column.
 
 The exponential of the max-shifted logits is the C kernel's: a branch-free range reduction
 ``exp(x) = 2^k exp(r)`` with a Taylor polynomial, in the input dtype (degree 7 in float32, 13 in
@@ -491,16 +494,10 @@ def _softmax_block(zo, oo, i0, nbk, pk, m, s, ties, log):  # pragma: no cover - 
                 orow[i] = pr[i] * fin[i]
 
 
-@nb.njit(cache=True, fastmath=_CONTRACT)
-def _stream_softmax(zo, oo, i0, nbk, m, s, ties, part, cnt, log):  # pragma: no cover - compiled
-    """_softmax_block for a block too large for L2 (see _stream_cols), without its packed
-    copy: each pass reads the class rows of zo again, fetched ahead, and the last recomputes
-    exp(z - max) instead of reading it back. zo / oo may be half-precision views (widened by
-    load(), rounded once by store()): no float32 tile of the block is made. The arithmetic per
-    column is _block_max / _block_exp_sum / _softmax_block's, in the same order, with the same
-    contractions as _block_exp_sum's exps, so the results are theirs bit for bit."""
-    mx, fin = m[0, :nbk], m[1, :nbk]
-    zero, one = _typed(mx[0], 0.0), _typed(mx[0], 1.0)
+@nb.njit(cache=True)
+def _stream_max(zo, i0, nbk, mx):  # pragma: no cover - compiled
+    """mx[i] = the maximum of column i0 + i of the slab zo, read from memory a class row at a
+    time (fetched ahead), widened by load()."""
     z0 = zo[0, i0 : i0 + nbk]
     for i in range(nbk):
         mx[i] = load(z0[i])
@@ -510,7 +507,13 @@ def _stream_softmax(zo, oo, i0, nbk, m, s, ties, part, cnt, log):  # pragma: no 
         for i in range(nbk):
             v = load(zr[i])
             mx[i] = v if v > mx[i] else mx[i]
-    ss, tt, pp, cc = s[:nbk], ties[:nbk], part[:nbk], cnt[:nbk]
+
+
+@nb.njit(cache=True, fastmath=_CONTRACT)
+def _stream_exp_sum(zo, i0, nbk, mx, ss, tt, pp, cc):  # pragma: no cover - compiled
+    """_block_exp_sum's column sums s (and ties) of the slab zo itself, without storing the
+    exponentials; pp / cc are the chunk partials in the compute dtype."""
+    zero, one = _typed(mx[0], 0.0), _typed(mx[0], 1.0)
     ss[:] = 0.0
     tt[:] = 0
     c = zo.shape[0]
@@ -531,9 +534,22 @@ def _stream_softmax(zo, oo, i0, nbk, m, s, ties, part, cnt, log):  # pragma: no 
             tt[i] += np.int64(cc[i])
     for i in range(nbk):
         ss[i] += tt[i] - 1
+
+
+@nb.njit(cache=True, fastmath=_CONTRACT)
+def _stream_softmax(zo, oo, i0, nbk, m, s, ties, part, cnt, log):  # pragma: no cover - compiled
+    """_softmax_block for a block too large for L2 (see _stream_cols), without its packed
+    copy: each pass reads the class rows of zo again, fetched ahead, and the last recomputes
+    exp(z - max) instead of reading it back. zo / oo may be half-precision views (widened by
+    load(), rounded once by store()): no float32 tile of the block is made. The arithmetic per
+    column is _block_max / _block_exp_sum / _softmax_block's, in the same order, with the same
+    contractions as _block_exp_sum's exps, so the results are theirs bit for bit."""
+    mx, fin, ss = m[0, :nbk], m[1, :nbk], s[:nbk]
+    _stream_max(zo, i0, nbk, mx)
+    _stream_exp_sum(zo, i0, nbk, mx, ss, ties[:nbk], part[:nbk], cnt[:nbk])
     for i in range(nbk):
         fin[i] = math.log1p(ss[i]) if log else 1.0 / (1.0 + ss[i])
-    for k in range(c):
+    for k in range(zo.shape[0]):
         _fetch_rows(zo, k, i0, nbk)
         zr, orow = zo[k, i0 : i0 + nbk], oo[k, i0 : i0 + nbk]
         if log:
@@ -636,6 +652,34 @@ def _block_grad(pk, qo, w, alpha, eps, scale, probs, do, i0, nbk):  # pragma: no
 
 
 @nb.njit(cache=True)
+def _xent_losses(yo, i0, probs, w, eps, scale, s, acc, lo):  # pragma: no cover - compiled
+    """The losses lo of a block's columns from their sums s (see _block_exp_sum) and acc (see
+    _xent_block), labels yo[1, i0 + i] (-1: ignored; unread for probabilities); s then holds each
+    column's gradient factor alpha, and acc[1] log(sum_k exp(z_k - m)) for the label's entry."""
+    keep = 1.0 - eps
+    big_a, at, ty = acc[0], acc[1], acc[2]
+    for i in range(lo.size):
+        lse = math.log1p(s[i])
+        if probs:
+            lo[i] = big_a[i] * lse - at[i]
+            s[i] = scale * big_a[i] / (1.0 + s[i])  # s now holds alpha
+            continue
+        lab = yo[1, i0 + i]
+        if lab < 0:
+            lo[i] = 0.0
+            s[i] = 0.0
+            continue
+        wy = w[lab]
+        big_a[i] += keep * wy
+        if eps == 0.0:
+            lo[i] = wy * (lse - ty[i])
+        else:
+            lo[i] = big_a[i] * lse - at[i] - keep * wy * ty[i]
+        at[i] = lse  # kept for the label's gradient
+        s[i] = scale * big_a[i] / (1.0 + s[i])
+
+
+@nb.njit(cache=True)
 def _xent_block(zo, qo, yo, w, wall, eps, scale, do, i0, nbk, work, lo):
     """Cross-entropy of columns [i0, i0 + nbk): integer labels yo (qo unused) when yo has
     rows, else probability targets qo; lo[i0 + i] receives the losses. work is the scratch
@@ -666,25 +710,7 @@ def _xent_block(zo, qo, yo, w, wall, eps, scale, do, i0, nbk, work, lo):
             if 0 <= lab < c:
                 ty[i] = np.float64(pk[lab, i]) - np.float64(mm[i])
     _block_exp_sum(pk, nbk, m, s, ties)
-    for i in range(nbk):
-        lse = math.log1p(s[i])
-        if probs:
-            lo[i0 + i] = big_a[i] * lse - at[i]
-            s[i] = scale * big_a[i] / (1.0 + s[i])  # s now holds alpha
-            continue
-        lab = yo[1, i0 + i]  # the label, or -1 when the column is ignored
-        if lab < 0:
-            lo[i0 + i] = 0.0
-            s[i] = 0.0
-            continue
-        wy = w[lab]
-        big_a[i] += keep * wy
-        if eps == 0.0:
-            lo[i0 + i] = wy * (lse - ty[i])
-        else:
-            lo[i0 + i] = big_a[i] * lse - at[i] - keep * wy * ty[i]
-        at[i] = lse  # kept for the label's gradient below
-        s[i] = scale * big_a[i] / (1.0 + s[i])
+    _xent_losses(yo, i0, probs, w, eps, scale, s, acc, lo[i0 : i0 + nbk])
     _block_grad(pk, qo, w, s, eps, scale, probs, do, i0, nbk)
     if not probs:
         for i in range(nbk):
@@ -698,22 +724,119 @@ def _xent_block(zo, qo, yo, w, wall, eps, scale, do, i0, nbk, work, lo):
                 do[lab, i0 + i] = np.float64(do[lab, i0 + i]) - scale * keep * w[lab]
 
 
+@nb.njit(cache=True, fastmath=_CONTRACT)
+def _grad_entry(al, z, m, sub):  # pragma: no cover - compiled
+    """One entry of a streamed block's gradient, alpha exp(z - m) - sub, with _block_grad's
+    contraction: the same bits as the packed block's entry."""
+    return al * _exp_neg(z - m) - sub
+
+
+@nb.njit(cache=True)
+def _stream_targets(zo, qo, w, probs, eps, i0, nbk, mx, big_a, at):  # pragma: no cover
+    """_xent_block's sums A = sum_k a_k and sum_k a_k (z_k - m) of a streamed block, read from
+    the slabs zo and qo (zo again for labels): the same float64 arithmetic, in the same order."""
+    c = zo.shape[0]
+    ec, keep = eps / c, 1.0 - eps
+    for k in range(c):
+        _fetch_rows(zo, k, i0, nbk)
+        if probs:
+            _fetch_rows(qo, k, i0, nbk)
+        zr, qr, wk = zo[k, i0 : i0 + nbk], qo[k, i0 : i0 + nbk], w[k]
+        for i in range(nbk):
+            a = wk * ((keep * np.float64(load(qr[i])) + ec) if probs else ec)
+            big_a[i] += a
+            at[i] += a * (np.float64(load(zr[i])) - np.float64(mx[i]))
+
+
+@nb.njit(cache=True, fastmath=_CONTRACT)
+def _stream_grad(zo, qo, yo, w, al, mx, eps, scale, do, i0, nbk):  # pragma: no cover
+    """_block_grad for a streamed block: the exponentials recomputed from the slab zo, each row
+    of do written once (rounded by store() for a half view), the columns of ignored labels
+    (yo[1, i] < 0) zeroed on the way rather than by a strided pass over the class axis."""
+    c = zo.shape[0]
+    probs = yo.shape[0] == 0
+    ec, keep = eps / c, 1.0 - eps
+    like = mx[0]
+    zero = _typed(like, 0.0)
+    masked = False
+    for i in range(0 if probs else nbk):
+        masked |= yo[1, i] < 0
+    row, first, span = do.strides[0], i0 * do.itemsize, nbk * do.itemsize
+    for k in range(c):
+        _fetch_rows(zo, k, i0, nbk)
+        for b in range(0, span, 64):
+            prefetch_write(do, (k + _PREFETCH) * row + first + b)
+        zr, dr = zo[k, i0 : i0 + nbk], do[k, i0 : i0 + nbk]
+        if probs:
+            _fetch_rows(qo, k, i0, nbk)
+            qr, wk = qo[k, i0 : i0 + nbk], scale * w[k]
+            for i in range(nbk):
+                sub = _typed(like, wk * (keep * np.float64(load(qr[i])) + ec))
+                dr[i] = store(dr, _grad_entry(al[i], load(zr[i]), mx[i], sub))
+        elif eps == 0.0 and not masked:
+            for i in range(nbk):
+                dr[i] = store(dr, al[i] * _exp_neg(load(zr[i]) - mx[i]))
+        elif eps == 0.0:
+            for i in range(nbk):
+                v = al[i] * _exp_neg(load(zr[i]) - mx[i])
+                dr[i] = store(dr, v if yo[1, i] >= 0 else zero)
+        else:
+            sub = _typed(like, scale * w[k] * ec)
+            for i in range(nbk):
+                v = _grad_entry(al[i], load(zr[i]), mx[i], sub)
+                dr[i] = store(dr, v if probs or yo[1, i] >= 0 else zero)
+
+
+@nb.njit(cache=True)
+def _stream_xent(zo, qo, yo, w, eps, scale, do, i0, nbk, work, lo):  # pragma: no cover
+    """_xent_block for a block too large for L2 (see _stream_cols): no packed copy, every pass
+    reads the class rows of the slabs from memory, fetched ahead. yo holds the block's labels
+    as _xent_block's, from column 0 (lo too); zo, qo and do may be half views, widened by
+    load() and rounded once by store(), with the per-column arithmetic of the float32 tiles, so
+    the results are the packed path's bit for bit. work: (m, s, ties, part, cnt, acc, al)."""
+    m, s, ties, part, cnt, acc, al = work
+    c = zo.shape[0]
+    probs = yo.shape[0] == 0
+    keep = 1.0 - eps
+    mm, ss = m[:nbk], s[:nbk]
+    _stream_max(zo, i0, nbk, mm)
+    acc[:, :nbk] = 0.0
+    if probs or eps != 0.0:
+        _stream_targets(zo, qo, w, probs, eps, i0, nbk, mm, acc[0], acc[1])
+    ty = acc[2]
+    if not probs:
+        for i in range(nbk):  # yo[0] is the label clipped into [0, c)
+            ty[i] = np.float64(load(zo[yo[0, i], i0 + i])) - np.float64(mm[i])
+    _stream_exp_sum(zo, i0, nbk, mm, ss, ties[:nbk], part[:nbk], cnt[:nbk])
+    _xent_losses(yo, 0, probs, w, eps, scale, ss, acc, lo[:nbk])
+    like = mm[0]
+    for i in range(nbk):
+        al[i] = _typed(like, ss[i])
+    _stream_grad(zo, qo, yo, w, al, mm, eps, scale, do, i0, nbk)
+    if probs:
+        return
+    at = acc[1]
+    for i in range(nbk):  # the label's entry, as _xent_block finishes it
+        lab = yo[1, i]
+        if lab < 0:
+            continue
+        if eps == 0.0:
+            v = scale * w[lab] * math.expm1(-(at[i] - ty[i]))
+        else:
+            sub = _typed(like, scale * w[lab] * (eps / c))
+            g = _grad_entry(al[i], load(zo[lab, i0 + i]), mm[i], sub)
+            v = np.float64(g) - scale * keep * w[lab]
+        do[lab, i0 + i] = store(do, _typed(like, v))
+
+
 # ---- drivers ----------------------------------------------------------------------------------
 
 
 @nb.njit(cache=True)
 def _tasks(outer, c, inner, itemsize, chunks):  # pragma: no cover - compiled
-    """(columns per block, blocks per example row, chunks): the work of a call is outer *
-    blocks tasks (rows when inner == 1), dealt out in at most `chunks` chunks of neighbouring
-    tasks."""
-    cols = 1 if inner == 1 else _block_cols(c, inner, itemsize)
-    nblk = (inner + cols - 1) // cols
-    return cols, nblk, max(1, min(outer * nblk, chunks))
-
-
-@nb.njit(cache=True)
-def _stream_tasks(outer, c, inner, itemsize, chunks):  # pragma: no cover - compiled
-    """_tasks with _stream_cols' blocks, and whether they are streamed."""
+    """(columns per block, blocks per example row, chunks, streamed): the work of a call is
+    outer * blocks tasks (rows when inner == 1), dealt out in at most `chunks` chunks of
+    neighbouring tasks; blocks of _stream_cols' width, and whether they are streamed."""
     cols = 1 if inner == 1 else _stream_cols(c, inner, itemsize)
     nblk = (inner + cols - 1) // cols
     stream = inner > 1 and _streams(c, itemsize)
@@ -738,7 +861,7 @@ def _stream_blocks(z, out, log, cols, nblk, t0, t1, dt):  # pragma: no cover - c
 @nb.njit(**_OPTS)
 def _forward(z, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = z.shape
-    cols, nblk, chunks, stream = _stream_tasks(outer, c, inner, z.itemsize, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, z.itemsize, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -762,7 +885,7 @@ def _forward(z, out, log, chunks):  # pragma: no cover - compiled
 @nb.njit(**_OPTS)
 def _backward(g, y, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = g.shape
-    cols, nblk, chunks, stream = _stream_tasks(outer, c, inner, g.itemsize, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, g.itemsize, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -791,12 +914,16 @@ def _xent_run(z, q, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no c
     y has no rows."""
     outer, c, inner = z.shape
     loss, wall = _xent_setup(outer, inner, w)
-    cols, nblk, chunks = _tasks(outer, c, inner, z.itemsize, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, z.itemsize, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
         if inner == 1:
             _xent_rows(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1)
+        elif stream:
+            _xent_stream_blocks(
+                z, q, y, w, has_ign, ign, eps, scale, dz, loss, t0, t1, cols, nblk, z.dtype
+            )
         else:
             _xent_blocks(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1, cols, nblk)
     return loss
@@ -821,6 +948,41 @@ def _xent_rows(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1):
 
 
 @nb.njit(cache=True)
+def _clip_labels(labels, has_ign, ign, c, lab2):  # pragma: no cover - compiled
+    """The block's labels as the block kernels take them: lab2[0] the label clipped into
+    [0, c) for reading z, lab2[1] the label, or -1 when the column is ignored or out of range."""
+    for i in range(labels.size):
+        lab = labels[i]
+        bad = (has_ign and lab == ign) or lab < 0 or lab >= c
+        lab2[0, i] = 0 if bad else lab
+        lab2[1, i] = -1 if bad else lab
+
+
+@nb.njit(cache=True)
+def _xent_stream_blocks(z, q, y, w, has_ign, ign, eps, scale, dz, loss, t0, t1, cols, nblk, dt):
+    """Streamed column blocks [t0, t1) of a cross-entropy (see _stream_xent), computing in dtype
+    dt; q is read only for probability targets (y without rows)."""  # pragma: no cover
+    c, inner = z.shape[1], z.shape[2]
+    probs = y.shape[0] == 0
+    m = np.empty(cols, dt)
+    s = np.empty(cols)
+    ties = np.empty(cols, np.int64)
+    part = np.empty(cols, dt)
+    cnt = np.empty(cols, dt)
+    acc = np.empty((3, cols))
+    al = np.empty(cols, dt)
+    lab2 = np.empty((0 if probs else 2, cols), np.int64)
+    work = (m, s, ties, part, cnt, acc, al)
+    for t in range(t0, t1):
+        o, i0 = t // nblk, (t % nblk) * cols
+        nbk = min(cols, inner - i0)
+        if not probs:
+            _clip_labels(y[o, i0 : i0 + nbk], has_ign, ign, c, lab2)
+        qo = q[o] if probs else z[o]
+        _stream_xent(z[o], qo, lab2, w, eps, scale, dz[o], i0, nbk, work, loss[o, i0 : i0 + nbk])
+
+
+@nb.njit(cache=True)
 def _xent_blocks(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1, cols, nblk):
     """Tasks [t0, t1) of column blocks, with this chunk's scratch."""  # pragma: no cover
     c, inner = z.shape[1], z.shape[2]
@@ -834,12 +996,8 @@ def _xent_blocks(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1, c
     for t in range(t0, t1):
         o, i0 = t // nblk, (t % nblk) * cols
         nbk = min(cols, inner - i0)
-        if not probs:  # row 0: the label clipped for reading z; row 1: the label, -1 if ignored
-            for i in range(i0, i0 + nbk):
-                lab = y[o, i]
-                bad = (has_ign and lab == ign) or lab < 0 or lab >= c
-                lab2[0, i] = 0 if bad else lab
-                lab2[1, i] = -1 if bad else lab
+        if not probs:
+            _clip_labels(y[o, i0 : i0 + nbk], has_ign, ign, c, lab2[:, i0 : i0 + nbk])
         qo = q[o] if probs else z[o]
         work = (pk, m, s, ties, acc)
         _xent_block(z[o], qo, lab2, w, wall, eps, scale, dz[o], i0, nbk, work, loss[o])
@@ -960,7 +1118,7 @@ def _narrow_cols(zb, oo, i0, nbk):  # pragma: no cover - compiled
 def _forward_h(z, out, log, chunks):  # pragma: no cover - compiled
     """_forward for 16-bit views, through float32 tiles (the float32 path's block width)."""
     outer, c, inner = z.shape
-    cols, nblk, chunks, stream = _stream_tasks(outer, c, inner, 4, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, 4, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -1019,7 +1177,7 @@ def _backward_h(g, y, out, log, chunks):  # pragma: no cover - compiled
     scalar fallbacks, which are slower and may pick a different NaN's payload when two NaNs
     meet."""
     outer, c, inner = g.shape
-    cols, nblk, chunks, stream = _stream_tasks(outer, c, inner, 4, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, 4, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -1111,12 +1269,8 @@ def _xent_blocks_h(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1,
     for t in range(t0, t1):
         o, i0 = t // nblk, (t % nblk) * cols
         nbk = min(cols, inner - i0)
-        if not probs:  # as _xent_blocks, for the tile's columns
-            for i in range(nbk):
-                lab = y[o, i0 + i]
-                bad = (has_ign and lab == ign) or lab < 0 or lab >= c
-                lab2[0, i] = 0 if bad else lab
-                lab2[1, i] = -1 if bad else lab
+        if not probs:  # the tile's columns, from 0
+            _clip_labels(y[o, i0 : i0 + nbk], has_ign, ign, c, lab2)
         _widen_cols(z[o], i0, nbk, zb)
         if probs:
             _widen_cols(q[o], i0, nbk, qb)
@@ -1131,12 +1285,16 @@ def _xent_run_h(z, q, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no
     """_xent_run for 16-bit views (the float32 path's block width)."""
     outer, c, inner = z.shape
     loss, wall = _xent_setup(outer, inner, w)
-    cols, nblk, chunks = _tasks(outer, c, inner, 4, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, 4, chunks)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
         if inner == 1:
             _xent_rows_h(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1)
+        elif stream:  # no float32 tiles: the half rows are widened as they are read
+            _xent_stream_blocks(
+                z, q, y, w, has_ign, ign, eps, scale, dz, loss, t0, t1, cols, nblk, np.float32
+            )
         else:
             _xent_blocks_h(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1, cols, nblk)
     return loss
