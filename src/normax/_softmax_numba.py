@@ -194,6 +194,38 @@ def _typed_impl(like, x):
     return None
 
 
+def _widened(row, scratch):
+    """A float row to compute with: ``row`` itself, or a half view's row widened into the
+    float32 ``scratch``."""
+    raise NotImplementedError  # pragma: no cover
+
+
+@overload(_widened)
+def _widened_impl(row, scratch):
+    if row.dtype in (float32, float64):
+        return lambda row, scratch: row
+
+    def impl(row, scratch):
+        for j in range(row.size):
+            scratch[j] = load(row[j])
+        return scratch
+
+    return impl
+
+
+def _exps(row, scratch):
+    """Where a row kernel keeps its exponentials: the output row itself for a float array, the
+    float32 scratch row for a half-precision view."""
+    raise NotImplementedError  # pragma: no cover
+
+
+@overload(_exps)
+def _exps_impl(row, scratch):
+    if row.dtype in (float32, float64):
+        return lambda row, scratch: row
+    return lambda row, scratch: scratch
+
+
 @overload(_exp_neg)
 def _exp_neg_impl(x):
     return {float32: _exp_neg32, float64: _exp_neg64}.get(x)
@@ -293,10 +325,10 @@ def _row_dot(a, b, use_b):  # pragma: no cover - compiled
     d = 0.0
     if use_b:
         for j in range(a.size):
-            d += np.float64(a[j]) * np.float64(b[j])
+            d += np.float64(load(a[j])) * np.float64(load(b[j]))
     else:
         for j in range(a.size):
-            d += np.float64(a[j])
+            d += np.float64(load(a[j]))
     return d
 
 
@@ -310,39 +342,51 @@ def _row_wdot(w, z, m):  # pragma: no cover - compiled
     return d
 
 
+# The row kernels take the logits z as a float row (a half row is widened into float32 scratch
+# first: the eight-lane maximum does not vectorize on widening loads, and the widened row stays
+# in L1 / L2 for the passes that follow). Targets q, g, y and the outputs may be half views:
+# load() widens each element as it is read, store() rounds each result once. The exponentials
+# go where _exps says: the output row itself for a float array, a float32 scratch row for a
+# half view (chosen inside the kernels, so that LLVM sees one array, not two that may overlap).
+
+
 @nb.njit(cache=True)
-def _softmax_row(z, out, log):  # pragma: no cover - compiled
+def _softmax_row(z, out, scratch, log):  # pragma: no cover - compiled
+    e = _exps(out, scratch)
     m = _row_max(z)
-    s = _row_exp_sum(z, m, out)
+    s = _row_exp_sum(z, m, e)
     # In the input dtype, as the C kernel: (z - max) - log1p(s) in that order keeps the log 2
     # of a tie near 3e29 in float32.
     if log:
         lse = _typed(m, math.log1p(s))
         for j in range(z.size):
-            out[j] = (z[j] - m) - lse
+            out[j] = store(out, (z[j] - m) - lse)
     else:
         inv = _typed(m, 1.0 / (1.0 + s))
         for j in range(z.size):
-            out[j] = out[j] * inv
+            out[j] = store(out, e[j] * inv)
 
 
 @nb.njit(cache=True)
 def _backward_row(g, y, out, log):  # pragma: no cover - compiled
     d = _row_dot(g, y, not log)
+    like = load(y[0])
     if log:
         for j in range(g.size):
-            out[j] = np.float64(g[j]) - np.float64(_exp_any(y[j])) * d
+            v = np.float64(load(g[j])) - np.float64(_exp_any(load(y[j]))) * d
+            out[j] = store(out, _typed(like, v))
     else:
         for j in range(g.size):
-            yj = np.float64(y[j])
-            out[j] = yj * (np.float64(g[j]) - d)
+            yj = np.float64(load(y[j]))
+            out[j] = store(out, _typed(like, yj * (np.float64(load(g[j])) - d)))
 
 
 @nb.njit(cache=True)
-def _xent_label_row(z, dz, lab, w, wall, eps, scale):  # pragma: no cover - compiled
+def _xent_label_row(z, dz, scratch, lab, w, wall, eps, scale):  # pragma: no cover - compiled
+    e = _exps(dz, scratch)
     c = z.size
     m = _row_max(z)
-    s = _row_exp_sum(z, m, dz)
+    s = _row_exp_sum(z, m, e)
     lse = math.log1p(s)
     ec, keep = eps / c, 1.0 - eps
     wy, ty = w[lab], np.float64(z[lab]) - np.float64(m)
@@ -351,27 +395,31 @@ def _xent_label_row(z, dz, lab, w, wall, eps, scale):  # pragma: no cover - comp
     if eps == 0.0:
         alpha_t = _typed(m, alpha)
         for k in range(c):
-            dz[k] = alpha_t * dz[k]
-        dz[lab] = scale * wy * math.expm1(-(lse - ty))
+            dz[k] = store(dz, alpha_t * e[k])
+        dz[lab] = store(dz, _typed(m, scale * wy * math.expm1(-(lse - ty))))
         return wy * (lse - ty)
     wt = _row_wdot(w, z, m)
     se = scale * ec
+    e_lab = e[lab]  # e may be dz itself
     for k in range(c):
-        dz[k] = alpha * np.float64(dz[k]) - se * w[k]
-    dz[lab] = np.float64(dz[lab]) - scale * keep * wy
+        dz[k] = store(dz, _typed(m, alpha * np.float64(e[k]) - se * w[k]))
+    v = _typed(m, alpha * np.float64(e_lab) - se * w[lab])  # the entry the loop wrote
+    dz[lab] = store(dz, _typed(m, np.float64(v) - scale * keep * wy))
     return big_a * lse - keep * wy * ty - ec * wt
 
 
 @nb.njit(cache=True)
-def _xent_prob_row(z, q, dz, w, eps, scale):  # pragma: no cover - compiled
+def _xent_prob_row(z, q, dz, scratch, w, eps, scale):  # pragma: no cover - compiled
+    e = _exps(dz, scratch)
     c = z.size
     m = _row_max(z)
-    s = _row_exp_sum(z, m, dz)
+    s = _row_exp_sum(z, m, e)
     ec, keep = eps / c, 1.0 - eps
     big_a, at = _prob_coeffs(z, q, w, np.float64(m), ec, keep)
     alpha = scale * big_a / (1.0 + s)
     for k in range(c):
-        dz[k] = alpha * np.float64(dz[k]) - scale * (w[k] * (keep * np.float64(q[k]) + ec))
+        v = alpha * np.float64(e[k]) - scale * (w[k] * (keep * np.float64(load(q[k])) + ec))
+        dz[k] = store(dz, _typed(m, v))
     return big_a * math.log1p(s) - at
 
 
@@ -381,7 +429,7 @@ def _prob_coeffs(z, q, w, m, ec, keep):  # pragma: no cover - compiled
     big_a = 0.0
     at = 0.0
     for k in range(z.size):
-        a = w[k] * (keep * np.float64(q[k]) + ec)
+        a = w[k] * (keep * np.float64(load(q[k])) + ec)
         big_a += a
         at += a * (np.float64(z[k]) - m)
     return big_a, at
@@ -858,6 +906,17 @@ def _stream_blocks(z, out, log, cols, nblk, t0, t1, dt):  # pragma: no cover - c
         _stream_softmax(z[o], out[o], i0, nbk, m, s, ties, part, cnt, log)
 
 
+@nb.njit(cache=True)
+def _softmax_rows(z, out, log, t0, t1):  # pragma: no cover - compiled
+    """Rows [t0, t1) of an (outer, c, 1) softmax; z and out may be half views."""
+    outer, c = z.shape[0], z.shape[1]
+    z2, o2 = z.reshape((outer, c)), out.reshape((outer, c))
+    zf = np.empty(c if z.itemsize == 2 else 0, np.float32)
+    ef = np.empty(zf.size, np.float32)  # not zf: the log pass rereads z after the exps
+    for o in range(t0, t1):
+        _softmax_row(_widened(z2[o], zf), o2[o], ef, log)
+
+
 @nb.njit(**_OPTS)
 def _forward(z, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = z.shape
@@ -866,9 +925,7 @@ def _forward(z, out, log, chunks):  # pragma: no cover - compiled
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
         if inner == 1:  # rows as 1-D C-contiguous views (z[o, :, 0] would be strided)
-            z2, o2 = z.reshape((outer, c)), out.reshape((outer, c))
-            for o in range(t0, t1):
-                _softmax_row(z2[o], o2[o], log)
+            _softmax_rows(z, out, log, t0, t1)
         elif stream:
             _stream_blocks(z, out, log, cols, nblk, t0, t1, z.dtype)
         else:
@@ -882,6 +939,15 @@ def _forward(z, out, log, chunks):  # pragma: no cover - compiled
                 _softmax_block(z[o], out[o], i0, nbk, pk, m, s, ties, log)
 
 
+@nb.njit(cache=True)
+def _backward_rows(g, y, out, log, t0, t1):  # pragma: no cover - compiled
+    """Rows [t0, t1) of an (outer, c, 1) backward; the arrays may be half views."""
+    outer, c = g.shape[0], g.shape[1]
+    g2, y2, o2 = g.reshape((outer, c)), y.reshape((outer, c)), out.reshape((outer, c))
+    for o in range(t0, t1):
+        _backward_row(g2[o], y2[o], o2[o], log)
+
+
 @nb.njit(**_OPTS)
 def _backward(g, y, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = g.shape
@@ -890,9 +956,7 @@ def _backward(g, y, out, log, chunks):  # pragma: no cover - compiled
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
         if inner == 1:
-            g2, y2, o2 = g.reshape((outer, c)), y.reshape((outer, c)), out.reshape((outer, c))
-            for o in range(t0, t1):
-                _backward_row(g2[o], y2[o], o2[o], log)
+            _backward_rows(g, y, out, log, t0, t1)
         else:
             d = np.empty(cols)
             for t in range(t0, t1):
@@ -931,20 +995,25 @@ def _xent_run(z, q, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no c
 
 @nb.njit(cache=True)
 def _xent_rows(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1):
-    """Rows [t0, t1) of an (outer, c, 1) block, as 1-D C-contiguous views."""  # pragma: no cover
+    """Rows [t0, t1) of an (outer, c, 1) block, as 1-D C-contiguous views; the arrays may be
+    half views, the exponentials then kept in a float32 row."""  # pragma: no cover
     outer, c = z.shape[0], z.shape[1]
     z2, d2 = z.reshape((outer, c)), dz.reshape((outer, c))
     probs = y.shape[0] == 0
     q2 = q.reshape((outer, c)) if probs else z2
+    zf = np.empty(c if z.itemsize == 2 else 0, np.float32)
+    ef = np.empty(zf.size, np.float32)  # not zf: the loss rereads z after the exps
     for o in range(t0, t1):
         if probs:
-            loss[o, 0] = _xent_prob_row(z2[o], q2[o], d2[o], w, eps, scale)
+            zr = _widened(z2[o], zf)
+            loss[o, 0] = _xent_prob_row(zr, q2[o], d2[o], ef, w, eps, scale)
             continue
         lab = y[o, 0]
         if (has_ign and lab == ign) or lab < 0 or lab >= c:
-            d2[o] = 0.0
+            d2[o] = 0  # +0.0 in every format
         else:
-            loss[o, 0] = _xent_label_row(z2[o], d2[o], lab, w, wall, eps, scale)
+            zr = _widened(z2[o], zf)
+            loss[o, 0] = _xent_label_row(zr, d2[o], ef, lab, w, wall, eps, scale)
 
 
 @nb.njit(cache=True)
@@ -1123,13 +1192,7 @@ def _forward_h(z, out, log, chunks):  # pragma: no cover - compiled
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
         if inner == 1:
-            z2, o2 = z.reshape((outer, c)), out.reshape((outer, c))
-            zf = np.empty(c, np.float32)
-            of = np.empty(c, np.float32)  # not zf: the log pass rereads z after the exps
-            for o in range(t0, t1):
-                _widen_row(z2[o], zf)
-                _softmax_row(zf, of, log)
-                _narrow_row(of, o2[o])
+            _softmax_rows(z, out, log, t0, t1)
         elif stream:  # no float32 tile: the half rows are widened as they are read
             _stream_blocks(z, out, log, cols, nblk, t0, t1, np.float32)
         else:
@@ -1182,15 +1245,7 @@ def _backward_h(g, y, out, log, chunks):  # pragma: no cover - compiled
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
         if inner == 1:
-            g2, y2, o2 = g.reshape((outer, c)), y.reshape((outer, c)), out.reshape((outer, c))
-            gf = np.empty(c, np.float32)
-            yf = np.empty(c, np.float32)
-            of = np.empty(c, np.float32)
-            for o in range(t0, t1):
-                _widen_row(g2[o], gf)
-                _widen_row(y2[o], yf)
-                _backward_row(gf, yf, of, log)
-                _narrow_row(of, o2[o])
+            _backward_rows(g, y, out, log, t0, t1)
         elif stream:
             gf = np.empty(cols, np.float32)
             yf = np.empty(cols, np.float32)
@@ -1223,33 +1278,6 @@ def _backward_half(g, y, out, outer, c, inner, log):
     v = (outer, c, inner)
     gv, yv = _v3(view(writeable(g)), *v), _v3(view(writeable(y)), *v)
     _run(_backward_h, g.size, gv, yv, _v3(view(out), *v), bool(log))
-
-
-@nb.njit(cache=True)
-def _xent_rows_h(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1):
-    """_xent_rows for 16-bit views: each row widened into float32 scratch, its gradient
-    rounded once into dz."""  # pragma: no cover
-    outer, c = z.shape[0], z.shape[1]
-    z2, d2 = z.reshape((outer, c)), dz.reshape((outer, c))
-    probs = y.shape[0] == 0
-    q2 = q.reshape((outer, c)) if probs else z2
-    zf = np.empty(c, np.float32)
-    qf = np.empty(c if probs else 0, np.float32)
-    df = np.empty(c, np.float32)  # not zf: the loss rereads z after the exps
-    for o in range(t0, t1):
-        if probs:
-            _widen_row(z2[o], zf)
-            _widen_row(q2[o], qf)
-            loss[o, 0] = _xent_prob_row(zf, qf, df, w, eps, scale)
-            _narrow_row(df, d2[o])
-            continue
-        lab = y[o, 0]
-        if (has_ign and lab == ign) or lab < 0 or lab >= c:
-            d2[o] = 0  # +0.0 in both half formats
-        else:
-            _widen_row(z2[o], zf)
-            loss[o, 0] = _xent_label_row(zf, df, lab, w, wall, eps, scale)
-            _narrow_row(df, d2[o])
 
 
 @nb.njit(cache=True)
@@ -1290,7 +1318,7 @@ def _xent_run_h(z, q, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
         if inner == 1:
-            _xent_rows_h(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1)
+            _xent_rows(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1)
         elif stream:  # no float32 tiles: the half rows are widened as they are read
             _xent_stream_blocks(
                 z, q, y, w, has_ign, ign, eps, scale, dz, loss, t0, t1, cols, nblk, np.float32
