@@ -906,13 +906,29 @@ def _stream_blocks(z, out, log, cols, nblk, t0, t1, dt):  # pragma: no cover - c
         _stream_softmax(z[o], out[o], i0, nbk, m, s, ties, part, cnt, log)
 
 
+# _chunk_exp_sum reads z and writes e in one reassociated loop. LLVM runs its vector loop only
+# after a run-time test that e does not start within a few vectors after z, and otherwise the
+# scalar loop, whose sum is associated differently (the last bit of s may differ). A half row's
+# two float32 scratch rows are therefore cut from one buffer, _GAP entries apart: allocated one
+# after the other, they were sometimes adjacent, depending on the thread's malloc arena, and a
+# summed loss changed with the number of threads.
+_GAP = 256  # float32 entries (1 KiB): more than four unrolled 64-byte vectors
+
+
+@nb.njit(cache=True)
+def _row_scratch(z, c):  # pragma: no cover - compiled
+    """The float32 rows (z widened, exponentials) of a half row kernel; empty for float z."""
+    n = c if z.itemsize == 2 else 0
+    buf = np.empty(2 * n + (_GAP if n else 0), np.float32)
+    return buf[:n], buf[buf.size - n :]
+
+
 @nb.njit(cache=True)
 def _softmax_rows(z, out, log, t0, t1):  # pragma: no cover - compiled
     """Rows [t0, t1) of an (outer, c, 1) softmax; z and out may be half views."""
     outer, c = z.shape[0], z.shape[1]
     z2, o2 = z.reshape((outer, c)), out.reshape((outer, c))
-    zf = np.empty(c if z.itemsize == 2 else 0, np.float32)
-    ef = np.empty(zf.size, np.float32)  # not zf: the log pass rereads z after the exps
+    zf, ef = _row_scratch(z, c)  # not one row: the log pass rereads z after the exps
     for o in range(t0, t1):
         _softmax_row(_widened(z2[o], zf), o2[o], ef, log)
 
@@ -1001,8 +1017,7 @@ def _xent_rows(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1):
     z2, d2 = z.reshape((outer, c)), dz.reshape((outer, c))
     probs = y.shape[0] == 0
     q2 = q.reshape((outer, c)) if probs else z2
-    zf = np.empty(c if z.itemsize == 2 else 0, np.float32)
-    ef = np.empty(zf.size, np.float32)  # not zf: the loss rereads z after the exps
+    zf, ef = _row_scratch(z, c)  # not one row: the loss rereads z after the exps
     for o in range(t0, t1):
         if probs:
             zr = _widened(z2[o], zf)
