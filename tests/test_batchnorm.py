@@ -340,12 +340,19 @@ def test_outputs_larger_than_the_cache(case, rng):
     assert_close(dx, dx_ref, np.float32)
 
 
+# NCHW shapes that go group by group on any machine: inputs over 16 MiB (past the kernels'
+# 32 MiB last-level cache budget), runs of 8 KiB or more, and a channel's runs of dy and x
+# within half of the smallest per-core L2 the kernels assume (256 KiB). With larger channels a
+# machine with a smaller L2 splits the batch between the threads instead, whose last bits may
+# differ, and the test would not test what it says ((3, 37, 20000) float64 did, on a 1 MiB L2).
+# Three 16 KiB runs a channel: split in two by threads, a channel's sums would be associated
+# differently, so only the groups pass.
 @pytest.mark.parametrize(
     "shape, axis, dtype",
     [
-        ((3, 37, 40000), 1, np.float32),  # NCHW-like runs, 17.8 MB
-        ((37, 120001), 0, np.float32),  # the (C, m) layout, odd run length
-        ((3, 37, 20000), 1, np.float64),
+        ((3, 400, 4096), 1, np.float32),
+        ((37, 120001), 0, np.float32),  # the (C, m) layout: one run per channel, odd length
+        ((3, 400, 2048), 1, np.float64),
     ],
 )
 def test_large_runs_give_the_same_bits_on_any_thread_count(shape, axis, dtype, rng):

@@ -121,7 +121,8 @@ def test_backward_matches_float64(backend, layout, dtype, affine, rng):
     np.testing.assert_allclose(dbeta, db64, rtol=1e-5, atol=1e-6 * n)
 
 
-@pytest.mark.parametrize("case", [((3, 37, 80000), 1), ((37, 240001), 0)], ids=["NCHW", "C,m"])
+# NCHW: grouped on any machine, as tests/test_batchnorm.py explains (three 16 KiB runs a channel).
+@pytest.mark.parametrize("case", [((3, 400, 8192), 1), ((37, 240001), 0)], ids=["NCHW", "C,m"])
 @pytest.mark.parametrize("dtype", HALF)
 def test_large_runs_give_the_same_bits_on_any_thread_count(case, dtype, rng):
     """Half runs past the cache go group by group (as float32 does): one thread and two give the
