@@ -214,3 +214,22 @@ def test_plain_small_rows_equal_unit_weights_bit_for_bit(c_backend, rng, c, n, i
     per, _ = XENT(z, y, **{**kw, "reduction": "none"})
     per_w, _ = XENT(z, y, weight=np.ones(c), **{**kw, "reduction": "none"})
     np.testing.assert_array_equal(per, per_w)
+
+
+@pytest.mark.parametrize("c", [13, 40, 77, 300])
+@pytest.mark.parametrize("fn", [normax.softmax, normax.log_softmax], ids=["softmax", "log"])
+def test_results_do_not_depend_on_where_out_lies(backend, rng, c, fn):
+    """The same rows give the same bits whether ``out`` is a separate array or lies just after
+    the input in one buffer (a few vectors or less apart): a vectorized loop that writes while
+    it sums may run in a different order when its output is that close behind its input."""
+    z = (rng.standard_normal((3, c)) * 3).astype(np.float32)
+    want = fn(z, axis=-1).view(np.uint32)
+    buf = np.zeros(2 * z.size + 64, np.float32)
+    for start in (0, 3):
+        zb = buf[start : start + z.size].reshape(z.shape)
+        zb[...] = z
+        for gap in (0, 1, 5, 16, 33):
+            at = start + z.size + gap
+            out = buf[at : at + z.size].reshape(z.shape)
+            fn(zb, axis=-1, out=out)
+            np.testing.assert_array_equal(out.view(np.uint32), want, f"start {start} gap {gap}")

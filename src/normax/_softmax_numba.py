@@ -287,17 +287,23 @@ _CHUNK = 256
 def _chunk_exp_sum(z, m, e):  # pragma: no cover - compiled
     """Store exp(z - m) in e; return the sum of those that are not ties with the maximum and the
     number of ties, both in the input dtype. (A slice, not an index range: indices from 0 are
-    known not to wrap around, so the loads stay contiguous vectors instead of gathers.)"""
+    known not to wrap around, so the loads stay contiguous vectors instead of gathers.)
+
+    Two loops, the sums in the second, which only reads: a loop that stores into e while it
+    sums runs vectorized only after a run-time test that e does not begin within a few vectors
+    after z, and scalar otherwise, with its sums associated differently, so the last bits of a
+    result depended on where the output row lay (a log-softmax of 13 classes, its out= right
+    after z, differed from the same call with the output elsewhere). The exponentials are the
+    same values from either form of the first loop; the chunk is still in L1 for the second."""
     zero = _typed(m, 0.0)
     one = _typed(m, 1.0)
+    for j in range(z.size):
+        e[j] = _exp_neg(z[j] - m)
     p = zero
     ties = zero
     for j in range(z.size):
-        t = z[j] - m
-        ej = _exp_neg(t)
-        e[j] = ej
-        tie = t == 0
-        p += zero if tie else ej
+        tie = z[j] - m == 0
+        p += zero if tie else e[j]
         ties += one if tie else zero
     return p, ties
 
@@ -906,21 +912,11 @@ def _stream_blocks(z, out, log, cols, nblk, t0, t1, dt):  # pragma: no cover - c
         _stream_softmax(z[o], out[o], i0, nbk, m, s, ties, part, cnt, log)
 
 
-# _chunk_exp_sum reads z and writes e in one reassociated loop. LLVM runs its vector loop only
-# after a run-time test that e does not start within a few vectors after z, and otherwise the
-# scalar loop, whose sum is associated differently (the last bit of s may differ). A half row's
-# two float32 scratch rows are therefore cut from one buffer, _GAP entries apart: allocated one
-# after the other, they were sometimes adjacent, depending on the thread's malloc arena, and a
-# summed loss changed with the number of threads.
-_GAP = 256  # float32 entries (1 KiB): more than four unrolled 64-byte vectors
-
-
 @nb.njit(cache=True)
 def _row_scratch(z, c):  # pragma: no cover - compiled
     """The float32 rows (z widened, exponentials) of a half row kernel; empty for float z."""
     n = c if z.itemsize == 2 else 0
-    buf = np.empty(2 * n + (_GAP if n else 0), np.float32)
-    return buf[:n], buf[buf.size - n :]
+    return np.empty(n, np.float32), np.empty(n, np.float32)
 
 
 @nb.njit(cache=True)
