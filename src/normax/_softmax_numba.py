@@ -206,8 +206,7 @@ def _widened_impl(row, scratch):
         return lambda row, scratch: row
 
     def impl(row, scratch):
-        for j in range(row.size):
-            scratch[j] = load(row[j])
+        _widen_row(row, scratch)
         return scratch
 
     return impl
