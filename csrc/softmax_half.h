@@ -3,10 +3,10 @@
  *
  * Softmax and log-softmax with inner > 1 (column blocks, softmax_hcol_impl.h) and rows of at
  * least NMX_HROW_MIN classes (softmax, log-softmax, integer-label cross-entropy without
- * smoothing) are read and written in half storage directly, widened in the vector loads and
- * rounded in the stores (softmax_hrow.h). Otherwise a task converts a tile of its input into
- * float32 buffers with nmx_half_to_float, runs the float32 task runner on them and rounds the
- * results back once with nmx_float_to_half:
+ * smoothing, and both backwards) are read and written in half storage directly, widened in the
+ * vector loads and rounded in the stores (softmax_hrow.h). Otherwise a task converts a tile of
+ * its input into float32 buffers with nmx_half_to_float, runs the float32 task runner on them
+ * and rounds the results back once with nmx_float_to_half:
  *   inner == 1: a tile is R whole rows (contiguous), R * classes <= NMX_HALF_TILE when a row
  *     fits, so few-class rows are still grouped as in float32; longer rows are one row a tile.
  *   inner > 1: a tile is a block of columns, gathered class by class into a contiguous

@@ -1,8 +1,9 @@
 /* Half-precision rows (inner == 1) read and written in place; included by softmax_half.h.
  *
- * Softmax, log-softmax and the integer-label cross-entropy without smoothing make their passes
- * over the float16 / bfloat16 row itself: every vector is widened to float32 as it is loaded,
- * and the last pass rounds each result once into the half output. Converting a long row into a
+ * Softmax, log-softmax, the integer-label cross-entropy without smoothing and the backward of
+ * softmax and log-softmax make their passes over the float16 / bfloat16 rows themselves: every
+ * vector is widened to float32 as it is loaded, and the last pass rounds each result once into
+ * the half output. Converting a long row into a
  * float32 buffer first, as the tile path does, adds two passes over twice the bytes (the float32
  * copy and the float32 result) and the conversion calls, which cost more than the halved memory
  * traffic saves. The float32 arithmetic is that of the float32 row kernels, operation for
@@ -102,6 +103,28 @@ NMX_HAI void nmx_hexp_sub(const nmx_vf32 *x, const float *m, nmx_vf32 *e) {
     memcpy(&t, m, sizeof t);
     t = *x - t;
     *e = nmx_vexp_f32(&t);
+}
+
+/* The 16 lanes of *v in float64: lanes 0-7 into *lo, 8-15 into *hi (as nmx_vacc_f32). */
+NMX_HAI void nmx_hwiden(const nmx_vf32 *v, nmx_vf64 *lo, nmx_vf64 *hi) {
+    nmx_vf32h a, b;
+    memcpy(&a, v, sizeof a);
+    memcpy(&b, (const char *)v + sizeof a, sizeof b);
+    *lo = __builtin_convertvector(a, nmx_vf64);
+    *hi = __builtin_convertvector(b, nmx_vf64);
+}
+
+/* *e = exp(*x) for any x, lane by lane nmx_exp_f32 (clamped to [-104, 89], 2^k applied in two
+ * halves), as the float32 log-softmax backward takes it of the log-probabilities. */
+NMX_HAI void nmx_hexp_any(const nmx_vf32 *x, nmx_vf32 *e) {
+    nmx_vf32 v = *x, kf;
+    v = NMX_VSEL(nmx_vf32, nmx_vi32, v < -104.0f, (nmx_vf32){0} - 104.0f, v);
+    v = NMX_VSEL(nmx_vf32, nmx_vi32, v > 89.0f, (nmx_vf32){0} + 89.0f, v);
+    nmx_vf32 p = nmx_vexp_poly(v, &kf);
+    nmx_vi32 ki = (nmx_vi32)((nmx_vu32)kf - 0x4B400000u), k1 = ki >> 1, k2 = ki - k1;
+    nmx_vf32 s1 = (nmx_vf32)((nmx_vu32)(k1 + 127) << 23);
+    nmx_vf32 s2 = (nmx_vf32)((nmx_vu32)(k2 + 127) << 23);
+    *e = p * s1 * s2;
 }
 
 /* The output of softmax for one vector of a column block: e * inv. In a NaN column both
@@ -205,10 +228,12 @@ NMX_CLONES static void nmx_hexp_tail(const float *zb, const nmx_vf32 *m, float *
 
 /* The next row's input and output, fetched (for writing, the output) during the sum pass: that
  * pass is bound by the exponentials, the first pass by reading the row and the last by writing
- * it; one row ahead overlaps the memory traffic with that arithmetic. */
+ * it; one row ahead overlaps the memory traffic with that arithmetic. A backward fetches its
+ * second input y too, during its output pass (which reads this row from the cache). */
 typedef struct {
     const uint16_t *z;
     uint16_t *out;
+    const uint16_t *y; /* NULL but in a backward */
 } nmx_hnext;
 
 /* Whether a half job runs on the half data directly: softmax and log-softmax with inner > 1
@@ -216,14 +241,16 @@ typedef struct {
 static int nmx_hrow_direct(const nmx_hjob *h) {
     const nmx_xent_args *a = h->f.a;
     int act = h->f.kind == NMX_SOFTMAX || h->f.kind == NMX_LOG_SOFTMAX;
+    int bwd = h->f.kind == NMX_BWD || h->f.kind == NMX_BWD_LOG;
     if (h->f.inner > 1) return act;
     if (h->f.n < NMX_HROW_MIN) return 0;
-    return act || (h->f.kind == NMX_XENT && a->labels && a->eps == 0.0);
+    return act || bwd || (h->f.kind == NMX_XENT && a->labels && a->eps == 0.0);
 }
 
 /* float32 scratch per thread of the direct path: the exponentials of one row, or the packed
- * copy of a column block that is not streamed. */
+ * copy of a column block that is not streamed; none for backward rows. */
 static nmx_index nmx_hrow_scratch(const nmx_hjob *h) {
+    if (h->f.kind == NMX_BWD || h->f.kind == NMX_BWD_LOG) return 0;
     if (h->f.inner == 1) return h->f.n;
     return h->f.stream ? 0 : h->f.n * nmx_hblk_stride(h->f.cols);
 }

@@ -146,6 +146,62 @@ HAI double HN(hrow_xent)(int kind, const uint16_t *z, uint16_t *dz, float *e, in
     return wy * (lse - ty);
 }
 
+/* backward_row_f32 with g, y and dz in half storage, operation for operation: row_dot's sixteen
+ * float64 partial sums, lane k taking the elements j = k (mod 16) of the full vectors and the
+ * first lane the leftover elements, added in lane order (a product of two widened halves is
+ * exact in float64, so a fused multiply-add gives the same sums); then each element's float32
+ * expression, rounded once. The next row's g, y and dz are fetched during the output pass,
+ * which reads this row back from the cache. */
+HAI void HN(hrow_backward)(int kind, const uint16_t *g, const uint16_t *y, uint16_t *dz,
+                           nmx_index n, int log_, const nmx_hnext *next) {
+    nmx_vf64 a0 = {0}, a1 = {0}; /* lanes 0-7 and 8-15, each a register */
+    nmx_index j = 0;
+    for (; j + 16 <= n; j += 16) {
+        nmx_vf32 gv, yv;
+        nmx_vf64 t0, t1;
+        HN(hload)(kind, g + j, &gv);
+        nmx_hwiden(&gv, &t0, &t1);
+        if (!log_) {
+            nmx_vf64 u0, u1;
+            HN(hload)(kind, y + j, &yv);
+            nmx_hwiden(&yv, &u0, &u1);
+            t0 *= u0;
+            t1 *= u1;
+        }
+        a0 += t0;
+        a1 += t1;
+    }
+    /* The lanes by subscript: the accumulators' addresses never escape, so they stay in
+     * registers through the loop. */
+    double first = a0[0], s = 0.0;
+    for (nmx_index k = j; k < n; k++)
+        first += (double)nmx_h2f(kind, g[k]) * (log_ ? 1.0 : (double)nmx_h2f(kind, y[k]));
+    s += first;
+    for (int k = 1; k < 16; k++) s += k < 8 ? a0[k] : a1[k - 8];
+    const float d = (float)s; /* sum(g y), or sum(g) for log-softmax */
+    for (j = 0; j + 16 <= n; j += 16) {
+        if (next->z && j % 32 == 0) {
+            __builtin_prefetch(next->z + j);
+            __builtin_prefetch(next->y + j);
+            __builtin_prefetch(next->out + j, 1);
+        }
+        nmx_vf32 gv, yv, o;
+        HN(hload)(kind, g + j, &gv);
+        HN(hload)(kind, y + j, &yv);
+        if (log_) {
+            nmx_hexp_any(&yv, &o);
+            o = gv - o * d;
+        } else {
+            o = yv * (gv - d);
+        }
+        HN(hstore)(kind, dz + j, &o);
+    }
+    for (; j < n; j++) {
+        float gj = nmx_h2f(kind, g[j]), yj = nmx_h2f(kind, y[j]);
+        dz[j] = nmx_f2h(kind, log_ ? gj - nmx_exp_f32(yj) * d : yj * (gj - d));
+    }
+}
+
 #include "softmax_hcol_impl.h"
 
 /* Rows (or column blocks, inner > 1) [r0, r1) of a direct job; e is the thread's scratch. */
@@ -160,8 +216,12 @@ HAI double HN(hrows)(int kind, const nmx_hjob *h, nmx_index r0, nmx_index r1, fl
     for (nmx_index r = r0; r < r1; r++) {
         const uint16_t *z = h->x + r * n;
         uint16_t *out = h->out + r * n;
-        nmx_hnext next = {NULL, NULL};
-        if (r + 1 < h->outer) next = (nmx_hnext){z + n, out + n};
+        nmx_hnext next = {NULL, NULL, NULL};
+        if (r + 1 < h->outer) next = (nmx_hnext){z + n, out + n, h->y ? h->y + (r + 1) * n : NULL};
+        if (h->f.kind == NMX_BWD || h->f.kind == NMX_BWD_LOG) {
+            HN(hrow_backward)(kind, z, h->y + r * n, out, n, h->f.kind == NMX_BWD_LOG, &next);
+            continue;
+        }
         if (h->f.kind != NMX_XENT) {
             HN(hrow_softmax)(kind, z, out, e, n, h->f.kind == NMX_LOG_SOFTMAX, &next);
             continue;

@@ -1,11 +1,12 @@
 """Half-precision rows of the C backend: bit for bit the float32 kernel, rounded once.
 
 Long rows (inner == 1) are read and written in half storage directly, with the float32 kernel's
-arithmetic; shorter rows go through float32 tiles. Either way each result must be exactly the
-float32 kernel's result on the upcast input, rounded once to the half dtype (NumPy and ml_dtypes
-round to nearest even). The row lengths straddle the direct path's threshold (128 classes), the
-16-lane vectors and the stack scratch (4096 floats); some rows hold NaN, infinities, subnormals,
-tied maxima or only the most negative finite value.
+arithmetic; shorter rows go through float32 tiles. The same holds for the gradient rows of the
+backward. Either way each result must be exactly the float32 kernel's result on the upcast input,
+rounded once to the half dtype (NumPy and ml_dtypes round to nearest even). The row lengths
+straddle the direct path's threshold (128 classes), the 16-lane vectors and the stack scratch
+(4096 floats); some rows hold NaN, infinities, subnormals, tied maxima or only the most negative
+finite value.
 """
 
 from __future__ import annotations
@@ -57,6 +58,28 @@ def test_rows_equal_float32_rounded_once(c_backend, rng, dtype, n, log):
     with np.errstate(invalid="ignore", over="ignore"):
         want = fn(z.astype(np.float32), -1).astype(dtype)
     assert_same_bits(fn(z, -1), want, f"n={n}")
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_backward_rows_equal_float32_rounded_once(c_backend, rng, dtype, n, log):
+    """The gradient rows: the float64 dot of g and y (or the sum of g) over the row, then each
+    element, with special values in both g and y."""
+    z = _rows(rng, n, dtype)
+    fwd, bwd = (
+        (normax.log_softmax, normax.log_softmax_backward)
+        if log
+        else (normax.softmax, normax.softmax_backward)
+    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = fwd(z, -1)
+    g = _rows(rng, n, dtype)[::-1].copy()  # special values in other rows than y's
+    g[9] = y[9]  # a gradient that cancels to leave only rounding
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = bwd(g.astype(np.float32), y.astype(np.float32), -1).astype(dtype)
+        got = bwd(g, y, -1)
+    assert_same_bits(got, want, f"n={n}")
 
 
 @pytest.mark.parametrize("dtype", HALF)
