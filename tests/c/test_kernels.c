@@ -358,6 +358,8 @@ static void test_softmax_half_bits(int kind, const char *name, nmx_index rows, n
     uint16_t *lw = malloc(sizeof(uint16_t) * rows);
     float *zf = malloc(sizeof(float) * n), *of = malloc(sizeof(float) * n);
     float *lf = malloc(sizeof(float) * rows);
+    uint16_t *gh = malloc(sizeof(uint16_t) * n), *yh = malloc(sizeof(uint16_t) * n);
+    float *gf = malloc(sizeof(float) * n), *yf = malloc(sizeof(float) * n);
     int64_t *labels = malloc(sizeof(int64_t) * rows);
     double *weight = malloc(sizeof(double) * K);
     unsigned s = 5;
@@ -380,10 +382,24 @@ static void test_softmax_half_bits(int kind, const char *name, nmx_index rows, n
     for (nmx_index k = 0; k < K; ++k) weight[k] = 0.5 + (double)(k % 3);
     nmx_float_to_half(kind, zf, zh, n);
     nmx_half_to_float(kind, zh, zf, n);
+    for (nmx_index r = 0; r < rows; ++r) {
+        memcpy(gh + r * K, zh + (rows - 1 - r) * K, sizeof(uint16_t) * K);
+        memcpy(gf + r * K, zf + (rows - 1 - r) * K, sizeof(float) * K);
+    }
     nmx_index bad = 0;
     for (int log_ = 0; log_ <= 1; ++log_) {
         bad += nmx_softmax_h(kind, zh, got, rows, K, 1, log_) != 0;
         nmx_softmax_f32(zf, of, rows, K, 1, log_);
+        nmx_float_to_half(kind, of, want, n);
+        bad += half_bits_diff(got, want, n);
+    }
+    /* Both backwards: y the forward's half output, g the logits' rows in reverse order, so the
+     * special values of g and y lie in different rows. */
+    for (int log_ = 0; log_ <= 1; ++log_) {
+        bad += nmx_softmax_h(kind, zh, yh, rows, K, 1, log_) != 0;
+        nmx_half_to_float(kind, yh, yf, n);
+        bad += nmx_softmax_backward_h(kind, gh, yh, got, rows, K, 1, log_) != 0;
+        nmx_softmax_backward_f32(gf, yf, of, rows, K, 1, log_);
         nmx_float_to_half(kind, of, want, n);
         bad += half_bits_diff(got, want, n);
     }
@@ -405,7 +421,7 @@ static void test_softmax_half_bits(int kind, const char *name, nmx_index rows, n
              (long long)K);
     check(what, (double)bad, 0.0);
     free(zh), free(got), free(want), free(lg), free(lw), free(zf), free(of), free(lf);
-    free(labels), free(weight);
+    free(gh), free(yh), free(gf), free(yf), free(labels), free(weight);
 }
 
 #if defined(__x86_64__)
