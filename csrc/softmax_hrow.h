@@ -114,19 +114,6 @@ NMX_HAI void nmx_hwiden(const nmx_vf32 *v, nmx_vf64 *lo, nmx_vf64 *hi) {
     *hi = __builtin_convertvector(b, nmx_vf64);
 }
 
-/* *e = exp(*x) for any x, lane by lane nmx_exp_f32 (clamped to [-104, 89], 2^k applied in two
- * halves), as the float32 log-softmax backward takes it of the log-probabilities. */
-NMX_HAI void nmx_hexp_any(const nmx_vf32 *x, nmx_vf32 *e) {
-    nmx_vf32 v = *x, kf;
-    v = NMX_VSEL(nmx_vf32, nmx_vi32, v < -104.0f, (nmx_vf32){0} - 104.0f, v);
-    v = NMX_VSEL(nmx_vf32, nmx_vi32, v > 89.0f, (nmx_vf32){0} + 89.0f, v);
-    nmx_vf32 p = nmx_vexp_poly(v, &kf);
-    nmx_vi32 ki = (nmx_vi32)((nmx_vu32)kf - 0x4B400000u), k1 = ki >> 1, k2 = ki - k1;
-    nmx_vf32 s1 = (nmx_vf32)((nmx_vu32)(k1 + 127) << 23);
-    nmx_vf32 s2 = (nmx_vf32)((nmx_vu32)(k2 + 127) << 23);
-    *e = p * s1 * s2;
-}
-
 /* The output of softmax for one vector of a column block: e * inv. In a NaN column both
  * factors can be NaN; the select returns inv's, as stream_softmax and softmax_block do. */
 NMX_HAI void nmx_hsoftmax_out(const nmx_vf32 *e, const nmx_vf32 *inv, nmx_vf32 *o) {

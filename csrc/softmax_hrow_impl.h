@@ -146,6 +146,43 @@ HAI double HN(hrow_xent)(int kind, const uint16_t *z, uint16_t *dz, float *e, in
     return wy * (lse - ty);
 }
 
+/* The output pass of the log-softmax backward, dz = g - exp(y) * sg, by L1-sized pieces of the
+ * row widened into float32: there the float32 kernel's own loop (its clamped scalar exp, which
+ * the compiler vectorizes with the same contractions) runs unchanged, faster than a hand-written
+ * vector exp on the widened registers. */
+HAI void HN(hlog_backward_out)(int kind, const uint16_t *g, const uint16_t *y, uint16_t *dz,
+                               nmx_index n, float sg, const nmx_hnext *next) {
+    enum { PIECE = 256 };
+    float gb[PIECE], yb[PIECE], ob[PIECE];
+    for (nmx_index j0 = 0; j0 < n; j0 += PIECE) {
+        nmx_index len = n - j0 < PIECE ? n - j0 : PIECE, full = len / 16 * 16;
+        if (next->z)
+            for (nmx_index k = j0; k < j0 + len; k += 32) {
+                __builtin_prefetch(next->z + k);
+                __builtin_prefetch(next->y + k);
+                __builtin_prefetch(next->out + k, 1);
+            }
+        for (nmx_index k = 0; k < full; k += 16) {
+            nmx_vf32 v;
+            HN(hload)(kind, g + j0 + k, &v);
+            memcpy(gb + k, &v, sizeof v);
+            HN(hload)(kind, y + j0 + k, &v);
+            memcpy(yb + k, &v, sizeof v);
+        }
+        for (nmx_index k = full; k < len; k++) {
+            gb[k] = nmx_h2f(kind, g[j0 + k]);
+            yb[k] = nmx_h2f(kind, y[j0 + k]);
+        }
+        for (nmx_index k = 0; k < len; k++) ob[k] = gb[k] - nmx_exp_f32(yb[k]) * sg;
+        for (nmx_index k = 0; k < full; k += 16) {
+            nmx_vf32 v;
+            memcpy(&v, ob + k, sizeof v);
+            HN(hstore)(kind, dz + j0 + k, &v);
+        }
+        for (nmx_index k = full; k < len; k++) dz[j0 + k] = nmx_f2h(kind, ob[k]);
+    }
+}
+
 /* backward_row_f32 with g, y and dz in half storage, operation for operation: row_dot's sixteen
  * float64 partial sums, lane k taking the elements j = k (mod 16) of the full vectors and the
  * first lane the leftover elements, added in lane order (a product of two widened halves is
@@ -179,6 +216,10 @@ HAI void HN(hrow_backward)(int kind, const uint16_t *g, const uint16_t *y, uint1
     s += first;
     for (int k = 1; k < 16; k++) s += k < 8 ? a0[k] : a1[k - 8];
     const float d = (float)s; /* sum(g y), or sum(g) for log-softmax */
+    if (log_) {
+        HN(hlog_backward_out)(kind, g, y, dz, n, d, next);
+        return;
+    }
     for (j = 0; j + 16 <= n; j += 16) {
         if (next->z && j % 32 == 0) {
             __builtin_prefetch(next->z + j);
@@ -188,17 +229,12 @@ HAI void HN(hrow_backward)(int kind, const uint16_t *g, const uint16_t *y, uint1
         nmx_vf32 gv, yv, o;
         HN(hload)(kind, g + j, &gv);
         HN(hload)(kind, y + j, &yv);
-        if (log_) {
-            nmx_hexp_any(&yv, &o);
-            o = gv - o * d;
-        } else {
-            o = yv * (gv - d);
-        }
+        o = yv * (gv - d);
         HN(hstore)(kind, dz + j, &o);
     }
     for (; j < n; j++) {
         float gj = nmx_h2f(kind, g[j]), yj = nmx_h2f(kind, y[j]);
-        dz[j] = nmx_f2h(kind, log_ ? gj - nmx_exp_f32(yj) * d : yj * (gj - d));
+        dz[j] = nmx_f2h(kind, yj * (gj - d));
     }
 }
 
