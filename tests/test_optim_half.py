@@ -160,6 +160,22 @@ def test_nonfinite_and_subnormal_gradients_behave_as_in_float32(
 
 
 @pytest.mark.parametrize("half_dtype", HALF)
+@pytest.mark.parametrize("grad_dtype", HALF)
+def test_large_arrays_convert_as_small_ones(grad_dtype, half_dtype, backend, rng):
+    """Arrays past the parallel threshold (the Numba backend then widens the gradients and rounds
+    the half copy with its parallel conversion kernels): the same bits, special values
+    included, beside a small array of the same call."""
+    call = list(_record("adam", rng, grad_dtype, half_dtype, sizes=(3, 1 << 16)))
+    call[4][1][:1200] = _specials(grad_dtype)
+    call[3][1][1200:1300] = np.finfo(np.float32).max  # the copy overflows to infinity
+    expected = _expected(call)
+    normax.optim._base.fused_step(*call)
+    _check_result(call, expected)
+    copy = call[8][1].astype(np.float32)
+    assert np.isnan(copy[:1200]).any() and np.isinf(copy[1200:1300]).all()
+
+
+@pytest.mark.parametrize("half_dtype", HALF)
 def test_half_copy_rounds_to_nearest_even_and_overflows_to_infinity(half_dtype, backend):
     # params chosen so that the SGD step (lr = 1, g = 0) leaves them as they are: the copy is
     # then exactly the rounding of these float32 values
