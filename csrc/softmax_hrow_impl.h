@@ -185,28 +185,45 @@ HAI void HN(hlog_backward_out)(int kind, const uint16_t *g, const uint16_t *y, u
 
 /* backward_row_f32 with g, y and dz in half storage, operation for operation: row_dot's sixteen
  * float64 partial sums, lane k taking the elements j = k (mod 16) of the full vectors and the
- * first lane the leftover elements, added in lane order (a product of two widened halves is
- * exact in float64, so a fused multiply-add gives the same sums); then each element's float32
+ * first lane the leftover elements, added in lane order (each product is exact, in float64 or
+ * where it provably is in float32, so the sums are row_dot's); then each element's float32
  * expression, rounded once. The next row's g, y and dz are fetched during the output pass,
  * which reads this row back from the cache. */
 HAI void HN(hrow_backward)(int kind, const uint16_t *g, const uint16_t *y, uint16_t *dz,
                            nmx_index n, int log_, const nmx_hnext *next) {
-    nmx_vf64 a0 = {0}, a1 = {0}; /* lanes 0-7 and 8-15, each a register */
-    nmx_index j = 0;
-    for (; j + 16 <= n; j += 16) {
-        nmx_vf32 gv, yv;
-        nmx_vf64 t0, t1;
-        HN(hload)(kind, g + j, &gv);
-        nmx_hwiden(&gv, &t0, &t1);
-        if (!log_) {
-            nmx_vf64 u0, u1;
-            HN(hload)(kind, y + j, &yv);
-            nmx_hwiden(&yv, &u0, &u1);
-            t0 *= u0;
-            t1 *= u1;
+    nmx_vf64 a0, a1; /* lanes 0-7 and 8-15, each a register */
+    nmx_index j;
+    /* mode 0: the sum of g; 1: g y with the product formed in float64; 2: formed in float32,
+     * exact for two float16 (at most 22 significant bits, within [2^-48, 2^32]) and for two
+     * bfloat16 while it stays within [2^-100, 2^100] (normal, at most 16 bits): a row where a
+     * bfloat16 product left that range (0, Inf and NaN included) is summed again in mode 1. */
+    for (int mode = log_ ? 0 : 2;; mode = 1) {
+        nmx_vu32 inexact = {0};
+        a0 = a1 = (nmx_vf64){0};
+        for (j = 0; j + 16 <= n; j += 16) {
+            nmx_vf32 gv, yv;
+            nmx_vf64 t0, t1;
+            HN(hload)(kind, g + j, &gv);
+            if (mode == 2) {
+                HN(hload)(kind, y + j, &yv);
+                gv *= yv;
+                nmx_vu32 a = ((nmx_vu32)gv & 0x7fffffffu) - 0x0d800000u; /* 2^-100 */
+                inexact |= (nmx_vu32)(a > 0x71800000u - 0x0d800000u);  /* 2^100 */
+            }
+            nmx_hwiden(&gv, &t0, &t1);
+            if (mode == 1) {
+                nmx_vf64 u0, u1;
+                HN(hload)(kind, y + j, &yv);
+                nmx_hwiden(&yv, &u0, &u1);
+                t0 *= u0;
+                t1 *= u1;
+            }
+            a0 += t0;
+            a1 += t1;
         }
-        a0 += t0;
-        a1 += t1;
+        unsigned any = 0;
+        for (int k = 0; k < 16; k++) any |= inexact[k];
+        if (mode != 2 || kind == NMX_F16 || !any) break;
     }
     /* The lanes by subscript: the accumulators' addresses never escape, so they stay in
      * registers through the loop. */
