@@ -199,8 +199,8 @@ class Optimizer:
         >>> opt.step({"w": np.ones(3, bf16)}, half_params=model)
         >>> master["w"]                                     # the update is kept in float32
         array([0.99899, 0.99899, 0.99899], dtype=float32)
-        >>> model["w"]                                      # rounded once: 0.99899 in bfloat16
-        array([1, 1, 1], dtype=bfloat16)
+        >>> print(model["w"].dtype, model["w"])             # rounded once: 0.99899 in bfloat16
+        bfloat16 [1 1 1]
         """
         flat = self._flat_grads(grads)
         half = None if half_params is None else self._flat_half(half_params, flat)
