@@ -3,10 +3,9 @@
  * Softmax, log-softmax, the integer-label cross-entropy without smoothing and the backward of
  * softmax and log-softmax make their passes over the float16 / bfloat16 rows themselves: every
  * vector is widened to float32 as it is loaded, and the last pass rounds each result once into
- * the half output. Converting a long row into a
- * float32 buffer first, as the tile path does, adds two passes over twice the bytes (the float32
- * copy and the float32 result) and the conversion calls, which cost more than the halved memory
- * traffic saves. The float32 arithmetic is that of the float32 row kernels, operation for
+ * the half output. Converting a long row into a float32 buffer first, as the tile path does,
+ * adds two passes over twice the bytes (the float32 copy and the float32 result) and the
+ * conversion calls, which cost more than the halved memory traffic saves. The float32 arithmetic is that of the float32 row kernels, operation for
  * operation (same exp, same chunked sums, same order), so every result is bit for bit the float32
  * kernel's on the upcast row, rounded once.
  *
@@ -222,6 +221,16 @@ typedef struct {
     uint16_t *out;
     const uint16_t *y; /* NULL but in a backward */
 } nmx_hnext;
+
+/* Fetch the lines of elements [k0, k1) of the next row (none after the last row). */
+NMX_HAI void nmx_hnext_fetch(const nmx_hnext *next, nmx_index k0, nmx_index k1) {
+    if (!next->z) return;
+    for (nmx_index k = k0; k < k1; k += 32) {
+        __builtin_prefetch(next->z + k);
+        if (next->y) __builtin_prefetch(next->y + k);
+        __builtin_prefetch(next->out + k, 1);
+    }
+}
 
 /* Whether a half job runs on the half data directly: softmax and log-softmax with inner > 1
  * (column blocks, softmax_hcol_impl.h), or rows long enough for a kernel written above. */

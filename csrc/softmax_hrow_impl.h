@@ -72,11 +72,7 @@ HAI double HN(hrow_sum)(int kind, const uint16_t *z, nmx_index n, float m, float
     while (j + 16 <= n) {
         nmx_vf32 part = {0};
         nmx_index stop = n - j > NMX_CHUNK * 16 ? j + NMX_CHUNK * 16 : n;
-        if (next->z)
-            for (nmx_index k = j; k < stop; k += 32) {
-                __builtin_prefetch(next->z + k);
-                __builtin_prefetch(next->out + k, 1);
-            }
+        nmx_hnext_fetch(next, j, stop);
         for (; j + 16 <= stop; j += 16) {
             nmx_vf32 v;
             HN(hload)(kind, z + j, &v);
@@ -156,12 +152,7 @@ HAI void HN(hlog_backward_out)(int kind, const uint16_t *g, const uint16_t *y, u
     float gb[PIECE], yb[PIECE], ob[PIECE];
     for (nmx_index j0 = 0; j0 < n; j0 += PIECE) {
         nmx_index len = n - j0 < PIECE ? n - j0 : PIECE, full = len / 16 * 16;
-        if (next->z)
-            for (nmx_index k = j0; k < j0 + len; k += 32) {
-                __builtin_prefetch(next->z + k);
-                __builtin_prefetch(next->y + k);
-                __builtin_prefetch(next->out + k, 1);
-            }
+        nmx_hnext_fetch(next, j0, j0 + len);
         for (nmx_index k = 0; k < full; k += 16) {
             nmx_vf32 v;
             HN(hload)(kind, g + j0 + k, &v);
@@ -238,11 +229,7 @@ HAI void HN(hrow_backward)(int kind, const uint16_t *g, const uint16_t *y, uint1
         return;
     }
     for (j = 0; j + 16 <= n; j += 16) {
-        if (next->z && j % 32 == 0) {
-            __builtin_prefetch(next->z + j);
-            __builtin_prefetch(next->y + j);
-            __builtin_prefetch(next->out + j, 1);
-        }
+        if (j % 32 == 0) nmx_hnext_fetch(next, j, j + 32);
         nmx_vf32 gv, yv, o;
         HN(hload)(kind, g + j, &gv);
         HN(hload)(kind, y + j, &yv);

@@ -146,14 +146,13 @@ def step(kind, flags, hyper, params, grads, s0, s1, s2, half=None) -> None:
 
 
 def _widened(g, large):
-    """The gradient ``g`` as float32 when it is half precision (exact), else ``g`` itself."""
-    if not _dtypes.half_kind(g.dtype):
+    """A large half-precision gradient ``g`` widened to float32 (exact), else ``g`` itself,
+    which the caller's cast widens."""
+    if not large or not _dtypes.half_kind(g.dtype):
         return g
-    if large:
-        from .. import _half_numba
+    from .. import _half_numba
 
-        return _half_numba.widen(g)
-    return g.astype(np.float32)
+    return _half_numba.widen(g)
 
 
 def _round_into(out, p, large):
