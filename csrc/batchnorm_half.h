@@ -444,10 +444,10 @@ static void bn_piece_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, ui
     }
     if (inner == 1) {
         if (dy)
-            dx_rows_f32(gt, xt, w, ot, w, u1 - u0, w, k + a, C);
+            dx_rows_f32(gt, xt, w, ot, w, u1 - u0, w, k + a, C, 1);
         else
             affine_rows_f32(xt, w, ot, w, u1 - u0, w, k + a, k + C + a, k + 2 * C + a,
-                            k + 3 * C + a);
+                            k + 3 * C + a, 1);
     } else {
         for (nmx_index u = u0; u < u1; u++) {
             nmx_index c = u % C, q = (u - u0) * w;

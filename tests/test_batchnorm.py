@@ -340,6 +340,36 @@ def test_outputs_larger_than_the_cache(case, rng):
     assert_close(dx, dx_ref, np.float32)
 
 
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [
+        ((98304, 64), np.float32),  # 24 MiB of NHWC-like rows: streamed pieces in row order
+        ((170003, 37), np.float32),  # odd channels: a partial vector at the end of every row
+        ((49152, 64), np.float64),
+        ((3100, 2048), np.float32),  # wide rows: streamed tiles, by strips
+    ],
+)
+def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
+    """Inference is element-wise: a call large enough to be streamed (pieces written through a
+    buffer, in a row order of their own) must give every row the bits the same rows get from a
+    small call, which runs by strips (a few rows) or in plain row order (a few thousand)."""
+    if "c" not in normax.available_backends():
+        pytest.skip("C backend not built")
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 0.5).astype(dtype)
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    mean, var = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
+    previous = normax.get_backend()
+    try:
+        normax.set_backend("c")
+        y = normax.batch_norm_infer(x, gamma, beta, mean, var)
+        for rows in (slice(0, 3), slice(0, 40), slice(-41, None), slice(1234, 4321)):
+            part = normax.batch_norm_infer(x[rows], gamma, beta, mean, var)
+            np.testing.assert_array_equal(y[rows], part, err_msg=f"rows {rows}")
+    finally:
+        normax.set_backend(previous)
+
+
 # NCHW shapes that go group by group on any machine: inputs over 16 MiB (past the kernels'
 # 32 MiB last-level cache budget), runs of 8 KiB or more, and a channel's runs of dy and x
 # within half of the smallest per-core L2 the kernels assume (256 KiB). With larger channels a
