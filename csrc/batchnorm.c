@@ -62,10 +62,20 @@ static long nmx_llc_bytes(void) {
 }
 #endif
 
+/* How a pass writes its output (the `stream` argument of the output passes): plain stores, or
+ * non-temporal ones in one of two orders. After a first pass over the same inputs (training,
+ * backward), blocks go from the last to the first, so the end of the inputs that pass 1 read
+ * last is still in the cache when pass 2 starts; with nothing read before (inference) first to
+ * last, which the prefetchers follow best (a streamed inference of (128, 64, 56, 56) float32,
+ * 8.5 ms in reverse, 7.4 in order). */
+enum { NMX_STORE = 0, NMX_STREAM, NMX_STREAM_BACK };
+
+/* Whether an output of `bytes` is written with non-temporal stores: when input and output
+ * together overflow the cache. */
 static int nmx_should_stream(size_t bytes) {
 #if NMX_HAVE_STREAM
     if (bytes < ((size_t)4 << 20)) return 0;
-    return bytes > (size_t)nmx_llc_bytes() / 2; /* input and output together overflow the cache */
+    return bytes > (size_t)nmx_llc_bytes() / 2;
 #else
     (void)bytes;
     return 0;

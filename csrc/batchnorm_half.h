@@ -550,13 +550,14 @@ static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t
 }
 
 /* Pass 2 over units [lo, hi), piece by piece: whole units grouped up to a tile, or tile-sized
- * slices of long units. Streamed like pass_out: blocks from the last to the first, pieces
- * ascending within a block, each piece rounded into a buffer and written non-temporally. */
+ * slices of long units. Streamed like pass_out (in blocks from the last to the first with
+ * NMX_STREAM_BACK, pieces ascending within a block), each piece rounded into a buffer and
+ * written non-temporally. */
 static void bn_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *out, nmx_index C,
                      nmx_index inner, nmx_index lo, nmx_index hi, const float *k, int stream) {
     nmx_index len = inner == 1 ? C : inner, w = nmx_min(len, NMX_HALF_TILE);
     nmx_index per = NMX_HALF_TILE / w, block = hi - lo, groups = NMX_HALF_BLOCK / (per * len);
-    if (stream) block = per * (groups > 0 ? groups : 1);
+    if (stream == NMX_STREAM_BACK) block = per * (groups > 0 ? groups : 1);
     uint16_t ht[NMX_HALF_TILE];
     for (nmx_index end = hi; end > lo;) {
         nmx_index start = end - lo > block ? end - block : lo;
@@ -608,7 +609,8 @@ int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nm
                    double *invstd, float *rmean, float *rvar, double momentum, double eps) {
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
-    int nt = nmx_threads_for(n * C), stream = nmx_should_stream(sizeof(uint16_t) * n * C);
+    int nt = nmx_threads_for(n * C);
+    int stream = nmx_should_stream(sizeof(uint16_t) * n * C) ? NMX_STREAM_BACK : NMX_STORE;
     NMX_SCRATCH(scratch, C, nt, 3); /* 4 * C floats of k, then C pivots: 2.5 doubles each */
     double *acc = scratch.acc;
     float *k = (float *)scratch.k, *piv = k + 4 * C;
@@ -669,7 +671,8 @@ int nmx_bn_infer_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nm
         k[2 * C + c] = (float)((gamma ? (double)gamma[c] : 1.0) / sqrt((double)rvar[c] + eps));
         k[3 * C + c] = beta ? beta[c] : 0.0f;
     }
-    int nt = nmx_threads_for(n * C), stream = nmx_should_stream(sizeof(uint16_t) * n * C);
+    int nt = nmx_threads_for(n * C);
+    int stream = nmx_should_stream(sizeof(uint16_t) * n * C) ? NMX_STREAM : NMX_STORE;
     if (nt == 1) {
         bn_out_h(kind, NULL, x, y, C, inner, 0, units, k, stream);
     } else {
@@ -689,7 +692,8 @@ int nmx_bn_backward_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
                       const float *gamma, uint16_t *dx, float *dgamma, float *dbeta) {
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
-    int nt = nmx_threads_for(n * C), stream = nmx_should_stream(sizeof(uint16_t) * n * C);
+    int nt = nmx_threads_for(n * C);
+    int stream = nmx_should_stream(sizeof(uint16_t) * n * C) ? NMX_STREAM_BACK : NMX_STORE;
     NMX_SCRATCH(scratch, C, nt, 3); /* 5 * C floats of k */
     double *acc = scratch.acc;
     float *k = (float *)scratch.k;

@@ -393,10 +393,9 @@ static void FN(dx_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index 
 }
 
 /* Pass 2 over units [lo, hi): y = affine(x) for the forward (dy NULL), dx for the backward.
- * With `stream` (outputs larger than the cache) the pieces are written with non-temporal stores,
- * in blocks from the last to the first (pieces ascending within a block, so the prefetcher keeps
- * up): the output then does not evict the inputs from the cache, and the end of the inputs that
- * pass 1 read last is still there when pass 2 starts. */
+ * Streamed (outputs larger than the cache), the pieces are written with non-temporal stores, so
+ * the output does not evict the inputs from the cache; NMX_STREAM_BACK takes blocks from the last
+ * to the first (pieces ascending within a block, so the prefetcher keeps up). */
 static void FN(out_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
                          nmx_index u0, nmx_index u1, nmx_index a, nmx_index b, const T *k,
                          int strips) {
@@ -406,12 +405,12 @@ static void FN(out_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index
         FN(affine_part)(x, out, C, inner, u0, u1, a, b, k, strips);
 }
 
-/* pass_out over wide rows [lo, hi) (wide_rows), tile by tile, in pass_out's order: streamed
- * blocks of rows from the last to the first, tiles ascending within a block. */
+/* pass_out over wide rows [lo, hi) (wide_rows), tile by tile, in pass_out's order: with
+ * NMX_STREAM_BACK blocks of rows from the last to the first, tiles ascending within a block. */
 static void FN(out_tiles)(const T *dy, const T *x, T *out, nmx_index C, nmx_index lo,
                           nmx_index hi, const T *k, int stream) {
     T tmp[NMX_PIECE];
-    nmx_index block = stream ? NMX_TILE_R * NMX_PIECES_PER_BLOCK : hi - lo;
+    nmx_index block = stream == NMX_STREAM_BACK ? NMX_TILE_R * NMX_PIECES_PER_BLOCK : hi - lo;
     for (nmx_index end = hi; end > lo;) {
         nmx_index start = end - lo > block ? end - block : lo;
         for (nmx_index r0 = start; r0 < end; r0 += NMX_TILE_R) {
@@ -445,7 +444,8 @@ static void FN(pass_out)(const T *dy, const T *x, T *out, nmx_index C, nmx_index
     }
     T tmp[NMX_PIECE];
     if (len <= NMX_PIECE) {
-        nmx_index per = NMX_PIECE / len, block = per * NMX_PIECES_PER_BLOCK;
+        nmx_index per = NMX_PIECE / len;
+        nmx_index block = stream == NMX_STREAM_BACK ? per * NMX_PIECES_PER_BLOCK : hi - lo;
         for (nmx_index end = hi; end > lo;) {
             nmx_index start = end - lo > block ? end - block : lo;
             for (nmx_index u0 = start; u0 < end; u0 += per) {
@@ -456,12 +456,14 @@ static void FN(pass_out)(const T *dy, const T *x, T *out, nmx_index C, nmx_index
             end = start;
         }
     } else {
-        for (nmx_index u = hi; u-- > lo;)
+        for (nmx_index v = lo; v < hi; v++) {
+            nmx_index u = stream == NMX_STREAM_BACK ? hi - 1 - (v - lo) : v;
             for (nmx_index a = 0; a < len; a += NMX_PIECE) {
                 nmx_index b = len - a > NMX_PIECE ? a + NMX_PIECE : len;
                 FN(out_part)(dy, x, tmp, C, inner, u, u + 1, a, b, k, 1);
                 nmx_stream(out + u * len + a, tmp, sizeof(T) * (size_t)(b - a));
             }
+        }
     }
     nmx_stream_fence();
 }
@@ -610,7 +612,8 @@ int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
                      double momentum, double eps) {
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
-    int nt = nmx_threads_for(n * C), stream = nmx_should_stream(sizeof(T) * n * C);
+    int nt = nmx_threads_for(n * C);
+    int stream = nmx_should_stream(sizeof(T) * n * C) ? NMX_STREAM_BACK : NMX_STORE;
     NMX_SCRATCH(scratch, C, nt, 4);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
@@ -663,7 +666,8 @@ int FN(nmx_bn_infer)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
         k[2 * C + c] = (T)((gamma ? (double)gamma[c] : 1.0) / sqrt((double)rvar[c] + eps));
         k[3 * C + c] = beta ? beta[c] : (T)0;
     }
-    int nt = nmx_threads_for(n * C), stream = nmx_should_stream(sizeof(T) * n * C);
+    int nt = nmx_threads_for(n * C);
+    int stream = nmx_should_stream(sizeof(T) * n * C) ? NMX_STREAM : NMX_STORE;
     if (nt == 1) {
         FN(pass_out)(NULL, x, y, C, inner, 0, units, k, stream);
     } else {
@@ -711,7 +715,8 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
                         T *dgamma, T *dbeta) {
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
-    int nt = nmx_threads_for(n * C), stream = nmx_should_stream(sizeof(T) * n * C);
+    int nt = nmx_threads_for(n * C);
+    int stream = nmx_should_stream(sizeof(T) * n * C) ? NMX_STREAM_BACK : NMX_STORE;
     NMX_SCRATCH(scratch, C, nt, 5);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
