@@ -347,25 +347,31 @@ def test_outputs_larger_than_the_cache(case, rng):
         ((170003, 37), np.float32),  # odd channels: a partial vector at the end of every row
         ((49152, 64), np.float64),
         ((3100, 2048), np.float32),  # wide rows: streamed tiles, by strips
+        ((40, 64, 2048), np.float32),  # NCHW: whole runs a piece
+        ((3, 64, 30001), np.float32),  # NCHW: runs longer than a piece, in slices
     ],
 )
 def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
     """Inference is element-wise: a call large enough to be streamed (pieces written through a
-    buffer, in a row order of their own) must give every row the bits the same rows get from a
-    small call, which runs by strips (a few rows) or in plain row order (a few thousand)."""
+    buffer, in an order of their own) must give every sample the bits the same samples get from
+    a small call, which runs by strips (a few rows) or in plain order."""
     if "c" not in normax.available_backends():
         pytest.skip("C backend not built")
     c = shape[1]
     x = (rng.standard_normal(shape) * 3 + 0.5).astype(dtype)
     gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
     mean, var = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
+    n = shape[0]
     previous = normax.get_backend()
     try:
         normax.set_backend("c")
         y = normax.batch_norm_infer(x, gamma, beta, mean, var)
-        for rows in (slice(0, 3), slice(0, 40), slice(-41, None), slice(1234, 4321)):
-            part = normax.batch_norm_infer(x[rows], gamma, beta, mean, var)
-            np.testing.assert_array_equal(y[rows], part, err_msg=f"rows {rows}")
+        # every sample once, from calls of 1, 2, 3, ... samples and then a 32nd of the batch
+        starts = {*np.cumsum(np.arange(10)).tolist(), *range(45, n, -(-n // 32)), n}
+        bounds = sorted(b for b in starts if b <= n)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            part = normax.batch_norm_infer(x[lo:hi], gamma, beta, mean, var)
+            np.testing.assert_array_equal(y[lo:hi], part, err_msg=f"samples {lo}:{hi}")
     finally:
         normax.set_backend(previous)
 
