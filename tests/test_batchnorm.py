@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import pickle
 import sys
 
@@ -369,7 +370,7 @@ def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
         # every sample once, from calls of 1, 2, 3, ... samples and then a 32nd of the batch
         starts = {*np.cumsum(np.arange(10)).tolist(), *range(45, n, -(-n // 32)), n}
         bounds = sorted(b for b in starts if b <= n)
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for lo, hi in itertools.pairwise(bounds):
             part = normax.batch_norm_infer(x[lo:hi], gamma, beta, mean, var)
             np.testing.assert_array_equal(y[lo:hi], part, err_msg=f"samples {lo}:{hi}")
     finally:
