@@ -70,15 +70,15 @@ static long nmx_llc_bytes(void) {
  * 8.5 ms in reverse, 7.4 in order). */
 enum { NMX_STORE = 0, NMX_STREAM, NMX_STREAM_BACK };
 
-/* Whether an output of `bytes` is written with non-temporal stores: when input and output
- * together overflow the cache. */
-static int nmx_should_stream(size_t bytes) {
+/* How an output of `bytes` is written: `streamed` (NMX_STREAM or NMX_STREAM_BACK) when input and
+ * output together overflow the cache, else NMX_STORE. */
+static int nmx_store_mode(size_t bytes, int streamed) {
 #if NMX_HAVE_STREAM
-    if (bytes < ((size_t)4 << 20)) return 0;
-    return bytes > (size_t)nmx_llc_bytes() / 2;
+    if (bytes < ((size_t)4 << 20)) return NMX_STORE;
+    return bytes > (size_t)nmx_llc_bytes() / 2 ? streamed : NMX_STORE;
 #else
-    (void)bytes;
-    return 0;
+    (void)bytes, (void)streamed;
+    return NMX_STORE;
 #endif
 }
 

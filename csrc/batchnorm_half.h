@@ -610,7 +610,7 @@ int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nm
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
     int nt = nmx_threads_for(n * C);
-    int stream = nmx_should_stream(sizeof(uint16_t) * n * C) ? NMX_STREAM_BACK : NMX_STORE;
+    int stream = nmx_store_mode(sizeof(uint16_t) * n * C, NMX_STREAM_BACK);
     NMX_SCRATCH(scratch, C, nt, 3); /* 4 * C floats of k, then C pivots: 2.5 doubles each */
     double *acc = scratch.acc;
     float *k = (float *)scratch.k, *piv = k + 4 * C;
@@ -672,7 +672,7 @@ int nmx_bn_infer_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nm
         k[3 * C + c] = beta ? beta[c] : 0.0f;
     }
     int nt = nmx_threads_for(n * C);
-    int stream = nmx_should_stream(sizeof(uint16_t) * n * C) ? NMX_STREAM : NMX_STORE;
+    int stream = nmx_store_mode(sizeof(uint16_t) * n * C, NMX_STREAM);
     if (nt == 1) {
         bn_out_h(kind, NULL, x, y, C, inner, 0, units, k, stream);
     } else {
@@ -693,7 +693,7 @@ int nmx_bn_backward_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
     int nt = nmx_threads_for(n * C);
-    int stream = nmx_should_stream(sizeof(uint16_t) * n * C) ? NMX_STREAM_BACK : NMX_STORE;
+    int stream = nmx_store_mode(sizeof(uint16_t) * n * C, NMX_STREAM_BACK);
     NMX_SCRATCH(scratch, C, nt, 3); /* 5 * C floats of k */
     double *acc = scratch.acc;
     float *k = (float *)scratch.k;

@@ -612,8 +612,7 @@ int FN(nmx_bn_train)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
                      double momentum, double eps) {
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
-    int nt = nmx_threads_for(n * C);
-    int stream = nmx_should_stream(sizeof(T) * n * C) ? NMX_STREAM_BACK : NMX_STORE;
+    int nt = nmx_threads_for(n * C), stream = nmx_store_mode(sizeof(T) * n * C, NMX_STREAM_BACK);
     NMX_SCRATCH(scratch, C, nt, 4);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
@@ -666,8 +665,7 @@ int FN(nmx_bn_infer)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
         k[2 * C + c] = (T)((gamma ? (double)gamma[c] : 1.0) / sqrt((double)rvar[c] + eps));
         k[3 * C + c] = beta ? beta[c] : (T)0;
     }
-    int nt = nmx_threads_for(n * C);
-    int stream = nmx_should_stream(sizeof(T) * n * C) ? NMX_STREAM : NMX_STORE;
+    int nt = nmx_threads_for(n * C), stream = nmx_store_mode(sizeof(T) * n * C, NMX_STREAM);
     if (nt == 1) {
         FN(pass_out)(NULL, x, y, C, inner, 0, units, k, stream);
     } else {
@@ -715,8 +713,7 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
                         T *dgamma, T *dbeta) {
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
-    int nt = nmx_threads_for(n * C);
-    int stream = nmx_should_stream(sizeof(T) * n * C) ? NMX_STREAM_BACK : NMX_STORE;
+    int nt = nmx_threads_for(n * C), stream = nmx_store_mode(sizeof(T) * n * C, NMX_STREAM_BACK);
     NMX_SCRATCH(scratch, C, nt, 5);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;

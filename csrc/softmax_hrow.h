@@ -5,9 +5,9 @@
  * vector is widened to float32 as it is loaded, and the last pass rounds each result once into
  * the half output. Converting a long row into a float32 buffer first, as the tile path does,
  * adds two passes over twice the bytes (the float32 copy and the float32 result) and the
- * conversion calls, which cost more than the halved memory traffic saves. The float32 arithmetic is that of the float32 row kernels, operation for
- * operation (same exp, same chunked sums, same order), so every result is bit for bit the float32
- * kernel's on the upcast row, rounded once.
+ * conversion calls, which cost more than the halved memory traffic saves. The float32 arithmetic
+ * is that of the float32 row kernels, operation for operation (same exp, same chunked sums, same
+ * order), so every result is bit for bit the float32 kernel's on the upcast row, rounded once.
  *
  * The conversions are exact and round to nearest even, keeping NaN, infinities and subnormals.
  * The portable set is half.h's scalar code written on whole vectors (GNU vector extensions: a
