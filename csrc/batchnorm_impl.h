@@ -442,9 +442,10 @@ static void FN(pass_out)(const T *dy, const T *x, T *out, nmx_index C, nmx_index
         FN(out_part)(dy, x, out + lo * len, C, inner, lo, hi, 0, len, k, 1);
         return;
     }
-    T tmp[NMX_PIECE];
-    if (len <= NMX_PIECE) {
-        nmx_index per = NMX_PIECE / len;
+    enum { piece = NMX_STREAM_PIECE_BYTES / sizeof(T) };
+    T tmp[piece];
+    if (len <= piece) {
+        nmx_index per = piece / len;
         nmx_index block = stream == NMX_STREAM_BACK ? per * NMX_PIECES_PER_BLOCK : hi - lo;
         for (nmx_index end = hi; end > lo;) {
             nmx_index start = end - lo > block ? end - block : lo;
@@ -458,8 +459,8 @@ static void FN(pass_out)(const T *dy, const T *x, T *out, nmx_index C, nmx_index
     } else {
         for (nmx_index v = lo; v < hi; v++) {
             nmx_index u = stream == NMX_STREAM_BACK ? hi - 1 - (v - lo) : v;
-            for (nmx_index a = 0; a < len; a += NMX_PIECE) {
-                nmx_index b = len - a > NMX_PIECE ? a + NMX_PIECE : len;
+            for (nmx_index a = 0; a < len; a += piece) {
+                nmx_index b = len - a > piece ? a + piece : len;
                 FN(out_part)(dy, x, tmp, C, inner, u, u + 1, a, b, k, 1);
                 nmx_stream(out + u * len + a, tmp, sizeof(T) * (size_t)(b - a));
             }

@@ -348,7 +348,8 @@ def test_outputs_larger_than_the_cache(case, rng):
         ((170003, 37), np.float32),  # odd channels: a partial vector at the end of every row
         ((49152, 64), np.float64),
         ((3100, 2048), np.float32),  # wide rows: streamed tiles, by strips
-        ((40, 64, 2048), np.float32),  # NCHW: whole runs a piece
+        ((80, 64, 1024), np.float32),  # NCHW: whole runs a piece
+        ((80, 64, 500), np.float64),  # NCHW: runs shorter than a piece, one a piece
         ((3, 64, 30001), np.float32),  # NCHW: runs longer than a piece, in slices
     ],
 )
