@@ -20,13 +20,43 @@
 
 /* ---- leaf loops (compiled once per SIMD level, see NMX_CLONES) ---------------------------- */
 
+/* The largest row that stats_order and grad_order buffer (see nmx_in_order). */
+#define NMX_ORDER_MAX (NMX_ORDER_MAX_BYTES / (nmx_index)sizeof(T))
+
+/* stats_rows' blocks of four whole rows of n channels (n <= NMX_ORDER_MAX), read row by row
+ * (nmx_in_order): row 0 leaves its differences in a, row 1 turns them into the block's first
+ * halves a = d0 + d1 and q = d0 * d0 + d1 * d1, row 2 leaves its own in b, and row 3 completes
+ * the sums. Each half is the same expression as in NMX_STATS_BLOCK, so it rounds (and, with FMA,
+ * contracts) the same way: the bits of the block loop, which test_kernels.c checks. */
+NMX_LEAF_INLINE void FN(stats_order)(const T *restrict x, nmx_index full, nmx_index n,
+                                     const T *restrict pv, double *restrict s1,
+                                     double *restrict s2) {
+    T a[NMX_ORDER_MAX], q[NMX_ORDER_MAX], b[NMX_ORDER_MAX];
+    for (nmx_index r = 0; r < full; r += 4) {
+        const T *x0 = x + r * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+        for (nmx_index c = 0; c < n; c++) a[c] = x0[c] - pv[c];
+        for (nmx_index c = 0; c < n; c++) {
+            T d0 = a[c], d1 = x1[c] - pv[c];
+            a[c] = d0 + d1;
+            q[c] = d0 * d0 + d1 * d1;
+        }
+        for (nmx_index c = 0; c < n; c++) b[c] = x2[c] - pv[c];
+        for (nmx_index c = 0; c < n; c++) {
+            T d2 = b[c], d3 = x3[c] - pv[c];
+            s1[c] += (double)(a[c] + (d2 + d3));
+            s2[c] += (double)(q[c] + (d2 * d2 + d3 * d3));
+        }
+    }
+}
+
 /* s1[c] += sum_r (x[r,c] - pv[c]); s2[c] += sum_r (x[r,c] - pv[c])^2 over `rows` rows of n
  * channels, rows xs elements apart (xs == n: whole rows; xs > n: a strip of them). Blocks of four
  * rows are summed in T (a tree of four terms) and the block sums added in double: for float32
  * about half the vector work of converting every element, and the variance still carries only a
  * few float32 ulps of rounding whatever the batch size. A block sum that overflows T is caught by
  * stats_repair. A channel's sums depend only on its own column, in row order: calls over
- * consecutive blocks of rows (multiples of four but the last) give the bits of one call. */
+ * consecutive blocks of rows (multiples of four but the last) give the bits of one call, and so
+ * do the three ways through the blocks (strips, row order, blocks side by side). */
 NMX_CLONES static void FN(stats_rows)(const T *restrict x, nmx_index rows, nmx_index xs,
                                       nmx_index n, const T *restrict pv, double *restrict s1,
                                       double *restrict s2) {
@@ -46,12 +76,15 @@ NMX_CLONES static void FN(stats_rows)(const T *restrict x, nmx_index rows, nmx_i
                 const T *x0 = x + r * xs + c0;
                 for (nmx_index j = 0; j < NMX_STRIP; j++) NMX_STATS_BLOCK(j, c0 + j);
             }
-    for (r = 0; r < full; r += 4) {
-        const T *x0 = x + r * xs;
-        for (nmx_index c = c0; c < n; c++) NMX_STATS_BLOCK(c, c);
-    }
+    if (c0 == 0 && nmx_in_order(xs, n, sizeof(T)))
+        FN(stats_order)(x, full, n, pv, s1, s2);
+    else
+        for (r = 0; r < full; r += 4) {
+            const T *x0 = x + r * xs;
+            for (nmx_index c = c0; c < n; c++) NMX_STATS_BLOCK(c, c);
+        }
 #undef NMX_STATS_BLOCK
-    for (; r < rows; r++) {
+    for (r = full; r < rows; r++) {
         const T *x0 = x + r * xs;
         for (nmx_index c = 0; c < n; c++) {
             double d = (double)x0[c] - (double)pv[c];
@@ -143,6 +176,37 @@ NMX_LEAF_INLINE void FN(grad_blocks)(const T *restrict dy, const T *restrict x, 
     }
 }
 
+/* grad_blocks over rows [0, full) of whole rows of n channels (n <= NMX_ORDER_MAX), read row by
+ * row as in stats_order: rows 0 and 1 leave the block's first halves u = g0 + g1 and
+ * v = g0 * e0 + g1 * e1 in a and b, row 2 its own dy and x - mean in p and e, and row 3 completes
+ * the sums, every half the same expression as in NMX_GRAD_BLOCK. */
+NMX_LEAF_INLINE void FN(grad_order)(const T *restrict dy, const T *restrict x, nmx_index full,
+                                    nmx_index n, const T *restrict mh, const T *restrict ml,
+                                    double *restrict sdy, double *restrict sdx) {
+    T a[NMX_ORDER_MAX], b[NMX_ORDER_MAX], p[NMX_ORDER_MAX], e[NMX_ORDER_MAX];
+    for (nmx_index r = 0; r < full; r += 4) {
+        const T *g = dy + r * n, *x0 = x + r * n;
+        for (nmx_index c = 0; c < n; c++) {
+            a[c] = g[c];
+            b[c] = (x0[c] - mh[c]) - ml[c];
+        }
+        for (nmx_index c = 0; c < n; c++) {
+            T g0 = a[c], e0 = b[c], g1 = g[n + c], e1 = (x0[n + c] - mh[c]) - ml[c];
+            a[c] = g0 + g1;
+            b[c] = g0 * e0 + g1 * e1;
+        }
+        for (nmx_index c = 0; c < n; c++) {
+            p[c] = g[2 * n + c];
+            e[c] = (x0[2 * n + c] - mh[c]) - ml[c];
+        }
+        for (nmx_index c = 0; c < n; c++) {
+            T g2 = p[c], e2 = e[c], g3 = g[3 * n + c], e3 = (x0[3 * n + c] - mh[c]) - ml[c];
+            sdy[c] += (double)(a[c] + (g2 + g3));
+            sdx[c] += (double)(b[c] + (g2 * e2 + g3 * e3));
+        }
+    }
+}
+
 /* grad_blocks over rows [0, rows) (a multiple of four) of a small batch (nmx_strips), by strips
  * of NMX_STRIP channels down all rows, the strip's sums kept in registers: the same additions in
  * the same order as row by row, without reading and writing the double sums for every block.
@@ -176,6 +240,8 @@ NMX_CLONES static void FN(grad_rows)(const T *restrict dy, const T *restrict x, 
     nmx_index r = rows - rows % 4;
     if (nmx_strips(r, n, sizeof(T)))
         FN(grad_strips)(dy, x, r, xs, n, mh, ml, sdy, sdx);
+    else if (nmx_in_order(xs, n, sizeof(T)))
+        FN(grad_order)(dy, x, r, n, mh, ml, sdy, sdx);
     else
         FN(grad_blocks)(dy, x, 0, r, xs, 0, n, mh, ml, sdy, sdx);
     for (; r < rows; r++) {

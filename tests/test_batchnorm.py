@@ -378,6 +378,41 @@ def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
         normax.set_backend(previous)
 
 
+# Rows of n channels against the same columns as the first n channels of rows of 1100: pass 1
+# reads 512 B to 1 KiB rows in address order (a block of four row by row), other narrow rows as
+# four rows side by side, and rows wider than 4 KiB by tiles of eight rows that go by strips.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels", [37, 64, 128, 200, 256, 512])
+def test_row_sums_have_the_bits_of_wide_rows(channels, dtype, rng):
+    """Every way through pass 1's blocks of four rows must add a channel's column with the same
+    expressions in the same order: the statistics, parameter gradients and outputs of the narrow
+    columns must be the bits they get as part of wide rows, with the same rows on each thread."""
+    if "c" not in normax.available_backends():
+        pytest.skip("C backend not built")
+    rows, wide = 4099, 1100  # one leftover row on each thread's share
+    x = (rng.standard_normal((rows, wide)) * 3 + 50).astype(dtype)
+    dy = rng.standard_normal((rows, wide)).astype(dtype)
+    gamma, beta = rng.standard_normal(wide).astype(dtype), rng.standard_normal(wide).astype(dtype)
+
+    def call(x, dy, gamma, beta):
+        c = x.shape[1]
+        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+        y, cache = normax.batch_norm_train(x, gamma, beta, rm, rv)
+        return (y, cache.mean, cache.invstd, rm, rv, *normax.batch_norm_backward(dy, cache))
+
+    previous = normax.get_backend()
+    try:
+        normax.set_backend("c")
+        whole = call(x, dy, gamma, beta)
+        n = channels
+        part = call(x[:, :n].copy(), dy[:, :n].copy(), gamma[:n], beta[:n])
+    finally:
+        normax.set_backend(previous)
+    names = ("y", "mean", "invstd", "running_mean", "running_var", "dx", "dgamma", "dbeta")
+    for name, a, b in zip(names, whole, part, strict=True):
+        np.testing.assert_array_equal(a[..., :n], b, err_msg=name)
+
+
 # NCHW shapes that go group by group on any machine: inputs over 16 MiB (past the kernels'
 # 32 MiB last-level cache budget), runs of 8 KiB or more, and a channel's runs of dy and x
 # within half of the smallest per-core L2 the kernels assume (256 KiB). With larger channels a

@@ -82,6 +82,47 @@ static void test_batchnorm(nmx_index outer, nmx_index C, nmx_index inner) {
     free(xf), free(yf), free(gf), free(bf), free(rmf), free(rvf);
 }
 
+/* Rows of n channels against the same columns as the first n channels of wide rows (tiles of
+ * eight rows, by strips), with the same rows on each thread: pass 1 reads 512 B to 1 KiB rows in
+ * address order and other narrow rows as four rows side by side, and every way must give the
+ * statistics and parameter gradients the bits of the others (on every clone and compiler). */
+#define NMX_ROW_ORDER_TEST(T, SUF)                                                              \
+    static void test_bn_row_order_##SUF(nmx_index rows, nmx_index n, nmx_index wide) {         \
+        T *x = malloc(sizeof(T) * rows * wide), *dy = malloc(sizeof(T) * rows * wide);         \
+        T *y = malloc(sizeof(T) * rows * wide), *xn = malloc(sizeof(T) * rows * n);            \
+        T *dyn = malloc(sizeof(T) * rows * n), *p = malloc(sizeof(T) * 4 * wide);              \
+        T *g = p, *b = p + wide, *dg = p + 2 * wide, *db = p + 3 * wide;                       \
+        T *pn = malloc(sizeof(T) * 2 * n), *dgn = pn, *dbn = pn + n;                           \
+        double *st = malloc(sizeof(double) * 2 * wide), *stn = malloc(sizeof(double) * 2 * n); \
+        unsigned s = 5;                                                                        \
+        for (nmx_index c = 0; c < wide; ++c) g[c] = (T)uniform(&s, 1.0, 0.5), b[c] = 0;        \
+        for (nmx_index i = 0; i < rows * wide; ++i)                                            \
+            x[i] = (T)(uniform(&s, 50.0, 3.0) + uniform(&s, 0.0, 1e-7)), /* all 53 bits */     \
+            dy[i] = (T)(uniform(&s, 0.0, 1.0) + uniform(&s, 0.0, 1e-8));                      \
+        for (nmx_index r = 0; r < rows; ++r)                                                   \
+            for (nmx_index c = 0; c < n; ++c)                                                  \
+                xn[r * n + c] = x[r * wide + c], dyn[r * n + c] = dy[r * wide + c];            \
+        nmx_index bad = 0;                                                                     \
+        bad += nmx_bn_train_##SUF(x, rows, wide, 1, g, b, y, st, st + wide, NULL, NULL, 0.1,   \
+                                  1e-5);                                                       \
+        bad += nmx_bn_backward_##SUF(dy, x, rows, wide, 1, st, st + wide, g, y, dg, db);       \
+        bad += nmx_bn_train_##SUF(xn, rows, n, 1, g, b, y, stn, stn + n, NULL, NULL, 0.1,      \
+                                  1e-5);                                                       \
+        bad += nmx_bn_backward_##SUF(dyn, xn, rows, n, 1, stn, stn + n, g, y, dgn, dbn);       \
+        bad += memcmp(st, stn, sizeof(double) * n) != 0;                                       \
+        bad += memcmp(st + wide, stn + n, sizeof(double) * n) != 0;                            \
+        bad += memcmp(dg, dgn, sizeof(T) * n) != 0 || memcmp(db, dbn, sizeof(T) * n) != 0;     \
+        char what[64];                                                                         \
+        snprintf(what, sizeof what, "bn row order " #SUF " bits (%lld, %lld)", (long long)rows, \
+                 (long long)n);                                                                \
+        check(what, (double)bad, 0.0);                                                         \
+        free(x), free(dy), free(y), free(xn), free(dyn), free(p), free(pn), free(st);          \
+        free(stn);                                                                             \
+    }
+NMX_ROW_ORDER_TEST(float, f32)
+NMX_ROW_ORDER_TEST(double, f64)
+#undef NMX_ROW_ORDER_TEST
+
 /* Half-precision batch norm (train, infer, backward) against double loops on the upcast half
  * inputs: each half output within one unit of the storage type (2^-10 relative for float16,
  * 2^-7 for bfloat16, absolute below 1), the float32 outputs within float32 rounding. */
@@ -647,6 +688,15 @@ int main(void) {
     test_batchnorm(64, 10, 1);
     test_batchnorm(512, 96, 1); /* 49152 elements: the parallel path */
     test_batchnorm(8, 6, 1000);
+    /* float32 rows of 256 B (blocks), 512 B, 800 B (in order) and 4 KiB (blocks); float64 of
+     * 296 B (blocks), 512 B, 1 KiB (in order) and 2 KiB (blocks); 1027 rows: leftover rows on
+     * each thread */
+    const nmx_index narrow[] = {64, 128, 200, 1024, 37, 64, 128, 256};
+    for (size_t i = 0; i < sizeof narrow / sizeof narrow[0]; ++i)
+        if (i < 4)
+            test_bn_row_order_f32(1027, narrow[i], 1100);
+        else
+            test_bn_row_order_f64(1027, narrow[i], 1100);
     for (int kind = NMX_F16; kind <= NMX_BF16; kind++) {
         test_batchnorm_half(kind, 64, 10, 1);
         test_batchnorm_half(kind, 96, 600, 1); /* wide rows, parallel */
