@@ -24,8 +24,12 @@ FAST = TimingPolicy(min_time=0.002, sample_time=0.0005, min_samples=3, max_time=
 FAST_ARGS = ["--min-time", "0.002", "--probe-mib", "2", "--no-progress"]
 
 
-def _synthetic(requires=(), wrong=False, n=1000):
-    """A case on plain NumPy: every contender doubles x; ``wrong`` makes "c" add one."""
+def _synthetic(requires=(), wrong=False, n=1000, footprint=None):
+    """A case on plain NumPy: every contender doubles x; ``wrong`` makes "c" add one.
+
+    ``footprint`` (default: the bytes it touches) above the last-level cache makes the bench
+    treat it as a case larger than the cache.
+    """
 
     def build(ctx):
         x = np.arange(float(n))
@@ -48,7 +52,7 @@ def _synthetic(requires=(), wrong=False, n=1000):
         requires=requires,
         build=build,
         min_bytes=16 * n,
-        footprint=16 * n,
+        footprint=16 * n if footprint is None else footprint,
     )
 
 
@@ -233,6 +237,60 @@ def test_synthetic_run_is_complete():
     for e in case["contenders"]:
         assert e["agree"] and e["median_s"] > 0 and e["gbs"] > 0 and e["roofline"] > 0
     assert doc["bandwidth"]["copy_gbs"] > 0 and doc["threads"] >= 1
+
+
+def test_a_case_larger_than_the_cache_has_a_copy_timed_in_turn():
+    small, large = _synthetic(), _synthetic(footprint=1 << 40)
+    large.shape = (1001,)  # another id
+    doc = _run([small, large])
+    assert report.check_results(doc) == []
+    rec_small, rec_large = doc["cases"]
+    assert rec_small["in_cache"] is not False and "copy_in_turn" not in rec_small
+    for e in rec_small["contenders"]:
+        assert e["roofline_copy_gbs"] == pytest.approx(doc["bandwidth"]["copy_gbs"])
+    assert rec_large["in_cache"] is False
+    copy = rec_large["copy_in_turn"]
+    # The probe's arrays, timed by the contenders' procedure (here FAST: at least 3 samples).
+    assert copy["array_bytes"] == doc["bandwidth"]["array_bytes"] == 2 << 20
+    assert copy["samples"] >= 3 and copy["median_s"] > 0
+    assert copy["copy_gbs"] == pytest.approx(2 * copy["array_bytes"] / copy["median_s"] / 1e9)
+    assert copy["method"].startswith(("numba parallel", "numpy"))
+    assert rec_large["roofline_s"] == pytest.approx(rec_large["min_bytes"] / copy["copy_gbs"] / 1e9)
+    for e in rec_large["contenders"]:
+        assert e["roofline_copy_gbs"] == copy["copy_gbs"]
+        assert e["roofline"] == pytest.approx(e["gbs"] / copy["copy_gbs"])
+    # The copy is no contender: it is neither in the table nor compared with the reference.
+    assert {e["name"] for e in rec_large["contenders"]} == {
+        e["name"] for e in rec_small["contenders"]
+    }
+    assert "copy in turn with the 1 case larger than the cache" in report.header(doc)[0]
+    broken = json.loads(json.dumps(doc))
+    broken["cases"][1]["copy_in_turn"]["copy_gbs"] = 0.0
+    assert report.check_results(broken) == [f"{large.id}: copy_in_turn lacks a positive copy_gbs"]
+
+
+def test_roofline_of_an_isolated_figure_is_the_runs_probe():
+    """A figure taken alone in another process did not run in the copy's rounds."""
+    records = [
+        {
+            "min_bytes": 3_000_000_000,
+            "copy_in_turn": {"copy_gbs": 20.0},
+            "contenders": [
+                {"name": "c", "gbs": 15.0},
+                {"name": "torch", "gbs": 15.0, "in_process": {"median_s": 1.0}},
+                {"name": "numba", "gbs": None},
+            ],
+        }
+    ]
+    harness.add_roofline(records, Bandwidth(copy=60e9, read=80e9, nbytes=1, threads=2, method=""))
+    c, torch, numba = records[0]["contenders"]
+    assert records[0]["roofline_s"] == pytest.approx(0.15)  # 3 GB at the in-turn 20 GB/s
+    assert (c["roofline"], c["roofline_copy_gbs"]) == (pytest.approx(0.75), pytest.approx(20.0))
+    assert (torch["roofline"], torch["roofline_copy_gbs"]) == (
+        pytest.approx(0.25),
+        pytest.approx(60.0),
+    )
+    assert numba["roofline"] is None and numba["roofline_copy_gbs"] is None
 
 
 def test_disagreeing_contender_is_reported_and_not_timed():
@@ -503,8 +561,13 @@ def test_ctrl_c_in_a_real_run_exits_130_without_traceback(tmp_path):
     # The default disposition for the child: a test run started in the background of a
     # non-interactive shell inherits SIGINT ignored, and Python then never raises
     # KeyboardInterrupt (the run would finish with status 0, as `nohup normax bench &` should).
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     first = proc.stdout.readline()  # the first case's line: one case has finished
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)

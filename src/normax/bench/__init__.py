@@ -48,8 +48,10 @@ Derived figures: speed-up = the baseline's median over this median (below 1 is s
 normax backend); effective GB/s = the kernel's minimum bytes moved (batch-norm forward 3 x bytes(x),
 inference 2 x, backward 5 x; softmax and log-softmax 2 x, their backward 3 x (read g and p, write
 dz); cross-entropy with its gradient 3 x bytes(logits); Adam 7 x bytes(params): read p, g, m, v and
-write p, m, v; SGD with momentum 5 x) over the median; roofline = that over the copy bandwidth
-measured in the same run by a parallel copy larger than the cache (:mod:`normax.bench.machine`). The
+write p, m, v; SGD with momentum 5 x) over the median; roofline = that over the bandwidth of a
+copy larger than the cache (:mod:`normax.bench.machine`): for a case whose data is larger than the
+cache, that copy is timed in turn with its contenders and its median taken (the bandwidth of the
+same minutes); for the others, the best of the run's probe before and after the cases. The
 cache counted on is what the system reports, at most the compiled kernels' cap (32 MiB): a virtual
 machine that reports its whole socket's cache shares it with every other core. A case whose data
 fits in that is marked (* in the tables): the memory roofline does not bind it.

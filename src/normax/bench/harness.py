@@ -28,13 +28,13 @@ from .cases import (
 from .compare import DEFAULT_THRESHOLD
 from .machine import (
     Bandwidth,
+    CopyProbe,
     environment_notes,
     held_threads,
     import_torch,
     last_level_cache_bytes,
     load_average,
     machine_info,
-    probe_bandwidth,
     threads_in_use,
     usable_cores,
     versions,
@@ -179,14 +179,15 @@ def run_benchmarks(config: Config, cases: Sequence[Case] | None = None) -> dict:
     ):
         try:
             run["threads_in_use"] = threads_in_use(torch)
-            probe_bytes = config.probe_bytes or default_probe_bytes()
-            first = probe_bandwidth(probe_bytes, threads)
-            run["interrupted"] = _run_cases(cases, config, run, tmp, records)
+            probe = CopyProbe(config.probe_bytes or default_probe_bytes(), threads)
+            first = probe.bandwidth()
+            run["interrupted"] = _run_cases(cases, config, run, tmp, records, probe)
             if not run["interrupted"]:
                 # Probed before and after the cases; on a shared machine the better one is the
                 # limit.
-                first = first.best_with(probe_bandwidth(probe_bytes, threads))
+                first = first.best_with(probe.bandwidth())
             run["bandwidth"] = first
+            del probe  # its two arrays are the largest the run holds
         finally:
             normax.set_backend(run["default_backend"])
     add_roofline(records, run["bandwidth"])
@@ -195,7 +196,9 @@ def run_benchmarks(config: Config, cases: Sequence[Case] | None = None) -> dict:
     return _document(config, records, run)
 
 
-def _run_cases(cases, config: Config, run: dict, tmpdir: str, records: list[dict]) -> bool:
+def _run_cases(
+    cases, config: Config, run: dict, tmpdir: str, records: list[dict], probe: CopyProbe
+) -> bool:
     """Run ``cases`` into ``records``; True when Ctrl-C stopped the run (what finished stays)."""
     ctx = BuildContext(run["backends"], run["torch"], seed=config.seed, tmpdir=tmpdir)
     isolated = isolate.sample(cases, config.isolate)
@@ -209,7 +212,7 @@ def _run_cases(cases, config: Config, run: dict, tmpdir: str, records: list[dict
     try:
         for i, case in enumerate(_progress(cases, config.progress)):
             alone = run["threads"] if case.id in isolated else None
-            records.append(run_case(case, ctx, run["policy"], isolate_threads=alone))
+            records.append(run_case(case, ctx, run["policy"], isolate_threads=alone, probe=probe))
             if config.on_case is not None:
                 config.on_case(records[-1], i + 1, len(cases))
     except KeyboardInterrupt:
@@ -263,22 +266,41 @@ def _labelled(bar):
 
 
 def run_case(
-    case: Case, ctx: BuildContext, policy: TimingPolicy, isolate_threads: int | None = None
+    case: Case,
+    ctx: BuildContext,
+    policy: TimingPolicy,
+    isolate_threads: int | None = None,
+    probe: CopyProbe | None = None,
 ) -> dict:
     """Check and time one case; returns its record (status ok, skipped or error).
 
     With ``isolate_threads``, every timed contender is also timed alone in a fresh process with
-    that many threads (:mod:`normax.bench.isolate`).
+    that many threads (:mod:`normax.bench.isolate`). With ``probe``, a case whose data does not
+    fit in the last-level cache has the probe's copies timed in turn with its contenders, and
+    its record's ``"copy_in_turn"`` is the faster copy's bandwidth in those same rounds (the
+    roofline :func:`add_roofline` divides by).
     """
     started = time.perf_counter()
     record = _case_header(case)
-    _check_and_time(case, ctx, policy, record, isolate_threads)
+    in_turn = probe if probe is not None and needs_copy_in_turn(record) else None
+    _check_and_time(case, ctx, policy, record, isolate_threads, in_turn)
     record["elapsed_s"] = time.perf_counter() - started
     return record
 
 
+def needs_copy_in_turn(record: dict) -> bool:
+    """Whether a case's roofline is a copy timed in turn with it: its data is larger than the
+    last-level cache, so the memory bandwidth of the minutes it runs in is its limit."""
+    return record["in_cache"] is False and bool(record["min_bytes"])
+
+
 def _check_and_time(
-    case: Case, ctx: BuildContext, policy: TimingPolicy, record: dict, isolate_threads: int | None
+    case: Case,
+    ctx: BuildContext,
+    policy: TimingPolicy,
+    record: dict,
+    isolate_threads: int | None,
+    probe: CopyProbe | None,
 ) -> None:
     missing = missing_requirements(case.requires)
     if missing:
@@ -297,13 +319,17 @@ def _check_and_time(
         record.update(status="error", note=f"set-up failed: {type(exc).__name__}: {exc}")
         return
     timed = [e for e in entries if e["agree"]]
+    copies = probe.copies if probe is not None and timed else {}
+    fns = [e.pop("_fn") for e in timed] + list(copies.values())
+    before = [_selector(e["backend"]) for e in timed] + [None] * len(copies)
     try:
-        stats = measure(
-            [e.pop("_fn") for e in timed], policy, before=[_selector(e["backend"]) for e in timed]
-        )
+        stats = measure(fns, policy, before=before)
     except Exception as exc:
         record.update(status="error", note=f"timing failed: {type(exc).__name__}: {exc}")
         stats = []
+    if copies and stats:
+        stats, copy_stats = stats[: len(timed)], stats[len(timed) :]
+        record["copy_in_turn"] = _copy_in_turn(dict(zip(copies, copy_stats, strict=True)), probe)
     for entry, st in zip(timed, stats, strict=False):
         entry.update(_per_unit(st.to_dict(), case.per_call), method=isolate.METHOD_IN_PROCESS)
     if isolate_threads is not None and stats:
@@ -313,6 +339,20 @@ def _check_and_time(
         entry.pop("_out", None)
     _derive(case, entries)
     record["contenders"] = entries
+
+
+def _copy_in_turn(stats: dict, probe: CopyProbe) -> dict:
+    """The faster copy of ``probe`` by its median, the statistic of the contenders beside it."""
+    method = min(stats, key=lambda name: stats[name].median)
+    st = stats[method]
+    return {
+        "copy_gbs": 2 * probe.nbytes / st.median / 1e9,  # one read and one write per byte
+        "method": method,
+        "array_bytes": probe.nbytes,
+        "median_s": st.median,
+        "spread": st.spread,
+        "samples": st.samples,
+    }
 
 
 def _isolate(case: Case, timed: list[dict], policy: TimingPolicy, threads: int, seed: int):
@@ -428,12 +468,22 @@ def _derive(case: Case, entries: list[dict]) -> None:
 
 def add_roofline(records: list[dict], bandwidth: Bandwidth) -> None:
     """Each case's roofline time (minimum bytes over copy bandwidth) and each contender's fraction
-    of it."""
+    of it (its GB/s over the copy's), with the copy bandwidth it was divided by.
+
+    A case with a copy timed in turn (``"copy_in_turn"``, larger than the cache) is measured
+    against that copy: the same rounds, the same statistic (the median). A contender whose figure
+    was taken alone in another process (``"in_process"`` holds the replaced one), and every case
+    that fits in the cache, is measured against the run's probe (``bandwidth``).
+    """
     for r in records:
-        r["roofline_s"] = r["min_bytes"] / bandwidth.copy if r["min_bytes"] else None
+        in_turn = r.get("copy_in_turn")
+        case_copy = in_turn["copy_gbs"] * 1e9 if in_turn else bandwidth.copy
+        r["roofline_s"] = r["min_bytes"] / case_copy if r["min_bytes"] else None
         for e in r["contenders"]:
+            copy = bandwidth.copy if e.get("in_process") else case_copy
             gbs = e.get("gbs")
-            e["roofline"] = gbs * 1e9 / bandwidth.copy if gbs else None
+            e["roofline"] = gbs * 1e9 / copy if gbs else None
+            e["roofline_copy_gbs"] = copy / 1e9 if gbs else None
 
 
 def _document(config: Config, records: list[dict], run: dict) -> dict:

@@ -9,6 +9,8 @@ The bandwidth probe measures, in the same run and with the same thread count as 
 
 Each is the best of several repetitions (a roofline is an upper limit, so the fastest pass is the
 right estimate), taking the better of a parallel Numba loop and NumPy's single-threaded copy.
+The same copies (:class:`CopyProbe`) are also timed in turn with the contenders of every case
+larger than the cache, so that such a case's roofline is the bandwidth of its own minutes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -311,33 +314,57 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
+class CopyProbe:
+    """Two float64 arrays of ``nbytes`` bytes each and the copies and reads the probe times.
+
+    :meth:`bandwidth` is the run's probe (best of several repetitions). :attr:`copies` are the
+    same copies as plain callables, which the bench also times in turn with the contenders of each
+    case larger than the cache: on a shared machine the memory bandwidth drifts from minute to
+    minute, and only a copy timed in the same rounds as a kernel is its roofline.
+    """
+
+    def __init__(self, nbytes: int, threads: int):
+        n = max(1, nbytes // 8)
+        self.src = np.random.default_rng(0).random(n)
+        self.dst = np.zeros_like(self.src)  # zeros_like + the first copy touch every page
+        self.threads = threads
+        src, dst = self.src, self.dst
+        one = "numpy (1 thread)"
+        self.copies: dict[str, Callable[[], object]] = {one: lambda: np.copyto(dst, src)}
+        self._reads: dict[str, Callable[[], object]] = {one: lambda: np.add.reduce(src)}
+        try:
+            from . import _probe_kernels as pk
+        except ImportError:  # pragma: no cover - numba is a runtime dependency
+            pk = None
+        if pk is not None:
+            pk.set_threads(threads)
+            name = f"numba parallel ({sys.modules['numba'].get_num_threads()} threads)"
+            self.copies[name] = lambda: pk.parallel_copy(src, dst)
+            self._reads[name] = lambda: pk.parallel_read(src)
+        for fn in (*self.copies.values(), *self._reads.values()):
+            fn()  # compile, touch
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one array; a copy moves twice as many (one read, one write)."""
+        return int(self.src.nbytes)
+
+    def bandwidth(self, repeats: int = 10) -> Bandwidth:
+        """Best copy and read bandwidth over ``repeats`` passes of each method."""
+        copy_time = min(_best(fn, repeats) for fn in self.copies.values())
+        read_time = min(_best(fn, repeats) for fn in self._reads.values())
+        return Bandwidth(
+            copy=2 * self.nbytes / copy_time,
+            read=self.nbytes / read_time,
+            nbytes=self.nbytes,
+            threads=self.threads,
+            method="best of " + " and ".join(reversed(self.copies)),
+        )
+
+
 def probe_bandwidth(nbytes: int, threads: int, repeats: int = 10) -> Bandwidth:
     """Measure copy and read bandwidth over float64 arrays of ``nbytes`` bytes each."""
-    n = max(1, nbytes // 8)
-    src = np.random.default_rng(0).random(n)
-    dst = np.zeros_like(src)  # zeros_like + the first copy touch every page before timing
-    copy_time = _best(lambda: np.copyto(dst, src), repeats)
-    read_time = _best(lambda: np.add.reduce(src), repeats)
-    method = "numpy (1 thread)"
-    try:
-        from . import _probe_kernels as pk
-    except ImportError:  # pragma: no cover - numba is a runtime dependency
-        pk = None
-    if pk is not None:
-        pk.set_threads(threads)
-        pk.parallel_copy(src, dst)
-        pk.parallel_read(src)
-        copy_time = min(copy_time, _best(lambda: pk.parallel_copy(src, dst), repeats))
-        read_time = min(read_time, _best(lambda: pk.parallel_read(src), repeats))
-        used = sys.modules["numba"].get_num_threads()
-        method = f"best of numba parallel ({used} threads) and numpy (1 thread)"
-    return Bandwidth(
-        copy=2 * src.nbytes / copy_time,
-        read=src.nbytes / read_time,
-        nbytes=int(src.nbytes),
-        threads=threads,
-        method=method,
-    )
+    return CopyProbe(nbytes, threads).bandwidth(repeats)
 
 
 def import_torch(enabled: bool = True):

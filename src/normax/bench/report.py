@@ -30,7 +30,8 @@ LEGEND = (
     "median: time per call (per trial for tuning); IQR: interquartile range of the samples "
     "over the median; vs NumPy / vs torch: speed-up (their median over this median), ▼ marks "
     "a normax backend slower than the baseline; GB/s: minimum bytes moved / median; roofline: "
-    "that over the copy bandwidth measured in this run (* the data fits in the last-level "
+    "that over the copy bandwidth: of a copy timed in turn with the contenders where the data "
+    "is larger than the last-level cache, of the run's probe elsewhere (* the data fits in the "
     "cache, so the memory roofline does not bind); † timed alone in a process of its own, "
     "because in turn with the other contenders it was slower beyond the noise."
 )
@@ -178,6 +179,13 @@ def header(doc: dict) -> list[str]:
         f"numba {v['numba'] or 'absent'}, torch {v['torch'] or 'absent (no torch columns)'}",
     ]
     loads = [v[0] for v in (doc.get("load_average") or {}).values() if v]
+    in_turn = [r["copy_in_turn"]["copy_gbs"] for r in doc["cases"] if r.get("copy_in_turn")]
+    if in_turn:
+        lines[0] += (
+            f"; copy in turn with the {len(in_turn)} case{'s' * (len(in_turn) != 1)} larger "
+            "than the cache "
+            f"{min(in_turn):.1f}-{max(in_turn):.1f} GB/s"
+        )
     if loads and max(loads) > 0.5 * m["usable_cores"]:
         lines.append(
             f"warning: the machine was busy (1-minute load average up to {max(loads):.1f} "
@@ -345,6 +353,9 @@ def _check_case(case: dict, expected: set, allow_skipped: bool) -> list[str]:
     if case["status"] != "ok":
         return [f"{cid}: {case['status']} ({case['note']})"]
     problems = []
+    in_turn = case.get("copy_in_turn")
+    if in_turn is not None and not _positive(in_turn.get("copy_gbs")):
+        problems.append(f"{cid}: copy_in_turn lacks a positive copy_gbs")
     names = {e.get("name") for e in case["contenders"]}
     if case["family"] != "tune" and not expected <= names:
         problems.append(f"{cid}: no result for {', '.join(sorted(expected - names))}")
