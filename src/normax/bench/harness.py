@@ -347,6 +347,7 @@ def _copy_in_turn(stats: dict, probe: CopyProbe) -> dict:
     st = stats[method]
     return {
         "copy_gbs": 2 * probe.nbytes / st.median / 1e9,  # one read and one write per byte
+        "best_gbs": 2 * probe.nbytes / st.best / 1e9,  # its fastest sample
         "method": method,
         "array_bytes": probe.nbytes,
         "median_s": st.median,
