@@ -172,21 +172,26 @@ static inline int nmx_strips(nmx_index rows, nmx_index n, size_t size) {
     return n > 0 && rows <= NMX_STRIP_BYTES / ((nmx_index)size * n);
 }
 
-/* Rows of NMX_ORDER_MIN_BYTES to NMX_ORDER_MAX_BYTES are read strictly in address order by the
- * sums of pass 1 (stats_rows, grad_rows in batchnorm_impl.h): a block of four such rows is read
- * row by row, its partial sums kept in L1 buffers of one row each, instead of the four rows side
- * by side, which are four streams a few hundred bytes apart within a page and read at about half
- * the bandwidth of one. Measured on 98 MiB of rows, two threads, training forward / backward:
- * 512 B rows 0.66-0.85x / 0.76-0.87x the time, 768 B and 1 KiB 0.81-0.94x / 0.87-1.05x; rows
- * of 256 B (four lines: a block is read nearly in order anyway) mixed, 0.85-0.99x / 0.84-1.22x;
- * from 2 KiB slower (0.95-1.11x / 1.02-1.16x, 4 KiB 1.11-1.36x), as each row is then a stream
- * of its own that the prefetchers follow. */
-#define NMX_ORDER_MIN_BYTES 512
+/* Rows of NMX_STATS_ORDER_MIN_BYTES (NMX_GRAD_ORDER_MIN_BYTES) to NMX_ORDER_MAX_BYTES are read
+ * strictly in address order by the sums of pass 1 of the training forward (of the backward):
+ * stats_rows, grad_rows in batchnorm_impl.h. A block of four such rows is read row by row, its
+ * partial sums kept in L1 buffers of one row each, instead of the four rows side by side, which
+ * are four streams a few hundred bytes apart within a page and read at about half the bandwidth
+ * of one. Measured on 98 MiB of rows, two threads, training forward / backward: 512 B rows
+ * 0.66-0.85x / 0.76-0.87x the time, 768 B and 1 KiB 0.81-0.94x / 0.87-1.05x; from 2 KiB slower
+ * (0.95-1.11x / 1.02-1.16x, 4 KiB 1.11-1.36x), as each row is then a stream of its own that the
+ * prefetchers follow. Rows of 256 B gain in the forward (float32 x 64: 0.78-0.95x on 49 MiB in
+ * six rounds, 0.85-0.93x on 98 MiB; float64 x 32: 0.84-1.00x) but not in the backward, which
+ * reads two arrays and buffers two sums a row (0.83-1.16x, most rounds slower); rows of 128 B
+ * and less are a block that is read nearly in order anyway (float32 x 16: 1.01-1.28x). */
+#define NMX_STATS_ORDER_MIN_BYTES 256
+#define NMX_GRAD_ORDER_MIN_BYTES 512
 #define NMX_ORDER_MAX_BYTES 1024
 
-/* Whether whole rows (xs == n) of n elements of `size` bytes go in address order. */
-static inline int nmx_in_order(nmx_index xs, nmx_index n, size_t size) {
-    return xs == n && n >= NMX_ORDER_MIN_BYTES / (nmx_index)size &&
+/* Whether whole rows (xs == n) of n elements of `size` bytes, at least `min_bytes` of them, go in
+ * address order. */
+static inline int nmx_in_order(nmx_index xs, nmx_index n, size_t size, nmx_index min_bytes) {
+    return xs == n && n >= min_bytes / (nmx_index)size &&
            n <= NMX_ORDER_MAX_BYTES / (nmx_index)size;
 }
 

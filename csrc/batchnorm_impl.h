@@ -76,7 +76,7 @@ NMX_CLONES static void FN(stats_rows)(const T *restrict x, nmx_index rows, nmx_i
                 const T *x0 = x + r * xs + c0;
                 for (nmx_index j = 0; j < NMX_STRIP; j++) NMX_STATS_BLOCK(j, c0 + j);
             }
-    if (c0 == 0 && nmx_in_order(xs, n, sizeof(T)))
+    if (c0 == 0 && nmx_in_order(xs, n, sizeof(T), NMX_STATS_ORDER_MIN_BYTES))
         FN(stats_order)(x, full, n, pv, s1, s2);
     else
         for (r = 0; r < full; r += 4) {
@@ -240,7 +240,7 @@ NMX_CLONES static void FN(grad_rows)(const T *restrict dy, const T *restrict x, 
     nmx_index r = rows - rows % 4;
     if (nmx_strips(r, n, sizeof(T)))
         FN(grad_strips)(dy, x, r, xs, n, mh, ml, sdy, sdx);
-    else if (nmx_in_order(xs, n, sizeof(T)))
+    else if (nmx_in_order(xs, n, sizeof(T), NMX_GRAD_ORDER_MIN_BYTES))
         FN(grad_order)(dy, x, r, n, mh, ml, sdy, sdx);
     else
         FN(grad_blocks)(dy, x, 0, r, xs, 0, n, mh, ml, sdy, sdx);

@@ -688,12 +688,13 @@ int main(void) {
     test_batchnorm(64, 10, 1);
     test_batchnorm(512, 96, 1); /* 49152 elements: the parallel path */
     test_batchnorm(8, 6, 1000);
-    /* float32 rows of 256 B (blocks), 512 B, 800 B (in order) and 4 KiB (blocks); float64 of
-     * 296 B (blocks), 512 B, 1 KiB (in order) and 2 KiB (blocks); 1027 rows: leftover rows on
+    /* float32 rows of 128 B (blocks), 256 B (in order in the forward's sums, blocks in the
+     * backward's), 512 B, 800 B (in order) and 4 KiB (blocks); float64 of 256 B and 296 B (as
+     * float32's 256 B), 512 B, 1 KiB (in order) and 2 KiB (blocks); 1027 rows: leftover rows on
      * each thread */
-    const nmx_index narrow[] = {64, 128, 200, 1024, 37, 64, 128, 256};
+    const nmx_index narrow[] = {32, 64, 128, 200, 1024, 32, 37, 64, 128, 256};
     for (size_t i = 0; i < sizeof narrow / sizeof narrow[0]; ++i)
-        if (i < 4)
+        if (i < 5)
             test_bn_row_order_f32(1027, narrow[i], 1100);
         else
             test_bn_row_order_f64(1027, narrow[i], 1100);
