@@ -788,6 +788,25 @@ def test_compare_estimates_the_machine_drift_and_can_divide_it_out():
     assert "normalized by a machine drift of 2.00x" in render_comparison(result, "a", "b")
 
 
+def test_compare_drift_without_torch_comes_from_the_copies_in_turn():
+    from normax.bench.compare import drift
+
+    base = _steady(_run([_synthetic(n=1000 + i, footprint=1 << 40) for i in range(4)]))
+    for case in base["cases"]:
+        case["contenders"] = [e for e in case["contenders"] if e["name"] != "torch"]
+        case["copy_in_turn"]["copy_gbs"] = 30.0
+    new = json.loads(json.dumps(base))
+    for case, gbs in zip(new["cases"], (10.0, 15.0, 20.0, 40.0), strict=True):
+        case["copy_in_turn"]["copy_gbs"] = gbs
+    new["bandwidth"]["copy_gbs"] = base["bandwidth"]["copy_gbs"]  # the probe saw no change
+    factor, source = drift(base, new)
+    assert factor == pytest.approx(30.0 / 15.0)  # the median of 3, 2, 1.5 and 0.75
+    assert source == "the median of 4 copies timed in turn"
+    for case in new["cases"][1:]:
+        del case["copy_in_turn"]  # fewer than three: the run's probe
+    assert drift(base, new) == (pytest.approx(1.0), "the copy bandwidth probed in each run")
+
+
 def test_compare_warns_about_a_busy_machine():
     from normax.bench.compare import compare, render_comparison
 

@@ -132,7 +132,8 @@ OPTIONS = {
     "--normalize": {**_FLAG,
                     "help": "with --compare: divide the new figures by the machine's drift "
                             "between the runs (the median ratio of PyTorch's figures, else of "
-                            "the copy bandwidth), for runs under different load"},
+                            "the copies timed with the large cases, else of the probes' copy "
+                            "bandwidth), for runs under different load"},
     "--no-control": {**_FLAG,
                      "help": "with --compare: judge each figure by its own runs only, not also "
                              "against how far PyTorch's figures moved between the runs"},

@@ -107,8 +107,10 @@ def drift(base: dict, new: dict) -> tuple[float | None, str]:
     """How much slower the machine itself ran ``new`` than ``base``: (factor, what it is from).
 
     The median new / base ratio of PyTorch's figures, which no normax build changes; without
-    three of those, the ratio of the copy bandwidths probed in each run. On a shared machine the
-    load can change every figure by 2x between two runs of the same build.
+    three of those, the median base / new ratio of the copies timed in turn with the cases larger
+    than the cache; without three of those either, the ratio of the copy bandwidths probed in
+    each run. On a shared machine the load can change every figure by 2x between two runs of
+    the same build.
     """
     old_cases, new_cases = _timed(base), _timed(new)
     ratios = sorted(
@@ -118,6 +120,10 @@ def drift(base: dict, new: dict) -> tuple[float | None, str]:
     )
     if len(ratios) >= 3:
         return ratios[len(ratios) // 2], f"the median of PyTorch's {len(ratios)} figures"
+    old_copies, new_copies = _copies_in_turn(base), _copies_in_turn(new)
+    ratios = sorted(old_copies[cid] / gbs for cid, gbs in new_copies.items() if cid in old_copies)
+    if len(ratios) >= 3:
+        return ratios[len(ratios) // 2], f"the median of {len(ratios)} copies timed in turn"
     b, n = (_get(d, ("bandwidth", "copy_gbs")) for d in (base, new))
     if b and n:
         return b / n, "the copy bandwidth probed in each run"
@@ -218,6 +224,15 @@ def compare(
         "regressions": [
             r for r in rows if r["verdict"] == "slower" and r["contender"] not in EXTERNAL
         ],
+    }
+
+
+def _copies_in_turn(doc: dict) -> dict[str, float]:
+    """case id -> GB/s of the copy timed in turn with it (the cases larger than the cache)."""
+    return {
+        case["id"]: case["copy_in_turn"]["copy_gbs"]
+        for case in doc.get("cases", [])
+        if case.get("status") == "ok" and (case.get("copy_in_turn") or {}).get("copy_gbs")
     }
 
 
