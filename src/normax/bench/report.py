@@ -179,7 +179,7 @@ def header(doc: dict) -> list[str]:
         f"numba {v['numba'] or 'absent'}, torch {v['torch'] or 'absent (no torch columns)'}",
     ]
     loads = [v[0] for v in (doc.get("load_average") or {}).values() if v]
-    in_turn = [r["copy_in_turn"]["copy_gbs"] for r in doc["cases"] if r.get("copy_in_turn")]
+    in_turn = [r["copy_in_turn"]["copy_gbs"] for r in doc.get("cases", ()) if r.get("copy_in_turn")]
     if in_turn:
         lines[0] += (
             f"; copy in turn with the {len(in_turn)} case{'s' * (len(in_turn) != 1)} larger "
