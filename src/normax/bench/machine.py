@@ -362,11 +362,6 @@ class CopyProbe:
         )
 
 
-def probe_bandwidth(nbytes: int, threads: int, repeats: int = 10) -> Bandwidth:
-    """Measure copy and read bandwidth over float64 arrays of ``nbytes`` bytes each."""
-    return CopyProbe(nbytes, threads).bandwidth(repeats)
-
-
 def import_torch(enabled: bool = True):
     """PyTorch if it is installed and wanted, else None (never required)."""
     if not enabled:
