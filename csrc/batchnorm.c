@@ -95,6 +95,13 @@ static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b
  * four such per-channel arrays fill a third of a 48 KiB L1. */
 #define NMX_WIDE_ROW_BYTES 4096
 
+/* Whether rows of C channels are wide: a row pass reads four or five per-channel arrays beside
+ * the data (constants, sums), and across a wide row they do not stay in L1 (64 KiB for a float64
+ * row of 2048 channels, where every element then waited on L2). Wide rows go by tiles of
+ * NMX_TILE_R rows and NMX_TILE_C channels, within which they do. */
+#define NMX_TILE_C 256
+#define NMX_TILE_R (NMX_PIECE / NMX_TILE_C) /* 8: whole blocks of four rows */
+
 /* The per-core cache that keeps a channel group between its two passes (batchnorm_impl.h,
  * resident groups): the L2 size the system reports, within [256 KiB, 2 MiB] (256 KiB when it
  * reports none). */

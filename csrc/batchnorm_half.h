@@ -436,11 +436,16 @@ static void bn_piece_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, ui
                              nmx_index a, nmx_index w, const float *k, nmx_index ahead) {
     float xt[NMX_HALF_TILE], gt[NMX_HALF_TILE], ot[NMX_HALF_TILE];
     nmx_index off = u0 * (inner == 1 ? C : inner) + a, cnt = (u1 - u0) * w;
-    bn_prefetch_h(x + off + cnt, ahead);
-    nmx_half_to_float(kind, x + off, xt, cnt);
-    if (dy) {
-        bn_prefetch_h(dy + off + cnt, ahead);
-        nmx_half_to_float(kind, dy + off, gt, cnt);
+    if (inner == 1 && w != C && u1 - u0 > 1) { /* a tile of wide rows (bn_out_tiles_h) */
+        bn_load_rows_h(kind, x, C, u0, u1, a, w, xt);
+        if (dy) bn_load_rows_h(kind, dy, C, u0, u1, a, w, gt);
+    } else {
+        bn_prefetch_h(x + off + cnt, ahead);
+        nmx_half_to_float(kind, x + off, xt, cnt);
+        if (dy) {
+            bn_prefetch_h(dy + off + cnt, ahead);
+            nmx_half_to_float(kind, dy + off, gt, cnt);
+        }
     }
     if (inner == 1) {
         if (dy)
@@ -549,12 +554,55 @@ static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t
     }
 }
 
+/* Rows whose float32 constants do not stay in L1 across a row, by the float32 kernel's rule
+ * (wide_rows in batchnorm_impl.h): four or five arrays of C floats beside the data. */
+static inline int bn_wide_rows_h(nmx_index C) {
+    return C > NMX_TILE_C && C * (nmx_index)sizeof(float) > NMX_WIDE_ROW_BYTES;
+}
+
+/* bn_out_h over wide rows [lo, hi), by tiles of NMX_HALF_TILE / NMX_TILE_C rows and NMX_TILE_C
+ * channels, within which the constants' slice stays in L1 (as out_tiles in batchnorm_impl.h):
+ * row by row across all C channels, every element waited on the cache behind L1 for its four or
+ * five constants, and (8192, 2048) float16 inference ran at half the bandwidth of float32. Each
+ * tile is rounded into a buffer and its rows copied out, non-temporally when streamed, in
+ * bn_out_h's order. */
+static void bn_out_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *out,
+                           nmx_index C, nmx_index lo, nmx_index hi, const float *k, int stream) {
+    enum { rows = NMX_HALF_TILE / NMX_TILE_C };
+    uint16_t ht[NMX_HALF_TILE];
+    nmx_index block = stream == NMX_STREAM_BACK ? rows * NMX_PIECES_PER_BLOCK : hi - lo;
+    for (nmx_index end = hi; end > lo;) {
+        nmx_index start = end - lo > block ? end - block : lo;
+        for (nmx_index r0 = start; r0 < end; r0 += rows) {
+            nmx_index r1 = nmx_min(end, r0 + rows);
+            for (nmx_index a = 0; a < C; a += NMX_TILE_C) {
+                nmx_index w = nmx_min(NMX_TILE_C, C - a);
+                bn_piece_h(kind, dy, x, ht, C, 1, r0, r1, a, w, k, 0);
+                for (nmx_index r = r0; r < r1; r++) {
+                    uint16_t *o = out + r * C + a;
+                    const uint16_t *t = ht + (r - r0) * w;
+                    if (stream)
+                        nmx_stream(o, t, sizeof(uint16_t) * (size_t)w);
+                    else
+                        memcpy(o, t, sizeof(uint16_t) * (size_t)w);
+                }
+            }
+        }
+        end = start;
+    }
+    if (stream) nmx_stream_fence();
+}
+
 /* Pass 2 over units [lo, hi), piece by piece: whole units grouped up to a tile, or tile-sized
- * slices of long units. Streamed like pass_out (in blocks from the last to the first with
- * NMX_STREAM_BACK, pieces ascending within a block), each piece rounded into a buffer and
- * written non-temporally. */
+ * slices of long units; wide rows by tiles (bn_out_tiles_h). Streamed like pass_out (in blocks
+ * from the last to the first with NMX_STREAM_BACK, pieces ascending within a block), each piece
+ * rounded into a buffer and written non-temporally. */
 static void bn_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *out, nmx_index C,
                      nmx_index inner, nmx_index lo, nmx_index hi, const float *k, int stream) {
+    if (inner == 1 && bn_wide_rows_h(C)) {
+        bn_out_tiles_h(kind, dy, x, out, C, lo, hi, k, stream);
+        return;
+    }
     nmx_index len = inner == 1 ? C : inner, w = nmx_min(len, NMX_HALF_TILE);
     nmx_index per = NMX_HALF_TILE / w, block = hi - lo, groups = NMX_HALF_BLOCK / (per * len);
     if (stream == NMX_STREAM_BACK) block = per * (groups > 0 ? groups : 1);

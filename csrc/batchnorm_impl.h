@@ -358,12 +358,7 @@ NMX_CLONES static void FN(split_means)(const double *restrict mean, nmx_index C,
     }
 }
 
-/* Whether rows of C channels are wide: a row pass reads four or five per-channel arrays beside
- * the data (constants, sums), and across a wide row they do not stay in L1 (64 KiB for a float64
- * row of 2048 channels, where every element then waited on L2). Wide rows go by tiles of
- * NMX_TILE_R rows and NMX_TILE_C channels, within which they do. */
-#define NMX_TILE_C 256
-#define NMX_TILE_R (NMX_PIECE / NMX_TILE_C) /* 8: whole blocks of four rows */
+/* Whether rows of C channels are wide (see NMX_TILE_C). */
 static inline int FN(wide_rows)(nmx_index C) {
     return C > NMX_TILE_C && C * (nmx_index)sizeof(T) > NMX_WIDE_ROW_BYTES;
 }
@@ -822,8 +817,6 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
 }
 
 #undef NMX_STRIP
-#undef NMX_TILE_C
-#undef NMX_TILE_R
 #undef FN
 #undef NMX_CAT
 #undef NMX_CAT2

@@ -27,6 +27,9 @@ LAYOUTS = {
     "NHWC": ((4, 5, 7, 3), -1),
     "C,m": ((6, 1500), 0),
     "wide-C": ((9, 1100), 1),
+    # wide rows by tiles of four rows, a leftover row on each thread, the output streamed
+    # (over half the kernels' 32 MiB cache budget)
+    "wide-C-streamed": ((4099, 2100), 1),
     "rows-parallel": ((130, 300), 1),
     "long-runs-parallel": ((3, 5, 45, 50), 1),
     "short-runs-parallel": ((16, 48, 7, 7), 1),

@@ -700,7 +700,8 @@ int main(void) {
             test_bn_row_order_f64(1027, narrow[i], 1100);
     for (int kind = NMX_F16; kind <= NMX_BF16; kind++) {
         test_batchnorm_half(kind, 64, 10, 1);
-        test_batchnorm_half(kind, 96, 600, 1); /* wide rows, parallel */
+        test_batchnorm_half(kind, 96, 600, 1); /* rows wider than a tile's slice, parallel */
+        test_batchnorm_half(kind, 39, 1100, 1); /* wide rows: tiles of four rows, parallel */
         test_batchnorm_half(kind, 8, 6, 1500); /* runs longer than a tile, parallel */
         test_batchnorm_half(kind, 16, 48, 49);
         const char *name = kind == NMX_F16 ? "float16" : "bfloat16";
@@ -717,6 +718,7 @@ int main(void) {
         for (size_t i = 0; i < sizeof runs / sizeof runs[0]; ++i)
             test_batchnorm_half_bits(kind, name, 3, 5, runs[i]);
         test_batchnorm_half_bits(kind, name, 4100, 17, 1); /* the parallel path: rows */
+        test_batchnorm_half_bits(kind, name, 515, 1100, 1); /* and wide rows, by tiles */
         test_batchnorm_half_bits(kind, name, 12, 4, 1000); /* and runs */
         test_batchnorm_half_bits(kind, name, 16, 48, 49);
 #else
