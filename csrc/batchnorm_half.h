@@ -436,7 +436,7 @@ static void bn_piece_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, ui
                              nmx_index a, nmx_index w, const float *k, nmx_index ahead) {
     float xt[NMX_HALF_TILE], gt[NMX_HALF_TILE], ot[NMX_HALF_TILE];
     nmx_index off = u0 * (inner == 1 ? C : inner) + a, cnt = (u1 - u0) * w;
-    if (inner == 1 && w != C && u1 - u0 > 1) { /* a tile of wide rows (bn_out_tiles_h) */
+    if (inner == 1 && w != C) { /* a tile of wide rows (bn_out_tiles_h) */
         bn_load_rows_h(kind, x, C, u0, u1, a, w, xt);
         if (dy) bn_load_rows_h(kind, dy, C, u0, u1, a, w, gt);
     } else {
@@ -554,12 +554,6 @@ static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t
     }
 }
 
-/* Rows whose float32 constants do not stay in L1 across a row, by the float32 kernel's rule
- * (wide_rows in batchnorm_impl.h): four or five arrays of C floats beside the data. */
-static inline int bn_wide_rows_h(nmx_index C) {
-    return C > NMX_TILE_C && C * (nmx_index)sizeof(float) > NMX_WIDE_ROW_BYTES;
-}
-
 /* bn_out_h over wide rows [lo, hi), by tiles of NMX_HALF_TILE / NMX_TILE_C rows and NMX_TILE_C
  * channels, within which the constants' slice stays in L1 (as out_tiles in batchnorm_impl.h):
  * row by row across all C channels, every element waited on the cache behind L1 for its four or
@@ -599,7 +593,7 @@ static void bn_out_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, uint
  * rounded into a buffer and written non-temporally. */
 static void bn_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *out, nmx_index C,
                      nmx_index inner, nmx_index lo, nmx_index hi, const float *k, int stream) {
-    if (inner == 1 && bn_wide_rows_h(C)) {
+    if (inner == 1 && wide_rows_f32(C)) { /* float32 constants: the float32 kernel's rule */
         bn_out_tiles_h(kind, dy, x, out, C, lo, hi, k, stream);
         return;
     }
