@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Build, repair and test the manylinux wheels of normax, one per CPython.
 #
-#   tools/build_wheels.sh [-o OUTDIR] [VERSION...]    e.g. tools/build_wheels.sh 3.12 3.13
+#   tools/build_wheels.sh [-o OUTDIR] [-k EXPR] [VERSION...]    e.g. tools/build_wheels.sh 3.12 3.13
+#
+# -k EXPR selects the wheel's tests as pytest's -k does (all of tools/test_wheel.py's subset by
+# default; .ci/run passes "not numba", whose backend step 1 has just tested on the same Python).
 #
 # VERSION defaults to every CPython 3.10-3.13 that pyenv provides (or python3.X on PATH).
 # For each one:
@@ -15,7 +18,18 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$root/wheelhouse
-if [ "${1:-}" = "-o" ]; then out=$(mkdir -p "$2" && cd "$2" && pwd); shift 2; fi
+select=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    -o) [ $# -ge 2 ] || { echo "build_wheels: -o needs a directory" >&2; exit 2; }
+        out=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
+    -k) [ $# -ge 2 ] || { echo "build_wheels: -k needs an expression" >&2; exit 2; }
+        select=(-k "$2"); shift 2 ;;
+    -*) echo "build_wheels: unknown option $1 (usage: tools/build_wheels.sh [-o OUTDIR] [-k EXPR] [VERSION...])" >&2
+        exit 2 ;;
+    *) break ;;
+  esac
+done
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(3.10 3.11 3.12 3.13)
 work=$(mktemp -d)
@@ -68,9 +82,10 @@ PY
   start=$SECONDS
   "$work/test-$v/bin/pip" install -q "$wheel"
   echo "install into a fresh venv: $((SECONDS - start)) s (numpy, numba and normax)"
-  "$work/test-$v/bin/pip" install -q pytest hypothesis threadpoolctl
+  # ml_dtypes: the bfloat16 kernels of the wheel run too (their tests skip without it)
+  "$work/test-$v/bin/pip" install -q pytest hypothesis threadpoolctl ml_dtypes
   start=$SECONDS
-  "$work/test-$v/bin/python" "$root/tools/test_wheel.py" "$root"
+  "$work/test-$v/bin/python" "$root/tools/test_wheel.py" "$root" "${select[@]}"
   echo "tests: $((SECONDS - start)) s"
   cp "$wheel" "$out/"
 done
