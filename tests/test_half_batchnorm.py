@@ -249,6 +249,26 @@ def test_huge_bfloat16_values_do_not_overflow_the_sums(backend, dtype):
     np.testing.assert_allclose(cache.invstd, invstd, rtol=1e-5)
 
 
+def test_huge_bfloat16_gradients_do_not_overflow_the_sums(backend, rng):
+    """The backward's blocked float32 sums of wide rows (four rows a block, in parallel):
+    dy * (x - mean) near 1e68 overflows float32, so those sums are redone in float64 and dgamma
+    (about 1e31) and dx stay right."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    dtype, shape = ml_dtypes.bfloat16, (41, 1100)
+    big = float(_finfo(dtype).max) / 4
+    x = (rng.choice([-big, big], shape) + rng.standard_normal(shape) * big / 8).astype(dtype)
+    dy = (rng.standard_normal(shape) * 1e30).astype(dtype)
+    gamma = (rng.standard_normal(shape[1]) + 1.0).astype(np.float32)
+    _, cache = normax.batch_norm_train(x, gamma, None)
+    dx, dgamma, dbeta = normax.batch_norm_backward(dy, cache)
+    _, mean, invstd, _, _ = _ref_train(x, 1, gamma, None)
+    dx64, dg64, db64 = ref.backward_by_axis(*_f64(dy, x), 1, mean, invstd, *_f64(gamma))
+    assert np.isfinite(dg64).all() and np.abs(dg64).max() > 1e30
+    assert_half_close(dx, dx64, dtype, "dx")
+    np.testing.assert_allclose(dgamma, dg64, rtol=1e-5)
+    np.testing.assert_allclose(dbeta, db64, rtol=1e-5, atol=1e-6 * np.abs(db64).max())
+
+
 @pytest.mark.parametrize("dtype", HALF)
 def test_empty_batch(backend, dtype):
     rm, rv = np.full(3, 2.0, np.float32), np.full(3, 5.0, np.float32)
