@@ -185,32 +185,22 @@ def _stats(x, acc):  # pragma: no cover - compiled
         _stats_part(x, acc, k, units * k // parts, units * (k + 1) // parts)
 
 
-@nb.njit(
-    _sigs(
-        lambda t, f: void(
-            t[:, :, ::1],
-            float64[:, ::1],
-            f[::1],
-            f[::1],
-            f[::1],
-            f[::1],
-            boolean,
-            float64,
-            float64,
-            float64[::1],
-            float64[::1],
-            f[:, ::1],
-        )
-    ),
-    cache=True,
-)
+def _finish_args(t, f):
+    """x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invstd, k of _train_finish."""
+    vec = f[::1]
+    return (t[:, :, ::1], float64[:, ::1], vec, vec, vec, vec, boolean, float64, float64,
+            float64[::1], float64[::1], f[:, ::1])
+
+
+@nb.njit(_sigs(lambda t, f: void(*_finish_args(t, f), intp, intp)), cache=True)
 def _train_finish(
-    x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invstd, k
+    x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invstd, k, c0, c1
 ):  # pragma: no cover
+    """Channels [c0, c1): fold the parts' sums, then the statistics and the affine constants."""
     outer, C, inner = x.shape
     n = outer * inner
     fix = np.empty(2)
-    for c in range(C):
+    for c in range(c0, c1):
         s1 = 0.0
         s2 = 0.0
         for part in range(acc.shape[0]):
@@ -424,15 +414,18 @@ def _grad(dy, x, mean, kc, acc):  # pragma: no cover - compiled
             f[::1],
             f[::1],
             f[:, ::1],
+            intp,
+            intp,
         )
     ),
     cache=True,
 )
-def _grad_finish(dy, x, acc, mean, invstd, gamma, dgamma, dbeta, k):  # pragma: no cover
+def _grad_finish(dy, x, acc, mean, invstd, gamma, dgamma, dbeta, k, c0, c1):  # pragma: no cover
+    """Channels [c0, c1): fold the parts' sums, then dgamma, dbeta and the constants of dx."""
     outer, C, inner = x.shape
     n = np.float64(outer * inner)
     fix = np.empty(2)
-    for c in range(C):
+    for c in range(c0, c1):
         sdy = 0.0
         sdx = 0.0
         for part in range(acc.shape[0]):
@@ -491,6 +484,84 @@ def _dx(dy, x, k, dx, parts):  # pragma: no cover - compiled
         _dx_chunk(dy, x, k, dx, units * part // parts, units * (part + 1) // parts)
 
 
+# ---- channel by channel when each channel is one run (outer == 1) ----------------------------
+# In the (C, m) layout (columns are examples) each channel's data is one contiguous run. The
+# passes then go a group of channels at a time, back to back: the group's sums, its statistics
+# and its output while its runs (at most _GROUP_BYTES of each input) are still in the cache, so
+# memory sees each input once: a training forward moves 2 x bytes(x) instead of 3 x, a backward
+# 3 x instead of 5 x, as the C kernel's resident groups do. Each channel is summed by one part
+# and finished and written by the pass-by-pass code, so the results are the same bits.
+_GROUP_BYTES = 256 << 10
+
+
+@nb.njit(cache=True)
+def _group(x):  # pragma: no cover - compiled
+    """Channels per group of the (1, C, inner) view ``x``."""
+    return max(1, _GROUP_BYTES // max(1, x.shape[2] * x.itemsize))
+
+
+@nb.njit(
+    _sigs(lambda t, f: void(*_finish_args(t, f), t[:, :, ::1], intp, intp, intp)), cache=True
+)
+def _train_runs(
+    x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invstd, k, y, p, c0, c1
+):  # pragma: no cover - compiled
+    """Channels [c0, c1) of a (1, C, inner) view by groups, their sums in part p."""
+    g = _group(x)
+    for c in range(c0, c1, g):
+        e = min(c + g, c1)
+        _stats_chunk(x, acc, p, c, e)
+        _train_finish(x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invstd, k, c, e)
+        _affine_chunk(x, k, y, c, e)
+
+
+@nb.njit(_sigs(lambda t, f: void(*_finish_args(t, f), t[:, :, ::1])), parallel=True, cache=True)
+def _train_channels(
+    x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invstd, k, y
+):  # pragma: no cover - compiled
+    C, parts = x.shape[1], acc.shape[0]
+    if parts == 1:
+        _train_runs(x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invstd, k, y, 0, 0, C)
+        return
+    for p in prange(parts):
+        c0, c1 = C * p // parts, C * (p + 1) // parts
+        _train_runs(
+            x, acc, gamma, beta, rm, rv, update, momentum, eps, mean, invstd, k, y, p, c0, c1
+        )
+
+
+def _back_args(t, f):
+    """dy, x, mean, k, acc, invstd, gamma, dgamma, dbeta, dx of :func:`_back_runs`."""
+    return (t[:, :, ::1], t[:, :, ::1], float64[::1], f[:, ::1], float64[:, ::1], float64[::1],
+            f[::1], f[::1], f[::1], t[:, :, ::1])
+
+
+@nb.njit(_sigs(lambda t, f: void(*_back_args(t, f), intp, intp, intp)), cache=True)
+def _back_runs(
+    dy, x, mean, k, acc, invstd, gamma, dgamma, dbeta, dx, p, c0, c1
+):  # pragma: no cover - compiled
+    """The backward of channels [c0, c1) of (1, C, inner) views by groups, sums in part p."""
+    g = _group(x)
+    for c in range(c0, c1, g):
+        e = min(c + g, c1)
+        _grad_chunk(dy, x, mean, k, acc, p, c, e)
+        _grad_finish(dy, x, acc, mean, invstd, gamma, dgamma, dbeta, k, c, e)
+        _dx_chunk(dy, x, k, dx, c, e)
+
+
+@nb.njit(_sigs(lambda t, f: void(*_back_args(t, f))), parallel=True, cache=True)
+def _back_channels(
+    dy, x, mean, k, acc, invstd, gamma, dgamma, dbeta, dx
+):  # pragma: no cover - compiled
+    C, parts = x.shape[1], acc.shape[0]
+    if parts == 1:
+        _back_runs(dy, x, mean, k, acc, invstd, gamma, dgamma, dbeta, dx, 0, 0, C)
+        return
+    for p in prange(parts):
+        c0, c1 = C * p // parts, C * (p + 1) // parts
+        _back_runs(dy, x, mean, k, acc, invstd, gamma, dgamma, dbeta, dx, p, c0, c1)
+
+
 # ---- the backend signature (the canonical record, as for the C kernels) ----------------------
 
 
@@ -517,23 +588,26 @@ def train(x, outer, c, inner, gamma, beta, running_mean, running_var, momentum, 
     x3, y3 = view(x).reshape(outer, c, inner), view(y).reshape(outer, c, inner)
     dtype = _dtypes.compute_dtype(x.dtype)
     acc = np.zeros((_parts(x3), 2 * c))
-    _stats(x3, acc)
     k = np.empty((4, c), dtype)
-    update = running_mean is not None
-    _train_finish(
+    finish = (
         x3,
         acc,
         _or(gamma, 1.0, c, dtype),
         _or(beta, 0.0, c, dtype),
         _or(running_mean, 0.0, c, dtype),
         _or(running_var, 0.0, c, dtype),
-        update,
+        running_mean is not None,
         momentum,
         eps,
         mean,
         invstd,
         k,
     )
+    if outer == 1 and inner > 1:
+        _train_channels(*finish, y3)
+        return
+    _stats(x3, acc)
+    _train_finish(*finish, 0, c)
     _affine(x3, k, y3, acc.shape[0])
 
 
@@ -562,9 +636,13 @@ def backward(dy, x, outer, c, inner, mean, invstd, gamma, dx, dgamma, dbeta):
     k = np.empty((5, c), dtype)
     k[0] = mean  # the mean as a head and a tail in the input dtype
     k[1] = mean - k[0].astype(np.float64)
-    dy3 = dy.reshape(x3.shape)
-    _grad(dy3, x3, mean, k, acc)
+    dy3, dx3 = dy.reshape(x3.shape), dx.reshape(x3.shape)
     sum_gx = np.empty(c, dtype) if dgamma is None else dgamma
     sum_g = np.empty(c, dtype) if dbeta is None else dbeta
-    _grad_finish(dy3, x3, acc, mean, invstd, _or(gamma, 1.0, c, dtype), sum_gx, sum_g, k)
-    _dx(dy3, x3, k, dx.reshape(x3.shape), acc.shape[0])
+    g = _or(gamma, 1.0, c, dtype)
+    if outer == 1 and inner > 1:
+        _back_channels(dy3, x3, mean, k, acc, invstd, g, sum_gx, sum_g, dx3)
+        return
+    _grad(dy3, x3, mean, k, acc)
+    _grad_finish(dy3, x3, acc, mean, invstd, g, sum_gx, sum_g, k, 0, c)
+    _dx(dy3, x3, k, dx3, acc.shape[0])
