@@ -71,18 +71,32 @@ def _prefetch_span(x, start, stop):  # pragma: no cover - compiled
         prefetch_read_l2(flat, i * x.itemsize)
 
 
-# Rows per prefetched block of the rows-path sums of half-precision data: a multiple of 4, so
-# that the blocks of four rows the statistics are summed in fall where they did, of about 4096
-# elements (8 KiB a stream). Only short rows are prefetched (at most _PREFETCH_MAX_C channels:
-# NHWC's 64 gradient sums took 0.9 ns per element, 0.6 with the hints); rows of 2048 channels
-# were slower with them, the hardware prefetcher following their four row streams well.
-_PREFETCH_ELEMS = 4096
+# The rows-path sums of half-precision data with at most _PREFETCH_MAX_C channels hint each row
+# _PREFETCH_AHEAD bytes before they read it (NHWC's 64 gradient sums took 0.9 ns per element on
+# one machine, 0.6 with hints; rows of 2048 channels were slower with them, the hardware
+# prefetcher following their four row streams well). The hints go a row (or block of four rows)
+# at a time, between the rows summed. Issued as a burst of 8 KiB of lines before each 8 KiB
+# block, they stalled the sums on another machine, where the hardware prefetcher keeps up alone:
+# there, two threads, (200704, 64) in one process, the statistics took 1.27-1.52x the time of
+# the same loop without hints; with the hints spread out they take 0.96-1.04x (the gradient sums
+# 0.99-1.15x).
+_PREFETCH_AHEAD = 8192
 _PREFETCH_MAX_C = 256
 
 
-@nb.njit(cache=True)
-def _row_block(C):  # pragma: no cover - compiled
-    return max(4, _PREFETCH_ELEMS // max(C, 1) // 4 * 4)
+@nb.njit(cache=True, inline="always")
+def _hinted(x):  # pragma: no cover - compiled
+    """Whether the rows of the (rows, C) ``x`` take hints: half-precision data of at most
+    _PREFETCH_MAX_C channels (a constant test for the other dtypes)."""
+    return x.itemsize == 2 and x.shape[1] <= _PREFETCH_MAX_C
+
+
+@nb.njit(cache=True, inline="always")
+def _prefetch_rows(flat, row, r, n):  # pragma: no cover - compiled
+    """Hint rows [r, r + n) of ``row`` bytes each of the flattened ``flat``, moved on by
+    _PREFETCH_AHEAD bytes, one hint per cache line."""
+    for b in range(r * row + _PREFETCH_AHEAD, (r + n) * row + _PREFETCH_AHEAD, 64):
+        prefetch_read_l2(flat, b)
 
 
 # Each pass is a serial chunk kernel plus a driver that runs it once per chunk with prange. For a
@@ -102,7 +116,10 @@ def _stats_rows(x, acc, k, lo, hi):  # pragma: no cover - compiled
     C = x.shape[1]
     s1, s2, pv = acc[k, :C], acc[k, C:], x[0]
     r = lo
+    hint, flat, row = _hinted(x), x.reshape(-1), C * x.itemsize
     while r + 4 <= hi:
+        if hint:
+            _prefetch_rows(flat, row, r, 4)
         x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
         for c in range(C):
             p = load(pv[c])
@@ -155,20 +172,14 @@ def _stats_chunk(x, acc, k, lo, hi):  # pragma: no cover - compiled
 
 @nb.njit(cache=True)
 def _stats_part(x, acc, k, lo, hi):  # pragma: no cover - compiled
-    """:func:`_stats_chunk` over [lo, hi); for half-precision data run by run (inner > 1) or in
-    blocks of :func:`_row_block` rows, the next run or block prefetched."""
-    C, inner = x.shape[1], x.shape[2]
+    """:func:`_stats_chunk` over [lo, hi); for half-precision runs (inner > 1) run by run, the
+    next run prefetched (rows hint themselves: :func:`_prefetch_rows`)."""
+    inner = x.shape[2]
     if x.itemsize == 2 and inner > 1:
         for b in range(lo, hi):
             if b + 1 < hi:
                 _prefetch_run(x, b + 1)
             _stats_chunk(x, acc, k, b, b + 1)
-    elif x.itemsize == 2 and C <= _PREFETCH_MAX_C:
-        rows = _row_block(C)
-        for r in range(lo, hi, rows):
-            e = min(r + rows, hi)
-            _prefetch_span(x, e * C, min(e + rows, hi) * C)
-            _stats_chunk(x, acc, k, r, e)
     else:
         _stats_chunk(x, acc, k, lo, hi)
 
@@ -319,7 +330,11 @@ def _grad_rows(dy, x, mean, kc, acc, k, lo, hi):  # pragma: no cover - compiled
             s1[c] += np.float64((g0 + g1) + (g2 + g3))
             s2[c] += np.float64((g0 * e0 + g1 * e1) + (g2 * e2 + g3 * e3))
         r += 4
+    hint, fdy, fx, row = _hinted(x), dy.reshape(-1), x.reshape(-1), C * x.itemsize
     for rr in range(r, hi):
+        if hint:
+            _prefetch_rows(fdy, row, rr, 1)
+            _prefetch_rows(fx, row, rr, 1)
         gr, xr = dy[rr], x[rr]
         for c in range(C):
             g = np.float64(load(gr[c]))
@@ -368,20 +383,13 @@ def _grad_chunk(dy, x, mean, kc, acc, k, lo, hi):  # pragma: no cover - compiled
 @nb.njit(cache=True)
 def _grad_part(dy, x, mean, kc, acc, k, lo, hi):  # pragma: no cover - compiled
     """:func:`_grad_chunk` over [lo, hi), prefetched as in :func:`_stats_part`."""
-    C, inner = x.shape[1], x.shape[2]
+    inner = x.shape[2]
     if x.itemsize == 2 and inner > 1:
         for b in range(lo, hi):
             if b + 1 < hi:
                 _prefetch_run(dy, b + 1)
                 _prefetch_run(x, b + 1)
             _grad_chunk(dy, x, mean, kc, acc, k, b, b + 1)
-    elif x.itemsize == 2 and C <= _PREFETCH_MAX_C:
-        rows = _row_block(C)
-        for r in range(lo, hi, rows):
-            e = min(r + rows, hi)
-            _prefetch_span(dy, e * C, min(e + rows, hi) * C)
-            _prefetch_span(x, e * C, min(e + rows, hi) * C)
-            _grad_chunk(dy, x, mean, kc, acc, k, r, e)
     else:
         _grad_chunk(dy, x, mean, kc, acc, k, lo, hi)
 
