@@ -79,7 +79,7 @@ def _prefetch_span(x, start, stop):  # pragma: no cover - compiled
 # block, they stalled the sums on another machine, where the hardware prefetcher keeps up alone:
 # there, two threads, (200704, 64) in one process, the statistics took 1.27-1.52x the time of
 # the same loop without hints; with the hints spread out they take 0.96-1.04x (the gradient sums
-# 0.99-1.15x).
+# 0.99-1.16x).
 _PREFETCH_AHEAD = 8192
 _PREFETCH_MAX_C = 256
 
@@ -304,10 +304,10 @@ _GRAD_BLOCK_MIN_C = 1024
 # gradient in float32 over blocks of four rows, as the C kernel and the wide rows do, but row by
 # row into two float32 rows, whose sums are then added in float64 (and repaired as the wide rows'
 # when they overflow). In float64 every half element was widened twice, and a float32 vector
-# holds twice the elements of a float64 one. Two threads, 12.8M elements, in one process against
-# the float64 loop: float16 and bfloat16 0.63-0.85x the time at 32 and 64 channels, float32
-# 0.79-1.05x at 64 but 1.22-1.28x at 128 and 256 (float16 at 128 and 256 about even). One limit
-# for all three keeps a half call the float32 kernel on the upcast data, bit for bit.
+# holds twice the elements of a float64 one. Two threads, 12.8M elements, both loops without
+# hints in one process: float16 and bfloat16 0.54-0.82x the time of the float64 loop at 32 and
+# 64 channels, float32 0.79-1.08x at 64 but 1.19-1.25x at 128 and 256. One limit for all three
+# keeps a half call the float32 kernel on the upcast data, bit for bit.
 _GRAD_ROWS_F32_MAX_C = 64
 
 
