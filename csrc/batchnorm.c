@@ -9,10 +9,7 @@
 
 #include "half.h"
 #include "platform.h"
-#if defined(__x86_64__) || defined(_M_X64)
-#include <emmintrin.h>
-#define NMX_HAVE_STREAM 1
-#endif
+#include "stream.h"
 
 /* The wheel is built for baseline x86-64; the hot loops are additionally compiled for AVX2 and
  * AVX-512 and picked at load time where platform.h allows it. */
@@ -31,63 +28,6 @@
 #define NMX_STREAM_PIECE_BYTES 4096
 #define NMX_PIECES_PER_BLOCK 64
 
-/* A cache size the system reports (sysconf `name`, or -1 where there is no such name), `dflt`
- * when it reports none, clamped to [lo, hi]; read once into *cached. Callers may race here (the
- * GIL is released): every one stores the same value, atomically. */
-static long nmx_cache_size(long *cached, int name, long dflt, long lo, long hi) {
-    long size = __atomic_load_n(cached, __ATOMIC_RELAXED);
-    if (size == 0) {
-        size = -1;
-#if NMX_HAVE_POSIX
-        if (name >= 0) size = sysconf(name);
-#else
-        (void)name;
-#endif
-        size = size <= 0 ? dflt : size < lo ? lo : size > hi ? hi : size;
-        __atomic_store_n(cached, size, __ATOMIC_RELAXED);
-    }
-    return size;
-}
-
-#if NMX_HAVE_POSIX && defined(_SC_LEVEL3_CACHE_SIZE)
-#define NMX_SC_L3 _SC_LEVEL3_CACHE_SIZE
-#else
-#define NMX_SC_L3 (-1)
-#endif
-#if NMX_HAVE_POSIX && defined(_SC_LEVEL2_CACHE_SIZE)
-#define NMX_SC_L2 _SC_LEVEL2_CACHE_SIZE
-#else
-#define NMX_SC_L2 (-1)
-#endif
-
-/* The last-level cache a call can count on: what the system reports, at most NMX_LLC_CAP
- * (platform.h, where the reason is given). */
-#if NMX_HAVE_STREAM /* only streaming needs the cache size */
-static long nmx_llc_bytes(void) {
-    static long cached = 0;
-    return nmx_cache_size(&cached, NMX_SC_L3, NMX_LLC_CAP, 1, NMX_LLC_CAP);
-}
-#endif
-
-/* How a pass writes its output (the `stream` argument of the output passes): plain stores, or
- * non-temporal ones in one of two orders. After a first pass over the same inputs (training,
- * backward), blocks go from the last to the first, so the end of the inputs that pass 1 read
- * last is still in the cache when pass 2 starts; with nothing read before (inference) first to
- * last, which the prefetchers follow best (a streamed inference of (128, 64, 56, 56) float32,
- * 8.5 ms in reverse, 7.4 in order). */
-enum { NMX_STORE = 0, NMX_STREAM, NMX_STREAM_BACK };
-
-/* How an output of `bytes` is written: `streamed` (NMX_STREAM or NMX_STREAM_BACK) when input and
- * output together overflow the cache, else NMX_STORE. */
-static int nmx_store_mode(size_t bytes, int streamed) {
-#if NMX_HAVE_STREAM
-    if (bytes < ((size_t)4 << 20)) return NMX_STORE;
-    return bytes > (size_t)nmx_llc_bytes() / 2 ? streamed : NMX_STORE;
-#else
-    (void)bytes, (void)streamed;
-    return NMX_STORE;
-#endif
-}
 
 static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b; }
 
@@ -133,36 +73,6 @@ static nmx_index nmx_group_width(nmx_index outer, nmx_index C, nmx_index inner, 
     nmx_index fit = (nmx_index)(nmx_group_budget() / ((size_t)outer * run * (size_t)inputs));
     nmx_index spread = (C + 4 * (nmx_index)nt - 1) / (4 * (nmx_index)nt);
     return fit < spread ? fit : spread;
-}
-
-/* memcpy with 16-byte non-temporal stores (SSE2, baseline x86-64) for the aligned middle. */
-static void nmx_stream(void *dst, const void *src, size_t n) {
-#if NMX_HAVE_STREAM
-    char *d = dst;
-    const char *s = src;
-    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
-    if (head > n) head = n;
-    memcpy(d, s, head);
-    d += head, s += head, n -= head;
-    for (; n >= 64; n -= 64, d += 64, s += 64) {
-        __m128i a = _mm_loadu_si128((const __m128i *)s), b = _mm_loadu_si128((const __m128i *)(s + 16));
-        __m128i c = _mm_loadu_si128((const __m128i *)(s + 32)), e = _mm_loadu_si128((const __m128i *)(s + 48));
-        _mm_stream_si128((__m128i *)d, a);
-        _mm_stream_si128((__m128i *)(d + 16), b);
-        _mm_stream_si128((__m128i *)(d + 32), c);
-        _mm_stream_si128((__m128i *)(d + 48), e);
-    }
-    memcpy(d, s, n);
-#else
-    memcpy(dst, src, n);
-#endif
-}
-
-/* Order the non-temporal stores before the caller's next synchronization. */
-static void nmx_stream_fence(void) {
-#if NMX_HAVE_STREAM
-    _mm_sfence();
-#endif
 }
 
 /* Small batches (at most NMX_STRIP_BYTES in all) go by strips in the row loops of

@@ -23,7 +23,7 @@ static inline int omp_get_num_threads(void) { return 1; }
 static inline int omp_get_thread_num(void) { return 0; }
 #endif
 
-/* POSIX: fork handlers (threads.c) and sysconf cache sizes (batchnorm.c). */
+/* POSIX: fork handlers (threads.c) and sysconf cache sizes (stream.c). */
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
 #include <unistd.h>

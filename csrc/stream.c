@@ -1,0 +1,36 @@
+/* The cache sizes, and the rule that decides when an output is streamed (see stream.h). */
+#include "stream.h"
+
+long nmx_cache_size(long *cached, int name, long dflt, long lo, long hi) {
+    long size = __atomic_load_n(cached, __ATOMIC_RELAXED);
+    if (size == 0) {
+        size = -1;
+#if NMX_HAVE_POSIX
+        if (name >= 0) size = sysconf(name);
+#else
+        (void)name;
+#endif
+        size = size <= 0 ? dflt : size < lo ? lo : size > hi ? hi : size;
+        __atomic_store_n(cached, size, __ATOMIC_RELAXED);
+    }
+    return size;
+}
+
+#if NMX_HAVE_STREAM
+/* The last-level cache a call can count on: what the system reports, at most NMX_LLC_CAP
+ * (platform.h, where the reason is given). */
+static long nmx_llc_bytes(void) {
+    static long cached = 0;
+    return nmx_cache_size(&cached, NMX_SC_L3, NMX_LLC_CAP, 1, NMX_LLC_CAP);
+}
+#endif
+
+int nmx_store_mode(size_t bytes, int streamed) {
+#if NMX_HAVE_STREAM
+    if (bytes < ((size_t)4 << 20)) return NMX_STORE;
+    return bytes > (size_t)nmx_llc_bytes() / 2 ? streamed : NMX_STORE;
+#else
+    (void)bytes, (void)streamed;
+    return NMX_STORE;
+#endif
+}
