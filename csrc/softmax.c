@@ -15,6 +15,7 @@
 
 #include "half.h"
 #include "platform.h"
+#include "stream.h"
 
 /* The vector helpers below are always inlined, so the vector-argument ABI note is moot. */
 #pragma GCC diagnostic ignored "-Wpsabi"

@@ -364,7 +364,7 @@ int nmx_xent_h(int kind, const uint16_t *z, uint16_t *dz, const nmx_xent_args *a
         wall = 0.0;
         for (nmx_index c = 0; c < a->classes; c++) wall += a->weight[c];
     }
-    nmx_hjob h = {kind, {NMX_XENT, NULL, NULL, NULL, a, a->classes, a->inner, 0, 0, wall, 0},
+    nmx_hjob h = {kind, {NMX_XENT, NULL, NULL, NULL, a, a->classes, a->inner, 0, 0, wall, 0, 0},
                   z, NULL, dz, a->outer, 0, 0, 0};
     return nmx_half_run(&h, total);
 }
@@ -373,7 +373,7 @@ int nmx_softmax_h(int kind, const uint16_t *z, uint16_t *out, nmx_index outer, n
                   nmx_index inner, int log_) {
     nmx_hjob h = {kind,
                   {log_ ? NMX_LOG_SOFTMAX : NMX_SOFTMAX, NULL, NULL, NULL, NULL, classes, inner,
-                   0, 0, 0.0, 0},
+                   0, 0, 0.0, 0, 0},
                   z, NULL, out, outer, 0, 0, 0};
     return nmx_half_run(&h, NULL);
 }
@@ -382,7 +382,7 @@ int nmx_softmax_backward_h(int kind, const uint16_t *g, const uint16_t *y, uint1
                            nmx_index outer, nmx_index classes, nmx_index inner, int log_) {
     nmx_hjob h = {kind,
                   {log_ ? NMX_BWD_LOG : NMX_BWD, NULL, NULL, NULL, NULL, classes, inner, 0, 0,
-                   0.0, 0},
+                   0.0, 0, 0},
                   g, y, dz, outer, 0, 0, 0};
     return nmx_half_run(&h, NULL);
 }

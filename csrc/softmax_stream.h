@@ -8,7 +8,9 @@
  * prefetch a few class rows ahead covers the page crossings), each pass reading the input
  * itself in class order with the per-column maxima and sums in L1. The last pass recomputes
  * exp(z - max) instead of storing it in the output and reading it back: 3 reads and 1 write of
- * the array.
+ * the array. When that output is larger than the cache (stream.h), softmax writes each class row
+ * from an L1 buffer with non-temporal stores, so the destination is not read for ownership
+ * first.
  *
  * The arithmetic per column is block_max / block_sum's, operation for operation: the same
  * comparisons in class order, the same exp_step on full vectors of columns (partial sums in T
@@ -33,6 +35,7 @@ typedef struct {
     const T *z;
     T *o;
     nmx_index n, inner, nb;
+    int nt; /* softmax's output rows written with non-temporal stores (stream.h) */
 #if LANES == 16
     const uint16_t *h;
     uint16_t *ho;
@@ -159,11 +162,13 @@ NMX_CLONES static void NM(stream_softmax)(const NM(sblk) * b, int log_) {
     for (nmx_index i = 0; i < nb; i++) inv[i] = (T)(1.0 / (1.0 + s[i]));
     for (nmx_index c = 0; c < n; c++) {
         const T *r = NM(srow)(b, c, buf);
-        T *o = b->o + c * b->inner;
+        T *o = b->o + c * b->inner, *w = b->nt ? e : o;
         NM(stream_exp)(r, m, nb, e);
         /* In a NaN column both factors can be NaN, and the product is then the NaN of
          * whichever operand the compiler put first (their signs may differ). The select pins
          * the one softmax_block's loop returns: the factor's. */
-        for (nmx_index i = 0; i < nb; i++) o[i] = inv[i] != inv[i] ? inv[i] : e[i] * inv[i];
+        for (nmx_index i = 0; i < nb; i++) w[i] = inv[i] != inv[i] ? inv[i] : e[i] * inv[i];
+        if (b->nt) nmx_stream(o, w, sizeof(T) * (size_t)nb);
     }
+    if (b->nt) nmx_stream_fence();
 }

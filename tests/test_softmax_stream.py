@@ -99,6 +99,50 @@ def test_backward_columns_do_not_depend_on_the_block(c_backend, rng, dtype, log)
         np.testing.assert_array_equal(part.view(np.uint8), whole[:, lo:hi].view(np.uint8))
 
 
+# A streamed call whose output passes half of the largest last-level cache the kernels count on
+# (32 MiB) writes it with non-temporal stores; its column slices, a quarter of the size, are
+# written with plain ones. The slices start at multiples of the 256-column block, so each column
+# is computed by the same vector or scalar code either way.
+BIG_INNER = 600
+BIG_SLICES = [(0, 256), (256, 512), (512, 600)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_past_the_cache_have_the_bits_of_smaller_calls(c_backend, rng, dtype):
+    c = CLASSES[dtype][1]
+    assert c * BIG_INNER * np.dtype(dtype).itemsize > 16 << 20
+    z = _special_columns(rng, c, BIG_INNER, dtype)
+    g = rng.standard_normal((c, BIG_INNER)).astype(dtype)
+    y = rng.integers(0, c, size=BIG_INNER)
+    y[::7] = -100
+
+    def run(z, g, y):
+        with np.errstate(invalid="ignore"):
+            p, lp = normax.softmax(z, axis=0), normax.log_softmax(z, axis=0)
+            loss, dz = normax.softmax_cross_entropy(
+                z, y, axis=0, reduction="none", ignore_index=-100
+            )
+            _, dzs = normax.softmax_cross_entropy(
+                z, y, axis=0, reduction="sum", ignore_index=-100, label_smoothing=0.1
+            )
+            return (
+                p,
+                lp,
+                loss,
+                dz,
+                dzs,
+                normax.softmax_backward(g, p, axis=0),
+                normax.log_softmax_backward(g, lp, axis=0),
+            )
+
+    whole = run(z, g, y)
+    for lo, hi in BIG_SLICES:
+        part = run(np.ascontiguousarray(z[:, lo:hi]), np.ascontiguousarray(g[:, lo:hi]), y[lo:hi])
+        for i, (got, out) in enumerate(zip(part, whole, strict=True)):
+            want = np.ascontiguousarray(out[lo:hi] if out.ndim == 1 else out[:, lo:hi])
+            np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), f"output {i}")
+
+
 def _special_columns(rng, c, inner, dtype):
     """Logits whose columns 0-4 hold a NaN, +inf, only -inf, a tie everywhere and a huge max."""
     z = rng.standard_normal((c, inner)) * 3.0
