@@ -66,6 +66,8 @@ def test_small_output_uses_numpy_allocator():
 
 
 def test_freed_block_is_reused():
+    # Blocks that earlier tests left in the pool may fit the request as well as y's block does.
+    normax.release_memory()
     x = np.random.default_rng(1).standard_normal(BIG).astype(np.float32)
     y, _ = normax.batch_norm_train(x, None, None)
     address = y.ctypes.data
