@@ -99,10 +99,11 @@ def test_backward_columns_do_not_depend_on_the_block(c_backend, rng, dtype, log)
         np.testing.assert_array_equal(part.view(np.uint8), whole[:, lo:hi].view(np.uint8))
 
 
-# A streamed call whose output passes half of the largest last-level cache the kernels count on
-# (32 MiB) writes it with non-temporal stores; its column slices, a quarter of the size, are
-# written with plain ones. The slices start at multiples of the 256-column block, so each column
-# is computed by the same vector or scalar code either way.
+# A streamed softmax whose output passes half of the largest last-level cache the kernels count
+# on (32 MiB) writes it with non-temporal stores; its column slices, below that threshold, are
+# written with plain ones. The other streamed kernels (plain stores at any size) are checked the
+# same way. The slices start at multiples of the 256-column block, so each column is computed by
+# the same vector or scalar code either way.
 BIG_INNER = 600
 BIG_SLICES = [(0, 256), (256, 512), (512, 600)]
 
