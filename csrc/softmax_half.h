@@ -1,10 +1,10 @@
 /* Half-precision storage (float16 / bfloat16) for the softmax kernels; included by softmax.c
  * after the float32 kernels, whose arithmetic it reuses unchanged.
  *
- * Softmax and log-softmax with inner > 1 (column blocks, softmax_hcol_impl.h) and rows of at
- * least NMX_HROW_MIN classes (softmax, log-softmax, integer-label cross-entropy without
- * smoothing, and both backwards) are read and written in half storage directly, widened in the
- * vector loads and rounded in the stores (softmax_hrow.h). Otherwise a task converts a tile of
+ * Softmax, log-softmax and both backwards with inner > 1 (column blocks, softmax_hcol_impl.h)
+ * and rows of at least NMX_HROW_MIN classes (the same kernels and the integer-label
+ * cross-entropy without smoothing) are read and written in half storage directly, widened in
+ * the vector loads and rounded in the stores (softmax_hrow.h). Otherwise a task converts a tile of
  * its input into float32 buffers with nmx_half_to_float, runs the float32 task runner on them
  * and rounds the results back once with nmx_float_to_half:
  *   inner == 1: a tile is R whole rows (contiguous), R * classes <= NMX_HALF_TILE when a row
@@ -168,71 +168,6 @@ static double nmx_half_cols(const nmx_hjob *h, nmx_index o, nmx_index i0, nmx_in
     return total;
 }
 
-/* Fetch class row c + NMX_HPREFETCH of nb half columns at p (rows `inner` apart). */
-static inline void nmx_half_fetch_row(const uint16_t *p, nmx_index c, nmx_index n,
-                                      nmx_index inner, nmx_index nb) {
-    if (c + NMX_HPREFETCH >= n) return;
-    for (nmx_index i = 0; i < nb; i += 32) __builtin_prefetch(p + (c + NMX_HPREFETCH) * inner + i);
-}
-
-/* Softmax or log-softmax backward of nb columns in half storage (g, y and dz with class rows
- * `inner` apart), as backward_block_f32 computes it on the widened block, operation for
- * operation; each class row of dz is finished in float32 and rounded once into the output.
- * The results are the float32 kernel's on the widened input, rounded once: the rows go through
- * the same backward_sums_f32 / backward_out_f32.
- *
- * The first pass widens each class row of g and y as it sums it, fetching rows ahead as the
- * gathers do. A block that fits L2 is widened into float32 scratch pk (2 n nb elements), which
- * the second pass reads: the strided half rows, a few cache lines each and often a power of two
- * apart, would map onto a few L2 sets and be evicted before it. A streamed block (pk NULL,
- * nmx_block_streams) is widened a row at a time into L1 buffers in both passes, its rows read
- * from memory twice, fetched ahead. Unlike the float32 tiles of nmx_half_cols there is no
- * converted copy of dz and no scatter pass. Cloned like run_tasks_f32, for the same
- * contractions. */
-NMX_CLONES static void nmx_half_backward_block(int kind, const uint16_t *g, const uint16_t *y,
-                                               uint16_t *dz, nmx_index n, nmx_index inner,
-                                               nmx_index nb, int log_, float *pk) {
-    double acc[NMX_BLOCK_MAX];
-    float d[NMX_BLOCK_MAX], gbuf[NMX_BLOCK_MAX], ybuf[NMX_BLOCK_MAX], dr[NMX_BLOCK_MAX];
-    nmx_index ps = pk ? nb : 0; /* class row stride of the widened rows */
-    float *pg = pk ? pk : gbuf, *py = pk ? pk + n * nb : ybuf;
-    for (nmx_index i = 0; i < nb; i++) acc[i] = 0.0;
-    for (nmx_index c = 0; c < n; c++) {
-        float *gr = pg + c * ps, *yr = py + c * ps;
-        nmx_half_fetch_row(g, c, n, inner, nb);
-        nmx_half_to_float(kind, g + c * inner, gr, nb);
-        if (log_ && !pk) {
-            backward_sums_f32(gr, NULL, acc, nb, 1);
-            continue;
-        }
-        nmx_half_fetch_row(y, c, n, inner, nb);
-        nmx_half_to_float(kind, y + c * inner, yr, nb);
-        backward_sums_f32(gr, yr, acc, nb, log_);
-    }
-    for (nmx_index i = 0; i < nb; i++) d[i] = (float)acc[i];
-    for (nmx_index c = 0; c < n; c++) {
-        float *gr = pg + c * ps, *yr = py + c * ps;
-        if (!pk) {
-            nmx_half_fetch_row(g, c, n, inner, nb);
-            nmx_half_fetch_row(y, c, n, inner, nb);
-            nmx_half_to_float(kind, g + c * inner, gr, nb);
-            nmx_half_to_float(kind, y + c * inner, yr, nb);
-        }
-        backward_out_f32(gr, yr, d, dr, nb, log_);
-        nmx_float_to_half(kind, dr, dz + c * inner, nb);
-    }
-}
-
-/* Column block t of an inner > 1 backward, on the half data directly; buf: the thread's
- * scratch (2 classes cols floats) unless the block is streamed. */
-static void nmx_half_backward_cols(const nmx_hjob *h, nmx_index t, float *buf) {
-    nmx_index n = h->f.n, inner = h->f.inner, cols = h->f.cols;
-    nmx_index o = t / h->f.nblk, i0 = (t % h->f.nblk) * cols, off = o * n * inner + i0;
-    nmx_half_backward_block(h->kind, h->x + off, h->y + off, h->out + off, n, inner,
-                            inner - i0 < cols ? inner - i0 : cols, h->f.kind == NMX_BWD_LOG,
-                            h->f.stream ? NULL : buf);
-}
-
 /* Column block t (example row t / nblk) of an inner > 1 problem. */
 static double nmx_half_block(const nmx_hjob *h, nmx_index t, float *buf) {
     nmx_index inner = h->f.inner, cols = h->f.cols;
@@ -278,10 +213,6 @@ static double nmx_half_range(const nmx_hjob *h, nmx_index t0, nmx_index t1, floa
     double total = 0.0;
     if (h->direct)
         return nmx_hrows_run(h, t0, t1, buf);
-    if (h->f.inner > 1 && (h->f.kind == NMX_BWD || h->f.kind == NMX_BWD_LOG)) {
-        for (nmx_index t = t0; t < t1; t++) nmx_half_backward_cols(h, t, buf);
-        return total;
-    }
     if (h->f.stream) {
         for (nmx_index t = t0; t < t1; t++) nmx_half_xent_stream(h, t, &total, buf);
         return total;
@@ -313,9 +244,8 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
         if (h->rows > NMX_GROUP) h->rows -= h->rows % NMX_GROUP;
         h->f.cols = h->f.nblk = 1;
     } else {
-        /* Blocks too large for L2 are streamed, as in float32: softmax and log-softmax
-         * (softmax_hcol_impl.h), cross-entropy (stream_xent_h) and the backward
-         * (nmx_half_backward_block, which never gathers tiles). */
+        /* Blocks too large for L2 are streamed, as in float32: softmax, log-softmax and the
+         * backwards (softmax_hcol_impl.h) and cross-entropy (stream_xent_h). */
         h->f.stream = nmx_block_streams(n, NMX_HCOL_BYTES);
         h->f.cols = h->f.stream ? nmx_stream_cols(inner) : nmx_block_cols(n, inner, NMX_HCOL_BYTES);
         h->f.nblk = (inner + h->f.cols - 1) / h->f.cols;
@@ -323,11 +253,7 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
     nmx_index ntasks = inner == 1 ? (h->outer + h->rows - 1) / h->rows : h->outer * h->f.nblk;
     nmx_index work = h->outer * n * inner, chunk = nmx_run_chunk(ntasks, work, 1);
     nmx_index nchunks = (ntasks + chunk - 1) / chunk;
-    int bwd_cols = inner > 1 && (h->f.kind == NMX_BWD || h->f.kind == NMX_BWD_LOG);
-    h->per_thread = h->direct   ? nmx_hrow_scratch(h)
-                    : h->f.stream ? 0
-                    : bwd_cols    ? 2 * n * h->f.cols /* nmx_half_backward_block's pk */
-                                  : nmx_half_scratch(h);
+    h->per_thread = h->direct ? nmx_hrow_scratch(h) : h->f.stream ? 0 : nmx_half_scratch(h);
     if (h->f.stream && h->f.kind == NMX_XENT && nmx_half_lone_col(h))
         h->per_thread = (nmx_half_second(h) ? 3 : 2) * n + 1; /* nmx_half_cols, one column */
     int nt = nchunks > 1 ? nmx_threads_for(work) : 1;

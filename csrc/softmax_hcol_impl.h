@@ -1,7 +1,8 @@
 /* Half-precision column blocks (inner > 1) for one set of conversions; included by
  * softmax_hrow_impl.h with its macros (HN, HAI and the 16-lane conversions).
  *
- * Softmax and log-softmax of a block of columns in half storage. The first pass walks the class
+ * Softmax and log-softmax of a block of columns in half storage, and their backwards (at the
+ * end: the same passes over g and y). The first pass walks the class
  * rows of the block in order, widening each vector of 16 columns as it is loaded; the output
  * pass rounds each result once as it stores it into the half output. A block too large for L2
  * is streamed: every pass reads the half rows again (b->pk NULL). A smaller block is packed
@@ -21,14 +22,15 @@
  * where AVX-512 BW has them, so no element outside the block is read or written.
  */
 
-/* Fetch class row c + b->ahead of the block's input (in: reading it again from z) and of its
- * output (out: for writing; the output pass's strided stores would otherwise wait for each
- * line). A no-op when b->ahead is 0 (nmx_hblk_ahead). */
+/* Fetch class row c + b->ahead of the block's input (in: reading it again from z; in == 2: from
+ * z and y) and of its output (out: for writing; the output pass's strided stores would
+ * otherwise wait for each line). A no-op when b->ahead is 0 (nmx_hblk_ahead). */
 HAI void HN(hblk_fetch)(const nmx_hblk *b, nmx_index c, int in, int out) {
     if (!b->ahead || c + b->ahead >= b->n) return;
     nmx_index off = (c + b->ahead) * b->inner;
     for (nmx_index i = 0; i < b->nb; i += 32) {
         if (in) __builtin_prefetch(b->z + off + i);
+        if (in == 2) __builtin_prefetch(b->y + off + i);
         if (out) __builtin_prefetch(b->out + off + i, 1);
     }
 }
@@ -60,20 +62,23 @@ HAI void HN(htail_store)(int kind, uint16_t *p, nmx_index nt, const nmx_vf32 *x)
 #endif
 }
 
-/* 16 columns from i of class row c, as float32: from the packed copy, else widened. */
-HAI void HN(hblk_get)(int kind, const nmx_hblk *b, nmx_index c, nmx_index i, nmx_vf32 *x) {
-    if (b->pk)
-        memcpy(x, b->pk + c * b->ps + i, sizeof *x);
+/* 16 columns from i of class row c of a block's half input src (z, or y), as float32: from its
+ * packed copy pk when there is one, else widened. */
+HAI void HN(hblk_get)(int kind, const nmx_hblk *b, const uint16_t *src, const float *pk,
+                      nmx_index c, nmx_index i, nmx_vf32 *x) {
+    if (pk)
+        memcpy(x, pk + c * b->ps + i, sizeof *x);
     else
-        HN(hload)(kind, b->z + c * b->inner + i, x);
+        HN(hload)(kind, src + c * b->inner + i, x);
 }
 
 /* The columns of class row c past the last full vector (from i = nb / 16 * 16), zero-padded. */
-HAI void HN(hblk_tail)(int kind, const nmx_hblk *b, nmx_index c, nmx_index i, nmx_vf32 *x) {
-    if (b->pk)
-        memcpy(x, b->pk + c * b->ps + i, sizeof *x);
+HAI void HN(hblk_tail)(int kind, const nmx_hblk *b, const uint16_t *src, const float *pk,
+                       nmx_index c, nmx_index i, nmx_vf32 *x) {
+    if (pk)
+        memcpy(x, pk + c * b->ps + i, sizeof *x);
     else
-        HN(htail_load)(kind, b->z + c * b->inner + i, b->nb - i, x);
+        HN(htail_load)(kind, src + c * b->inner + i, b->nb - i, x);
 }
 
 /* Column maxima, as stream_max: the same comparison, classes in order; the widened rows are
@@ -129,12 +134,12 @@ HAI void HN(hblk_sum)(int kind, const nmx_hblk *b, const float *m, double *s, fl
             HN(hblk_fetch)(b, c, !b->pk, 0);
             for (nmx_index v = 0; v < nv; v++) {
                 nmx_vf32 x;
-                HN(hblk_get)(kind, b, c, v * 16, &x);
+                HN(hblk_get)(kind, b, b->z, b->pk, c, v * 16, &x);
                 nmx_hexp_step(&x, &mv[v], er + v * 16, &part[v], &cnt[v], 1);
             }
             if (nvl < nb) {
                 nmx_vf32 x, t;
-                HN(hblk_tail)(kind, b, c, nvl, &x);
+                HN(hblk_tail)(kind, b, b->z, b->pk, c, nvl, &x);
                 t = x - mt;
                 nmx_hexp_scalar(&t, &x);
                 memcpy(er + nvl, &x, sizeof x);
@@ -200,13 +205,13 @@ HAI void HN(hblk_logout)(int kind, const nmx_hblk *b, const float *m, const doub
         HN(hblk_fetch)(b, c, !b->pk, 1);
         for (nmx_index i = 0; i < nvl; i += 16) {
             nmx_vf32 x;
-            HN(hblk_get)(kind, b, c, i, &x);
+            HN(hblk_get)(kind, b, b->z, b->pk, c, i, &x);
             nmx_hlog_out(&x, m + i, lse + i, &x);
             HN(hstore)(kind, o + i, &x);
         }
         if (nvl < nb) {
             nmx_vf32 x;
-            HN(hblk_tail)(kind, b, c, nvl, &x);
+            HN(hblk_tail)(kind, b, b->z, b->pk, c, nvl, &x);
             nmx_hlog_out(&x, m + nvl, lse + nvl, &x);
             HN(htail_store)(kind, o + nvl, nb - nvl, &x);
         }
@@ -230,6 +235,119 @@ HAI void HN(hblk_softmax)(int kind, const nmx_hblk *b, int log_) {
     HN(hblk_scale)(kind, b, m, inv, eb);
 }
 
+/* One vector of columns from i of class row c in the first pass of hblk_backward: g widened
+ * (and y, when `both`), stored into the packed copies when the block has them, and the exact
+ * products g y (g alone for log-softmax) added to acc[0] (lanes 0-7) and acc[1] (8-15) in
+ * float64. nt: 0 for a full vector, else the columns left (the lanes past them are 0). */
+HAI void HN(hbwd_sum)(int kind, const nmx_hblk *b, nmx_index c, nmx_index i, nmx_index nt,
+                      int log_, int both, nmx_vf64 *acc) {
+    nmx_index at = c * b->inner + i;
+    nmx_vf32 gv, yv;
+    nmx_vf64 g0, g1, y0, y1;
+    if (nt)
+        HN(htail_load)(kind, b->z + at, nt, &gv);
+    else
+        HN(hload)(kind, b->z + at, &gv);
+    if (b->pk) memcpy(b->pk + c * b->ps + i, &gv, sizeof gv);
+    nmx_hwiden(&gv, &g0, &g1);
+    if (both) {
+        if (nt)
+            HN(htail_load)(kind, b->y + at, nt, &yv);
+        else
+            HN(hload)(kind, b->y + at, &yv);
+        if (b->pk) memcpy(b->pk + (b->n + c) * b->ps + i, &yv, sizeof yv);
+        if (!log_) {
+            nmx_hwiden(&yv, &y0, &y1);
+            g0 *= y0;
+            g1 *= y1;
+        }
+    }
+    acc[0] += g0;
+    acc[1] += g1;
+}
+
+/* The backward of softmax (dz = y (g - d), d = sum_c g y) or of log-softmax (dz = g - exp(y) d,
+ * d = sum_c g) of one block, with g at z, y at b->y and dz at out: backward_block_f32 on the
+ * widened rows, operation for operation. Every product g y is exact in float64 and is added in
+ * class order, so each column's sum is the float32 kernel's whatever the vector width; each
+ * output is its float32 expression, rounded once. The first pass widens g and y in its vector
+ * loads and, for a block with a packed copy (pk: g rows, then y rows n ps further on), stores
+ * them there for the second pass to read from L2; a streamed block's second pass reads the half
+ * rows again, widening them the same way. Nothing goes through a conversion pass of its own.
+ * The log-softmax output runs the float32 kernel's own loop on an L1 row of widened values (as
+ * hlog_backward_out does), for its exp and its contractions. */
+HAI void HN(hblk_backward)(int kind, const nmx_hblk *b, int log_) {
+    enum { NV = NMX_BLOCK_MAX / 16 };
+    nmx_index n = b->n, nb = b->nb, nvl = nb / 16 * 16, nbp = nmx_hblk_stride(nb);
+    const float *pg = b->pk, *py = b->pk ? b->pk + n * b->ps : NULL;
+    int both = !log_ || b->pk; /* the first pass reads y too */
+    nmx_vf64 acc[2 * NV];
+    float d[NMX_BLOCK_MAX];
+    for (nmx_index v = 0; v < nbp / 8; v++) acc[v] = (nmx_vf64){0};
+    for (nmx_index c = 0; c < n; c++) {
+        HN(hblk_fetch)(b, c, both ? 2 : 1, 0);
+        for (nmx_index i = 0; i < nvl; i += 16)
+            HN(hbwd_sum)(kind, b, c, i, 0, log_, both, acc + i / 8);
+        if (nvl < nb) HN(hbwd_sum)(kind, b, c, nvl, nb - nvl, log_, both, acc + nvl / 8);
+    }
+    for (nmx_index i = 0; i < nbp; i++) d[i] = (float)acc[i / 8][i % 8];
+    if (log_) {
+        float gb[NMX_BLOCK_MAX], yb[NMX_BLOCK_MAX], ob[NMX_BLOCK_MAX];
+        for (nmx_index c = 0; c < n; c++) {
+            const float *gr = pg ? pg + c * b->ps : gb, *yr = py ? py + c * b->ps : yb;
+            uint16_t *o = b->out + c * b->inner;
+            HN(hblk_fetch)(b, c, pg ? 0 : 2, 1);
+            if (!pg) {
+                nmx_vf32 x;
+                for (nmx_index i = 0; i < nvl; i += 16) {
+                    HN(hload)(kind, b->z + c * b->inner + i, &x);
+                    memcpy(gb + i, &x, sizeof x);
+                    HN(hload)(kind, b->y + c * b->inner + i, &x);
+                    memcpy(yb + i, &x, sizeof x);
+                }
+                if (nvl < nb) {
+                    HN(htail_load)(kind, b->z + c * b->inner + nvl, nb - nvl, &x);
+                    memcpy(gb + nvl, &x, sizeof x);
+                    HN(htail_load)(kind, b->y + c * b->inner + nvl, nb - nvl, &x);
+                    memcpy(yb + nvl, &x, sizeof x);
+                }
+            }
+            for (nmx_index i = 0; i < nbp; i++) ob[i] = gr[i] - nmx_exp_f32(yr[i]) * d[i];
+            for (nmx_index i = 0; i < nvl; i += 16) {
+                nmx_vf32 x;
+                memcpy(&x, ob + i, sizeof x);
+                HN(hstore)(kind, o + i, &x);
+            }
+            if (nvl < nb) {
+                nmx_vf32 x;
+                memcpy(&x, ob + nvl, sizeof x);
+                HN(htail_store)(kind, o + nvl, nb - nvl, &x);
+            }
+        }
+        return;
+    }
+    for (nmx_index c = 0; c < n; c++) {
+        uint16_t *o = b->out + c * b->inner;
+        HN(hblk_fetch)(b, c, pg ? 0 : 2, 1);
+        for (nmx_index i = 0; i < nvl; i += 16) {
+            nmx_vf32 gv, yv, dv;
+            HN(hblk_get)(kind, b, b->z, pg, c, i, &gv);
+            HN(hblk_get)(kind, b, b->y, py, c, i, &yv);
+            memcpy(&dv, d + i, sizeof dv);
+            gv = yv * (gv - dv);
+            HN(hstore)(kind, o + i, &gv);
+        }
+        if (nvl < nb) {
+            nmx_vf32 gv, yv, dv;
+            HN(hblk_tail)(kind, b, b->z, pg, c, nvl, &gv);
+            HN(hblk_tail)(kind, b, b->y, py, c, nvl, &yv);
+            memcpy(&dv, d + nvl, sizeof dv);
+            gv = yv * (gv - dv);
+            HN(htail_store)(kind, o + nvl, nb - nvl, &gv);
+        }
+    }
+}
+
 /* Column blocks [t0, t1) of a direct job with inner > 1 (block t: example row t / nblk, its
  * columns from nmx_hcol_start); e is the thread's scratch (nmx_hrow_scratch), the packed copy
  * of a block that is not streamed. */
@@ -239,8 +357,18 @@ HAI void HN(hcols)(int kind, const nmx_hjob *h, nmx_index t0, nmx_index t1, floa
         nmx_index o = t / h->f.nblk, k = t % h->f.nblk;
         nmx_index i0 = nmx_hcol_start(h, k), nb = nmx_hcol_start(h, k + 1) - i0;
         nmx_index off = o * n * inner + i0;
-        nmx_hblk b = {h->x + off, h->out + off, h->f.stream ? NULL : e, n, inner, nb,
-                      nmx_hblk_ahead(nb, inner), nmx_hblk_stride(nb)};
-        HN(hblk_softmax)(kind, &b, h->f.kind == NMX_LOG_SOFTMAX);
+        nmx_hblk b = {.z = h->x + off,
+                      .y = h->y ? h->y + off : NULL,
+                      .out = h->out + off,
+                      .pk = h->f.stream ? NULL : e,
+                      .n = n,
+                      .inner = inner,
+                      .nb = nb,
+                      .ahead = nmx_hblk_ahead(nb, inner),
+                      .ps = nmx_hblk_stride(nb)};
+        if (h->f.kind == NMX_BWD || h->f.kind == NMX_BWD_LOG)
+            HN(hblk_backward)(kind, &b, h->f.kind == NMX_BWD_LOG);
+        else
+            HN(hblk_softmax)(kind, &b, h->f.kind == NMX_LOG_SOFTMAX);
     }
 }

@@ -162,12 +162,14 @@ NMX_HAI void nmx_hsum_scalar(const nmx_vf32 *t, const nmx_vf32 *e, nmx_vf64x2 *s
     *cnt += NMX_VSEL(nmx_vf64x2, nmx_vi64x2, tie, zero + 1.0, zero);
 }
 
-/* A column block of a half job (inner > 1): class rows `inner` apart from z (input) and out,
- * nb columns, and NULL or float32 scratch pk for its packed copy (softmax_hcol_impl.h), whose
- * rows are ps = nb rounded up to 16 apart, so that the last columns are a whole vector too;
- * the passes that read z fetch the row `ahead` classes on (0: none). */
+/* A column block of a half job (inner > 1): class rows `inner` apart from z (input; g in a
+ * backward, with y beside it) and out, nb columns, and NULL or float32 scratch pk for its packed
+ * copy (softmax_hcol_impl.h), whose rows are ps = nb rounded up to 16 apart, so that the last
+ * columns are a whole vector too; the passes that read z fetch the row `ahead` classes on (0:
+ * none). */
 typedef struct {
     const uint16_t *z;
+    const uint16_t *y; /* the backward's second input (z is then g), else NULL */
     uint16_t *out;
     float *pk;
     nmx_index n, inner, nb, ahead, ps;
@@ -232,23 +234,25 @@ NMX_HAI void nmx_hnext_fetch(const nmx_hnext *next, nmx_index k0, nmx_index k1) 
     }
 }
 
-/* Whether a half job runs on the half data directly: softmax and log-softmax with inner > 1
- * (column blocks, softmax_hcol_impl.h), or rows long enough for a kernel written above. */
+/* Whether a half job runs on the half data directly: softmax, log-softmax and the backwards
+ * with inner > 1 (column blocks, softmax_hcol_impl.h), or rows long enough for a kernel written
+ * above. */
 static int nmx_hrow_direct(const nmx_hjob *h) {
     const nmx_xent_args *a = h->f.a;
     int act = h->f.kind == NMX_SOFTMAX || h->f.kind == NMX_LOG_SOFTMAX;
     int bwd = h->f.kind == NMX_BWD || h->f.kind == NMX_BWD_LOG;
-    if (h->f.inner > 1) return act;
+    if (h->f.inner > 1) return act || bwd;
     if (h->f.n < NMX_HROW_MIN) return 0;
     return act || bwd || (h->f.kind == NMX_XENT && a->labels && a->eps == 0.0);
 }
 
 /* float32 scratch per thread of the direct path: the exponentials of one row, or the packed
- * copy of a column block that is not streamed; none for backward rows. */
+ * copy of a column block that is not streamed (a backward's: of g and of y); none for backward
+ * rows. */
 static nmx_index nmx_hrow_scratch(const nmx_hjob *h) {
-    if (h->f.kind == NMX_BWD || h->f.kind == NMX_BWD_LOG) return 0;
-    if (h->f.inner == 1) return h->f.n;
-    return h->f.stream ? 0 : h->f.n * nmx_hblk_stride(h->f.cols);
+    int bwd = h->f.kind == NMX_BWD || h->f.kind == NMX_BWD_LOG;
+    if (h->f.inner == 1) return bwd ? 0 : h->f.n;
+    return h->f.stream ? 0 : (bwd ? 2 : 1) * h->f.n * nmx_hblk_stride(h->f.cols);
 }
 
 #if defined(__x86_64__) && !defined(NMX_SANITIZED) && defined(NMX_HAVE_CLONES) && NMX_HAVE_CLONES
