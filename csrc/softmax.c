@@ -278,15 +278,6 @@ static double nmx_sum_parts(const double *part, nmx_index nchunks) {
     return total;
 }
 
-/* Whether column blocks of `classes` elements of `elem` bytes are streamed (softmax_stream.h)
- * rather than packed: when even the 16-column minimum block would overflow the packing budget,
- * the packed copy can no longer stay in L2 between the passes. */
-#ifndef NMX_STREAM_MIN
-#define NMX_STREAM_MIN 16
-#endif
-static int nmx_block_streams(nmx_index classes, nmx_index elem) {
-    return NMX_BLOCK_BYTES / (classes * elem) < NMX_STREAM_MIN;
-}
 
 /* Streamed blocks are as wide as the kernels allow: long contiguous runs per class row. A
  * multiple of 16 (as nmx_block_cols' blocks), so the scalar columns are the same ones. */
@@ -298,6 +289,34 @@ static nmx_index nmx_stream_cols(nmx_index inner) {
 #define NMX_CAT(a, b) NMX_CAT2(a, b)
 
 enum { NMX_SOFTMAX, NMX_LOG_SOFTMAX, NMX_XENT, NMX_BWD, NMX_BWD_LOG };
+
+/* Whether column blocks of `classes` elements of `elem` bytes are streamed (softmax_stream.h)
+ * rather than packed: when the packed block that fits the budget would be narrower than the
+ * kernel's minimum. A narrow packed block reads its class rows as short runs `inner` apart (16
+ * float32 columns: one 64-byte line a row), which the hardware prefetcher does not follow, while
+ * a streamed block reads 1 KiB runs even though it reads them from memory in every pass. Two
+ * threads, float32 (float16 alike): at (8192, 2048), packed in 16 columns, the backward took
+ * 19-21 ms and softmax 14 ms, streamed 7-8 ms and 7.3-7.5 ms; at (2048, 8192), packed in 64
+ * columns, the backward 10 ms against 7.2-8.5 streamed, while softmax, which computes exp twice
+ * when streamed and once when packed, gained less there and lost at 80 columns ((1536, 10923):
+ * 7 ms packed, 11-14 streamed). So the backward streams below 128 columns, softmax and
+ * log-softmax below 64. Cross-entropy keeps the 16-column minimum: its reduced loss is added
+ * block by block, so moving its threshold would change that sum's rounding. */
+#ifndef NMX_STREAM_MIN
+#define NMX_STREAM_MIN 16
+#endif
+#ifndef NMX_STREAM_MIN_FWD
+#define NMX_STREAM_MIN_FWD 64
+#endif
+#ifndef NMX_STREAM_MIN_BWD
+#define NMX_STREAM_MIN_BWD 128
+#endif
+static int nmx_block_streams(nmx_index classes, nmx_index elem, int kind) {
+    nmx_index least = kind == NMX_XENT ? NMX_STREAM_MIN
+                      : kind == NMX_BWD || kind == NMX_BWD_LOG ? NMX_STREAM_MIN_BWD
+                                                               : NMX_STREAM_MIN_FWD;
+    return NMX_BLOCK_BYTES / (classes * elem) < least;
+}
 
 #define NMX_CLONES NMX_CLONES_SIMD
 

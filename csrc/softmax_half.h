@@ -246,7 +246,7 @@ static int nmx_half_run(nmx_hjob *h, double *total_out) {
     } else {
         /* Blocks too large for L2 are streamed, as in float32: softmax, log-softmax and the
          * backwards (softmax_hcol_impl.h) and cross-entropy (stream_xent_h). */
-        h->f.stream = nmx_block_streams(n, NMX_HCOL_BYTES);
+        h->f.stream = nmx_block_streams(n, NMX_HCOL_BYTES, h->f.kind);
         h->f.cols = h->f.stream ? nmx_stream_cols(inner) : nmx_block_cols(n, inner, NMX_HCOL_BYTES);
         h->f.nblk = (inner + h->f.cols - 1) / h->f.cols;
     }

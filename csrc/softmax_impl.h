@@ -941,7 +941,7 @@ static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
 static double NM(run)(NM(job) * jb, nmx_index outer) {
     /* An empty view has nothing to compute (and no column block to size: no division by 0). */
     if (outer <= 0 || jb->n <= 0 || jb->inner <= 0) return 0.0;
-    jb->stream = jb->inner > 1 && nmx_block_streams(jb->n, (nmx_index)sizeof(T));
+    jb->stream = jb->inner > 1 && nmx_block_streams(jb->n, (nmx_index)sizeof(T), jb->kind);
     jb->cols = jb->inner == 1 ? 1
                : jb->stream   ? nmx_stream_cols(jb->inner)
                               : nmx_block_cols(jb->n, jb->inner, (nmx_index)sizeof(T));

@@ -8,7 +8,10 @@
  * prefetch a few class rows ahead covers the page crossings), each pass reading the input
  * itself in class order with the per-column maxima and sums in L1. The last pass recomputes
  * exp(z - max) instead of storing it in the output and reading it back: 3 reads and 1 write of
- * the array. When that output is larger than the cache (stream.h), softmax writes each class row
+ * the array. The kernels stream sooner than the 16-column minimum forces them to: a packed
+ * block narrower than 64 columns (softmax, log-softmax) or 128 (the backward) reads short
+ * strided runs too and loses to a streamed one (nmx_block_streams in softmax.c).
+ * When that output is larger than the cache (stream.h), softmax writes each class row
  * from an L1 buffer with non-temporal stores, so the destination is not read for ownership
  * first.
  *

@@ -1,11 +1,13 @@
 """Classes-first blocks with many classes (inner > 1): streamed, with the packed path's results.
 
-When even a 16-column block of the class axis would overflow the kernels' packing budget
-(512 KiB: more than 8192 float32 or 4096 float64 classes), the C kernels stream every pass from
-the input over wide column blocks instead of packing. The arithmetic per column is unchanged, so
-results must match the NumPy reference with the usual tolerances, agree across thread counts,
-and, for float16 / bfloat16 storage, equal the float32 kernel's results on the widened input
-rounded once. The shapes straddle the threshold, the 16-lane vectors and the 256-column block.
+When the column block that fits the kernels' packing budget (512 KiB) would be narrower than a
+kernel's minimum, the C kernels stream every pass from the input over wide column blocks instead
+of packing: softmax and log-softmax below 64 columns (more than 2048 float32 or 1024 float64
+classes), the backwards below 128 (1024 / 512), cross-entropy below 16 (8192 / 4096). The
+arithmetic per column is unchanged, so results must match the NumPy reference with the usual
+tolerances, agree across thread counts, and, for float16 / bfloat16 storage, equal the float32
+kernel's results on the widened input rounded once. The shapes straddle each threshold, the
+16-lane vectors and the 256-column block.
 """
 
 from __future__ import annotations
@@ -23,8 +25,15 @@ TOL = {
     np.dtype(np.float32): {"rtol": 2e-5, "atol": 2e-5},
     np.dtype(np.float64): {"rtol": 1e-11, "atol": 1e-12},
 }
-# Classes on each side of the streaming threshold, per dtype.
-CLASSES = {np.float32: [8192, 8193], np.float64: [4096, 4097]}
+# The most classes a kernel still packs, per dtype: one more streams (softmax.c,
+# nmx_block_streams).
+LAST_PACKED = {
+    "forward": {np.float32: 2048, np.float64: 1024},
+    "backward": {np.float32: 1024, np.float64: 512},
+    "xent": {np.float32: 8192, np.float64: 4096},
+}
+# Classes that every kernel streams.
+STREAMED = {np.float32: 8193, np.float64: 4097}
 INNERS = [7, 16, 33, 257]
 XENT_OPTIONS = {
     "plain": {},
@@ -35,15 +44,17 @@ XENT_OPTIONS = {
 }
 
 
-def _cases():
-    return [(d, c, i) for d, cs in CLASSES.items() for c in cs for i in INNERS]
+def _cases(kernel):
+    """Classes on each side of the kernel's streaming threshold, per dtype, and every inner."""
+    last = LAST_PACKED[kernel]
+    return [(d, c, i) for d in last for c in (last[d], last[d] + 1) for i in INNERS]
 
 
 def _close(actual, expected, dtype):
     np.testing.assert_allclose(actual, expected, **TOL[np.dtype(dtype)])
 
 
-@pytest.mark.parametrize(("dtype", "c", "inner"), _cases())
+@pytest.mark.parametrize(("dtype", "c", "inner"), _cases("forward"))
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_forward_matchesfloat64_reference(c_backend, rng, dtype, c, inner, log):
     z = (rng.standard_normal((c, inner)) * 3.0).astype(dtype)
@@ -51,7 +62,7 @@ def test_forward_matchesfloat64_reference(c_backend, rng, dtype, c, inner, log):
     _close(fn(z, axis=0), float64_reference(fn, z, axis=0), dtype)
 
 
-@pytest.mark.parametrize(("dtype", "c", "inner"), _cases())
+@pytest.mark.parametrize(("dtype", "c", "inner"), _cases("xent"))
 @pytest.mark.parametrize("option", XENT_OPTIONS)
 def test_xent_matchesfloat64_reference(c_backend, rng, dtype, c, inner, option):
     opts = XENT_OPTIONS[option]
@@ -73,7 +84,7 @@ def test_xent_matchesfloat64_reference(c_backend, rng, dtype, c, inner, option):
     _close(dz, want_dz, dtype)
 
 
-@pytest.mark.parametrize(("dtype", "c", "inner"), _cases())
+@pytest.mark.parametrize(("dtype", "c", "inner"), _cases("backward"))
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_backward_matchesfloat64_reference(c_backend, rng, dtype, c, inner, log):
     z = (rng.standard_normal((c, inner)) * 3.0).astype(dtype)
@@ -88,7 +99,7 @@ def test_backward_matchesfloat64_reference(c_backend, rng, dtype, c, inner, log)
 def test_backward_columns_do_not_depend_on_the_block(c_backend, rng, dtype, log):
     """Each column's sum is added in class order whatever block carries it: 300 streamed columns
     (blocks of 256 + 44) give the bits of the same columns computed 16 and 44 at a time."""
-    c, inner = CLASSES[dtype][1], 300
+    c, inner = STREAMED[dtype], 300
     z = (rng.standard_normal((c, inner)) * 3.0).astype(dtype)
     g = rng.standard_normal((c, inner)).astype(dtype)
     fwd, bwd = softmax_pair(log)
@@ -110,7 +121,7 @@ BIG_SLICES = [(0, 256), (256, 512), (512, 600)]
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_outputs_past_the_cache_have_the_bits_of_smaller_calls(c_backend, rng, dtype):
-    c = CLASSES[dtype][1]
+    c = STREAMED[dtype]
     assert c * BIG_INNER * np.dtype(dtype).itemsize > 16 << 20
     z = _special_columns(rng, c, BIG_INNER, dtype)
     g = rng.standard_normal((c, BIG_INNER)).astype(dtype)
@@ -158,7 +169,7 @@ def _special_columns(rng, c, inner, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("inner", [17, 300])
 def test_threads_give_the_same_bits(c_backend, rng, dtype, inner):
-    c = CLASSES[dtype][1]
+    c = STREAMED[dtype]
     z = _special_columns(rng, c, inner, dtype)
     y = rng.integers(0, c, size=inner)
     previous = normax.get_num_threads()
@@ -185,11 +196,12 @@ def _assert_same_bits(got, want, what):
     np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan], what)
 
 
-# 1000 classes: packed half blocks of 128 columns (the backward's widened into float32 scratch),
-# prefetched; 8192: 16-column packed blocks; 8193: streamed (every pass widens a class row at a
-# time). 129 columns leave a last block of one column.
+# 1000 classes: packed half blocks of 128 columns (the backward's g and y widened into float32
+# scratch), prefetched; 1025: the backward streams, softmax packs 112 columns; 2048: softmax
+# packs 64; 2049: both stream (every pass widens a class row at a time). 129 columns leave a
+# last block of one column.
 @pytest.mark.parametrize("dtype", half_dtypes())
-@pytest.mark.parametrize("c", [1000, 8192, 8193])
+@pytest.mark.parametrize("c", [1000, 1025, 2048, 2049])
 @pytest.mark.parametrize("inner", [7, 33, 129, 257])
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
@@ -228,10 +240,10 @@ def _special_last_columns(rng, c, inner, dtype):
     return z.astype(dtype)
 
 
-# 1000 classes: packed blocks of 128 columns (the last of 300 columns is 44 wide); 8193:
+# 1000 classes: packed blocks of 128 columns (the last of 300 columns is 44 wide); 2049:
 # streamed blocks of up to 256 columns.
 @pytest.mark.parametrize("dtype", half_dtypes())
-@pytest.mark.parametrize("c", [1000, 8193])
+@pytest.mark.parametrize("c", [1000, 2049])
 @pytest.mark.parametrize("inner", [7, 44, 300])
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_half_last_columns_equal_float32_rounded_once(c_backend, rng, dtype, c, inner, log):
@@ -287,7 +299,7 @@ def test_half_xent_equals_float32_rounded_once(c_backend, rng, dtype, c, inner, 
 @pytest.mark.parametrize("inner", [17, 300])
 def test_half_xent_reduced_loss(c_backend, rng, dtype, inner):
     """The reduced half loss sums the float32 kernel's float64 losses: equal up to their order."""
-    c = CLASSES[np.float32][1]
+    c = STREAMED[np.float32]
     z = (rng.standard_normal((c, inner)) * 3.0).astype(dtype)
     y = rng.integers(0, c, size=inner)
     got, _ = normax.softmax_cross_entropy(z, y, axis=0)

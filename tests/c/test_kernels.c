@@ -651,7 +651,7 @@ static void test_half(int kind, const char *name) {
     check(what, (double)bad, 0.0);
 }
 
-/* Classes-first half softmax, column blocks streamed (more than 8192 classes) or packed: bit for
+/* Classes-first half softmax, column blocks streamed (more than 2048 classes) or packed: bit for
  * bit the float32 kernel on the widened input, rounded once (NaN payloads aside). */
 static void test_softmax_half_stream_bits(int kind, const char *name, nmx_index K, nmx_index inner) {
     nmx_index n = K * inner, bad = 0;
@@ -744,7 +744,8 @@ int main(void) {
         test_softmax_half(kind, name, 4, 20, 500);
         test_softmax_half(kind, name, 2, 1200, 40);
         test_softmax_half(kind, name, 1, 9000, 20); /* streamed blocks, every kernel */
-        test_softmax_half_stream_bits(kind, name, 8193, 37);
+        test_softmax_half_stream_bits(kind, name, 2048, 37); /* packed blocks of 64 columns */
+        test_softmax_half_stream_bits(kind, name, 2049, 37);
         /* the last inner % 16 columns: packed blocks of 128 and 44 columns; streamed ones */
         test_softmax_half_stream_bits(kind, name, 1000, 300);
         test_softmax_half_stream_bits(kind, name, 8193, 300);
