@@ -278,7 +278,6 @@ static double nmx_sum_parts(const double *part, nmx_index nchunks) {
     return total;
 }
 
-
 /* Streamed blocks are as wide as the kernels allow: long contiguous runs per class row. A
  * multiple of 16 (as nmx_block_cols' blocks), so the scalar columns are the same ones. */
 static nmx_index nmx_stream_cols(nmx_index inner) {
