@@ -182,3 +182,57 @@ def test_cross_entropy_of_streamed_blocks_matches_the_reference(rng, dtype, c, o
             (lw, dw), _ = _both(lambda: run(z.astype(np.float32), wide))
         np.testing.assert_array_equal(dg, dw.astype(dtype))
         np.testing.assert_array_equal(lg, lw.astype(dtype))
+
+
+def _c_row_max(z):
+    """The C kernel's row_max (csrc/softmax_impl.h), step by step in NumPy: four vector maxima
+    seeded with the first vector, single vectors, the overlapping last vector, the lanes folded
+    into z[0] in order; v > m keeps m (a NaN never wins)."""
+
+    def keep(v, m):
+        return np.where(v > m, v, m)
+
+    lanes, n = 64 // z.itemsize, z.size
+    m = z[0]
+    if n < lanes:
+        for v in z[1:]:
+            m = v if v > m else m
+        return m
+    acc = [z[:lanes]] * 4
+    j = lanes
+    while j + 4 * lanes <= n:
+        acc = [keep(z[j + q * lanes : j + (q + 1) * lanes], acc[q]) for q in range(4)]
+        j += 4 * lanes
+    while j + lanes <= n:
+        acc[0] = keep(z[j : j + lanes], acc[0])
+        j += lanes
+    m0 = keep(z[n - lanes :], acc[0])
+    m1 = keep(acc[2], acc[1])
+    m0 = keep(m1, keep(acc[3], m0))
+    for v in m0:
+        m = v if v > m else m
+    return m
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_max_is_the_c_kernels(rng, dtype):
+    """The vector maximum of the row kernels picks the C kernel's element, bit for bit: signed
+    zeros, infinities and NaN in any lane, every length around the vector and unrolled steps."""
+    import numba
+
+    from normax._softmax_numba import _row_max
+
+    row_max = numba.njit(lambda z: _row_max(z))
+    lanes = 64 // np.dtype(dtype).itemsize
+    for n in [*range(1, 6 * lanes + 3), 1000, 4099]:
+        for trial in range(6):
+            z = rng.standard_normal(n).astype(dtype)
+            if trial == 1:
+                z = np.where(rng.random(n) < 0.5, -0.0, 0.0).astype(dtype)
+            elif trial >= 2:
+                special = [np.nan, np.inf, -np.inf, np.nan][trial - 2]
+                z[rng.integers(0, n, size=max(1, n // 50))] = special
+            got, want = row_max(z), _c_row_max(z)
+            assert np.array(got, dtype).tobytes() == np.array(want, dtype).tobytes(), (n, trial)
+            if not np.isnan(z).any():
+                assert got == z.max()

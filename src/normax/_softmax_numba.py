@@ -32,6 +32,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import float32, float64, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._checks import writeable
@@ -238,40 +239,73 @@ def _exp_any_impl(x):
 # ---- rows (inner == 1) ------------------------------------------------------------------------
 
 
-@nb.njit(cache=True)
-def _row_max(z):  # pragma: no cover - compiled
-    """Max of a row with eight independent lanes (a single running max is a serial chain of
-    compares that does not vectorize without fast-math). A NaN that loses the comparisons still
-    turns the row's sum into NaN."""
-    n = z.size
-    m = z[0]
-    if n < 16:
-        for j in range(1, n):
-            m = z[j] if z[j] > m else m
-        return m
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = m
-    j = 0
-    while j + 8 <= n:
-        v0, v1, v2, v3 = z[j], z[j + 1], z[j + 2], z[j + 3]
-        v4, v5, v6, v7 = z[j + 4], z[j + 5], z[j + 6], z[j + 7]
-        m0 = v0 if v0 > m0 else m0
-        m1 = v1 if v1 > m1 else m1
-        m2 = v2 if v2 > m2 else m2
-        m3 = v3 if v3 > m3 else m3
-        m4 = v4 if v4 > m4 else m4
-        m5 = v5 if v5 > m5 else m5
-        m6 = v6 if v6 > m6 else m6
-        m7 = v7 if v7 > m7 else m7
-        j += 8
-    for k in range(j, n):
-        m0 = z[k] if z[k] > m0 else m0
-    m0 = m1 if m1 > m0 else m0
-    m2 = m3 if m3 > m2 else m2
-    m4 = m5 if m5 > m4 else m4
-    m6 = m7 if m7 > m6 else m6
-    m0 = m2 if m2 > m0 else m0
-    m4 = m6 if m6 > m4 else m4
-    return m4 if m4 > m0 else m0
+_I32 = ir.IntType(32)
+
+
+@intrinsic
+def _row_max(typingctx, z):
+    """Max of a float32 / float64 row, the C kernel's way (row_max in csrc/softmax_impl.h): a
+    row shorter than a vector scalar; otherwise four vector maxima (16 float32 / 8 float64
+    lanes) seeded with the first vector, one more loop of single vectors, the last vector
+    overlapping (max is idempotent), and the lanes folded into z[0] in order. Same comparisons
+    (v > m keeps m, so a NaN never wins one; a NaN that loses them still turns the row's sum
+    into NaN), so the same maximum as the C kernel, ties and signed zeros included.
+
+    Written as LLVM IR on vectors: a select-based maximum is a reduction that LLVM's loop
+    vectorizer leaves scalar without fast-math flags that assume no NaN, and Numba does not run
+    the SLP vectorizer that would pack eight scalar lanes (they ran at 0.16 ns per element, the
+    vectors at 0.02)."""
+    if not (isinstance(z, types.Array) and z.ndim == 1 and z.layout == "C"):
+        return None
+    if z.dtype not in (float32, float64):
+        return None
+    lanes = 16 if z.dtype == float32 else 8
+    align = 4 if z.dtype == float32 else 8
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        data, n = ary.data, ary.nitems
+        vec = ir.VectorType(data.type.pointee, lanes).as_pointer()
+
+        def k(v):
+            return ir.Constant(n.type, v)
+
+        def vload(j):
+            return builder.load(builder.bitcast(builder.gep(data, [j]), vec), align=align)
+
+        def keep_greater(v, m):
+            return builder.select(builder.fcmp_ordered(">", v, m), v, m)
+
+        m = cgutils.alloca_once_value(builder, builder.load(data))
+        with builder.if_else(builder.icmp_signed("<", n, k(lanes))) as (short, whole):
+            with short:
+                with cgutils.for_range_slice(builder, k(1), n, k(1)) as (j, _):
+                    v = builder.load(builder.gep(data, [j]))
+                    builder.store(keep_greater(v, builder.load(m)), m)
+            with whole:
+                first = vload(k(0))
+                acc = [cgutils.alloca_once_value(builder, first) for _ in range(4)]
+                quads = builder.sdiv(builder.sub(n, k(lanes)), k(4 * lanes))
+                with cgutils.for_range(builder, quads) as loop:
+                    j = builder.add(k(lanes), builder.mul(loop.index, k(4 * lanes)))
+                    for q in range(4):
+                        v = vload(builder.add(j, k(q * lanes)))
+                        builder.store(keep_greater(v, builder.load(acc[q])), acc[q])
+                j = builder.add(k(lanes), builder.mul(quads, k(4 * lanes)))
+                with cgutils.for_range(builder, builder.sdiv(builder.sub(n, j), k(lanes))) as loop:
+                    v = vload(builder.add(j, builder.mul(loop.index, k(lanes))))
+                    builder.store(keep_greater(v, builder.load(acc[0])), acc[0])
+                m0 = keep_greater(vload(builder.sub(n, k(lanes))), builder.load(acc[0]))
+                m1 = keep_greater(builder.load(acc[2]), builder.load(acc[1]))
+                m0 = keep_greater(builder.load(acc[3]), m0)
+                m0 = keep_greater(m1, m0)
+                s = builder.load(m)
+                for lane in range(lanes):
+                    s = keep_greater(builder.extract_element(m0, ir.Constant(_I32, lane)), s)
+                builder.store(s, m)
+        return builder.load(m)
+
+    return z.dtype(z), codegen
 
 
 # Partial sums of the exponentials run in the input dtype over chunks of _CHUNK entries and are
