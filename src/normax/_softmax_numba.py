@@ -680,21 +680,28 @@ def _backward_sums(gr, yr, d, log):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True)
-def _backward_out(gr, yr, orow, d, log):  # pragma: no cover - compiled
-    """One class row of dz = y (g - d), or g - exp(lp) d, from the column sums d."""
-    for i in range(d.size):
-        gk, yk = np.float64(gr[i]), yr[i]
-        if log:
-            orow[i] = gk - np.float64(_exp_any(yk)) * d[i]
-        else:
-            orow[i] = np.float64(yk) * (gk - d[i])
+def _backward_out(gr, yr, orow, d, e, log):  # pragma: no cover - compiled
+    """One class row of dz = y (g - d), or g - exp(lp) d, from the column sums d. The
+    log-softmax's exponentials go to the row e (y's dtype) first: in a loop of their own they
+    run as whole vectors of the input dtype, where the float64 products beside them cut the
+    vectors to the float64 width and took twice the time."""
+    if log:
+        ee = e[: d.size]
+        for i in range(d.size):
+            ee[i] = _exp_any(yr[i])
+        for i in range(d.size):
+            orow[i] = np.float64(gr[i]) - np.float64(ee[i]) * d[i]
+    else:
+        for i in range(d.size):
+            orow[i] = np.float64(yr[i]) * (np.float64(gr[i]) - d[i])
 
 
 @nb.njit(cache=True)
-def _backward_block(go, yo, oo, i0, nbk, d, log, stream):  # pragma: no cover - compiled
+def _backward_block(go, yo, oo, i0, nbk, d, e, log, stream):  # pragma: no cover - compiled
     """Backward of columns [i0, i0 + nbk) of the (classes, inner) slabs: the first pass reads
     the class rows from memory, fetched ahead; the second reads them from L2, or, for a
-    streamed block (too large for L2), from memory again, fetched ahead too."""
+    streamed block (too large for L2), from memory again, fetched ahead too. d (float64) and e
+    (y's dtype) are rows of at least nbk."""
     dd = d[:nbk]
     dd[:] = 0.0
     for k in range(go.shape[0]):
@@ -706,7 +713,8 @@ def _backward_block(go, yo, oo, i0, nbk, d, log, stream):  # pragma: no cover - 
         if stream:
             _fetch_rows(go, k, i0, nbk)
             _fetch_rows(yo, k, i0, nbk)
-        _backward_out(go[k, i0 : i0 + nbk], yo[k, i0 : i0 + nbk], oo[k, i0 : i0 + nbk], dd, log)
+        gr, yr, orow = go[k, i0 : i0 + nbk], yo[k, i0 : i0 + nbk], oo[k, i0 : i0 + nbk]
+        _backward_out(gr, yr, orow, dd, e, log)
 
 
 @nb.njit(cache=True, fastmath=_CONTRACT)
@@ -1004,9 +1012,11 @@ def _backward(g, y, out, log, chunks):  # pragma: no cover - compiled
             _backward_rows(g, y, out, log, t0, t1)
         else:
             d = np.empty(cols)
+            e = np.empty(cols, y.dtype)
             for t in range(t0, t1):
                 o, i0 = t // nblk, (t % nblk) * cols
-                _backward_block(g[o], y[o], out[o], i0, min(cols, inner - i0), d, log, stream)
+                nbk = min(cols, inner - i0)
+                _backward_block(g[o], y[o], out[o], i0, nbk, d, e, log, stream)
 
 
 @nb.njit(cache=True)
@@ -1255,10 +1265,11 @@ def _forward_h(z, out, log, chunks):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True)
-def _backward_stream_h(go, yo, oo, i0, nbk, d, log, gf, yf, of):  # pragma: no cover - compiled
+def _backward_stream_h(go, yo, oo, i0, nbk, d, log, gf, yf, ef, of):  # pragma: no cover - compiled
     """_backward_block of a streamed block of the half slabs: each class row is widened into the
     float32 rows gf / yf as it is used (a float32 tile of the block would not fit L2), and each
-    row of dz is finished in of and rounded once. Same arithmetic as the tiles, same bits."""
+    row of dz is finished in of (the log-softmax's exponentials in ef) and rounded once. Same
+    arithmetic as the tiles, same bits."""
     dd, gr, yr, orow = d[:nbk], gf[:nbk], yf[:nbk], of[:nbk]
     dd[:] = 0.0
     for k in range(go.shape[0]):
@@ -1273,7 +1284,7 @@ def _backward_stream_h(go, yo, oo, i0, nbk, d, log, gf, yf, of):  # pragma: no c
         _fetch_rows(yo, k, i0, nbk)
         _widen_row(go[k, i0 : i0 + nbk], gr)
         _widen_row(yo[k, i0 : i0 + nbk], yr)
-        _backward_out(gr, yr, orow, dd, log)
+        _backward_out(gr, yr, orow, dd, ef, log)
         _narrow_row(orow, oo[k, i0 : i0 + nbk])
 
 
@@ -1293,23 +1304,25 @@ def _backward_h(g, y, out, log, chunks):  # pragma: no cover - compiled
         elif stream:
             gf = np.empty(cols, np.float32)
             yf = np.empty(cols, np.float32)
+            ef = np.empty(cols, np.float32)
             of = np.empty(cols, np.float32)
             d = np.empty(cols)
             for t in range(t0, t1):
                 o, i0 = t // nblk, (t % nblk) * cols
                 nbk = min(cols, inner - i0)
-                _backward_stream_h(g[o], y[o], out[o], i0, nbk, d, log, gf, yf, of)
+                _backward_stream_h(g[o], y[o], out[o], i0, nbk, d, log, gf, yf, ef, of)
         else:
             gb = np.empty((c, cols), np.float32)
             yb = np.empty((c, cols), np.float32)
             ob = np.empty((c, cols), np.float32)
             d = np.empty(cols)
+            ef = np.empty(cols, np.float32)
             for t in range(t0, t1):
                 o, i0 = t // nblk, (t % nblk) * cols
                 nbk = min(cols, inner - i0)
                 _widen_cols(g[o], i0, nbk, gb)
                 _widen_cols(y[o], i0, nbk, yb)
-                _backward_block(gb, yb, ob, 0, nbk, d, log, False)
+                _backward_block(gb, yb, ob, 0, nbk, d, ef, log, False)
                 _narrow_cols(ob, out[o], i0, nbk)
 
 
