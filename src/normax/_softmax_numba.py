@@ -342,16 +342,31 @@ def _chunk_exp_sum(z, m, e):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True)
-def _row_exp_sum(z, m, e):  # pragma: no cover - compiled
+def _fetch_next(nz, nout, j0, j1):  # pragma: no cover - compiled
+    """Fetch entries [j0, j1) of the next row: its input for reading, its output for writing."""
+    for b in range(j0 * nz.itemsize, j1 * nz.itemsize, 64):
+        prefetch_read(nz, b)
+    for b in range(j0 * nout.itemsize, j1 * nout.itemsize, 64):
+        prefetch_write(nout, b)
+
+
+@nb.njit(cache=True)
+def _row_exp_sum(z, m, e, nz, nout):  # pragma: no cover - compiled
     """Store exp(z - m) in e; return s, the float64 sum over all entries but one maximum (ties
     with the maximum are counted, not summed, so s keeps a tiny exp(-100) term exactly). The
     exponentials, the chunk sums and the tie counts run in the input dtype (whole vectors);
-    the chunks are added in float64."""
+    the chunks are added in float64.
+
+    Meanwhile the next row's input nz and output nout are fetched, a chunk's worth per chunk,
+    as the C kernel's half rows do: this pass is bound by the exponentials, the first by
+    reading a row and the last by writing one, so the fetches overlap the memory traffic of
+    the next row with this row's arithmetic. (The last row of a run passes itself.)"""
     s = 0.0
     ties = 0.0
     n = z.size
     for j0 in range(0, n, _CHUNK):
         j1 = min(j0 + _CHUNK, n)
+        _fetch_next(nz, nout, j0, j1)
         p, c = _chunk_exp_sum(z[j0:j1], m, e[j0:j1])
         s += np.float64(p)
         ties += np.float64(c)
@@ -382,18 +397,18 @@ def _row_wdot(w, z, m):  # pragma: no cover - compiled
 
 
 # The row kernels take the logits z as a float row (a half row is widened into float32 scratch
-# first: the eight-lane maximum does not vectorize on widening loads, and the widened row stays
-# in L1 / L2 for the passes that follow). Targets q, g, y and the outputs may be half views:
+# first: the vector maximum reads float rows, and the widened row stays in L1 / L2 for the
+# passes that follow). Targets q, g, y and the outputs may be half views:
 # load() widens each element as it is read, store() rounds each result once. The exponentials
 # go where _exps says: the output row itself for a float array, a float32 scratch row for a
 # half view (chosen inside the kernels, so that LLVM sees one array, not two that may overlap).
 
 
 @nb.njit(cache=True)
-def _softmax_row(z, out, scratch, log):  # pragma: no cover - compiled
+def _softmax_row(z, out, scratch, log, nz, nout):  # pragma: no cover - compiled
     e = _exps(out, scratch)
     m = _row_max(z)
-    s = _row_exp_sum(z, m, e)
+    s = _row_exp_sum(z, m, e, nz, nout)
     # In the input dtype, as the C kernel: (z - max) - log1p(s) in that order keeps the log 2
     # of a tie near 3e29 in float32.
     if log:
@@ -421,11 +436,11 @@ def _backward_row(g, y, out, log):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True)
-def _xent_label_row(z, dz, scratch, lab, w, wall, eps, scale):  # pragma: no cover - compiled
+def _xent_label_row(z, dz, scratch, lab, w, wall, eps, scale, nz, nout):  # pragma: no cover
     e = _exps(dz, scratch)
     c = z.size
     m = _row_max(z)
-    s = _row_exp_sum(z, m, e)
+    s = _row_exp_sum(z, m, e, nz, nout)
     lse = math.log1p(s)
     ec, keep = eps / c, 1.0 - eps
     wy, ty = w[lab], np.float64(z[lab]) - np.float64(m)
@@ -448,11 +463,11 @@ def _xent_label_row(z, dz, scratch, lab, w, wall, eps, scale):  # pragma: no cov
 
 
 @nb.njit(cache=True)
-def _xent_prob_row(z, q, dz, scratch, w, eps, scale):  # pragma: no cover - compiled
+def _xent_prob_row(z, q, dz, scratch, w, eps, scale, nz, nout):  # pragma: no cover - compiled
     e = _exps(dz, scratch)
     c = z.size
     m = _row_max(z)
-    s = _row_exp_sum(z, m, e)
+    s = _row_exp_sum(z, m, e, nz, nout)
     ec, keep = eps / c, 1.0 - eps
     big_a, at = _prob_coeffs(z, q, w, np.float64(m), ec, keep)
     alpha = scale * big_a / (1.0 + s)
@@ -967,7 +982,8 @@ def _softmax_rows(z, out, log, t0, t1):  # pragma: no cover - compiled
     z2, o2 = z.reshape((outer, c)), out.reshape((outer, c))
     zf, ef = _row_scratch(z, c)  # not one row: the log pass rereads z after the exps
     for o in range(t0, t1):
-        _softmax_row(_widened(z2[o], zf), o2[o], ef, log)
+        nxt = o + 1 if o + 1 < t1 else o
+        _softmax_row(_widened(z2[o], zf), o2[o], ef, log, z2[nxt], o2[nxt])
 
 
 @nb.njit(**_OPTS)
@@ -1058,16 +1074,18 @@ def _xent_rows(z, q, y, w, wall, has_ign, ign, eps, scale, dz, loss, t0, t1):
     q2 = q.reshape((outer, c)) if probs else z2
     zf, ef = _row_scratch(z, c)  # not one row: the loss rereads z after the exps
     for o in range(t0, t1):
+        nxt = o + 1 if o + 1 < t1 else o
+        nz, nd = z2[nxt], d2[nxt]
         if probs:
             zr = _widened(z2[o], zf)
-            loss[o, 0] = _xent_prob_row(zr, q2[o], d2[o], ef, w, eps, scale)
+            loss[o, 0] = _xent_prob_row(zr, q2[o], d2[o], ef, w, eps, scale, nz, nd)
             continue
         lab = y[o, 0]
         if (has_ign and lab == ign) or lab < 0 or lab >= c:
             d2[o] = 0  # +0.0 in every format
         else:
             zr = _widened(z2[o], zf)
-            loss[o, 0] = _xent_label_row(zr, d2[o], ef, lab, w, wall, eps, scale)
+            loss[o, 0] = _xent_label_row(zr, d2[o], ef, lab, w, wall, eps, scale, nz, nd)
 
 
 @nb.njit(cache=True)
