@@ -236,3 +236,38 @@ def test_row_max_is_the_c_kernels(rng, dtype):
             assert np.array(got, dtype).tobytes() == np.array(want, dtype).tobytes(), (n, trial)
             if not np.isnan(z).any():
                 assert got == z.max()
+
+
+_FIRST_COMPILE = """
+import sys
+import numba
+import numpy as np
+import normax
+from normax import _softmax_numba as S
+
+if sys.argv[1] == "exp":  # the exponentials compiled first, on their own
+    S._poly32(np.float32(0.5))
+    numba.njit(lambda x: S._exp_any(x) + S._exp_neg(-x))(np.float32(0.5))
+normax.set_backend("numba")
+z = np.linspace(-30, 30, 5 * 999, dtype=np.float32).reshape(5, 999)
+sys.stdout.write(normax.softmax(z).tobytes().hex())
+"""
+
+
+def test_results_do_not_depend_on_what_compiled_first(tmp_path):
+    """Each process starts from an empty Numba cache: one compiles the kernels first, the other
+    compiles the exponentials on their own before. An exponential compiled inside a kernel once
+    took that kernel's fast-math flags, and the other process then got other bits."""
+    import os
+    import subprocess
+    import sys
+
+    out = {}
+    for first in ("kernel", "exp"):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / first))
+        run = subprocess.run(
+            [sys.executable, "-c", _FIRST_COMPILE, first], env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        out[first] = run.stdout
+    assert out["kernel"] == out["exp"]

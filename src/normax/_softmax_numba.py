@@ -18,10 +18,11 @@ float64, about 1 ulp), because libm's ``exp`` is a call per element that no loop
 Sums, the maximum's ties and everything after them follow the C kernels: ``s`` sums
 ``exp(z - max)`` in float64 over every entry but one maximum, so a class that dominates by 100
 keeps its exp(-100). Only the reduction helpers are compiled with ``fastmath={"reassoc"}``, and
-the loops around the exponential with ``"contract"`` (FMA, as the C kernel's AVX2 and AVX-512
-builds); no flag that assumes finite values or ignores signed zeros, so NaN propagates and the
-exponential's rounding trick holds. Float32 partial sums run in float32 over short chunks and are
-added in float64, as in the C kernel.
+the exponentials and the loops around them with ``"contract"`` (FMA, as the C kernel's AVX2 and
+AVX-512 builds); no flag that assumes finite values or ignores signed zeros, so NaN propagates
+and the exponential's rounding trick holds. The exponentials carry their flags themselves, so
+their bits do not depend on which kernel compiled them first (see ``_calling``). Float32
+partial sums run in float32 over short chunks and are added in float64, as in the C kernel.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ _LO32, _HI32 = np.float32(-104.0), np.float32(89.0)
 _LO64, _HI64 = -746.0, 710.0
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, fastmath=_CONTRACT)
 def _poly32(r):  # pragma: no cover - compiled
     """Taylor polynomial of exp to degree 7 (Horner; float32 constants keep float32 math)."""
     p = _P32[7] * r + _P32[6]
@@ -110,7 +111,7 @@ def _poly32(r):  # pragma: no cover - compiled
     return p * r + _P32[0]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, fastmath=_CONTRACT)
 def _poly64(r):  # pragma: no cover - compiled
     """Taylor polynomial of exp to degree 13."""
     p = _P64[13] * r + _P64[12]
@@ -128,7 +129,8 @@ def _poly64(r):  # pragma: no cover - compiled
     return p * r + _P64[0]
 
 
-def _exp_neg32(x):
+@nb.njit(cache=True, fastmath=_CONTRACT)
+def _exp_neg32(x):  # pragma: no cover - compiled
     kf = x * _L2E32 + _S32
     k = kf - _S32
     r = (x - k * _LN2HI32) - k * _LN2LO32
@@ -137,7 +139,8 @@ def _exp_neg32(x):
     return _ZERO32 if x < _TINY32 else _poly32(r) * scale
 
 
-def _exp_neg64(x):
+@nb.njit(cache=True, fastmath=_CONTRACT)
+def _exp_neg64(x):  # pragma: no cover - compiled
     kf = x * _L2E64 + _S64
     k = kf - _S64
     r = (x - k * _LN2HI64) - k * _LN2LO64
@@ -145,7 +148,8 @@ def _exp_neg64(x):
     return 0.0 if x < _TINY64 else _poly64(r) * scale
 
 
-def _exp_any32(x):
+@nb.njit(cache=True, fastmath=_CONTRACT)
+def _exp_any32(x):  # pragma: no cover - compiled
     x = _LO32 if x < _LO32 else x
     x = _HI32 if x > _HI32 else x
     kf = x * _L2E32 + _S32
@@ -159,7 +163,8 @@ def _exp_any32(x):
     return _poly32(r) * s1 * s2
 
 
-def _exp_any64(x):
+@nb.njit(cache=True, fastmath=_CONTRACT)
+def _exp_any64(x):  # pragma: no cover - compiled
     x = _LO64 if x < _LO64 else x
     x = _HI64 if x > _HI64 else x
     kf = x * _L2E64 + _S64
@@ -226,14 +231,23 @@ def _exps_impl(row, scratch):
     return lambda row, scratch: scratch
 
 
+def _calling(fn):
+    """An overload's implementation that only calls the compiled ``fn``. An overload's own
+    body is compiled once per process with the flags of its first caller, and so is a plain
+    njit function first compiled inside a caller's compilation; so the exponentials are
+    compiled functions with their own flags, called, and give the same bits whichever kernel
+    compiled (or cached) them first."""
+    return None if fn is None else (lambda x: fn(x))
+
+
 @overload(_exp_neg)
 def _exp_neg_impl(x):
-    return {float32: _exp_neg32, float64: _exp_neg64}.get(x)
+    return _calling({float32: _exp_neg32, float64: _exp_neg64}.get(x))
 
 
 @overload(_exp_any)
 def _exp_any_impl(x):
-    return {float32: _exp_any32, float64: _exp_any64}.get(x)
+    return _calling({float32: _exp_any32, float64: _exp_any64}.get(x))
 
 
 # ---- rows (inner == 1) ------------------------------------------------------------------------
