@@ -102,10 +102,16 @@ def test_ties_in_different_chunks_are_counted_exactly(dtype, axis):
     np.testing.assert_allclose(lpt, -np.log(5.0), rtol=np.finfo(dtype).eps)
 
 
-# Classes-first blocks of more classes than 16 columns fit the L2 budget (8192 float32 or 4096
-# float64 classes; float32 tiles for the half dtypes) are streamed: 256 columns a block, every
-# class row read from memory in every pass (300 columns: 256 + 44).
-STREAMED = [(np.float32, 8192), (np.float32, 8193), (np.float64, 4097), (np.float16, 8193)]
+# Classes-first blocks are streamed when fewer columns than a kernel's minimum fit the L2 budget
+# (float32 tiles for the half dtypes): 256 columns a block, every class row read from memory in
+# every pass (300 columns: 256 + 44). The minimum is 64 columns for softmax and log-softmax
+# (more than 2048 float32 / 1024 float64 classes stream), 128 for the backwards (1024 / 512)
+# and 16 for cross-entropy (8192 / 4096), as in the C kernels. Each list straddles its threshold.
+STREAMED = {
+    "forward": [(np.float32, 2048), (np.float32, 2049), (np.float64, 1025), (np.float16, 2049)],
+    "backward": [(np.float32, 1024), (np.float32, 1025), (np.float64, 513), (np.float16, 1025)],
+    "xent": [(np.float32, 8192), (np.float32, 8193), (np.float64, 4097), (np.float16, 8193)],
+}
 
 
 def _assert_streamed(fn, dtype, *arrays):
@@ -119,7 +125,7 @@ def _assert_streamed(fn, dtype, *arrays):
         np.testing.assert_array_equal(got, wide.astype(dtype))
 
 
-@pytest.mark.parametrize(("dtype", "c"), STREAMED)
+@pytest.mark.parametrize(("dtype", "c"), STREAMED["forward"])
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_streamed_blocks_match_the_reference(rng, dtype, c, log):
     """A tie in column 5 and a NaN in column 3."""
@@ -130,7 +136,7 @@ def test_streamed_blocks_match_the_reference(rng, dtype, c, log):
     _assert_streamed(lambda x: fwd(x, axis=0), dtype, z)
 
 
-@pytest.mark.parametrize(("dtype", "c"), STREAMED)
+@pytest.mark.parametrize(("dtype", "c"), STREAMED["backward"])
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_backward_of_streamed_blocks_matches_the_reference(rng, dtype, c, log):
     z = (rng.standard_normal((c, 300)) * 3.0).astype(dtype)
@@ -139,7 +145,7 @@ def test_backward_of_streamed_blocks_matches_the_reference(rng, dtype, c, log):
     _assert_streamed(lambda a, b: bwd(a, b, axis=0), dtype, g, fwd(z, axis=0))
 
 
-@pytest.mark.parametrize(("dtype", "c"), STREAMED)
+@pytest.mark.parametrize(("dtype", "c"), STREAMED["xent"])
 @pytest.mark.parametrize(
     "opts",
     [{}, {"ignore_index": 2}, {"label_smoothing": 0.1, "weight": True, "ignore_index": 2},

@@ -3,14 +3,16 @@
 Plain loops over the (outer, classes, inner) view with explicit signatures, shaped like the C
 kernels so that LLVM vectorizes them:
 
-* ``inner == 1``: each example is a contiguous row. The maximum keeps eight lanes; the
+* ``inner == 1``: each example is a contiguous row. The maximum keeps vector lanes; the
   exponentials run along the row.
 * ``inner > 1``: a block of neighbouring columns is packed into a small (classes, B) buffer that
   stays in the L2 cache, and every pass walks the class axis with one running value per column,
-  so the loads are contiguous and vectorize across the columns. When even 16 columns would
-  overflow that budget (more than 8192 float32 classes), the blocks are 256 columns wide and
-  streamed: every pass reads the class rows from memory again, fetched ahead, and the last
-  recomputes the exponentials, with the packed blocks' arithmetic per column.
+  so the loads are contiguous and vectorize across the columns. When fewer columns than a
+  kernel's minimum fit that budget (_STREAM_MIN_*: 64 for softmax and log-softmax, more than
+  2048 float32 classes; 128 for the backwards, 1024; 16 for cross-entropy, 8192), the blocks
+  are 256 columns wide and streamed: every pass reads the class rows from memory again, fetched
+  ahead, and the last recomputes the exponentials, with the packed blocks' arithmetic per
+  column.
 
 The exponential of the max-shifted logits is the C kernel's: a branch-free range reduction
 ``exp(x) = 2^k exp(r)`` with a Taylor polynomial, in the input dtype (degree 7 in float32, 13 in
@@ -676,19 +678,25 @@ def _stream_softmax(zo, oo, i0, nbk, m, s, ties, part, cnt, log):  # pragma: no 
                 orow[i] = store(orow, _exp_neg(load(zr[i]) - mx[i]) * fin[i])
 
 
-@nb.njit(cache=True)
-def _streams(c, itemsize):  # pragma: no cover - compiled
-    """Whether blocks of c classes are streamed: even 16 columns overflow the L2 budget, so
-    every pass reads the block from memory (the C kernel's nmx_block_streams)."""
-    return _BLOCK_BYTES // (c * itemsize) < 16
+# The fewest columns a kernel packs into a block (the C kernel's NMX_STREAM_MIN*): with fewer,
+# each class row of a packed block is a short run of bytes `inner` apart, and reading the
+# block from memory again in wide streamed blocks is faster. Cross-entropy keeps 16: its reduced
+# loss is summed block by block, so its threshold fixes that sum's rounding.
+_STREAM_MIN_XENT, _STREAM_MIN_FWD, _STREAM_MIN_BWD = 16, 64, 128
 
 
 @nb.njit(cache=True)
-def _stream_cols(c, inner, itemsize):  # pragma: no cover - compiled
-    """Columns per block of the softmax and backward drivers: _block_cols', or for streamed
-    blocks the widest, for long contiguous runs per class row (the C kernel's streamed
-    blocks)."""
-    if _streams(c, itemsize):
+def _streams(c, itemsize, least):  # pragma: no cover - compiled
+    """Whether blocks of c classes are streamed: fewer than `least` columns fit the L2 budget,
+    so every pass reads the block from memory (the C kernel's nmx_block_streams)."""
+    return _BLOCK_BYTES // (c * itemsize) < least
+
+
+@nb.njit(cache=True)
+def _stream_cols(c, inner, itemsize, least):  # pragma: no cover - compiled
+    """Columns per block of the drivers: _block_cols', or for streamed blocks the widest, for
+    long contiguous runs per class row (the C kernel's streamed blocks)."""
+    if _streams(c, itemsize, least):
         return min(256, inner)
     return _block_cols(c, inner, itemsize)
 
@@ -957,13 +965,14 @@ def _stream_xent(zo, qo, yo, w, eps, scale, do, i0, nbk, work, lo):  # pragma: n
 
 
 @nb.njit(cache=True)
-def _tasks(outer, c, inner, itemsize, chunks):  # pragma: no cover - compiled
+def _tasks(outer, c, inner, itemsize, chunks, least):  # pragma: no cover - compiled
     """(columns per block, blocks per example row, chunks, streamed): the work of a call is
     outer * blocks tasks (rows when inner == 1), dealt out in at most `chunks` chunks of
-    neighbouring tasks; blocks of _stream_cols' width, and whether they are streamed."""
-    cols = 1 if inner == 1 else _stream_cols(c, inner, itemsize)
+    neighbouring tasks; blocks of _stream_cols' width, and whether they are streamed (below
+    `least` packed columns, the kernel's _STREAM_MIN_*)."""
+    cols = 1 if inner == 1 else _stream_cols(c, inner, itemsize, least)
     nblk = (inner + cols - 1) // cols
-    stream = inner > 1 and _streams(c, itemsize)
+    stream = inner > 1 and _streams(c, itemsize, least)
     return cols, nblk, max(1, min(outer * nblk, chunks)), stream
 
 
@@ -1003,7 +1012,7 @@ def _softmax_rows(z, out, log, t0, t1):  # pragma: no cover - compiled
 @nb.njit(**_OPTS)
 def _forward(z, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = z.shape
-    cols, nblk, chunks, stream = _tasks(outer, c, inner, z.itemsize, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, z.itemsize, chunks, _STREAM_MIN_FWD)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -1034,7 +1043,7 @@ def _backward_rows(g, y, out, log, t0, t1):  # pragma: no cover - compiled
 @nb.njit(**_OPTS)
 def _backward(g, y, out, log, chunks):  # pragma: no cover - compiled
     outer, c, inner = g.shape
-    cols, nblk, chunks, stream = _tasks(outer, c, inner, g.itemsize, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, g.itemsize, chunks, _STREAM_MIN_BWD)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -1063,7 +1072,7 @@ def _xent_run(z, q, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no c
     y has no rows."""
     outer, c, inner = z.shape
     loss, wall = _xent_setup(outer, inner, w)
-    cols, nblk, chunks, stream = _tasks(outer, c, inner, z.itemsize, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, z.itemsize, chunks, _STREAM_MIN_XENT)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -1273,7 +1282,7 @@ def _narrow_cols(zb, oo, i0, nbk):  # pragma: no cover - compiled
 def _forward_h(z, out, log, chunks):  # pragma: no cover - compiled
     """_forward for 16-bit views, through float32 tiles (the float32 path's block width)."""
     outer, c, inner = z.shape
-    cols, nblk, chunks, stream = _tasks(outer, c, inner, 4, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, 4, chunks, _STREAM_MIN_FWD)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -1327,7 +1336,7 @@ def _backward_h(g, y, out, log, chunks):  # pragma: no cover - compiled
     scalar fallbacks, which are slower and may pick a different NaN's payload when two NaNs
     meet."""
     outer, c, inner = g.shape
-    cols, nblk, chunks, stream = _tasks(outer, c, inner, 4, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, 4, chunks, _STREAM_MIN_BWD)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
@@ -1402,7 +1411,7 @@ def _xent_run_h(z, q, y, w, has_ign, ign, eps, scale, dz, chunks):  # pragma: no
     """_xent_run for 16-bit views (the float32 path's block width)."""
     outer, c, inner = z.shape
     loss, wall = _xent_setup(outer, inner, w)
-    cols, nblk, chunks, stream = _tasks(outer, c, inner, 4, chunks)
+    cols, nblk, chunks, stream = _tasks(outer, c, inner, 4, chunks, _STREAM_MIN_XENT)
     ntasks = outer * nblk
     for ch in prange(chunks):
         t0, t1 = ntasks * ch // chunks, ntasks * (ch + 1) // chunks
