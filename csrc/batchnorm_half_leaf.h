@@ -15,6 +15,7 @@
 #define HCAT2(a, b) a##_##b
 #define HCAT(a, b) HCAT2(a, b)
 #define HFN(name) HCAT(name, HSUF)
+#define HSTRIP ((nmx_index)(64 / sizeof(uint16_t))) /* channels of a strip: one line */
 
 /* stats_rows over `rows` rows of n channels, rows xs elements apart. */
 NMX_CLONES static void HFN(stats_rows)(const uint16_t *restrict x, nmx_index xs, nmx_index rows,
@@ -56,11 +57,22 @@ NMX_CLONES static void HFN(affine_rows)(const uint16_t *restrict x, nmx_index xs
                                         uint16_t *restrict y, nmx_index ys, nmx_index rows,
                                         nmx_index n, const float *restrict mh,
                                         const float *restrict ml, const float *restrict sc,
-                                        const float *restrict sh) {
+                                        const float *restrict sh, int strips) {
+    nmx_index c0 = 0;
+    if ((strips & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t))) /* as the float32 affine_rows */
+        for (; c0 + HSTRIP <= n; c0 += HSTRIP)
+            for (nmx_index r = 0; r < rows; r++) {
+                const uint16_t *xr = x + r * xs;
+                uint16_t *yr = y + r * ys;
+                for (nmx_index c = c0; c < c0 + HSTRIP; c++) {
+                    float v = ((HLD(xr[c]) - mh[c]) - ml[c]) * sc[c] + sh[c];
+                    yr[c] = HST(v);
+                }
+            }
     for (nmx_index r = 0; r < rows; r++) {
         const uint16_t *xr = x + r * xs;
         uint16_t *yr = y + r * ys;
-        for (nmx_index c = 0; c < n; c++) {
+        for (nmx_index c = c0; c < n; c++) {
             float v = ((HLD(xr[c]) - mh[c]) - ml[c]) * sc[c] + sh[c];
             yr[c] = HST(v);
         }
@@ -120,13 +132,24 @@ NMX_CLONES static void HFN(grad_run)(const uint16_t *restrict dy, const uint16_t
 NMX_CLONES static void HFN(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x,
                                     nmx_index xs, uint16_t *restrict dx, nmx_index ys,
                                     nmx_index rows, nmx_index n, const float *restrict k,
-                                    nmx_index C) {
+                                    nmx_index C, int strips) {
     const float *restrict mh = k, *restrict ml = k + C, *restrict gm = k + 2 * C;
     const float *restrict ga = k + 3 * C, *restrict gb = k + 4 * C;
+    nmx_index c0 = 0;
+    if ((strips & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t))) /* as affine_rows */
+        for (; c0 + HSTRIP <= n; c0 += HSTRIP)
+            for (nmx_index r = 0; r < rows; r++) {
+                const uint16_t *g = dy + r * xs, *xr = x + r * xs;
+                uint16_t *o = dx + r * ys;
+                for (nmx_index c = c0; c < c0 + HSTRIP; c++) {
+                    float v = (HLD(g[c]) - gm[c]) * ga[c] + ((HLD(xr[c]) - mh[c]) - ml[c]) * gb[c];
+                    o[c] = HST(v);
+                }
+            }
     for (nmx_index r = 0; r < rows; r++) {
         const uint16_t *g = dy + r * xs, *xr = x + r * xs;
         uint16_t *o = dx + r * ys;
-        for (nmx_index c = 0; c < n; c++) {
+        for (nmx_index c = c0; c < n; c++) {
             float v = (HLD(g[c]) - gm[c]) * ga[c] + ((HLD(xr[c]) - mh[c]) - ml[c]) * gb[c];
             o[c] = HST(v);
         }
@@ -142,6 +165,7 @@ NMX_CLONES static void HFN(dx_run)(const uint16_t *restrict dy, const uint16_t *
     }
 }
 
+#undef HSTRIP
 #undef HFN
 #undef HCAT
 #undef HCAT2

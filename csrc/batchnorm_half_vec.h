@@ -6,7 +6,10 @@
  *   HVW          float32 lanes per vector (one register: 16, or 8 for AVX); doubles are HVW / 2
  *   HVF, HVD     the GNU vector types of HVW floats and of HVW / 2 doubles
  *   HV_LOAD      HV_LOAD(p, v): HVW halves at p, widened exactly into *v
- *   HV_STORE     HV_STORE(p, v): *v rounded to HVW halves at p (nearest even)
+ *   HV_ROUND     HV_ROUND(v): *v rounded to HVW halves (nearest even), packed in an integer
+ *                vector
+ *   HV_PUT       HV_PUT(p, q): the packed halves q stored at p
+ *   HV_PUT_NT    HV_PUT_NT(p, q): the same with a non-temporal store (p aligned to their size)
  *   HV_LOADD     HV_LOADD(p, d): HVW / 2 halves at p, widened exactly into the doubles *d
  *   HV_LD1       HV_LD1(h): one half, widened exactly to float
  *   HV_WIDE      HV_WIDE(v, d): the lanes of *v widened into the doubles d[0] (low), d[1]
@@ -28,8 +31,13 @@
 #define HV(name) HVCAT(name, HVSUF)
 #define HVI static inline __attribute__((always_inline, target(HVT)))
 #define HVF_FN static __attribute__((target(HVT)))
+#define HV_STORE(p, v) HV_PUT(p, HV_ROUND(v))
 
 /* ---- lanes: HVW values in and out, m < HVW of them through a zero-padded copy ------------ */
+
+/* A strip of the row loops: one 64-byte line of halves, HV_SV vectors. */
+#define HV_STRIP ((nmx_index)(64 / sizeof(uint16_t)))
+#define HV_SV (64 / (int)sizeof(uint16_t) / HVW)
 
 HVI void HV(ld)(const uint16_t *p, int m, HVF *v) {
     if (m == HVW) {
@@ -59,6 +67,14 @@ HVI void HV(lf)(const float *p, int m, HVF *v) {
     float b[HVW] = {0};
     memcpy(b, p, sizeof(float) * (size_t)m);
     memcpy(v, b, sizeof b);
+}
+
+/* A vector of the row loops stored at p: non-temporally in the modes with NMX_HNT. */
+HVI void HV(put)(uint16_t *p, const HVF *v, int mode) {
+    if (mode & NMX_HNT)
+        HV_PUT_NT(p, HV_ROUND(v));
+    else
+        HV_STORE(p, v);
 }
 
 /* f in every lane (an exact broadcast: 0 + f would turn -0 into +0). */
@@ -221,7 +237,7 @@ HVF_FN void HV(stats_run)(const uint16_t *restrict x, nmx_index n, double p,
 /* ---- y = ((x - mh) - ml) * sc + sh -------------------------------------------------------- */
 
 HVI void HV(affine)(const uint16_t *x, uint16_t *y, int m, const float *mh, const float *ml,
-                    const float *sc, const float *sh) {
+                    const float *sc, const float *sh, int mode) {
     HVF xv, h, l, s, t;
     HV(ld)(x, m, &xv);
     HV(lf)(mh, m, &h);
@@ -229,21 +245,46 @@ HVI void HV(affine)(const uint16_t *x, uint16_t *y, int m, const float *mh, cons
     HV(lf)(sc, m, &s);
     HV(lf)(sh, m, &t);
     HVF v = ((xv - h) - l) * s + t;
-    HV(st)(y, m, &v);
+    if (m == HVW)
+        HV(put)(y, &v, mode);
+    else
+        HV(st)(y, m, &v);
 }
 
 HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *restrict y,
                             nmx_index ys, nmx_index rows, nmx_index n, const float *restrict mh,
                             const float *restrict ml, const float *restrict sc,
-                            const float *restrict sh) {
-    nmx_index nv = n - n % HVW;
+                            const float *restrict sh, int strips) {
+    nmx_index c0 = 0;
+    /* By strips of one line of halves down every row, the strip's constants in registers (the
+     * float32 affine_rows' strips). */
+    if ((strips & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t)))
+        for (; c0 + HV_STRIP <= n; c0 += HV_STRIP) {
+            HVF h[HV_SV], l[HV_SV], s[HV_SV], t[HV_SV];
+            for (int j = 0; j < HV_SV; j++) {
+                nmx_index c = c0 + j * HVW;
+                HV(lf)(mh + c, HVW, &h[j]);
+                HV(lf)(ml + c, HVW, &l[j]);
+                HV(lf)(sc + c, HVW, &s[j]);
+                HV(lf)(sh + c, HVW, &t[j]);
+            }
+            for (nmx_index r = 0; r < rows; r++)
+                for (int j = 0; j < HV_SV; j++) {
+                    nmx_index o = c0 + j * HVW;
+                    HVF xv;
+                    HV_LOAD(x + r * xs + o, &xv);
+                    HVF v = ((xv - h[j]) - l[j]) * s[j] + t[j];
+                    HV(put)(y + r * ys + o, &v, strips);
+                }
+        }
+    nmx_index nv = c0 + (n - c0) / HVW * HVW;
     int m = (int)(n - nv);
     for (nmx_index r = 0; r < rows; r++) {
         const uint16_t *xr = x + r * xs;
         uint16_t *yr = y + r * ys;
-        for (nmx_index c = 0; c < nv; c += HVW)
-            HV(affine)(xr + c, yr + c, HVW, mh + c, ml + c, sc + c, sh + c);
-        if (m) HV(affine)(xr + nv, yr + nv, m, mh + nv, ml + nv, sc + nv, sh + nv);
+        for (nmx_index c = c0; c < nv; c += HVW)
+            HV(affine)(xr + c, yr + c, HVW, mh + c, ml + c, sc + c, sh + c, strips);
+        if (m) HV(affine)(xr + nv, yr + nv, m, mh + nv, ml + nv, sc + nv, sh + nv, strips);
     }
 }
 
@@ -366,7 +407,7 @@ HVF_FN void HV(grad_run)(const uint16_t *restrict dy, const uint16_t *restrict x
 /* ---- dx = (dy - gm) * ga + ((x - mh) - ml) * gb ------------------------------------------- */
 
 HVI void HV(dx)(const uint16_t *g, const uint16_t *x, uint16_t *o, int m, const float *k,
-                nmx_index C) {
+                nmx_index C, int mode) {
     HVF gv, xv, mh, ml, gm, ga, gb;
     HV(ld)(g, m, &gv);
     HV(ld)(x, m, &xv);
@@ -376,19 +417,46 @@ HVI void HV(dx)(const uint16_t *g, const uint16_t *x, uint16_t *o, int m, const 
     HV(lf)(k + 3 * C, m, &ga);
     HV(lf)(k + 4 * C, m, &gb);
     HVF v = (gv - gm) * ga + ((xv - mh) - ml) * gb;
-    HV(st)(o, m, &v);
+    if (m == HVW)
+        HV(put)(o, &v, mode);
+    else
+        HV(st)(o, m, &v);
 }
 
 HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x, nmx_index xs,
                         uint16_t *restrict dx, nmx_index ys, nmx_index rows, nmx_index n,
-                        const float *restrict k, nmx_index C) {
-    nmx_index nv = n - n % HVW;
+                        const float *restrict k, nmx_index C, int strips) {
+    nmx_index c0 = 0;
+    /* By strips, as affine_rows (the float32 dx_strips). */
+    if ((strips & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t)))
+        for (; c0 + HV_STRIP <= n; c0 += HV_STRIP) {
+            HVF mh[HV_SV], ml[HV_SV], gm[HV_SV], ga[HV_SV], gb[HV_SV];
+            for (int j = 0; j < HV_SV; j++) {
+                nmx_index c = c0 + j * HVW;
+                HV(lf)(k + c, HVW, &mh[j]);
+                HV(lf)(k + C + c, HVW, &ml[j]);
+                HV(lf)(k + 2 * C + c, HVW, &gm[j]);
+                HV(lf)(k + 3 * C + c, HVW, &ga[j]);
+                HV(lf)(k + 4 * C + c, HVW, &gb[j]);
+            }
+            for (nmx_index r = 0; r < rows; r++)
+                for (int j = 0; j < HV_SV; j++) {
+                    nmx_index o = c0 + j * HVW;
+                    HVF gv, xv;
+                    HV_LOAD(dy + r * xs + o, &gv);
+                    HV_LOAD(x + r * xs + o, &xv);
+                    HVF v = (gv - gm[j]) * ga[j] + ((xv - mh[j]) - ml[j]) * gb[j];
+                    HV(put)(dx + r * ys + o, &v, strips);
+                }
+        }
+    nmx_index nv = c0 + (n - c0) / HVW * HVW;
     int m = (int)(n - nv);
     for (nmx_index r = 0; r < rows; r++) {
         const uint16_t *g = dy + r * xs, *xr = x + r * xs;
         uint16_t *o = dx + r * ys;
-        for (nmx_index c = 0; c < nv; c += HVW) HV(dx)(g + c, xr + c, o + c, HVW, k + c, C);
-        if (m) HV(dx)(g + nv, xr + nv, o + nv, m, k + nv, C);
+        for (nmx_index c = c0; c < nv; c += HVW)
+            HV(dx)(g + c, xr + c, o + c, HVW, k + c, C, strips);
+        if (m) HV(dx)(g + nv, xr + nv, o + nv, m, k + nv, C, strips);
     }
 }
 
@@ -417,10 +485,13 @@ HVF_FN void HV(dx_run)(const uint16_t *restrict dy, const uint16_t *restrict x,
 /* The eight loops, for the drivers of batchnorm_half.h. */
 static const nmx_bn_hleaves HV(nmx_bn_leaves) = {
     HV(stats_rows), HV(stats_run), HV(affine_rows), HV(affine_run),
-    HV(grad_rows),  HV(grad_run),  HV(dx_rows),     HV(dx_run),
+    HV(grad_rows),  HV(grad_run),  HV(dx_rows),     HV(dx_run), 1,
 };
 
 #undef HV_RUN_LANES
+#undef HV_STRIP
+#undef HV_STORE
+#undef HV_SV
 #undef HVF_FN
 #undef HVI
 #undef HV

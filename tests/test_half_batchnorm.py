@@ -164,6 +164,30 @@ def test_out_and_noncontiguous_input(backend, dtype, rng):
     np.testing.assert_allclose(dx.astype(np.float64), 0.0, atol=2e-2)  # constant dy: no gradient
 
 
+@pytest.mark.parametrize("shape", [(4100, 2048), (8200, 1024)], ids=["wide", "rows"])
+@pytest.mark.parametrize("offset", [2, 32])
+@pytest.mark.parametrize("dtype", HALF)
+def test_out_off_the_line_boundary_gives_the_same_bits(backend, dtype, offset, shape, rng):
+    """Streamed rows (over half the kernels' 32 MiB cache budget) on whole lines go straight to a
+    line-aligned output; an `out` starting `offset` bytes past a line takes the buffered path,
+    with the same bits."""
+    x, gamma, beta = _make(shape, 1, dtype, rng)
+    dy = rng.standard_normal(shape).astype(dtype)
+    size = x.size * x.itemsize
+    raw = np.empty(size + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    out = raw[start : start + size].view(dtype).reshape(shape)
+    y, cache = normax.batch_norm_train(x, gamma, beta)
+    yo, _ = normax.batch_norm_train(x, gamma, beta, out=out)
+    np.testing.assert_array_equal(_half_bits(yo, dtype), _half_bits(y, dtype), "y")
+    yi = normax.batch_norm_infer(x, gamma, beta, cache.mean, 1 / cache.invstd**2)
+    yio = normax.batch_norm_infer(x, gamma, beta, cache.mean, 1 / cache.invstd**2, out=out)
+    np.testing.assert_array_equal(_half_bits(yio, dtype), _half_bits(yi, dtype), "infer y")
+    dx = normax.batch_norm_backward(dy, cache)[0]
+    dxo = normax.batch_norm_backward(dy, cache, out=out)[0]
+    np.testing.assert_array_equal(_half_bits(dxo, dtype), _half_bits(dx, dtype), "dx")
+
+
 @pytest.mark.parametrize("dtype", HALF)
 def test_parameters_in_any_float_type_become_float32(backend, dtype, rng):
     """gamma and beta in half, float32 or float64 give the same result; inference statistics
@@ -523,6 +547,15 @@ EXACT_CASES = [
     ((5, 9, 1000), 1),
     ((6, 4, 7, 3), -1),
     ((5, 1000), 0),
+    # wide rows with the output streamed (over half the kernels' 32 MiB cache budget): rows on
+    # whole lines, written by strips with non-temporal stores (the last tile one strip wide, a
+    # leftover row), and rows that are not, through a buffer
+    ((4100, 2048), 1),
+    ((4099, 2080), 1),
+    ((4097, 2100), 1),
+    # rows that are not wide, streamed: on whole lines, stored non-temporally, or not
+    ((32, 64, 64, 64), -1),
+    ((8500, 1000), 1),
 ]
 
 

@@ -507,8 +507,12 @@ static void bn_half_specials(int kind, uint16_t *h, nmx_index outer, nmx_index C
 static void test_batchnorm_half_bits(int kind, const char *name, nmx_index outer, nmx_index C,
                                      nmx_index inner) {
     nmx_index n = outer * C * inner;
-    uint16_t *x = malloc(2 * n), *dy = malloc(2 * n), *y = malloc(2 * n), *dx = malloc(2 * n);
-    uint16_t *yi = malloc(2 * n), *tmp = malloc(2 * n);
+    /* the outputs on whole lines, as normax allocates them: streamed wide rows are then written
+     * by strips with non-temporal stores */
+    size_t lines = ((size_t)n * 2 + 63) / 64 * 64;
+    uint16_t *x = malloc(2 * n), *dy = malloc(2 * n), *tmp = malloc(2 * n);
+    uint16_t *y = aligned_alloc(64, lines), *dx = aligned_alloc(64, lines);
+    uint16_t *yi = aligned_alloc(64, lines);
     float *xf = malloc(sizeof(float) * n), *dyf = malloc(sizeof(float) * n);
     float *yf = malloc(sizeof(float) * n), *yif = malloc(sizeof(float) * n);
     float *dxf = malloc(sizeof(float) * n);
@@ -719,6 +723,9 @@ int main(void) {
             test_batchnorm_half_bits(kind, name, 3, 5, runs[i]);
         test_batchnorm_half_bits(kind, name, 4100, 17, 1); /* the parallel path: rows */
         test_batchnorm_half_bits(kind, name, 515, 1100, 1); /* and wide rows, by tiles */
+        /* wide rows streamed (over half a 32 MiB cache): non-temporal strips, a leftover row */
+        test_batchnorm_half_bits(kind, name, 2053, 4096, 1);
+        test_batchnorm_half_bits(kind, name, 131075, 64, 1); /* and narrow rows */
         test_batchnorm_half_bits(kind, name, 12, 4, 1000); /* and runs */
         test_batchnorm_half_bits(kind, name, 16, 48, 49);
 #else
