@@ -11,11 +11,13 @@
  *   - float16 without F16C: each pass converts tiles of at most
  *     NMX_HALF_TILE elements with nmx_half_to_float into stack buffers and runs the float32 leaf
  *     loops on them;
- *   - the output pass computes pieces of at most NMX_HALF_TILE elements, written into the output
- *     or, for outputs larger than the cache, into a small buffer streamed out with non-temporal
- *     stores in the float32 kernel's block order; wide rows go by tiles, which the vector loops
- *     write into the output themselves, by strips of one line down the tile's rows, with
- *     non-temporal stores when streamed (bn_out_tiles_h);
+ *   - the output pass computes pieces of at most NMX_HALF_TILE elements (wide rows: tiles) in
+ *     the float32 kernel's block order. The vector loops write them into the output themselves;
+ *     where the output is larger than the cache (streamed), with non-temporal stores of whole
+ *     lines: of rows that start on a line and hold whole lines, and of the whole lines of each
+ *     run (its ends with ordinary stores). Elsewhere (the float16 tiles, the scalar bfloat16
+ *     loops, rows off the lines) a piece is rounded into a buffer and copied out, non-temporally
+ *     when streamed;
  *   - sums and statistics are the float32 kernel's (double accumulation, shifted by a pivot);
  *     gamma, beta, the running statistics, dgamma and dbeta are float32 (PyTorch's mixed rule);
  *   - threads split the work exactly as in the float32 kernel, and the scratch memory is the
@@ -25,7 +27,8 @@
 /* How the row loops (affine_rows, dx_rows) go through their rows: row by row, or by strips of
  * one line of halves down every row (NMX_HSTRIPS: a small batch, nmx_strips, as the float32
  * loops' strips); and with ordinary or non-temporal stores (NMX_HNT: the vector loops only,
- * nmx_bn_hleaves.nt, where every row of the output starts on a line and holds whole lines). */
+ * nmx_bn_hleaves.nt, where every row of the output starts on a line and holds whole lines; the
+ * run loops, affine_run and dx_run, take it too, and store each run's whole lines so). */
 enum { NMX_HROWS = 0, NMX_HSTRIPS = 1, NMX_HNT = 2, NMX_HSTRIPS_NT = 3 };
 
 /* The eight fused leaf loops of one storage format and instruction set (signatures as in
@@ -37,14 +40,14 @@ typedef struct {
     void (*stats_run)(const uint16_t *, nmx_index, double, double *, double *);
     void (*affine_rows)(const uint16_t *, nmx_index, uint16_t *, nmx_index, nmx_index, nmx_index,
                         const float *, const float *, const float *, const float *, int);
-    void (*affine_run)(const uint16_t *, uint16_t *, nmx_index, float, float, float, float);
+    void (*affine_run)(const uint16_t *, uint16_t *, nmx_index, float, float, float, float, int);
     void (*grad_rows)(const uint16_t *, const uint16_t *, nmx_index, nmx_index, nmx_index,
                       const float *, const float *, const double *, double *, double *);
     void (*grad_run)(const uint16_t *, const uint16_t *, nmx_index, double, double *, double *);
     void (*dx_rows)(const uint16_t *, const uint16_t *, nmx_index, uint16_t *, nmx_index,
                     nmx_index, nmx_index, const float *, nmx_index, int);
     void (*dx_run)(const uint16_t *, const uint16_t *, uint16_t *, nmx_index, float, float, float,
-                   float, float);
+                   float, float, int);
     int nt;
 } nmx_bn_hleaves;
 
@@ -559,11 +562,16 @@ static void bn_gather_h(int kind, nmx_index c0, nmx_index c1, double *acc, int t
     }
 }
 
-/* Whether the vector loops for `kind` can store rows of C channels at out non-temporally: each
- * row starts on a line and holds whole lines. */
-static int bn_nt_rows(int kind, const uint16_t *out, nmx_index C) {
+/* Whether the loops for `kind` store into out non-temporally themselves: they are vector loops
+ * and out starts on a line (the runs then store each run's whole lines so). */
+static int bn_nt_out(int kind, const uint16_t *out) {
     const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
-    return L && L->nt && (uintptr_t)out % 64 == 0 && C * (nmx_index)sizeof(uint16_t) % 64 == 0;
+    return L && L->nt && (uintptr_t)out % 64 == 0;
+}
+
+/* The same for rows of C channels, which must each start on a line and hold whole lines. */
+static int bn_nt_rows(int kind, const uint16_t *out, nmx_index C) {
+    return bn_nt_out(kind, out) && C * (nmx_index)sizeof(uint16_t) % 64 == 0;
 }
 
 /* y (dy NULL) or dx of rows [r0, r1), channels [a, a + w) of rows of C, into o, rows ys apart,
@@ -599,9 +607,9 @@ static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t
         uint16_t *ou = o + (u - u0) * w;
         if (dy)
             L->dx_run(dy + off, x + off, ou, w, k[c], k[C + c], k[2 * C + c], k[3 * C + c],
-                      k[4 * C + c]);
+                      k[4 * C + c], strips);
         else
-            L->affine_run(x + off, ou, w, k[c], k[C + c], k[2 * C + c], k[3 * C + c]);
+            L->affine_run(x + off, ou, w, k[c], k[C + c], k[2 * C + c], k[3 * C + c], strips);
     }
 }
 
@@ -661,8 +669,9 @@ static void bn_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *
     nmx_index len = inner == 1 ? C : inner, w = nmx_min(len, NMX_HALF_TILE);
     nmx_index per = NMX_HALF_TILE / w, block = hi - lo, groups = NMX_HALF_BLOCK / (per * len);
     if (stream == NMX_STREAM_BACK) block = per * (groups > 0 ? groups : 1);
-    /* streamed rows on whole lines: the vector loops store them non-temporally themselves */
-    int nt = stream && inner == 1 && bn_nt_rows(kind, out, C);
+    /* streamed rows on whole lines, and streamed runs: the vector loops store them
+     * non-temporally themselves (a run's whole lines) */
+    int nt = stream && (inner == 1 ? bn_nt_rows(kind, out, C) : bn_nt_out(kind, out));
     uint16_t ht[NMX_HALF_TILE];
     for (nmx_index end = hi; end > lo;) {
         nmx_index start = end - lo > block ? end - block : lo;
@@ -699,13 +708,16 @@ static void bn_group_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint
                            nmx_index outer, nmx_index C, nmx_index inner, nmx_index c0,
                            nmx_index c1, const float *k) {
     nmx_index w = nmx_min(inner, NMX_HALF_TILE);
+    int nt = bn_nt_out(kind, out); /* as bn_out_h's runs */
     uint16_t ht[NMX_HALF_TILE];
     for (nmx_index c = c0; c < c1; c++)
         for (nmx_index u = c; u < outer * C; u += C)
             for (nmx_index a = 0; a < inner; a += w) {
                 nmx_index wa = nmx_min(w, inner - a);
-                bn_piece_h(kind, dy, x, ht, C, inner, u, u + 1, a, wa, k, 0, NMX_HROWS);
-                nmx_stream(out + u * inner + a, ht, sizeof(uint16_t) * (size_t)wa);
+                uint16_t *o = out + u * inner + a;
+                bn_piece_h(kind, dy, x, nt ? o : ht, C, inner, u, u + 1, a, wa, k, 0,
+                           nt ? NMX_HNT : NMX_HROWS);
+                if (!nt) nmx_stream(o, ht, sizeof(uint16_t) * (size_t)wa);
             }
     nmx_stream_fence();
 }

@@ -80,7 +80,9 @@ NMX_CLONES static void HFN(affine_rows)(const uint16_t *restrict x, nmx_index xs
 }
 
 NMX_CLONES static void HFN(affine_run)(const uint16_t *restrict x, uint16_t *restrict y,
-                                       nmx_index n, float mh, float ml, float sc, float sh) {
+                                       nmx_index n, float mh, float ml, float sc, float sh,
+                                       int mode) {
+    (void)mode; /* no non-temporal stores here (nmx_bn_hleaves.nt) */
     for (nmx_index i = 0; i < n; i++) {
         float v = ((HLD(x[i]) - mh) - ml) * sc + sh;
         y[i] = HST(v);
@@ -158,7 +160,8 @@ NMX_CLONES static void HFN(dx_rows)(const uint16_t *restrict dy, const uint16_t 
 
 NMX_CLONES static void HFN(dx_run)(const uint16_t *restrict dy, const uint16_t *restrict x,
                                    uint16_t *restrict dx, nmx_index n, float mh, float ml,
-                                   float gm, float ga, float gb) {
+                                   float gm, float ga, float gb, int mode) {
+    (void)mode;
     for (nmx_index i = 0; i < n; i++) {
         float v = (HLD(dy[i]) - gm) * ga + ((HLD(x[i]) - mh) - ml) * gb;
         dx[i] = HST(v);

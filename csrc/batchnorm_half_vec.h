@@ -288,22 +288,45 @@ HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *
     }
 }
 
-HVF_FN void HV(affine_run)(const uint16_t *restrict x, uint16_t *restrict y, nmx_index n,
-                           float mh, float ml, float sc, float sh) {
-    const HVF h = HV(splat)(mh), l = HV(splat)(ml), s = HV(splat)(sc), t = HV(splat)(sh);
-    nmx_index i = 0;
-    for (; i + HVW <= n; i += HVW) {
+/* y[i] for i in [i0, i1), by whole vectors, then a partial one; with non-temporal stores if nt
+ * (then y + i0 is on a line and i1 - i0 whole lines). */
+HVI void HV(affine_span)(const uint16_t *x, uint16_t *y, nmx_index i0, nmx_index i1, HVF h,
+                         HVF l, HVF s, HVF t, int nt) {
+    nmx_index i = i0;
+    for (; i + HVW <= i1; i += HVW) {
         HVF xv;
         HV_LOAD(x + i, &xv);
         HVF v = ((xv - h) - l) * s + t;
-        HV_STORE(y + i, &v);
+        HV(put)(y + i, &v, nt ? NMX_HNT : NMX_HROWS);
     }
-    if (i < n) {
+    if (i < i1) {
         HVF xv;
-        HV(ld)(x + i, (int)(n - i), &xv);
+        HV(ld)(x + i, (int)(i1 - i), &xv);
         HVF v = ((xv - h) - l) * s + t;
-        HV(st)(y + i, (int)(n - i), &v);
+        HV(st)(y + i, (int)(i1 - i), &v);
     }
+}
+
+/* The part of a run of n halves at y to store non-temporally (NMX_HNT: y on an even address):
+ * [*i0, *i1), its whole lines. */
+HVI void HV(lines)(const uint16_t *y, nmx_index n, nmx_index *i0, nmx_index *i1) {
+    nmx_index head = (nmx_index)((64 - (uintptr_t)y % 64) % 64 / sizeof(uint16_t));
+    *i0 = head < n ? head : n;
+    *i1 = *i0 + (n - *i0) / HV_STRIP * HV_STRIP;
+}
+
+HVF_FN void HV(affine_run)(const uint16_t *restrict x, uint16_t *restrict y, nmx_index n,
+                           float mh, float ml, float sc, float sh, int mode) {
+    const HVF h = HV(splat)(mh), l = HV(splat)(ml), s = HV(splat)(sc), t = HV(splat)(sh);
+    if (!(mode & NMX_HNT)) {
+        HV(affine_span)(x, y, 0, n, h, l, s, t, 0);
+        return;
+    }
+    nmx_index i0, i1;
+    HV(lines)(y, n, &i0, &i1);
+    HV(affine_span)(x, y, 0, i0, h, l, s, t, 0);
+    HV(affine_span)(x, y, i0, i1, h, l, s, t, 1);
+    HV(affine_span)(x, y, i1, n, h, l, s, t, 0);
 }
 
 /* ---- gradient sums ------------------------------------------------------------------------ */
@@ -460,26 +483,40 @@ HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x,
     }
 }
 
-HVF_FN void HV(dx_run)(const uint16_t *restrict dy, const uint16_t *restrict x,
-                       uint16_t *restrict dx, nmx_index n, float mh, float ml, float gm, float ga,
-                       float gb) {
-    const HVF h = HV(splat)(mh), l = HV(splat)(ml), gmv = HV(splat)(gm), gav = HV(splat)(ga);
-    const HVF gbv = HV(splat)(gb);
-    nmx_index i = 0;
-    for (; i + HVW <= n; i += HVW) {
+/* dx[i] for i in [i0, i1), as affine_span. */
+HVI void HV(dx_span)(const uint16_t *dy, const uint16_t *x, uint16_t *dx, nmx_index i0,
+                     nmx_index i1, HVF h, HVF l, HVF gmv, HVF gav, HVF gbv, int nt) {
+    nmx_index i = i0;
+    for (; i + HVW <= i1; i += HVW) {
         HVF gv, xv;
         HV_LOAD(dy + i, &gv);
         HV_LOAD(x + i, &xv);
         HVF v = (gv - gmv) * gav + ((xv - h) - l) * gbv;
-        HV_STORE(dx + i, &v);
+        HV(put)(dx + i, &v, nt ? NMX_HNT : NMX_HROWS);
     }
-    if (i < n) {
+    if (i < i1) {
         HVF gv, xv;
-        HV(ld)(dy + i, (int)(n - i), &gv);
-        HV(ld)(x + i, (int)(n - i), &xv);
+        HV(ld)(dy + i, (int)(i1 - i), &gv);
+        HV(ld)(x + i, (int)(i1 - i), &xv);
         HVF v = (gv - gmv) * gav + ((xv - h) - l) * gbv;
-        HV(st)(dx + i, (int)(n - i), &v);
+        HV(st)(dx + i, (int)(i1 - i), &v);
     }
+}
+
+HVF_FN void HV(dx_run)(const uint16_t *restrict dy, const uint16_t *restrict x,
+                       uint16_t *restrict dx, nmx_index n, float mh, float ml, float gm, float ga,
+                       float gb, int mode) {
+    const HVF h = HV(splat)(mh), l = HV(splat)(ml), gmv = HV(splat)(gm), gav = HV(splat)(ga);
+    const HVF gbv = HV(splat)(gb);
+    if (!(mode & NMX_HNT)) {
+        HV(dx_span)(dy, x, dx, 0, n, h, l, gmv, gav, gbv, 0);
+        return;
+    }
+    nmx_index i0, i1;
+    HV(lines)(dx, n, &i0, &i1);
+    HV(dx_span)(dy, x, dx, 0, i0, h, l, gmv, gav, gbv, 0);
+    HV(dx_span)(dy, x, dx, i0, i1, h, l, gmv, gav, gbv, 1);
+    HV(dx_span)(dy, x, dx, i1, n, h, l, gmv, gav, gbv, 0);
 }
 
 /* The eight loops, for the drivers of batchnorm_half.h. */

@@ -556,6 +556,9 @@ EXACT_CASES = [
     # rows that are not wide, streamed: on whole lines, stored non-temporally, or not
     ((32, 64, 64, 64), -1),
     ((8500, 1000), 1),
+    # runs streamed: whole lines of each run stored non-temporally, the ends as they fall
+    ((2049, 4, 1024), 1),
+    ((4101, 2, 1023), 1),
 ]
 
 

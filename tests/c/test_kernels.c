@@ -726,6 +726,7 @@ int main(void) {
         /* wide rows streamed (over half a 32 MiB cache): non-temporal strips, a leftover row */
         test_batchnorm_half_bits(kind, name, 2053, 4096, 1);
         test_batchnorm_half_bits(kind, name, 131075, 64, 1); /* and narrow rows */
+        test_batchnorm_half_bits(kind, name, 4101, 2, 1023); /* and runs (at most a tile) */
         test_batchnorm_half_bits(kind, name, 12, 4, 1000); /* and runs */
         test_batchnorm_half_bits(kind, name, 16, 48, 49);
 #else
