@@ -32,8 +32,8 @@
 enum { NMX_HROWS = 0, NMX_HSTRIPS = 1, NMX_HNT = 2, NMX_HSTRIPS_NT = 3 };
 
 /* The eight fused leaf loops of one storage format and instruction set (signatures as in
- * batchnorm_half_leaf.h), for the drivers below, and whether their strips can store
- * non-temporally. */
+ * batchnorm_half_leaf.h), for the drivers below, and whether they can store non-temporally
+ * (NMX_HNT). */
 typedef struct {
     void (*stats_rows)(const uint16_t *, nmx_index, nmx_index, nmx_index, const float *,
                        double *, double *);
@@ -575,7 +575,7 @@ static int bn_nt_rows(int kind, const uint16_t *out, nmx_index C) {
 }
 
 /* y (dy NULL) or dx of rows [r0, r1), channels [a, a + w) of rows of C, into o, rows ys apart,
- * by L's row loops in `mode` (NMX_HROWS, NMX_HSTRIPS or NMX_HSTRIPS_NT). */
+ * by L's row loops in `mode` (NMX_HROWS, NMX_HSTRIPS, NMX_HNT or NMX_HSTRIPS_NT). */
 static void bn_rows_h(const nmx_bn_hleaves *L, const uint16_t *dy, const uint16_t *x, uint16_t *o,
                       nmx_index ys, nmx_index C, nmx_index r0, nmx_index r1, nmx_index a,
                       nmx_index w, const float *k, int mode) {
@@ -589,17 +589,18 @@ static void bn_rows_h(const nmx_bn_hleaves *L, const uint16_t *dy, const uint16_
 
 /* y (dy NULL) or dx of units [u0, u1), elements [a, a + w) of each (a contiguous piece of the
  * output: whole units, or a slice of one), computed in float32 and rounded once into o; for
- * the float16 tiles, `ahead` elements after the piece are prefetched (bn_piece_tiles_h). */
+ * the float16 tiles, `ahead` elements after the piece are prefetched (bn_piece_tiles_h). `mode`
+ * is the row and run loops' (NMX_HROWS, ...; the tiles ignore it). */
 static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *o, nmx_index C,
                        nmx_index inner, nmx_index u0, nmx_index u1, nmx_index a, nmx_index w,
-                       const float *k, nmx_index ahead, int strips) {
+                       const float *k, nmx_index ahead, int mode) {
     const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
     if (!L) {
         bn_piece_tiles_h(kind, dy, x, o, C, inner, u0, u1, a, w, k, ahead);
         return;
     }
     if (inner == 1) {
-        bn_rows_h(L, dy, x, o, w, C, u0, u1, a, w, k, strips);
+        bn_rows_h(L, dy, x, o, w, C, u0, u1, a, w, k, mode);
         return;
     }
     for (nmx_index u = u0; u < u1; u++) {
@@ -607,9 +608,9 @@ static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t
         uint16_t *ou = o + (u - u0) * w;
         if (dy)
             L->dx_run(dy + off, x + off, ou, w, k[c], k[C + c], k[2 * C + c], k[3 * C + c],
-                      k[4 * C + c], strips);
+                      k[4 * C + c], mode);
         else
-            L->affine_run(x + off, ou, w, k[c], k[C + c], k[2 * C + c], k[3 * C + c], strips);
+            L->affine_run(x + off, ou, w, k[c], k[C + c], k[2 * C + c], k[3 * C + c], mode);
     }
 }
 

@@ -57,9 +57,10 @@ NMX_CLONES static void HFN(affine_rows)(const uint16_t *restrict x, nmx_index xs
                                         uint16_t *restrict y, nmx_index ys, nmx_index rows,
                                         nmx_index n, const float *restrict mh,
                                         const float *restrict ml, const float *restrict sc,
-                                        const float *restrict sh, int strips) {
+                                        const float *restrict sh, int mode) {
     nmx_index c0 = 0;
-    if ((strips & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t))) /* as the float32 affine_rows */
+    /* by strips, as the float32 affine_rows */
+    if ((mode & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t)))
         for (; c0 + HSTRIP <= n; c0 += HSTRIP)
             for (nmx_index r = 0; r < rows; r++) {
                 const uint16_t *xr = x + r * xs;
@@ -134,11 +135,12 @@ NMX_CLONES static void HFN(grad_run)(const uint16_t *restrict dy, const uint16_t
 NMX_CLONES static void HFN(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x,
                                     nmx_index xs, uint16_t *restrict dx, nmx_index ys,
                                     nmx_index rows, nmx_index n, const float *restrict k,
-                                    nmx_index C, int strips) {
+                                    nmx_index C, int mode) {
     const float *restrict mh = k, *restrict ml = k + C, *restrict gm = k + 2 * C;
     const float *restrict ga = k + 3 * C, *restrict gb = k + 4 * C;
     nmx_index c0 = 0;
-    if ((strips & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t))) /* as affine_rows */
+    /* by strips, as affine_rows */
+    if ((mode & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t)))
         for (; c0 + HSTRIP <= n; c0 += HSTRIP)
             for (nmx_index r = 0; r < rows; r++) {
                 const uint16_t *g = dy + r * xs, *xr = x + r * xs;

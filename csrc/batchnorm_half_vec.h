@@ -254,11 +254,11 @@ HVI void HV(affine)(const uint16_t *x, uint16_t *y, int m, const float *mh, cons
 HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *restrict y,
                             nmx_index ys, nmx_index rows, nmx_index n, const float *restrict mh,
                             const float *restrict ml, const float *restrict sc,
-                            const float *restrict sh, int strips) {
+                            const float *restrict sh, int mode) {
     nmx_index c0 = 0;
     /* By strips of one line of halves down every row, the strip's constants in registers (the
      * float32 affine_rows' strips). */
-    if ((strips & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t)))
+    if ((mode & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t)))
         for (; c0 + HV_STRIP <= n; c0 += HV_STRIP) {
             HVF h[HV_SV], l[HV_SV], s[HV_SV], t[HV_SV];
             for (int j = 0; j < HV_SV; j++) {
@@ -274,7 +274,7 @@ HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *
                     HVF xv;
                     HV_LOAD(x + r * xs + o, &xv);
                     HVF v = ((xv - h[j]) - l[j]) * s[j] + t[j];
-                    HV(put)(y + r * ys + o, &v, strips);
+                    HV(put)(y + r * ys + o, &v, mode);
                 }
         }
     nmx_index nv = c0 + (n - c0) / HVW * HVW;
@@ -283,8 +283,8 @@ HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *
         const uint16_t *xr = x + r * xs;
         uint16_t *yr = y + r * ys;
         for (nmx_index c = c0; c < nv; c += HVW)
-            HV(affine)(xr + c, yr + c, HVW, mh + c, ml + c, sc + c, sh + c, strips);
-        if (m) HV(affine)(xr + nv, yr + nv, m, mh + nv, ml + nv, sc + nv, sh + nv, strips);
+            HV(affine)(xr + c, yr + c, HVW, mh + c, ml + c, sc + c, sh + c, mode);
+        if (m) HV(affine)(xr + nv, yr + nv, m, mh + nv, ml + nv, sc + nv, sh + nv, mode);
     }
 }
 
@@ -448,10 +448,10 @@ HVI void HV(dx)(const uint16_t *g, const uint16_t *x, uint16_t *o, int m, const 
 
 HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x, nmx_index xs,
                         uint16_t *restrict dx, nmx_index ys, nmx_index rows, nmx_index n,
-                        const float *restrict k, nmx_index C, int strips) {
+                        const float *restrict k, nmx_index C, int mode) {
     nmx_index c0 = 0;
     /* By strips, as affine_rows (the float32 dx_strips). */
-    if ((strips & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t)))
+    if ((mode & NMX_HSTRIPS) && nmx_strips(rows, n, sizeof(uint16_t)))
         for (; c0 + HV_STRIP <= n; c0 += HV_STRIP) {
             HVF mh[HV_SV], ml[HV_SV], gm[HV_SV], ga[HV_SV], gb[HV_SV];
             for (int j = 0; j < HV_SV; j++) {
@@ -469,7 +469,7 @@ HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x,
                     HV_LOAD(dy + r * xs + o, &gv);
                     HV_LOAD(x + r * xs + o, &xv);
                     HVF v = (gv - gm[j]) * ga[j] + ((xv - mh[j]) - ml[j]) * gb[j];
-                    HV(put)(dx + r * ys + o, &v, strips);
+                    HV(put)(dx + r * ys + o, &v, mode);
                 }
         }
     nmx_index nv = c0 + (n - c0) / HVW * HVW;
@@ -478,8 +478,8 @@ HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x,
         const uint16_t *g = dy + r * xs, *xr = x + r * xs;
         uint16_t *o = dx + r * ys;
         for (nmx_index c = c0; c < nv; c += HVW)
-            HV(dx)(g + c, xr + c, o + c, HVW, k + c, C, strips);
-        if (m) HV(dx)(g + nv, xr + nv, o + nv, m, k + nv, C, strips);
+            HV(dx)(g + c, xr + c, o + c, HVW, k + c, C, mode);
+        if (m) HV(dx)(g + nv, xr + nv, o + nv, m, k + nv, C, mode);
     }
 }
 
