@@ -46,8 +46,22 @@ from ._numba_prefetch import prefetch_read, prefetch_write
 from ._softmax_numpy import finish
 
 # The drivers compile lazily, for the dtypes and kernels a program uses (all of them up front
-# took minutes on a busy 2-core machine), so the notice listens for as long as the module lives.
-_notice = CompileNotice("softmax", __name__)
+# took minutes on a busy 2-core machine), so the notice listens for as long as the module lives,
+# and each driver's compilation (10-25 s each on a 2-core machine) says its own line.
+_notice = CompileNotice(
+    "softmax",
+    __name__,
+    drivers={
+        "_forward": "softmax and log-softmax",
+        "_forward_h": "softmax and log-softmax",
+        "_backward": "softmax and log-softmax backward",
+        "_backward_h": "softmax and log-softmax backward",
+        "_xent_labels": "class-label cross-entropy",
+        "_xent_labels_h": "class-label cross-entropy",
+        "_xent_probs": "probability-target cross-entropy",
+        "_xent_probs_h": "probability-target cross-entropy",
+    },
+)
 
 _OPTS = {"parallel": True, "cache": True, "nogil": True}
 _REASSOC = {"reassoc"}
