@@ -870,9 +870,80 @@ def test_half_table_compares_each_half_case_with_its_float32_twin():
     lines = report.half_table(doc)
     assert lines[0] == "== Half precision: speed-up of normax (c) over"
     row = next(line for line in lines if "bfloat16" in line)
-    assert row.split()[-2:] == ["2.00x", "5.00x"]  # float32 4.0 / 2.0; torch bf16 10.0 / 2.0
+    # float32 4.0 / 2.0, the float32 case's (no time of the same rounds: marked); torch 10 / 2
+    assert row.split()[-2:] == ["~2.00x", "5.00x"]
     assert not any("float16" in line.split() for line in lines)  # the skipped case: no row
     assert report.half_table({"backends": ["c"], "cases": [doc["cases"][0]]}) == []
+
+
+def test_half_table_prefers_the_float32_time_of_the_same_rounds():
+    base = {"family": "softmax", "kernel": "softmax", "layout": "rows", "shape": [512, 32000],
+            "status": "ok"}  # fmt: skip
+    doc = {"backends": ["c", "numpy"], "cases": [
+        {**base, "dtype": "float32", "contenders": [_timed("c", 4.0)]},
+        {**base, "dtype": "bfloat16", "contenders": [_timed("c", 2.0), _timed("torch", 10.0)],
+         "float32_in_turn": {"name": "c", "median_s": 3.0}},
+        {**base, "dtype": "float16", "contenders": [_timed("c", 2.0)],
+         "float32_in_turn": {"name": "numba", "median_s": 8.0}},  # another backend's: not it
+    ]}  # fmt: skip
+    lines = [line.split() for line in report.half_table(doc) if "512x32000" in line]
+    rows = {cells[4]: cells[5:] for cells in lines}
+    assert rows["bfloat16"] == ["1.50x", "5.00x"]  # 3.0 / 2.0 in the same rounds, not 4.0 / 2.0
+    assert rows["float16"] == ["~2.00x", "-"]  # the float32 case's time, marked
+
+
+def _half_pair(calls):
+    """A float16 synthetic case and its float32 twin, whose "numpy" contender counts its calls."""
+    x = np.arange(1000.0)
+
+    def build_half(ctx):
+        contenders = [Contender("numpy", lambda: lambda: x * 2, backend="numpy")]
+        if ctx.torch is not None:
+            t = ctx.torch.from_numpy(x)
+            contenders.append(Contender("torch", lambda: lambda: t * 2))
+        return contenders
+
+    def build_twin(ctx):
+        def make():
+            def fn():
+                calls.append(1)
+                return x * 2
+
+            return fn
+
+        return [Contender("numpy", make, backend="numpy")]
+
+    def case(dtype, build):
+        return Case(family="pair", kernel="double", layout="1-D", shape=(1000,), dtype=dtype,
+                    size="large", requires=(), build=build, min_bytes=16000)  # fmt: skip
+
+    return case("float16", build_half), case("float32", build_twin)
+
+
+def test_a_half_case_times_its_float32_twin_in_its_own_rounds(monkeypatch):
+    calls = []
+    half, twin = _half_pair(calls)
+    family = type("Family", (), {"cases": staticmethod(lambda: [twin])})
+    registry = {**harness.REGISTRY, "pair": family}
+    monkeypatch.setattr(harness, "REGISTRY", registry)
+    assert harness.float32_twin(half) is twin and harness.float32_twin(twin) is None
+    doc = _run([half])
+    assert report.check_results(doc) == []
+    (record,) = doc["cases"]
+    in_turn = record["float32_in_turn"]
+    assert in_turn["name"] == "numpy" and in_turn["median_s"] > 0
+    assert in_turn["samples"] >= FAST.min_samples and len(calls) > in_turn["samples"]
+    assert [e["name"] for e in record["contenders"]].count("numpy") == 1  # the twin: no entry
+    row = next(line for line in report.half_table(doc) if "float16" in line)
+    assert "~" not in row
+    # A twin that fails to set up is reported, and the half case is still timed.
+    monkeypatch.setattr(twin, "build", lambda ctx: [])
+    doc = _run([half])
+    (record,) = doc["cases"]
+    assert "float32_in_turn" not in record and record["contenders"][0]["median_s"] > 0
+    assert report.check_results(doc) == [
+        f"{half.id}: its float32 twin failed (no numpy contender)"
+    ]
 
 
 def test_plot_legend_names_only_contenders_with_bars():

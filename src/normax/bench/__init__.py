@@ -54,7 +54,10 @@ cache, that copy is timed in turn with its contenders and its median taken (the 
 same minutes); for the others, the best of the run's probe before and after the cases. The
 cache counted on is what the system reports, at most the compiled kernels' cap (32 MiB): a virtual
 machine that reports its whole socket's cache shares it with every other core. A case whose data
-fits in that is marked (* in the tables): the memory roofline does not bind it.
+fits in that is marked (* in the tables): the memory roofline does not bind it. A float16 or
+bfloat16 case also times the leading normax backend on the same call in float32 in its own rounds
+(the record's ``float32_in_turn``): the half-precision summary's speed-up over float32 is a ratio
+of the same minutes, as the one over PyTorch is.
 
 Threads: ``--threads N`` (default: every usable core) holds normax, Numba, PyTorch and NumPy's
 BLAS/OpenMP pools (via threadpoolctl) to N threads for the whole run, or refuses (exit status 2)

@@ -278,7 +278,9 @@ def run_case(
     that many threads (:mod:`normax.bench.isolate`). With ``probe``, a case whose data does not
     fit in the last-level cache has the probe's copies timed in turn with its contenders, and
     its record's ``"copy_in_turn"`` is the faster copy's bandwidth in those same rounds (the
-    roofline :func:`add_roofline` divides by).
+    roofline :func:`add_roofline` divides by). A half-precision case also times the leading
+    normax backend on the same call in float32 in its rounds (:func:`float32_twin`), as its
+    record's ``"float32_in_turn"``: the half-precision speed-up is a ratio of the same minutes.
     """
     started = time.perf_counter()
     record = _case_header(case)
@@ -320,16 +322,23 @@ def _check_and_time(
         return
     timed = [e for e in entries if e["agree"]]
     copies = probe.copies if probe is not None and timed else {}
-    fns = [e.pop("_fn") for e in timed] + list(copies.values())
-    before = [_selector(e["backend"]) for e in timed] + [None] * len(copies)
+    twin = _twin_contender(case, ctx, timed, record)
+    extra = ([twin] if twin else []) + [(None, fn) for fn in copies.values()]
+    fns = [e.pop("_fn") for e in timed] + [fn for _backend, fn in extra]
+    before = [_selector(e["backend"]) for e in timed] + [_selector(b) for b, _fn in extra]
     try:
         stats = measure(fns, policy, before=before)
     except Exception as exc:
         record.update(status="error", note=f"timing failed: {type(exc).__name__}: {exc}")
         stats = []
-    if copies and stats:
-        stats, copy_stats = stats[: len(timed)], stats[len(timed) :]
-        record["copy_in_turn"] = _copy_in_turn(dict(zip(copies, copy_stats, strict=True)), probe)
+    if stats:
+        stats, extra_stats = stats[: len(timed)], stats[len(timed) :]
+        if twin:
+            st = _per_unit(extra_stats.pop(0).to_dict(), case.per_call)
+            record["float32_in_turn"] = {"name": twin[0], **st}
+        if copies:
+            copy_stats = dict(zip(copies, extra_stats, strict=True))
+            record["copy_in_turn"] = _copy_in_turn(copy_stats, probe)
     for entry, st in zip(timed, stats, strict=False):
         entry.update(_per_unit(st.to_dict(), case.per_call), method=isolate.METHOD_IN_PROCESS)
     if isolate_threads is not None and stats:
@@ -339,6 +348,36 @@ def _check_and_time(
         entry.pop("_out", None)
     _derive(case, entries)
     record["contenders"] = entries
+
+
+def float32_twin(case: Case) -> Case | None:
+    """The float32 case of the same call (family, kernel, layout, shape) as the half-precision
+    ``case``; None for other dtypes or where the family has no such case."""
+    if case.dtype not in HALF_DTYPES or case.family not in REGISTRY:
+        return None
+    same = (case.kernel, case.layout, tuple(case.shape), "float32")
+    found = (c for c in REGISTRY[case.family].cases() if _call_of(c) == same)
+    return next(found, None)
+
+
+def _call_of(case: Case) -> tuple:
+    return case.kernel, case.layout, tuple(case.shape), case.dtype
+
+
+def _twin_contender(case: Case, ctx: BuildContext, timed: list[dict], record: dict):
+    """``(backend, fn)``: the leading normax backend among ``timed`` (C, else Numba, else
+    NumPy) set up on the float32 twin of a half-precision case, called once; None where there
+    is no twin or it could not be set up (said in the record's ``"float32_in_turn_error"``)."""
+    twin = float32_twin(case)
+    lead = next((b for b in BACKENDS if any(e["backend"] == b for e in timed)), None)
+    if twin is None or lead is None:
+        return None
+    contender = next((c for c in twin.build(ctx) if c.backend == lead), None)
+    entry = _first_call(contender) if contender is not None else {"error": f"no {lead} contender"}
+    if entry["error"] is not None:
+        record["float32_in_turn_error"] = entry["error"]
+        return None
+    return lead, entry["_fn"]
 
 
 def _copy_in_turn(stats: dict, probe: CopyProbe) -> dict:

@@ -200,7 +200,10 @@ def header(doc: dict) -> list[str]:
 def half_table(doc: dict, markdown: bool = False) -> list[str]:
     """Lines of the half-precision summary: per half case that ran, the speed-up of the leading
     normax backend over the same call (kernel, layout, shape) in float32, and over PyTorch on
-    the same half-precision data. Empty without half-precision cases."""
+    the same half-precision data. The float32 time is the one taken in the half case's own
+    rounds (``"float32_in_turn"``); documents without it (older runs) fall back to the float32
+    case's, taken minutes apart, and mark the ratio with ``~``. Empty without half-precision
+    cases."""
     median = {}
     for r in doc["cases"]:
         if r["status"] == "ok":
@@ -215,16 +218,26 @@ def half_table(doc: dict, markdown: bool = False) -> list[str]:
         half = median.get((*key, r["dtype"], lead))
         if r["dtype"] not in _HALF or r["status"] != "ok" or half is None:
             continue
-        f32, torch = median.get((*key, "float32", lead)), median.get((*key, r["dtype"], "torch"))
+        twin = r.get("float32_in_turn") or {}
+        if twin.get("name") == lead and twin.get("median_s"):
+            f32 = format_ratio(twin["median_s"] / half)
+        else:
+            apart = median.get((*key, "float32", lead))
+            f32 = "~" + format_ratio(apart / half) if apart else "-"
+        torch = median.get((*key, r["dtype"], "torch"))
         rows.append([r["family"], r["kernel"], r["layout"], "x".join(map(str, r["shape"])),
-                     r["dtype"], format_ratio(f32 / half) if f32 else "-",
-                     format_ratio(torch / half) if torch else "-"])  # fmt: skip
+                     r["dtype"], f32, format_ratio(torch / half) if torch else "-"])  # fmt: skip
     if not rows:
         return []
     title = f"Half precision: speed-up of normax ({lead}) over"
     columns = ("family", "kernel", "layout", "shape", "dtype", "float32", "torch, same dtype")
     head = f"### {title}" if markdown else f"== {title}"
-    return [head, "", *_render(rows, markdown, columns, left=5), ""]
+    legend = (
+        "float32: the same call on float32 data, timed in the same rounds as the half case"
+        " (~: the float32 case's time, taken apart from it, in runs that lack that timing); torch:"
+        " PyTorch on the same half-precision data, in the same rounds."
+    )
+    return [head, "", *_render(rows, markdown, columns, left=5), "", legend, ""]
 
 
 _HALF = ("float16", "bfloat16")
@@ -356,6 +369,11 @@ def _check_case(case: dict, expected: set, allow_skipped: bool) -> list[str]:
     in_turn = case.get("copy_in_turn")
     if in_turn is not None and not _positive(in_turn.get("copy_gbs")):
         problems.append(f"{cid}: copy_in_turn lacks a positive copy_gbs")
+    twin = case.get("float32_in_turn")
+    if twin is not None and not _positive(twin.get("median_s")):
+        problems.append(f"{cid}: float32_in_turn lacks a positive median_s")
+    if case.get("float32_in_turn_error"):
+        problems.append(f"{cid}: its float32 twin failed ({case['float32_in_turn_error']})")
     names = {e.get("name") for e in case["contenders"]}
     if case["family"] != "tune" and not expected <= names:
         problems.append(f"{cid}: no result for {', '.join(sorted(expected - names))}")
