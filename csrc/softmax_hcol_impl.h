@@ -249,7 +249,7 @@ HAI void HN(hbwd_sum)(int kind, const nmx_hblk *b, nmx_index c, nmx_index i, nmx
     else
         HN(hload)(kind, b->z + at, &gv);
     if (b->pk) memcpy(b->pk + c * b->ps + i, &gv, sizeof gv);
-    nmx_hwiden(&gv, &g0, &g1);
+    HWIDEN(&gv, &g0, &g1);
     if (both) {
         if (nt)
             HN(htail_load)(kind, b->y + at, nt, &yv);
@@ -257,7 +257,7 @@ HAI void HN(hbwd_sum)(int kind, const nmx_hblk *b, nmx_index c, nmx_index i, nmx
             HN(hload)(kind, b->y + at, &yv);
         if (b->pk) memcpy(b->pk + (b->n + c) * b->ps + i, &yv, sizeof yv);
         if (!log_) {
-            nmx_hwiden(&yv, &y0, &y1);
+            HWIDEN(&yv, &y0, &y1);
             g0 *= y0;
             g1 *= y1;
         }

@@ -1,6 +1,7 @@
 /* Half-precision row kernels for one set of conversions; included by softmax_hrow.h with
  * HSFX (name suffix), HAI (attributes of the inlined helpers), HRUN (of the runners),
- * HF16_LOAD / HF16_STORE and HBF16_LOAD / HBF16_STORE (16-lane conversions), and HF16 / HBF16
+ * HF16_LOAD / HF16_STORE and HBF16_LOAD / HBF16_STORE (16-lane conversions), HWIDEN (16 float32
+ * lanes to two float64 vectors, as nmx_hwiden), and HF16 / HBF16
  * (1: define the float16 / bfloat16 runner), and HMASK16 (1: AVX-512 BW masked loads and
  * stores of 16 halves for the last columns of a column block). Same arithmetic as the float32
  * row kernels of softmax_impl.h, operation for operation.
@@ -201,11 +202,11 @@ HAI void HN(hrow_backward)(int kind, const uint16_t *g, const uint16_t *y, uint1
                 nmx_vu32 a = ((nmx_vu32)gv & 0x7fffffffu) - 0x0d800000u; /* 2^-100 */
                 inexact |= (nmx_vu32)(a > 0x71800000u - 0x0d800000u);  /* 2^100 */
             }
-            nmx_hwiden(&gv, &t0, &t1);
+            HWIDEN(&gv, &t0, &t1);
             if (mode == 1) {
                 nmx_vf64 u0, u1;
                 HN(hload)(kind, y + j, &yv);
-                nmx_hwiden(&yv, &u0, &u1);
+                HWIDEN(&yv, &u0, &u1);
                 t0 *= u0;
                 t1 *= u1;
             }
@@ -289,6 +290,7 @@ HRUN static double HN(nmx_hrows_bf16)(const nmx_hjob *h, nmx_index r0, nmx_index
 
 #undef HN
 #undef HSFX
+#undef HWIDEN
 #undef HAI
 #undef HRUN
 #undef HF16_LOAD
