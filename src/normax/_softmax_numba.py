@@ -724,48 +724,52 @@ def _fetch_rows(a, k, i0, nbk):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True)
-def _backward_sums(gr, yr, d, log):  # pragma: no cover - compiled
-    """d[i] += g[i] y[i] (g[i] for log-softmax) for one class row, in float64."""
-    for i in range(d.size):
-        d[i] += np.float64(gr[i]) * (1.0 if log else np.float64(yr[i]))
-
-
-@nb.njit(cache=True)
-def _backward_out(gr, yr, orow, d, e, log):  # pragma: no cover - compiled
-    """One class row of dz = y (g - d), or g - exp(lp) d, from the column sums d. The
-    log-softmax's exponentials go to the row e (y's dtype) first: in a loop of their own they
-    run as whole vectors of the input dtype, where the float64 products beside them cut the
-    vectors to the float64 width and took twice the time."""
-    if log:
-        ee = e[: d.size]
-        for i in range(d.size):
-            ee[i] = _exp_any(yr[i])
-        for i in range(d.size):
-            orow[i] = np.float64(gr[i]) - np.float64(ee[i]) * d[i]
-    else:
-        for i in range(d.size):
-            orow[i] = np.float64(yr[i]) * (np.float64(gr[i]) - d[i])
-
-
-@nb.njit(cache=True)
 def _backward_block(go, yo, oo, i0, nbk, d, e, log, stream):  # pragma: no cover - compiled
     """Backward of columns [i0, i0 + nbk) of the (classes, inner) slabs: the first pass reads
-    the class rows from memory, fetched ahead; the second reads them from L2, or, for a
-    streamed block (too large for L2), from memory again, fetched ahead too. d (float64) and e
-    (y's dtype) are rows of at least nbk."""
+    the class rows from memory, fetched ahead, and sums g y (g for log-softmax) in float64
+    into d; the second reads them from L2, or, for a streamed block (too large for L2), from
+    memory again, fetched ahead too, and writes dz = y (g - d), or g - exp(lp) d. d (float64)
+    and e (y's dtype, float32 for 16-bit views) are rows of at least nbk.
+
+    The slabs may be 16-bit views: the half drivers call it on them for streamed blocks, each
+    element widened as it is read and each result rounded once (through float32) as it is
+    written, so the same bits as a float32 tile (load and store are the identity for float
+    arrays). Widening each row into float32 first and rounding from a float32 row took 1.7x
+    (softmax) and 1.4x (log-softmax) the time (float16, 32000 x 512, one thread). The
+    log-softmax's exponentials go to the row e first: in a loop of their own they run as whole
+    vectors of the input dtype, where the float64 products beside them cut the vectors to the
+    float64 width and took twice the time. The loops are written here, not in per-row helper
+    functions: through such helpers the packed blocks of a (512, 32000) classes-first backward
+    took 1.15-1.5x this time (float32, float64 and float16, one and two threads)."""
     dd = d[:nbk]
     dd[:] = 0.0
     for k in range(go.shape[0]):
         _fetch_rows(go, k, i0, nbk)
-        if not log:
+        gr = go[k, i0 : i0 + nbk]
+        if log:
+            for i in range(nbk):
+                dd[i] += np.float64(load(gr[i]))
+        else:
             _fetch_rows(yo, k, i0, nbk)
-        _backward_sums(go[k, i0 : i0 + nbk], yo[k, i0 : i0 + nbk], dd, log)
+            yr = yo[k, i0 : i0 + nbk]
+            for i in range(nbk):
+                dd[i] += np.float64(load(gr[i])) * np.float64(load(yr[i]))
     for k in range(go.shape[0]):
         if stream:
             _fetch_rows(go, k, i0, nbk)
             _fetch_rows(yo, k, i0, nbk)
         gr, yr, orow = go[k, i0 : i0 + nbk], yo[k, i0 : i0 + nbk], oo[k, i0 : i0 + nbk]
-        _backward_out(gr, yr, orow, dd, e, log)
+        if log:
+            ee = e[:nbk]
+            for i in range(nbk):
+                ee[i] = _exp_any(load(yr[i]))
+            for i in range(nbk):
+                v = np.float64(load(gr[i])) - np.float64(ee[i]) * dd[i]
+                orow[i] = store(orow, v)
+        else:
+            for i in range(nbk):
+                v = np.float64(load(yr[i])) * (np.float64(load(gr[i])) - dd[i])
+                orow[i] = store(orow, v)
 
 
 @nb.njit(cache=True, fastmath=_CONTRACT)
@@ -1313,47 +1317,10 @@ def _forward_h(z, out, log, chunks):  # pragma: no cover - compiled
                 _narrow_cols(ob, out[o], i0, nbk)
 
 
-@nb.njit(cache=True)
-def _backward_stream_h(go, yo, oo, i0, nbk, d, log, ef):  # pragma: no cover - compiled
-    """_backward_block of a streamed block of the half slabs (a float32 tile of the block would
-    not fit L2): each class row is widened as it is read and each element of dz rounded as it is
-    written, in the loops that use them, with the float32 rows' arithmetic (the log-softmax's
-    exponentials in ef, a loop of their own as there), so the same bits as the tiles. Widening
-    into float32 rows first and rounding from one cost three more passes over every row: 0.58x
-    (softmax) and 0.73x (log-softmax) the time without them, float16 32000 x 512, one thread."""
-    dd = d[:nbk]
-    dd[:] = 0.0
-    for k in range(go.shape[0]):
-        _fetch_rows(go, k, i0, nbk)
-        gr = go[k, i0 : i0 + nbk]
-        if log:
-            for i in range(nbk):
-                dd[i] += np.float64(load(gr[i]))
-        else:
-            _fetch_rows(yo, k, i0, nbk)
-            yr = yo[k, i0 : i0 + nbk]
-            for i in range(nbk):
-                dd[i] += np.float64(load(gr[i])) * np.float64(load(yr[i]))
-    for k in range(go.shape[0]):
-        _fetch_rows(go, k, i0, nbk)
-        _fetch_rows(yo, k, i0, nbk)
-        gr, yr, orow = go[k, i0 : i0 + nbk], yo[k, i0 : i0 + nbk], oo[k, i0 : i0 + nbk]
-        if log:
-            ee = ef[:nbk]
-            for i in range(nbk):
-                ee[i] = _exp_any(load(yr[i]))
-            for i in range(nbk):
-                v = np.float64(load(gr[i])) - np.float64(ee[i]) * dd[i]
-                orow[i] = store(orow, np.float32(v))
-        else:
-            for i in range(nbk):
-                v = np.float64(load(yr[i])) * (np.float64(load(gr[i])) - dd[i])
-                orow[i] = store(orow, np.float32(v))
-
-
 @nb.njit(**_OPTS)
 def _backward_h(g, y, out, log, chunks):  # pragma: no cover - compiled
-    """_backward for 16-bit views, through float32 tiles, or float32 rows for streamed blocks.
+    """_backward for 16-bit views, through float32 tiles, or on the 16-bit rows themselves for
+    streamed blocks.
     The output tile is not an input tile: overlapping arrays send the kernels' loops down their
     scalar fallbacks, which are slower and may pick a different NaN's payload when two NaNs
     meet."""
@@ -1370,7 +1337,7 @@ def _backward_h(g, y, out, log, chunks):  # pragma: no cover - compiled
             for t in range(t0, t1):
                 o, i0 = t // nblk, (t % nblk) * cols
                 nbk = min(cols, inner - i0)
-                _backward_stream_h(g[o], y[o], out[o], i0, nbk, d, log, ef)
+                _backward_block(g[o], y[o], out[o], i0, nbk, d, ef, log, True)
         else:
             gb = np.empty((c, cols), np.float32)
             yb = np.empty((c, cols), np.float32)
