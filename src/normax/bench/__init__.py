@@ -73,6 +73,7 @@ import math
 import os
 import sys
 
+from .._backend import BACKENDS
 from .cases import DTYPES, SIZES
 from .compare import DEFAULT_THRESHOLD
 from .harness import FAMILIES, SCHEMA, Config, plan, run_benchmarks
@@ -113,7 +114,7 @@ OPTIONS = {
     "--size": {**_EACH, "choices": list(SIZES),
                "help": "only this size class, quick or not (repeatable)"},
     "--dtype": {**_EACH, "choices": list(DTYPES), "help": "only this dtype (repeatable)"},
-    "--backend": {**_EACH, "choices": ["c", "numba", "numpy"],
+    "--backend": {**_EACH, "choices": list(BACKENDS),
                   "help": "only this normax backend (repeatable; numpy always runs)"},
     "--no-torch": {**_FLAG, "help": "leave PyTorch out"},
     "--min-time": {"type": float, "metavar": "S",

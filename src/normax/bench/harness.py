@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import normax
 
+from .._backend import BACKENDS  # what --backend may name, in order of preference
 from . import cases_batchnorm, cases_optim, cases_softmax, cases_tune, isolate, machine
 from .cases import (
     DTYPES,
@@ -42,7 +43,6 @@ from .machine import (
 from .timing import TimingPolicy, measure
 
 SCHEMA = "normax-bench/1"
-BACKENDS = ("c", "numba", "numpy")  # what --backend may name (normax.set_backend's choices)
 # The one registry of cases: each family's module defines its kernels, shapes, layouts, dtypes,
 # contenders, reference and tolerance once. ``cases()`` is what `normax bench` and the
 # pytest-benchmark suites in bench/ time; ``comparison_cases()`` (the tiny shapes and edge

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from dataclasses import asdict
 
+from .._backend import BACKENDS
 from .timing import TimingPolicy
 
 MARKER = "normax-bench-isolated: "
@@ -108,7 +109,7 @@ def _child(request: dict) -> dict:
     reserve_numba_threads(threads)
     case = next(c for f in harness.FAMILIES.values() for c in f() if c.id == request["case"])
     torch = import_torch(name == "torch")
-    backends = (name,) if name in ("c", "numba", "numpy") else ()
+    backends = (name,) if name in BACKENDS else ()
     with held_threads(threads, torch, numba=name == "numba"), tempfile.TemporaryDirectory() as tmp:
         ctx = BuildContext(backends, torch, seed=request["seed"], tmpdir=tmp)
         contender = next(c for c in case.build(ctx) if c.name == name)

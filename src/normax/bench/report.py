@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 
+from .._backend import BACKENDS
+
 FAMILY_TITLES = {
     "batch_norm": "Batch norm (train = training forward, infer = inference forward, backward)",
     "softmax": "Softmax, log-softmax and fused softmax cross-entropy (loss + gradient)",
@@ -137,7 +139,7 @@ def _compact_row(case: dict, lead: str) -> list[str]:
     ]  # fmt: skip
 
 
-CONTENDERS = ("c", "numba", "numpy", "torch")
+CONTENDERS = (*BACKENDS, "torch")
 
 
 def family_table(doc: dict, family: str, markdown: bool = False, compact: bool = False):
@@ -153,7 +155,7 @@ def family_table(doc: dict, family: str, markdown: bool = False, compact: bool =
     title = FAMILY_TITLES.get(family, family)
     lines = [f"### {title}" if markdown else f"== {title}", ""]
     if ran and compact and family != "tune":
-        lead = next(b for b in (*doc["backends"], "numpy") if b in ("c", "numba", "numpy"))
+        lead = next(b for b in (*doc["backends"], "numpy") if b in BACKENDS)
         columns = (*COLUMNS[:4], *CONTENDERS, f"{lead} vs NumPy", f"{lead} vs torch",
                    f"{lead} GB/s", f"{lead} roofline")  # fmt: skip
         rows = [_compact_row(r, lead) for r in ran]
@@ -211,7 +213,7 @@ def half_table(doc: dict, markdown: bool = False) -> list[str]:
                 if e.get("median_s"):
                     median[(r["family"], r["kernel"], r["layout"], tuple(r["shape"]), r["dtype"],
                             e["name"])] = e["median_s"]  # fmt: skip
-    lead = next((b for b in ("c", "numba", "numpy") if b in doc["backends"]), None)
+    lead = next((b for b in BACKENDS if b in doc["backends"]), None)
     rows = []
     for r in doc["cases"]:
         key = (r["family"], r["kernel"], r["layout"], tuple(r["shape"]))

@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._backend import BACKENDS
+
 DEFAULTS = {"lr": 0.01, "beta1": 0.9, "hidden": 128, "layers": 2, "batch_size": 64}
 HELD_OUT = 0.2
 SPLIT_SEED = 0  # the held-out set is the same for every training seed
@@ -240,7 +242,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=integer(1), default=DEFAULTS["batch_size"])
     parser.add_argument(
         "--backend",
-        choices=["c", "numba", "numpy"],
+        choices=list(BACKENDS),
         default=None,
         help="kernel backend (default: the active one)",
     )
