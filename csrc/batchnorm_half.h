@@ -32,8 +32,9 @@
 enum { NMX_HROWS = 0, NMX_HSTRIPS = 1, NMX_HNT = 2, NMX_HSTRIPS_NT = 3 };
 
 /* The eight fused leaf loops of one storage format and instruction set (signatures as in
- * batchnorm_half_leaf.h), for the drivers below, and whether they can store non-temporally
- * (NMX_HNT). */
+ * batchnorm_half_leaf.h), for the drivers below, and whether they can store non-temporally: 0
+ * if not, else the mode in which they write the streamed tiles of wide rows (NMX_HNT or
+ * NMX_HSTRIPS_NT, bn_out_tiles_h). */
 typedef struct {
     void (*stats_rows)(const uint16_t *, nmx_index, nmx_index, nmx_index, const float *,
                        double *, double *);
@@ -618,17 +619,25 @@ static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t
  * constants' slice stays in L1 (as out_tiles in batchnorm_impl.h): row by row across all C
  * channels, every element waited on the cache behind L1 for its four or five constants, and
  * (8192, 2048) float16 inference ran at half the bandwidth of float32. The vector loops write
- * each tile of NMX_HTILE_R (NMX_HTILE_RB) rows into the output by strips (NMX_HSTRIPS), with
- * non-temporal stores when it is streamed and its rows start on lines (NMX_HSTRIPS_NT);
- * otherwise a tile of NMX_HALF_TILE / NMX_TILE_C rows is rounded into a buffer and its rows
- * copied out, non-temporally when streamed. Against that buffer, with tiles of four rows, the
- * strips took 0.77-0.94x the time of the (8192, 2048) inference and 0.81-0.86x of the backward.
- * Tiles go in bn_out_h's order. */
+ * each tile into the output themselves:
+ *   - in the cache, tiles of NMX_HTILE_R (NMX_HTILE_RB) rows by strips (NMX_HSTRIPS);
+ *   - streamed, with rows that start on lines, non-temporally in the instance's mode (L->nt).
+ *     The 512-bit instances go by strips (NMX_HSTRIPS_NT): against the buffer below, with tiles
+ *     of four rows, they took 0.77-0.94x the time of the (8192, 2048) inference and 0.81-0.86x
+ *     of the backward. On an AVX2 CPU (AMD, without AVX-512) the strips' non-temporal stores
+ *     took 1.7-4.8x the buffer's time wherever the rows are a multiple of 4 KiB apart ((8192,
+ *     2048), (4096, 4096); (12288, 1344): 0.88-0.99x), each strip storing lines 4 KiB apart
+ *     in turn, so the 256-bit instances store row by row (NMX_HNT), in tiles of NMX_HALF_TILE /
+ *     NMX_TILE_C rows: there 0.87-0.97x the buffer's time on all three shapes.
+ * Otherwise a tile of NMX_HALF_TILE / NMX_TILE_C rows is rounded into a buffer and its rows
+ * copied out, non-temporally when streamed. Every way gives the same bits. Tiles go in
+ * bn_out_h's order. */
 static void bn_out_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *out,
                            nmx_index C, nmx_index lo, nmx_index hi, const float *k, int stream) {
     const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
-    int mode = !L ? -1 : !stream ? NMX_HSTRIPS : bn_nt_rows(kind, out, C) ? NMX_HSTRIPS_NT : -1;
-    nmx_index rows = mode < 0 ? NMX_HALF_TILE / NMX_TILE_C : dy ? NMX_HTILE_RB : NMX_HTILE_R;
+    int mode = !L ? -1 : !stream ? NMX_HSTRIPS : bn_nt_rows(kind, out, C) ? L->nt : -1;
+    int strips = mode == NMX_HSTRIPS || mode == NMX_HSTRIPS_NT;
+    nmx_index rows = !strips ? NMX_HALF_TILE / NMX_TILE_C : dy ? NMX_HTILE_RB : NMX_HTILE_R;
     uint16_t ht[NMX_HALF_TILE];
     nmx_index block = stream == NMX_STREAM_BACK ? rows * NMX_PIECES_PER_BLOCK : hi - lo;
     for (nmx_index end = hi; end > lo;) {

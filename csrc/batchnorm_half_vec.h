@@ -519,11 +519,21 @@ HVF_FN void HV(dx_run)(const uint16_t *restrict dy, const uint16_t *restrict x,
     HV(dx_span)(dy, x, dx, i1, n, h, l, gmv, gav, gbv, 0);
 }
 
+/* How this instance writes the streamed tiles of wide rows (nmx_bn_hleaves.nt, bn_out_tiles_h):
+ * by strips on 512-bit vectors, row by row on 256-bit ones. */
+#if HVB == 512
+#define HV_TILE_NT NMX_HSTRIPS_NT
+#else
+#define HV_TILE_NT NMX_HNT
+#endif
+
 /* The eight loops, for the drivers of batchnorm_half.h. */
 static const nmx_bn_hleaves HV(nmx_bn_leaves) = {
     HV(stats_rows), HV(stats_run), HV(affine_rows), HV(affine_run),
-    HV(grad_rows),  HV(grad_run),  HV(dx_rows),     HV(dx_run), 1,
+    HV(grad_rows),  HV(grad_run),  HV(dx_rows),     HV(dx_run), HV_TILE_NT,
 };
+
+#undef HV_TILE_NT
 
 #undef HV_RUN_LANES
 #undef HV_STRIP
