@@ -173,8 +173,33 @@ NMX_BN_256 void nmx_bn_wide_256(const nmx_hv8f *v, nmx_hv4d *d) {
     d[1] = (nmx_hv4d)_mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
 }
 
+/* bfloat16 on AVX2, as on AVX-512 (one zero-extension and one shift widen, the integer rule
+ * rounds); vpackusdw packs within 128-bit lanes, so a vpermq puts the two lanes' results side
+ * by side. A NaN lane is found by an unordered compare. The inference's inner loop, from the
+ * load to the rounded vector, is 15 instructions per eight elements with these, 27 with the
+ * AVX instance's below; against those, in alternating processes at (8192, 2048) and NCHW (64,
+ * 64, 56, 56) (medians of eight pairs): inference 0.80-0.82x the time, training 0.92-0.96x,
+ * backward 0.79-1.00x. */
+#define NMX_BN_AVX2I static inline __attribute__((always_inline, target(NMX_BN_AVX2)))
+
+NMX_BN_AVX2I void nmx_bn_load_bf16_avx2(const uint16_t *p, nmx_hv8f *v) {
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    *v = (nmx_hv8f)_mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+
+NMX_BN_AVX2I __m128i nmx_bn_round_bf16_avx2(const nmx_hv8f *v) {
+    __m256i u = _mm256_castps_si256((__m256)*v), hi = _mm256_srli_epi32(u, 16);
+    __m256i odd = _mm256_and_si256(hi, _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff)));
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)*v, (__m256)*v, _CMP_UNORD_Q));
+    __m256i quiet = _mm256_or_si256(hi, _mm256_set1_epi32(0x0040));
+    r = _mm256_blendv_epi8(_mm256_srli_epi32(r, 16), quiet, nan);
+    __m256i packed = _mm256_packus_epi32(r, r); /* lanes are below 2^16 */
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
+}
+
 /* bfloat16 on AVX: the integer lanes in two 128-bit halves (AVX has no 256-bit integer
- * arithmetic; the AVX2 instance shares these). Interleaving zeros below each half widens it. */
+ * arithmetic). Interleaving zeros below each half widens it. */
 NMX_BN_256 void nmx_bn_load_bf16_256(const uint16_t *p, nmx_hv8f *v) {
     __m128i h = _mm_loadu_si128((const __m128i *)p), z = _mm_setzero_si128();
     __m256 lo = _mm256_castps128_ps256(_mm_castsi128_ps(_mm_unpacklo_epi16(z, h)));
@@ -269,7 +294,15 @@ NMX_BN_256 void nmx_bn_loadd_bf16_256(const uint16_t *p, nmx_hv4d *d) {
 #define HVH bf16
 #define HVT NMX_BN_AVX2
 #define HVSUF bf16v3
+#undef HV_LOAD
+#undef HV_ROUND
+#define HV_LOAD nmx_bn_load_bf16_avx2
+#define HV_ROUND nmx_bn_round_bf16_avx2
 #include "batchnorm_half_vec.h"
+#undef HV_LOAD
+#undef HV_ROUND
+#define HV_LOAD HV_CONV(load)
+#define HV_ROUND HV_CONV(round)
 #undef HVSUF
 #define HVSUF bf16avx
 #undef HVT
