@@ -1257,8 +1257,11 @@ def xent(z, outer, c, inner, target, weight, ignore, eps, scale, dz, loss):
 # (_half_numba.view). As the C kernels do, the half drivers work on tiles: a row (inner == 1) or
 # a column block of the (classes, inner) slab is widened into a float32 scratch that stays in
 # the L2 cache, the float32 row / block kernel runs on it, and its results are rounded once into
-# the half output. So a half call reads and writes half the bytes of a float32 call, and its
-# results are bit for bit the float32 kernels' on an upcast copy, rounded once.
+# the half output. Classes-first column blocks whose float32 tile would not fit L2 (the streamed
+# blocks of _tasks) skip the tile: their kernels read the 16-bit class rows directly, widening
+# each value as it loads and rounding each result as it stores. So a half call reads and writes
+# half the bytes of a float32 call, and its results are bit for bit the float32 kernels' on an
+# upcast copy, rounded once.
 
 
 @nb.njit(cache=True)
