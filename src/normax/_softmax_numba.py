@@ -455,6 +455,16 @@ def _softmax_row(z, out, scratch, log, nz, nout):  # pragma: no cover - compiled
 def _backward_row(g, y, out, log):  # pragma: no cover - compiled
     d = _row_dot(g, y, not log)
     like = load(y[0])
+    if d != d:
+        # A NaN in g (or y, for softmax) makes d NaN and every result NaN: all are d's NaN. Where
+        # two NaNs meet in one product or difference, which survives depends on the order in
+        # which the compiler puts the operands, and that differs between the float and the
+        # 16-bit instances of these loops on some CPUs (AVX2), so the loops below would give the
+        # half path other NaN payloads than the float32 path.
+        nan = _typed(like, d)
+        for j in range(g.size):
+            out[j] = store(out, nan)
+        return
     if log:
         for j in range(g.size):
             v = np.float64(load(g[j])) - np.float64(_exp_any(load(y[j]))) * d
@@ -500,7 +510,16 @@ def _xent_prob_row(z, q, dz, scratch, w, eps, scale, nz, nout):  # pragma: no co
     s = _row_exp_sum(z, m, e, nz, nout)
     ec, keep = eps / c, 1.0 - eps
     big_a, at = _prob_coeffs(z, q, w, np.float64(m), ec, keep)
-    alpha = scale * big_a / (1.0 + s)
+    alpha = scale * big_a
+    if alpha == alpha:  # else big_a's NaN, not whichever of it and s's the division keeps
+        alpha /= 1.0 + s
+    if alpha != alpha:
+        # NaN in z or q: every gradient is NaN, alpha's, not whichever of alpha's and e's the
+        # products below would keep (see _backward_row)
+        nan = _typed(m, alpha)
+        for k in range(c):
+            dz[k] = store(dz, nan)
+        return big_a * math.log1p(s) - at
     for k in range(c):
         v = alpha * np.float64(e[k]) - scale * (w[k] * (keep * np.float64(load(q[k])) + ec))
         dz[k] = store(dz, _typed(m, v))
