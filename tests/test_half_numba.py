@@ -201,3 +201,82 @@ def test_cross_entropy_half_is_the_float32_kernel_rounded_once(record, dtype, pr
     assert _same_bits(dz, _rounded(grad, dtype))
     assert _same_bits(loss, _rounded(per, dtype))
     assert np.array_equal(total, want, equal_nan=True)
+
+
+def _quiet_nan_bits(bits: int, dtype) -> int:
+    """The 16-bit NaN ``bits`` of ``dtype``, quieted: widened, quiet bit set, rounded back."""
+    bits32 = widen(np.array([bits], np.uint16).view(dtype)).view(np.uint32) | 0x00400000
+    return int(_rounded(bits32.view(np.float32), dtype).view(np.uint16)[0])
+
+
+_FLOAT32 = pytest.param(np.dtype(np.float32), id="float32")
+
+
+@pytest.mark.parametrize("dtype", [_FLOAT32, *half_dtypes()])
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_backward_row_with_nans_takes_its_first_nan(dtype, log):
+    """A classes-last row whose sum is NaN comes back all NaN, every element the row's first NaN
+    input (g, then y for softmax) in class order, quieted: not whichever of its NaNs a
+    vectorized sum kept, which may differ between the float and the 16-bit instances."""
+    sm = pytest.importorskip("normax._softmax_numba")
+    outer, c = 4, 300
+    half = dtype != np.float32
+    patterns = (0x7D01, 0xFD55, 0x7E2A) if dtype == np.float16 else (0x7F81, 0xFF95, 0x7FAA)
+
+    def nan(k):  # distinct payloads, one of them signaling, in the row's dtype
+        if half:
+            return np.array([patterns[k]], np.uint16).view(dtype)[0]
+        bits = 0x7F800000 | (patterns[k] & 0x7F) << 16 | 1
+        return np.array([bits], np.uint32).view(np.float32)[0]
+
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal((outer, c)).astype(dtype)
+    y = rng.random((outer, c)).astype(dtype)
+    first = {}
+    # row 0: two NaNs in g; row 1: three, the first late; row 2: y's NaN before g's
+    for row, cols in ((0, (7, 200)), (1, (250, 270, 299)), (2, (40,))):
+        for k, j in enumerate(cols):
+            g[row, j] = nan(k % 3)
+        first[row] = nan(0)
+    y[2, 5] = nan(1)
+    if not log:
+        first[2] = nan(1)
+    dz = np.empty_like(g)
+    sm.backward(g, y, dz, outer, c, 1, log)
+    bits = dz.view(np.uint16 if half else np.uint32)
+    for row, value in first.items():
+        raw = int(np.array([value]).view(np.uint16 if half else np.uint32)[0])
+        want = _quiet_nan_bits(raw, dtype) if half else raw | 0x00400000
+        assert (bits[row] == want).all(), (row, hex(want), np.unique(bits[row]))
+    assert np.isfinite(dz[3].astype(np.float32)).all()
+
+
+@pytest.mark.parametrize("dtype", [_FLOAT32, *half_dtypes()])
+def test_cross_entropy_row_with_nan_targets_takes_their_first_nan(dtype):
+    """Probability targets with two NaNs in a classes-last row: the row's gradient and its loss
+    are all the first NaN target, quieted (see the backward's test above)."""
+    sm = pytest.importorskip("normax._softmax_numba")
+    outer, c = 3, 300
+    half = dtype != np.float32
+    ubits = np.uint16 if half else np.uint32
+    if dtype == np.float16:
+        nans = np.array([0x7D01, 0xFE2A], np.uint16).view(dtype)
+    elif half:
+        nans = np.array([0x7F81, 0xFFAA], np.uint16).view(dtype)
+    else:
+        nans = np.array([0x7F810001, 0xFFAA0000], np.uint32).view(dtype)
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((outer, c)).astype(dtype)
+    q = rng.random((outer, c)).astype(dtype)
+    q[1, 20], q[1, 220] = nans
+    dz, loss = np.empty_like(z), np.empty(outer, dtype if half else np.float64)
+    sm.xent(z, outer, c, 1, q, None, None, 0.1, 1.0, dz, loss)
+    raw = int(nans[:1].view(ubits)[0])
+    want = _quiet_nan_bits(raw, dtype) if half else raw | 0x00400000
+    assert (dz[1].view(ubits) == want).all(), np.unique(dz[1].view(ubits))
+    # the loss is that NaN too, in float64 (rounded once to a half dtype)
+    nan64 = widen(nans[:1]).view(np.uint32) | 0x00400000
+    nan64 = nan64.view(np.float32).astype(np.float64)
+    want_loss = _rounded(nan64, dtype) if half else nan64
+    assert loss[1:2].tobytes() == want_loss.tobytes()
+    assert np.isfinite(dz[[0, 2]].astype(np.float32)).all()

@@ -416,6 +416,24 @@ def _row_dot(a, b, use_b):  # pragma: no cover - compiled
     return d
 
 
+@nb.njit(cache=True)
+def _first_nan(a, b, use_b, fallback):  # pragma: no cover - compiled
+    """The NaN a row's results all take once a sum over it is NaN: its first NaN input in class
+    order (a[j], then b[j] with use_b), widened to float64, else ``fallback`` (the sum's own
+    NaN, from inf - inf or 0 * inf, which is the default NaN whatever the order). A vectorized
+    sum that meets two NaNs keeps the one its lanes happen to meet first, and the float and
+    16-bit instances of a loop need not split it into the same lanes."""
+    for j in range(a.size):
+        x = np.float64(load(a[j]))
+        if x != x:
+            return x
+        if use_b:
+            x = np.float64(load(b[j]))
+            if x != x:
+                return x
+    return fallback
+
+
 @nb.njit(cache=True, fastmath=_REASSOC)
 def _row_wdot(w, z, m):  # pragma: no cover - compiled
     """sum_j w[j] * (z[j] - m) in float64."""
@@ -456,12 +474,13 @@ def _backward_row(g, y, out, log):  # pragma: no cover - compiled
     d = _row_dot(g, y, not log)
     like = load(y[0])
     if d != d:
-        # A NaN in g (or y, for softmax) makes d NaN and every result NaN: all are d's NaN. Where
-        # two NaNs meet in one product or difference, which survives depends on the order in
-        # which the compiler puts the operands, and that differs between the float and the
-        # 16-bit instances of these loops on some CPUs (AVX2), so the loops below would give the
-        # half path other NaN payloads than the float32 path.
-        nan = _typed(like, d)
+        # A NaN in g (or y, for softmax) makes d NaN and every result NaN: all take the row's
+        # first NaN (_first_nan). Where two NaNs meet in one product, difference or vectorized
+        # sum, which survives depends on the order in which the compiler puts the operands, and
+        # that differs between the float and the 16-bit instances of these loops on some CPUs
+        # (AVX2), so the loops below would give the half path other NaN payloads than the
+        # float32 path.
+        nan = _typed(like, _first_nan(g, y, not log, d))
         for j in range(g.size):
             out[j] = store(out, nan)
         return
@@ -510,16 +529,18 @@ def _xent_prob_row(z, q, dz, scratch, w, eps, scale, nz, nout):  # pragma: no co
     s = _row_exp_sum(z, m, e, nz, nout)
     ec, keep = eps / c, 1.0 - eps
     big_a, at = _prob_coeffs(z, q, w, np.float64(m), ec, keep)
+    if big_a != big_a:  # q's first NaN, not the one the vectorized sum kept (_first_nan)
+        big_a = _first_nan(q, q, False, big_a)
     alpha = scale * big_a
     if alpha == alpha:  # else big_a's NaN, not whichever of it and s's the division keeps
         alpha /= 1.0 + s
     if alpha != alpha:
-        # NaN in z or q: every gradient is NaN, alpha's, not whichever of alpha's and e's the
-        # products below would keep (see _backward_row)
+        # NaN in z or q: every gradient and the loss are NaN, alpha's, not whichever of alpha's
+        # and e's the products below would keep, or of big_a's and at's (see _backward_row)
         nan = _typed(m, alpha)
         for k in range(c):
             dz[k] = store(dz, nan)
-        return big_a * math.log1p(s) - at
+        return alpha
     for k in range(c):
         v = alpha * np.float64(e[k]) - scale * (w[k] * (keep * np.float64(load(q[k])) + ec))
         dz[k] = store(dz, _typed(m, v))
