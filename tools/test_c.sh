@@ -16,19 +16,30 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 flags=(-std=gnu11 -O2 -fno-math-errno -fno-trapping-math -Wall -Wextra -Wshadow -Werror -Icsrc)
 
+# One build per distinct compiler and flags: gcc, gcc-haswell and gcc-sse2 run the same binary
+# (the emulated CPUs pick other SIMD clones at load time), so it is compiled once.
+declare -A built=()
 run() {  # run <label> <compiler> <extra flags...>
   local label=$1 cc=$2
   shift 2
+  local key="$cc $*" bin
   printf '\n--- %s: %s\n' "$label" "$("$cc" --version | head -1)"
-  "$cc" "${flags[@]}" "$@" csrc/*.c tests/c/test_kernels.c -o "$out/$label" -lm -ldl
+  if [ -n "${built[$key]:-}" ]; then
+    bin=${built[$key]}
+    echo "(the binary built for ${bin##*/})"
+  else
+    bin=$out/$label
+    "$cc" "${flags[@]}" "$@" csrc/*.c tests/c/test_kernels.c -o "$bin" -lm -ldl
+    built[$key]=$bin
+  fi
   case $label in
-    *aarch64*) OMP_NUM_THREADS=2 qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/$label" ;;
+    *aarch64*) OMP_NUM_THREADS=2 qemu-aarch64 -L /usr/aarch64-linux-gnu "$bin" ;;
     # Older x86-64 CPUs, emulated: the run-time dispatch then takes the AVX2/F16C code
     # (Haswell) or the SSE2 baseline (qemu64), which this machine's own CPU never runs.
     # qemu's notes on CPU features it does not emulate (TSX, x2APIC, ...) are dropped.
-    *-haswell) OMP_NUM_THREADS=2 qemu-x86_64 -cpu Haswell "$out/$label" 2> >(grep -v "TCG doesn't support" >&2) ;;
-    *-sse2) OMP_NUM_THREADS=2 qemu-x86_64 -cpu qemu64 "$out/$label" 2> >(grep -v "TCG doesn't support" >&2) ;;
-    *) OMP_NUM_THREADS=2 "$out/$label" ;;
+    *-haswell) OMP_NUM_THREADS=2 qemu-x86_64 -cpu Haswell "$bin" 2> >(grep -v "TCG doesn't support" >&2) ;;
+    *-sse2) OMP_NUM_THREADS=2 qemu-x86_64 -cpu qemu64 "$bin" 2> >(grep -v "TCG doesn't support" >&2) ;;
+    *) OMP_NUM_THREADS=2 "$bin" ;;
   esac
 }
 
