@@ -1,11 +1,11 @@
-/* Softmax, log-softmax and fused softmax cross-entropy on (outer, classes, inner) blocks.
+/* Softmax, log-softmax and fused softmax cross-entropy on (outer, classes, inner) blocks:
+ * float32 and float64 (softmax_half.c: float16 and bfloat16).
  *
  * The exponentials use a branch-free range reduction exp(x) = 2^k * exp(r), |r| <= ln2 / 2, with
  * a Taylor polynomial (degree 7 in float32, 13 in float64: truncation error below 0.1 ulp, about
  * 1 ulp with rounding) so that GCC vectorizes the hot loops; libm's exp does not vectorize
- * without -ffast-math. The per-type kernels live in softmax_impl.h, included once per dtype;
- * float16 / bfloat16 run the float32 arithmetic on half rows directly (softmax_hrow.h) or on
- * converted tiles (softmax_half.h).
+ * without -ffast-math (softmax_common.h). The per-type kernels live in softmax_impl.h, included
+ * once per dtype.
  */
 #include "softmax.h"
 
@@ -15,201 +15,8 @@
 
 #include "half.h"
 #include "platform.h"
+#include "softmax_common.h"
 #include "stream.h"
-
-/* The vector helpers below are always inlined, so the vector-argument ABI note is moot. */
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-/* exp for float32. x is clamped to [-104, 89]: below, the result rounds to 0 even as a
- * subnormal; above, it is +inf. 2^k is applied in two halves so subnormal results are right.
- * NaN passes the clamps (comparisons are false) and poisons r, so the result is NaN; the integer
- * bit games never convert a NaN to int (no UB): k comes from the 1.5 * 2^23 rounding trick. */
-static inline float nmx_exp_f32(float x) {
-    x = x < -104.0f ? -104.0f : x;
-    x = x > 89.0f ? 89.0f : x;
-    float kf = x * 1.44269504088896341f + 0x1.8p23f;
-    float k = kf - 0x1.8p23f;
-    uint32_t bits;
-    memcpy(&bits, &kf, sizeof bits);
-    int32_t ki = (int32_t)(bits - 0x4B400000u);
-    float r = x - k * 0.693145751953125f; /* ln2 high part: k * hi is exact */
-    r = r - k * 1.428606765330187045e-06f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t k1 = ki >> 1, k2 = ki - k1;
-    uint32_t b1 = (uint32_t)(k1 + 127) << 23, b2 = (uint32_t)(k2 + 127) << 23;
-    float s1, s2;
-    memcpy(&s1, &b1, sizeof s1);
-    memcpy(&s2, &b2, sizeof s2);
-    return p * s1 * s2;
-}
-
-/* exp for float64, same scheme: x clamped to [-746, 710], 1.5 * 2^52 rounding trick. */
-static inline double nmx_exp_f64(double x) {
-    x = x < -746.0 ? -746.0 : x;
-    x = x > 710.0 ? 710.0 : x;
-    double kf = x * 1.4426950408889634074 + 0x1.8p52;
-    double k = kf - 0x1.8p52;
-    uint64_t bits;
-    memcpy(&bits, &kf, sizeof bits);
-    int64_t ki = (int64_t)(bits - 0x4338000000000000ull);
-    double r = x - k * 6.93147180369123816490e-01; /* ln2 high part (32 bits): k * hi exact */
-    r = r - k * 1.90821492927058770002e-10;
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    int64_t k1 = ki >> 1, k2 = ki - k1;
-    uint64_t b1 = (uint64_t)(k1 + 1023) << 52, b2 = (uint64_t)(k2 + 1023) << 52;
-    double s1, s2;
-    memcpy(&s1, &b1, sizeof s1);
-    memcpy(&s2, &b2, sizeof s2);
-    return p * s1 * s2;
-}
-
-/* Explicit 64-byte vectors (GCC/Clang vector extensions) for the row loops: the compiler lowers
- * them to one AVX-512, two AVX2 or four SSE2 registers in each target clone. Loads and stores go
- * through memcpy (unaligned moves). */
-typedef float nmx_vf32 __attribute__((vector_size(64)));
-typedef int32_t nmx_vi32 __attribute__((vector_size(64)));
-typedef uint32_t nmx_vu32 __attribute__((vector_size(64)));
-typedef float nmx_vf32h __attribute__((vector_size(32)));
-typedef double nmx_vf64 __attribute__((vector_size(64)));
-typedef int64_t nmx_vi64 __attribute__((vector_size(64)));
-typedef uint64_t nmx_vu64 __attribute__((vector_size(64)));
-
-#define NMX_VSEL(vt, it, mask, a, b) ((vt)(((mask) & (it)(a)) | (~(mask) & (it)(b))))
-
-/* The reduction and polynomial of exp on 16 lanes, as in the scalar versions: x = k ln 2 + r
- * (ln 2 in two parts), e^r by its degree-7 Taylor polynomial; kf holds k + 1.5 * 2^23, so k sits
- * in its low bits. Each caller scales by 2^k its own way. */
-static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_poly(nmx_vf32 x, nmx_vf32 *kfp) {
-    const nmx_vf32 zero = {0};
-    nmx_vf32 kf = x * 1.44269504088896341f + 0x1.8p23f;
-    nmx_vf32 k = kf - 0x1.8p23f;
-    nmx_vf32 r = x - k * 0.693145751953125f;
-    r = r - k * 1.428606765330187045e-06f;
-    nmx_vf32 p = zero + 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    *kfp = kf;
-    return p * r + 1.0f;
-}
-
-/* Vector exp for the max-shifted row loops, where x = z - max is <= 0 or NaN. Same reduction and
- * polynomial as the scalar versions; results below the smallest normal number (x < -87.3 in
- * float32, -708.3 in float64) are flushed to 0 by one final select instead of clamping and
- * scaling twice, which saves a quarter of the instructions. Such terms are below 1e-38 of the
- * maximum's exp(0) = 1. Out-of-range x only produce garbage lanes that the select discards (the
- * integer arithmetic is unsigned, so it wraps without UB); NaN fails the comparison and stays NaN. */
-static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_f32(const nmx_vf32 *xp) {
-    const nmx_vf32 zero = {0}, x = *xp;
-    nmx_vf32 kf, p = nmx_vexp_poly(x, &kf);
-    /* kf's low bits hold k + 2^22 + 2^23; 127 - (2^22 + 2^23) re-biases it to the exponent. */
-    nmx_vf32 scale = (nmx_vf32)(((nmx_vu32)kf + (127u - 0x4B400000u)) << 23);
-    return NMX_VSEL(nmx_vf32, nmx_vi32, x < -87.33f, zero, p * scale);
-}
-
-static inline __attribute__((always_inline)) nmx_vf64 nmx_vexp_f64(const nmx_vf64 *xp) {
-    const nmx_vf64 zero = {0}, x = *xp;
-    nmx_vf64 kf = x * 1.4426950408889634074 + 0x1.8p52;
-    nmx_vf64 k = kf - 0x1.8p52;
-    nmx_vf64 r = x - k * 6.93147180369123816490e-01;
-    r = r - k * 1.90821492927058770002e-10;
-    nmx_vf64 p = zero + 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    nmx_vf64 scale = (nmx_vf64)(((nmx_vu64)kf + (1023ull - 0x4338000000000000ull)) << 52);
-    return NMX_VSEL(nmx_vf64, nmx_vi64, x < -708.39, zero, p * scale);
-}
-
-/* Add a vector of exponentials to float64 accumulators (float32: two halves widened). */
-static inline __attribute__((always_inline)) void nmx_vacc_f32(nmx_vf64 *acc, const nmx_vf32 *e) {
-    nmx_vf32h lo, hi;
-    memcpy(&lo, e, sizeof lo);
-    memcpy(&hi, (const char *)e + sizeof lo, sizeof hi);
-    acc[0] += __builtin_convertvector(lo, nmx_vf64);
-    acc[1] += __builtin_convertvector(hi, nmx_vf64);
-}
-
-static inline __attribute__((always_inline)) void nmx_vacc_f64(nmx_vf64 *acc, const nmx_vf64 *e) {
-    acc[0] += *e;
-}
-
-/* In-place transpose of a 16 x 16 float32 matrix held as 16 vectors, for the few-class row
- * groups: four butterfly stages, stage b swapping element (i, j) with (i ^ b, j ^ b) where bit b
- * of i and j differ; 64 two-vector shuffles instead of 256 scalar moves. Compilers without
- * __builtin_shufflevector (GCC < 12) keep the scalar transposes (NMX_HAVE_TR16 unset). */
-#if defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)
-#define NMX_HAVE_TR16 1
-#endif
-#endif
-#ifdef NMX_HAVE_TR16
-#define NMX_TR_LO(b, j) (((j) & (b)) ? 16 + (j) - (b) : (j))
-#define NMX_TR_HI(b, j) (((j) & (b)) ? 16 + (j) : (j) + (b))
-#define NMX_TR_IDX(F, b)                                                                       \
-    F(b, 0), F(b, 1), F(b, 2), F(b, 3), F(b, 4), F(b, 5), F(b, 6), F(b, 7), F(b, 8), F(b, 9),  \
-        F(b, 10), F(b, 11), F(b, 12), F(b, 13), F(b, 14), F(b, 15)
-#define NMX_TR_STAGE(v, b)                                                                     \
-    for (int i = 0; i < 16; i++)                                                               \
-        if (!(i & (b))) {                                                                      \
-            nmx_vf32 lo = v[i], hi = v[i ^ (b)];                                               \
-            v[i] = __builtin_shufflevector(lo, hi, NMX_TR_IDX(NMX_TR_LO, b));                  \
-            v[i ^ (b)] = __builtin_shufflevector(lo, hi, NMX_TR_IDX(NMX_TR_HI, b));            \
-        }
-static inline __attribute__((always_inline)) void nmx_transpose16_f32(nmx_vf32 *v) {
-    NMX_TR_STAGE(v, 8)
-    NMX_TR_STAGE(v, 4)
-    NMX_TR_STAGE(v, 2)
-    NMX_TR_STAGE(v, 1)
-}
-#endif
-
-/* log1p(s) for the s >= 0 of a softmax row: glibc's log1p is several times slower than its log,
- * and small batches compute one per row. With u = 1 + s rounded, log(u) * s / (u - 1) corrects
- * the rounding of u (Goldberg), within a few ulp; u == 1 means s is below half an ulp of 1 and
- * log1p(s) = s to double precision (a class that dominates by 100 keeps its exp(-100)). */
-static inline double nmx_log1p(double s) {
-    double u = 1.0 + s;
-    return u == 1.0 ? s : log(u) * (s / (u - 1.0));
-}
-#define NMX_LOG1P nmx_log1p
-
-static inline int64_t nmx_label_at(const void *labels, int bytes, nmx_index i) {
-    return bytes == 4 ? (int64_t)((const int32_t *)labels)[i] : ((const int64_t *)labels)[i];
-}
 
 nmx_index nmx_xent_check_labels(const void *labels, int label_bytes, nmx_index n,
                                 nmx_index classes, int has_ignore, int64_t ignore,
@@ -225,113 +32,9 @@ nmx_index nmx_xent_check_labels(const void *labels, int label_bytes, nmx_index n
     return -1;
 }
 
-/* Block of columns processed together when inner > 1: its packed copy (classes * B elements)
- * should stay in L2 (1 MiB on the machines we measure) between the passes over the class axis. */
-#define NMX_BLOCK_MAX 256
-#ifndef NMX_BLOCK_BYTES
-#define NMX_BLOCK_BYTES ((nmx_index)512 * 1024)
-#endif
-#define NMX_SMALL_C 16 /* rows with at most this many classes are processed in groups */
-#ifndef NMX_PREFETCH
-#define NMX_PREFETCH 8 /* classes ahead */
-#endif
-
-static nmx_index nmx_block_cols(nmx_index classes, nmx_index inner, nmx_index elem) {
-    nmx_index b = NMX_BLOCK_BYTES / (classes * elem);
-    b = b & ~(nmx_index)15;
-    if (b < 16) b = 16;
-    if (b > NMX_BLOCK_MAX) b = NMX_BLOCK_MAX;
-    return b < inner ? b : inner;
-}
-
-/* The tasks of a call (rows, column blocks or half tiles) are dealt out to the threads in chunks
- * of neighbouring tasks. The chunks depend on the call's size only, never on the thread count:
- * each chunk sums its examples' losses in task order into a slot of its own and the slots are
- * added in chunk order, so the reduced loss has the same bits whatever the number of threads and
- * whichever thread finishes first. At most NMX_RUN_CHUNKS chunks (8 per thread on 8 threads, for
- * dynamic scheduling on a shared machine), each at least NMX_RUN_CHUNK_WORK elements so that
- * handing one out (well under a microsecond) stays far below its work. */
-#define NMX_RUN_CHUNKS 64
-#ifndef NMX_RUN_CHUNK_WORK
-#define NMX_RUN_CHUNK_WORK ((nmx_index)1 << 14)
-#endif
-
-/* Tasks per chunk for ntasks tasks of `work` elements in all (ntasks >= 1), a multiple of
- * `align`: ceil(ntasks / chunk) <= NMX_RUN_CHUNKS. */
-static nmx_index nmx_run_chunk(nmx_index ntasks, nmx_index work, nmx_index align) {
-    nmx_index per_task = work / ntasks > 0 ? work / ntasks : 1;
-    nmx_index chunk = (ntasks + NMX_RUN_CHUNKS - 1) / NMX_RUN_CHUNKS;
-    nmx_index least = (NMX_RUN_CHUNK_WORK + per_task - 1) / per_task;
-    if (chunk < least) chunk = least;
-    return (chunk + align - 1) / align * align;
-}
-
-/* The end of chunk k. */
-static inline nmx_index nmx_chunk_end(nmx_index k, nmx_index chunk, nmx_index ntasks) {
-    return (k + 1) * chunk < ntasks ? (k + 1) * chunk : ntasks;
-}
-
-/* The chunks' partial sums, added in chunk order. */
-static double nmx_sum_parts(const double *part, nmx_index nchunks) {
-    double total = 0.0;
-    for (nmx_index k = 0; k < nchunks; k++) total += part[k];
-    return total;
-}
-
-/* Streamed blocks are as wide as the kernels allow: long contiguous runs per class row. A
- * multiple of 16 (as nmx_block_cols' blocks), so the scalar columns are the same ones. */
-static nmx_index nmx_stream_cols(nmx_index inner) {
-    return inner < NMX_BLOCK_MAX ? inner : NMX_BLOCK_MAX;
-}
-
-#define NMX_CAT2(a, b) a##_##b
-#define NMX_CAT(a, b) NMX_CAT2(a, b)
-
-enum { NMX_SOFTMAX, NMX_LOG_SOFTMAX, NMX_XENT, NMX_BWD, NMX_BWD_LOG };
-
-/* Whether column blocks of `classes` elements of `elem` bytes are streamed (softmax_stream.h)
- * rather than packed: when the packed block that fits the budget would be narrower than the
- * kernel's minimum. A narrow packed block reads its class rows as short runs `inner` apart (16
- * float32 columns: one 64-byte line a row), which the hardware prefetcher does not follow, while
- * a streamed block reads 1 KiB runs even though it reads them from memory in every pass. Two
- * threads, float32 (float16 alike): at (8192, 2048), packed in 16 columns, the backward took
- * 19-21 ms and softmax 14 ms, streamed 7-8 ms and 7.3-7.5 ms; at (2048, 8192), packed in 64
- * columns, the backward 10 ms against 7.2-8.5 streamed, while softmax, which computes exp twice
- * when streamed and once when packed, gained less there and lost at 80 columns ((1536, 10923):
- * 7 ms packed, 11-14 streamed). So the backward streams below 128 columns, softmax and
- * log-softmax below 64. Cross-entropy keeps the 16-column minimum: its reduced loss is added
- * block by block, so moving its threshold would change that sum's rounding. */
-#ifndef NMX_STREAM_MIN
-#define NMX_STREAM_MIN 16
-#endif
-#ifndef NMX_STREAM_MIN_FWD
-#define NMX_STREAM_MIN_FWD 64
-#endif
-#ifndef NMX_STREAM_MIN_BWD
-#define NMX_STREAM_MIN_BWD 128
-#endif
-static int nmx_block_streams(nmx_index classes, nmx_index elem, int kind) {
-    nmx_index least = kind == NMX_XENT ? NMX_STREAM_MIN
-                      : kind == NMX_BWD || kind == NMX_BWD_LOG ? NMX_STREAM_MIN_BWD
-                                                               : NMX_STREAM_MIN_FWD;
-    return NMX_BLOCK_BYTES / (classes * elem) < least;
-}
-
 #define NMX_CLONES NMX_CLONES_SIMD
 
-#define T float
-#define SFX f32
-#define EXP nmx_exp_f32
-#define LANES 16
-#define VT nmx_vf32
-#define VI nmx_vi32
-#include "softmax_impl.h"
-#undef T
-#undef SFX
-#undef EXP
-#undef LANES
-#undef VT
-#undef VI
+#include "softmax_f32.h"
 
 #define T double
 #define SFX f64
@@ -346,5 +49,3 @@ static int nmx_block_streams(nmx_index classes, nmx_index elem, int kind) {
 #undef LANES
 #undef VT
 #undef VI
-
-#include "softmax_half.h"

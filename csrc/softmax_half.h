@@ -1,5 +1,5 @@
-/* Half-precision storage (float16 / bfloat16) for the softmax kernels; included by softmax.c
- * after the float32 kernels, whose arithmetic it reuses unchanged.
+/* Half-precision storage (float16 / bfloat16) for the softmax kernels; included by
+ * softmax_half.c after the float32 kernels' inline pieces, whose arithmetic it reuses unchanged.
  *
  * Softmax, log-softmax and both backwards with inner > 1 (column blocks, softmax_hcol_impl.h)
  * and rows of at least NMX_HROW_MIN classes (the same kernels and the integer-label
@@ -111,7 +111,7 @@ static double nmx_half_rows(const nmx_hjob *h, nmx_index r0, nmx_index nr, float
         nmx_half_args(h, &b, r0, nr, qf, lf);
         f.a = &b;
     }
-    double total = run_tasks_f32(&f, 0, nr, NULL);
+    double total = nmx_softmax_tasks_f32(&f, 0, nr, NULL);
     nmx_float_to_half(h->kind, of, h->out + off, cnt);
     if (a && a->loss) nmx_float_to_half(h->kind, lf, (uint16_t *)a->loss + r0, nr);
     return total;
@@ -162,7 +162,7 @@ static double nmx_half_cols(const nmx_hjob *h, nmx_index o, nmx_index i0, nmx_in
         nmx_half_args(h, &b, o * inner + i0, nb, qf, lf);
         f.a = &b;
     }
-    double total = run_tasks_f32(&f, 0, 1, NULL);
+    double total = nmx_softmax_tasks_f32(&f, 0, 1, NULL);
     nmx_half_scatter(h->kind, of, h->out + off, n, inner, nb);
     if (a && a->loss) nmx_float_to_half(h->kind, lf, (uint16_t *)a->loss + o * inner + i0, nb);
     return total;

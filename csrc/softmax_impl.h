@@ -1,4 +1,6 @@
-/* Softmax kernels for one dtype; included by softmax.c with T, SFX, EXP and LANES defined.
+/* Softmax kernels for one dtype; included by softmax.c with T, SFX, EXP and LANES defined, and
+ * by softmax_half.c for float32 with NMX_SOFTMAX_HALF_TU: there only the inline pieces and the
+ * half-only stream_xent_h are compiled, and the task runner is softmax.c's.
  *
  * Two layouts of the (outer, classes, inner) block:
  *   inner == 1: each example is a contiguous row; loops run along the row in LANES-wide steps
@@ -566,7 +568,7 @@ static inline __attribute__((always_inline)) double NM(xent_block)(const T *zb, 
     return total;
 }
 
-#if LANES == 16
+#if LANES == 16 && defined(NMX_SOFTMAX_HALF_TU)
 /* Row c of a streamed block's half targets q (class rows `inner` apart), widened into qb; the
  * row NMX_SPREFETCH classes ahead is fetched meanwhile, as NM(srow) does for the input. */
 static inline __attribute__((always_inline)) void NM(sqrow)(const NM(sblk) * b, const uint16_t *q,
@@ -851,6 +853,10 @@ typedef struct {
     int nt;     /* streamed softmax outputs: non-temporal stores (stream.h) */
 } NM(job);
 
+/* run_tasks below, for the half kernels, which call the float32 runner compiled in softmax.c. */
+double NM(nmx_softmax_tasks)(const NM(job) * jb, nmx_index t0, nmx_index t1, T *pk);
+
+#ifndef NMX_SOFTMAX_HALF_TU
 /* Rows [t0, t1) with few classes, in groups (see xent_small_rows and softmax_small_rows). A
  * function of its own: inlined into run_tasks, the group kernels share that function's frame and
  * registers with every other kernel and spill most of their per-column values, which costs a
@@ -927,6 +933,12 @@ NMX_CLONES static double NM(run_tasks)(const NM(job) * jb, nmx_index t0, nmx_ind
     return total;
 }
 
+/* A plain function, not a clone: GCC gives a cloned function's dispatcher default visibility
+ * whatever the attributes say, and the extension modules should export nothing of the kernels. */
+double NM(nmx_softmax_tasks)(const NM(job) * jb, nmx_index t0, nmx_index t1, T *pk) {
+    return NM(run_tasks)(jb, t0, t1, pk);
+}
+
 static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
     /* Packed copy of one column block (forward kernels with inner > 1); without memory the
      * kernels work in place on the strided block, slower but identical. */
@@ -998,5 +1010,6 @@ void NMX_CAT(nmx_softmax_backward, SFX)(const T *g, const T *y, T *dz, nmx_index
     NM(job) jb = {log_ ? NMX_BWD_LOG : NMX_BWD, g, y, dz, NULL, classes, inner, 0, 0, 0.0, 0, 0};
     NM(run)(&jb, outer);
 }
+#endif /* NMX_SOFTMAX_HALF_TU */
 
 #undef NM

@@ -10,7 +10,7 @@
  * exp(z - max) instead of storing it in the output and reading it back: 3 reads and 1 write of
  * the array. The kernels stream sooner than the 16-column minimum forces them to: a packed
  * block narrower than 64 columns (softmax, log-softmax) or 128 (the backward) reads short
- * strided runs too and loses to a streamed one (nmx_block_streams in softmax.c).
+ * strided runs too and loses to a streamed one (nmx_block_streams in softmax_common.h).
  * When that output is larger than the cache (stream.h), softmax writes each class row
  * from an L1 buffer with non-temporal stores, so the destination is not read for ownership
  * first.
@@ -144,6 +144,7 @@ static inline __attribute__((always_inline)) void NM(stream_exp)(const T *r, con
     }
 }
 
+#ifndef NMX_SOFTMAX_HALF_TU /* the half kernels stream blocks of their own (softmax_hcol_impl.h) */
 /* Softmax or log-softmax of a streamed block (T storage), as softmax_block. Cloned like
  * run_tasks (and called from it), so its exponentials contract to the same FMAs. */
 NMX_CLONES static void NM(stream_softmax)(const NM(sblk) * b, int log_) {
@@ -175,3 +176,4 @@ NMX_CLONES static void NM(stream_softmax)(const NM(sblk) * b, int log_) {
     }
     if (b->nt) nmx_stream_fence();
 }
+#endif
