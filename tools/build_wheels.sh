@@ -4,7 +4,8 @@
 #   tools/build_wheels.sh [-o OUTDIR] [-k EXPR] [VERSION...]    e.g. tools/build_wheels.sh 3.12 3.13
 #
 # -k EXPR selects the wheel's tests as pytest's -k does (all of tools/test_wheel.py's subset by
-# default; .ci/run passes "not numba", whose backend step 1 has just tested on the same Python).
+# default; .ci/run passes "not numba and not numpy": those backends are the same Python files
+# step 1 has just tested on the same Python).
 #
 # VERSION defaults to every CPython 3.10-3.13 that pyenv provides (or python3.X on PATH).
 # For each one:
