@@ -29,7 +29,18 @@ run() {  # run <label> <compiler> <extra flags...>
     echo "(the binary built for ${bin##*/})"
   else
     bin=$out/$label
-    "$cc" "${flags[@]}" "$@" csrc/*.c tests/c/test_kernels.c -o "$bin" -lm -ldl
+    # each file in a compiler process of its own, side by side (softmax.c and softmax_half.c
+    # take most of the time), then one link; a failed compile fails its wait (set -e)
+    mkdir "$bin.o"
+    local objs=() pids=() src obj pid
+    for src in csrc/*.c tests/c/test_kernels.c; do
+      obj=$bin.o/$(basename "${src%.c}").o
+      objs+=("$obj")
+      "$cc" "${flags[@]}" "$@" -c "$src" -o "$obj" &
+      pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    "$cc" "${flags[@]}" "$@" "${objs[@]}" -o "$bin" -lm -ldl
     built[$key]=$bin
   fi
   case $label in
