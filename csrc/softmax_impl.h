@@ -853,8 +853,10 @@ typedef struct {
     int nt;     /* streamed softmax outputs: non-temporal stores (stream.h) */
 } NM(job);
 
+#if LANES == 16
 /* run_tasks below, for the half kernels, which call the float32 runner compiled in softmax.c. */
 double NM(nmx_softmax_tasks)(const NM(job) * jb, nmx_index t0, nmx_index t1, T *pk);
+#endif
 
 #ifndef NMX_SOFTMAX_HALF_TU
 /* Rows [t0, t1) with few classes, in groups (see xent_small_rows and softmax_small_rows). A
@@ -935,9 +937,11 @@ NMX_CLONES static double NM(run_tasks)(const NM(job) * jb, nmx_index t0, nmx_ind
 
 /* A plain function, not a clone: GCC gives a cloned function's dispatcher default visibility
  * whatever the attributes say, and the extension modules should export nothing of the kernels. */
+#if LANES == 16
 double NM(nmx_softmax_tasks)(const NM(job) * jb, nmx_index t0, nmx_index t1, T *pk) {
     return NM(run_tasks)(jb, t0, t1, pk);
 }
+#endif
 
 static double NM(run_range)(const NM(job) * jb, nmx_index t0, nmx_index t1) {
     /* Packed copy of one column block (forward kernels with inner > 1); without memory the
