@@ -42,6 +42,8 @@ nmx_index nmx_xent_check_labels(const void *labels, int label_bytes, nmx_index n
 #define LANES 8
 #define VT nmx_vf64
 #define VI nmx_vi64
+#define VH nmx_vf64h
+#define VIH nmx_vi64h
 #include "softmax_impl.h"
 #undef T
 #undef SFX
@@ -49,3 +51,5 @@ nmx_index nmx_xent_check_labels(const void *labels, int label_bytes, nmx_index n
 #undef LANES
 #undef VT
 #undef VI
+#undef VH
+#undef VIH

@@ -86,11 +86,86 @@ typedef float nmx_vf32 __attribute__((vector_size(64)));
 typedef int32_t nmx_vi32 __attribute__((vector_size(64)));
 typedef uint32_t nmx_vu32 __attribute__((vector_size(64)));
 typedef float nmx_vf32h __attribute__((vector_size(32)));
+typedef int32_t nmx_vi32h __attribute__((vector_size(32)));
+typedef double nmx_vf64h __attribute__((vector_size(32)));
+typedef int64_t nmx_vi64h __attribute__((vector_size(32)));
 typedef double nmx_vf64 __attribute__((vector_size(64)));
 typedef int64_t nmx_vi64 __attribute__((vector_size(64)));
 typedef uint64_t nmx_vu64 __attribute__((vector_size(64)));
 
 #define NMX_VSEL(vt, it, mask, a, b) ((vt)(((mask) & (it)(a)) | (~(mask) & (it)(b))))
+
+/* a > b lane by lane (-1 where true, else 0), compared in pieces of the width every clone of the
+ * target compares natively: 32 bytes on x86-64 (AVX2 and AVX-512 clones; the SSE2 baseline
+ * splits them further itself), 16 bytes elsewhere (NEON). GCC 12 lowers a comparison of 64-byte
+ * vectors that the target cannot compare whole to a scalar compare, set and spill per lane (16
+ * per float32 vector in the AVX2 clone, which made the row maxima slower than the exponentials),
+ * whereas pieces stay vector code. The same IEEE comparison lane for lane: NaN compares false. */
+#if defined(__x86_64__) || defined(__i386__)
+#define NMX_PIECE 32
+#else
+#define NMX_PIECE 16
+#endif
+#define NMX_DEFINE_VGT(name, vt, it, t, ti)                                                       \
+    static inline __attribute__((always_inline)) void name(it *r, const vt *a, const vt *b) {    \
+        typedef t pt __attribute__((vector_size(NMX_PIECE)));                                    \
+        typedef ti pi __attribute__((vector_size(NMX_PIECE)));                                   \
+        for (int q = 0; q < (int)(sizeof(vt) / NMX_PIECE); q++) {                                \
+            pt x, y;                                                                             \
+            memcpy(&x, (const char *)a + q * NMX_PIECE, NMX_PIECE);                              \
+            memcpy(&y, (const char *)b + q * NMX_PIECE, NMX_PIECE);                              \
+            pi g = x > y;                                                                        \
+            memcpy((char *)r + q * NMX_PIECE, &g, NMX_PIECE);                                    \
+        }                                                                                        \
+    }
+NMX_DEFINE_VGT(nmx_vgt_f32, nmx_vf32, nmx_vi32, float, int32_t)
+NMX_DEFINE_VGT(nmx_vgt_f64, nmx_vf64, nmx_vi64, double, int64_t)
+#undef NMX_DEFINE_VGT
+/* `v > m ? v : m` lane by lane (v and m lvalues): m is kept where v is not greater, or is NaN.
+ * Vectors go by address, in and out: clang refuses 64-byte vector arguments and results in an
+ * AVX2 function. */
+#define NMX_VMAX(vt, it, v, m)                                                                 \
+    ({                                                                                         \
+        it gt_;                                                                                \
+        _Generic((v), nmx_vf32: nmx_vgt_f32, nmx_vf64: nmx_vgt_f64)(&gt_, &(v), &(m));         \
+        NMX_VSEL(vt, it, gt_, v, m);                                                           \
+    })
+
+/* Lane masks (-1 where true, else 0) of the exponential loops, computed with integer arithmetic
+ * on the bits instead of a float comparison. GCC 12 lowers a comparison of 64-byte vectors that
+ * the target cannot compare whole (the AVX2 and SSE2 clones) to one scalar compare and set per
+ * lane, 16 of them per float32 vector, whereas it splits integer arithmetic into the target's
+ * 32- or 16-byte registers. Each mask equals the IEEE comparison it replaces on every input,
+ * NaN and infinities included, so the results do not change. Arithmetic on unsigned lanes
+ * (no overflow); the final arithmetic shift copies the sign bit into the lane. */
+
+/* x == 0 (either sign): the bits without the sign are 0, i.e. u = 2 * bits is 0, the only
+ * value for which u | -u has a clear top bit. */
+static inline __attribute__((always_inline)) nmx_vi32 nmx_vzero_f32(const nmx_vf32 *x) {
+    nmx_vu32 u = (nmx_vu32)*x << 1;
+    return ~((nmx_vi32)(u | (0u - u)) >> 31);
+}
+
+static inline __attribute__((always_inline)) nmx_vi64 nmx_vzero_f64(const nmx_vf64 *x) {
+    nmx_vu64 u = (nmx_vu64)*x << 1;
+    return ~((nmx_vi64)(u | (0u - u)) >> 63);
+}
+
+/* x < -c for a constant c > 0: x is negative (sign bit), its magnitude bits a exceed c's bits cb
+ * (cb - a < 0) and it is not NaN (a - (inf + 1) < 0). */
+static inline __attribute__((always_inline)) nmx_vi32 nmx_vbelow_f32(const nmx_vf32 *x, float c) {
+    uint32_t cb;
+    memcpy(&cb, &c, sizeof cb);
+    nmx_vu32 b = (nmx_vu32)*x, a = b & 0x7fffffffu;
+    return (nmx_vi32)(b & (cb - a) & (a - 0x7f800001u)) >> 31;
+}
+
+static inline __attribute__((always_inline)) nmx_vi64 nmx_vbelow_f64(const nmx_vf64 *x, double c) {
+    uint64_t cb;
+    memcpy(&cb, &c, sizeof cb);
+    nmx_vu64 b = (nmx_vu64)*x, a = b & 0x7fffffffffffffffull;
+    return (nmx_vi64)(b & (cb - a) & (a - 0x7ff0000000000001ull)) >> 63;
+}
 
 /* The reduction and polynomial of exp on 16 lanes, as in the scalar versions: x = k ln 2 + r
  * (ln 2 in two parts), e^r by its degree-7 Taylor polynomial; kf holds k + 1.5 * 2^23, so k sits
@@ -112,18 +187,24 @@ static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_poly(nmx_vf32 x, 
     return p * r + 1.0f;
 }
 
+/* a > c and a >= c on unsigned 32-bit lanes for lanes and constant both below 2^31 (magnitude
+ * bits, the half-precision conversions): the sign of c - a or a - c, as above. */
+#define NMX_VABOVE_U32(a, c) ((nmx_vi32)((c) - (a)) >> 31)
+#define NMX_VATLEAST_U32(a, c) (~((nmx_vi32)((a) - (c)) >> 31))
+
 /* Vector exp for the max-shifted row loops, where x = z - max is <= 0 or NaN. Same reduction and
  * polynomial as the scalar versions; results below the smallest normal number (x < -87.3 in
  * float32, -708.3 in float64) are flushed to 0 by one final select instead of clamping and
  * scaling twice, which saves a quarter of the instructions. Such terms are below 1e-38 of the
  * maximum's exp(0) = 1. Out-of-range x only produce garbage lanes that the select discards (the
- * integer arithmetic is unsigned, so it wraps without UB); NaN fails the comparison and stays NaN. */
+ * integer arithmetic is unsigned, so it wraps without UB); NaN is not below the threshold (as it
+ * fails the comparison x < -87.33f) and stays NaN. */
 static inline __attribute__((always_inline)) nmx_vf32 nmx_vexp_f32(const nmx_vf32 *xp) {
     const nmx_vf32 zero = {0}, x = *xp;
     nmx_vf32 kf, p = nmx_vexp_poly(x, &kf);
     /* kf's low bits hold k + 2^22 + 2^23; 127 - (2^22 + 2^23) re-biases it to the exponent. */
     nmx_vf32 scale = (nmx_vf32)(((nmx_vu32)kf + (127u - 0x4B400000u)) << 23);
-    return NMX_VSEL(nmx_vf32, nmx_vi32, x < -87.33f, zero, p * scale);
+    return NMX_VSEL(nmx_vf32, nmx_vi32, nmx_vbelow_f32(&x, 87.33f), zero, p * scale);
 }
 
 static inline __attribute__((always_inline)) nmx_vf64 nmx_vexp_f64(const nmx_vf64 *xp) {
@@ -147,7 +228,7 @@ static inline __attribute__((always_inline)) nmx_vf64 nmx_vexp_f64(const nmx_vf6
     p = p * r + 1.0;
     p = p * r + 1.0;
     nmx_vf64 scale = (nmx_vf64)(((nmx_vu64)kf + (1023ull - 0x4338000000000000ull)) << 52);
-    return NMX_VSEL(nmx_vf64, nmx_vi64, x < -708.39, zero, p * scale);
+    return NMX_VSEL(nmx_vf64, nmx_vi64, nmx_vbelow_f64(&x, 708.39), zero, p * scale);
 }
 
 /* Add a vector of exponentials to float64 accumulators (float32: two halves widened). */

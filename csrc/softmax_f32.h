@@ -7,6 +7,8 @@
 #define LANES 16
 #define VT nmx_vf32
 #define VI nmx_vi32
+#define VH nmx_vf32h
+#define VIH nmx_vi32h
 #include "softmax_impl.h"
 #undef T
 #undef SFX
@@ -14,3 +16,5 @@
 #undef LANES
 #undef VT
 #undef VI
+#undef VH
+#undef VIH

@@ -96,13 +96,13 @@ HAI void HN(hblk_max)(int kind, const nmx_hblk *b, float *m) {
             nmx_vf32 x;
             HN(hload)(kind, r + v * 16, &x);
             if (p) memcpy(p + v * 16, &x, sizeof x);
-            mv[v] = c == 0 ? x : NMX_VSEL(nmx_vf32, nmx_vi32, x > mv[v], x, mv[v]);
+            mv[v] = c == 0 ? x : NMX_VMAX(nmx_vf32, nmx_vi32, x, mv[v]);
         }
         if (nt) { /* kept out of the loop above, whose code it would otherwise slow down */
             nmx_vf32 x;
             HN(htail_load)(kind, r + nvl, nt, &x);
             if (p) memcpy(p + nvl, &x, sizeof x);
-            mv[nv] = c == 0 ? x : NMX_VSEL(nmx_vf32, nmx_vi32, x > mv[nv], x, mv[nv]);
+            mv[nv] = c == 0 ? x : NMX_VMAX(nmx_vf32, nmx_vi32, x, mv[nv]);
         }
     }
     for (nmx_index v = 0; v < nv + (nt > 0); v++) memcpy(m + v * 16, &mv[v], sizeof mv[v]);
@@ -135,7 +135,7 @@ HAI void HN(hblk_sum)(int kind, const nmx_hblk *b, const float *m, double *s, fl
             for (nmx_index v = 0; v < nv; v++) {
                 nmx_vf32 x;
                 HN(hblk_get)(kind, b, b->z, b->pk, c, v * 16, &x);
-                nmx_hexp_step(&x, &mv[v], er + v * 16, &part[v], &cnt[v], 1);
+                nmx_hexp_stepv(&x, &mv[v], er + v * 16, &part[v], &cnt[v], 1);
             }
             if (nvl < nb) {
                 nmx_vf32 x, t;

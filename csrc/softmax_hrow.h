@@ -49,7 +49,7 @@ NMX_HAI void nmx_bf16_vload(const uint16_t *p, nmx_vf32 *v) {
 NMX_HAI void nmx_bf16_vstore(uint16_t *p, const nmx_vf32 *v) {
     nmx_vu32 u = (nmx_vu32)*v;
     nmx_vu32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, (u & 0x7fffffffu) > 0x7f800000u,
+    nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, NMX_VABOVE_U32(u & 0x7fffffffu, 0x7f800000u),
                              (u >> 16) | 0x0040u, rounded);
     nmx_vu16 h = __builtin_convertvector(bits, nmx_vu16);
     memcpy(p, &h, sizeof h);
@@ -62,10 +62,11 @@ NMX_HAI void nmx_f16_vload(const uint16_t *p, nmx_vf32 *v) {
     nmx_vu32 u = __builtin_convertvector(h, nmx_vu32);
     nmx_vu32 sign = (u & 0x8000u) << 16, mag = u & 0x7fffu, shifted = mag << 13;
     nmx_vu32 normal = shifted + (112u << 23);
-    nmx_vu32 special = (shifted + (224u << 23)) | ((nmx_vu32)(mag > 0x7c00u) & 0x00400000u);
+    nmx_vu32 special =
+        (shifted + (224u << 23)) | ((nmx_vu32)NMX_VABOVE_U32(mag, 0x7c00u) & 0x00400000u);
     nmx_vu32 sub = (nmx_vu32)(__builtin_convertvector((nmx_vi32)mag, nmx_vf32) * 0x1p-24f);
-    nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, mag >= 0x0400u, normal, sub);
-    bits = NMX_VSEL(nmx_vu32, nmx_vi32, mag >= 0x7c00u, special, bits);
+    nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, NMX_VATLEAST_U32(mag, 0x0400u), normal, sub);
+    bits = NMX_VSEL(nmx_vu32, nmx_vi32, NMX_VATLEAST_U32(mag, 0x7c00u), special, bits);
     *v = (nmx_vf32)(sign | bits);
 }
 
@@ -75,24 +76,49 @@ NMX_HAI void nmx_f16_vstore(uint16_t *p, const nmx_vf32 *v) {
     nmx_vu32 u = (nmx_vu32)*v, a = u & 0x7fffffffu, r = a - (112u << 23);
     nmx_vu32 normal = (r + 0x0fffu + ((r >> 13) & 1u)) >> 13;
     nmx_vu32 sub = (nmx_vu32)((nmx_vf32)a + 0.5f) - nmx_f32_bits(0.5f);
-    nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, a >= 0x38800000u, normal, sub);
-    bits = NMX_VSEL(nmx_vu32, nmx_vi32, a >= 0x477ff000u, zero + 0x7c00u, bits);
-    bits = NMX_VSEL(nmx_vu32, nmx_vi32, a > 0x7f800000u, 0x7e00u | ((a >> 13) & 0x03ffu), bits);
+    nmx_vu32 bits = NMX_VSEL(nmx_vu32, nmx_vi32, NMX_VATLEAST_U32(a, 0x38800000u), normal, sub);
+    bits = NMX_VSEL(nmx_vu32, nmx_vi32, NMX_VATLEAST_U32(a, 0x477ff000u), zero + 0x7c00u, bits);
+    bits = NMX_VSEL(nmx_vu32, nmx_vi32, NMX_VABOVE_U32(a, 0x7f800000u),
+                    0x7e00u | ((a >> 13) & 0x03ffu), bits);
     nmx_vu16 h = __builtin_convertvector(bits | ((u >> 16) & 0x8000u), nmx_vu16);
     memcpy(p, &h, sizeof h);
 }
 
-/* exp_step_f32 on a widened vector v: t = v - m. Vectors are passed by pointer, as in the
- * float32 kernels (GCC scalarizes the comparison of a 64-byte vector passed by value). */
-NMX_HAI void nmx_hexp_step(const nmx_vf32 *v, const nmx_vf32 *m, float *e, nmx_vf32 *part,
-                           nmx_vi32 *cnt, int store) {
+/* exp_step_f32 on a widened vector v: t = v - m, with the same two-halves accumulators. Vectors
+ * are passed by pointer, as in the float32 kernels (GCC scalarizes the comparison of a 64-byte
+ * vector passed by value). */
+NMX_HAI void nmx_hexp_step(const nmx_vf32 *v, const nmx_vf32 *m, float *e, nmx_vf32h *part,
+                           nmx_vi32h *cnt, int store) {
     const nmx_vf32 zero = {0};
     nmx_vf32 t = *v - *m;
     nmx_vf32 ev = nmx_vexp_f32(&t);
-    if (store) memcpy(e, &ev, sizeof ev);
-    nmx_vi32 tie = t == zero;
-    *part += NMX_VSEL(nmx_vf32, nmx_vi32, tie, zero, ev);
-    *cnt -= tie;
+    nmx_vi32 tie = nmx_vzero_f32(&t);
+    nmx_vf32 kept = NMX_VSEL(nmx_vf32, nmx_vi32, tie, zero, ev);
+    nmx_vf32h k[2];
+    nmx_vi32h c[2];
+    if (store) {
+        memcpy(k, &ev, sizeof k);
+        memcpy(e, &k[0], sizeof k[0]);
+        memcpy(e + 8, &k[1], sizeof k[1]);
+    }
+    memcpy(k, &kept, sizeof k);
+    memcpy(c, &tie, sizeof c);
+    part[0] += k[0];
+    part[1] += k[1];
+    cnt[0] -= c[0];
+    cnt[1] -= c[1];
+}
+
+/* nmx_hexp_step on whole-vector accumulators (column blocks, the row tail). */
+NMX_HAI void nmx_hexp_stepv(const nmx_vf32 *v, const nmx_vf32 *m, float *e, nmx_vf32 *part,
+                            nmx_vi32 *cnt, int store) {
+    nmx_vf32h p[2];
+    nmx_vi32h c[2];
+    memcpy(p, part, sizeof p);
+    memcpy(c, cnt, sizeof c);
+    nmx_hexp_step(v, m, e, p, c, store);
+    memcpy(part, p, sizeof p);
+    memcpy(cnt, c, sizeof c);
 }
 
 /* *e = exp(*x - m) for the 16 columns at m, as stream_exp (here, not in the conversion-specific
@@ -116,7 +142,8 @@ NMX_HAI void nmx_hwiden(const nmx_vf32 *v, nmx_vf64 *lo, nmx_vf64 *hi) {
 /* The output of softmax for one vector of a column block: e * inv. In a NaN column both
  * factors can be NaN; the select returns inv's, as stream_softmax and softmax_block do. */
 NMX_HAI void nmx_hsoftmax_out(const nmx_vf32 *e, const nmx_vf32 *inv, nmx_vf32 *o) {
-    *o = NMX_VSEL(nmx_vf32, nmx_vi32, *inv != *inv, *inv, *e * *inv);
+    nmx_vi32 nan = NMX_VABOVE_U32((nmx_vu32)*inv & 0x7fffffffu, 0x7f800000u); /* *inv != *inv */
+    *o = NMX_VSEL(nmx_vf32, nmx_vi32, nan, *inv, *e * *inv);
 }
 
 /* The output of log-softmax for one vector of a column block: (x - m) - lse in float64 (lse
@@ -211,7 +238,7 @@ NMX_CLONES static void nmx_hexp_tail(const float *zb, const nmx_vf32 *m, float *
                                      nmx_vi32 *cnt) {
     nmx_vf32 v;
     memcpy(&v, zb, sizeof v);
-    nmx_hexp_step(&v, m, eb, part, cnt, 1);
+    nmx_hexp_stepv(&v, m, eb, part, cnt, 1);
 }
 
 /* The next row's input and output, fetched (for writing, the output) during the sum pass: that

@@ -43,20 +43,20 @@ HAI float HN(hrow_max)(int kind, const uint16_t *z, nmx_index n) {
         HN(hload)(kind, z + j + 16, &v1);
         HN(hload)(kind, z + j + 32, &v2);
         HN(hload)(kind, z + j + 48, &v3);
-        m0 = NMX_VSEL(nmx_vf32, nmx_vi32, v0 > m0, v0, m0);
-        m1 = NMX_VSEL(nmx_vf32, nmx_vi32, v1 > m1, v1, m1);
-        m2 = NMX_VSEL(nmx_vf32, nmx_vi32, v2 > m2, v2, m2);
-        m3 = NMX_VSEL(nmx_vf32, nmx_vi32, v3 > m3, v3, m3);
+        m0 = NMX_VMAX(nmx_vf32, nmx_vi32, v0, m0);
+        m1 = NMX_VMAX(nmx_vf32, nmx_vi32, v1, m1);
+        m2 = NMX_VMAX(nmx_vf32, nmx_vi32, v2, m2);
+        m3 = NMX_VMAX(nmx_vf32, nmx_vi32, v3, m3);
     }
     for (; j + 16 <= n; j += 16) {
         HN(hload)(kind, z + j, &v);
-        m0 = NMX_VSEL(nmx_vf32, nmx_vi32, v > m0, v, m0);
+        m0 = NMX_VMAX(nmx_vf32, nmx_vi32, v, m0);
     }
     HN(hload)(kind, z + n - 16, &v);
-    m0 = NMX_VSEL(nmx_vf32, nmx_vi32, v > m0, v, m0);
-    m1 = NMX_VSEL(nmx_vf32, nmx_vi32, m2 > m1, m2, m1);
-    m0 = NMX_VSEL(nmx_vf32, nmx_vi32, m3 > m0, m3, m0);
-    m0 = NMX_VSEL(nmx_vf32, nmx_vi32, m1 > m0, m1, m0);
+    m0 = NMX_VMAX(nmx_vf32, nmx_vi32, v, m0);
+    m1 = NMX_VMAX(nmx_vf32, nmx_vi32, m2, m1);
+    m0 = NMX_VMAX(nmx_vf32, nmx_vi32, m3, m0);
+    m0 = NMX_VMAX(nmx_vf32, nmx_vi32, m1, m0);
     for (int k = 0; k < 16; k++) m = m0[k] > m ? m0[k] : m;
     return m;
 }
@@ -67,20 +67,24 @@ HAI float HN(hrow_max)(int kind, const uint16_t *z, nmx_index n) {
 HAI double HN(hrow_sum)(int kind, const uint16_t *z, nmx_index n, float m, float *e,
                         const nmx_hnext *next) {
     nmx_vf64 acc[2] = {{0}, {0}};
-    nmx_vi32 cnt = {0};
+    nmx_vi32h ch[2] = {{0}, {0}};
+    nmx_vi32 cnt;
     const nmx_vf32 mv = (nmx_vf32){0} + m;
     nmx_index j = 0;
     while (j + 16 <= n) {
-        nmx_vf32 part = {0};
+        nmx_vf32h ph[2] = {{0}, {0}};
+        nmx_vf32 part;
         nmx_index stop = n - j > NMX_CHUNK * 16 ? j + NMX_CHUNK * 16 : n;
         nmx_hnext_fetch(next, j, stop);
         for (; j + 16 <= stop; j += 16) {
             nmx_vf32 v;
             HN(hload)(kind, z + j, &v);
-            nmx_hexp_step(&v, &mv, e + j, &part, &cnt, 1);
+            nmx_hexp_step(&v, &mv, e + j, ph, ch, 1);
         }
+        memcpy(&part, ph, sizeof part);
         nmx_vacc_f32(acc, &part);
     }
+    memcpy(&cnt, ch, sizeof cnt);
     if (j < n) {
         float zb[16], eb[16];
         nmx_vf32 part = {0};

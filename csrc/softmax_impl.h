@@ -34,35 +34,63 @@ static inline __attribute__((always_inline)) T NM(row_max)(const T *z, nmx_index
     for (; j + 4 * LANES <= n; j += 4 * LANES) {
         VT v0 = NM(vload)(z + j), v1 = NM(vload)(z + j + LANES);
         VT v2 = NM(vload)(z + j + 2 * LANES), v3 = NM(vload)(z + j + 3 * LANES);
-        m0 = NMX_VSEL(VT, VI, v0 > m0, v0, m0);
-        m1 = NMX_VSEL(VT, VI, v1 > m1, v1, m1);
-        m2 = NMX_VSEL(VT, VI, v2 > m2, v2, m2);
-        m3 = NMX_VSEL(VT, VI, v3 > m3, v3, m3);
+        m0 = NMX_VMAX(VT, VI, v0, m0);
+        m1 = NMX_VMAX(VT, VI, v1, m1);
+        m2 = NMX_VMAX(VT, VI, v2, m2);
+        m3 = NMX_VMAX(VT, VI, v3, m3);
     }
     for (; j + LANES <= n; j += LANES) {
         VT v = NM(vload)(z + j);
-        m0 = NMX_VSEL(VT, VI, v > m0, v, m0);
+        m0 = NMX_VMAX(VT, VI, v, m0);
     }
     VT v = NM(vload)(z + n - LANES); /* overlapping tail: max is idempotent */
-    m0 = NMX_VSEL(VT, VI, v > m0, v, m0);
-    m1 = NMX_VSEL(VT, VI, m2 > m1, m2, m1);
-    m0 = NMX_VSEL(VT, VI, m3 > m0, m3, m0);
-    m0 = NMX_VSEL(VT, VI, m1 > m0, m1, m0);
+    m0 = NMX_VMAX(VT, VI, v, m0);
+    m1 = NMX_VMAX(VT, VI, m2, m1);
+    m0 = NMX_VMAX(VT, VI, m3, m0);
+    m0 = NMX_VMAX(VT, VI, m1, m0);
     for (int k = 0; k < LANES; k++) m = m0[k] > m ? m0[k] : m;
     return m;
 }
 
-/* One vector: e = exp(z - m) (stored if `store`); ties with the maximum are counted, the other
- * exponentials added to `part`. */
+/* One vector: e = exp(z - m) (stored if `store`); ties with the maximum are counted in cnt, the
+ * other exponentials added to part. The accumulators are two 32-byte halves (part[0..1] and
+ * cnt[0..1], lanes 0..LANES/2-1 and the rest), and e is stored as two halves: GCC 12 keeps a
+ * 64-byte vector that the target cannot hold in one register (the AVX2 and SSE2 clones) in
+ * memory, moving it through general registers 8 bytes at a time, when it is carried from one
+ * loop iteration to the next or copied out whole; halves stay in registers. */
 static inline __attribute__((always_inline)) void NM(exp_step)(const T *z, const VT *m, T *e,
-                                                                VT *part, VI *cnt, int store) {
+                                                                VH *part, VIH *cnt, int store) {
     const VT zero = {0};
     VT t = NM(vload)(z) - *m;
     VT ev = NMX_CAT(nmx_vexp, SFX)(&t);
-    if (store) memcpy(e, &ev, sizeof ev);
-    VI tie = t == 0;
-    *part += NMX_VSEL(VT, VI, tie, zero, ev);
-    *cnt -= tie; /* a true comparison is -1 */
+    VI tie = NMX_CAT(nmx_vzero, SFX)(&t); /* t == 0, without a per-lane compare */
+    VT kept = NMX_VSEL(VT, VI, tie, zero, ev);
+    VH k[2];
+    VIH c[2];
+    if (store) {
+        memcpy(k, &ev, sizeof k);
+        memcpy(e, &k[0], sizeof k[0]);
+        memcpy(e + LANES / 2, &k[1], sizeof k[1]);
+    }
+    memcpy(k, &kept, sizeof k);
+    memcpy(c, &tie, sizeof c);
+    part[0] += k[0];
+    part[1] += k[1];
+    cnt[0] -= c[0]; /* a true comparison is -1 */
+    cnt[1] -= c[1];
+}
+
+/* exp_step on whole-vector accumulators, for the column blocks (arrays of accumulators, which
+ * live in memory anyway). */
+static inline __attribute__((always_inline)) void NM(exp_stepv)(const T *z, const VT *m, T *e,
+                                                                 VT *part, VI *cnt, int store) {
+    VH p[2];
+    VIH c[2];
+    memcpy(p, part, sizeof p);
+    memcpy(c, cnt, sizeof c);
+    NM(exp_step)(z, m, e, p, c, store);
+    memcpy(part, p, sizeof p);
+    memcpy(cnt, c, sizeof c);
 }
 
 /* sum of the float64 accumulators plus (ties - 1), as a tree: a serial chain of 16 dependent
@@ -88,27 +116,33 @@ static inline __attribute__((always_inline)) double NM(hsum)(const nmx_vf64 *acc
 static inline __attribute__((always_inline)) double NM(row_sum)(const T *z, nmx_index n, T m, T *e,
                                                                  int store) {
     nmx_vf64 acc[2] = {{0}, {0}};
-    VI cnt = {0};
+    VIH cnt[2] = {{0}, {0}};
+    VI cntv;
     const VT mv = (VT){0} + m;
     nmx_index j = 0;
     while (j + LANES <= n) {
-        VT part = {0};
+        VH part[2] = {{0}, {0}};
+        VT pv;
         nmx_index stop = n - j > NMX_CHUNK * LANES ? j + NMX_CHUNK * LANES : n;
         for (; j + LANES <= stop; j += LANES)
-            NM(exp_step)(z + j, &mv, store ? e + j : NULL, &part, &cnt, store);
-        NMX_CAT(nmx_vacc, SFX)(acc, &part);
+            NM(exp_step)(z + j, &mv, store ? e + j : NULL, part, cnt, store);
+        memcpy(&pv, part, sizeof pv);
+        NMX_CAT(nmx_vacc, SFX)(acc, &pv);
     }
     if (j < n) {
         T zb[LANES], eb[LANES];
-        VT part = {0};
+        VH part[2] = {{0}, {0}};
+        VT pv;
         for (int k = 0; k < LANES; k++) zb[k] = -(T)INFINITY;
         memcpy(zb, z + j, (size_t)(n - j) * sizeof(T));
-        NM(exp_step)(zb, &mv, eb, &part, &cnt, 1);
-        NMX_CAT(nmx_vacc, SFX)(acc, &part);
+        NM(exp_step)(zb, &mv, eb, part, cnt, 1);
+        memcpy(&pv, part, sizeof pv);
+        NMX_CAT(nmx_vacc, SFX)(acc, &pv);
         if (store)
             for (nmx_index k = 0; k < n - j; k++) e[j + k] = eb[k];
     }
-    return NM(hsum)(acc, &cnt);
+    memcpy(&cntv, cnt, sizeof cntv);
+    return NM(hsum)(acc, &cntv);
 }
 
 /* sum_j a_j * b_j (b == NULL: sum_j a_j) with float64 partial sums. */
@@ -228,7 +262,7 @@ static inline __attribute__((always_inline)) void NM(block_max)(const T *zb, nmx
         VT mv = NM(vload)(zb + i);
         for (nmx_index c = 1; c < n; c++) {
             VT v = NM(vload)(zb + c * inner + i);
-            mv = NMX_VSEL(VT, VI, v > mv, v, mv);
+            mv = NMX_VMAX(VT, VI, v, mv);
         }
         memcpy(m + i, &mv, sizeof mv);
     }
@@ -264,8 +298,8 @@ static inline __attribute__((always_inline)) void NM(block_sum)(const T *zb, T *
         for (nmx_index v = 0; v < nv; v++) part[v] = (VT){0};
         for (nmx_index c = c0; c < c1; c++)
             for (nmx_index v = 0; v < nv; v++)
-                NM(exp_step)(zb + c * inner + v * LANES, &mv[v], eb + c * inner + v * LANES,
-                             &part[v], &cnt[v], 1);
+                NM(exp_stepv)(zb + c * inner + v * LANES, &mv[v], eb + c * inner + v * LANES,
+                              &part[v], &cnt[v], 1);
         for (nmx_index v = 0; v < nv; v++) NMX_CAT(nmx_vacc, SFX)(&acc[2 * v], &part[v]);
     }
     for (nmx_index v = 0; v < nv; v++)
@@ -745,10 +779,10 @@ static inline __attribute__((always_inline)) double NM(xent_group_plain)(const T
     VI cnt = {0}, ok = {0};
     for (nmx_index c = 1; c < n; c++) { /* block_max */
         VT v = NM(vload)(zt + c * NMX_GROUP);
-        m = NMX_VSEL(VT, VI, v > m, v, m);
+        m = NMX_VMAX(VT, VI, v, m);
     }
     for (nmx_index c = 0; c < n; c++) /* block_sum: one chunk, n <= NMX_CHUNK */
-        NM(exp_step)(zt + c * NMX_GROUP, &m, dt + c * NMX_GROUP, &part, &cnt, 1);
+        NM(exp_stepv)(zt + c * NMX_GROUP, &m, dt + c * NMX_GROUP, &part, &cnt, 1);
     for (int i = 0; i < NMX_GROUP; i++) { /* block_labels; an ignored column reads class 0 */
         int64_t y = yl[i];
         int use = !NM(ignored)(a, y);

@@ -81,7 +81,7 @@ static inline __attribute__((always_inline)) void NM(stream_max)(const NM(sblk) 
         r = NM(srow)(b, c, buf);
         for (nmx_index v = 0; v < nv; v++) {
             VT x = NM(vload)(r + v * LANES);
-            mv[v] = NMX_VSEL(VT, VI, x > mv[v], x, mv[v]);
+            mv[v] = NMX_VMAX(VT, VI, x, mv[v]);
         }
         for (nmx_index i = nvl; i < nb; i++) m[i] = r[i] > m[i] ? r[i] : m[i];
     }
@@ -111,7 +111,7 @@ static inline __attribute__((always_inline)) void NM(stream_sum)(const NM(sblk) 
         for (nmx_index c = c0; c < c1; c++) {
             const T *r = NM(srow)(b, c, buf);
             for (nmx_index v = 0; v < nv; v++)
-                NM(exp_step)(r + v * LANES, &mv[v], e + v * LANES, &part[v], &cnt[v], 1);
+                NM(exp_stepv)(r + v * LANES, &mv[v], e + v * LANES, &part[v], &cnt[v], 1);
             for (nmx_index i = nvl; i < nb; i++) {
                 T t = r[i] - m[i];
                 T x = EXP(t);
