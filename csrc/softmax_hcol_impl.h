@@ -109,7 +109,7 @@ HAI void HN(hblk_max)(int kind, const nmx_hblk *b, float *m) {
 }
 
 /* s per column, as stream_sum. The exponentials go to eb (classes x ps: the packed copy) when
- * it is not NULL, else to a one-row scratch in L1 (see nmx_hexp_step's store). The last
+ * it is not NULL, else to a one-row scratch in L1 (see exp_step_f32's store). The last
  * nb % 16 columns take the float32 kernels' scalar arithmetic (scalar exp, float64 sums per
  * class), 16 lanes at a time (nmx_hexp_scalar, nmx_hsum_scalar). */
 HAI void HN(hblk_sum)(int kind, const nmx_hblk *b, const float *m, double *s, float *eb) {
@@ -135,7 +135,7 @@ HAI void HN(hblk_sum)(int kind, const nmx_hblk *b, const float *m, double *s, fl
             for (nmx_index v = 0; v < nv; v++) {
                 nmx_vf32 x;
                 HN(hblk_get)(kind, b, b->z, b->pk, c, v * 16, &x);
-                nmx_hexp_stepv(&x, &mv[v], er + v * 16, &part[v], &cnt[v], 1);
+                exp_stepv_f32((const float *)&x, &mv[v], er + v * 16, &part[v], &cnt[v], 1);
             }
             if (nvl < nb) {
                 nmx_vf32 x, t;

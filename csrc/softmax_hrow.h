@@ -84,43 +84,6 @@ NMX_HAI void nmx_f16_vstore(uint16_t *p, const nmx_vf32 *v) {
     memcpy(p, &h, sizeof h);
 }
 
-/* exp_step_f32 on a widened vector v: t = v - m, with the same two-halves accumulators. Vectors
- * are passed by pointer, as in the float32 kernels (GCC scalarizes the comparison of a 64-byte
- * vector passed by value). */
-NMX_HAI void nmx_hexp_step(const nmx_vf32 *v, const nmx_vf32 *m, float *e, nmx_vf32h *part,
-                           nmx_vi32h *cnt, int store) {
-    const nmx_vf32 zero = {0};
-    nmx_vf32 t = *v - *m;
-    nmx_vf32 ev = nmx_vexp_f32(&t);
-    nmx_vi32 tie = nmx_vzero_f32(&t);
-    nmx_vf32 kept = NMX_VSEL(nmx_vf32, nmx_vi32, tie, zero, ev);
-    nmx_vf32h k[2];
-    nmx_vi32h c[2];
-    if (store) {
-        memcpy(k, &ev, sizeof k);
-        memcpy(e, &k[0], sizeof k[0]);
-        memcpy(e + 8, &k[1], sizeof k[1]);
-    }
-    memcpy(k, &kept, sizeof k);
-    memcpy(c, &tie, sizeof c);
-    part[0] += k[0];
-    part[1] += k[1];
-    cnt[0] -= c[0];
-    cnt[1] -= c[1];
-}
-
-/* nmx_hexp_step on whole-vector accumulators (column blocks, the row tail). */
-NMX_HAI void nmx_hexp_stepv(const nmx_vf32 *v, const nmx_vf32 *m, float *e, nmx_vf32 *part,
-                            nmx_vi32 *cnt, int store) {
-    nmx_vf32h p[2];
-    nmx_vi32h c[2];
-    memcpy(p, part, sizeof p);
-    memcpy(c, cnt, sizeof c);
-    nmx_hexp_step(v, m, e, p, c, store);
-    memcpy(part, p, sizeof p);
-    memcpy(cnt, c, sizeof c);
-}
-
 /* *e = exp(*x - m) for the 16 columns at m, as stream_exp (here, not in the conversion-specific
  * instances: clang refuses a call returning a 64-byte vector inside an AVX2 function). */
 NMX_HAI void nmx_hexp_sub(const nmx_vf32 *x, const float *m, nmx_vf32 *e) {
@@ -236,9 +199,7 @@ static nmx_index nmx_hblk_ahead(nmx_index nb, nmx_index inner) {
  * comparisons. Cloned like the row runners, so its exp contracts to the same FMAs. */
 NMX_CLONES static void nmx_hexp_tail(const float *zb, const nmx_vf32 *m, float *eb, nmx_vf32 *part,
                                      nmx_vi32 *cnt) {
-    nmx_vf32 v;
-    memcpy(&v, zb, sizeof v);
-    nmx_hexp_stepv(&v, m, eb, part, cnt, 1);
+    exp_stepv_f32(zb, m, eb, part, cnt, 1);
 }
 
 /* The next row's input and output, fetched (for writing, the output) during the sum pass: that

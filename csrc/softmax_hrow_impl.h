@@ -79,7 +79,7 @@ HAI double HN(hrow_sum)(int kind, const uint16_t *z, nmx_index n, float m, float
         for (; j + 16 <= stop; j += 16) {
             nmx_vf32 v;
             HN(hload)(kind, z + j, &v);
-            nmx_hexp_step(&v, &mv, e + j, ph, ch, 1);
+            exp_step_f32((const float *)&v, &mv, e + j, ph, ch, 1);
         }
         memcpy(&part, ph, sizeof part);
         nmx_vacc_f32(acc, &part);
