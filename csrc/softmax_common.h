@@ -89,6 +89,7 @@ typedef float nmx_vf32h __attribute__((vector_size(32)));
 typedef int32_t nmx_vi32h __attribute__((vector_size(32)));
 typedef double nmx_vf64h __attribute__((vector_size(32)));
 typedef int64_t nmx_vi64h __attribute__((vector_size(32)));
+typedef uint32_t nmx_vu32h __attribute__((vector_size(32)));
 typedef double nmx_vf64 __attribute__((vector_size(64)));
 typedef int64_t nmx_vi64 __attribute__((vector_size(64)));
 typedef uint64_t nmx_vu64 __attribute__((vector_size(64)));

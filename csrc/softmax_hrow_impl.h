@@ -150,32 +150,19 @@ HAI double HN(hrow_xent)(int kind, const uint16_t *z, uint16_t *dz, float *e, in
 /* The output pass of the log-softmax backward, dz = g - exp(y) * sg, by L1-sized pieces of the
  * row widened into float32: there the float32 kernel's own loop (its clamped scalar exp, which
  * the compiler vectorizes with the same contractions) runs unchanged, faster than a hand-written
- * vector exp on the widened registers. */
+ * vector exp on the widened registers. The pieces are converted by half.c's bulk loops: the
+ * 16-lane loads and stores passed every vector through the stack in the AVX2 instance. */
 HAI void HN(hlog_backward_out)(int kind, const uint16_t *g, const uint16_t *y, uint16_t *dz,
                                nmx_index n, float sg, const nmx_hnext *next) {
     enum { PIECE = 256 };
     float gb[PIECE], yb[PIECE], ob[PIECE];
     for (nmx_index j0 = 0; j0 < n; j0 += PIECE) {
-        nmx_index len = n - j0 < PIECE ? n - j0 : PIECE, full = len / 16 * 16;
+        nmx_index len = n - j0 < PIECE ? n - j0 : PIECE;
         nmx_hnext_fetch(next, j0, j0 + len);
-        for (nmx_index k = 0; k < full; k += 16) {
-            nmx_vf32 v;
-            HN(hload)(kind, g + j0 + k, &v);
-            memcpy(gb + k, &v, sizeof v);
-            HN(hload)(kind, y + j0 + k, &v);
-            memcpy(yb + k, &v, sizeof v);
-        }
-        for (nmx_index k = full; k < len; k++) {
-            gb[k] = nmx_h2f(kind, g[j0 + k]);
-            yb[k] = nmx_h2f(kind, y[j0 + k]);
-        }
+        nmx_half_to_float(kind, g + j0, gb, len);
+        nmx_half_to_float(kind, y + j0, yb, len);
         for (nmx_index k = 0; k < len; k++) ob[k] = gb[k] - nmx_exp_f32(yb[k]) * sg;
-        for (nmx_index k = 0; k < full; k += 16) {
-            nmx_vf32 v;
-            memcpy(&v, ob + k, sizeof v);
-            HN(hstore)(kind, dz + j0 + k, &v);
-        }
-        for (nmx_index k = full; k < len; k++) dz[j0 + k] = nmx_f2h(kind, ob[k]);
+        nmx_float_to_half(kind, ob, dz + j0, len);
     }
 }
 
@@ -187,47 +174,53 @@ HAI void HN(hlog_backward_out)(int kind, const uint16_t *g, const uint16_t *y, u
  * which reads this row back from the cache. */
 HAI void HN(hrow_backward)(int kind, const uint16_t *g, const uint16_t *y, uint16_t *dz,
                            nmx_index n, int log_, const nmx_hnext *next) {
-    nmx_vf64 a0, a1; /* lanes 0-7 and 8-15, each a register */
+    /* Lanes 0-3, 4-7, 8-11 and 12-15 of the sums, each a 32-byte register in every clone: a
+     * loop-carried 64-byte vector lives in memory in the AVX2 one (see softmax_common.h). */
+    nmx_vf64h acc[4];
     nmx_index j;
     /* mode 0: the sum of g; 1: g y with the product formed in float64; 2: formed in float32,
      * exact for two float16 (at most 22 significant bits, within [2^-48, 2^32]) and for two
      * bfloat16 while it stays within [2^-100, 2^100] (normal, at most 16 bits): a row where a
      * bfloat16 product left that range (0, Inf and NaN included) is summed again in mode 1. */
     for (int mode = log_ ? 0 : 2;; mode = 1) {
-        nmx_vu32 inexact = {0};
-        a0 = a1 = (nmx_vf64){0};
+        /* Sign bit set in a lane whose product's magnitude bits fell below 2^-100 or above
+         * 2^100 (integer arithmetic: see NMX_VABOVE_U32). */
+        nmx_vu32h far[2] = {{0}, {0}};
+        for (int q = 0; q < 4; q++) acc[q] = (nmx_vf64h){0};
         for (j = 0; j + 16 <= n; j += 16) {
             nmx_vf32 gv, yv;
-            nmx_vf64 t0, t1;
+            nmx_vf64h t[4];
             HN(hload)(kind, g + j, &gv);
             if (mode == 2) {
                 HN(hload)(kind, y + j, &yv);
                 gv *= yv;
-                nmx_vu32 a = ((nmx_vu32)gv & 0x7fffffffu) - 0x0d800000u; /* 2^-100 */
-                inexact |= (nmx_vu32)(a > 0x71800000u - 0x0d800000u);  /* 2^100 */
+                nmx_vu32h mag[2];
+                memcpy(mag, &gv, sizeof mag);
+                for (int q = 0; q < 2; q++) {
+                    mag[q] &= 0x7fffffffu;
+                    far[q] |= (0x71800000u - mag[q]) | (mag[q] - 0x0d800000u);
+                }
             }
-            HWIDEN(&gv, &t0, &t1);
+            nmx_hwiden4(&gv, t);
             if (mode == 1) {
-                nmx_vf64 u0, u1;
+                nmx_vf64h u[4];
                 HN(hload)(kind, y + j, &yv);
-                HWIDEN(&yv, &u0, &u1);
-                t0 *= u0;
-                t1 *= u1;
+                nmx_hwiden4(&yv, u);
+                for (int q = 0; q < 4; q++) t[q] *= u[q];
             }
-            a0 += t0;
-            a1 += t1;
+            for (int q = 0; q < 4; q++) acc[q] += t[q];
         }
         unsigned any = 0;
-        for (int k = 0; k < 16; k++) any |= inexact[k];
+        for (int k = 0; k < 8; k++) any |= (far[0][k] | far[1][k]) >> 31;
         if (mode != 2 || kind == NMX_F16 || !any) break;
     }
     /* The lanes by subscript: the accumulators' addresses never escape, so they stay in
      * registers through the loop. */
-    double first = a0[0], s = 0.0;
+    double first = acc[0][0], s = 0.0;
     for (nmx_index k = j; k < n; k++)
         first += (double)nmx_h2f(kind, g[k]) * (log_ ? 1.0 : (double)nmx_h2f(kind, y[k]));
     s += first;
-    for (int k = 1; k < 16; k++) s += k < 8 ? a0[k] : a1[k - 8];
+    for (int k = 1; k < 16; k++) s += acc[k / 4][k % 4];
     const float d = (float)s; /* sum(g y), or sum(g) for log-softmax */
     if (log_) {
         HN(hlog_backward_out)(kind, g, y, dz, n, d, next);
