@@ -102,18 +102,6 @@ NMX_HAI void nmx_hwiden(const nmx_vf32 *v, nmx_vf64 *lo, nmx_vf64 *hi) {
     *hi = __builtin_convertvector(b, nmx_vf64);
 }
 
-/* The 16 lanes of *v in float64, four to a 32-byte vector: lanes 4q to 4q + 3 into t[q].
- * Converted eight at a time: GCC 12 lowers __builtin_convertvector of four floats to two-lane
- * conversions and inserts, but eight into two vcvtps2pd. */
-NMX_HAI void nmx_hwiden4(const nmx_vf32 *v, nmx_vf64h *restrict t) {
-    for (int q = 0; q < 2; q++) {
-        nmx_vf32h p;
-        memcpy(&p, (const char *)v + q * sizeof p, sizeof p);
-        nmx_vf64 w = __builtin_convertvector(p, nmx_vf64);
-        memcpy(t + 2 * q, &w, sizeof w);
-    }
-}
-
 /* The output of softmax for one vector of a column block: e * inv. In a NaN column both
  * factors can be NaN; the select returns inv's, as stream_softmax and softmax_block do. */
 NMX_HAI void nmx_hsoftmax_out(const nmx_vf32 *e, const nmx_vf32 *inv, nmx_vf32 *o) {

@@ -166,6 +166,14 @@ HAI void HN(hlog_backward_out)(int kind, const uint16_t *g, const uint16_t *y, u
     }
 }
 
+/* The 16 lanes of *v in float64, four to a 32-byte vector (lanes 4q to 4q + 3 in t[q]), by
+ * this instance's HWIDEN. */
+HAI void HN(hwiden4)(const nmx_vf32 *v, nmx_vf64h *t) {
+    nmx_vf64 w[2];
+    HWIDEN(v, &w[0], &w[1]);
+    memcpy(t, w, sizeof w);
+}
+
 /* backward_row_f32 with g, y and dz in half storage, operation for operation: row_dot's sixteen
  * float64 partial sums, lane k taking the elements j = k (mod 16) of the full vectors and the
  * first lane the leftover elements, added in lane order (each product is exact, in float64 or
@@ -201,11 +209,11 @@ HAI void HN(hrow_backward)(int kind, const uint16_t *g, const uint16_t *y, uint1
                     far[q] |= (0x71800000u - mag[q]) | (mag[q] - 0x0d800000u);
                 }
             }
-            nmx_hwiden4(&gv, t);
+            HN(hwiden4)(&gv, t);
             if (mode == 1) {
                 nmx_vf64h u[4];
                 HN(hload)(kind, y + j, &yv);
-                nmx_hwiden4(&yv, u);
+                HN(hwiden4)(&yv, u);
                 for (int q = 0; q < 4; q++) t[q] *= u[q];
             }
             for (int q = 0; q < 4; q++) acc[q] += t[q];
