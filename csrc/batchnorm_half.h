@@ -648,6 +648,29 @@ static void bn_piece_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t
     }
 }
 
+/* Ask for the tile of bn_out_tiles_h that follows rows [r0, r1) x channels [a, a + NMX_TILE_C)
+ * in a block ending at row `end`: the next channels of the same rows, or the first channels of
+ * the next `rows` rows. A tile reads a few lines from each of a few rows, a page or more apart,
+ * and the hardware prefetchers do not run ahead across those jumps (streamed rows only; rows in
+ * the cache need no asking). (8192, 2048) inference, two threads, AVX2, the vector loops
+ * storing non-temporally: 0.63-0.95x the time in twelve alternating pairs, float16 and
+ * bfloat16. */
+static inline void bn_prefetch_tile_h(const uint16_t *dy, const uint16_t *x, nmx_index C,
+                                      nmx_index end, nmx_index rows, nmx_index r0, nmx_index r1,
+                                      nmx_index a) {
+    a += NMX_TILE_C;
+    if (a >= C) {
+        a = 0;
+        r0 = r1;
+        r1 = nmx_min(end, r1 + rows);
+    }
+    nmx_index w = nmx_min(NMX_TILE_C, C - a);
+    for (nmx_index r = r0; r < r1; r++) {
+        bn_prefetch_h(x + r * C + a, w);
+        if (dy) bn_prefetch_h(dy + r * C + a, w);
+    }
+}
+
 /* bn_out_h over wide rows [lo, hi), by tiles of rows and NMX_TILE_C channels, within which the
  * constants' slice stays in L1 (as out_tiles in batchnorm_impl.h): row by row across all C
  * channels, every element waited on the cache behind L1 for its four or five constants, and
@@ -680,6 +703,7 @@ static void bn_out_tiles_h(int kind, const uint16_t *dy, const uint16_t *x, uint
             for (nmx_index a = 0; a < C; a += NMX_TILE_C) {
                 nmx_index w = nmx_min(NMX_TILE_C, C - a);
                 if (mode >= 0) {
+                    if (stream) bn_prefetch_tile_h(dy, x, C, end, rows, r0, r1, a);
                     bn_rows_h(L, dy, x, out + r0 * C + a, C, C, r0, r1, a, w, k, mode);
                     continue;
                 }
