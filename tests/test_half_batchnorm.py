@@ -587,6 +587,41 @@ def _with_specials(x, dtype, rng):
     return x
 
 
+C_OUTPUTS = (
+    "y",
+    "infer y",
+    "dx",
+    "dgamma",
+    "dbeta",
+    "running_mean",
+    "running_var",
+    "mean",
+    "invstd",
+)
+
+
+def _c_half_and_float32(x, dy, gamma, beta, axis, running=None):
+    """The C kernels' training forward, inference (with `running` = (mean, var), or the running
+    statistics the training left) and backward, on the half x and dy and on their float32
+    copies: two tuples of the outputs named by C_OUTPUTS."""
+    c = x.shape[axis]
+    previous = normax.get_backend()
+    try:
+        normax.set_backend("c")
+        runs = []
+        for xs, dys in ((x, dy), (x.astype(np.float32), dy.astype(np.float32))):
+            rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+            with np.errstate(invalid="ignore", over="ignore"):
+                y, cache = normax.batch_norm_train(xs, gamma, beta, rm, rv, axis=axis)
+                stats = running if running is not None else (rm, rv)
+                yi = normax.batch_norm_infer(xs, gamma, beta, *stats, axis=axis)
+                dx, dgamma, dbeta = normax.batch_norm_backward(dys, cache)
+            runs.append((y, yi, dx, dgamma, dbeta, rm, rv, cache.mean, cache.invstd))
+    finally:
+        normax.set_backend(previous)
+    return runs
+
+
 @pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
 @pytest.mark.parametrize("specials", [False, True])
 @pytest.mark.parametrize("case", EXACT_CASES, ids=str)
@@ -605,32 +640,8 @@ def test_c_kernels_are_the_float32_kernels_rounded_once(case, dtype, specials, r
     c = shape[axis]
     gamma = rng.standard_normal(c).astype(np.float32)
     beta = rng.standard_normal(c).astype(np.float32)
-    x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
-    previous = normax.get_backend()
-    try:
-        normax.set_backend("c")
-        got, want = [], []
-        for xs, dys, sink in ((x, dy, got), (x32, dy32, want)):
-            rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
-            with np.errstate(invalid="ignore", over="ignore"):
-                y, cache = normax.batch_norm_train(xs, gamma, beta, rm, rv, axis=axis)
-                yi = normax.batch_norm_infer(xs, gamma, beta, rm, rv, axis=axis)
-                dx, dgamma, dbeta = normax.batch_norm_backward(dys, cache)
-            sink.append((y, yi, dx, dgamma, dbeta, rm, rv, cache.mean, cache.invstd))
-    finally:
-        normax.set_backend(previous)
-    names = (
-        "y",
-        "infer y",
-        "dx",
-        "dgamma",
-        "dbeta",
-        "running_mean",
-        "running_var",
-        "mean",
-        "invstd",
-    )
-    for name, h, f in zip(names, got[0], want[0], strict=True):
+    got, want = _c_half_and_float32(x, dy, gamma, beta, axis)
+    for name, h, f in zip(C_OUTPUTS, got, want, strict=True):
         if h.dtype == dtype:
             np.testing.assert_array_equal(_half_bits(h, dtype), _half_bits(f, dtype), name)
         else:
@@ -680,25 +691,70 @@ def test_c_nan_payloads_are_the_float32_kernels(case, dtype, rng):
             am[c] = flat.reshape(am[c].shape)
     c = shape[axis]
     gamma = rng.standard_normal(c).astype(np.float32)
-    previous = normax.get_backend()
-    try:
-        normax.set_backend("c")
-        got, want = [], []
-        for xs, dys, sink in ((x, dy, got), (x.astype(np.float32), dy.astype(np.float32), want)):
-            with np.errstate(invalid="ignore"):
-                y, cache = normax.batch_norm_train(xs, gamma, None, axis=axis)
-                dx, dgamma, dbeta = normax.batch_norm_backward(dys, cache)
-            sink.append((y, dx, dgamma, dbeta, cache.mean, cache.invstd))
-    finally:
-        normax.set_backend(previous)
-    names = ("y", "dx", "dgamma", "dbeta", "mean", "invstd")
-    for name, h, f in zip(names, got[0], want[0], strict=True):
+    got, want = _c_half_and_float32(x, dy, gamma, None, axis)
+    for name, h, f in zip(C_OUTPUTS, got, want, strict=True):
         if h.dtype == dtype:
             f = _round_keeping_nan(f, dtype)
             np.testing.assert_array_equal(h.view(np.uint16), f.view(np.uint16), name)
         else:
             np.testing.assert_array_equal(h.view(np.uint8), f.view(np.uint8), name)
-    assert np.isnan(got[0][0].astype(np.float64)).any()
+    assert np.isnan(got[0].astype(np.float64)).any()
+
+
+# float32 NaNs with their low 16 bits set, where a bfloat16 rounding's carry would reach the
+# high half (0x7FFFFFFF would turn into -0, 0x7F80FFFF into Inf): quiet and signaling, either
+# sign.
+PARAMETER_NANS = np.array(
+    [0x7FFFFFFF, 0xFFBFFFFF, 0x7F80FFFF, 0xFFC08001, 0x7FA5A5A5], np.uint32
+).view(np.float32)
+
+
+@pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
+@pytest.mark.parametrize(
+    "case",
+    [
+        ((9, 37), 1, True),
+        ((3, 37, 150), 1, True),
+        ((4100, 2048), 1, True),  # wide rows, streamed: non-temporal row by row or by strips
+        ((2049, 4, 1024), 1, True),  # runs, streamed
+        # runs in channel groups held in the cache, streamed: their sums are not the float32
+        # kernels' bits (the groups of the two differ), so only the NaNs are compared
+        ((2, 130, 32768), 1, False),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("dtype", HALF)
+def test_c_nan_parameters_are_the_float32_kernels(case, dtype, rng):
+    """NaNs in the float32 parameters, with payloads in their low 16 bits (gamma and beta in
+    training; gamma, beta and the running statistics in inference; gamma in the backward, one
+    parameter per channel): every half output is the float32 kernels' result rounded once, its
+    NaNs quiet with their sign and upper payload bits, on every path of the kernels, and the
+    float32 outputs are the float32 kernels' bits."""
+    shape, axis, exact = case
+    dtype = np.dtype(dtype)
+    c = shape[axis]
+    x = (rng.standard_normal(shape) * 2.0 + 1.0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    params = [rng.standard_normal(c).astype(np.float32) for _ in range(4)]
+    params[3] = np.abs(params[3]) + 0.5  # running variance
+    nans = np.resize(PARAMETER_NANS, c)
+    for j, p in enumerate(params):  # channel i: parameter i % 5, the rest finite
+        p[j::5] = nans[j::5]
+    gamma, beta, rmean, rvar = params
+    got, want = _c_half_and_float32(x, dy, gamma, beta, axis, running=(rmean, rvar))
+    for name, h, f in zip(C_OUTPUTS, got, want, strict=True):
+        if h.dtype == dtype:
+            f = _round_keeping_nan(f, dtype)
+            hb, fb = h.view(np.uint16), f.view(np.uint16)
+            if not exact:
+                nan = np.isnan(f.astype(np.float32))
+                np.testing.assert_array_equal(np.isnan(h.astype(np.float32)), nan, name)
+                hb, fb = hb[nan], fb[nan]
+            np.testing.assert_array_equal(hb, fb, name)
+        elif exact:
+            np.testing.assert_array_equal(h.view(np.uint8), f.view(np.uint8), name)
+    for out in got[:3]:  # the parameters' NaNs reached y, the inference's y and dx
+        assert np.isnan(np.moveaxis(out, axis, 0)[0].astype(np.float32)).all()
 
 
 @pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
