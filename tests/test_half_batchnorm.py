@@ -729,7 +729,10 @@ def test_c_nan_parameters_are_the_float32_kernels(case, dtype, rng):
     training; gamma, beta and the running statistics in inference; gamma in the backward, one
     parameter per channel): every half output is the float32 kernels' result rounded once, its
     NaNs quiet with their sign and upper payload bits, on every path of the kernels, and the
-    float32 outputs are the float32 kernels' bits."""
+    float32 outputs are the float32 kernels' bits. In dx the sign of a NaN is left out: a NaN
+    gamma makes both dx coefficients NaN, gamma * invstd and -gamma * ..., of opposite signs,
+    and which of two NaNs x86 returns follows the compiler's operand order, which differs
+    between builds."""
     shape, axis, exact = case
     dtype = np.dtype(dtype)
     c = shape[axis]
@@ -745,9 +748,12 @@ def test_c_nan_parameters_are_the_float32_kernels(case, dtype, rng):
     for name, h, f in zip(C_OUTPUTS, got, want, strict=True):
         if h.dtype == dtype:
             f = _round_keeping_nan(f, dtype)
-            hb, fb = h.view(np.uint16), f.view(np.uint16)
+            hb, fb = h.view(np.uint16).copy(), f.view(np.uint16).copy()
+            nan = np.isnan(f.astype(np.float32))
+            if name == "dx":
+                hb[nan] &= 0x7FFF
+                fb[nan] &= 0x7FFF
             if not exact:
-                nan = np.isnan(f.astype(np.float32))
                 np.testing.assert_array_equal(np.isnan(h.astype(np.float32)), nan, name)
                 hb, fb = hb[nan], fb[nan]
             np.testing.assert_array_equal(hb, fb, name)
