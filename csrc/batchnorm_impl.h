@@ -389,11 +389,12 @@ static void FN(pass_grad)(const T *dy, const T *x, nmx_index C, nmx_index inner,
         FN(grad_rows)(dy + lo * C, x + lo * C, hi - lo, C, C, k, k + C, mean, s1, s2);
         return;
     }
-    if (inner == 1) { /* tile by tile, as pass_stats */
-        for (nmx_index r0 = lo; r0 < hi; r0 += NMX_TILE_R)
-            for (nmx_index a = 0, r1 = nmx_min(hi, r0 + NMX_TILE_R); a < C; a += NMX_TILE_C) {
+    if (inner == 1) { /* tile by tile, as pass_stats, with the backward's tiles */
+        for (nmx_index r0 = lo; r0 < hi; r0 += NMX_BACK_TILE_R)
+            for (nmx_index a = 0, r1 = nmx_min(hi, r0 + NMX_BACK_TILE_R); a < C;
+                 a += NMX_BACK_TILE_C) {
                 nmx_index o = r0 * C + a;
-                FN(grad_rows)(dy + o, x + o, r1 - r0, C, nmx_min(NMX_TILE_C, C - a), k + a,
+                FN(grad_rows)(dy + o, x + o, r1 - r0, C, nmx_min(NMX_BACK_TILE_C, C - a), k + a,
                               k + C + a, mean + a, s1 + a, s2 + a);
             }
         return;
@@ -466,18 +467,20 @@ static void FN(out_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index
         FN(affine_part)(x, out, C, inner, u0, u1, a, b, k, strips);
 }
 
-/* pass_out over wide rows [lo, hi) (wide_rows), tile by tile, in pass_out's order: with
- * NMX_STREAM_BACK blocks of rows from the last to the first, tiles ascending within a block. */
+/* pass_out over wide rows [lo, hi) (wide_rows), tile by tile (the backward's tiles for dx), in
+ * pass_out's order: with NMX_STREAM_BACK blocks of rows from the last to the first, tiles
+ * ascending within a block. */
 static void FN(out_tiles)(const T *dy, const T *x, T *out, nmx_index C, nmx_index lo,
                           nmx_index hi, const T *k, int stream) {
     T tmp[NMX_PIECE];
-    nmx_index block = stream == NMX_STREAM_BACK ? NMX_TILE_R * NMX_PIECES_PER_BLOCK : hi - lo;
+    nmx_index rows = dy ? NMX_BACK_TILE_R : NMX_TILE_R, cols = dy ? NMX_BACK_TILE_C : NMX_TILE_C;
+    nmx_index block = stream == NMX_STREAM_BACK ? rows * NMX_PIECES_PER_BLOCK : hi - lo;
     for (nmx_index end = hi; end > lo;) {
         nmx_index start = end - lo > block ? end - block : lo;
-        for (nmx_index r0 = start; r0 < end; r0 += NMX_TILE_R) {
-            nmx_index r1 = nmx_min(end, r0 + NMX_TILE_R);
-            for (nmx_index a = 0; a < C; a += NMX_TILE_C) {
-                nmx_index b = nmx_min(C, a + NMX_TILE_C), w = b - a;
+        for (nmx_index r0 = start; r0 < end; r0 += rows) {
+            nmx_index r1 = nmx_min(end, r0 + rows);
+            for (nmx_index a = 0; a < C; a += cols) {
+                nmx_index b = nmx_min(C, a + cols), w = b - a;
                 if (!stream) {
                     FN(out_rows)(dy, x, out + r0 * C + a, C, C, r0, r1, a, b, k, 1);
                     continue;
