@@ -381,7 +381,7 @@ def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
 # Rows of n channels against the same columns as the first n channels of rows of 1100: pass 1
 # reads rows of 256 B (the forward) or 512 B (the backward) to 1 KiB in address order (a block of
 # four row by row), other narrow rows as four rows side by side, and rows wider than 4 KiB by
-# tiles of eight rows that go by strips.
+# tiles that go by strips (eight rows in the forward, four in the backward).
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channels", [32, 37, 64, 128, 200, 256, 512])
 def test_row_sums_have_the_bits_of_wide_rows(channels, dtype, rng):
