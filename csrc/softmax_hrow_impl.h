@@ -24,16 +24,9 @@ HAI void HN(hstore)(int kind, uint16_t *p, const nmx_vf32 *v) {
         HF16_STORE(p, v);
 }
 
-/* row_max_f32 on a half row: the same comparisons in the same order. */
-HAI float HN(hrow_max)(int kind, const uint16_t *z, nmx_index n) {
-    float m = nmx_h2f(kind, z[0]);
-    if (n < 16) {
-        for (nmx_index j = 1; j < n; j++) {
-            float v = nmx_h2f(kind, z[j]);
-            m = v > m ? v : m;
-        }
-        return m;
-    }
+/* row_max_whole_f32 on a half row of at least 16 entries: the same comparisons in the same
+ * order. */
+HAI float HN(hrow_max_whole)(int kind, const uint16_t *z, nmx_index n, float m) {
     nmx_vf32 m0, m1, m2, m3, v0, v1, v2, v3, v;
     HN(hload)(kind, z, &m0);
     m1 = m2 = m3 = m0;
@@ -61,11 +54,61 @@ HAI float HN(hrow_max)(int kind, const uint16_t *z, nmx_index n) {
     return m;
 }
 
+/* row_max_halves_f32 on a half row. */
+HAI float HN(hrow_max_halves)(int kind, const uint16_t *z, nmx_index n, float m) {
+    nmx_vf32 v0, v1, v2, v3, v;
+    nmx_vf32h m0[2], m1[2], m2[2], m3[2];
+    HN(hload)(kind, z, &v);
+    m0[0] = NMX_LO16(v);
+    m0[1] = NMX_HI16(v);
+    memcpy(m1, m0, sizeof m1);
+    memcpy(m2, m0, sizeof m2);
+    memcpy(m3, m0, sizeof m3);
+    nmx_index j = 16;
+    for (; j + 64 <= n; j += 64) {
+        HN(hload)(kind, z + j, &v0);
+        HN(hload)(kind, z + j + 16, &v1);
+        HN(hload)(kind, z + j + 32, &v2);
+        HN(hload)(kind, z + j + 48, &v3);
+        NMX_HMAX(nmx_vf32h, NMX_LO16(v0), NMX_HI16(v0), m0);
+        NMX_HMAX(nmx_vf32h, NMX_LO16(v1), NMX_HI16(v1), m1);
+        NMX_HMAX(nmx_vf32h, NMX_LO16(v2), NMX_HI16(v2), m2);
+        NMX_HMAX(nmx_vf32h, NMX_LO16(v3), NMX_HI16(v3), m3);
+    }
+    for (; j + 16 <= n; j += 16) {
+        HN(hload)(kind, z + j, &v);
+        NMX_HMAX(nmx_vf32h, NMX_LO16(v), NMX_HI16(v), m0);
+    }
+    HN(hload)(kind, z + n - 16, &v);
+    NMX_HMAX(nmx_vf32h, NMX_LO16(v), NMX_HI16(v), m0);
+    NMX_HMAX(nmx_vf32h, m2[0], m2[1], m1);
+    NMX_HMAX(nmx_vf32h, m3[0], m3[1], m0);
+    NMX_HMAX(nmx_vf32h, m1[0], m1[1], m0);
+    float w[16];
+    memcpy(w, m0, sizeof w);
+    for (int k = 0; k < 16; k++) m = w[k] > m ? w[k] : m;
+    return m;
+}
+
+/* row_max_f32 on a half row: the same comparisons in the same order. */
+HAI float HN(hrow_max)(int kind, const uint16_t *z, nmx_index n) {
+    float m = nmx_h2f(kind, z[0]);
+    if (n < 16) {
+        for (nmx_index j = 1; j < n; j++) {
+            float v = nmx_h2f(kind, z[j]);
+            m = v > m ? v : m;
+        }
+        return m;
+    }
+    return nmx_rows_halves() ? HN(hrow_max_halves)(kind, z, n, m)
+                             : HN(hrow_max_whole)(kind, z, n, m);
+}
+
 /* row_sum_f32 on a half row: s, with exp(z - m) stored in the float32 e. The store is kept
  * even where the exponentials are not needed (log-softmax), as in the float32 kernel: without it
  * GCC merges the two selects of each step and scalarizes their comparisons (4x slower). */
-HAI double HN(hrow_sum)(int kind, const uint16_t *z, nmx_index n, float m, float *e,
-                        const nmx_hnext *next) {
+HAI double HN(hrow_sum_by)(int kind, const uint16_t *z, nmx_index n, float m, float *e,
+                           const nmx_hnext *next, int halves) {
     nmx_vf64 acc[2] = {{0}, {0}};
     nmx_vi32h ch[2] = {{0}, {0}};
     nmx_vi32 cnt;
@@ -79,7 +122,10 @@ HAI double HN(hrow_sum)(int kind, const uint16_t *z, nmx_index n, float m, float
         for (; j + 16 <= stop; j += 16) {
             nmx_vf32 v;
             HN(hload)(kind, z + j, &v);
-            exp_step_f32((const float *)&v, &mv, e + j, ph, ch, 1);
+            if (halves)
+                exp_steph_f32((const float *)&v, &mv, e + j, ph, ch, 1);
+            else
+                exp_step_f32((const float *)&v, &mv, e + j, ph, ch, 1);
         }
         memcpy(&part, ph, sizeof part);
         nmx_vacc_f32(acc, &part);
@@ -96,6 +142,12 @@ HAI double HN(hrow_sum)(int kind, const uint16_t *z, nmx_index n, float m, float
         for (nmx_index k = 0; k < n - j; k++) e[j + k] = eb[k];
     }
     return hsum_f32(acc, &cnt);
+}
+
+HAI double HN(hrow_sum)(int kind, const uint16_t *z, nmx_index n, float m, float *e,
+                        const nmx_hnext *next) {
+    return nmx_rows_halves() ? HN(hrow_sum_by)(kind, z, n, m, e, next, 1)
+                             : HN(hrow_sum_by)(kind, z, n, m, e, next, 0);
 }
 
 /* out = round(e * c) over a row, e in float32. */

@@ -21,13 +21,8 @@ static inline __attribute__((always_inline)) VT NM(vload)(const T *p) {
     return v;
 }
 
-/* Max of a row. A NaN that loses the comparisons still turns s (row_sum) into NaN. */
-static inline __attribute__((always_inline)) T NM(row_max)(const T *z, nmx_index n) {
-    T m = z[0];
-    if (n < LANES) {
-        for (nmx_index j = 1; j < n; j++) m = z[j] > m ? z[j] : m;
-        return m;
-    }
+/* Max of a row of at least LANES entries, by whole vectors (see nmx_rows_halves). */
+static inline __attribute__((always_inline)) T NM(row_max_whole)(const T *z, nmx_index n, T m) {
     /* Four independent maxima hide the compare latency. */
     VT m0 = NM(vload)(z), m1 = m0, m2 = m0, m3 = m0;
     nmx_index j = LANES;
@@ -50,6 +45,55 @@ static inline __attribute__((always_inline)) T NM(row_max)(const T *z, nmx_index
     m0 = NMX_VMAX(VT, VI, m1, m0);
     for (int k = 0; k < LANES; k++) m = m0[k] > m ? m0[k] : m;
     return m;
+}
+
+#if LANES == 16
+#define NMX_LO NMX_LO16
+#define NMX_HI NMX_HI16
+#else
+#define NMX_LO NMX_LO8
+#define NMX_HI NMX_HI8
+#endif
+
+/* row_max_whole by 32-byte halves: the same comparisons lane for lane. */
+static inline __attribute__((always_inline)) T NM(row_max_halves)(const T *z, nmx_index n, T m) {
+    VH m0[2], m1[2], m2[2], m3[2];
+    memcpy(m0, z, sizeof m0);
+    memcpy(m1, m0, sizeof m1);
+    memcpy(m2, m0, sizeof m2);
+    memcpy(m3, m0, sizeof m3);
+    nmx_index j = LANES;
+    for (; j + 4 * LANES <= n; j += 4 * LANES) {
+        VT v0 = NM(vload)(z + j), v1 = NM(vload)(z + j + LANES);
+        VT v2 = NM(vload)(z + j + 2 * LANES), v3 = NM(vload)(z + j + 3 * LANES);
+        NMX_HMAX(VH, NMX_LO(v0), NMX_HI(v0), m0);
+        NMX_HMAX(VH, NMX_LO(v1), NMX_HI(v1), m1);
+        NMX_HMAX(VH, NMX_LO(v2), NMX_HI(v2), m2);
+        NMX_HMAX(VH, NMX_LO(v3), NMX_HI(v3), m3);
+    }
+    for (; j + LANES <= n; j += LANES) {
+        VT v = NM(vload)(z + j);
+        NMX_HMAX(VH, NMX_LO(v), NMX_HI(v), m0);
+    }
+    VT v = NM(vload)(z + n - LANES); /* overlapping tail: max is idempotent */
+    NMX_HMAX(VH, NMX_LO(v), NMX_HI(v), m0);
+    NMX_HMAX(VH, m2[0], m2[1], m1);
+    NMX_HMAX(VH, m3[0], m3[1], m0);
+    NMX_HMAX(VH, m1[0], m1[1], m0);
+    T w[LANES];
+    memcpy(w, m0, sizeof w);
+    for (int k = 0; k < LANES; k++) m = w[k] > m ? w[k] : m;
+    return m;
+}
+
+/* Max of a row. A NaN that loses the comparisons still turns s (row_sum) into NaN. */
+static inline __attribute__((always_inline)) T NM(row_max)(const T *z, nmx_index n) {
+    T m = z[0];
+    if (n < LANES) {
+        for (nmx_index j = 1; j < n; j++) m = z[j] > m ? z[j] : m;
+        return m;
+    }
+    return nmx_rows_halves() ? NM(row_max_halves)(z, n, m) : NM(row_max_whole)(z, n, m);
 }
 
 /* One vector: e = exp(z - m) (stored if `store`); ties with the maximum are counted in cnt, the
@@ -79,6 +123,31 @@ static inline __attribute__((always_inline)) void NM(exp_step)(const T *z, const
     cnt[0] -= c[0]; /* a true comparison is -1 */
     cnt[1] -= c[1];
 }
+
+/* exp_step by 32-byte halves past the 64-byte p * 2^k (see nmx_rows_halves): the underflow cut
+ * and the ties are native comparisons of halves, where exp_step's masks (nmx_vexp's and
+ * nmx_vzero's integer arithmetic on the whole vector) take five or six instructions each, and no
+ * 64-byte mask is assembled from halves. The same masks, NaN lanes included, so the same bits. */
+static inline __attribute__((always_inline)) void NM(exp_steph)(const T *z, const VT *m, T *e,
+                                                                 VH *part, VIH *cnt, int store) {
+    const VH zero = {0}, cut = zero - NMX_CAT(NMX_EXP_CUT, SFX);
+    VT t = NM(vload)(z) - *m;
+    VT raw = NMX_CAT(nmx_vexp_raw, SFX)(&t);
+    VH t0 = NMX_LO(t), t1 = NMX_HI(t);
+    VH e0 = NMX_VSEL(VH, VIH, t0 < cut, zero, NMX_LO(raw));
+    VH e1 = NMX_VSEL(VH, VIH, t1 < cut, zero, NMX_HI(raw));
+    if (store) {
+        memcpy(e, &e0, sizeof e0);
+        memcpy(e + LANES / 2, &e1, sizeof e1);
+    }
+    VIH tie0 = t0 == zero, tie1 = t1 == zero;
+    part[0] += NMX_VSEL(VH, VIH, tie0, zero, e0);
+    part[1] += NMX_VSEL(VH, VIH, tie1, zero, e1);
+    cnt[0] -= tie0; /* a true comparison is -1 */
+    cnt[1] -= tie1;
+}
+#undef NMX_LO
+#undef NMX_HI
 
 /* exp_step on whole-vector accumulators, for the column blocks (arrays of accumulators, which
  * live in memory anyway). */
@@ -113,8 +182,8 @@ static inline __attribute__((always_inline)) double NM(hsum)(const nmx_vf64 *acc
 #ifndef NMX_CHUNK
 #define NMX_CHUNK 16
 #endif
-static inline __attribute__((always_inline)) double NM(row_sum)(const T *z, nmx_index n, T m, T *e,
-                                                                 int store) {
+static inline __attribute__((always_inline)) double NM(row_sum_by)(const T *z, nmx_index n, T m,
+                                                                    T *e, int store, int halves) {
     nmx_vf64 acc[2] = {{0}, {0}};
     VIH cnt[2] = {{0}, {0}};
     VI cntv;
@@ -125,7 +194,10 @@ static inline __attribute__((always_inline)) double NM(row_sum)(const T *z, nmx_
         VT pv;
         nmx_index stop = n - j > NMX_CHUNK * LANES ? j + NMX_CHUNK * LANES : n;
         for (; j + LANES <= stop; j += LANES)
-            NM(exp_step)(z + j, &mv, store ? e + j : NULL, part, cnt, store);
+            if (halves)
+                NM(exp_steph)(z + j, &mv, store ? e + j : NULL, part, cnt, store);
+            else
+                NM(exp_step)(z + j, &mv, store ? e + j : NULL, part, cnt, store);
         memcpy(&pv, part, sizeof pv);
         NMX_CAT(nmx_vacc, SFX)(acc, &pv);
     }
@@ -143,6 +215,12 @@ static inline __attribute__((always_inline)) double NM(row_sum)(const T *z, nmx_
     }
     memcpy(&cntv, cnt, sizeof cntv);
     return NM(hsum)(acc, &cntv);
+}
+
+static inline __attribute__((always_inline)) double NM(row_sum)(const T *z, nmx_index n, T m, T *e,
+                                                                 int store) {
+    return nmx_rows_halves() ? NM(row_sum_by)(z, n, m, e, store, 1)
+                             : NM(row_sum_by)(z, n, m, e, store, 0);
 }
 
 /* sum_j a_j * b_j (b == NULL: sum_j a_j) with float64 partial sums. */
