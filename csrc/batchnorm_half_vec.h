@@ -13,6 +13,12 @@
  *   HV_LOADD     HV_LOADD(p, d): HVW / 2 halves at p, widened exactly into the doubles *d
  *   HV_LD1       HV_LD1(h): one half, widened exactly to float
  *   HV_WIDE      HV_WIDE(v, d): the lanes of *v widened into the doubles d[0] (low), d[1]
+ * and optionally, for the run loops (affine_span, dx_span: every lane has the same constants),
+ *   HV_LOAD_EO   HV_LOAD_EO(p, v): 2 * HVW halves at p, widened exactly: the even-indexed
+ *                ones into v[0], the odd-indexed ones into v[1]
+ *   HV_ROUND_EO  HV_ROUND_EO(v): v[0] and v[1] rounded and interleaved back, 2 * HVW halves
+ *   HV_PUT2      HV_PUT2(p, q), HV_PUT2_NT(p, q): those stored at p (non-temporally: p aligned
+ *                to their size)
  *
  * Compilers do not vectorize a scalar float16 conversion, nor turn the float32 loops with
  * bfloat16's integer conversions fused in into code as lean as these, so these loops are
@@ -76,6 +82,16 @@ HVI void HV(put)(uint16_t *p, const HVF *v, int mode) {
     else
         HV_STORE(p, v);
 }
+
+#ifdef HV_LOAD_EO
+/* The 2 * HVW rounded halves of the even- and odd-indexed lanes v[0], v[1] stored at p. */
+HVI void HV(put_eo)(uint16_t *p, const HVF *v, int nt) {
+    if (nt)
+        HV_PUT2_NT(p, HV_ROUND_EO(v));
+    else
+        HV_PUT2(p, HV_ROUND_EO(v));
+}
+#endif
 
 /* f in every lane (an exact broadcast: 0 + f would turn -0 into +0). */
 HVI HVF HV(splat)(float f) {
@@ -293,6 +309,14 @@ HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *
 HVI void HV(affine_span)(const uint16_t *x, uint16_t *y, nmx_index i0, nmx_index i1, HVF h,
                          HVF l, HVF s, HVF t, int nt) {
     nmx_index i = i0;
+#ifdef HV_LOAD_EO
+    for (; i + 2 * HVW <= i1; i += 2 * HVW) {
+        HVF xv[2], v[2];
+        HV_LOAD_EO(x + i, xv);
+        for (int j = 0; j < 2; j++) v[j] = ((xv[j] - h) - l) * s + t;
+        HV(put_eo)(y + i, v, nt);
+    }
+#endif
     for (; i + HVW <= i1; i += HVW) {
         HVF xv;
         HV_LOAD(x + i, &xv);
@@ -487,6 +511,15 @@ HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x,
 HVI void HV(dx_span)(const uint16_t *dy, const uint16_t *x, uint16_t *dx, nmx_index i0,
                      nmx_index i1, HVF h, HVF l, HVF gmv, HVF gav, HVF gbv, int nt) {
     nmx_index i = i0;
+#ifdef HV_LOAD_EO
+    for (; i + 2 * HVW <= i1; i += 2 * HVW) {
+        HVF gv[2], xv[2], v[2];
+        HV_LOAD_EO(dy + i, gv);
+        HV_LOAD_EO(x + i, xv);
+        for (int j = 0; j < 2; j++) v[j] = (gv[j] - gmv) * gav + ((xv[j] - h) - l) * gbv;
+        HV(put_eo)(dx + i, v, nt);
+    }
+#endif
     for (; i + HVW <= i1; i += HVW) {
         HVF gv, xv;
         HV_LOAD(dy + i, &gv);
