@@ -50,6 +50,9 @@ typedef struct {
     void (*dx_run)(const uint16_t *, const uint16_t *, uint16_t *, nmx_index, float, float, float,
                    float, float, int);
     int nt;
+    /* 0 if the row loops take the per-channel constants in channel order, else the width of
+     * the groups whose constants they take paired (bn_pair_constants_h) */
+    int eo;
 } nmx_bn_hleaves;
 
 /* The leaf loops on bfloat16 storage. */
@@ -63,7 +66,7 @@ typedef struct {
 
 static const nmx_bn_hleaves nmx_bn_leaves_bf16 = {
     stats_rows_bf16, stats_run_bf16, affine_rows_bf16, affine_run_bf16,
-    grad_rows_bf16,  grad_run_bf16,  dx_rows_bf16,     dx_run_bf16, 0,
+    grad_rows_bf16,  grad_run_bf16,  dx_rows_bf16,     dx_run_bf16, 0, 0,
 };
 
 /* ---- vector loops: float16 with F16C, bfloat16 with integer lanes or AVX-512 BF16 ---------
@@ -449,6 +452,29 @@ static void bn_quiet_nans_h(int kind, float *k, int rows, nmx_index C, nmx_index
             if ((u & 0x7fffffffu) <= 0x7f800000u) continue; /* not a NaN */
             u = (u | 0x00400000u) & 0xffff0000u;
             memcpy(f, &u, sizeof u);
+        }
+}
+
+/* For leaves whose row loops take the constants paired (nmx_bn_hleaves.eo, the width w of a
+ * group), the `rows` rows of C per-channel constants at k reordered for rows of C channels
+ * (inner 1): in each whole group of w channels (channels [i * w, (i + 1) * w) for i < C / w),
+ * the even channels' constants first, then the odd channels'; the channels after the last
+ * whole group keep their order. The row loops are only ever given slices that start on a group
+ * (bn_out_tiles_h's tiles, bn_out_h's pieces) and end on one or at C. Called once the constants
+ * are final, as the last step before the output pass. */
+static void bn_pair_constants_h(int kind, float *k, int rows, nmx_index C, nmx_index inner) {
+    const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
+    if (inner != 1 || !L || !L->eo) return;
+    int w = L->eo;
+    float t[64];
+    for (int j = 0; j < rows; j++)
+        for (nmx_index c = 0; c + w <= C; c += w) {
+            float *f = k + (nmx_index)j * C + c;
+            memcpy(t, f, sizeof(float) * (size_t)w);
+            for (int i = 0; i < w / 2; i++) {
+                f[i] = t[2 * i];
+                f[w / 2 + i] = t[2 * i + 1];
+            }
         }
 }
 
@@ -887,6 +913,7 @@ int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nm
         train_finish_f32(0, C, acc, n, piv, C, 1, gamma, beta, mean, invstd, rmean, rvar,
                          momentum, eps, k);
         bn_quiet_nans_h(kind, k, 4, C, 0, C);
+        bn_pair_constants_h(kind, k, 4, C, inner);
         bn_out_h(kind, NULL, x, y, C, inner, 0, units, k, stream);
         nmx_scratch_free(&scratch);
         return 0;
@@ -905,6 +932,8 @@ int nmx_bn_train_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nm
                          momentum, eps, k);
         bn_quiet_nans_h(kind, k, 4, C, c0, c1);
 #pragma omp barrier
+#pragma omp single
+        bn_pair_constants_h(kind, k, 4, C, inner);
         bn_out_h(kind, NULL, x, y, C, inner, lo, hi, k, stream);
     }
     nmx_scratch_free(&scratch);
@@ -925,6 +954,7 @@ int nmx_bn_infer_h(int kind, const uint16_t *x, nmx_index outer, nmx_index C, nm
         k[3 * C + c] = beta ? beta[c] : 0.0f;
     }
     bn_quiet_nans_h(kind, k, 4, C, 0, C);
+    bn_pair_constants_h(kind, k, 4, C, inner);
     int nt = nmx_threads_for(n * C);
     int stream = nmx_store_mode(sizeof(uint16_t) * n * C, NMX_STREAM);
     if (nt == 1) {
@@ -971,6 +1001,7 @@ int nmx_bn_backward_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
         bn_gather_h(kind, 0, C, acc, 1, C, dy, x, mean, outer, inner);
         grad_finish_f32(0, C, acc, n, C, invstd, gamma, dgamma, dbeta, k);
         bn_quiet_nans_h(kind, k, 5, C, 0, C);
+        bn_pair_constants_h(kind, k, 5, C, inner);
         bn_out_h(kind, dy, x, dx, C, inner, 0, units, k, stream);
         nmx_scratch_free(&scratch);
         return 0;
@@ -988,6 +1019,8 @@ int nmx_bn_backward_h(int kind, const uint16_t *dy, const uint16_t *x, nmx_index
         grad_finish_f32(c0, c1, acc, n, C, invstd, gamma, dgamma, dbeta, k);
         bn_quiet_nans_h(kind, k, 5, C, c0, c1);
 #pragma omp barrier
+#pragma omp single
+        bn_pair_constants_h(kind, k, 5, C, inner);
         bn_out_h(kind, dy, x, dx, C, inner, lo, hi, k, stream);
     }
     nmx_scratch_free(&scratch);

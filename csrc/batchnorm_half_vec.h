@@ -13,12 +13,16 @@
  *   HV_LOADD     HV_LOADD(p, d): HVW / 2 halves at p, widened exactly into the doubles *d
  *   HV_LD1       HV_LD1(h): one half, widened exactly to float
  *   HV_WIDE      HV_WIDE(v, d): the lanes of *v widened into the doubles d[0] (low), d[1]
- * and optionally, for the run loops (affine_span, dx_span: every lane has the same constants),
+ * and optionally, to compute a line of 2 * HVW halves as its even- and odd-indexed ones,
  *   HV_LOAD_EO   HV_LOAD_EO(p, v): 2 * HVW halves at p, widened exactly: the even-indexed
  *                ones into v[0], the odd-indexed ones into v[1]
  *   HV_ROUND_EO  HV_ROUND_EO(v): v[0] and v[1] rounded and interleaved back, 2 * HVW halves
  *   HV_PUT2      HV_PUT2(p, q), HV_PUT2_NT(p, q): those stored at p (non-temporally: p aligned
  *                to their size)
+ * The run loops (affine_span, dx_span) take them as they are, since all lanes of a run share
+ * their constants; the row loops (affine_rows, dx_rows) then take their per-channel constants
+ * paired (nmx_bn_hleaves.eo = 2 * HVW: in every whole group of 2 * HVW channels, the even
+ * channels' constants, then the odd ones').
  *
  * Compilers do not vectorize a scalar float16 conversion, nor turn the float32 loops with
  * bfloat16's integer conversions fused in into code as lean as these, so these loops are
@@ -267,6 +271,25 @@ HVI void HV(affine)(const uint16_t *x, uint16_t *y, int m, const float *mh, cons
         HV(st)(y, m, &v);
 }
 
+#ifdef HV_LOAD_EO
+/* HV(affine) on a line of 2 * HVW halves, its constants paired. */
+HVI void HV(affine_eo)(const uint16_t *x, uint16_t *y, const float *mh, const float *ml,
+                       const float *sc, const float *sh, int mode) {
+    HVF xv[2], v[2];
+    HV_LOAD_EO(x, xv);
+    for (int q = 0; q < 2; q++) {
+        HVF h, l, s, t;
+        nmx_index o = q * HVW;
+        HV(lf)(mh + o, HVW, &h);
+        HV(lf)(ml + o, HVW, &l);
+        HV(lf)(sc + o, HVW, &s);
+        HV(lf)(sh + o, HVW, &t);
+        v[q] = ((xv[q] - h) - l) * s + t;
+    }
+    HV(put_eo)(y, v, mode & NMX_HNT);
+}
+#endif
+
 HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *restrict y,
                             nmx_index ys, nmx_index rows, nmx_index n, const float *restrict mh,
                             const float *restrict ml, const float *restrict sc,
@@ -285,6 +308,16 @@ HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *
                 HV(lf)(sh + c, HVW, &t[j]);
             }
             for (nmx_index r = 0; r < rows; r++)
+#ifdef HV_LOAD_EO
+                for (int j = 0; j < HV_SV; j += 2) {
+                    nmx_index o = c0 + j * HVW;
+                    HVF xv[2], v[2];
+                    HV_LOAD_EO(x + r * xs + o, xv);
+                    for (int q = 0; q < 2; q++)
+                        v[q] = ((xv[q] - h[j + q]) - l[j + q]) * s[j + q] + t[j + q];
+                    HV(put_eo)(y + r * ys + o, v, mode & NMX_HNT);
+                }
+#else
                 for (int j = 0; j < HV_SV; j++) {
                     nmx_index o = c0 + j * HVW;
                     HVF xv;
@@ -292,13 +325,19 @@ HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *
                     HVF v = ((xv - h[j]) - l[j]) * s[j] + t[j];
                     HV(put)(y + r * ys + o, &v, mode);
                 }
+#endif
         }
     nmx_index nv = c0 + (n - c0) / HVW * HVW;
     int m = (int)(n - nv);
     for (nmx_index r = 0; r < rows; r++) {
         const uint16_t *xr = x + r * xs;
         uint16_t *yr = y + r * ys;
-        for (nmx_index c = c0; c < nv; c += HVW)
+        nmx_index c = c0;
+#ifdef HV_LOAD_EO
+        for (; c + 2 * HVW <= nv; c += 2 * HVW)
+            HV(affine_eo)(xr + c, yr + c, mh + c, ml + c, sc + c, sh + c, mode);
+#endif
+        for (; c < nv; c += HVW)
             HV(affine)(xr + c, yr + c, HVW, mh + c, ml + c, sc + c, sh + c, mode);
         if (m) HV(affine)(xr + nv, yr + nv, m, mh + nv, ml + nv, sc + nv, sh + nv, mode);
     }
@@ -470,6 +509,27 @@ HVI void HV(dx)(const uint16_t *g, const uint16_t *x, uint16_t *o, int m, const 
         HV(st)(o, m, &v);
 }
 
+#ifdef HV_LOAD_EO
+/* HV(dx) on a line of 2 * HVW halves, its constants paired. */
+HVI void HV(dx_eo)(const uint16_t *g, const uint16_t *x, uint16_t *o, const float *k, nmx_index C,
+                   int mode) {
+    HVF gv[2], xv[2], v[2];
+    HV_LOAD_EO(g, gv);
+    HV_LOAD_EO(x, xv);
+    for (int q = 0; q < 2; q++) {
+        HVF mh, ml, gm, ga, gb;
+        const float *kq = k + q * HVW;
+        HV(lf)(kq, HVW, &mh);
+        HV(lf)(kq + C, HVW, &ml);
+        HV(lf)(kq + 2 * C, HVW, &gm);
+        HV(lf)(kq + 3 * C, HVW, &ga);
+        HV(lf)(kq + 4 * C, HVW, &gb);
+        v[q] = (gv[q] - gm) * ga + ((xv[q] - mh) - ml) * gb;
+    }
+    HV(put_eo)(o, v, mode & NMX_HNT);
+}
+#endif
+
 HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x, nmx_index xs,
                         uint16_t *restrict dx, nmx_index ys, nmx_index rows, nmx_index n,
                         const float *restrict k, nmx_index C, int mode) {
@@ -487,6 +547,18 @@ HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x,
                 HV(lf)(k + 4 * C + c, HVW, &gb[j]);
             }
             for (nmx_index r = 0; r < rows; r++)
+#ifdef HV_LOAD_EO
+                for (int j = 0; j < HV_SV; j += 2) {
+                    nmx_index o = c0 + j * HVW;
+                    HVF gv[2], xv[2], v[2];
+                    HV_LOAD_EO(dy + r * xs + o, gv);
+                    HV_LOAD_EO(x + r * xs + o, xv);
+                    for (int q = 0; q < 2; q++)
+                        v[q] = (gv[q] - gm[j + q]) * ga[j + q] +
+                               ((xv[q] - mh[j + q]) - ml[j + q]) * gb[j + q];
+                    HV(put_eo)(dx + r * ys + o, v, mode & NMX_HNT);
+                }
+#else
                 for (int j = 0; j < HV_SV; j++) {
                     nmx_index o = c0 + j * HVW;
                     HVF gv, xv;
@@ -495,13 +567,18 @@ HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x,
                     HVF v = (gv - gm[j]) * ga[j] + ((xv - mh[j]) - ml[j]) * gb[j];
                     HV(put)(dx + r * ys + o, &v, mode);
                 }
+#endif
         }
     nmx_index nv = c0 + (n - c0) / HVW * HVW;
     int m = (int)(n - nv);
     for (nmx_index r = 0; r < rows; r++) {
         const uint16_t *g = dy + r * xs, *xr = x + r * xs;
         uint16_t *o = dx + r * ys;
-        for (nmx_index c = c0; c < nv; c += HVW)
+        nmx_index c = c0;
+#ifdef HV_LOAD_EO
+        for (; c + 2 * HVW <= nv; c += 2 * HVW) HV(dx_eo)(g + c, xr + c, o + c, k + c, C, mode);
+#endif
+        for (; c < nv; c += HVW)
             HV(dx)(g + c, xr + c, o + c, HVW, k + c, C, mode);
         if (m) HV(dx)(g + nv, xr + nv, o + nv, m, k + nv, C, mode);
     }
@@ -559,14 +636,20 @@ HVF_FN void HV(dx_run)(const uint16_t *restrict dy, const uint16_t *restrict x,
 #else
 #define HV_TILE_NT NMX_HNT
 #endif
+#ifdef HV_LOAD_EO
+#define HV_EO (2 * HVW)
+#else
+#define HV_EO 0
+#endif
 
 /* The eight loops, for the drivers of batchnorm_half.h. */
 static const nmx_bn_hleaves HV(nmx_bn_leaves) = {
     HV(stats_rows), HV(stats_run), HV(affine_rows), HV(affine_run),
-    HV(grad_rows),  HV(grad_run),  HV(dx_rows),     HV(dx_run), HV_TILE_NT,
+    HV(grad_rows),  HV(grad_run),  HV(dx_rows),     HV(dx_run), HV_TILE_NT, HV_EO,
 };
 
 #undef HV_TILE_NT
+#undef HV_EO
 
 #undef HV_RUN_LANES
 #undef HV_STRIP

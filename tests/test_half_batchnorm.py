@@ -562,6 +562,25 @@ EXACT_CASES = [
 ]
 
 
+@pytest.mark.skipif("c" not in BACKENDS, reason="C backend not built")
+@pytest.mark.parametrize("shape", [(4100, 2048), (3000, 2830)], ids=["lines", "tails"])
+@pytest.mark.parametrize("dtype", HALF)
+def test_streamed_rows_are_the_float32_kernels_rounded_once(shape, dtype, rng):
+    """Rows past the cache budget, stored straight into whole lines (2048 channels) or through
+    the buffer, with a group of eight and six channels left after the last group of sixteen
+    (2830): the bits of the float32 kernels, rounded once, as on small rows."""
+    x = (rng.standard_normal(shape) * 3.0 + 5.0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.standard_normal(shape[1]).astype(np.float32)
+    beta = rng.standard_normal(shape[1]).astype(np.float32)
+    got, want = _c_half_and_float32(x, dy, gamma, beta, 1)
+    for name, h, f in zip(C_OUTPUTS, got, want, strict=True):
+        if h.dtype == dtype:
+            np.testing.assert_array_equal(_half_bits(h, dtype), _half_bits(f, dtype), name)
+        else:
+            np.testing.assert_array_equal(h, f, name)
+
+
 def _half_bits(a, dtype):
     """Bit patterns of a half array, every NaN made the same (the payload is not the contract)."""
     bits = a.astype(dtype).view(np.uint16).copy()
