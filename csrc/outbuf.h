@@ -13,7 +13,8 @@
  *     no-op), with 64-byte aligned results. Pointers from these functions must be released with
  *     nmx_buf_free (or resized with nmx_buf_realloc), never with free(), and the reverse.
  *   - Requests below NMX_BUF_MIN_BYTES go to malloc; larger ones are mapped with transparent
- *     huge pages requested (2 MiB pages: 512 times fewer faults when a block is new).
+ *     huge pages requested (2 MiB pages: 512 times fewer faults when a block is new), their
+ *     data 2112 bytes into a page (half a page and a line: see NMX_BUF_LEAD in outbuf.c).
  *   - At most NMX_BUF_SLOTS freed blocks, NMX_BUF_KEEP_BYTES together, are kept; nmx_buf_trim
  *     returns them all to the system. Thread-safe; a forked child starts with a usable pool.
  *   - The signatures match NumPy's PyDataMem_Handler once a context argument is added, so a
