@@ -77,11 +77,18 @@ def compute_dtype(dtype: str) -> str:
 
 
 def torch_tensor(torch, a: np.ndarray):
-    """A tensor on ``a``'s memory, bfloat16 included (torch.from_numpy does not know ml_dtypes'
-    type: its bits are handed over as int16 and reinterpreted)."""
+    """A copy of ``a`` in memory PyTorch allocated, bfloat16 included (torch.from_numpy does not
+    know ml_dtypes' type: its bits are handed over as int16 and reinterpreted).
+
+    A copy, not a view, because where an input starts within its 4 KiB page changes a streaming
+    kernel's speed: its loads wait on its own earlier stores whose addresses agree in the low 12
+    bits. PyTorch puts its large tensors, outputs included, 64 bytes into a page and NumPy 16
+    bytes in, so a view of NumPy's memory would give PyTorch's kernels an input 48 bytes behind
+    their output, which a PyTorch program's own tensors never are.
+    """
     if a.dtype.name == "bfloat16":
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).clone()
+    return torch.from_numpy(a).clone()
 
 
 @dataclass
