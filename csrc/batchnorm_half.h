@@ -218,14 +218,15 @@ NMX_BN_AVX2I __m128i nmx_bn_round_bf16_avx2(const nmx_hv8f *v) {
 }
 
 /* A line of sixteen bfloat16 values on AVX2 as its even- and odd-indexed halves (HV_LOAD_EO,
- * HV_ROUND_EO; the run loops, whose lanes share their constants): read as eight 32-bit lanes,
- * each holds an even-indexed half in its low 16 bits and the next one in its high 16 bits, so a
- * shift widens the even ones and a mask the odd ones, in place. Rounding, the carry on both
- * vectors, then the even results shifted down and the odd ones masked interleave them back
- * with one OR. No shuffle at all, against two per eight values in each direction above (which
- * share two of the four vector pipes with the shifts on AMD's Zen 3): (2048, 8192) (C, m)
- * inference on two threads took 0.81x the time, five alternating rounds, now that of float16;
- * one thread 0.70x. */
+ * HV_ROUND_EO). Read as eight 32-bit lanes, each holds an even-indexed half in its low 16 bits
+ * and the next one in its high 16 bits, so a shift widens the even ones and a mask the odd
+ * ones, in place. Rounding, the carry on both vectors, then the even results shifted down and
+ * the odd ones masked interleave them back with one OR. No shuffle at all, against two per
+ * eight values in each direction above, which share two of the four vector pipes with the
+ * shifts on AMD's Zen 3. The run loops take it as it is (their lanes share one constant), the
+ * row loops with their constants paired (bn_pair_constants_h). Two threads, five to eight
+ * alternating rounds, minimum: (2048, 8192) (C, m) inference 0.81x the time (one thread 0.70x),
+ * as fast as float16; (8192, 2048) inference 0.78x, training and backward 0.92-0.94x. */
 NMX_BN_AVX2I void nmx_bn_load_eo_bf16_avx2(const uint16_t *p, nmx_hv8f *v) {
     __m256i h = _mm256_loadu_si256((const __m256i *)p);
     v[0] = (nmx_hv8f)_mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
@@ -465,7 +466,7 @@ static void bn_quiet_nans_h(int kind, float *k, int rows, nmx_index C, nmx_index
 static void bn_pair_constants_h(int kind, float *k, int rows, nmx_index C, nmx_index inner) {
     const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
     if (inner != 1 || !L || !L->eo) return;
-    int w = L->eo;
+    int w = L->eo; /* 16 in the AVX2 instance; t holds up to 64 */
     float t[64];
     for (int j = 0; j < rows; j++)
         for (nmx_index c = 0; c + w <= C; c += w) {
