@@ -26,7 +26,6 @@
 typedef struct {
     size_t cap;    /* usable bytes after the header */
     size_t mapped; /* bytes of the mapping (0: the block came from malloc) */
-    char *map;     /* the mapping's start */
 } nmx_buf_head;
 
 _Static_assert(sizeof(nmx_buf_head) <= NMX_BUF_ALIGN, "header must fit in the alignment gap");
@@ -47,6 +46,11 @@ static nmx_buf_head *nmx_buf_head_of(void *p) {
     return (nmx_buf_head *)((char *)p - NMX_BUF_ALIGN);
 }
 
+/* Unmap a kept block: its mapping starts NMX_BUF_LEAD bytes before its data. */
+static void nmx_buf_unmap(nmx_buf_head *h) {
+    munmap((char *)nmx_buf_user(h) - NMX_BUF_LEAD, h->mapped);
+}
+
 /* A new mapping of at least `bytes` usable bytes, 2 MiB aligned so that transparent huge pages
  * can back all of it (an unaligned mapping leaves its ends in 4 KiB pages). */
 static nmx_buf_head *nmx_buf_map(size_t bytes) {
@@ -65,7 +69,6 @@ static nmx_buf_head *nmx_buf_map(size_t bytes) {
     nmx_buf_head *h = (nmx_buf_head *)(base + NMX_BUF_LEAD - NMX_BUF_ALIGN);
     h->cap = total - NMX_BUF_LEAD;
     h->mapped = total;
-    h->map = base;
     return h;
 }
 
@@ -110,7 +113,7 @@ static void nmx_buf_keep(nmx_buf_head *h) {
         nmx_buf_bytes += h->mapped;
     }
     pthread_mutex_unlock(&nmx_buf_lock);
-    for (int i = 0; i < ndrop; i++) munmap(drop[i]->map, drop[i]->mapped); /* outside the lock */
+    for (int i = 0; i < ndrop; i++) nmx_buf_unmap(drop[i]); /* outside the lock */
 }
 
 static void *nmx_buf_small(size_t bytes) {
@@ -121,7 +124,6 @@ static void *nmx_buf_small(size_t bytes) {
     nmx_buf_head *h = raw;
     h->cap = bytes;
     h->mapped = 0;
-    h->map = NULL;
     return nmx_buf_user(h);
 }
 
@@ -177,7 +179,7 @@ size_t nmx_buf_trim(void) {
     nmx_buf_count = 0;
     nmx_buf_bytes = 0;
     pthread_mutex_unlock(&nmx_buf_lock);
-    for (int i = 0; i < n; i++) munmap(drop[i]->map, drop[i]->mapped);
+    for (int i = 0; i < n; i++) nmx_buf_unmap(drop[i]);
     return bytes;
 }
 
