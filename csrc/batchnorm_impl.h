@@ -730,7 +730,7 @@ int FN(nmx_bn_infer)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
         k[2 * C + c] = (T)((gamma ? (double)gamma[c] : 1.0) / sqrt((double)rvar[c] + eps));
         k[3 * C + c] = beta ? beta[c] : (T)0;
     }
-    int nt = nmx_threads_for(n * C), stream = nmx_store_mode(sizeof(T) * n * C, NMX_STREAM);
+    int nt = nmx_threads_for(n * C), stream = nmx_store_mode_once(sizeof(T) * n * C);
     if (nt == 1) {
         FN(pass_out)(NULL, x, y, C, inner, 0, units, k, stream);
     } else {

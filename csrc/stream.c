@@ -34,3 +34,12 @@ int nmx_store_mode(size_t bytes, int streamed) {
     return NMX_STORE;
 #endif
 }
+
+int nmx_store_mode_once(size_t bytes) {
+#if NMX_HAVE_STREAM
+    return bytes > (size_t)nmx_llc_bytes() ? NMX_STREAM : NMX_STORE;
+#else
+    (void)bytes;
+    return NMX_STORE;
+#endif
+}

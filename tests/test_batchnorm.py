@@ -344,13 +344,14 @@ def test_outputs_larger_than_the_cache(case, rng):
 @pytest.mark.parametrize(
     "shape, dtype",
     [
-        ((98304, 64), np.float32),  # 24 MiB of NHWC-like rows: streamed pieces in row order
-        ((170003, 37), np.float32),  # odd channels: a partial vector at the end of every row
-        ((49152, 64), np.float64),
-        ((3100, 2048), np.float32),  # wide rows: streamed tiles, by strips
-        ((80, 64, 1024), np.float32),  # NCHW: whole runs a piece
-        ((80, 64, 500), np.float64),  # NCHW: runs shorter than a piece, one a piece
-        ((3, 64, 30001), np.float32),  # NCHW: runs longer than a piece, in slices
+        # inference streams outputs larger than the whole cache (at most 32 MiB)
+        ((139264, 64), np.float32),  # 34 MiB of NHWC-like rows: streamed pieces in row order
+        ((227003, 37), np.float32),  # odd channels: a partial vector at the end of every row
+        ((69632, 64), np.float64),
+        ((4200, 2048), np.float32),  # wide rows: streamed tiles, by strips
+        ((130, 64, 1024), np.float32),  # NCHW: whole runs a piece
+        ((140, 64, 500), np.float64),  # NCHW: runs shorter than a piece, one a piece
+        ((5, 64, 30001), np.float32),  # NCHW: runs longer than a piece, in slices
     ],
 )
 def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
