@@ -730,14 +730,7 @@ int FN(nmx_bn_infer)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
         k[2 * C + c] = (T)((gamma ? (double)gamma[c] : 1.0) / sqrt((double)rvar[c] + eps));
         k[3 * C + c] = beta ? beta[c] : (T)0;
     }
-    /* Only wide rows, by tiles, are streamed, and only past the whole cache. Runs and narrower
-     * rows (written piece by piece through the same kind of buffer) took less time with plain
-     * stores at every size measured: 20-128 MiB, two threads, each call's output the next one's
-     * input, float32 and float64, 0.57-0.92x for NCHW, NHWC, (C, m) and (N, 256-1024); (N, C)
-     * with rows of 8 or 16 KiB took 1.08-1.25x with plain stores past the cache. */
-    int wide = inner == 1 && FN(wide_rows)(C);
-    int nt = nmx_threads_for(n * C);
-    int stream = wide ? nmx_store_mode_once(sizeof(T) * n * C) : NMX_STORE;
+    int nt = nmx_threads_for(n * C), stream = nmx_store_mode_once(sizeof(T) * n * C);
     if (nt == 1) {
         FN(pass_out)(NULL, x, y, C, inner, 0, units, k, stream);
     } else {
