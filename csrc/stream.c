@@ -25,21 +25,17 @@ static long nmx_llc_bytes(void) {
 }
 #endif
 
-int nmx_store_mode(size_t bytes, int streamed) {
+/* `streamed` when the output is past the cache divided by `share` (and 4 MiB), else NMX_STORE. */
+static int nmx_store_past(size_t bytes, long share, int streamed) {
 #if NMX_HAVE_STREAM
     if (bytes < ((size_t)4 << 20)) return NMX_STORE;
-    return bytes > (size_t)nmx_llc_bytes() / 2 ? streamed : NMX_STORE;
+    return bytes > (size_t)(nmx_llc_bytes() / share) ? streamed : NMX_STORE;
 #else
-    (void)bytes, (void)streamed;
+    (void)bytes, (void)share, (void)streamed;
     return NMX_STORE;
 #endif
 }
 
-int nmx_store_mode_once(size_t bytes) {
-#if NMX_HAVE_STREAM
-    return bytes > (size_t)nmx_llc_bytes() ? NMX_STREAM : NMX_STORE;
-#else
-    (void)bytes;
-    return NMX_STORE;
-#endif
-}
+int nmx_store_mode(size_t bytes, int streamed) { return nmx_store_past(bytes, 2, streamed); }
+
+int nmx_store_mode_once(size_t bytes) { return nmx_store_past(bytes, 1, NMX_STREAM); }
