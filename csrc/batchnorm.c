@@ -15,15 +15,15 @@
  * AVX-512 and picked at load time where platform.h allows it. */
 #define NMX_CLONES NMX_CLONES_SIMD
 
-/* Element-wise passes over arrays larger than the cache write through a small buffer with
- * non-temporal stores: no read-for-ownership of the destination (a 3 x bytes forward instead of
- * 4 x), and the input the pass reads back stays cached. NMX_PIECE elements per piece of a tile
- * of wide rows or of a channel group; NMX_STREAM_PIECE_BYTES per piece of the plain rows and
- * runs of pass_out. The buffer, the inputs it is computed from and the stores draining it share
- * L1: streamed inference of NHWC (64, 56, 56, 64) and NCHW (64, 64, 56, 56) float64 took
- * 0.83-0.92x the time with 4 KiB pieces as with 16 KiB ones (2048 doubles), float32 0.88-0.95x
- * against 8 KiB, training and backward the same or faster; a channel group's pieces, read back
- * from L2, were 5-10% slower at 4 KiB and keep NMX_PIECE. */
+/* Element-wise passes over arrays larger than the cache write with non-temporal stores: no
+ * read-for-ownership of the destination (a 3 x bytes forward instead of 4 x), and the input the
+ * pass reads back stays cached. Runs (inner > 1) issue them from their own loops (run_nt in
+ * batchnorm_impl.h); rows go through a small buffer, NMX_PIECE elements per piece of a tile of
+ * wide rows, NMX_STREAM_PIECE_BYTES per piece of the other rows, and blocks of
+ * NMX_PIECES_PER_BLOCK such pieces for NMX_STREAM_BACK. The buffer, the inputs it is computed
+ * from and the stores draining it share L1: streamed inference of NHWC (64, 56, 56, 64) float64
+ * took 0.83-0.92x the time with 4 KiB pieces as with 16 KiB ones (2048 doubles), float32
+ * 0.88-0.95x against 8 KiB, training and backward the same or faster. */
 #define NMX_PIECE 2048
 #define NMX_STREAM_PIECE_BYTES 4096
 #define NMX_PIECES_PER_BLOCK 64

@@ -10,7 +10,7 @@
  * Sums accumulate in double (on the rows path, blocks of four rows are first summed in T). The
  * element-wise passes run in T with the mean split into a T head and tail (mh + ml), so x - mean
  * stays exact to T rounding even when |mean| >> std. Pass 2 of the forward and of the backward is
- * one driver (pass_out), streamed for outputs larger than the cache (but the backward's runs).
+ * one driver (pass_out), streamed for outputs larger than the cache.
  */
 #define NMX_CAT2(a, b) a##_##b
 #define NMX_CAT(a, b) NMX_CAT2(a, b)
@@ -147,6 +147,28 @@ NMX_CLONES static void FN(affine_rows)(const T *restrict x, nmx_index xs, T *res
 NMX_CLONES static void FN(affine_run)(const T *restrict x, T *restrict y, nmx_index n, T mh,
                                       T ml, T sc, T sh) {
     for (nmx_index i = 0; i < n; i++) y[i] = ((x[i] - mh) - ml) * sc + sh;
+}
+
+/* A run's loop with its whole 64-byte lines of output computed in registers and written with
+ * non-temporal stores (nmx_stream_line), the partial lines at its ends with plain ones: the
+ * streamed runs need no buffer to copy through. Every element is the same expression either
+ * way, so it rounds (and, with FMA, contracts) the same: the bits of the plain loop. */
+#define NMX_RUN_NT(out, n, e, expr)                                                            \
+    do {                                                                                       \
+        enum { line_ = 64 / sizeof(T) };                                                       \
+        nmx_index i0_ = nmx_line_head(out, sizeof(T), n), i1_ = i0_ + (n - i0_) / line_ * line_; \
+        for (nmx_index e = 0; e < i0_; e++) out[e] = (expr);                                   \
+        for (nmx_index l_ = i0_; l_ < i1_; l_ += line_) {                                      \
+            T v_[line_];                                                                       \
+            for (nmx_index e = l_; e < l_ + line_; e++) v_[e - l_] = (expr);                   \
+            nmx_stream_line(out + l_, v_);                                                     \
+        }                                                                                      \
+        for (nmx_index e = i1_; e < n; e++) out[e] = (expr);                                   \
+    } while (0)
+
+NMX_CLONES static void FN(affine_run_nt)(const T *restrict x, T *restrict y, nmx_index n, T mh,
+                                         T ml, T sc, T sh) {
+    NMX_RUN_NT(y, n, i, ((x[i] - mh) - ml) * sc + sh);
 }
 
 /* The sums of dy and dy * (x - mean) over four rows xs apart from g[i], x0[i] into u, v, with
@@ -340,6 +362,11 @@ NMX_CLONES static void FN(dx_run)(const T *restrict dy, const T *restrict x, T *
     for (nmx_index i = 0; i < n; i++) dx[i] = (dy[i] - gm) * ga + ((x[i] - mh) - ml) * gb;
 }
 
+NMX_CLONES static void FN(dx_run_nt)(const T *restrict dy, const T *restrict x, T *restrict dx,
+                                     nmx_index n, T mh, T ml, T gm, T ga, T gb) {
+    NMX_RUN_NT(dx, n, i, (dy[i] - gm) * ga + ((x[i] - mh) - ml) * gb);
+}
+
 /* ---- drivers ------------------------------------------------------------------------------ */
 
 /* Split the mean into a T head and the T rounding of what is left. */
@@ -455,9 +482,10 @@ static void FN(dx_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index 
 }
 
 /* Pass 2 over units [lo, hi): y = affine(x) for the forward (dy NULL), dx for the backward.
- * Streamed (outputs larger than the cache), the pieces are written with non-temporal stores, so
- * the output does not evict the inputs from the cache; NMX_STREAM_BACK takes blocks from the last
- * to the first (pieces ascending within a block, so the prefetcher keeps up). */
+ * Streamed (outputs larger than the cache), the output is written with non-temporal stores, so
+ * it does not evict the inputs from the cache: rows a piece at a time through a buffer, runs
+ * straight from their loops (run_nt). NMX_STREAM_BACK takes blocks from the last to the first
+ * (ascending within a block, so the prefetcher keeps up). */
 static void FN(out_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
                          nmx_index u0, nmx_index u1, nmx_index a, nmx_index b, const T *k,
                          int strips) {
@@ -465,6 +493,22 @@ static void FN(out_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index
         FN(dx_part)(dy, x, out, C, inner, u0, u1, a, b, k, strips);
     else
         FN(affine_part)(x, out, C, inner, u0, u1, a, b, k, strips);
+}
+
+/* y (dy NULL) or dx of run u (inner > 1), written in place with non-temporal stores. Against
+ * computing a piece into a buffer and streaming that (as rows do), with the same blocks: NCHW
+ * 56 x 56 and 28 x 28, 26-100 MiB, two threads, the buffered runs took 1.05-1.35x the time in
+ * the training forward (float64 1.10-1.28x) and 0.94-1.37x the backward's; resident groups
+ * 0.98-1.14x. The buffered backward had been slower than plain stores (1.00-1.37x their time);
+ * run_nt is faster than them (0.83-0.90x). */
+static void FN(run_nt)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner, nmx_index u,
+                       const T *k) {
+    nmx_index c = u % C, o = u * inner;
+    if (dy)
+        FN(dx_run_nt)(dy + o, x + o, out + o, inner, k[c], k[C + c], k[2 * C + c], k[3 * C + c],
+                      k[4 * C + c]);
+    else
+        FN(affine_run_nt)(x + o, out + o, inner, k[c], k[C + c], k[2 * C + c], k[3 * C + c]);
 }
 
 /* pass_out over wide rows [lo, hi) (wide_rows), tile by tile (the backward's tiles for dx), in
@@ -506,29 +550,31 @@ static void FN(pass_out)(const T *dy, const T *x, T *out, nmx_index C, nmx_index
         FN(out_part)(dy, x, out + lo * len, C, inner, lo, hi, 0, len, k, 1);
         return;
     }
-    enum { piece = NMX_STREAM_PIECE_BYTES / sizeof(T) };
-    T tmp[piece];
-    if (len <= piece) {
-        nmx_index per = piece / len;
-        nmx_index block = stream == NMX_STREAM_BACK ? per * NMX_PIECES_PER_BLOCK : hi - lo;
+    if (inner > 1) { /* runs: their loops store whole lines non-temporally (run_nt) */
+        nmx_index per = NMX_STREAM_PIECE_BYTES * NMX_PIECES_PER_BLOCK;
+        per /= len * (nmx_index)sizeof(T);
+        nmx_index block = stream == NMX_STREAM_BACK ? (per > 1 ? per : 1) : hi - lo;
         for (nmx_index end = hi; end > lo;) {
             nmx_index start = end - lo > block ? end - block : lo;
-            for (nmx_index u0 = start; u0 < end; u0 += per) {
-                nmx_index u1 = end - u0 > per ? u0 + per : end;
-                FN(out_part)(dy, x, tmp, C, inner, u0, u1, 0, len, k, 0);
-                nmx_stream(out + u0 * len, tmp, sizeof(T) * (size_t)((u1 - u0) * len));
-            }
+            for (nmx_index u = start; u < end; u++) FN(run_nt)(dy, x, out, C, inner, u, k);
             end = start;
         }
-    } else {
-        for (nmx_index v = lo; v < hi; v++) {
-            nmx_index u = stream == NMX_STREAM_BACK ? hi - 1 - (v - lo) : v;
-            for (nmx_index a = 0; a < len; a += piece) {
-                nmx_index b = len - a > piece ? a + piece : len;
-                FN(out_part)(dy, x, tmp, C, inner, u, u + 1, a, b, k, 1);
-                nmx_stream(out + u * len + a, tmp, sizeof(T) * (size_t)(b - a));
-            }
+        nmx_stream_fence();
+        return;
+    }
+    /* Rows of C (not wide: at most a piece each), a few to a piece through the buffer. */
+    enum { piece = NMX_STREAM_PIECE_BYTES / sizeof(T) };
+    T tmp[piece];
+    nmx_index per = piece / C;
+    nmx_index block = stream == NMX_STREAM_BACK ? per * NMX_PIECES_PER_BLOCK : hi - lo;
+    for (nmx_index end = hi; end > lo;) {
+        nmx_index start = end - lo > block ? end - block : lo;
+        for (nmx_index u0 = start; u0 < end; u0 += per) {
+            nmx_index u1 = end - u0 > per ? u0 + per : end;
+            FN(out_part)(dy, x, tmp, C, inner, u0, u1, 0, C, k, 0);
+            nmx_stream(out + u0 * C, tmp, sizeof(T) * (size_t)((u1 - u0) * C));
         }
+        end = start;
     }
     nmx_stream_fence();
 }
@@ -631,17 +677,11 @@ NMX_CLONES static void FN(train_finish)(nmx_index c0, nmx_index c1, double *rest
  * cache lines from every row, rows C apart, which the hardware prefetchers do not follow and which
  * a power-of-two C maps onto a few cache sets; measured, packing them was slower than two passes. */
 
-/* Pass 2 of a group: y (dy NULL) or dx of channels [c0, c1), through out_part, streamed. */
+/* Pass 2 of a group: y (dy NULL) or dx of channels [c0, c1), streamed by run_nt. */
 static void FN(group_out)(const T *dy, const T *x, T *out, nmx_index outer, nmx_index C,
                           nmx_index inner, nmx_index c0, nmx_index c1, const T *k) {
-    T tmp[NMX_PIECE];
     for (nmx_index c = c0; c < c1; c++)
-        for (nmx_index o = 0; o < outer; o++)
-            for (nmx_index a = 0, u = o * C + c; a < inner; a += NMX_PIECE) {
-                nmx_index b = nmx_min(inner, a + NMX_PIECE);
-                FN(out_part)(dy, x, tmp, C, inner, u, u + 1, a, b, k, 1);
-                nmx_stream(out + u * inner + a, tmp, sizeof(T) * (size_t)(b - a));
-            }
+        for (nmx_index o = 0; o < outer; o++) FN(run_nt)(dy, x, out, C, inner, o * C + c, k);
     nmx_stream_fence();
 }
 
@@ -778,17 +818,12 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
                         T *dgamma, T *dbeta) {
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
-    int nt = nmx_threads_for(n * C), big = nmx_store_mode(sizeof(T) * n * C, NMX_STREAM_BACK);
-    /* Runs (inner > 1) that are not grouped write dx with plain stores: there streaming cost
-     * time at every size measured (NCHW float32 and float64, 17-200 MiB, two threads, plain
-     * against streamed, the same dy every call or each dx the next dy: 0.76-0.93x the time;
-     * runs of 784 values 0.81-0.98x). Rows stream as before, within 5% either way. */
-    int stream = inner > 1 ? NMX_STORE : big;
+    int nt = nmx_threads_for(n * C), stream = nmx_store_mode(sizeof(T) * n * C, NMX_STREAM_BACK);
     NMX_SCRATCH(scratch, C, nt, 5);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
     FN(split_means)(mean, C, k);
-    nmx_index g = big ? nmx_group_width(outer, C, inner, sizeof(T), 2, nt) : 0;
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(T), 2, nt) : 0;
     if (g) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
         for (nmx_index c0 = 0; c0 < C; c0 += g)
@@ -824,6 +859,7 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
     return 0;
 }
 
+#undef NMX_RUN_NT
 #undef NMX_STRIP
 #undef FN
 #undef NMX_CAT

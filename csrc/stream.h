@@ -1,7 +1,8 @@
-/* How the kernels write outputs larger than the cache: non-temporal stores through a small
- * buffer, so that the destination is not read for ownership (one memory access per output byte
- * instead of two) and the inputs a later pass reads back stay cached. Shared by the batch-norm
- * output passes and the streamed softmax column blocks. */
+/* How the kernels write outputs larger than the cache: non-temporal stores, through a small
+ * buffer or a line at a time from the loops that compute them, so that the destination is not
+ * read for ownership (one memory access per output byte instead of two) and the inputs a later
+ * pass reads back stay cached. Shared by the batch-norm output passes and the streamed softmax
+ * column blocks. */
 #ifndef NORMAX_STREAM_H
 #define NORMAX_STREAM_H
 
@@ -48,14 +49,14 @@ enum { NMX_STORE = 0, NMX_STREAM, NMX_STREAM_BACK };
  * there are no non-temporal stores. */
 int nmx_store_mode(size_t bytes, int streamed);
 
-/* nmx_store_mode for a one-pass kernel whose output goes out through a buffer (nmx_stream): the
- * float32 and float64 batch-norm inference. Its stores protect no input that a later pass reads
- * back, the buffer's copy costs time of its own, and plain stores leave the output cached for
+/* nmx_store_mode for a one-pass kernel: the float32 and float64 batch-norm inference. Its stores
+ * protect no input that a later pass reads back, and plain stores leave the output cached for
  * whatever reads it next; so the output is streamed (NMX_STREAM) only when it alone overflows
  * the cache. Inference of 20-32 MiB, two threads, the same input every call, plain stores
- * against streamed: float32 0.73-0.86x the time for NCHW, NHWC and (C, m), 0.74-0.98x for
- * (N, C); float64 0.64-0.78x and 1.00-1.04x. Each call's output the next one's input (layers in
- * a network), 24 MiB float32: 0.57-0.68x, (N, C) 0.96x. */
+ * against streamed through a buffer (nmx_stream; runs have since streamed from their own loops,
+ * not measured against this rule): float32 0.73-0.86x the time for NCHW, NHWC and (C, m),
+ * 0.74-0.98x for (N, C); float64 0.64-0.78x and 1.00-1.04x. Each call's output the next one's
+ * input (layers in a network), 24 MiB float32: 0.57-0.68x, (N, C) 0.96x. */
 int nmx_store_mode_once(size_t bytes);
 
 /* memcpy of n bytes with non-temporal stores (SSE2, baseline x86-64) for the 16-byte aligned
@@ -81,6 +82,31 @@ static inline void nmx_stream(void *dst, const void *src, size_t n) {
 #else
     memcpy(dst, src, n);
 #endif
+}
+
+/* The 64 bytes at src to the 64-byte aligned dst with non-temporal stores (a plain copy where
+ * there are none). Inline, for loops that compute a line's worth of output in registers and
+ * store it straight to memory, with no buffer to copy through. */
+static inline __attribute__((always_inline)) void nmx_stream_line(void *dst, const void *src) {
+#if NMX_HAVE_STREAM
+    const __m128i *s = src;
+    __m128i *d = dst;
+    __m128i a = _mm_loadu_si128(s), b = _mm_loadu_si128(s + 1);
+    __m128i c = _mm_loadu_si128(s + 2), e = _mm_loadu_si128(s + 3);
+    _mm_stream_si128(d, a);
+    _mm_stream_si128(d + 1, b);
+    _mm_stream_si128(d + 2, c);
+    _mm_stream_si128(d + 3, e);
+#else
+    memcpy(dst, src, 64);
+#endif
+}
+
+/* How many of the n elements of `size` bytes at p come before the first 64-byte line they
+ * fill (n when they start no line: too few, or p not a multiple of size). */
+static inline ptrdiff_t nmx_line_head(const void *p, size_t size, ptrdiff_t n) {
+    ptrdiff_t head = (ptrdiff_t)(((64 - ((uintptr_t)p & 63)) & 63) / size);
+    return (uintptr_t)p % size != 0 || head >= n ? n : head;
 }
 
 /* Order the non-temporal stores before the caller's next synchronization. */

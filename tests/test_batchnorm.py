@@ -355,9 +355,10 @@ def test_outputs_larger_than_the_cache(case, rng):
     ],
 )
 def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
-    """Inference is element-wise: a call large enough to be streamed (pieces written through a
-    buffer, in an order of their own) must give every sample the bits the same samples get from
-    a small call, which runs by strips (a few rows) or in plain order."""
+    """Inference is element-wise: a call large enough to be streamed (rows through a buffer, runs
+    straight from their loops, whole lines with non-temporal stores, in an order of their own)
+    must give every sample the bits the same samples get from a small call, which runs by strips
+    (a few rows) or in plain order."""
     if "c" not in normax.available_backends():
         pytest.skip("C backend not built")
     c = shape[1]
@@ -375,6 +376,42 @@ def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
         for lo, hi in itertools.pairwise(bounds):
             part = normax.batch_norm_infer(x[lo:hi], gamma, beta, mean, var)
             np.testing.assert_array_equal(y[lo:hi], part, err_msg=f"samples {lo}:{hi}")
+    finally:
+        normax.set_backend(previous)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [
+        ((130, 64, 1024), np.float32),  # runs of a few lines, two passes, streamed
+        ((140, 64, 500), np.float64),  # runs that end inside a line
+        ((4, 80, 16384), np.float32),  # 64 KiB runs: resident groups in the training forward
+    ],
+)
+def test_streamed_runs_have_the_bits_at_any_alignment(shape, dtype, rng):
+    """Streamed runs write the whole 64-byte lines of their output with non-temporal stores and
+    the partial lines at their ends with plain ones. Where an output starts moves that boundary;
+    it must never move a bit: training forward and backward into `out` at every element offset
+    within a line give the bits of the call that allocates its own outputs."""
+    if "c" not in normax.available_backends():
+        pytest.skip("C backend not built")
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 0.5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    per_line = 64 // np.dtype(dtype).itemsize
+    previous = normax.get_backend()
+    try:
+        normax.set_backend("c")
+        y, cache = normax.batch_norm_train(x, gamma, beta)
+        dx, _, _ = normax.batch_norm_backward(dy, cache)
+        base = np.empty(x.size + per_line, dtype)
+        for shift in range(per_line):
+            out = base[shift : shift + x.size].reshape(shape)
+            normax.batch_norm_train(x, gamma, beta, out=out)
+            np.testing.assert_array_equal(out, y, err_msg=f"y, {shift} elements in")
+            normax.batch_norm_backward(dy, cache, out=out)
+            np.testing.assert_array_equal(out, dx, err_msg=f"dx, {shift} elements in")
     finally:
         normax.set_backend(previous)
 
