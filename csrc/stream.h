@@ -59,34 +59,9 @@ int nmx_store_mode(size_t bytes, int streamed);
  * input (layers in a network), 24 MiB float32: 0.57-0.68x, (N, C) 0.96x. */
 int nmx_store_mode_once(size_t bytes);
 
-/* memcpy of n bytes with non-temporal stores (SSE2, baseline x86-64) for the 16-byte aligned
- * middle; plain memcpy where there are none. Inline: the output passes call it for every piece
- * of a few hundred bytes upwards. */
-static inline void nmx_stream(void *dst, const void *src, size_t n) {
-#if NMX_HAVE_STREAM
-    char *d = dst;
-    const char *s = src;
-    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
-    if (head > n) head = n;
-    memcpy(d, s, head);
-    d += head, s += head, n -= head;
-    for (; n >= 64; n -= 64, d += 64, s += 64) {
-        __m128i a = _mm_loadu_si128((const __m128i *)s), b = _mm_loadu_si128((const __m128i *)(s + 16));
-        __m128i c = _mm_loadu_si128((const __m128i *)(s + 32)), e = _mm_loadu_si128((const __m128i *)(s + 48));
-        _mm_stream_si128((__m128i *)d, a);
-        _mm_stream_si128((__m128i *)(d + 16), b);
-        _mm_stream_si128((__m128i *)(d + 32), c);
-        _mm_stream_si128((__m128i *)(d + 48), e);
-    }
-    memcpy(d, s, n);
-#else
-    memcpy(dst, src, n);
-#endif
-}
-
-/* The 64 bytes at src to the 64-byte aligned dst with non-temporal stores (a plain copy where
- * there are none). Inline, for loops that compute a line's worth of output in registers and
- * store it straight to memory, with no buffer to copy through. */
+/* The 64 bytes at src to the 16-byte aligned dst (a whole cache line when dst is 64-byte
+ * aligned) with non-temporal stores; a plain copy where there are none. Inline, for loops that
+ * compute a line's worth of output in registers and store it straight to memory. */
 static inline __attribute__((always_inline)) void nmx_stream_line(void *dst, const void *src) {
 #if NMX_HAVE_STREAM
     const __m128i *s = src;
@@ -99,6 +74,24 @@ static inline __attribute__((always_inline)) void nmx_stream_line(void *dst, con
     _mm_stream_si128(d + 3, e);
 #else
     memcpy(dst, src, 64);
+#endif
+}
+
+/* memcpy of n bytes with non-temporal stores (SSE2, baseline x86-64) for the 16-byte aligned
+ * middle; plain memcpy where there are none. Inline: the output passes call it for every piece
+ * of a few hundred bytes upwards. */
+static inline void nmx_stream(void *dst, const void *src, size_t n) {
+#if NMX_HAVE_STREAM
+    char *d = dst;
+    const char *s = src;
+    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
+    if (head > n) head = n;
+    memcpy(d, s, head);
+    d += head, s += head, n -= head;
+    for (; n >= 64; n -= 64, d += 64, s += 64) nmx_stream_line(d, s);
+    memcpy(d, s, n);
+#else
+    memcpy(dst, src, n);
 #endif
 }
 
