@@ -53,10 +53,15 @@ int nmx_store_mode(size_t bytes, int streamed);
  * protect no input that a later pass reads back, and plain stores leave the output cached for
  * whatever reads it next; so the output is streamed (NMX_STREAM) only when it alone overflows
  * the cache. Inference of 20-32 MiB, two threads, the same input every call, plain stores
- * against streamed through a buffer (nmx_stream; runs have since streamed from their own loops,
- * not measured against this rule): float32 0.73-0.86x the time for NCHW, NHWC and (C, m),
- * 0.74-0.98x for (N, C); float64 0.64-0.78x and 1.00-1.04x. Each call's output the next one's
- * input (layers in a network), 24 MiB float32: 0.57-0.68x, (N, C) 0.96x. */
+ * against streamed through a buffer (nmx_stream): float32 0.73-0.86x the time for NCHW, NHWC and
+ * (C, m), 0.74-0.98x for (N, C); float64 0.64-0.78x and 1.00-1.04x. Each call's output the next
+ * one's input (layers in a network), 24 MiB float32: 0.57-0.68x, (N, C) 0.96x.
+ * Streamed straight from their loops, without the buffer, runs still gain nothing at 20 MiB
+ * (float32 NCHW and (C, m), chained: streamed 1.07-1.46x the plain time; the same input:
+ * 0.85-1.09x), nor do the wide rows that keep the buffer (float64 (4096, 640), 20 MiB:
+ * 1.00-1.30x). Rows of whole lines do: float32 NHWC 56 x 56 x 64 and (40000, 128), 20 MiB,
+ * 0.78-0.87x (chained 0.88-1.05x); NHWC 31 MiB, float32 and float64, 0.56-0.89x (chained
+ * 0.78-0.95x). The batch-norm inference streams those past half the cache (nmx_store_mode). */
 int nmx_store_mode_once(size_t bytes);
 
 /* The 64 bytes at src to the 16-byte aligned dst (a whole cache line when dst is 64-byte

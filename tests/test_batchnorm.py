@@ -386,25 +386,33 @@ def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
         ((130, 64, 1024), np.float32),  # runs of a few lines, two passes, streamed
         ((140, 64, 500), np.float64),  # runs that end inside a line
         ((4, 80, 16384), np.float32),  # 64 KiB runs: resident groups in the training forward
+        ((110000, 64), np.float32),  # rows of whole lines: straight from their loops if aligned
+        ((40000, 96), np.float64),  # the same in float64 (768-byte rows)
+        ((150000, 40), np.float32),  # rows that end inside a line: through the buffer
     ],
 )
-def test_streamed_runs_have_the_bits_at_any_alignment(c_backend, shape, dtype, rng):
-    """Streamed runs write the whole 64-byte lines of their output with non-temporal stores and
-    the partial lines at their ends with plain ones. Where an output starts moves that boundary;
-    it must never move a bit: training forward and backward into `out` at every element offset
-    within a line give the bits of the call that allocates its own outputs."""
+def test_streamed_outputs_have_the_bits_at_any_alignment(c_backend, shape, dtype, rng):
+    """Streamed runs and rows write the whole 64-byte lines of their output with non-temporal
+    stores and the partial lines with plain ones (or, for rows that do not start every line,
+    through a buffer). Where an output starts moves those boundaries; it must never move a bit:
+    training forward, inference and backward into `out` at every element offset within a line
+    give the bits of the call that allocates its own (line-aligned) outputs."""
     c = shape[1]
     x = (rng.standard_normal(shape) * 3 + 0.5).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    mean, var = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
     per_line = 64 // np.dtype(dtype).itemsize
     y, cache = normax.batch_norm_train(x, gamma, beta)
+    yi = normax.batch_norm_infer(x, gamma, beta, mean, var)
     dx, _, _ = normax.batch_norm_backward(dy, cache)
     base = np.empty(x.size + per_line, dtype)
     for shift in range(per_line):
         out = base[shift : shift + x.size].reshape(shape)
         normax.batch_norm_train(x, gamma, beta, out=out)
         np.testing.assert_array_equal(out, y, err_msg=f"y, {shift} elements in")
+        normax.batch_norm_infer(x, gamma, beta, mean, var, out=out)
+        np.testing.assert_array_equal(out, yi, err_msg=f"inference, {shift} elements in")
         normax.batch_norm_backward(dy, cache, out=out)
         np.testing.assert_array_equal(out, dx, err_msg=f"dx, {shift} elements in")
 
