@@ -37,8 +37,9 @@ static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b
 
 /* Whether rows of C channels are wide: a row pass reads four or five per-channel arrays beside
  * the data (constants, sums), and across a wide row they do not stay in L1 (64 KiB for a float64
- * row of 2048 channels, where every element then waited on L2). Wide rows go by tiles of
- * NMX_TILE_R rows and NMX_TILE_C channels, within which they do. */
+ * row of 2048 channels, where every element then waited on L2). Pass 1 goes over wide rows by
+ * tiles of NMX_TILE_R rows and NMX_TILE_C channels, within which they do; the output pass only
+ * when it streams through a buffer (pass_out: whole rows in row order were faster). */
 #define NMX_TILE_C 256
 #define NMX_TILE_R (NMX_PIECE / NMX_TILE_C) /* 8: whole blocks of four rows */
 
