@@ -512,8 +512,9 @@ static void FN(dx_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index 
 /* Pass 2 over units [lo, hi): y = affine(x) for the forward (dy NULL), dx for the backward.
  * Streamed (outputs larger than the cache), the output is written with non-temporal stores, so
  * it does not evict the inputs from the cache: runs and rows of whole lines straight from their
- * loops (run_nt, rows_out_nt), other rows a piece at a time through a buffer. NMX_STREAM_BACK takes blocks from the last to the first
- * (ascending within a block, so the prefetcher keeps up). */
+ * loops (run_nt, rows_out_nt), other rows a piece at a time through a buffer. NMX_STREAM_BACK
+ * takes blocks from the last to the first (ascending within a block, so the prefetcher keeps
+ * up). */
 static void FN(out_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
                          nmx_index u0, nmx_index u1, nmx_index a, nmx_index b, const T *k,
                          int strips) {
