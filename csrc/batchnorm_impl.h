@@ -732,7 +732,8 @@ NMX_CLONES static void FN(train_finish)(nmx_index c0, nmx_index c1, double *rest
  * driver (its runs in batch order) whatever the thread count.
  * Rows of C values (inner == 1) keep the two-pass drivers: a group of channels there is a few
  * cache lines from every row, rows C apart, which the hardware prefetchers do not follow and which
- * a power-of-two C maps onto a few cache sets; measured, packing them was slower than two passes. */
+ * a power-of-two C maps onto a few cache sets; measured, packing them was slower than two
+ * passes. */
 
 /* Pass 2 of a group: y (dy NULL) or dx of channels [c0, c1), streamed by run_nt. */
 static void FN(group_out)(const T *dy, const T *x, T *out, nmx_index outer, nmx_index C,

@@ -58,7 +58,8 @@ static inline int omp_get_thread_num(void) { return 0; }
 
 #ifdef NMX_HAVE_CLONES
 /* Vector loops: AVX-512 (x86-64-v4), AVX2+FMA (x86-64-v3) and the SSE2 baseline. */
-#define NMX_CLONES_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define NMX_CLONES_SIMD \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 /* Element loops that must stay bit-identical to the baseline: AVX2 without FMA. */
 #define NMX_CLONES_AVX2 __attribute__((target_clones("avx2", "default")))
 #else

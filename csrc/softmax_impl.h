@@ -224,7 +224,8 @@ static inline __attribute__((always_inline)) double NM(row_sum)(const T *z, nmx_
 }
 
 /* sum_j a_j * b_j (b == NULL: sum_j a_j) with float64 partial sums. */
-static inline __attribute__((always_inline)) double NM(row_dot)(const T *a, const T *b, nmx_index n) {
+static inline __attribute__((always_inline)) double NM(row_dot)(const T *a, const T *b,
+                                                                nmx_index n) {
     double acc[LANES] = {0};
     nmx_index j = 0;
     if (b)
@@ -382,7 +383,8 @@ static inline __attribute__((always_inline)) void NM(block_sum)(const T *zb, T *
     }
     for (nmx_index v = 0; v < nv; v++)
         for (int k = 0; k < LANES; k++)
-            s[v * LANES + k] = (k < 8 ? acc[2 * v][k] : acc[2 * v + 1][k - 8]) + (double)(cnt[v][k] - 1);
+            s[v * LANES + k] =
+                (k < 8 ? acc[2 * v][k] : acc[2 * v + 1][k - 8]) + (double)(cnt[v][k] - 1);
     double cnts[LANES];
     for (nmx_index i = nvl; i < nb; i++) s[i] = cnts[i - nvl] = 0.0;
     for (nmx_index c = 0; c < n && nvl < nb; c++) {
