@@ -16,14 +16,10 @@ long nmx_cache_size(long *cached, int name, long dflt, long lo, long hi) {
     return size;
 }
 
-#if NMX_HAVE_STREAM
-/* The last-level cache a call can count on: what the system reports, at most NMX_LLC_CAP
- * (platform.h, where the reason is given). */
-static long nmx_llc_bytes(void) {
+long nmx_llc_bytes(void) {
     static long cached = 0;
     return nmx_cache_size(&cached, NMX_SC_L3, NMX_LLC_CAP, 1, NMX_LLC_CAP);
 }
-#endif
 
 /* `streamed` when the output is past the cache divided by `share` (and 4 MiB), else NMX_STORE. */
 static int nmx_store_past(size_t bytes, long share, int streamed) {

@@ -35,6 +35,10 @@
  * GIL is released): every one stores the same value, atomically. */
 long nmx_cache_size(long *cached, int name, long dflt, long lo, long hi);
 
+/* The last-level cache a call can count on: what the system reports, at most NMX_LLC_CAP
+ * (platform.h, where the reason is given). */
+long nmx_llc_bytes(void);
+
 /* How a pass writes its output (the `stream` argument of the output passes): plain stores, or
  * non-temporal ones in one of two orders. After a first pass over the same inputs (training,
  * backward), blocks go from the last to the first, so the end of the inputs that pass 1 read

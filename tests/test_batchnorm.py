@@ -454,8 +454,9 @@ def test_row_sums_have_the_bits_of_wide_rows(channels, dtype, rng):
 
 
 # NCHW shapes that go group by group on any machine: inputs over 16 MiB (past the kernels'
-# 32 MiB last-level cache budget), runs of 8 KiB or more, and a channel's runs of dy and x
-# within half of the smallest per-core L2 the kernels assume (256 KiB). With larger channels a
+# 32 MiB last-level cache budget), runs of 16 KiB or more (8 KiB would do only past that
+# budget), and a channel's runs of dy and x within half of the smallest per-core L2 the
+# kernels assume (256 KiB). With larger channels a
 # machine with a smaller L2 splits the batch between the threads instead, whose last bits may
 # differ, and the test would not test what it says ((3, 37, 20000) float64 did, on a 1 MiB L2).
 # Three 16 KiB runs a channel: split in two by threads, a channel's sums would be associated
