@@ -82,7 +82,8 @@ static size_t nmx_group_budget(void) { return (size_t)nmx_l2_bytes() / 2; }
  * (12 KiB runs), 32 images (25 MiB) 0.79-0.87x the time in two passes, 40 images 0.76-0.81x,
  * 24 images the same; runs of 25 KiB (float64 56 x 56, 16 images) 0.96-1.07x, 50 KiB (float32
  * 112 x 112, 8 images) 1.04-1.09x, so those keep their groups; past the cache (float32 56 x 56,
- * 64 images) the groups' 0.97-1.03x. */
+ * 64 images) the groups' 0.97-1.03x. Half precision the same: float16 64 x 64 (8 KiB runs,
+ * 48 images, 24 MiB) 0.74-0.96x, 80 x 80 (12 KiB runs, 32 images) 0.67-0.97x. */
 #define NMX_GROUP_CACHED_MIN_RUN_BYTES 16384
 
 /* Channels per resident group of a call (batchnorm_impl.h), or 0 when it keeps the two-pass
