@@ -93,12 +93,12 @@ static size_t nmx_group_budget(void) { return (size_t)nmx_l2_bytes() / 2; }
  * last-level cache, at least NMX_GROUP_CACHED_MIN_RUN_BYTES. */
 static nmx_index nmx_group_width(nmx_index outer, nmx_index C, nmx_index inner, size_t size,
                                  int inputs, int nt) {
-    size_t run = (size_t)inner * size;
+    size_t run = (size_t)inner * size, channel = (size_t)outer * run * (size_t)inputs;
     if (inner == 1 || run < NMX_GROUP_MIN_RUN_BYTES) return 0;
     if (outer > 1 && run < NMX_GROUP_CACHED_MIN_RUN_BYTES &&
-        (size_t)(outer * C) * run * (size_t)inputs <= (size_t)nmx_llc_bytes())
+        channel * (size_t)C <= (size_t)nmx_llc_bytes())
         return 0;
-    nmx_index fit = (nmx_index)(nmx_group_budget() / ((size_t)outer * run * (size_t)inputs));
+    nmx_index fit = (nmx_index)(nmx_group_budget() / channel);
     nmx_index spread = (C + 4 * (nmx_index)nt - 1) / (4 * (nmx_index)nt);
     return fit < spread ? fit : spread;
 }
