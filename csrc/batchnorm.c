@@ -35,6 +35,20 @@ static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b
  * four such per-channel arrays fill a third of a 48 KiB L1. */
 #define NMX_WIDE_ROW_BYTES 4096
 
+/* Streamed rows that are not wide and hold at least this many bytes go straight from their loops
+ * (rows_direct in batchnorm_impl.h) even where they do not fill whole lines from a line's start:
+ * each row's whole lines non-temporally, the lines two rows share (and those of a row that starts
+ * off a line) with plain stores. Against the buffer, alternating processes, two threads, 25-49
+ * MiB, median time ratios (ranges) over 5-6 rounds: training forward NHWC float32 rows of 80 B
+ * 0.72 (0.66-0.85), 96 B 0.99 (0.78-1.20), 160 B 0.68 (0.64-0.72), 224 B 0.86 (0.78-0.99),
+ * 400 B 0.89 (0.68-1.09), float64 160 B 0.69 (0.56-0.78) and 224 B 0.84 (0.67-1.03), 256 B rows
+ * into an out= 16 bytes off a line 0.95 (0.87-1.04); backward the same rows 0.80, 1.04 (0.88-1.27),
+ * 0.86, 0.95, 0.99 (0.94-1.10), 0.85, 0.96 (0.87-1.43), 0.94; streamed inference 96 B 0.67, 224 B
+ * 0.70, 400 B 0.77. Rows of 64 B 16 bytes off a line, which hold no whole line, took 1.36x
+ * (1.22-1.79) in the forward and 1.25x in the backward; wide rows off a line keep their tiles
+ * ((8192, 2048) float32 into an out=: forward 1.20x, inference 1.05x, backward 0.97x). */
+#define NMX_DIRECT_ROW_BYTES 80
+
 /* Whether rows of C channels are wide: a row pass reads four or five per-channel arrays beside
  * the data (constants, sums), and across a wide row they do not stay in L1 (64 KiB for a float64
  * row of 2048 channels, where every element then waited on L2). Pass 1 goes over wide rows by

@@ -511,10 +511,10 @@ static void FN(dx_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index 
 
 /* Pass 2 over units [lo, hi): y = affine(x) for the forward (dy NULL), dx for the backward.
  * Streamed (outputs larger than the cache), the output is written with non-temporal stores, so
- * it does not evict the inputs from the cache: runs and rows of whole lines straight from their
- * loops (run_nt, rows_out_nt), other rows a piece at a time through a buffer. NMX_STREAM_BACK
- * takes blocks from the last to the first (ascending within a block, so the prefetcher keeps
- * up). */
+ * it does not evict the inputs from the cache: runs and most rows straight from their loops
+ * (run_nt, rows_out_nt: see rows_direct), other rows a piece at a time through a buffer.
+ * NMX_STREAM_BACK takes blocks from the last to the first (ascending within a block, so the
+ * prefetcher keeps up). */
 static void FN(out_part)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
                          nmx_index u0, nmx_index u1, nmx_index a, nmx_index b, const T *k,
                          int strips) {
@@ -564,20 +564,27 @@ static void FN(out_tiles)(const T *dy, const T *x, T *out, nmx_index C, nmx_inde
     nmx_stream_fence();
 }
 
-/* Whether streamed rows of C at out go straight from their loops (rows_out_nt): each row starts
- * on a 64-byte line and fills whole lines, so every store is non-temporal. Other rows go through
- * a buffer, which streams every whole line of a piece of several rows: straight from the loops,
- * such rows would leave the lines they share plain. The outputs the kernels allocate start on a
- * line (nmx_buf_malloc), so rows of a multiple of 16 float32 (8 float64) channels qualify. */
+/* Whether every row of C at out starts on a 64-byte line and fills whole lines, so that every
+ * store of rows_out_nt is non-temporal. The outputs the kernels allocate start on a line
+ * (nmx_buf_malloc), so rows of a multiple of 16 float32 (8 float64) channels qualify. */
 static inline int FN(rows_nt)(const T *out, nmx_index C) {
     return C * (nmx_index)sizeof(T) % 64 == 0 && nmx_line_head(out, sizeof(T), C) == 0;
 }
 
-/* y (dy NULL) or dx of rows [u0, u1) of C (rows_nt), written in place with non-temporal stores.
- * Against the buffer, with the same blocks, 24-117 MiB, two threads, alternating in one process:
- * the buffered rows took 1.08-1.17x the time in the training forward (NHWC 56 x 56 x 64 and
- * (100000, 256) float32; NHWC, (200000, 32) and (30000, 512) float64: 1.07-1.22x) and
- * 1.05-1.24x in the backward (one round at 49 MiB: 0.96x). */
+/* Whether streamed rows of C (not wide) at out go straight from their loops (rows_out_nt): rows_nt
+ * ones, and any of NMX_DIRECT_ROW_BYTES or more, whose lines shared with a neighbour are stored
+ * plain. Narrower rows go through a buffer, which streams every whole line of a piece of several
+ * rows: a row of 64 bytes off a line holds no whole line of its own. */
+static inline int FN(rows_direct)(const T *out, nmx_index C) {
+    return FN(rows_nt)(out, C) || C * (nmx_index)sizeof(T) >= NMX_DIRECT_ROW_BYTES;
+}
+
+/* y (dy NULL) or dx of rows [u0, u1) of C (rows_direct), each row's whole lines written in place
+ * with non-temporal stores (all of them for rows_nt rows). For rows_nt rows against the buffer,
+ * with the same blocks, 24-117 MiB, two threads, alternating in one process: the buffered rows
+ * took 1.08-1.17x the time in the training forward (NHWC 56 x 56 x 64 and (100000, 256)
+ * float32; NHWC, (200000, 32) and (30000, 512) float64: 1.07-1.22x) and 1.05-1.24x in the
+ * backward (one round at 49 MiB: 0.96x). */
 static void FN(rows_out_nt)(const T *dy, const T *x, T *out, nmx_index C, nmx_index u0,
                             nmx_index u1, const T *k) {
     nmx_index o = u0 * C, rows = u1 - u0;
@@ -614,13 +621,13 @@ static void FN(pass_out)(const T *dy, const T *x, T *out, nmx_index C, nmx_index
         nmx_stream_fence();
         return;
     }
-    /* Rows of C: from their own loops when every row fills whole lines (rows_nt), else (rows of
-     * at most a piece: wide ones went by tiles) a few to a piece through the buffer. */
+    /* Rows of C: from their own loops (rows_direct), else (rows of at most a piece: wide ones
+     * went by tiles) a few to a piece through the buffer. */
     enum { piece = NMX_STREAM_PIECE_BYTES / sizeof(T) };
     T tmp[piece];
     nmx_index per = piece / C > 0 ? piece / C : 1; /* a wide row is a piece of its own */
     nmx_index block = stream == NMX_STREAM_BACK ? per * NMX_PIECES_PER_BLOCK : hi - lo;
-    int direct = FN(rows_nt)(out, C);
+    int direct = FN(rows_direct)(out, C);
     for (nmx_index end = hi; end > lo;) {
         nmx_index start = end - lo > block ? end - block : lo;
         if (direct)
@@ -828,8 +835,10 @@ int FN(nmx_bn_infer)(const T *x, nmx_index outer, nmx_index C, nmx_index inner, 
         k[2 * C + c] = (T)((gamma ? (double)gamma[c] : 1.0) / sqrt((double)rvar[c] + eps));
         k[3 * C + c] = beta ? beta[c] : (T)0;
     }
-    /* Rows streamed from their own loops, unlike the other outputs, gain from streaming once
-     * past half the cache, as the two-pass kernels do (measured: nmx_store_mode_once). */
+    /* Rows of whole lines, streamed from their own loops, gain from streaming once past half
+     * the cache, as the two-pass kernels do (measured: nmx_store_mode_once). The other rows_direct
+     * rows do not: streamed past half the cache against plain stores, NHWC float32 rows of 160,
+     * 224 and 240 B took 0.93x, 1.07x and 1.23x the time, float64 of 224 B 0.98x (medians). */
     size_t bytes = sizeof(T) * (size_t)(n * C);
     int rows = inner == 1 && !FN(wide_rows)(C) && FN(rows_nt)(y, C);
     int nt = nmx_threads_for(n * C);

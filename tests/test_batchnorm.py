@@ -388,13 +388,14 @@ def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
         ((4, 80, 16384), np.float32),  # 64 KiB runs: resident groups in the training forward
         ((110000, 64), np.float32),  # rows of whole lines: straight from their loops if aligned
         ((40000, 96), np.float64),  # the same in float64 (768-byte rows)
-        ((150000, 40), np.float32),  # rows that end inside a line: through the buffer
+        ((150000, 40), np.float32),  # rows that end inside a line: their shared lines plain
+        ((400000, 15), np.float32),  # rows of 60 bytes: through the buffer
     ],
 )
 def test_streamed_outputs_have_the_bits_at_any_alignment(c_backend, shape, dtype, rng):
     """Streamed runs and rows write the whole 64-byte lines of their output with non-temporal
-    stores and the partial lines with plain ones (or, for rows that do not start every line,
-    through a buffer). Where an output starts moves those boundaries; it must never move a bit:
+    stores and the partial lines with plain ones (or, for rows under 80 bytes that do not start
+    every line, through a buffer). Where an output starts moves those boundaries; it must never move a bit:
     training forward, inference and backward into `out` at every element offset within a line
     give the bits of the call that allocates its own (line-aligned) outputs."""
     c = shape[1]
