@@ -395,9 +395,9 @@ def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
 def test_streamed_outputs_have_the_bits_at_any_alignment(c_backend, shape, dtype, rng):
     """Streamed runs and rows write the whole 64-byte lines of their output with non-temporal
     stores and the partial lines with plain ones (or, for rows under 80 bytes that do not start
-    every line, through a buffer). Where an output starts moves those boundaries; it must never move a bit:
-    training forward, inference and backward into `out` at every element offset within a line
-    give the bits of the call that allocates its own (line-aligned) outputs."""
+    every line, through a buffer). Where an output starts moves those boundaries; it must never
+    move a bit: training forward, inference and backward into `out` at every element offset
+    within a line give the bits of the call that allocates its own (line-aligned) outputs."""
     c = shape[1]
     x = (rng.standard_normal(shape) * 3 + 0.5).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
