@@ -69,14 +69,21 @@ HVI void HV(st)(uint16_t *p, int m, const HVF *v) {
     memcpy(p, b, sizeof(uint16_t) * (size_t)m);
 }
 
+/* HVF and HVD at any float or double address. Loads and stores through these types are one
+ * register move each, whatever -mmove-max says about memcpy: a memcpy of a whole register can
+ * be split into narrower moves, and a vector read back over two narrower stores waits for a
+ * failed store forwarding. */
+typedef HVF HV(uf) __attribute__((aligned(4), may_alias));
+typedef HVD HV(ud) __attribute__((aligned(8), may_alias));
+
 HVI void HV(lf)(const float *p, int m, HVF *v) {
     if (m == HVW) {
-        memcpy(v, p, sizeof *v);
+        *v = *(const HV(uf) *)p;
         return;
     }
     float b[HVW] = {0};
     memcpy(b, p, sizeof(float) * (size_t)m);
-    memcpy(v, b, sizeof b);
+    *v = *(const HV(uf) *)b;
 }
 
 /* A vector of the row loops stored at p: non-temporally in the modes with NMX_HNT. */
@@ -112,13 +119,9 @@ HVI HVD HV(splatd)(double f) {
 
 /* HVW / 2 doubles at p, in and out (one vector at a time: GCC keeps arrays of vectors that
  * are copied whole in memory). */
-HVI HVD HV(ldd)(const double *p) {
-    HVD d;
-    memcpy(&d, p, sizeof d);
-    return d;
-}
+HVI HVD HV(ldd)(const double *p) { return *(const HV(ud) *)p; }
 
-HVI void HV(std)(double *p, HVD d) { memcpy(p, &d, sizeof d); }
+HVI void HV(std)(double *p, HVD d) { *(HV(ud) *)p = d; }
 
 /* s[j] += (double)v[j] for the first m lanes. */
 HVI void HV(addd)(double *s, int m, const HVF *v) {
