@@ -111,6 +111,28 @@ NMX_BN_512 __m256i nmx_bn_round_f16_512(const nmx_hv16f *v) {
     return _mm512_cvtps_ph((__m512)*v, NMX_BN_RNE);
 }
 
+/* Slices of m < 16 lanes, with masked moves: rows whose channels are not a multiple of 16 end
+ * in one. Through a zero-padded copy (two calls of memcpy), the (128, 56, 56, 40) bfloat16 NHWC
+ * training forward, inference and backward took 2.5-2.8x the time they take so. */
+#define nmx_bn_mask16(m) ((__mmask16)((1u << (m)) - 1))
+
+NMX_BN_512 void nmx_bn_loadm_f16_512(const uint16_t *p, int m, nmx_hv16f *v) {
+    *v = (nmx_hv16f)_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(nmx_bn_mask16(m), p));
+}
+
+NMX_BN_512 void nmx_bn_loadm_bf16_512(const uint16_t *p, int m, nmx_hv16f *v) {
+    __m512i u = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(nmx_bn_mask16(m), p));
+    *v = (nmx_hv16f)_mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+
+NMX_BN_512 void nmx_bn_putm_512(uint16_t *p, int m, __m256i q) {
+    _mm256_mask_storeu_epi16(p, nmx_bn_mask16(m), q);
+}
+
+NMX_BN_512 void nmx_bn_lfm_512(const float *p, int m, nmx_hv16f *v) {
+    *v = (nmx_hv16f)_mm512_maskz_loadu_ps(nmx_bn_mask16(m), p);
+}
+
 NMX_BN_512 void nmx_bn_loadd_f16_512(const uint16_t *p, nmx_hv8d *d) {
     *d = (nmx_hv8d)_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)));
 }
@@ -285,6 +307,9 @@ NMX_BN_256 void nmx_bn_loadd_bf16_256(const uint16_t *p, nmx_hv4d *d) {
 #define HVW 16
 #define HVF nmx_hv16f
 #define HVD nmx_hv8d
+#define HV_LOAD_PART HV_CONV(loadm)
+#define HV_PUT_PART nmx_bn_putm_512
+#define HV_LF_PART nmx_bn_lfm_512
 #define HV_PUT(p, q) _mm256_storeu_si256((__m256i *)(p), q)
 #define HV_PUT_NT(p, q) _mm256_stream_si256((__m256i *)(p), q)
 #define HVT NMX_BN_AVX512
@@ -314,6 +339,9 @@ NMX_BN_256 void nmx_bn_loadd_bf16_256(const uint16_t *p, nmx_hv4d *d) {
 #undef HVT
 #undef HV_PUT
 #undef HV_PUT_NT
+#undef HV_LOAD_PART
+#undef HV_PUT_PART
+#undef HV_LF_PART
 
 #define HVB 256
 #define HVW 8

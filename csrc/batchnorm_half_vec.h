@@ -13,6 +13,10 @@
  *   HV_LOADD     HV_LOADD(p, d): HVW / 2 halves at p, widened exactly into the doubles *d
  *   HV_LD1       HV_LD1(h): one half, widened exactly to float
  *   HV_WIDE      HV_WIDE(v, d): the lanes of *v widened into the doubles d[0] (low), d[1]
+ * optionally, for a slice of m < HVW lanes (else it goes through a zero-padded copy),
+ *   HV_LOAD_PART HV_LOAD_PART(p, m, v): m halves at p widened into *v, the other lanes zero
+ *   HV_PUT_PART  HV_PUT_PART(p, m, q): the first m of the packed halves q stored at p
+ *   HV_LF_PART   HV_LF_PART(p, m, v): m floats at p into *v, the other lanes zero
  * and optionally, to compute a line of 2 * HVW halves as its even- and odd-indexed ones,
  *   HV_LOAD_EO   HV_LOAD_EO(p, v): 2 * HVW halves at p, widened exactly: the even-indexed
  *                ones into v[0], the odd-indexed ones into v[1]
@@ -54,9 +58,13 @@ HVI void HV(ld)(const uint16_t *p, int m, HVF *v) {
         HV_LOAD(p, v);
         return;
     }
+#ifdef HV_LOAD_PART
+    HV_LOAD_PART(p, m, v);
+#else
     uint16_t b[HVW] = {0};
     memcpy(b, p, sizeof(uint16_t) * (size_t)m);
     HV_LOAD(b, v);
+#endif
 }
 
 HVI void HV(st)(uint16_t *p, int m, const HVF *v) {
@@ -64,9 +72,13 @@ HVI void HV(st)(uint16_t *p, int m, const HVF *v) {
         HV_STORE(p, v);
         return;
     }
+#ifdef HV_PUT_PART
+    HV_PUT_PART(p, m, HV_ROUND(v));
+#else
     uint16_t b[HVW];
     HV_STORE(b, v);
     memcpy(p, b, sizeof(uint16_t) * (size_t)m);
+#endif
 }
 
 /* HVF and HVD at any float or double address. Loads and stores through these types are one
@@ -81,9 +93,13 @@ HVI void HV(lf)(const float *p, int m, HVF *v) {
         *v = *(const HV(uf) *)p;
         return;
     }
+#ifdef HV_LF_PART
+    HV_LF_PART(p, m, v);
+#else
     float b[HVW] = {0};
     memcpy(b, p, sizeof(float) * (size_t)m);
     *v = *(const HV(uf) *)b;
+#endif
 }
 
 /* A vector of the row loops stored at p: non-temporally in the modes with NMX_HNT. */
