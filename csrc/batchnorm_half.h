@@ -27,7 +27,7 @@
 /* How the row loops (affine_rows, dx_rows) go through their rows: row by row, or by strips of
  * one line of halves down every row (NMX_HSTRIPS: a small batch, nmx_strips, as the float32
  * loops' strips); and with ordinary or non-temporal stores (NMX_HNT: the vector loops only,
- * nmx_bn_hleaves.nt, where every row of the output starts on a line and holds whole lines; the
+ * nmx_bn_hleaves.nt: each row's whole lines non-temporally, the rest plain, bn_rows_direct; the
  * run loops, affine_run and dx_run, take it too, and store each run's whole lines so). */
 enum { NMX_HROWS = 0, NMX_HSTRIPS = 1, NMX_HNT = 2, NMX_HSTRIPS_NT = 3 };
 
@@ -53,6 +53,8 @@ typedef struct {
     /* 0 if the row loops take the per-channel constants in channel order, else the width of
      * the groups whose constants they take paired (bn_pair_constants_h) */
     int eo;
+    /* whether the row loops cut a row at any channel cheaply (bn_rows_direct) */
+    int cut;
 } nmx_bn_hleaves;
 
 /* The leaf loops on bfloat16 storage. */
@@ -66,7 +68,7 @@ typedef struct {
 
 static const nmx_bn_hleaves nmx_bn_leaves_bf16 = {
     stats_rows_bf16, stats_run_bf16, affine_rows_bf16, affine_run_bf16,
-    grad_rows_bf16,  grad_run_bf16,  dx_rows_bf16,     dx_run_bf16, 0, 0,
+    grad_rows_bf16,  grad_run_bf16,  dx_rows_bf16,     dx_run_bf16, 0, 0, 0,
 };
 
 /* ---- vector loops: float16 with F16C, bfloat16 with integer lanes or AVX-512 BF16 ---------
@@ -112,8 +114,9 @@ NMX_BN_512 __m256i nmx_bn_round_f16_512(const nmx_hv16f *v) {
 }
 
 /* Slices of m < 16 lanes, with masked moves: rows whose channels are not a multiple of 16 end
- * in one. Through a zero-padded copy (two calls of memcpy), the (128, 56, 56, 40) bfloat16 NHWC
- * training forward, inference and backward took 2.5-2.8x the time they take so. */
+ * in one (streamed, cut at their lines, most rows have two). Through a zero-padded copy (two
+ * calls of memcpy), the (128, 56, 56, 40) bfloat16 NHWC training forward, inference and backward
+ * took 2.5-2.8x the time they take so. */
 #define nmx_bn_mask16(m) ((__mmask16)((1u << (m)) - 1))
 
 NMX_BN_512 void nmx_bn_loadm_f16_512(const uint16_t *p, int m, nmx_hv16f *v) {
@@ -728,6 +731,22 @@ static int bn_nt_rows(int kind, const uint16_t *out, nmx_index C) {
     return bn_nt_out(kind, out) && C * (nmx_index)sizeof(uint16_t) % 64 == 0;
 }
 
+/* Whether streamed rows of C (not wide) at out go straight from the row loops (NMX_HNT: each
+ * row's whole lines non-temporally, the rest plain), as the float32 rows_direct: rows that
+ * start on a line and hold whole lines, or rows of NMX_DIRECT_ROW_BYTES or more in loops that
+ * cut rows at any channel cheaply (nmx_bn_hleaves.cut: the AVX-512 ones); other rows go through
+ * a buffer. Against the buffer, (N, 56, 56, C) bfloat16 NHWC, 25-32 MiB, two threads, separate
+ * processes in turn, median time ratios (ranges) over three rounds: training forward, inference
+ * and backward with rows of 80 B 0.80 (0.45-0.89), 0.57 (0.38-0.64), 0.62 (0.58-0.98); 96 B
+ * 0.70 (0.61-0.98), 0.56 (0.49-0.72), 0.96 (0.83-1.04); 200 B 0.88, 0.51, 0.87; (16000, 1000)
+ * rows of 2000 B 0.82, 0.62, 0.83; 128 B rows into an out= 16 bytes off a line 0.81, 0.97,
+ * 1.04 (0.74-1.13). */
+static int bn_rows_direct(int kind, const uint16_t *out, nmx_index C) {
+    const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
+    return bn_nt_rows(kind, out, C) ||
+           (L && L->cut && C * (nmx_index)sizeof(uint16_t) >= NMX_DIRECT_ROW_BYTES);
+}
+
 /* y (dy NULL) or dx of rows [r0, r1), channels [a, a + w) of rows of C, into o, rows ys apart,
  * by L's row loops in `mode` (NMX_HROWS, NMX_HSTRIPS, NMX_HNT or NMX_HSTRIPS_NT). */
 static void bn_rows_h(const nmx_bn_hleaves *L, const uint16_t *dy, const uint16_t *x, uint16_t *o,
@@ -856,9 +875,9 @@ static void bn_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *
     nmx_index len = inner == 1 ? C : inner, w = nmx_min(len, NMX_HALF_TILE);
     nmx_index per = NMX_HALF_TILE / w, block = hi - lo, groups = NMX_HALF_BLOCK / (per * len);
     if (stream == NMX_STREAM_BACK) block = per * (groups > 0 ? groups : 1);
-    /* streamed rows on whole lines, and streamed runs: the vector loops store them
-     * non-temporally themselves (a run's whole lines) */
-    int nt = stream && (inner == 1 ? bn_nt_rows(kind, out, C) : bn_nt_out(kind, out));
+    /* streamed rows (bn_rows_direct) and streamed runs: the vector loops store them
+     * non-temporally themselves (each row's or run's whole lines) */
+    int nt = stream && (inner == 1 ? bn_rows_direct(kind, out, C) : bn_nt_out(kind, out));
     uint16_t ht[NMX_HALF_TILE];
     for (nmx_index end = hi; end > lo;) {
         nmx_index start = end - lo > block ? end - block : lo;

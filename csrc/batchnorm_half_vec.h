@@ -275,6 +275,14 @@ HVF_FN void HV(stats_run)(const uint16_t *restrict x, nmx_index n, double p,
 
 /* ---- y = ((x - mh) - ml) * sc + sh -------------------------------------------------------- */
 
+/* The part of a run of n halves at y to store non-temporally (NMX_HNT: y on an even address):
+ * [*i0, *i1), its whole lines. */
+HVI void HV(lines)(const uint16_t *y, nmx_index n, nmx_index *i0, nmx_index *i1) {
+    nmx_index head = (nmx_index)((64 - (uintptr_t)y % 64) % 64 / sizeof(uint16_t));
+    *i0 = head < n ? head : n;
+    *i1 = *i0 + (n - *i0) / HV_STRIP * HV_STRIP;
+}
+
 HVI void HV(affine)(const uint16_t *x, uint16_t *y, int m, const float *mh, const float *ml,
                     const float *sc, const float *sh, int mode) {
     HVF xv, h, l, s, t;
@@ -308,6 +316,17 @@ HVI void HV(affine_eo)(const uint16_t *x, uint16_t *y, const float *mh, const fl
     HV(put_eo)(y, v, mode & NMX_HNT);
 }
 #endif
+
+/* HV(affine) on channels [a, b) of one row (constants in channel order): whole vectors stored
+ * in `mode`, a partial one plain. */
+HVI void HV(affine_cols)(const uint16_t *xr, uint16_t *yr, nmx_index a, nmx_index b,
+                         const float *mh, const float *ml, const float *sc, const float *sh,
+                         int mode) {
+    for (nmx_index c = a; c < b; c += HVW) {
+        int m = b - c < HVW ? (int)(b - c) : HVW;
+        HV(affine)(xr + c, yr + c, m, mh + c, ml + c, sc + c, sh + c, mode);
+    }
+}
 
 HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *restrict y,
                             nmx_index ys, nmx_index rows, nmx_index n, const float *restrict mh,
@@ -352,7 +371,18 @@ HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *
         const uint16_t *xr = x + r * xs;
         uint16_t *yr = y + r * ys;
         nmx_index c = c0;
-#ifdef HV_LOAD_EO
+#ifndef HV_LOAD_EO
+        if (mode == NMX_HNT) { /* any row: its whole lines non-temporally, the rest plain */
+            nmx_index i0, i1;
+            HV(lines)(yr, n, &i0, &i1);
+            HV(affine_cols)(xr, yr, 0, i0, mh, ml, sc, sh, NMX_HROWS);
+            HV(affine_cols)(xr, yr, i0, i1, mh, ml, sc, sh, NMX_HNT);
+            HV(affine_cols)(xr, yr, i1, n, mh, ml, sc, sh, NMX_HROWS);
+            continue;
+        }
+#else
+        /* NMX_HNT: rows that start on a line and hold whole lines (the paired constants of
+         * nmx_bn_hleaves.eo do not allow a row to be cut at any other channel) */
         for (; c + 2 * HVW <= nv; c += 2 * HVW)
             HV(affine_eo)(xr + c, yr + c, mh + c, ml + c, sc + c, sh + c, mode);
 #endif
@@ -387,14 +417,6 @@ HVI void HV(affine_span)(const uint16_t *x, uint16_t *y, nmx_index i0, nmx_index
         HVF v = ((xv - h) - l) * s + t;
         HV(st)(y + i, (int)(i1 - i), &v);
     }
-}
-
-/* The part of a run of n halves at y to store non-temporally (NMX_HNT: y on an even address):
- * [*i0, *i1), its whole lines. */
-HVI void HV(lines)(const uint16_t *y, nmx_index n, nmx_index *i0, nmx_index *i1) {
-    nmx_index head = (nmx_index)((64 - (uintptr_t)y % 64) % 64 / sizeof(uint16_t));
-    *i0 = head < n ? head : n;
-    *i1 = *i0 + (n - *i0) / HV_STRIP * HV_STRIP;
 }
 
 HVF_FN void HV(affine_run)(const uint16_t *restrict x, uint16_t *restrict y, nmx_index n,
@@ -549,6 +571,15 @@ HVI void HV(dx_eo)(const uint16_t *g, const uint16_t *x, uint16_t *o, const floa
 }
 #endif
 
+/* HV(dx) on channels [a, b) of one row, as affine_cols. */
+HVI void HV(dx_cols)(const uint16_t *g, const uint16_t *xr, uint16_t *o, nmx_index a, nmx_index b,
+                     const float *k, nmx_index C, int mode) {
+    for (nmx_index c = a; c < b; c += HVW) {
+        int m = b - c < HVW ? (int)(b - c) : HVW;
+        HV(dx)(g + c, xr + c, o + c, m, k + c, C, mode);
+    }
+}
+
 HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x, nmx_index xs,
                         uint16_t *restrict dx, nmx_index ys, nmx_index rows, nmx_index n,
                         const float *restrict k, nmx_index C, int mode) {
@@ -594,7 +625,16 @@ HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x,
         const uint16_t *g = dy + r * xs, *xr = x + r * xs;
         uint16_t *o = dx + r * ys;
         nmx_index c = c0;
-#ifdef HV_LOAD_EO
+#ifndef HV_LOAD_EO
+        if (mode == NMX_HNT) { /* as in affine_rows */
+            nmx_index i0, i1;
+            HV(lines)(o, n, &i0, &i1);
+            HV(dx_cols)(g, xr, o, 0, i0, k, C, NMX_HROWS);
+            HV(dx_cols)(g, xr, o, i0, i1, k, C, NMX_HNT);
+            HV(dx_cols)(g, xr, o, i1, n, k, C, NMX_HROWS);
+            continue;
+        }
+#else
         for (; c + 2 * HVW <= nv; c += 2 * HVW) HV(dx_eo)(g + c, xr + c, o + c, k + c, C, mode);
 #endif
         for (; c < nv; c += HVW)
@@ -660,15 +700,23 @@ HVF_FN void HV(dx_run)(const uint16_t *restrict dy, const uint16_t *restrict x,
 #else
 #define HV_EO 0
 #endif
+/* Whether the row loops cut a row at any channel cheaply: constants in channel order, and the
+ * slices at the cuts moved with masks. */
+#if defined(HV_LOAD_PART) && !defined(HV_LOAD_EO)
+#define HV_CUT 1
+#else
+#define HV_CUT 0
+#endif
 
 /* The eight loops, for the drivers of batchnorm_half.h. */
 static const nmx_bn_hleaves HV(nmx_bn_leaves) = {
     HV(stats_rows), HV(stats_run), HV(affine_rows), HV(affine_run),
-    HV(grad_rows),  HV(grad_run),  HV(dx_rows),     HV(dx_run), HV_TILE_NT, HV_EO,
+    HV(grad_rows),  HV(grad_run),  HV(dx_rows),     HV(dx_run), HV_TILE_NT, HV_EO, HV_CUT,
 };
 
 #undef HV_TILE_NT
 #undef HV_EO
+#undef HV_CUT
 
 #undef HV_RUN_LANES
 #undef HV_STRIP

@@ -188,6 +188,47 @@ def test_out_off_the_line_boundary_gives_the_same_bits(backend, dtype, offset, s
     np.testing.assert_array_equal(_half_bits(dxo, dtype), _half_bits(dx, dtype), "dx")
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (220000, 40),  # rows of 80 bytes: straight from their loops, shared lines plain
+        (90000, 100),  # rows of 200 bytes
+        (140000, 64),  # rows of whole lines: from their loops at any offset
+        (380000, 24),  # rows of 48 bytes: through the buffer
+    ],
+)
+@pytest.mark.parametrize("dtype", HALF)
+def test_streamed_rows_have_the_bits_at_any_alignment(c_backend, dtype, shape, rng):
+    """Streamed rows of at least 80 bytes are written by the AVX-512 row loops, each row's whole
+    64-byte lines non-temporally and the rest plain, wherever the output starts (shorter rows,
+    and rows on other CPUs unless they start on a line and hold whole lines, go through a
+    buffer). Where an output starts moves those boundaries; it must never move a bit:
+    training forward, inference and backward into `out` at every element offset within a line
+    give the bits of the call that allocates its own (line-aligned) outputs. The outputs are past
+    half the kernels' 32 MiB cache budget, so they are streamed on any machine."""
+    x, gamma, beta = _make(shape, 1, dtype, rng)
+    dy = rng.standard_normal(shape).astype(dtype)
+    y, cache = normax.batch_norm_train(x, gamma, beta)
+    mean, var = cache.mean, 1 / cache.invstd**2
+    yi = normax.batch_norm_infer(x, gamma, beta, mean, var)
+    dx = normax.batch_norm_backward(dy, cache)[0]
+    per_line = 64 // x.itemsize
+    raw = np.empty(x.size + 2 * per_line, dtype)
+    base = raw[(-raw.ctypes.data) % 64 // x.itemsize :]
+    for shift in range(per_line):
+        out = base[shift : shift + x.size].reshape(shape)
+        calls = [
+            ("y", lambda: normax.batch_norm_train(x, gamma, beta, out=out)[0], y),
+            ("inference", lambda: normax.batch_norm_infer(x, gamma, beta, mean, var, out=out), yi),
+            ("dx", lambda: normax.batch_norm_backward(dy, cache, out=out)[0], dx),
+        ]
+        for name, call, want in calls:  # one at a time: each overwrites `out`
+            assert call() is out
+            np.testing.assert_array_equal(  # no NaN here: compare every bit
+                out.view(np.uint16), want.view(np.uint16), f"{name}, {shift} elements in"
+            )
+
+
 @pytest.mark.parametrize("dtype", HALF)
 def test_parameters_in_any_float_type_become_float32(backend, dtype, rng):
     """gamma and beta in half, float32 or float64 give the same result; inference statistics
