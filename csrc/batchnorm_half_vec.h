@@ -322,10 +322,10 @@ HVI void HV(affine_eo)(const uint16_t *x, uint16_t *y, const float *mh, const fl
 HVI void HV(affine_cols)(const uint16_t *xr, uint16_t *yr, nmx_index a, nmx_index b,
                          const float *mh, const float *ml, const float *sc, const float *sh,
                          int mode) {
-    for (nmx_index c = a; c < b; c += HVW) {
-        int m = b - c < HVW ? (int)(b - c) : HVW;
-        HV(affine)(xr + c, yr + c, m, mh + c, ml + c, sc + c, sh + c, mode);
-    }
+    nmx_index c = a;
+    for (; c + HVW <= b; c += HVW)
+        HV(affine)(xr + c, yr + c, HVW, mh + c, ml + c, sc + c, sh + c, mode);
+    if (c < b) HV(affine)(xr + c, yr + c, (int)(b - c), mh + c, ml + c, sc + c, sh + c, mode);
 }
 
 HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *restrict y,
@@ -365,8 +365,6 @@ HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *
                 }
 #endif
         }
-    nmx_index nv = c0 + (n - c0) / HVW * HVW;
-    int m = (int)(n - nv);
     for (nmx_index r = 0; r < rows; r++) {
         const uint16_t *xr = x + r * xs;
         uint16_t *yr = y + r * ys;
@@ -383,12 +381,10 @@ HVF_FN void HV(affine_rows)(const uint16_t *restrict x, nmx_index xs, uint16_t *
 #else
         /* NMX_HNT: rows that start on a line and hold whole lines (the paired constants of
          * nmx_bn_hleaves.eo do not allow a row to be cut at any other channel) */
-        for (; c + 2 * HVW <= nv; c += 2 * HVW)
+        for (; c + 2 * HVW <= n; c += 2 * HVW)
             HV(affine_eo)(xr + c, yr + c, mh + c, ml + c, sc + c, sh + c, mode);
 #endif
-        for (; c < nv; c += HVW)
-            HV(affine)(xr + c, yr + c, HVW, mh + c, ml + c, sc + c, sh + c, mode);
-        if (m) HV(affine)(xr + nv, yr + nv, m, mh + nv, ml + nv, sc + nv, sh + nv, mode);
+        HV(affine_cols)(xr, yr, c, n, mh, ml, sc, sh, mode);
     }
 }
 
@@ -574,10 +570,9 @@ HVI void HV(dx_eo)(const uint16_t *g, const uint16_t *x, uint16_t *o, const floa
 /* HV(dx) on channels [a, b) of one row, as affine_cols. */
 HVI void HV(dx_cols)(const uint16_t *g, const uint16_t *xr, uint16_t *o, nmx_index a, nmx_index b,
                      const float *k, nmx_index C, int mode) {
-    for (nmx_index c = a; c < b; c += HVW) {
-        int m = b - c < HVW ? (int)(b - c) : HVW;
-        HV(dx)(g + c, xr + c, o + c, m, k + c, C, mode);
-    }
+    nmx_index c = a;
+    for (; c + HVW <= b; c += HVW) HV(dx)(g + c, xr + c, o + c, HVW, k + c, C, mode);
+    if (c < b) HV(dx)(g + c, xr + c, o + c, (int)(b - c), k + c, C, mode);
 }
 
 HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x, nmx_index xs,
@@ -619,8 +614,6 @@ HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x,
                 }
 #endif
         }
-    nmx_index nv = c0 + (n - c0) / HVW * HVW;
-    int m = (int)(n - nv);
     for (nmx_index r = 0; r < rows; r++) {
         const uint16_t *g = dy + r * xs, *xr = x + r * xs;
         uint16_t *o = dx + r * ys;
@@ -635,11 +628,9 @@ HVF_FN void HV(dx_rows)(const uint16_t *restrict dy, const uint16_t *restrict x,
             continue;
         }
 #else
-        for (; c + 2 * HVW <= nv; c += 2 * HVW) HV(dx_eo)(g + c, xr + c, o + c, k + c, C, mode);
+        for (; c + 2 * HVW <= n; c += 2 * HVW) HV(dx_eo)(g + c, xr + c, o + c, k + c, C, mode);
 #endif
-        for (; c < nv; c += HVW)
-            HV(dx)(g + c, xr + c, o + c, HVW, k + c, C, mode);
-        if (m) HV(dx)(g + nv, xr + nv, o + nv, m, k + nv, C, mode);
+        HV(dx_cols)(g, xr, o, c, n, k, C, mode);
     }
 }
 
