@@ -53,9 +53,14 @@ typedef struct {
     /* 0 if the row loops take the per-channel constants in channel order, else the width of
      * the groups whose constants they take paired (bn_pair_constants_h) */
     int eo;
-    /* whether the row loops cut a row at any channel cheaply (bn_rows_direct) */
+    /* which rows off a line the row loops take straight, cut at their lines (bn_rows_direct):
+     * an nmx_bn_cut */
     int cut;
 } nmx_bn_hleaves;
+
+/* nmx_bn_hleaves.cut: none (the slices at the cuts would be slow), rows that do not hold whole
+ * lines, or any row */
+enum { NMX_CUT_NONE = 0, NMX_CUT_PART_LINES = 1, NMX_CUT_ANY = 2 };
 
 /* The leaf loops on bfloat16 storage. */
 #define HSUF bf16
@@ -183,8 +188,71 @@ NMX_BN_512 void nmx_bn_loadd_bf16_512(const uint16_t *p, nmx_hv8d *d) {
     *d = (nmx_hv8d)_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(u, 16)));
 }
 
+/* Slices of m < 8 lanes on AVX2 and AVX, which have no 16-bit masked moves: the halves move by
+ * pieces of four, two and one (each a single scalar move; the branches take the same way
+ * through a whole row loop), the vector is assembled in registers, and only the slice's own
+ * halves are read or written. The floats load with vmaskmovps. Against the zero-padded copy
+ * they replace (two calls of memcpy, then a vector load waiting on a failed store forwarding),
+ * NHWC with the AVX2 instances, separate processes in turn, two or three rounds: (40, 56, 56,
+ * 100), four lanes left in every row, training forward, inference and backward took 0.58-0.64,
+ * 0.60-0.64 and 0.58-0.80 of the time; (64, 224, 224, 3) bfloat16 0.15-0.16, 0.13 and
+ * 0.20-0.36. */
+#define NMX_BN_PIECES static inline __attribute__((always_inline))
+
+/* r < 4 halves at p, in the low 16 * r bits */
+NMX_BN_PIECES uint64_t nmx_bn_ld3(const uint16_t *p, int r) {
+    uint64_t w = 0;
+    if (r & 2) {
+        uint32_t t;
+        memcpy(&t, p, sizeof t);
+        w = t;
+    }
+    if (r & 1) w |= (uint64_t)p[r - 1] << (16 * (r - 1));
+    return w;
+}
+
+NMX_BN_PIECES void nmx_bn_st3(uint16_t *p, int r, uint64_t w) {
+    if (r & 2) {
+        uint32_t t = (uint32_t)w;
+        memcpy(p, &t, sizeof t);
+        w >>= 32;
+        p += 2;
+    }
+    if (r & 1) *p = (uint16_t)w;
+}
+
+/* m < 8 halves at p in the low lanes, the others zero */
+NMX_BN_PIECES __m128i nmx_bn_part_128(const uint16_t *p, int m) {
+    if (m < 4) return _mm_cvtsi64_si128((long long)nmx_bn_ld3(p, m));
+    uint64_t lo;
+    memcpy(&lo, p, sizeof lo);
+    return _mm_set_epi64x((long long)nmx_bn_ld3(p + 4, m - 4), (long long)lo);
+}
+
+/* the first m < 8 halves of q stored at p */
+NMX_BN_PIECES void nmx_bn_putm_256(uint16_t *p, int m, __m128i q) {
+    uint64_t lo = (uint64_t)_mm_cvtsi128_si64(q);
+    if (m < 4) {
+        nmx_bn_st3(p, m, lo);
+        return;
+    }
+    memcpy(p, &lo, sizeof lo);
+    nmx_bn_st3(p + 4, m - 4, (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(q, q)));
+}
+
+/* m < 8 floats at p, the other lanes zero (vmaskmovps reads none of the masked-out ones) */
+NMX_BN_256 void nmx_bn_lfm_256(const float *p, int m, nmx_hv8f *v) {
+    static const int32_t ones_then_zeros[16] = {-1, -1, -1, -1, -1, -1, -1, -1};
+    __m256i mask = _mm256_loadu_si256((const __m256i *)(ones_then_zeros + 8 - m));
+    *v = (nmx_hv8f)_mm256_maskload_ps(p, mask);
+}
+
 NMX_BN_256 void nmx_bn_load_f16_256(const uint16_t *p, nmx_hv8f *v) {
     *v = (nmx_hv8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+NMX_BN_256 void nmx_bn_loadm_f16_256(const uint16_t *p, int m, nmx_hv8f *v) {
+    *v = (nmx_hv8f)_mm256_cvtph_ps(nmx_bn_part_128(p, m));
 }
 
 NMX_BN_256 __m128i nmx_bn_round_f16_256(const nmx_hv8f *v) {
@@ -222,9 +290,16 @@ NMX_BN_256 void nmx_bn_wide_256(const nmx_hv8f *v, nmx_hv4d *d) {
  * forward's rounds were too spread to tell (minimum 1.13x, median 0.93x). */
 #define NMX_BN_AVX2I static inline __attribute__((always_inline, target(NMX_BN_AVX2)))
 
+NMX_BN_AVX2I nmx_hv8f nmx_bn_widen_bf16_avx2(__m128i h) {
+    return (nmx_hv8f)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
 NMX_BN_AVX2I void nmx_bn_load_bf16_avx2(const uint16_t *p, nmx_hv8f *v) {
-    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    *v = (nmx_hv8f)_mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+    *v = nmx_bn_widen_bf16_avx2(_mm_loadu_si128((const __m128i *)p));
+}
+
+NMX_BN_AVX2I void nmx_bn_loadm_bf16_avx2(const uint16_t *p, int m, nmx_hv8f *v) {
+    *v = nmx_bn_widen_bf16_avx2(nmx_bn_part_128(p, m));
 }
 
 /* nmx_f32_to_bf16's carry on eight lanes: each result in the high half of its lane. */
@@ -267,10 +342,18 @@ NMX_BN_AVX2I __m256i nmx_bn_round_eo_bf16_avx2(const nmx_hv8f *v) {
 
 /* bfloat16 on AVX: the integer lanes in two 128-bit halves (AVX has no 256-bit integer
  * arithmetic). Interleaving zeros below each half widens it. */
-NMX_BN_256 void nmx_bn_load_bf16_256(const uint16_t *p, nmx_hv8f *v) {
-    __m128i h = _mm_loadu_si128((const __m128i *)p), z = _mm_setzero_si128();
+NMX_BN_256 nmx_hv8f nmx_bn_widen_bf16_256(__m128i h) {
+    __m128i z = _mm_setzero_si128();
     __m256 lo = _mm256_castps128_ps256(_mm_castsi128_ps(_mm_unpacklo_epi16(z, h)));
-    *v = (nmx_hv8f)_mm256_insertf128_ps(lo, _mm_castsi128_ps(_mm_unpackhi_epi16(z, h)), 1);
+    return (nmx_hv8f)_mm256_insertf128_ps(lo, _mm_castsi128_ps(_mm_unpackhi_epi16(z, h)), 1);
+}
+
+NMX_BN_256 void nmx_bn_load_bf16_256(const uint16_t *p, nmx_hv8f *v) {
+    *v = nmx_bn_widen_bf16_256(_mm_loadu_si128((const __m128i *)p));
+}
+
+NMX_BN_256 void nmx_bn_loadm_bf16_256(const uint16_t *p, int m, nmx_hv8f *v) {
+    *v = nmx_bn_widen_bf16_256(nmx_bn_part_128(p, m));
 }
 
 /* nmx_f32_to_bf16 on four lanes, each result in the low half of its lane. */
@@ -350,6 +433,9 @@ NMX_BN_256 void nmx_bn_loadd_bf16_256(const uint16_t *p, nmx_hv4d *d) {
 #define HVW 8
 #define HVF nmx_hv8f
 #define HVD nmx_hv4d
+#define HV_LOAD_PART HV_CONV(loadm)
+#define HV_PUT_PART nmx_bn_putm_256
+#define HV_LF_PART nmx_bn_lfm_256
 #define HV_PUT(p, q) _mm_storeu_si128((__m128i *)(p), q)
 #define HV_PUT_NT(p, q) _mm_stream_si128((__m128i *)(p), q)
 #define HVT NMX_BN_AVX2
@@ -368,8 +454,10 @@ NMX_BN_256 void nmx_bn_loadd_bf16_256(const uint16_t *p, nmx_hv4d *d) {
 #define HVT NMX_BN_AVX2
 #define HVSUF bf16v3
 #undef HV_LOAD
+#undef HV_LOAD_PART
 #undef HV_ROUND
 #define HV_LOAD nmx_bn_load_bf16_avx2
+#define HV_LOAD_PART nmx_bn_loadm_bf16_avx2
 #define HV_ROUND nmx_bn_round_bf16_avx2
 #define HV_LOAD_EO nmx_bn_load_eo_bf16_avx2
 #define HV_ROUND_EO nmx_bn_round_eo_bf16_avx2
@@ -381,8 +469,10 @@ NMX_BN_256 void nmx_bn_loadd_bf16_256(const uint16_t *p, nmx_hv4d *d) {
 #undef HV_PUT2
 #undef HV_PUT2_NT
 #undef HV_LOAD
+#undef HV_LOAD_PART
 #undef HV_ROUND
 #define HV_LOAD HV_CONV(load)
+#define HV_LOAD_PART HV_CONV(loadm)
 #define HV_ROUND HV_CONV(round)
 #undef HVSUF
 #define HVSUF bf16avx
@@ -398,6 +488,9 @@ NMX_BN_256 void nmx_bn_loadd_bf16_256(const uint16_t *p, nmx_hv4d *d) {
 #undef HVD
 #undef HV_PUT
 #undef HV_PUT_NT
+#undef HV_LOAD_PART
+#undef HV_PUT_PART
+#undef HV_LF_PART
 #undef HV_LOAD
 #undef HV_ROUND
 #undef HV_LOADD
@@ -733,18 +826,25 @@ static int bn_nt_rows(int kind, const uint16_t *out, nmx_index C) {
 
 /* Whether streamed rows of C (not wide) at out go straight from the row loops (NMX_HNT: each
  * row's whole lines non-temporally, the rest plain), as the float32 rows_direct: rows that
- * start on a line and hold whole lines, or rows of NMX_DIRECT_ROW_BYTES or more in loops that
- * cut rows at any channel cheaply (nmx_bn_hleaves.cut: the AVX-512 ones); other rows go through
- * a buffer. Against the buffer, (N, 56, 56, C) bfloat16 NHWC, 25-32 MiB, two threads, separate
- * processes in turn, median time ratios (ranges) over three rounds: training forward, inference
- * and backward with rows of 80 B 0.80 (0.45-0.89), 0.57 (0.38-0.64), 0.62 (0.58-0.98); 96 B
- * 0.70 (0.61-0.98), 0.56 (0.49-0.72), 0.96 (0.83-1.04); 200 B 0.88, 0.51, 0.87; (16000, 1000)
- * rows of 2000 B 0.82, 0.62, 0.83; 128 B rows into an out= 16 bytes off a line 0.81, 0.97,
- * 1.04 (0.74-1.13). */
+ * start on a line and hold whole lines, or rows of NMX_DIRECT_ROW_BYTES or more that the loops
+ * cut at their lines (nmx_bn_hleaves.cut); other rows go through a buffer. Against the buffer,
+ * median time ratios (ranges) in separate processes in turn, two threads, 25-32 MiB:
+ * - AVX-512, (N, 56, 56, C) bfloat16 NHWC, three rounds: training forward, inference and
+ *   backward with rows of 80 B 0.80 (0.45-0.89), 0.57 (0.38-0.64), 0.62 (0.58-0.98); 96 B
+ *   0.70 (0.61-0.98), 0.56 (0.49-0.72), 0.96 (0.83-1.04); 200 B 0.88, 0.51, 0.87; (16000, 1000)
+ *   rows of 2000 B 0.82, 0.62, 0.83; 128 B rows into an out= 16 bytes off a line 0.81, 0.97,
+ *   1.04 (0.74-1.13);
+ * - AVX2 (the float16 instance; bfloat16's pairs its constants), three rounds, training
+ *   forward, inference, backward: rows of 80 B 0.64 (0.60-0.72), 0.44 (0.38-0.47), 0.68
+ *   (0.52-1.05); 200 B 0.87, 0.70, 0.91; 2000 B 0.67, 0.46, 0.78; into an out= 16 bytes off a
+ *   line, inference: 80 B 0.41, 200 B 0.77, 2000 B 0.47, but rows of whole lines 128 B 1.40
+ *   (1.39-1.54), 512 B 1.03: those go through the buffer there. */
 static int bn_rows_direct(int kind, const uint16_t *out, nmx_index C) {
     const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
-    return bn_nt_rows(kind, out, C) ||
-           (L && L->cut && C * (nmx_index)sizeof(uint16_t) >= NMX_DIRECT_ROW_BYTES);
+    nmx_index bytes = C * (nmx_index)sizeof(uint16_t);
+    if (bn_nt_rows(kind, out, C)) return 1;
+    if (!L || bytes < NMX_DIRECT_ROW_BYTES) return 0;
+    return L->cut == NMX_CUT_ANY || (L->cut == NMX_CUT_PART_LINES && bytes % 64);
 }
 
 /* y (dy NULL) or dx of rows [r0, r1), channels [a, a + w) of rows of C, into o, rows ys apart,

@@ -13,7 +13,7 @@
  *   HV_LOADD     HV_LOADD(p, d): HVW / 2 halves at p, widened exactly into the doubles *d
  *   HV_LD1       HV_LD1(h): one half, widened exactly to float
  *   HV_WIDE      HV_WIDE(v, d): the lanes of *v widened into the doubles d[0] (low), d[1]
- * optionally, for a slice of m < HVW lanes (else it goes through a zero-padded copy),
+ * for a slice of m < HVW lanes (reading and writing only its own elements),
  *   HV_LOAD_PART HV_LOAD_PART(p, m, v): m halves at p widened into *v, the other lanes zero
  *   HV_PUT_PART  HV_PUT_PART(p, m, q): the first m of the packed halves q stored at p
  *   HV_LF_PART   HV_LF_PART(p, m, v): m floats at p into *v, the other lanes zero
@@ -47,38 +47,24 @@
 #define HVF_FN static __attribute__((target(HVT)))
 #define HV_STORE(p, v) HV_PUT(p, HV_ROUND(v))
 
-/* ---- lanes: HVW values in and out, m < HVW of them through a zero-padded copy ------------ */
+/* ---- lanes: HVW values in and out, or the first m < HVW -------------------------------- */
 
 /* A strip of the row loops: one 64-byte line of halves, HV_SV vectors. */
 #define HV_STRIP ((nmx_index)(64 / sizeof(uint16_t)))
 #define HV_SV (64 / (int)sizeof(uint16_t) / HVW)
 
 HVI void HV(ld)(const uint16_t *p, int m, HVF *v) {
-    if (m == HVW) {
+    if (m == HVW)
         HV_LOAD(p, v);
-        return;
-    }
-#ifdef HV_LOAD_PART
-    HV_LOAD_PART(p, m, v);
-#else
-    uint16_t b[HVW] = {0};
-    memcpy(b, p, sizeof(uint16_t) * (size_t)m);
-    HV_LOAD(b, v);
-#endif
+    else
+        HV_LOAD_PART(p, m, v);
 }
 
 HVI void HV(st)(uint16_t *p, int m, const HVF *v) {
-    if (m == HVW) {
+    if (m == HVW)
         HV_STORE(p, v);
-        return;
-    }
-#ifdef HV_PUT_PART
-    HV_PUT_PART(p, m, HV_ROUND(v));
-#else
-    uint16_t b[HVW];
-    HV_STORE(b, v);
-    memcpy(p, b, sizeof(uint16_t) * (size_t)m);
-#endif
+    else
+        HV_PUT_PART(p, m, HV_ROUND(v));
 }
 
 /* HVF and HVD at any float or double address. Loads and stores through these types are one
@@ -89,17 +75,10 @@ typedef HVF HV(uf) __attribute__((aligned(4), may_alias));
 typedef HVD HV(ud) __attribute__((aligned(8), may_alias));
 
 HVI void HV(lf)(const float *p, int m, HVF *v) {
-    if (m == HVW) {
+    if (m == HVW)
         *v = *(const HV(uf) *)p;
-        return;
-    }
-#ifdef HV_LF_PART
-    HV_LF_PART(p, m, v);
-#else
-    float b[HVW] = {0};
-    memcpy(b, p, sizeof(float) * (size_t)m);
-    *v = *(const HV(uf) *)b;
-#endif
+    else
+        HV_LF_PART(p, m, v);
 }
 
 /* A vector of the row loops stored at p: non-temporally in the modes with NMX_HNT. */
@@ -691,12 +670,15 @@ HVF_FN void HV(dx_run)(const uint16_t *restrict dy, const uint16_t *restrict x,
 #else
 #define HV_EO 0
 #endif
-/* Whether the row loops cut a row at any channel cheaply: constants in channel order, and the
- * slices at the cuts moved with masks. */
-#if defined(HV_LOAD_PART) && !defined(HV_LOAD_EO)
-#define HV_CUT 1
+/* Which rows the row loops cut at their lines (nmx_bn_hleaves.cut): they can when their
+ * constants are in channel order; with 256-bit vectors, rows that hold whole lines but start off
+ * one come out faster through the buffer (bn_rows_direct). */
+#if defined(HV_LOAD_EO)
+#define HV_CUT NMX_CUT_NONE
+#elif HVB == 512
+#define HV_CUT NMX_CUT_ANY
 #else
-#define HV_CUT 0
+#define HV_CUT NMX_CUT_PART_LINES
 #endif
 
 /* The eight loops, for the drivers of batchnorm_half.h. */

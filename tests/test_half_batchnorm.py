@@ -569,6 +569,12 @@ EXACT_CASES = [
     ((6, 15), 1),
     ((7, 16), 1),
     ((8, 17), 1),
+    # rows ending in a slice of 2, 5 and 6 of 8 lanes (10, 13, 14 and 5 of 16): with the others
+    # here, every width of a last slice on 8 lanes
+    ((10, 10), 1),
+    ((11, 13), 1),
+    ((12, 14), 1),
+    ((4100, 21), 1),
     ((131, 255), 1),
     ((7, 256), 1),
     ((6, 257), 1),
