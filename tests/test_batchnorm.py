@@ -347,6 +347,8 @@ def test_outputs_larger_than_the_cache(case, rng):
         # inference streams outputs larger than the whole cache (at most 32 MiB)
         ((139264, 64), np.float32),  # 34 MiB of NHWC-like rows: streamed pieces in row order
         ((227003, 37), np.float32),  # odd channels: a partial vector at the end of every row
+        ((2900003, 3), np.float32),  # rows of 12 bytes, sixteen at a time as rows of 192
+        ((1450001, 3), np.float64),
         ((69632, 64), np.float64),
         ((4200, 2048), np.float32),  # wide rows: streamed tiles, by strips
         ((130, 64, 1024), np.float32),  # NCHW: whole runs a piece
@@ -389,7 +391,8 @@ def test_streamed_inference_has_the_bits_of_small_calls(shape, dtype, rng):
         ((110000, 64), np.float32),  # rows of whole lines: straight from their loops if aligned
         ((40000, 96), np.float64),  # the same in float64 (768-byte rows)
         ((150000, 40), np.float32),  # rows that end inside a line: their shared lines plain
-        ((400000, 15), np.float32),  # rows of 60 bytes: through the buffer
+        ((400000, 15), np.float32),  # rows of 60 bytes, sixteen at a time as rows of 960
+        ((800003, 5), np.float32),  # rows of 20 bytes, as rows of 320 (and three of their own)
     ],
 )
 def test_streamed_outputs_have_the_bits_at_any_alignment(c_backend, shape, dtype, rng):
