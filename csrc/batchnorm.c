@@ -49,6 +49,15 @@ static inline nmx_index nmx_min(nmx_index a, nmx_index b) { return a < b ? a : b
  * ((8192, 2048) float32 into an out=: forward 1.20x, inference 1.05x, backward 0.97x). */
 #define NMX_DIRECT_ROW_BYTES 80
 
+/* For rows of `bytes` narrower than a line, the fewest rows q that make a whole number of lines
+ * (64 / gcd(bytes, 64)), which the output pass takes as one row of q times the channels (the
+ * float32 pass_narrow, bn_out_narrow_h); 0 for rows of a line or more. */
+static inline nmx_index nmx_narrow_rows(nmx_index bytes) {
+    nmx_index q = 64;
+    for (nmx_index b = bytes; b > 0 && b % 2 == 0 && q > 1; b /= 2) q /= 2;
+    return bytes > 0 && bytes < 64 ? q : 0;
+}
+
 /* Whether rows of C channels are wide: a row pass reads four or five per-channel arrays beside
  * the data (constants, sums), and across a wide row they do not stay in L1 (64 KiB for a float64
  * row of 2048 channels, where every element then waited on L2). Pass 1 goes over wide rows by

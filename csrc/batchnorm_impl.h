@@ -652,15 +652,9 @@ static void FN(pass_units)(const T *dy, const T *x, T *out, nmx_index C, nmx_ind
  * and 0.22-0.25; with 15, 0.46-0.67, 0.31-0.39 and the backward 0.36-0.45. The backward with 3
  * and 5 channels spread over 9-124 ms in both builds (medians 10 against 28 ms and 20 against
  * 43 ms); its sums pass, which this does not change, is most of its time there. */
-static inline nmx_index FN(narrow_rows)(nmx_index C) {
-    nmx_index bytes = C * (nmx_index)sizeof(T), q = 64;
-    for (nmx_index b = bytes; b % 2 == 0 && q > 1; b /= 2) q /= 2; /* 64 / gcd(bytes, 64) */
-    return bytes < 64 ? q : 0;
-}
-
 static void FN(pass_narrow)(const T *dy, const T *x, T *out, nmx_index C, nmx_index q,
                             nmx_index lo, nmx_index hi, const T *k, int stream) {
-    T kq[5 * (64 / sizeof(T)) * (64 / sizeof(T))]; /* q <= 64 / sizeof(T) > C */
+    T kq[5 * (64 / sizeof(T)) * (64 / sizeof(T))]; /* q <= 64 / sizeof(T), C < 64 / sizeof(T) */
     nmx_index cq = C * q, a = (lo + q - 1) / q * q, b = hi / q * q;
     for (int j = 0; j < (dy ? 5 : 4); j++)
         for (nmx_index r = 0; r < q; r++)
@@ -674,7 +668,7 @@ static void FN(pass_narrow)(const T *dy, const T *x, T *out, nmx_index C, nmx_in
 /* Pass 2 over units [lo, hi), as pass_units; narrow rows by pass_narrow. */
 static void FN(pass_out)(const T *dy, const T *x, T *out, nmx_index C, nmx_index inner,
                          nmx_index lo, nmx_index hi, const T *k, int stream) {
-    nmx_index q = inner == 1 ? FN(narrow_rows)(C) : 0;
+    nmx_index q = inner == 1 ? nmx_narrow_rows(C * (nmx_index)sizeof(T)) : 0;
     if (q && hi - lo >= 4 * q)
         FN(pass_narrow)(dy, x, out, C, q, lo, hi, k, stream);
     else

@@ -194,15 +194,17 @@ def test_out_off_the_line_boundary_gives_the_same_bits(backend, dtype, offset, s
         (220000, 40),  # rows of 80 bytes: straight from their loops, shared lines plain
         (90000, 100),  # rows of 200 bytes
         (140000, 64),  # rows of whole lines: from their loops at any offset
-        (380000, 24),  # rows of 48 bytes: through the buffer
+        (380000, 24),  # rows of 48 bytes: four at a time as rows of three lines
+        (3000001, 3),  # rows of 6 bytes: 32 at a time, and a row of its own
     ],
 )
 @pytest.mark.parametrize("dtype", HALF)
 def test_streamed_rows_have_the_bits_at_any_alignment(c_backend, dtype, shape, rng):
-    """Streamed rows of at least 80 bytes are written by the AVX-512 row loops, each row's whole
-    64-byte lines non-temporally and the rest plain, wherever the output starts (shorter rows,
-    and rows on other CPUs unless they start on a line and hold whole lines, go through a
-    buffer). Where an output starts moves those boundaries; it must never move a bit:
+    """Streamed rows of at least 80 bytes are written by the row loops, each row's whole 64-byte
+    lines non-temporally and the rest plain, wherever the output starts (rows that start on a
+    line and hold whole lines on any CPU, others on AVX-512 and float16 on AVX2, else through a
+    buffer); rows under 64 bytes go several at a time as one row of whole lines. Where an output
+    starts moves those boundaries; it must never move a bit:
     training forward, inference and backward into `out` at every element offset within a line
     give the bits of the call that allocates its own (line-aligned) outputs. The outputs are past
     half the kernels' 32 MiB cache budget, so they are streamed on any machine."""
