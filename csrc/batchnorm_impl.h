@@ -49,6 +49,46 @@ NMX_LEAF_INLINE void FN(stats_order)(const T *restrict x, nmx_index full, nmx_in
     }
 }
 
+/* stats_rows' blocks of four whole rows narrower than a line (n < NMX_STRIP), each block as w
+ * lanes (a constant, w >= n) loaded from every row's start: lanes [0, n) make the block sums of
+ * NMX_STATS_BLOCK, the same expressions, and lanes past n, which read the next rows, are dropped.
+ * The sums are kept in registers from block to block instead of in s1 and s2, which the scalar
+ * loop over so few channels reads and writes back for every block: the same additions in the same
+ * order, so the same bits. Blocks stop where a lane would read past the `rows` rows at x; returns
+ * the row where they stopped (a multiple of four, at most full). */
+NMX_LEAF_INLINE nmx_index FN(stats_narrow)(const T *restrict x, nmx_index full, nmx_index rows,
+                                           nmx_index n, const T *restrict pv,
+                                           double *restrict s1, double *restrict s2, int w) {
+    T p[NMX_STRIP];
+    double a[NMX_STRIP], b[NMX_STRIP];
+    for (int j = 0; j < w; j++) {
+        p[j] = j < n ? pv[j] : 0;
+        a[j] = j < n ? s1[j] : 0;
+        b[j] = j < n ? s2[j] : 0;
+    }
+    nmx_index r = 0;
+    for (; r < full && (r + 3) * n + w <= rows * n; r += 4) {
+        const T *x0 = x + r * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+        for (int j = 0; j < w; j++) {
+            T d0 = x0[j] - p[j], d1 = x1[j] - p[j], d2 = x2[j] - p[j], d3 = x3[j] - p[j];
+            a[j] += (double)((d0 + d1) + (d2 + d3));
+            b[j] += (double)((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));
+        }
+    }
+    for (nmx_index j = 0; j < n; j++) {
+        s1[j] = a[j];
+        s2[j] = b[j];
+    }
+    return r;
+}
+
+/* The lane count of stats_narrow and grad_narrow for rows of n < NMX_STRIP channels: a quarter,
+ * half or whole 64-byte vector, the fewest that hold a row. */
+#define NMX_NARROW_CALL(n, f, ...)                                                             \
+    ((n) <= NMX_STRIP / 4   ? f(__VA_ARGS__, NMX_STRIP / 4)                                    \
+     : (n) <= NMX_STRIP / 2 ? f(__VA_ARGS__, NMX_STRIP / 2)                                    \
+                            : f(__VA_ARGS__, NMX_STRIP))
+
 /* s1[c] += sum_r (x[r,c] - pv[c]); s2[c] += sum_r (x[r,c] - pv[c])^2 over `rows` rows of n
  * channels, rows xs elements apart (xs == n: whole rows; xs > n: a strip of them). Blocks of four
  * rows are summed in T (a tree of four terms) and the block sums added in double: for float32
@@ -76,13 +116,17 @@ NMX_CLONES static void FN(stats_rows)(const T *restrict x, nmx_index rows, nmx_i
                 const T *x0 = x + r * xs + c0;
                 for (nmx_index j = 0; j < NMX_STRIP; j++) NMX_STATS_BLOCK(j, c0 + j);
             }
-    if (c0 == 0 && nmx_in_order(xs, n, sizeof(T), NMX_STATS_ORDER_MIN_BYTES))
+    if (c0 == 0 && nmx_in_order(xs, n, sizeof(T), NMX_STATS_ORDER_MIN_BYTES)) {
         FN(stats_order)(x, full, n, pv, s1, s2);
-    else
-        for (r = 0; r < full; r += 4) {
+    } else {
+        r = xs == n && n < NMX_STRIP
+                ? NMX_NARROW_CALL(n, FN(stats_narrow), x, full, rows, n, pv, s1, s2)
+                : 0;
+        for (; r < full; r += 4) {
             const T *x0 = x + r * xs;
             for (nmx_index c = c0; c < n; c++) NMX_STATS_BLOCK(c, c);
         }
+    }
 #undef NMX_STATS_BLOCK
     for (r = full; r < rows; r++) {
         const T *x0 = x + r * xs;
@@ -212,6 +256,39 @@ NMX_LEAF_INLINE void FN(grad_blocks)(const T *restrict dy, const T *restrict x, 
     }
 }
 
+/* grad_blocks over whole rows narrower than a line (n < NMX_STRIP) as stats_narrow: each block as
+ * w lanes from every row's start, the lanes past n dropped, the sums in registers; the blocks of
+ * rows [0, returned row). */
+NMX_LEAF_INLINE nmx_index FN(grad_narrow)(const T *restrict dy, const T *restrict x,
+                                          nmx_index full, nmx_index rows, nmx_index n,
+                                          const T *restrict mh, const T *restrict ml,
+                                          double *restrict sdy, double *restrict sdx, int w) {
+    T h[NMX_STRIP], l[NMX_STRIP];
+    double a[NMX_STRIP], b[NMX_STRIP];
+    for (int j = 0; j < w; j++) {
+        h[j] = j < n ? mh[j] : 0;
+        l[j] = j < n ? ml[j] : 0;
+        a[j] = j < n ? sdy[j] : 0;
+        b[j] = j < n ? sdx[j] : 0;
+    }
+    nmx_index r = 0;
+    for (; r < full && (r + 3) * n + w <= rows * n; r += 4) {
+        const T *g0 = dy + r * n, *g1 = g0 + n, *g2 = g1 + n, *g3 = g2 + n;
+        const T *x0 = x + r * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+        for (int j = 0; j < w; j++) {
+            T e0 = (x0[j] - h[j]) - l[j], e1 = (x1[j] - h[j]) - l[j];
+            T e2 = (x2[j] - h[j]) - l[j], e3 = (x3[j] - h[j]) - l[j];
+            a[j] += (double)((g0[j] + g1[j]) + (g2[j] + g3[j]));
+            b[j] += (double)((g0[j] * e0 + g1[j] * e1) + (g2[j] * e2 + g3[j] * e3));
+        }
+    }
+    for (nmx_index j = 0; j < n; j++) {
+        sdy[j] = a[j];
+        sdx[j] = b[j];
+    }
+    return r;
+}
+
 /* grad_blocks over rows [0, full) of whole rows of n channels (n <= NMX_ORDER_MAX), read row by
  * row as in stats_order: rows 0 and 1 leave the block's first halves u = g0 + g1 and
  * v = g0 * e0 + g1 * e1 in a and b, row 2 its own dy and x - mean in p and e, and row 3 completes
@@ -274,7 +351,10 @@ NMX_CLONES static void FN(grad_rows)(const T *restrict dy, const T *restrict x, 
                                      const T *restrict ml, const double *restrict m,
                                      double *restrict sdy, double *restrict sdx) {
     nmx_index r = rows - rows % 4;
-    if (nmx_strips(r, n, sizeof(T)))
+    if (xs == n && n < NMX_STRIP) {
+        nmx_index r0 = NMX_NARROW_CALL(n, FN(grad_narrow), dy, x, r, rows, n, mh, ml, sdy, sdx);
+        FN(grad_blocks)(dy, x, r0, r, xs, 0, n, mh, ml, sdy, sdx);
+    } else if (nmx_strips(r, n, sizeof(T)))
         FN(grad_strips)(dy, x, r, xs, n, mh, ml, sdy, sdx);
     else if (nmx_in_order(xs, n, sizeof(T), NMX_GRAD_ORDER_MIN_BYTES))
         FN(grad_order)(dy, x, r, n, mh, ml, sdy, sdx);
@@ -964,6 +1044,7 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
 }
 
 #undef NMX_RUN_NT
+#undef NMX_NARROW_CALL
 #undef NMX_STRIP
 #undef FN
 #undef NMX_CAT

@@ -692,16 +692,21 @@ int main(void) {
     test_batchnorm(64, 10, 1);
     test_batchnorm(512, 96, 1); /* 49152 elements: the parallel path */
     test_batchnorm(8, 6, 1000);
-    /* float32 rows of 128 B (blocks), 256 B (in order in the forward's sums, blocks in the
-     * backward's), 512 B, 800 B (in order) and 4 KiB (blocks); float64 of 256 B and 296 B (as
-     * float32's 256 B), 512 B, 1 KiB (in order) and 2 KiB (blocks); 1027 rows: leftover rows on
-     * each thread */
-    const nmx_index narrow[] = {32, 64, 128, 200, 1024, 32, 37, 64, 128, 256};
-    for (size_t i = 0; i < sizeof narrow / sizeof narrow[0]; ++i)
-        if (i < 5)
-            test_bn_row_order_f32(1027, narrow[i], 1100);
+    /* float32 rows of 12, 20 and 60 B (narrower than a line: blocks as lanes, in registers),
+     * 128 B (blocks), 256 B (in order in the forward's sums, blocks in the backward's), 512 B,
+     * 800 B (in order) and 4 KiB (blocks); float64 of 8, 24 and 56 B (narrow), 256 B and 296 B
+     * (as float32's 256 B), 512 B, 1 KiB (in order) and 2 KiB (blocks); 1027 rows, leftover
+     * rows on each thread (33003 rows of the narrowest, against rows of 64 channels, so that
+     * both calls split their rows between the same threads) */
+    const nmx_index narrow[] = {3, 5, 15, 32, 64, 128, 200, 1024, 1, 3, 7, 32, 37, 64, 128, 256};
+    for (size_t i = 0; i < sizeof narrow / sizeof narrow[0]; ++i) {
+        int thin = narrow[i] * (i < 8 ? 4 : 8) < 64;
+        nmx_index rows = thin ? 33003 : 1027, wide = thin ? 64 : 1100;
+        if (i < 8)
+            test_bn_row_order_f32(rows, narrow[i], wide);
         else
-            test_bn_row_order_f64(1027, narrow[i], 1100);
+            test_bn_row_order_f64(rows, narrow[i], wide);
+    }
     for (int kind = NMX_F16; kind <= NMX_BF16; kind++) {
         test_batchnorm_half(kind, 64, 10, 1);
         test_batchnorm_half(kind, 96, 600, 1); /* rows wider than a tile's slice, parallel */
