@@ -37,8 +37,9 @@
  * fuses none), and every lane's sums in the same sequence. The results are therefore the bits
  * of the float32 loops run on the widened input, whatever the storage format: only the
  * conversions differ. A slice of fewer than HVW channels is computed on a zero-padded vector
- * and only its own lanes are kept; the few values a run sums after its lane accumulators are
- * widened one at a time (HV_LD1).
+ * and only its own lanes are kept (the sums of rows narrower than a line load whole vectors from
+ * each row's start instead, and drop the lanes that read the next rows); the few values a run
+ * sums after its lane accumulators are widened one at a time (HV_LD1).
  */
 #define HVCAT2(a, b) a##_##b
 #define HVCAT(a, b) HVCAT2(a, b)
@@ -182,11 +183,82 @@ HVI void HV(stats1)(const uint16_t *x0, int m, const float *pv, double *s1, doub
     }
 }
 
+/* The double sums of rows narrower than a line (n < HV_STRIP channels, k = ceil(n / HVW)
+ * vectors), kept in registers from block to block: s[j] for j < n in lanes, zero past n. */
+HVI void HV(sums_in)(const double *s, nmx_index n, int k, HVD *v) {
+    double w[HV_STRIP] = {0};
+    memcpy(w, s, (size_t)n * sizeof(double));
+    for (int j = 0; j < 2 * k; j++) v[j] = HV(ldd)(w + j * (HVW / 2));
+}
+
+HVI void HV(sums_out)(double *s, nmx_index n, int k, const HVD *v) {
+    double w[HV_STRIP];
+    for (int j = 0; j < 2 * k; j++) HV(std)(w + j * (HVW / 2), v[j]);
+    memcpy(s, w, (size_t)n * sizeof(double));
+}
+
+/* The per-channel floats of such rows, one vector per HVW channels, zero past n. */
+HVI void HV(consts_in)(const float *p, nmx_index n, int k, HVF *v) {
+    for (int j = 0; j < k; j++) {
+        nmx_index m = n - j * HVW;
+        HV(lf)(p + j * HVW, m < HVW ? (int)m : HVW, &v[j]);
+    }
+}
+
+/* The row loops' k for rows of n < HV_STRIP channels: f(..., k) with k a constant. */
+#if HVW == 16
+#define HV_NARROW_CALL(n, f, ...) ((n) <= HVW ? f(__VA_ARGS__, 1) : f(__VA_ARGS__, 2))
+#else
+#define HV_NARROW_CALL(n, f, ...)                                                         \
+    ((n) <= HVW       ? f(__VA_ARGS__, 1)                                                 \
+     : (n) <= 2 * HVW ? f(__VA_ARGS__, 2)                                                 \
+     : (n) <= 3 * HVW ? f(__VA_ARGS__, 3)                                                 \
+                      : f(__VA_ARGS__, 4))
+#endif
+
+/* stats_rows' blocks of four whole rows narrower than a line, as the float32 stats_narrow: k
+ * whole vectors from every row's start, the lanes past n (the next rows) dropped, and the sums
+ * in registers across blocks; blocks stop where a load would pass the `rows` rows at x. Returns
+ * the row where they stopped. */
+HVI nmx_index HV(stats_narrow)(const uint16_t *restrict x, nmx_index full, nmx_index rows,
+                               nmx_index n, const float *restrict pv, double *restrict s1,
+                               double *restrict s2, int k) {
+    HVF p[HV_SV];
+    HVD a[2 * HV_SV], b[2 * HV_SV];
+    HV(consts_in)(pv, n, k, p);
+    HV(sums_in)(s1, n, k, a);
+    HV(sums_in)(s2, n, k, b);
+    nmx_index r = 0;
+    for (; r < full && (r + 3) * n + k * HVW <= rows * n; r += 4) {
+        const uint16_t *x0 = x + r * n;
+        for (int j = 0; j < k; j++) {
+            HVF d0, d1, d2, d3;
+            HVD u[2], v[2];
+            HV_LOAD(x0 + j * HVW, &d0);
+            HV_LOAD(x0 + n + j * HVW, &d1);
+            HV_LOAD(x0 + 2 * n + j * HVW, &d2);
+            HV_LOAD(x0 + 3 * n + j * HVW, &d3);
+            d0 = d0 - p[j], d1 = d1 - p[j], d2 = d2 - p[j], d3 = d3 - p[j];
+            HVF sa = (d0 + d1) + (d2 + d3);
+            HVF sb = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+            HV_WIDE(&sa, u);
+            HV_WIDE(&sb, v);
+            a[2 * j] += u[0], a[2 * j + 1] += u[1];
+            b[2 * j] += v[0], b[2 * j + 1] += v[1];
+        }
+    }
+    HV(sums_out)(s1, n, k, a);
+    HV(sums_out)(s2, n, k, b);
+    return r;
+}
+
 HVF_FN void HV(stats_rows)(const uint16_t *restrict x, nmx_index xs, nmx_index rows,
                            nmx_index n, const float *restrict pv, double *restrict s1,
                            double *restrict s2) {
     nmx_index r = 0, nv = n - n % HVW;
     int m = (int)(n - nv);
+    if (xs == n && n < HV_STRIP)
+        r = HV_NARROW_CALL(n, HV(stats_narrow), x, rows - rows % 4, rows, n, pv, s1, s2);
     for (; r + 4 <= rows; r += 4) {
         const uint16_t *x0 = x + r * xs;
         for (nmx_index c = 0; c < nv; c += HVW)
@@ -462,12 +534,56 @@ HVI void HV(grad1)(const uint16_t *g, const uint16_t *x0, int m, const double *m
     }
 }
 
+/* grad_rows' blocks of four whole rows narrower than a line, as stats_narrow. */
+HVI nmx_index HV(grad_narrow)(const uint16_t *restrict dy, const uint16_t *restrict x,
+                              nmx_index full, nmx_index rows, nmx_index n,
+                              const float *restrict mh, const float *restrict ml,
+                              double *restrict sdy, double *restrict sdx, int k) {
+    HVF h[HV_SV], l[HV_SV];
+    HVD a[2 * HV_SV], b[2 * HV_SV];
+    HV(consts_in)(mh, n, k, h);
+    HV(consts_in)(ml, n, k, l);
+    HV(sums_in)(sdy, n, k, a);
+    HV(sums_in)(sdx, n, k, b);
+    nmx_index r = 0;
+    for (; r < full && (r + 3) * n + k * HVW <= rows * n; r += 4) {
+        const uint16_t *g = dy + r * n, *x0 = x + r * n;
+        for (int j = 0; j < k; j++) {
+            HVF g0, g1, g2, g3, e0, e1, e2, e3;
+            HVD u[2], v[2];
+            nmx_index o = j * HVW;
+            HV_LOAD(g + o, &g0);
+            HV_LOAD(g + n + o, &g1);
+            HV_LOAD(g + 2 * n + o, &g2);
+            HV_LOAD(g + 3 * n + o, &g3);
+            HV_LOAD(x0 + o, &e0);
+            HV_LOAD(x0 + n + o, &e1);
+            HV_LOAD(x0 + 2 * n + o, &e2);
+            HV_LOAD(x0 + 3 * n + o, &e3);
+            e0 = (e0 - h[j]) - l[j], e1 = (e1 - h[j]) - l[j];
+            e2 = (e2 - h[j]) - l[j], e3 = (e3 - h[j]) - l[j];
+            HVF su = (g0 + g1) + (g2 + g3);
+            HVF sv = (g0 * e0 + g1 * e1) + (g2 * e2 + g3 * e3);
+            HV_WIDE(&su, u);
+            HV_WIDE(&sv, v);
+            a[2 * j] += u[0], a[2 * j + 1] += u[1];
+            b[2 * j] += v[0], b[2 * j + 1] += v[1];
+        }
+    }
+    HV(sums_out)(sdy, n, k, a);
+    HV(sums_out)(sdx, n, k, b);
+    return r;
+}
+
 HVF_FN void HV(grad_rows)(const uint16_t *restrict dy, const uint16_t *restrict x, nmx_index xs,
                           nmx_index rows, nmx_index n, const float *restrict mh,
                           const float *restrict ml, const double *restrict m,
                           double *restrict sdy, double *restrict sdx) {
     nmx_index r = 0, nv = n - n % HVW;
     int t = (int)(n - nv);
+    if (xs == n && n < HV_STRIP)
+        r = HV_NARROW_CALL(n, HV(grad_narrow), dy, x, rows - rows % 4, rows, n, mh, ml, sdy,
+                           sdx);
     for (; r + 4 <= rows; r += 4) {
         const uint16_t *g = dy + r * xs, *x0 = x + r * xs;
         for (nmx_index c = 0; c < nv; c += HVW)
@@ -695,6 +811,7 @@ static const nmx_bn_hleaves HV(nmx_bn_leaves) = {
 #undef HV_STRIP
 #undef HV_STORE
 #undef HV_SV
+#undef HV_NARROW_CALL
 #undef HVF_FN
 #undef HVI
 #undef HV

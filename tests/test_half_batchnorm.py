@@ -577,6 +577,11 @@ EXACT_CASES = [
     ((11, 13), 1),
     ((12, 14), 1),
     ((4100, 21), 1),
+    # rows narrower than a line on the parallel path: their blocks summed as lanes
+    ((11001, 3), 1),
+    ((5003, 7), 1),
+    ((2300, 15), 1),
+    ((1100, 30), 1),
     ((131, 255), 1),
     ((7, 256), 1),
     ((6, 257), 1),
