@@ -58,6 +58,22 @@ static inline nmx_index nmx_narrow_rows(nmx_index bytes) {
     return bytes > 0 && bytes < 64 ? q : 0;
 }
 
+/* The set-up of the output pass over narrow rows [lo, hi) taken q at a time: `arrays` arrays of
+ * C per-channel constants of `size` bytes at k, each repeated q times into kq (arrays of q * C),
+ * and the rows' split at multiples of q into a head [lo, *a), whole groups [*a, *b) and a tail
+ * [*b, hi). */
+static void nmx_narrow_groups(const void *k, void *kq, size_t size, int arrays, nmx_index C,
+                              nmx_index q, nmx_index lo, nmx_index hi, nmx_index *a,
+                              nmx_index *b) {
+    size_t row = size * (size_t)C;
+    for (int j = 0; j < arrays; j++)
+        for (nmx_index r = 0; r < q; r++)
+            memcpy((char *)kq + ((size_t)j * (size_t)q + (size_t)r) * row,
+                   (const char *)k + (size_t)j * row, row);
+    *a = (lo + q - 1) / q * q;
+    *b = hi / q * q;
+}
+
 /* Whether rows of C channels are wide: a row pass reads four or five per-channel arrays beside
  * the data (constants, sums), and across a wide row they do not stay in L1 (64 KiB for a float64
  * row of 2048 channels, where every element then waited on L2). Pass 1 goes over wide rows by

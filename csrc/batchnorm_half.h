@@ -1010,10 +1010,8 @@ static void bn_out_narrow_h(int kind, const uint16_t *dy, const uint16_t *x, uin
                             int stream) {
     float kq[5 * 32 * 31]; /* q <= 32 and C <= 31 for rows of halves under 64 bytes */
     int arrays = dy ? 5 : 4;
-    nmx_index cq = C * q, a = (lo + q - 1) / q * q, b = hi / q * q;
-    for (int j = 0; j < arrays; j++)
-        for (nmx_index r = 0; r < q; r++)
-            memcpy(kq + j * cq + r * C, k + j * C, sizeof(float) * (size_t)C);
+    nmx_index cq = C * q, a, b;
+    nmx_narrow_groups(k, kq, sizeof(float), arrays, C, q, lo, hi, &a, &b);
     bn_pair_constants_h(kind, kq, arrays, cq, 1);
     bn_out_units_h(kind, dy, x, out, C, 1, lo, a, k, stream);
     bn_out_units_h(kind, dy ? dy + a * C : NULL, x + a * C, out + a * C, cq, 1, 0, (b - a) / q,

@@ -735,10 +735,8 @@ static void FN(pass_units)(const T *dy, const T *x, T *out, nmx_index C, nmx_ind
 static void FN(pass_narrow)(const T *dy, const T *x, T *out, nmx_index C, nmx_index q,
                             nmx_index lo, nmx_index hi, const T *k, int stream) {
     T kq[5 * (64 / sizeof(T)) * (64 / sizeof(T))]; /* q <= 64 / sizeof(T), C < 64 / sizeof(T) */
-    nmx_index cq = C * q, a = (lo + q - 1) / q * q, b = hi / q * q;
-    for (int j = 0; j < (dy ? 5 : 4); j++)
-        for (nmx_index r = 0; r < q; r++)
-            memcpy(kq + j * cq + r * C, k + j * C, sizeof(T) * (size_t)C);
+    nmx_index cq = C * q, a, b;
+    nmx_narrow_groups(k, kq, sizeof(T), dy ? 5 : 4, C, q, lo, hi, &a, &b);
     FN(pass_units)(dy, x, out, C, 1, lo, a, k, stream);
     FN(pass_units)(dy ? dy + a * C : NULL, x + a * C, out + a * C, cq, 1, 0, (b - a) / q, kq,
                    stream);
