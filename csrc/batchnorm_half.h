@@ -580,27 +580,35 @@ static void bn_quiet_nans_h(int kind, float *k, int rows, nmx_index C, nmx_index
         }
 }
 
-/* For leaves whose row loops take the constants paired (nmx_bn_hleaves.eo, the width w of a
- * group), the `rows` rows of C per-channel constants at k reordered for rows of C channels
- * (inner 1): in each whole group of w channels (channels [i * w, (i + 1) * w) for i < C / w),
- * the even channels' constants first, then the odd channels'; the channels after the last
- * whole group keep their order. The row loops are only ever given slices that start on a group
- * (bn_out_tiles_h's tiles, bn_out_h's pieces) and end on one or at C. Called once the constants
- * are final, as the last step before the output pass. */
-static void bn_pair_constants_h(int kind, float *k, int rows, nmx_index C, nmx_index inner) {
-    const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
-    if (inner != 1 || !L || !L->eo) return;
-    int w = L->eo; /* 16 in the AVX2 instance; t holds up to 64 */
-    float t[64];
+/* The `rows` rows of C per-channel constants at k reordered for row loops that take them paired
+ * by groups of w channels: in each whole group (channels [i * w, (i + 1) * w) for i < C / w),
+ * the even channels' constants first, then the odd channels'; the channels after the last whole
+ * group keep their order. With undo, the channel order back. */
+static void bn_pairs_h(float *k, int rows, nmx_index C, int w, int undo) {
+    float t[64]; /* w is 16 in the AVX2 instance */
     for (int j = 0; j < rows; j++)
         for (nmx_index c = 0; c + w <= C; c += w) {
             float *f = k + (nmx_index)j * C + c;
             memcpy(t, f, sizeof(float) * (size_t)w);
             for (int i = 0; i < w / 2; i++) {
-                f[i] = t[2 * i];
-                f[w / 2 + i] = t[2 * i + 1];
+                if (undo) {
+                    f[2 * i] = t[i];
+                    f[2 * i + 1] = t[w / 2 + i];
+                } else {
+                    f[i] = t[2 * i];
+                    f[w / 2 + i] = t[2 * i + 1];
+                }
             }
         }
+}
+
+/* The constants paired (bn_pairs_h) for leaves whose row loops take them so (nmx_bn_hleaves.eo,
+ * the width of a group), for rows of C channels (inner 1). The row loops are only ever given
+ * slices that start on a group (bn_out_tiles_h's tiles, bn_out_h's pieces) and end on one or at
+ * C. Called once the constants are final, as the last step before the output pass. */
+static void bn_pair_constants_h(int kind, float *k, int rows, nmx_index C, nmx_index inner) {
+    const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
+    if (inner == 1 && L && L->eo) bn_pairs_h(k, rows, C, L->eo, 0);
 }
 
 static inline float nmx_half_value(int kind, uint16_t h) {
@@ -999,19 +1007,27 @@ static void bn_out_units_h(int kind, const uint16_t *dy, const uint16_t *x, uint
 }
 
 /* Rows narrower than a line, q at a time as rows of q * C channels, as the float32 pass_narrow:
- * the constants (4 arrays, 5 with dy, in channel order: no group of C was paired) repeated q
- * times, then paired for rows of q * C where the leaves take them so. NHWC on AVX-512, 19-29
+ * the constants (4 arrays, 5 with dy) in channel order (unpaired first where rows of C hold a
+ * whole group of the leaves' pairs), repeated q times, then paired for rows of q * C where the
+ * leaves take them so. NHWC on AVX-512, 19-29
  * MiB, two threads, separate processes in turn, three rounds: inference with 3 channels took
  * 0.08-0.11 of the time (float16 and bfloat16), with 20 channels 0.23-0.28; the training
- * forward 0.48-0.76 and 0.29-0.86. The backward's rounds spread too far to tell (12-65 ms with
- * 3 channels, in both builds: its sums pass, which this does not change, is most of it). */
+ * forward 0.48-0.76 and 0.29-0.86. bfloat16 on AVX2 (pairs of 16), 20 and 24 channels, 29-39
+ * MiB: inference 0.17-0.50. */
 static void bn_out_narrow_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *out,
                             nmx_index C, nmx_index q, nmx_index lo, nmx_index hi, const float *k,
                             int stream) {
-    float kq[5 * 32 * 31]; /* q <= 32 and C <= 31 for rows of halves under 64 bytes */
+    float kq[5 * 32 * 31], k1[5 * 31]; /* q <= 32 and C <= 31 for rows of halves under 64 B */
+    const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
     int arrays = dy ? 5 : 4;
+    const float *kc = k;
     nmx_index cq = C * q, a, b;
-    nmx_narrow_groups(k, kq, sizeof(float), arrays, C, q, lo, hi, &a, &b);
+    if (L && L->eo && C >= L->eo) {
+        memcpy(k1, k, sizeof(float) * (size_t)(arrays * C));
+        bn_pairs_h(k1, arrays, C, L->eo, 1);
+        kc = k1;
+    }
+    nmx_narrow_groups(kc, kq, sizeof(float), arrays, C, q, lo, hi, &a, &b);
     bn_pair_constants_h(kind, kq, arrays, cq, 1);
     bn_out_units_h(kind, dy, x, out, C, 1, lo, a, k, stream);
     bn_out_units_h(kind, dy ? dy + a * C : NULL, x + a * C, out + a * C, cq, 1, 0, (b - a) / q,
@@ -1023,9 +1039,8 @@ static void bn_out_narrow_h(int kind, const uint16_t *dy, const uint16_t *x, uin
  * (bn_pair_constants_h done). */
 static void bn_out_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *out, nmx_index C,
                      nmx_index inner, nmx_index lo, nmx_index hi, const float *k, int stream) {
-    const nmx_bn_hleaves *L = nmx_bn_leaves(kind);
     nmx_index q = inner == 1 ? nmx_narrow_rows(C * (nmx_index)sizeof(uint16_t)) : 0;
-    if (q && hi - lo >= 4 * q && !(L && L->eo && C >= L->eo))
+    if (q && hi - lo >= 4 * q)
         bn_out_narrow_h(kind, dy, x, out, C, q, lo, hi, k, stream);
     else
         bn_out_units_h(kind, dy, x, out, C, inner, lo, hi, k, stream);
