@@ -205,7 +205,7 @@ HVI void HV(consts_in)(const float *p, nmx_index n, int k, HVF *v) {
     }
 }
 
-/* The row loops' k for rows of n < HV_STRIP channels: f(..., k) with k a constant. */
+/* f(..., k) for the narrow sums of rows of n < HV_STRIP channels, k = ceil(n / HVW) a constant. */
 #if HVW == 16
 #define HV_NARROW_CALL(n, f, ...) ((n) <= HVW ? f(__VA_ARGS__, 1) : f(__VA_ARGS__, 2))
 #else
