@@ -1009,11 +1009,10 @@ static void bn_out_units_h(int kind, const uint16_t *dy, const uint16_t *x, uint
 /* Rows narrower than a line, q at a time as rows of q * C channels, as the float32 pass_narrow:
  * the constants (4 arrays, 5 with dy) in channel order (unpaired first where rows of C hold a
  * whole group of the leaves' pairs), repeated q times, then paired for rows of q * C where the
- * leaves take them so. NHWC on AVX-512, 19-29
- * MiB, two threads, separate processes in turn, three rounds: inference with 3 channels took
- * 0.08-0.11 of the time (float16 and bfloat16), with 20 channels 0.23-0.28; the training
- * forward 0.48-0.76 and 0.29-0.86. bfloat16 on AVX2 (pairs of 16), 20 and 24 channels, 29-39
- * MiB: inference 0.17-0.50. */
+ * leaves take them so. NHWC on AVX-512, 19-29 MiB, two threads, separate processes in turn,
+ * three rounds: inference with 3 channels took 0.08-0.11 of the time (float16 and bfloat16),
+ * with 20 channels 0.23-0.28; the training forward 0.48-0.76 and 0.29-0.86. bfloat16 on AVX2
+ * (pairs of 16), 20 and 24 channels, 29-39 MiB: inference 0.17-0.50. */
 static void bn_out_narrow_h(int kind, const uint16_t *dy, const uint16_t *x, uint16_t *out,
                             nmx_index C, nmx_index q, nmx_index lo, nmx_index hi, const float *k,
                             int stream) {

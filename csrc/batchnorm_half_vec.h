@@ -197,6 +197,14 @@ HVI void HV(sums_out)(double *s, nmx_index n, int k, const HVD *v) {
     memcpy(s, w, (size_t)n * sizeof(double));
 }
 
+/* a[0:2] += the lanes of the float vector s widened to double: a block's sum into the register
+ * sums of narrow rows. */
+HVI void HV(addw)(HVD *a, HVF s) {
+    HVD d[2];
+    HV_WIDE(&s, d);
+    a[0] += d[0], a[1] += d[1];
+}
+
 /* The per-channel floats of such rows, one vector per HVW channels, zero past n. */
 HVI void HV(consts_in)(const float *p, nmx_index n, int k, HVF *v) {
     for (int j = 0; j < k; j++) {
@@ -233,7 +241,6 @@ HVI nmx_index HV(stats_narrow)(const uint16_t *restrict x, nmx_index full, nmx_i
         const uint16_t *x0 = x + r * n;
         for (int j = 0; j < k; j++) {
             HVF d0, d1, d2, d3;
-            HVD u[2], v[2];
             HV_LOAD(x0 + j * HVW, &d0);
             HV_LOAD(x0 + n + j * HVW, &d1);
             HV_LOAD(x0 + 2 * n + j * HVW, &d2);
@@ -241,10 +248,8 @@ HVI nmx_index HV(stats_narrow)(const uint16_t *restrict x, nmx_index full, nmx_i
             d0 = d0 - p[j], d1 = d1 - p[j], d2 = d2 - p[j], d3 = d3 - p[j];
             HVF sa = (d0 + d1) + (d2 + d3);
             HVF sb = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
-            HV_WIDE(&sa, u);
-            HV_WIDE(&sb, v);
-            a[2 * j] += u[0], a[2 * j + 1] += u[1];
-            b[2 * j] += v[0], b[2 * j + 1] += v[1];
+            HV(addw)(a + 2 * j, sa);
+            HV(addw)(b + 2 * j, sb);
         }
     }
     HV(sums_out)(s1, n, k, a);
@@ -550,7 +555,6 @@ HVI nmx_index HV(grad_narrow)(const uint16_t *restrict dy, const uint16_t *restr
         const uint16_t *g = dy + r * n, *x0 = x + r * n;
         for (int j = 0; j < k; j++) {
             HVF g0, g1, g2, g3, e0, e1, e2, e3;
-            HVD u[2], v[2];
             nmx_index o = j * HVW;
             HV_LOAD(g + o, &g0);
             HV_LOAD(g + n + o, &g1);
@@ -564,10 +568,8 @@ HVI nmx_index HV(grad_narrow)(const uint16_t *restrict dy, const uint16_t *restr
             e2 = (e2 - h[j]) - l[j], e3 = (e3 - h[j]) - l[j];
             HVF su = (g0 + g1) + (g2 + g3);
             HVF sv = (g0 * e0 + g1 * e1) + (g2 * e2 + g3 * e3);
-            HV_WIDE(&su, u);
-            HV_WIDE(&sv, v);
-            a[2 * j] += u[0], a[2 * j + 1] += u[1];
-            b[2 * j] += v[0], b[2 * j + 1] += v[1];
+            HV(addw)(a + 2 * j, su);
+            HV(addw)(b + 2 * j, sv);
         }
     }
     HV(sums_out)(sdy, n, k, a);
