@@ -164,10 +164,12 @@ static inline int nmx_strips(nmx_index rows, nmx_index n, size_t size) {
  * of one. Measured on 98 MiB of rows, two threads, training forward / backward: 512 B rows
  * 0.66-0.85x / 0.76-0.87x the time, 768 B and 1 KiB 0.81-0.94x / 0.87-1.05x; from 2 KiB slower
  * (0.95-1.11x / 1.02-1.16x, 4 KiB 1.11-1.36x), as each row is then a stream of its own that the
- * prefetchers follow. Rows of 256 B gain in the forward (float32 x 64: 0.78-0.95x on 49 MiB in
+ * prefetchers follow. Rows of 256 B gained in the forward (float32 x 64: 0.78-0.95x on 49 MiB in
  * six rounds, 0.85-0.93x on 98 MiB; float64 x 32: 0.84-1.00x) but not in the backward, which
  * reads two arrays and buffers two sums a row (0.83-1.16x, most rounds slower); rows of 128 B
- * and less are a block that is read nearly in order anyway (float32 x 16: 1.01-1.28x). */
+ * and less are a block that is read nearly in order anyway (float32 x 16: 1.01-1.28x). Whole
+ * rows of up to 256 B now keep their sums in registers instead (stats_short, grad_short), which
+ * is faster still, so the rows read in order are those over 256 B, up to 1 KiB. */
 #define NMX_STATS_ORDER_MIN_BYTES 256
 #define NMX_GRAD_ORDER_MIN_BYTES 512
 #define NMX_ORDER_MAX_BYTES 1024

@@ -17,6 +17,9 @@
 #define FN(name) NMX_CAT(name, SUF)
 /* Channels per strip (see NMX_STRIP_BYTES in batchnorm.c): one 64-byte vector. */
 #define NMX_STRIP (64 / (nmx_index)sizeof(T))
+/* The widest whole rows whose sums stats_short and grad_short keep in registers: four vectors,
+ * 256 B (the two double sums of four float32 vectors fill half of AVX-512's registers). */
+#define NMX_SHORT (4 * NMX_STRIP)
 
 /* ---- leaf loops (compiled once per SIMD level, see NMX_CLONES) ---------------------------- */
 
@@ -49,18 +52,24 @@ NMX_LEAF_INLINE void FN(stats_order)(const T *restrict x, nmx_index full, nmx_in
     }
 }
 
-/* stats_rows' blocks of four whole rows narrower than a line (n < NMX_STRIP), each block as w
- * lanes (a constant, w >= n) loaded from every row's start: lanes [0, n) make the block sums of
+/* stats_rows' blocks of four whole rows of n <= NMX_SHORT channels, each block as w lanes (a
+ * constant, w >= n) loaded from every row's start: lanes [0, n) make the block sums of
  * NMX_STATS_BLOCK, the same expressions, and lanes past n, which read the next rows, are dropped.
- * The sums are kept in registers from block to block instead of in s1 and s2, which the scalar
- * loop over so few channels reads and writes back for every block: the same additions in the same
- * order, so the same bits. Blocks stop where a lane would read past the `rows` rows at x; returns
- * the row where they stopped (a multiple of four, at most full). */
-NMX_LEAF_INLINE nmx_index FN(stats_narrow)(const T *restrict x, nmx_index full, nmx_index rows,
-                                           nmx_index n, const T *restrict pv,
-                                           double *restrict s1, double *restrict s2, int w) {
-    T p[NMX_STRIP];
-    double a[NMX_STRIP], b[NMX_STRIP];
+ * The sums are kept in registers from block to block instead of in s1 and s2, which the block
+ * loop reads and writes back for every block (a store-to-load chain per channel, scalar over
+ * rows narrower than a line): the same additions in the same order, so the same bits. Blocks stop
+ * where a lane would read past the `rows` rows at x; returns the row where they stopped (a
+ * multiple of four, at most full). Rows of 128 to 256 B, which went by the block loop (and those
+ * of 256 B by stats_order in the training forward), against those paths: NHWC float32 with 32
+ * and 64 channels, float64 with 32, and (100000, 48) float32, 18-25 MiB, two threads, separate
+ * processes in turn, five or six rounds: the training forward took 0.64-1.12 of the time
+ * (medians 0.73-0.86), the backward 0.39-1.06 (medians 0.77-0.86); on the AVX2 clones, four
+ * rounds, 0.47-0.94 and 0.56-1.08. */
+NMX_LEAF_INLINE nmx_index FN(stats_short)(const T *restrict x, nmx_index full, nmx_index rows,
+                                          nmx_index n, const T *restrict pv,
+                                          double *restrict s1, double *restrict s2, int w) {
+    T p[NMX_SHORT];
+    double a[NMX_SHORT], b[NMX_SHORT];
     for (int j = 0; j < w; j++) {
         p[j] = j < n ? pv[j] : 0;
         a[j] = j < n ? s1[j] : 0;
@@ -82,12 +91,14 @@ NMX_LEAF_INLINE nmx_index FN(stats_narrow)(const T *restrict x, nmx_index full, 
     return r;
 }
 
-/* The lane count of stats_narrow and grad_narrow for rows of n < NMX_STRIP channels: a quarter,
- * half or whole 64-byte vector, the fewest that hold a row. */
-#define NMX_NARROW_CALL(n, f, ...)                                                             \
+/* The lane count of stats_short and grad_short for rows of n <= NMX_SHORT channels: a quarter,
+ * half, one, two or four 64-byte vectors, the fewest that hold a row. */
+#define NMX_SHORT_CALL(n, f, ...)                                                              \
     ((n) <= NMX_STRIP / 4   ? f(__VA_ARGS__, NMX_STRIP / 4)                                    \
      : (n) <= NMX_STRIP / 2 ? f(__VA_ARGS__, NMX_STRIP / 2)                                    \
-                            : f(__VA_ARGS__, NMX_STRIP))
+     : (n) <= NMX_STRIP     ? f(__VA_ARGS__, NMX_STRIP)                                        \
+     : (n) <= 2 * NMX_STRIP ? f(__VA_ARGS__, 2 * NMX_STRIP)                                    \
+                            : f(__VA_ARGS__, NMX_SHORT))
 
 /* s1[c] += sum_r (x[r,c] - pv[c]); s2[c] += sum_r (x[r,c] - pv[c])^2 over `rows` rows of n
  * channels, rows xs elements apart (xs == n: whole rows; xs > n: a strip of them). Blocks of four
@@ -96,7 +107,8 @@ NMX_LEAF_INLINE nmx_index FN(stats_narrow)(const T *restrict x, nmx_index full, 
  * few float32 ulps of rounding whatever the batch size. A block sum that overflows T is caught by
  * stats_repair. A channel's sums depend only on its own column, in row order: calls over
  * consecutive blocks of rows (multiples of four but the last) give the bits of one call, and so
- * do the three ways through the blocks (strips, row order, blocks side by side). */
+ * do the four ways through the blocks (short rows in registers, strips, row order, blocks side
+ * by side). */
 NMX_CLONES static void FN(stats_rows)(const T *restrict x, nmx_index rows, nmx_index xs,
                                       nmx_index n, const T *restrict pv, double *restrict s1,
                                       double *restrict s2) {
@@ -108,24 +120,24 @@ NMX_CLONES static void FN(stats_rows)(const T *restrict x, nmx_index rows, nmx_i
         s1[c] += (double)((d0 + d1) + (d2 + d3));                                              \
         s2[c] += (double)((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));                          \
     } while (0)
-    nmx_index full = rows - rows % 4, c0 = 0, r;
-    /* A small batch by strips, as the backward's grad_strips: same sums, same order. */
-    if (nmx_strips(full, n, sizeof(T)))
+    nmx_index full = rows - rows % 4, c0 = 0, r = 0;
+    if (xs == n && n <= NMX_SHORT) {
+        r = NMX_SHORT_CALL(n, FN(stats_short), x, full, rows, n, pv, s1, s2);
+    } else if (nmx_strips(full, n, sizeof(T))) {
+        /* A small batch by strips, as the backward's grad_strips: same sums, same order. */
         for (; c0 + NMX_STRIP <= n; c0 += NMX_STRIP)
             for (r = 0; r < full; r += 4) {
                 const T *x0 = x + r * xs + c0;
                 for (nmx_index j = 0; j < NMX_STRIP; j++) NMX_STATS_BLOCK(j, c0 + j);
             }
-    if (c0 == 0 && nmx_in_order(xs, n, sizeof(T), NMX_STATS_ORDER_MIN_BYTES)) {
+        r = 0;
+    } else if (nmx_in_order(xs, n, sizeof(T), NMX_STATS_ORDER_MIN_BYTES)) {
         FN(stats_order)(x, full, n, pv, s1, s2);
-    } else {
-        r = xs == n && n < NMX_STRIP
-                ? NMX_NARROW_CALL(n, FN(stats_narrow), x, full, rows, n, pv, s1, s2)
-                : 0;
-        for (; r < full; r += 4) {
-            const T *x0 = x + r * xs;
-            for (nmx_index c = c0; c < n; c++) NMX_STATS_BLOCK(c, c);
-        }
+        r = full;
+    }
+    for (; r < full; r += 4) {
+        const T *x0 = x + r * xs;
+        for (nmx_index c = c0; c < n; c++) NMX_STATS_BLOCK(c, c);
     }
 #undef NMX_STATS_BLOCK
     for (r = full; r < rows; r++) {
@@ -256,15 +268,15 @@ NMX_LEAF_INLINE void FN(grad_blocks)(const T *restrict dy, const T *restrict x, 
     }
 }
 
-/* grad_blocks over whole rows narrower than a line (n < NMX_STRIP) as stats_narrow: each block as
- * w lanes from every row's start, the lanes past n dropped, the sums in registers; the blocks of
- * rows [0, returned row). */
-NMX_LEAF_INLINE nmx_index FN(grad_narrow)(const T *restrict dy, const T *restrict x,
-                                          nmx_index full, nmx_index rows, nmx_index n,
-                                          const T *restrict mh, const T *restrict ml,
-                                          double *restrict sdy, double *restrict sdx, int w) {
-    T h[NMX_STRIP], l[NMX_STRIP];
-    double a[NMX_STRIP], b[NMX_STRIP];
+/* grad_blocks over whole rows of n <= NMX_SHORT channels as stats_short: each block as w lanes
+ * from every row's start, the lanes past n dropped, the sums in registers; the blocks of rows
+ * [0, returned row). */
+NMX_LEAF_INLINE nmx_index FN(grad_short)(const T *restrict dy, const T *restrict x,
+                                         nmx_index full, nmx_index rows, nmx_index n,
+                                         const T *restrict mh, const T *restrict ml,
+                                         double *restrict sdy, double *restrict sdx, int w) {
+    T h[NMX_SHORT], l[NMX_SHORT];
+    double a[NMX_SHORT], b[NMX_SHORT];
     for (int j = 0; j < w; j++) {
         h[j] = j < n ? mh[j] : 0;
         l[j] = j < n ? ml[j] : 0;
@@ -351,8 +363,8 @@ NMX_CLONES static void FN(grad_rows)(const T *restrict dy, const T *restrict x, 
                                      const T *restrict ml, const double *restrict m,
                                      double *restrict sdy, double *restrict sdx) {
     nmx_index r = rows - rows % 4;
-    if (xs == n && n < NMX_STRIP) {
-        nmx_index r0 = NMX_NARROW_CALL(n, FN(grad_narrow), dy, x, r, rows, n, mh, ml, sdy, sdx);
+    if (xs == n && n <= NMX_SHORT) {
+        nmx_index r0 = NMX_SHORT_CALL(n, FN(grad_short), dy, x, r, rows, n, mh, ml, sdy, sdx);
         FN(grad_blocks)(dy, x, r0, r, xs, 0, n, mh, ml, sdy, sdx);
     } else if (nmx_strips(r, n, sizeof(T)))
         FN(grad_strips)(dy, x, r, xs, n, mh, ml, sdy, sdx);
@@ -1042,7 +1054,8 @@ int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, n
 }
 
 #undef NMX_RUN_NT
-#undef NMX_NARROW_CALL
+#undef NMX_SHORT_CALL
+#undef NMX_SHORT
 #undef NMX_STRIP
 #undef FN
 #undef NMX_CAT

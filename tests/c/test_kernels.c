@@ -692,20 +692,22 @@ int main(void) {
     test_batchnorm(64, 10, 1);
     test_batchnorm(512, 96, 1); /* 49152 elements: the parallel path */
     test_batchnorm(8, 6, 1000);
-    /* float32 rows of 12, 20 and 60 B (narrower than a line: blocks as lanes, in registers),
-     * 128 B (blocks), 256 B (in order in the forward's sums, blocks in the backward's), 512 B,
-     * 800 B (in order) and 4 KiB (blocks); float64 of 8, 24 and 56 B (narrow), 256 B and 296 B
-     * (as float32's 256 B), 512 B, 1 KiB (in order) and 2 KiB (blocks); 1027 rows, leftover
-     * rows on each thread (33003 rows of the narrowest, against rows of 64 channels, so that
-     * both calls split their rows between the same threads) */
-    const nmx_index narrow[] = {3, 5, 15, 32, 64, 128, 200, 1024, 1, 3, 7, 32, 37, 64, 128, 256};
-    for (size_t i = 0; i < sizeof narrow / sizeof narrow[0]; ++i) {
-        int thin = narrow[i] * (i < 8 ? 4 : 8) < 64;
-        nmx_index rows = thin ? 33003 : 1027, wide = thin ? 64 : 1100;
-        if (i < 8)
-            test_bn_row_order_f32(rows, narrow[i], wide);
-        else
-            test_bn_row_order_f64(rows, narrow[i], wide);
+    /* float32 rows of 12, 20, 60, 128, 192 and 256 B (at most four vectors: blocks as lanes,
+     * sums in registers), 296 B (in order in the forward's sums, blocks in the backward's),
+     * 512 B, 800 B (in order) and 4 KiB (blocks); float64 of 8, 24, 56, 160 and 256 B (in
+     * registers), 296 B (as float32's), 512 B, 1 KiB (in order) and 2 KiB (blocks); 1027 rows,
+     * leftover rows on each thread. Both calls must split their rows between the same threads:
+     * 1027 rows too few to go parallel are 33003, against rows of 320 B (past the register
+     * sums) instead of 1100 channels. */
+    const nmx_index f32[] = {3, 5, 15, 32, 48, 64, 74, 128, 200, 1024};
+    const nmx_index f64[] = {1, 3, 7, 20, 32, 37, 64, 128, 256};
+    for (size_t i = 0; i < sizeof f32 / sizeof f32[0]; ++i) {
+        int few = 1027 * f32[i] < NMX_PARALLEL_MIN_WORK;
+        test_bn_row_order_f32(few ? 33003 : 1027, f32[i], few ? 80 : 1100);
+    }
+    for (size_t i = 0; i < sizeof f64 / sizeof f64[0]; ++i) {
+        int few = 1027 * f64[i] < NMX_PARALLEL_MIN_WORK;
+        test_bn_row_order_f64(few ? 33003 : 1027, f64[i], few ? 40 : 1100);
     }
     for (int kind = NMX_F16; kind <= NMX_BF16; kind++) {
         test_batchnorm_half(kind, 64, 10, 1);
