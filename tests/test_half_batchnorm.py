@@ -582,6 +582,11 @@ EXACT_CASES = [
     ((5003, 7), 1),
     ((2300, 15), 1),
     ((1100, 30), 1),
+    # rows of 64, 96 and 128 B on the parallel path: four vectors summed in registers on AVX2,
+    # two to four on AVX-512
+    ((1100, 32), 1),
+    ((1100, 48), 1),
+    ((600, 64), 1),
     ((131, 255), 1),
     ((7, 256), 1),
     ((6, 257), 1),
