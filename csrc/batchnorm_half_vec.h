@@ -235,8 +235,8 @@ HVI void HV(consts_in)(const float *p, nmx_index n, int k, HVF *v) {
 HVI nmx_index HV(stats_short)(const uint16_t *restrict x, nmx_index full, nmx_index rows,
                               nmx_index n, const float *restrict pv, double *restrict s1,
                               double *restrict s2, int k) {
-    HVF p[4];
-    HVD a[8], b[8];
+    HVF p[HV_SHORT / HVW];
+    HVD a[2 * HV_SHORT / HVW], b[2 * HV_SHORT / HVW];
     HV(consts_in)(pv, n, k, p);
     HV(sums_in)(s1, n, k, a);
     HV(sums_in)(s2, n, k, b);
@@ -548,8 +548,8 @@ HVI nmx_index HV(grad_short)(const uint16_t *restrict dy, const uint16_t *restri
                              nmx_index full, nmx_index rows, nmx_index n,
                              const float *restrict mh, const float *restrict ml,
                              double *restrict sdy, double *restrict sdx, int k) {
-    HVF h[4], l[4];
-    HVD a[8], b[8];
+    HVF h[HV_SHORT / HVW], l[HV_SHORT / HVW];
+    HVD a[2 * HV_SHORT / HVW], b[2 * HV_SHORT / HVW];
     HV(consts_in)(mh, n, k, h);
     HV(consts_in)(ml, n, k, l);
     HV(sums_in)(sdy, n, k, a);
