@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import re
 import subprocess
@@ -189,6 +190,61 @@ def test_measure_batches_tiny_calls_and_takes_turns():
     assert all(s.q1 <= s.median <= s.q3 for s in stats)
     # calibration of each in turn, then one sample each per round
     assert turns[: 2 + 2 * FAST.min_samples] == [0, 1] * (1 + FAST.min_samples)
+
+
+def test_summarize_counts_faults_per_call():
+    st = summarize([1.0, 2.0, 3.0], calls_per_sample=4, faults=60)
+    assert st.faults_per_call == 5.0 and st.to_dict()["faults_per_call"] == 5.0
+    assert summarize([1.0], calls_per_sample=1).to_dict()["faults_per_call"] is None
+
+
+def _fresh_pages(pages):
+    """Write one byte to each page of a new anonymous mapping, then unmap it: every call pays
+    one fault per page, whatever the allocator's state."""
+    size = pages * mmap.PAGESIZE
+
+    def touch():
+        with mmap.mmap(-1, size) as m:
+            for offset in range(0, size, mmap.PAGESIZE):
+                m[offset] = 1
+
+    return touch
+
+
+def test_measure_counts_the_page_faults_of_each_contender():
+    pytest.importorskip("resource")
+    kept = np.zeros(64 * mmap.PAGESIZE, np.uint8)
+    fresh, reused = measure([_fresh_pages(64), lambda: kept.fill(1)], FAST)
+    assert fresh.faults_per_call >= 64
+    assert reused.faults_per_call < 8  # its pages were touched before the samples
+
+
+def test_faults_are_listed_under_the_table_where_a_contender_pays_them():
+    doc = _run([_synthetic(), _synthetic(n=2000)])
+    assert all(e["faults_per_call"] is not None for e in doc["cases"][0]["contenders"])
+    for case in doc["cases"]:
+        for e in case["contenders"]:
+            e["faults_per_call"] = 0.2
+    assert "page faults per call" not in report.render(doc).split("median: time per call")[0]
+    doc["cases"][1]["contenders"][0]["faults_per_call"] = 6272.4
+    lines = [line for line in report.render(doc).splitlines() if line.startswith("page faults")]
+    others = ", ".join(e["name"] for e in doc["cases"][1]["contenders"][1:])
+    assert lines == [f"page faults per call, double 1-D 2000 float64: numpy 6272; {others} under 1"]
+    markdown = report.render(doc, markdown=True, compact=True).splitlines()
+    at = markdown.index("- " + lines[0])
+    assert markdown[at - 1] == ""  # not taken into the table above it
+    older = json.loads(json.dumps(doc))
+    for case in older["cases"]:
+        for e in case["contenders"]:
+            del e["faults_per_call"]
+    assert report.check_results(older) == []
+    assert "page faults per call," not in report.render(older)
+
+
+def test_faults_of_a_call_of_several_units_are_per_unit():
+    st = harness._per_unit({"median_s": 2.0, "faults_per_call": 10.0, "samples": 3}, 5)
+    assert st == {"median_s": 0.4, "faults_per_call": 2.0, "samples": 3}
+    assert harness._per_unit({"faults_per_call": None}, 5) == {"faults_per_call": None}
 
 
 def test_timing_policy_validates():

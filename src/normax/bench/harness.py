@@ -488,10 +488,16 @@ def _check_agreement(case: Case, entries: list[dict]) -> None:
 def _per_unit(stats: dict, per_call: int) -> dict:
     if per_call == 1:
         return stats
-    return {k: _scaled(v, per_call) if k.endswith("_s") else v for k, v in stats.items()}
+    return {k: _scaled(v, per_call) if _per_call_figure(k) else v for k, v in stats.items()}
+
+
+def _per_call_figure(key: str) -> bool:
+    return key.endswith("_s") or key == "faults_per_call"
 
 
 def _scaled(value, per_call: int):
+    if value is None:
+        return None
     return [v / per_call for v in value] if isinstance(value, list) else value / per_call
 
 
@@ -550,6 +556,7 @@ def _document(config: Config, records: list[dict], run: dict) -> dict:
             "statistic": "median",
             "spread": "interquartile range / median",
             "method": "each contender's 'method' says how its figure was taken",
+            "faults": "faults_per_call: the process's minor page faults while timing, per call",
             "isolation": run.get("isolation"),
         },
         "bandwidth": run["bandwidth"].to_dict(),

@@ -35,8 +35,12 @@ LEGEND = (
     "that over the copy bandwidth: of a copy timed in turn with the contenders where the data "
     "is larger than the last-level cache, of the run's probe elsewhere (* the data fits in the "
     "cache, so the memory roofline does not bind); † timed alone in a process of its own, "
-    "because in turn with the other contenders it was slower beyond the noise."
+    "because in turn with the other contenders it was slower beyond the noise; page faults per "
+    "call: minor page faults of the process while each contender ran, listed for the cases "
+    "where one paid at least one per call (per trial for tuning); a first touch of fresh memory "
+    "(an output its allocator takes anew from the system at each call) is part of its time."
 )
+FAULTS_SHOWN = 1.0  # minor page faults per call from which a case's counts are listed
 
 
 def format_time(seconds: float | None) -> str:
@@ -163,11 +167,38 @@ def family_table(doc: dict, family: str, markdown: bool = False, compact: bool =
     elif ran:
         rows = [_row(r, e, i == 0) for r in ran for i, e in enumerate(r["contenders"])]
         lines += _render(rows, markdown)
+    faults = _fault_lines(ran, markdown)
+    if faults:
+        lines += ["", *faults]
     notes = sorted({(r["status"], r["note"]) for r in records if r["status"] != "ok"})
     for status, note in notes:
         count = sum(1 for r in records if (r["status"], r["note"]) == (status, note))
         lines.append(f"{status}: {count} case{'s' * (count != 1)}: {note}")
     return [*lines, ""]
+
+
+def _fault_lines(records: list[dict], markdown: bool) -> list[str]:
+    """A line per case where a contender paid at least FAULTS_SHOWN minor page faults per call:
+    their counts, then the names of the others (results without counts, from older runs or
+    from systems that do not count them, give none)."""
+    lines = []
+    for r in records:
+        counts = [(e["name"], e.get("faults_per_call")) for e in r["contenders"]]
+        counts = [(name, v) for name, v in counts if v is not None]
+        paid = [f"{name} {_format_faults(v)}" for name, v in counts if v >= FAULTS_SHOWN]
+        if paid:
+            shape = "x".join(map(str, r["shape"]))
+            text = f"page faults per call, {r['kernel']} {r['layout']} {shape} {r['dtype']}: "
+            text += ", ".join(paid)
+            fewer = [name for name, v in counts if v < FAULTS_SHOWN]
+            if fewer:
+                text += f"; {', '.join(fewer)} under {FAULTS_SHOWN:g}"
+            lines.append(f"- {text}" if markdown else text)
+    return lines
+
+
+def _format_faults(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
 
 def header(doc: dict) -> list[str]:

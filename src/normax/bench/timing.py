@@ -13,7 +13,9 @@ Every contender of a case is timed by exactly the same procedure (see the packag
    keeps sampling until it has at least ``min_samples`` samples covering ``min_time`` seconds,
    or ``max_time`` seconds when that comes first (but never fewer than 3 samples);
 4. the result is the median time per call with the quartiles of the samples; the garbage
-   collector is off while timing.
+   collector is off while timing. The minor page faults of the process during the samples are
+   counted too, per call: a contender whose every call writes memory its allocator has just taken
+   from the system pays one per page it touches first, and that is part of its time.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+try:
+    import resource
+except ImportError:  # no getrusage (Windows): faults are not counted there
+    resource = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ class Stats:
     calls_per_sample: int
     total_time: float
     per_call: tuple[float, ...] = ()
+    faults_per_call: float | None = None  # minor page faults; None where they are not counted
 
     @property
     def spread(self) -> float:
@@ -88,11 +96,13 @@ class Stats:
             "total_time_s": self.total_time,
             # Every sample, so that a later run can be compared with this one (--compare).
             "samples_s": list(self.per_call),
+            "faults_per_call": self.faults_per_call,
         }
 
 
-def summarize(per_call: Sequence[float], calls_per_sample: int) -> Stats:
-    """Median, quartiles and best of per-call sample times."""
+def summarize(per_call: Sequence[float], calls_per_sample: int, faults: int | None = None) -> Stats:
+    """Median, quartiles and best of per-call sample times; ``faults`` is the count of minor page
+    faults over all the samples (None when not counted)."""
     a = np.asarray(per_call, dtype=np.float64)
     if a.size == 0:
         raise ValueError("summarize needs at least one sample")
@@ -106,7 +116,14 @@ def summarize(per_call: Sequence[float], calls_per_sample: int) -> Stats:
         calls_per_sample=int(calls_per_sample),
         total_time=float(a.sum() * calls_per_sample),
         per_call=tuple(float(v) for v in a),
+        faults_per_call=None if faults is None else faults / (a.size * calls_per_sample),
     )
+
+
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far, every thread's; None where not counted. Most
+    are first touches of pages the process was given but had not used yet."""
+    return None if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def time_calls(fn: Callable[[], object], number: int) -> float:
@@ -144,6 +161,7 @@ class _Slot:
     number: int = 1
     per_call: list[float] = field(default_factory=list)
     spent: float = 0.0
+    faults: int = 0
 
     def done(self, policy: TimingPolicy) -> bool:
         n = len(self.per_call)
@@ -189,10 +207,14 @@ def measure(
                     continue
                 if slot.before is not None:
                     slot.before()
+                first = minor_faults()
                 elapsed = time_calls(slot.fn, slot.number)
+                if first is not None:
+                    slot.faults += minor_faults() - first
                 slot.spent += elapsed
                 slot.per_call.append(elapsed / slot.number)
     finally:
         if gc_was_enabled:
             gc.enable()
-    return [summarize(slot.per_call, slot.number) for slot in slots]
+    counted = resource is not None
+    return [summarize(s.per_call, s.number, s.faults if counted else None) for s in slots]
