@@ -142,6 +142,33 @@ static nmx_index nmx_group_width(nmx_index outer, nmx_index C, nmx_index inner, 
     return fit < spread ? fit : spread;
 }
 
+/* The backward's team groups (batchnorm_impl.h) take as many channels as keep a thread's runs of
+ * a group within this (one channel when its runs alone are more): fewer barriers where a channel
+ * is small, and two groups of them (one prefetched) within half a 1 MiB L2 cache. */
+#define NMX_TEAM_SHARE_BYTES ((size_t)256 << 10)
+
+/* Channels per team group of a backward that has no resident groups (nmx_group_width 0), or 0
+ * when it keeps the two-pass drivers: runs of at least NMX_GROUP_MIN_RUN_BYTES; dy and x at least
+ * twice the last-level cache, so that the two-pass drivers' second pass, from the last block to
+ * the first, finds less than half of them there (float32 (32, 64, 56, 56), 1.6 times a 32 MiB
+ * cache, took 1.04x the two passes' time by team groups, median of eight rounds in turn, and
+ * (64, 64, 56, 56) 0.92x); the batch rows shared between the threads evenly enough (the largest
+ * share at most 1/8 above the mean: a thread's share is whole runs, so that the sums keep their
+ * bits); and every thread's runs of two groups (one in pass 2, the next prefetched) within half
+ * the last-level cache, which keeps what the L2 cache cannot hold. */
+static nmx_index nmx_team_width(nmx_index outer, nmx_index C, nmx_index inner, size_t size,
+                                int nt) {
+    size_t run = (size_t)inner * size, inputs = 2;
+    if (inner == 1 || run < NMX_GROUP_MIN_RUN_BYTES) return 0;
+    if ((size_t)outer * run * inputs * (size_t)C < 2 * (size_t)nmx_llc_bytes()) return 0;
+    nmx_index rows = (outer + nt - 1) / nt;
+    if (8 * (size_t)nt * (size_t)rows > 9 * (size_t)outer) return 0;
+    size_t share = (size_t)rows * run * inputs;
+    if (2 * (size_t)nt * share > (size_t)nmx_llc_bytes() / 2) return 0;
+    nmx_index g = (nmx_index)(NMX_TEAM_SHARE_BYTES / share);
+    return g < 1 ? 1 : g < C ? g : C;
+}
+
 /* Small batches (at most NMX_STRIP_BYTES in all) go by strips in the row loops of
  * batchnorm_impl.h: one vector of channels down all rows, then the next, with that vector's
  * per-channel constants and sums in registers instead of reloaded for every row. Such a batch

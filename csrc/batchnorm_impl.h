@@ -1007,17 +1007,140 @@ static void FN(back_group)(const T *dy, const T *x, nmx_index outer, nmx_index C
     FN(group_out)(dy, x, dx, outer, C, inner, c0, c1, k);
 }
 
+/* ---- the backward by team groups -------------------------------------------------------- */
+/* Past the cache, when a channel's runs of dy and x (inner > 1) are too large for a resident
+ * group of one thread, the backward goes group by group with the whole team on each group:
+ * thread t takes its share of the batch rows (whole runs), sums its runs of the group (pass 1),
+ * waits at a barrier for the others' sums, then writes dx of its runs (pass 2) while it prefetches
+ * its runs of the next group. The next group's reads from memory then overlap this one's stream
+ * of dx, and its pass 1 finds them in the caches (the last level keeps what L2 cannot). A run's
+ * sums are kept apart and every thread adds them up in batch order, as the one-thread driver
+ * does (group_sums): the same bits whatever the thread count. Against the two-pass drivers,
+ * float32, two threads, separate processes in turn, medians of the rounds' ratios: (64, 64, 56,
+ * 56) 0.85x and 0.92x the time (six and eight rounds), (16, 64, 112, 112) 0.88x, float64 (32, 64,
+ * 56, 56) 0.83x (six rounds). Smaller inputs keep the two passes (nmx_team_width), and resident
+ * groups stay where they fit: team groups there took 1.08x ((16, 128, 56, 56)) and 0.96x ((8,
+ * 256, 56, 56)) their time. The rest of the distance to a single pass (about 0.7x) is pass 1's
+ * arithmetic: its sums in double, of data already in the cache, wait for no memory, and no
+ * memory traffic waits for them. */
+
+/* Pass 1 of a team group: the sums of this thread's runs (rows [o0, o1) of channels [c0, c1)),
+ * a pair per run, at part + 2 * ((c - c0) * outer + o). */
+static void FN(team_sums)(const T *dy, const T *x, nmx_index outer, nmx_index C, nmx_index inner,
+                          nmx_index c0, nmx_index c1, nmx_index o0, nmx_index o1,
+                          const double *mean, double *part) {
+    for (nmx_index c = c0; c < c1; c++)
+        for (nmx_index o = o0; o < o1; o++) {
+            nmx_index u = (o * C + c) * inner;
+            double *p = part + 2 * ((c - c0) * outer + o);
+            p[0] = p[1] = 0;
+            FN(grad_run)(dy + u, x + u, inner, mean[c], p, p + 1);
+        }
+}
+
+/* The sums of channels [c0, c1) from every run's pair, in batch order, into acc[c] and
+ * acc[C + c]: group_sums' additions, one by one. */
+static void FN(team_fold)(nmx_index outer, nmx_index C, nmx_index c0, nmx_index c1,
+                          const double *part, double *acc) {
+    for (nmx_index c = c0; c < c1; c++) {
+        const double *p = part + 2 * (c - c0) * outer;
+        acc[c] = acc[C + c] = 0;
+        for (nmx_index o = 0; o < outer; o++) {
+            acc[c] += p[2 * o];
+            acc[C + c] += p[2 * o + 1];
+        }
+    }
+}
+
+/* Elements of dx a run is written in between two rounds of prefetch (1 KiB of float32). */
+#define NMX_TEAM_PIECE (1024 / (nmx_index)sizeof(T))
+
+/* dx of one run (dx_run_nt), piece by piece, each piece after the prefetch of the same elements
+ * `ahead` further on in dy and x (0: none). Pieces after the first start on a line of dx. */
+static void FN(team_run)(const T *dy, const T *x, T *dx, nmx_index n, nmx_index ahead,
+                         const T *k, nmx_index C, nmx_index c) {
+    enum { line = 64 / sizeof(T) };
+    nmx_index a = 0, b = nmx_line_head(dx, sizeof(T), n);
+    if (b == 0) b = nmx_min(n, NMX_TEAM_PIECE);
+    while (a < n) {
+        if (ahead)
+            for (nmx_index i = a; i < b; i += line) {
+                __builtin_prefetch(dy + ahead + i, 0, 2);
+                __builtin_prefetch(x + ahead + i, 0, 2);
+            }
+        FN(dx_run_nt)(dy + a, x + a, dx + a, b - a, k[c], k[C + c], k[2 * C + c], k[3 * C + c],
+                      k[4 * C + c]);
+        a = b;
+        b = nmx_min(n, b + NMX_TEAM_PIECE);
+    }
+}
+
+/* Pass 2 of a team group: dx of this thread's runs of channels [c0, c1), with the prefetch of
+ * its runs of channels [c1, c2), the next group (each run paired with the one c1 - c0 channels
+ * on). */
+static void FN(team_out)(const T *dy, const T *x, T *dx, nmx_index C, nmx_index inner,
+                         nmx_index c0, nmx_index c1, nmx_index c2, nmx_index o0, nmx_index o1,
+                         const T *k) {
+    nmx_index g = c1 - c0;
+    for (nmx_index c = c0; c < c1; c++)
+        for (nmx_index o = o0; o < o1; o++) {
+            nmx_index u = (o * C + c) * inner;
+            FN(team_run)(dy + u, x + u, dx + u, inner, c + g < c2 ? g * inner : 0, k, C, c);
+        }
+    nmx_stream_fence();
+}
+
+#undef NMX_TEAM_PIECE
+
+/* The backward by team groups of g channels. Per thread: its sums' copy acc (2 * C) and
+ * constants k (5 * C); per group parity, the runs' pairs (2 * g * outer), so that a thread may
+ * start the next group's pass 1 while another still adds up this one's. Returns -1, having
+ * written nothing, when that scratch cannot be allocated. */
+static int FN(back_team)(const T *dy, const T *x, nmx_index outer, nmx_index C, nmx_index inner,
+                         nmx_index g, int nt, const double *mean, const double *invstd,
+                         const T *gamma, T *dx, T *dgamma, T *dbeta) {
+    size_t pairs = 2 * (size_t)g * (size_t)outer, sums = 2 * (size_t)C * (size_t)nt;
+    size_t consts = 5 * (size_t)C;
+    double *buf = malloc(sizeof(double) * (2 * pairs + sums + consts * (size_t)nt));
+    if (!buf) return -1;
+    nmx_index n = outer * inner;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = omp_get_thread_num(), team = omp_get_num_threads();
+        nmx_index o0 = outer * t / team, o1 = outer * (t + 1) / team;
+        double *acc = buf + 2 * pairs + 2 * (size_t)C * (size_t)t;
+        T *k = (T *)(buf + 2 * pairs + sums + consts * (size_t)t);
+        FN(split_means)(mean, C, k);
+        for (nmx_index c0 = 0, i = 0; c0 < C; c0 += g, i++) {
+            nmx_index c1 = nmx_min(C, c0 + g), c2 = nmx_min(C, c1 + g);
+            double *part = buf + (i % 2) * pairs;
+            FN(team_sums)(dy, x, outer, C, inner, c0, c1, o0, o1, mean, part);
+#pragma omp barrier
+            FN(team_fold)(outer, C, c0, c1, part, acc);
+            FN(grad_finish)(c0, c1, acc, n, C, invstd, gamma, t == 0 ? dgamma : NULL,
+                            t == 0 ? dbeta : NULL, k);
+            FN(team_out)(dy, x, dx, C, inner, c0, c1, c2, o0, o1, k);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
 int FN(nmx_bn_backward)(const T *dy, const T *x, nmx_index outer, nmx_index C, nmx_index inner,
                         const double *mean, const double *invstd, const T *gamma, T *dx,
                         T *dgamma, T *dbeta) {
     nmx_index n = outer * inner, units = inner == 1 ? outer : outer * C;
     if (n == 0 || C == 0) return 0;
     int nt = nmx_threads_for(n * C), stream = nmx_store_mode(sizeof(T) * n * C, NMX_STREAM_BACK);
+    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(T), 2, nt) : 0;
+    nmx_index tg = stream && !g ? nmx_team_width(outer, C, inner, sizeof(T), nt) : 0;
+    if (tg)
+        return FN(back_team)(dy, x, outer, C, inner, tg, nt, mean, invstd, gamma, dx, dgamma,
+                             dbeta);
     NMX_SCRATCH(scratch, C, nt, 5);
     double *acc = scratch.acc;
     T *k = (T *)scratch.k;
     FN(split_means)(mean, C, k);
-    nmx_index g = stream ? nmx_group_width(outer, C, inner, sizeof(T), 2, nt) : 0;
     if (g) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
         for (nmx_index c0 = 0; c0 < C; c0 += g)

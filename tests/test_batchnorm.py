@@ -513,6 +513,60 @@ def test_large_runs_give_the_same_bits_on_any_thread_count(shape, axis, dtype, r
     )
 
 
+# Backwards with dy and x over twice the last-level cache (64 MiB at most) whose channel's dy and
+# x are too large for a resident group (over half the per-core L2 the kernels assume, at most
+# 2 MiB) go by team groups, every thread on each group, when the threads can share the batch
+# evenly (at most 1/8 more rows for one) and two groups of a thread's runs fit half the last-level
+# cache (8 MiB or more assumed). The first three shapes' channels of 2 MiB and more do on any
+# machine: one channel a group, 64 KiB runs (float32, seventeen rows shared nine and eight;
+# float64). The last one's 1 MiB channels do where L2 is under 2 MiB (elsewhere they take
+# resident groups, same bits too): with eight threads, two channels a group (16 KiB runs, a last
+# group of one).
+@pytest.mark.parametrize(
+    "shape, dtype, many",
+    [
+        ((16, 40, 16384), np.float32, None),
+        ((17, 40, 16384), np.float32, None),
+        ((32, 24, 8192), np.float64, None),
+        ((32, 81, 4096), np.float32, 8),
+    ],
+)
+def test_team_backward_gives_the_same_bits_on_any_thread_count(shape, dtype, many, rng):
+    """A team group's runs are summed apart and added in batch order by every thread, so dx,
+    dgamma and dbeta must be the same bits with one thread, with two (and with ``many``), and
+    right, including a channel of huge values and one holding a NaN."""
+    x = (rng.standard_normal(shape) * 3 + 5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[1]
+    x[:, 4] *= 1e20
+    x[:, c - 2, 7] = np.nan
+    gamma, beta = rng.standard_normal((2, c)).astype(dtype)
+    _, cache = normax.batch_norm_train(x, gamma, beta)
+    dx, dgamma, dbeta = same_bits_on_one_and_two_threads(
+        lambda: normax.batch_norm_backward(dy, cache)
+    )
+    if many:
+        previous = normax.get_backend()
+        try:
+            normax.set_backend("c")
+            normax.set_num_threads(many)
+            again = normax.batch_norm_backward(dy, cache)
+        finally:
+            normax.set_backend(previous)
+            normax.set_num_threads(0)
+        for name, a, b in zip(("dx", "dgamma", "dbeta"), (dx, dgamma, dbeta), again, strict=True):
+            assert a.tobytes() == b.tobytes(), f"{name} differs between 1 and {many} threads"
+    assert np.isnan(dx[:, c - 2]).all() and np.isnan(dgamma[c - 2])
+    keep = np.r_[0 : c - 2, c - 1]
+    dx_ref, dg_ref, db_ref = ref.backward_by_axis(
+        dy, x, 1, cache.mean, cache.invstd, gamma, None
+    )
+    assert_close(dx[:, keep], dx_ref[:, keep], dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(dgamma[keep], dg_ref[keep], rtol=tol)
+    np.testing.assert_allclose(dbeta, db_ref, rtol=tol)
+
+
 @pytest.mark.parametrize("shape, axis", [((32, 64), 1), ((4, 3, 5), -1), ((2, 3, 4, 4), 1)])
 def test_fast_path_cache_is_a_plain_named_tuple(backend, shape, axis, rng):
     """The front door fills the cache in place: it must be indistinguishable from one built by
