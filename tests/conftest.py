@@ -84,24 +84,28 @@ def softmax_pair(log):
     return normax.softmax, normax.softmax_backward
 
 
-def same_bits_on_one_and_two_threads(call):
-    """``call()`` on the C backend with one thread and with two; asserts that every array it
-    returns is the same bits both times and returns the one-thread arrays. The backend in force
-    before and the default thread count are restored."""
+def same_bits_on_one_and_two_threads(call, also=()):
+    """``call()`` on the C backend with one thread, with two and with each count in ``also``;
+    asserts that every array it returns is the same bits each time and returns the one-thread
+    arrays. The backend in force before and the default thread count are restored."""
     if "c" not in normax.available_backends():
         pytest.skip("C backend not built")
     previous = normax.get_backend()
+    counts = (1, 2, *also)
     results = []
     try:
         normax.set_backend("c")
-        for threads in (1, 2):
+        for threads in counts:
             normax.set_num_threads(threads)
             results.append(call())
     finally:
         normax.set_backend(previous)
         normax.set_num_threads(0)
-    for i, (one, two) in enumerate(zip(*results, strict=True)):
-        assert one.tobytes() == two.tobytes(), f"output {i} differs between 1 and 2 threads"
+    for threads, result in zip(counts[1:], results[1:], strict=True):
+        for i, (one, other) in enumerate(zip(results[0], result, strict=True)):
+            assert one.tobytes() == other.tobytes(), (
+                f"output {i} differs between 1 and {threads} threads"
+            )
     return results[0]
 
 
